@@ -1,0 +1,108 @@
+"""Run configuration: one frozen dataclass, resolved once, validated, saved with every run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from typing import get_args, get_type_hints
+
+from bench.errors import UserError
+
+SCHEDULES = ("constant", "cosine", "step")
+DEVICES = ("auto", "cpu", "cuda", "mps")  # also cuda:N
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # model
+    model: str = "layers-80sec"
+    knobs: dict = field(default_factory=dict)  # builder keyword knobs, e.g. {"activation": "tanh"}
+    init: str = "default"  # default (PyTorch's) | paper (N(0, 0.01) weights)
+    # data
+    data: str = "cifar10"  # cifar10 | synthetic | path to an ImageFolder tree or .tar.gz
+    data_root: str = "data"  # folder holding cifar-10-batches-py/
+    train_per_class: int | None = None  # stratified subset for quick runs
+    test_per_class: int | None = None
+    preprocess: str = "standardize"  # standardize | meanonly (the paper's mean-image subtraction)
+    augment: str = "crop+flip"  # none | '+'-joined subset of crop, flip, pca
+    # optimisation (paper section 5: SGD, momentum 0.9, weight decay 5e-4, batch 128)
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # constant | cosine | step (x0.1 at 50% and 75% of training)
+    warmup_epochs: float = 0.0  # linear warm-up from 0, in epochs
+    # execution
+    seed: int = 0
+    device: str = "auto"  # auto = cuda, then mps, then cpu
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 autocast
+    channels_last: bool = False
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        self._check_types()
+        from bench.data import PREPROCESS, parse_augment
+        from bench.models.init import INITS
+        from bench.step import DTYPES
+
+        def choice(name, valid):
+            value = getattr(self, name)
+            if value not in valid:
+                raise UserError(f"{name}={value!r} is not valid; choose one of: {', '.join(valid)}")
+
+        choice("schedule", SCHEDULES)
+        choice("init", INITS)
+        choice("preprocess", PREPROCESS)
+        choice("dtype", tuple(DTYPES))
+        parse_augment(self.augment)
+        if not (self.device in DEVICES or self.device.startswith("cuda:")):
+            raise UserError(f"device={self.device!r} is not valid; choose one of: {', '.join(DEVICES)}, cuda:N")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise UserError(f"lr must be positive, got {self.lr}")
+
+    def _check_types(self) -> None:
+        for f in fields(self):
+            value, hint = getattr(self, f.name), _TYPES[f.name]
+            ok = isinstance(value, hint) and not (isinstance(value, bool) and bool not in hint)
+            if not ok:
+                names = " or ".join("null" if t is type(None) else t.__name__ for t in hint)
+                raise UserError(f"{f.name}={value!r} has the wrong type; expected {names}")
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UserError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(names))}")
+        return cls(**d)
+
+
+def _annotation_types(cls) -> dict[str, tuple[type, ...]]:
+    hints = get_type_hints(cls)
+    out = {}
+    for name, hint in hints.items():
+        args = get_args(hint) or (hint,)
+        types = tuple(a for a in args if isinstance(a, type))
+        if float in types:
+            types += (int,)  # 1 is a fine learning rate
+        out[name] = types
+    return out
+
+
+_TYPES = _annotation_types(TrainConfig)

@@ -1,0 +1,262 @@
+"""Parameter and operation counts, with the FLOP convention stated in every result.
+
+Counting is fvcore's `FlopCountAnalysis` (a `torch.jit` trace of one forward
+pass at batch 1, in eval mode), which counts one multiply-add as one "flop":
+its numbers are multiply-adds (MACs). Every result here therefore carries
+
+* `macs`: multiply-adds per image, forward pass, everything costed below;
+* `flops`: 2 x `macs` (one multiply-add = two floating-point operations);
+* `core_macs`: multiply-adds of convolutions and linear layers / matmuls only,
+  which is what fvcore, torchvision ("GFLOPS") and most papers count, so it can
+  be compared with published numbers (torchvision `alexnet`: 0.714 G at 224).
+
+Off the shelf, fvcore counts nothing for ReLU, tanh, max-pooling or LRN, so
+the AlexNet ablations (tanh vs ReLU, LRN on/off, overlapping pooling) would show
+identical counts. This module adds handles so they do not. Costs are per
+element of the op's output, in MAC-equivalents (one elementary arithmetic
+operation or comparison = 1), the same unit as a multiply-add:
+
+======================================  ==========================  =====================================
+op (aten name in the traced graph)      cost per output element     why
+======================================  ==========================  =====================================
+conv, linear, addmm, (b)mm, matmul      fvcore's: the multiply-adds  counted in `core_macs` too
+relu, relu6/hardtanh, leaky_relu,       1                           one compare-and-select
+threshold
+tanh                                    5                           1 - 2 / (exp(2x) + 1): scale, exp,
+                                                                    add, divide, subtract; exp as 1
+sigmoid                                 4                           1 / (1 + exp(-x)): negate, exp, add,
+                                                                    divide
+silu                                    5                           sigmoid (4) + multiply
+add, sub, mul, div, pow, sqrt, rsqrt,   1                           one arithmetic operation
+exp, neg, reciprocal (and in-place _)
+max_pool1d/2d/3d                        kernel_volume - 1           comparisons to find the window max
+avg_pool1d/2d/3d                        kernel_volume               kernel_volume - 1 adds + 1 scale
+adaptive_avg_pool                       1 per *input* element       each input summed once (fvcore's)
+adaptive_max_pool                       in_numel - out_numel total  window - 1 comparisons per output
+batch_norm (eval)                       2 (1 without affine)        fvcore's: scale and shift
+LRN (nn.LocalResponseNorm and any       size + 5                    square (1), window sum over `size`
+module named *LocalResponseNorm)                                    channels (size), scale by alpha (1),
+                                                                    add k (1), pow beta (1), divide (1)
+dropout, flatten, view, pad, cat, ...   0                           data movement, no arithmetic
+======================================  ==========================  =====================================
+
+Pooling windows are counted at their full kernel size even where `ceil_mode`
+or padding clips them at the border, so pooling counts are upper bounds by a
+few percent. PyTorch's `nn.LocalResponseNorm` decomposes into exactly the
+elementwise ops and the (size, 1, 1) avg_pool3d of the LRN row, so tracing it
+op by op gives the same size + 5; LRN modules are nevertheless costed as a
+whole (module hook, whatever their implementation traces to), so that a custom
+LRN -- an autograd Function, a conv over channels -- costs the same and never
+leaks into `core_macs`. Ops with no handle are listed in `uncounted_ops`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+# fvcore calls torch.jit.script at import time, which torch now answers with a
+# FutureWarning that says nothing to our users.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from fvcore.nn import FlopCountAnalysis
+
+FLOP_CONVENTION = "macs=multiply-adds; flops=2*macs; per image, forward pass"
+
+# fvcore's operator names (after its own renaming) that are convolution or matmul work.
+CORE_OPS = ("conv", "linear", "addmm", "mm", "matmul", "bmm", "einsum")
+
+# MAC-equivalents per output element; see the table in the module docstring.
+ACTIVATION_COST = {
+    "relu": 1, "relu_": 1, "relu6": 1, "hardtanh": 1, "hardtanh_": 1,
+    "leaky_relu": 1, "leaky_relu_": 1, "threshold": 1, "threshold_": 1,
+    "tanh": 5, "tanh_": 5,
+    "sigmoid": 4, "sigmoid_": 4,
+    "silu": 5, "silu_": 5,
+}
+ARITHMETIC_OPS = ("add", "sub", "rsub", "mul", "div", "pow", "sqrt", "rsqrt", "exp", "neg", "reciprocal")
+# Data movement and identity-at-inference ops fvcore does not already ignore.
+ZERO_COST_OPS = (
+    "aten::pad", "aten::dropout_", "aten::feature_dropout", "aten::alpha_dropout",
+    "aten::feature_alpha_dropout", "aten::clone", "aten::identity",
+)
+LRN_EXTRA_COST = 5  # per element on top of the window sum: square, scale, add k, pow, divide
+
+
+def _numel(value: Any) -> int:
+    """Elements of a traced tensor value; 0 for ints and other non-tensors (shape arithmetic)."""
+    try:
+        if not value.isCompleteTensor():
+            return 0
+    except AttributeError:
+        return 0
+    return math.prod(value.type().sizes())
+
+
+def _per_output(cost: int, label: str):
+    def handle(inputs, outputs):
+        return Counter({label: cost * _numel(outputs[0])})
+
+    return handle
+
+
+def _int_list(value: Any) -> list[int]:
+    """A traced int[] argument: a constant, or a prim::ListConstruct of constants."""
+    ivalue = value.toIValue()
+    if ivalue is None and value.node().kind() == "prim::ListConstruct":
+        ivalue = [v.toIValue() for v in value.node().inputs()]
+    if ivalue is None or (isinstance(ivalue, list) and None in ivalue):
+        raise ValueError(f"cannot read a constant kernel size from {value.node()}")
+    return ivalue
+
+
+def _kernel_volume(inputs, outputs) -> int:
+    """prod(kernel_size), with a 1-element kernel broadcast over the op's spatial dims."""
+    kernel = _int_list(inputs[1])
+    if isinstance(kernel, int):
+        kernel = [kernel]
+    spatial = len(outputs[0].type().sizes()) - 2  # (N, C, *spatial); unbatched inputs are rare here
+    if len(kernel) == 1:
+        kernel = list(kernel) * max(spatial, 1)
+    return math.prod(kernel)
+
+
+def _max_pool(inputs, outputs):
+    return (_kernel_volume(inputs, outputs) - 1) * _numel(outputs[0])
+
+
+def _avg_pool(inputs, outputs):
+    return _kernel_volume(inputs, outputs) * _numel(outputs[0])
+
+
+def _adaptive_avg_pool(inputs, outputs):
+    return _numel(inputs[0])
+
+
+def _adaptive_max_pool(inputs, outputs):
+    return max(_numel(inputs[0]) - _numel(outputs[0]), 0)
+
+
+def _handles() -> dict:
+    # Labels drop the in-place underscore so that relu and relu_ are reported together.
+    handles = {f"aten::{name}": _per_output(cost, name.rstrip("_")) for name, cost in ACTIVATION_COST.items()}
+    for name in ARITHMETIC_OPS:
+        handles[f"aten::{name}"] = handles[f"aten::{name}_"] = _per_output(1, name)
+    for d in (1, 2, 3):
+        handles[f"aten::max_pool{d}d"] = _max_pool
+        handles[f"aten::max_pool{d}d_with_indices"] = _max_pool
+        handles[f"aten::avg_pool{d}d"] = _avg_pool
+        handles[f"aten::adaptive_avg_pool{d}d"] = _adaptive_avg_pool
+        handles[f"aten::adaptive_max_pool{d}d"] = _adaptive_max_pool
+    for name in ZERO_COST_OPS:
+        handles[name] = None  # fvcore: None means "known, costs nothing", not "unsupported"
+    return handles
+
+
+HANDLES = _handles()
+
+
+def is_lrn(module: nn.Module) -> bool:
+    """PyTorch's LRN or a project/custom one (any class named ...LocalResponseNorm with a `size`)."""
+    return isinstance(module, nn.LocalResponseNorm) or (
+        type(module).__name__.endswith("LocalResponseNorm") and hasattr(module, "size")
+    )
+
+
+def lrn_cost_per_element(module: nn.Module) -> int:
+    return int(module.size) + LRN_EXTRA_COST
+
+
+def flop_analysis(model: nn.Module, inputs: torch.Tensor | tuple) -> FlopCountAnalysis:
+    """fvcore's analysis with this module's handles installed and its log and warning output off."""
+    analysis = FlopCountAnalysis(model, inputs).set_op_handle(**HANDLES)
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    analysis.tracer_warnings("none")  # TracerWarnings about shapes turned constants: noise to users
+    return analysis
+
+
+def _top_level_lrns(model: nn.Module) -> dict[str, nn.Module]:
+    found: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if is_lrn(module) and not any(name.startswith(p + ".") for p in found):
+            found[name] = module
+    return found
+
+
+def _example_input(model: nn.Module, input_size: int, batch: int = 1) -> torch.Tensor:
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    return torch.randn(batch, 3, input_size, input_size, device=device)
+
+
+def count_ops(model: nn.Module, input_size: int) -> dict:
+    """Per-image forward-pass counts: `macs`, `flops`, `core_macs`, `by_operator`, `uncounted_ops`.
+
+    Traced at batch 1 in eval mode (so dropout is off and batch norm is the
+    inference op); the model's own train/eval modes are restored afterwards.
+    """
+    x = _example_input(model, input_size)
+    modes = {m: m.training for m in model.modules()}
+    lrns = _top_level_lrns(model)
+    lrn_macs = Counter()
+
+    def hook(module, args, output):
+        lrn_macs["lrn"] += lrn_cost_per_element(module) * output.numel()
+
+    handles = [m.register_forward_hook(hook) for m in lrns.values()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+        for h in handles:  # the trace below must not count LRNs a second time
+            h.remove()
+        handles = []
+        analysis = flop_analysis(model, (x,))
+        by_op = Counter(analysis.by_operator())
+        unsupported = Counter(analysis.unsupported_ops())
+        # Replace whatever fvcore made of each LRN's insides by the LRN's documented cost.
+        for name in lrns:
+            by_op -= analysis.by_operator(name)
+            unsupported -= analysis.unsupported_ops(name)
+        by_op += lrn_macs
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.train(training)
+    macs = int(sum(by_op.values()))
+    return {
+        "macs": macs,
+        "flops": 2 * macs,
+        "core_macs": int(sum(v for k, v in by_op.items() if k in CORE_OPS)),
+        "by_operator": dict(by_op),
+        "uncounted_ops": ",".join(sorted(unsupported)),
+    }
+
+
+def count_params(model: nn.Module) -> dict:
+    """Total and trainable parameters (shared parameters counted once)."""
+    params = list(model.parameters())  # .parameters() already yields a shared tensor once
+    return {
+        "params_total": sum(p.numel() for p in params),
+        "params_trainable": sum(p.numel() for p in params if p.requires_grad),
+    }
+
+
+def count_model(model: nn.Module, input_size: int) -> dict:
+    """`params_total`, `params_trainable`, `macs`, `flops`, `core_macs` (per image), and `uncounted_ops`."""
+    ops = count_ops(model, input_size)
+    return {
+        **count_params(model),
+        "macs": ops["macs"],
+        "flops": ops["flops"],
+        "core_macs": ops["core_macs"],
+        "uncounted_ops": ops["uncounted_ops"],
+    }

@@ -1,0 +1,50 @@
+"""The one training step, shared by training runs, sweeps, measurement and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, dtype: str):
+    """Mixed-precision context for `dtype` (`fp32` means none)."""
+    if DTYPES[dtype] is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    dtype: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, backward and optimizer step on one batch.
+
+    Returns the batch's summed loss and number of correct top-1 predictions as
+    device tensors, detached, so that callers decide when to synchronise.
+    """
+    model.train()
+    with autocast(x.device, dtype):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        correct = (logits.argmax(1) == y).sum()
+    return loss.detach() * y.numel(), correct
+
+
+def make_optimizer(
+    model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4
+) -> torch.optim.SGD:
+    """SGD with momentum and weight decay, as in the paper (section 5)."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)

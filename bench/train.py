@@ -1,0 +1,212 @@
+"""The one training loop: train a model on a data set, evaluating after every epoch.
+
+`train(cfg)` returns the history and summary in memory; `run_training(cfg, out)`
+also writes the run folder (config.json, history.csv, summary.json, checkpoint.pt).
+Sweeps and the CLI both go through `train`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from bench.config import TrainConfig
+from bench.data import Dataset, DataSpec, load_data, parse_augment
+from bench.env import environment, pick_device
+from bench.io import atomic_write_text, write_csv
+from bench.models import create_model, input_size_of
+from bench.step import autocast, make_optimizer, train_step
+
+log = logging.getLogger(__name__)
+
+# How often (in steps) the loss is checked for NaN/inf: each check synchronises the device.
+DIVERGENCE_CHECK_EVERY = 20
+
+
+@dataclass
+class RunResult:
+    status: str  # ok | diverged
+    history: list[dict]
+    summary: dict
+    model: nn.Module = field(repr=False)
+
+
+def data_spec(cfg: TrainConfig) -> DataSpec:
+    return DataSpec(
+        source=cfg.data, root=cfg.data_root, image_size=input_size_of(cfg.model),
+        train_per_class=cfg.train_per_class, test_per_class=cfg.test_per_class, preprocess=cfg.preprocess,
+    )
+
+
+def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
+    """Multiplier on the base learning rate at optimizer step `step` of `total`."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    t = step / max(total, 1)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "step":
+        return 0.1 ** ((t >= 0.5) + (t >= 0.75))
+    return 1.0
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: Dataset, batch_size: int = 1000, dtype: str = "fp32",
+             channels_last: bool = False) -> dict:
+    """Top-1 and top-5 error (percent) and mean loss on the test split."""
+    model.eval()
+    correct1 = correct5 = torch.zeros((), device=data.device, dtype=torch.long)
+    loss_sum = torch.zeros((), device=data.device)
+    k = min(5, len(data.classes))
+    for x, y in data.batches("test", batch_size):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(x.device, dtype):
+            logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+        topk = logits.topk(k, dim=1).indices
+        correct1 = correct1 + (topk[:, 0] == y).sum()
+        correct5 = correct5 + (topk == y[:, None]).any(1).sum()
+    n = len(data.test_y)
+    return {
+        "test_loss": loss_sum.item() / n,
+        "test_top1_err_pct": 100.0 * (1 - correct1.item() / n),
+        "test_top5_err_pct": 100.0 * (1 - correct5.item() / n),
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = True,
+          on_epoch=None) -> RunResult:
+    """Train `cfg.model` for `cfg.epochs` epochs; a NaN/inf loss ends the run as `diverged`."""
+    device = pick_device(cfg.device)
+    if data is None:
+        data = load_data(data_spec(cfg))
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, num_classes=len(data.classes), init=cfg.init, **cfg.knobs)
+    data = data.to(device)
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)
+    steps_per_epoch = data.num_batches("train", cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(cfg.schedule, s, total, warmup))
+    augment = parse_augment(cfg.augment)
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    history: list[dict] = []
+    status = "ok"
+    n_train = len(data.train_y)
+    run_start = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        _sync(device)
+        t0 = time.perf_counter()
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+                   disable=None if progress else True, unit="step")
+        for i, (x, y) in enumerate(data.batches("train", cfg.batch_size, augment=augment, generator=g)):
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            batch_loss, batch_correct = train_step(model, optimizer, x, y, dtype=cfg.dtype)
+            scheduler.step()
+            loss_sum += batch_loss
+            correct += batch_correct
+            if (i + 1) % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+                break
+            bar.update()
+        bar.close()
+        _sync(device)
+        seconds = time.perf_counter() - t0
+        if not torch.isfinite(loss_sum):
+            status = "diverged"
+            history.append({"epoch": epoch, "train_loss": float("nan"), "lr": lr, "epoch_seconds": seconds})
+            log.warning("loss became NaN/inf in epoch %d; run ends as diverged", epoch)
+            break
+        row = {
+            "epoch": epoch,
+            "train_loss": loss_sum.item() / n_train,
+            "train_err_pct": 100.0 * (1 - correct.item() / n_train),
+            **evaluate(model, data, dtype=cfg.dtype, channels_last=cfg.channels_last),
+            "lr": lr,
+            "epoch_seconds": seconds,
+            "train_images_per_s": n_train / seconds,
+            "elapsed_seconds": time.perf_counter() - run_start,
+        }
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+    summary = summarize(history, status)
+    summary.update(data.provenance)
+    return RunResult(status, history, summary, model)
+
+
+def summarize(history: list[dict], status: str) -> dict:
+    done = [h for h in history if "test_top1_err_pct" in h]
+    last = done[-1] if done else {}
+    return {
+        "status": status,
+        "epochs_run": len(done),
+        "final_train_loss": last.get("train_loss"),
+        "final_train_err_pct": last.get("train_err_pct"),
+        "final_test_top1_err_pct": last.get("test_top1_err_pct"),
+        "final_test_top5_err_pct": last.get("test_top5_err_pct"),
+        "best_test_top1_err_pct": min((h["test_top1_err_pct"] for h in done), default=None),
+        "train_seconds": sum(h["epoch_seconds"] for h in history),
+        "median_train_images_per_s": _median([h["train_images_per_s"] for h in done]),
+    }
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else 0.5 * (s[mid - 1] + s[mid])
+
+
+def run_training(cfg: TrainConfig, out_dir: Path, *, progress: bool = True) -> RunResult:
+    """Train and write the run folder; each file is written whole (temp file, then rename)."""
+    out_dir = Path(out_dir)
+    start = time.perf_counter()
+    data = load_data(data_spec(cfg))
+    startup = time.perf_counter() - start
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    atomic_write_text(out_dir / "config.json", json.dumps(
+        {"config": cfg.to_dict(), "environment": environment(device)}, indent=2, default=str))
+
+    def on_epoch(row):
+        log.info("epoch %d: train loss %.4f, train err %.2f%%, test err %.2f%% (top-5 %.2f%%), %.1f s, %.0f img/s",
+                 row["epoch"], row["train_loss"], row["train_err_pct"], row["test_top1_err_pct"],
+                 row["test_top5_err_pct"], row["epoch_seconds"], row["train_images_per_s"])
+        write_csv(out_dir / "history.csv", result_rows + [row])
+        result_rows.append(row)
+
+    result_rows: list[dict] = []
+    result = train(cfg, data, progress=progress, on_epoch=on_epoch)
+    write_csv(out_dir / "history.csv", result.history)
+    result.summary.update(data_load_seconds=startup, wall_seconds=time.perf_counter() - start, seed=cfg.seed)
+    atomic_write_text(out_dir / "summary.json", json.dumps(result.summary, indent=2, default=str))
+    tmp = out_dir / "checkpoint.pt.tmp"
+    torch.save({"model": result.model.state_dict(), "config": cfg.to_dict()}, tmp)
+    tmp.replace(out_dir / "checkpoint.pt")
+    return result

@@ -1,0 +1,82 @@
+"""`python -m bench train`: one training run into a run folder under results/runs/."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from bench.config import TrainConfig
+from bench.data import default_data_root, default_data_source
+from bench.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def parse_knobs(items: list[str]) -> dict:
+    """`key=value` pairs; values read as JSON when they parse (numbers, true/false), else strings."""
+    knobs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--knob {item!r} is not key=value; e.g. --knob activation=tanh")
+        try:
+            knobs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            knobs[key] = value
+    return knobs
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    p.add_argument("--model", default=d.model, help="registered model name or tv:<torchvision name> (default %(default)s)")
+    p.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE",
+                   help="model knob, repeatable, e.g. --knob activation=tanh --knob width=0.25")
+    p.add_argument("--init", default=d.init, help="default | paper (default %(default)s)")
+    p.add_argument("--data", default=default_data_source(),
+                   help="cifar10 | synthetic | PATH to an ImageFolder tree or .tar.gz (default $BENCH_DATA or cifar10)")
+    p.add_argument("--data-root", default=default_data_root(),
+                   help="folder holding cifar-10-batches-py/ (default $BENCH_DATA_ROOT or ./data)")
+    p.add_argument("--train-per-class", type=int, default=None, help="stratified training subset, images per class")
+    p.add_argument("--test-per-class", type=int, default=None, help="stratified test subset, images per class")
+    p.add_argument("--preprocess", default=d.preprocess, help="standardize | meanonly (default %(default)s)")
+    p.add_argument("--augment", default=d.augment, help="none or '+'-joined crop, flip, pca (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help="base learning rate (default %(default)s)")
+    p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--schedule", default=d.schedule, help="constant | cosine | step (default %(default)s)")
+    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N | mps (default %(default)s)")
+    p.add_argument("--dtype", default=d.dtype, help="fp32 | bf16 | fp16 autocast (default %(default)s)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default results/runs/<time>-<model>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    values["knobs"] = parse_knobs(args.knob)
+    return TrainConfig(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.models import create_model
+    from bench.train import run_training
+
+    cfg = config_from_args(args)
+    create_model(cfg.model, init=cfg.init, **cfg.knobs)  # bad names and knobs fail before any file is written
+    out = args.out or Path("results/runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace(':', '_')}"
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"run folder {out} already exists and is not empty; pass another --out")
+    result = run_training(cfg, out, progress=not args.no_progress)
+    s = result.summary
+    log.info("%s: %d epochs, final test error %.2f%% (top-5 %.2f%%), %.0f train img/s; wrote %s",
+             result.status, s["epochs_run"], s["final_test_top1_err_pct"] or float("nan"),
+             s["final_test_top5_err_pct"] or float("nan"), s["median_train_images_per_s"] or 0, out)
+    return 0 if result.status == "ok" else 1
