@@ -6,7 +6,7 @@ Arguments after `--` pass through, e.g. `nox -s ablate -- --profile smoke`.
 import nox
 
 nox.options.sessions = ["tests"]
-nox.options.reuse_existing_virtualenvs = True  # torch is a multi-GB install
+nox.options.reuse_existing_virtualenvs = True  # torch is a multi-GB install: keep the venv
 
 
 def _install(session: nox.Session) -> None:
@@ -18,3 +18,24 @@ def tests(session: nox.Session) -> None:
     """Run the unit tests on the CPU (no network, no GPU needed)."""
     _install(session)
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def ablate(session: nox.Session) -> None:
+    """Run the studies (ablations/*.toml) and then the report; e.g. -- --profile smoke --data PATH."""
+    _install(session)
+    session.run("python", "-m", "bench", "ablate", *session.posargs)
+
+
+@nox.session
+def figures(session: nox.Session) -> None:
+    """Redraw every figure and table from the saved results (nothing retrains)."""
+    _install(session)
+    session.run("python", "-m", "bench", "report", *(session.posargs or ["results"]))
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Throughput regression gate (pytest-benchmark); e.g. -- --save NAME or -- --compare NAME."""
+    _install(session)
+    session.run("python", "-m", "bench.gate", *session.posargs)

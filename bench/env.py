@@ -137,6 +137,7 @@ def environment(device: torch.device | str) -> dict:
         # TF32 and cudnn.benchmark change fp32 speed on GPUs: record the settings in force.
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if on_cuda else None,
+        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32) if on_cuda else None,
         "python": platform.python_version(),
         "num_threads": torch.get_num_threads(),
         "hostname": socket.gethostname(),

@@ -92,7 +92,10 @@ def _sync(device: torch.device) -> None:
 
 def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = True,
           on_epoch=None) -> RunResult:
-    """Train `cfg.model` for `cfg.epochs` epochs; a NaN/inf loss ends the run as `diverged`."""
+    """Train `cfg.model` for `cfg.epochs` epochs; a NaN/inf loss ends the run as `diverged`.
+
+    `on_epoch(row)` sees each epoch's history row; returning True ends training early.
+    """
     device = pick_device(cfg.device)
     if data is None:
         data = load_data(data_spec(cfg))
@@ -152,8 +155,8 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
             "elapsed_seconds": time.perf_counter() - run_start,
         }
         history.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
+        if on_epoch is not None and on_epoch(row):
+            break  # the caller has seen enough (e.g. a study's target was reached)
     summary = summarize(history, status)
     summary.update(data.provenance)
     return RunResult(status, history, summary, model)

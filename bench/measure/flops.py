@@ -16,38 +16,40 @@ identical counts. This module adds handles so they do not. Costs are per
 element of the op's output, in MAC-equivalents (one elementary arithmetic
 operation or comparison = 1), the same unit as a multiply-add:
 
-======================================  ==========================  =====================================
-op (aten name in the traced graph)      cost per output element     why
-======================================  ==========================  =====================================
-conv, linear, addmm, (b)mm, matmul      fvcore's: the multiply-adds  counted in `core_macs` too
-relu, relu6/hardtanh, leaky_relu,       1                           one compare-and-select
-threshold
-tanh                                    5                           1 - 2 / (exp(2x) + 1): scale, exp,
-                                                                    add, divide, subtract; exp as 1
-sigmoid                                 4                           1 / (1 + exp(-x)): negate, exp, add,
-                                                                    divide
-silu                                    5                           sigmoid (4) + multiply
-add, sub, mul, div, pow, sqrt, rsqrt,   1                           one arithmetic operation
-exp, neg, reciprocal (and in-place _)
-max_pool1d/2d/3d                        kernel_volume - 1           comparisons to find the window max
-avg_pool1d/2d/3d                        kernel_volume               kernel_volume - 1 adds + 1 scale
-adaptive_avg_pool                       1 per *input* element       each input summed once (fvcore's)
-adaptive_max_pool                       in_numel - out_numel total  window - 1 comparisons per output
-batch_norm (eval)                       2 (1 without affine)        fvcore's: scale and shift
-LRN (nn.LocalResponseNorm and any       size + 5                    square (1), window sum over `size`
-module named *LocalResponseNorm)                                    channels (size), scale by alpha (1),
-                                                                    add k (1), pow beta (1), divide (1)
-dropout, flatten, view, pad, cat, ...   0                           data movement, no arithmetic
-======================================  ==========================  =====================================
+| op (aten name in the trace)            | cost per output element | why                                        |
+|----------------------------------------|-------------------------|--------------------------------------------|
+| conv, linear, addmm, (b)mm, matmul     | fvcore's multiply-adds  | also summed into `core_macs`               |
+| relu, relu6/hardtanh, leaky_relu,      | 1                       | one compare-and-select                     |
+| threshold                              |                         |                                            |
+| tanh                                   | 5                       | 1 - 2/(exp(2x) + 1): scale, exp, add,      |
+|                                        |                         | divide, subtract (exp counted as 1)        |
+| sigmoid                                | 4                       | 1/(1 + exp(-x)): negate, exp, add, divide  |
+| silu                                   | 5                       | sigmoid (4) + multiply                     |
+| add, sub, rsub, mul, div, pow, sqrt,   | 1                       | one arithmetic operation                   |
+| rsqrt, exp, neg, reciprocal (and _)    |                         |                                            |
+| max_pool1d/2d/3d                       | kernel_volume - 1       | comparisons to find the window's max       |
+| avg_pool1d/2d/3d                       | kernel_volume           | kernel_volume - 1 adds + 1 scale           |
+| adaptive_avg_pool2d                    | 1 per *input* element   | fvcore's: each input summed once           |
+| adaptive_avg_pool1d/3d                 | 1 per *input* element   | the same                                   |
+| adaptive_max_pool1d/2d/3d              | in_numel - out_numel    | window - 1 comparisons per output, total   |
+| batch_norm (eval)                      | 2 (1 without affine)    | fvcore's: scale and shift                  |
+| upsample_bilinear2d (tv: models)       | 4                       | fvcore's: four-tap interpolation           |
+| LRN: nn.LocalResponseNorm, modules     | size + 5                | square (1), sum over `size` channels       |
+| named *LocalResponseNorm, and          |                         | (size), scale by alpha (1), add k (1),     |
+| bench.models.lrn's _LRNFunction        |                         | pow beta (1), divide (1)                   |
+| dropout, flatten, view, pad, cat, ...  | 0                       | data movement or identity at inference     |
 
 Pooling windows are counted at their full kernel size even where `ceil_mode`
 or padding clips them at the border, so pooling counts are upper bounds by a
-few percent. PyTorch's `nn.LocalResponseNorm` decomposes into exactly the
-elementwise ops and the (size, 1, 1) avg_pool3d of the LRN row, so tracing it
-op by op gives the same size + 5; LRN modules are nevertheless costed as a
-whole (module hook, whatever their implementation traces to), so that a custom
-LRN -- an autograd Function, a conv over channels -- costs the same and never
-leaks into `core_macs`. Ops with no handle are listed in `uncounted_ops`.
+few percent. LRN costs size + 5 per element however it is written: PyTorch's
+`nn.LocalResponseNorm` decomposes into exactly the elementwise ops and the
+(size, 1, 1) avg_pool3d of the table, so its trace sums to size + 5;
+`bench.models.lrn`'s autograd Function traces as one
+`prim::PythonOp._LRNFunction`, handled by name with `size` read from its
+scalar arguments; and any module that `is_lrn` is costed as a whole by a
+forward hook, replacing whatever fvcore made of its insides, so that no LRN
+implementation (a conv over channels, say) leaks into `core_macs`. Ops with no
+handle cost 0 and are listed in `uncounted_ops`.
 """
 
 from __future__ import annotations
@@ -143,6 +145,16 @@ def _adaptive_max_pool(inputs, outputs):
     return max(_numel(inputs[0]) - _numel(outputs[0]), 0)
 
 
+# torch.autograd.Function classes that implement LRN, traced as prim::PythonOp.<name>
+# with scalar args (size, alpha, beta, k): bench.models.lrn's.
+LRN_FUNCTIONS = ("_LRNFunction",)
+
+
+def _lrn_function(inputs, outputs):
+    size = outputs[0].node().scalar_args()[0]
+    return Counter({"lrn": (int(size) + LRN_EXTRA_COST) * _numel(outputs[0])})
+
+
 def _handles() -> dict:
     # Labels drop the in-place underscore so that relu and relu_ are reported together.
     handles = {f"aten::{name}": _per_output(cost, name.rstrip("_")) for name, cost in ACTIVATION_COST.items()}
@@ -154,6 +166,8 @@ def _handles() -> dict:
         handles[f"aten::avg_pool{d}d"] = _avg_pool
         handles[f"aten::adaptive_avg_pool{d}d"] = _adaptive_avg_pool
         handles[f"aten::adaptive_max_pool{d}d"] = _adaptive_max_pool
+    for name in LRN_FUNCTIONS:
+        handles[f"prim::PythonOp.{name}"] = _lrn_function
     for name in ZERO_COST_OPS:
         handles[name] = None  # fvcore: None means "known, costs nothing", not "unsupported"
     return handles

@@ -9,5 +9,14 @@ from bench.models.registry import (
     register_prefix,
 )
 from bench.models import layers80sec  # noqa: F401  (registers)
+from bench.models import (  # noqa: F401  (register)
+    alexnet,
+    googlenet,
+    lenet,
+    resnet,
+    torchvision_models,
+    vgg,
+    zfnet,
+)
 
 __all__ = ["create_model", "input_size_of", "list_models", "model_knobs", "register_model", "register_prefix"]

@@ -1,0 +1,409 @@
+"""Throughput, latency, peak memory and the device's matmul rate, on synthetic on-device tensors.
+
+What is timed, and how:
+
+* Inputs are one fixed random batch made on the device before timing, so the
+  numbers are the model's cost alone, with no data loading or host-to-device
+  copies (nanoGPT's and airbench's benchmark mode).
+* Training: `bench.step.train_step` (the project's one training step: forward,
+  loss, backward, SGD step) on a deep copy of the model, so the caller's weights,
+  batch-norm statistics and train/eval modes are never touched.
+  Inference: forward only, `model.eval()` under `torch.inference_mode()`.
+* `dtype` is autocast's (`fp32` = none, `bf16`, `fp16`); weights stay fp32, as in
+  mixed-precision training. `memory_format='channels_last'` converts the model and
+  the batch.
+* `warmup` untimed steps first (allocator growth, cuDNN/oneDNN kernel choice,
+  lazy initialisation), then `repeats` timed repeats of `steps` steps each. The
+  device is synchronised before every clock read (CUDA and MPS run
+  asynchronously; CPU ops return when done). Reported: the median over repeats
+  of images/s, with the min and max as the spread.
+* Batch-1 latency: median over `latency_iters` single forward passes, each
+  bracketed by synchronisation, in milliseconds.
+* Peak memory of training (`peak_mem_mb`, MiB), labelled by `peak_mem_kind`:
+  - `cuda_peak_allocated`: `torch.cuda.max_memory_allocated` over the training
+    phase (copy of the model, optimizer state, warm-up and timed steps) minus
+    what was allocated before it began: weights + gradients + momentum +
+    activations saved for backward + the batch + cuDNN workspaces, as PyTorch's
+    caching allocator hands them out (rounded up to its 512-byte blocks). Not
+    included: cached-but-free blocks and the CUDA context.
+  - `tracked_tensor_peak` (CPU, MPS): the peak of the bytes of live tensor
+    storages created during the copy of the model and the warm-up steps,
+    tracked by a `TorchDispatchMode` (every op's outputs pass through it; a
+    weakref notices each free). The same list as above, deterministic and independent
+    of what the process did before -- unlike resident set size, which on
+    Linux counts lazily loaded libraries (~170 MiB on the first step of a
+    process) and reads 0 when the C allocator reuses memory freed by an
+    earlier model. Not included: scratch buffers that kernels (oneDNN) allocate
+    internally without making tensors, and the allocator's own overhead. The
+    dispatch mode costs Python time per op, so it is active only for the
+    untimed warm-up steps. (The MPS path is untested: written for, not run on, a Mac.)
+* Out of memory: retried at half the batch until it fits (`batch_size` in the
+  result is the batch actually used); any failure no retry fixes is returned as
+  `error` with the numbers None, never raised.
+
+`matmul_flops_per_s` times a square matmul in the same dtype on the same
+device, the practical peak a model's FLOP/s can be compared against (never a
+hard-coded datasheet number).
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import statistics
+import time
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from bench.step import DTYPES, autocast, make_optimizer, train_step
+
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+_MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long to measure. Step counts are per phase (training, inference)."""
+
+    warmup: int  # untimed steps before timing
+    repeats: int  # timed repeats; the median and min/max are reported
+    steps: int  # steps per timed repeat
+    latency_iters: int  # timed batch-1 forward passes
+    batch_size: int  # batch used when the caller gives none
+
+    def __post_init__(self):
+        # Peak memory is metered over the warm-up steps, so at least one is needed.
+        if self.warmup < 1 or self.repeats < 1 or self.steps < 1 or self.latency_iters < 0 or self.batch_size < 1:
+            raise ValueError(f"settings need warmup, repeats, steps, batch_size >= 1: {self}")
+
+
+FULL = Settings(warmup=10, repeats=7, steps=20, latency_iters=50, batch_size=128)  # 128: the paper's batch
+QUICK = Settings(warmup=2, repeats=3, steps=3, latency_iters=10, batch_size=16)  # a CPU smoke measurement
+
+
+def settings_for(quick: bool) -> Settings:
+    return QUICK if quick else FULL
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so that a clock read after it is honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    msg = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in msg or "can't allocate memory" in msg  # MPS; CPU allocator
+    )
+
+
+def error_text(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".strip()
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
+def _time_repeats(fn, device: torch.device, settings: Settings, images_per_step: int) -> list[float]:
+    """images/s of each timed repeat of `settings.steps` calls of `fn`."""
+    rates = []
+    for _ in range(settings.repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(settings.steps):
+            fn()
+        synchronize(device)
+        rates.append(settings.steps * images_per_step / (time.perf_counter() - start))
+    return rates
+
+
+# ---------------------------------------------------------------- memory meters
+
+
+class _TensorTracker(TorchDispatchMode):
+    """Live and peak bytes of tensor storages created while active (or handed to `track`).
+
+    Every op's outputs pass through `__torch_dispatch__`; each new storage is
+    counted once (views and in-place results share it) and uncounted by a weakref
+    callback when it is freed. Backward ops on CPU run on the calling thread, so
+    gradients and saved activations are seen.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._refs: dict[int, weakref.ref] = {}  # storage address -> weakref to the storage
+
+    def track(self, tensor) -> None:
+        if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
+            return
+        storage = tensor.untyped_storage()
+        nbytes, key = storage.nbytes(), storage.data_ptr()
+        if nbytes == 0 or key in self._refs:
+            return
+
+        def freed(_ref, key=key, nbytes=nbytes):
+            self._refs.pop(key, None)
+            self.live -= nbytes
+
+        self._refs[key] = weakref.ref(storage, freed)
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            self.track(t)
+        return out
+
+
+class _MemoryMeter:
+    """Meters the training phase: `start`, `track(net)`, `stop_tracking` before timing, `peak_mib`."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.kind = "cuda_peak_allocated" if device.type == "cuda" else "tracked_tensor_peak"
+        self._tracker: _TensorTracker | None = None
+
+    def start(self) -> None:
+        if self.kind == "cuda_peak_allocated":
+            synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        else:
+            self._tracker = _TensorTracker()
+            self._tracker.__enter__()
+            self._peak = 0
+
+    def track(self, module: nn.Module) -> None:
+        """Count a module's parameters and buffers, however `deepcopy` made them."""
+        if self._tracker is not None:
+            for t in (*module.parameters(), *module.buffers()):
+                self._tracker.track(t)
+
+    def stop_tracking(self) -> None:
+        """Leave the dispatch mode (before timing: it adds Python work to every op)."""
+        if self._tracker is not None:
+            synchronize(self.device)
+            self._tracker.__exit__(None, None, None)
+            self._peak, self._tracker = self._tracker.peak, None
+
+    def peak_mib(self) -> float:
+        """Peak growth since `start`, MiB."""
+        if self.kind == "cuda_peak_allocated":
+            synchronize(self.device)
+            grown = torch.cuda.max_memory_allocated(self.device) - self._base
+        else:
+            self.stop_tracking()
+            grown = self._peak
+        return max(grown, 0) / _MIB
+
+
+# ---------------------------------------------------------------- the measurement
+
+
+def _measure_at(
+    model: nn.Module,
+    *,
+    input_size: int,
+    batch_size: int,
+    device: torch.device,
+    dtype: str,
+    memory_format: str,
+    settings: Settings,
+) -> dict:
+    meter = _MemoryMeter(device)
+    fmt = MEMORY_FORMATS[memory_format]
+    meter.start()
+    try:
+        # Training phase (metered): fresh copy, optimizer, fixed batch, warm-up, timed repeats.
+        net = copy.deepcopy(model).to(device=device, memory_format=fmt)
+        meter.track(net)
+        x = torch.randn(batch_size, 3, input_size, input_size, device=device).contiguous(memory_format=fmt)
+        with torch.no_grad():
+            num_classes = net.eval()(x[:1]).shape[1]
+        y = torch.randint(0, num_classes, (batch_size,), device=device)
+        optimizer = make_optimizer(net, lr=0.01)  # the paper's lr; its value does not change the cost
+
+        def train():
+            train_step(net, optimizer, x, y, dtype=dtype)
+
+        for _ in range(settings.warmup):
+            train()
+        meter.stop_tracking()
+        train_rates = _time_repeats(train, device, settings, batch_size)
+        peak_mem_mb = meter.peak_mib()
+    finally:
+        meter.stop_tracking()
+
+    # Inference phase: same copy and batch, forward only.
+    net.eval()
+    optimizer.zero_grad(set_to_none=True)  # gradients are not part of inference
+
+    def infer():
+        with torch.inference_mode(), autocast(device, dtype):
+            net(x)
+
+    for _ in range(settings.warmup):
+        infer()
+    infer_rates = _time_repeats(infer, device, settings, batch_size)
+
+    x1 = x[:1].clone()
+    latencies_ms = []
+    with torch.inference_mode(), autocast(device, dtype):
+        for i in range(settings.warmup + settings.latency_iters):
+            synchronize(device)
+            start = time.perf_counter()
+            net(x1)
+            synchronize(device)
+            if i >= settings.warmup:
+                latencies_ms.append((time.perf_counter() - start) * 1e3)
+
+    return {
+        "train_images_per_s": statistics.median(train_rates),
+        "train_images_per_s_min": min(train_rates),
+        "train_images_per_s_max": max(train_rates),
+        "infer_images_per_s": statistics.median(infer_rates),
+        "infer_images_per_s_min": min(infer_rates),
+        "infer_images_per_s_max": max(infer_rates),
+        "latency_ms_b1": statistics.median(latencies_ms),
+        "peak_mem_mb": peak_mem_mb,
+        "peak_mem_kind": meter.kind,
+    }
+
+
+THROUGHPUT_KEYS = (
+    "train_images_per_s", "train_images_per_s_min", "train_images_per_s_max",
+    "infer_images_per_s", "infer_images_per_s_min", "infer_images_per_s_max",
+    "latency_ms_b1", "peak_mem_mb", "peak_mem_kind",
+)
+
+
+def validate(dtype: str, memory_format: str, batch_size: int) -> None:
+    """ValueError naming the bad value and the choices."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"unknown memory format {memory_format!r}; choose one of: {', '.join(MEMORY_FORMATS)}")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+
+
+def measure_throughput(
+    model: nn.Module,
+    *,
+    input_size: int | None = None,
+    batch_size: int | None = None,
+    device: torch.device | str = "cpu",
+    dtype: str = "fp32",
+    memory_format: str = "contiguous",
+    quick: bool = False,
+    settings: Settings | None = None,
+) -> dict:
+    """Training and inference images/s (median, min, max), batch-1 latency and peak training memory.
+
+    Returns a flat dict: the keys of `THROUGHPUT_KEYS`, `batch_size` (the batch
+    actually used, after any out-of-memory halving) and `error` (None, or the
+    one-line reason every value is None). `input_size` defaults to
+    `model.input_size`; `settings` overrides the `quick` preset. The caller's
+    model is not modified.
+    """
+    settings = settings or settings_for(quick)
+    device = torch.device(device)
+    input_size = input_size or model.input_size
+    batch_size = batch_size or settings.batch_size
+    validate(dtype, memory_format, batch_size)
+    error = None
+    while True:
+        oom = False
+        try:
+            result = _measure_at(
+                model, input_size=input_size, batch_size=batch_size, device=device,
+                dtype=dtype, memory_format=memory_format, settings=settings,
+            )
+            break
+        except Exception as exc:  # a failing model is a row, never an aborted bulk run
+            if _is_oom(exc) and batch_size > 1:
+                oom = True
+            else:
+                error = error_text(exc)
+                if _is_oom(exc):
+                    error += " (out of memory even at batch 1)"
+                result = dict.fromkeys(THROUGHPUT_KEYS)
+                break
+        finally:
+            _free(device)  # outside the except block, the traceback's tensors can be released
+        if oom:
+            batch_size //= 2
+    return {**result, "batch_size": batch_size, "error": error}
+
+
+def matmul_size(device: torch.device | str, quick: bool = False) -> int:
+    """Side of the square matmul: large enough to near the device's practical peak, small enough to be quick.
+
+    2 n^3 FLOPs each: n=1024 is 2.1 GFLOP (tens of ms on a few CPU cores),
+    n=8192 is 1.1 TFLOP (a few ms on a current GPU in bf16).
+    """
+    if torch.device(device).type == "cpu":
+        return 1024 if quick else 2048
+    return 4096 if quick else 8192
+
+
+def matmul_flops_per_s(
+    device: torch.device | str,
+    dtype: str = "fp32",
+    *,
+    n: int | None = None,
+    quick: bool = False,
+) -> float:
+    """FLOP/s (2 per multiply-add) of an n x n @ n x n matmul in `dtype`, median of timed repeats.
+
+    `bf16` / `fp16` multiply tensors of that dtype directly. `fp32` on CUDA runs
+    with TF32 allowed when cuDNN convolutions may use TF32 (PyTorch's default:
+    convolutions yes, matmuls no), because convolutions dominate these models and
+    a full-fp32 reference would put them above 100%; elsewhere fp32 runs under the
+    matmul precision in force.
+    """
+    device = torch.device(device)
+    # A CPU matmul at n=2048 takes ~0.1-0.5 s: fewer per repeat there.
+    steps = 2 if device.type == "cpu" else 10
+    settings = Settings(warmup=2, repeats=settings_for(quick).repeats, steps=steps, latency_iters=0, batch_size=1)
+    n = n or matmul_size(device, quick)
+    torch_dtype = DTYPES[dtype] or torch.float32
+    tf32 = device.type == "cuda" and dtype == "fp32" and torch.backends.cudnn.allow_tf32
+    previous = torch.get_float32_matmul_precision()
+    try:
+        if tf32:
+            torch.set_float32_matmul_precision("high")
+        a = torch.randn(n, n, device=device, dtype=torch_dtype)
+        b = torch.randn(n, n, device=device, dtype=torch_dtype)
+        out = torch.empty(n, n, device=device, dtype=torch_dtype)
+
+        def step():
+            torch.mm(a, b, out=out)
+
+        for _ in range(settings.warmup):
+            step()
+        # _time_repeats counts "images": here one item is one matmul of 2 n^3 FLOPs.
+        rates = _time_repeats(step, device, settings, 1)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    del a, b, out
+    _free(device)  # give the matrices' blocks back before the models are measured
+    return statistics.median(rates) * 2 * n**3

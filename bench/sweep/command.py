@@ -1,0 +1,90 @@
+"""`python -m bench ablate`: run studies (ablations/*.toml) at a profile into results/<study>/<profile>/."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+from bench.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def default_profile() -> str:
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {text!r} is not a comma-separated list of integers, e.g. --seeds 0,1,2") from None
+    if not seeds:
+        raise UserError("--seeds needs at least one integer, e.g. --seeds 0")
+    return seeds
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", default="all",
+                   help="comma-separated study names from ablations/ or .toml paths (default: all)")
+    p.add_argument("--profile", default=None,
+                   help="smoke | cpu | gpu (default: gpu when CUDA is present, else cpu)")
+    p.add_argument("--data", default=os.environ.get("BENCH_DATA"),
+                   help="cifar10 | synthetic | PATH to an ImageFolder tree or .tar.gz "
+                        "(default $BENCH_DATA, else what the study's profile says, else cifar10)")
+    p.add_argument("--data-root", default=os.environ.get("BENCH_DATA_ROOT"),
+                   help="folder holding cifar-10-batches-py/ (default $BENCH_DATA_ROOT or ./data)")
+    p.add_argument("--seeds", type=parse_seeds, default=None, help="override the profile's seeds, e.g. 0,1,2")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto; "
+                                                   "several GPUs run one cell each)")
+    p.add_argument("--out", type=Path, default=Path("results"), help="results root (default %(default)s)")
+    p.add_argument("--no-report", action="store_true", help="do not draw the report after the studies")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from bench.sweep.runner import run_study
+    from bench.sweep.study import PROFILES, list_studies, load_study
+
+    profile = args.profile or default_profile()
+    if profile not in PROFILES:
+        raise UserError(f"--profile {profile!r} is not valid; choose one of: {', '.join(PROFILES)}")
+    names = list_studies() if args.study == "all" else [s.strip() for s in args.study.split(",") if s.strip()]
+    studies = [load_study(n) for n in names]  # every study file is checked before anything runs
+    overrides = {}
+    if args.data:
+        overrides["data"] = args.data
+    if args.data_root:
+        overrides["data_root"] = args.data_root
+    for study in studies:
+        study.cells(profile, args.seeds, overrides)  # a missing profile fails before anything runs
+    if args.data and args.data not in ("cifar10", "synthetic"):
+        from bench.data.sources import check_folder
+
+        check_folder(Path(args.data).expanduser())
+    status = 0
+    for study in studies:
+        start = time.perf_counter()
+        runs = run_study(study, profile, out_root=args.out, seeds=args.seeds, overrides=overrides,
+                         device=args.device, progress=not args.no_progress)
+        failed = int((~runs["status"].isin(("ok", "diverged"))).sum()) if len(runs) else 0
+        log.info("%s/%s: %d cells in runs.csv, %d failed; this sweep took %.0f s -> %s",
+                 study.name, profile, len(runs), failed, time.perf_counter() - start, args.out / study.name / profile)
+        status = status or (1 if failed else 0)
+    if not args.no_report:
+        _report(args.out, [s.name for s in studies], profile)
+    return status
+
+
+def _report(out: Path, studies: list[str], profile: str) -> None:
+    try:
+        from bench.report import report_study
+    except ImportError:  # the report lands in a later change
+        return
+    for name in studies:
+        report_study(out / name / profile)

@@ -1,0 +1,266 @@
+"""Run a study's cells into tidy tables, resumably.
+
+results/<study>/<profile>/
+    runs.csv          one row per cell: factor levels, config, data source, counts,
+                      throughput, errors, time to target, status
+    history.csv       one row per cell per epoch
+    environment.json  device, versions, git commit of the latest sweep
+
+Each finished cell rewrites both tables whole through a temporary file and a
+rename, history first: a sweep killed at any moment loses at most the cell in
+flight, and a history row whose cell never reached runs.csv is dropped on resume.
+Running again skips cells that finished (ok or diverged) and retries failed ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Protocol
+
+import multiprocessing
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from bench.env import environment, pick_device
+from bench.errors import UserError
+from bench.io import atomic_write_text, write_csv
+from bench.sweep.study import Cell, Study
+
+log = logging.getLogger(__name__)
+
+FINISHED = ("ok", "diverged")
+
+
+@dataclass
+class CellResult:
+    row: dict
+    history: list[dict]
+
+
+# --- one cell ------------------------------------------------------------------------
+
+_DATA_MEMO: dict = {}  # DataSpec -> Dataset (on the CPU), so cells of a study share one load
+
+
+def _data_for(cfg):
+    from bench.data import load_data
+    from bench.train import data_spec
+
+    spec = data_spec(cfg)
+    if spec not in _DATA_MEMO:
+        _DATA_MEMO.clear()  # keep at most one data set in memory
+        _DATA_MEMO[spec] = load_data(spec)
+    return _DATA_MEMO[spec]
+
+
+def first_reaching(history: list[dict], metric: str, value: float) -> tuple[int | None, float | None]:
+    """(epoch, elapsed training seconds) at which `metric` first falls to `value` or below."""
+    seconds = 0.0
+    for h in history:
+        seconds += h.get("epoch_seconds", 0.0)
+        if h.get(metric) is not None and h[metric] <= value:
+            return h["epoch"], seconds
+    return None, None
+
+
+def _stopper(target: dict | None):
+    """An on_epoch callback that ends training `stop_after` epochs after the target is reached."""
+    if target is None or "stop_after" not in target:
+        return None
+    reached: list[int] = []
+
+    def on_epoch(row: dict) -> bool:
+        if not reached and row[target["metric"]] <= target["value"]:
+            reached.append(row["epoch"])
+        return bool(reached) and row["epoch"] >= reached[0] + target["stop_after"]
+
+    return on_epoch
+
+
+def run_cell(cell: Cell, device: str, measure: str, target: dict | None, profile: str,
+             progress: bool = True) -> CellResult:
+    """Train one cell and measure its model; any failure becomes the row's status and error."""
+    from bench.measure import FLOP_CONVENTION, count_model, measure_throughput
+    from bench.train import train
+
+    cfg = cell.config.replace(device=device)
+    start = time.perf_counter()
+    row = {"study": cell.study, "profile": profile, "cell_id": cell.id, **cell.levels,
+           "is_baseline": cell.is_baseline, "seed": cfg.seed}
+    row.update({f"cfg_{k}": v for k, v in cfg.to_dict().items() if k not in ("knobs", "seed", "device")})
+    row.update({f"knob_{k}": v for k, v in cfg.knobs.items()})
+    history: list[dict] = []
+    try:
+        dev = pick_device(device)
+        row.update(_env_columns(dev))
+        data = _data_for(cfg)
+        result = train(cfg, data, progress=progress, on_epoch=_stopper(target))
+        history = result.history
+        row["status"], row["error"] = result.status, None
+        row.update({k: v for k, v in result.summary.items() if k not in ("status",)})
+        model = result.model
+        row.update(count_model(model, getattr(model, "input_size", 32)), flop_convention=FLOP_CONVENTION)
+        if measure != "none" and result.status == "ok":
+            speed = measure_throughput(model, batch_size=cfg.batch_size, device=dev, dtype=cfg.dtype,
+                                       memory_format="channels_last" if cfg.channels_last else "contiguous",
+                                       quick=measure == "quick")
+            row.update({k: v for k, v in speed.items() if k != "error"},
+                       measure_batch_size=speed["batch_size"], measure_error=speed["error"])
+            row.pop("batch_size", None)
+        del model, result
+    except Exception as e:  # a failed cell is a row; the sweep goes on
+        oom = isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e)
+        row["status"] = "oom" if oom else "error"
+        row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        log.debug("cell %s failed:\n%s", cell.id, traceback.format_exc())
+    if target is not None:
+        row["target_metric"], row["target_value"] = target["metric"], target["value"]
+        row["epochs_to_target"], row["seconds_to_target"] = first_reaching(history, target["metric"], target["value"])
+    row["wall_seconds"] = time.perf_counter() - start
+    row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    keys = {"study": cell.study, "profile": profile, "cell_id": cell.id, **cell.levels, "seed": cfg.seed}
+    return CellResult(row, [{**keys, **h} for h in history])
+
+
+def _env_columns(device: torch.device) -> dict:
+    env = environment(device)
+    keep = ("device", "device_name", "torch", "torchvision", "cuda", "cudnn", "git_commit")
+    return {k: env.get(k) for k in keep}
+
+
+# --- executors -----------------------------------------------------------------------
+
+class Executor(Protocol):
+    """Runs cells and yields their results as they finish; a cluster engine implements this too."""
+
+    def run(self, cells: list[Cell], fn: Callable[[Cell, str], CellResult]) -> Iterator[CellResult]: ...
+
+
+class LocalExecutor:
+    """One cell at a time in this process, on one device."""
+
+    def __init__(self, device: str = "auto"):
+        self.device = device
+
+    def run(self, cells, fn):
+        for cell in cells:
+            yield fn(cell, self.device)
+
+
+class MultiGPUExecutor:
+    """One cell per GPU at a time, each in its own spawned process; the parent alone writes files."""
+
+    def __init__(self, devices: list[str]):
+        self.devices = devices
+
+    def run(self, cells, fn):
+        ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        free = list(self.devices)
+        pending = list(cells)
+        with ProcessPoolExecutor(max_workers=len(self.devices), mp_context=ctx) as pool:
+            running = {}
+            while pending or running:
+                while pending and free:
+                    dev = free.pop()
+                    running[pool.submit(fn, pending.pop(0), dev)] = dev
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    free.append(running.pop(fut))
+                    yield fut.result()
+
+
+def make_executor(device: str) -> Executor:
+    if device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        return MultiGPUExecutor([f"cuda:{i}" for i in range(torch.cuda.device_count())])
+    return LocalExecutor(device)
+
+
+# --- the sweep -----------------------------------------------------------------------
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame()
+    return pd.read_csv(path)
+
+
+def _cell_fn(measure, target, profile, progress):
+    # A module-level callable with bound arguments stays picklable for spawned workers.
+    return _BoundCell(measure, target, profile, progress)
+
+
+@dataclass
+class _BoundCell:
+    measure: str
+    target: dict | None
+    profile: str
+    progress: bool
+
+    def __call__(self, cell: Cell, device: str) -> CellResult:
+        return run_cell(cell, device, self.measure, self.target, self.profile, self.progress)
+
+
+def run_study(study: Study, profile: str, *, out_root: Path = Path("results"), seeds: list[int] | None = None,
+              overrides: dict | None = None, device: str = "auto", executor: Executor | None = None,
+              progress: bool = True) -> pd.DataFrame:
+    """Run every unfinished cell of `study` at `profile`; return the whole runs table."""
+    cells = study.cells(profile, seeds, overrides)
+    out = Path(out_root) / study.name / profile
+    runs_path, hist_path = out / "runs.csv", out / "history.csv"
+    runs, hist = _read_csv(runs_path), _read_csv(hist_path)
+    finished = set(runs.loc[runs["status"].isin(FINISHED), "cell_id"]) if len(runs) else set()
+    todo = [c for c in cells if c.id not in finished]
+    log.info("%s/%s: %d cells, %d finished, %d to run", study.name, profile, len(cells), len(cells) - len(todo), len(todo))
+    if not todo:
+        return runs
+    out.mkdir(parents=True, exist_ok=True)
+    pick_device(device)  # an impossible device fails before anything runs
+    atomic_write_text(out / "environment.json", json.dumps(
+        {"study": study.name, "profile": profile, "study_file": str(study.path), **environment(pick_device(device))},
+        indent=2, default=str))
+    executor = executor or make_executor(device)
+    measure = study.profiles[profile].get("measure", "quick")
+    fn = _cell_fn(measure, study.target, profile, progress)
+    with logging_redirect_tqdm():
+        bar = tqdm(total=len(todo), desc=f"{study.name}/{profile} cells", unit="cell", disable=None if progress else True)
+        for result in executor.run(todo, fn):
+            runs, hist = _append(runs, hist, result)
+            write_csv(hist_path, hist)
+            write_csv(runs_path, runs)
+            bar.update()
+            log.info("%s", _one_line(result.row, study))
+        bar.close()
+    return runs
+
+
+def _append(runs: pd.DataFrame, hist: pd.DataFrame, result: CellResult) -> tuple[pd.DataFrame, pd.DataFrame]:
+    cid = result.row["cell_id"]
+    if len(runs):
+        runs = runs[runs["cell_id"] != cid]
+        # history rows of cells absent from runs.csv are leftovers of an interrupted cell
+        hist = hist[hist["cell_id"].isin(set(runs["cell_id"]))] if len(hist) else hist
+    else:
+        hist = pd.DataFrame()
+    new_hist = pd.DataFrame(result.history)
+    runs = pd.concat([runs, pd.DataFrame([result.row])], ignore_index=True) if len(runs) else pd.DataFrame([result.row])
+    if len(new_hist):
+        hist = pd.concat([hist, new_hist], ignore_index=True) if len(hist) else new_hist
+    return runs, hist
+
+
+def _one_line(row: dict, study: Study) -> str:
+    levels = " ".join(f"{f}={row.get(f)}" for f in study.factors)
+    if row["status"] not in FINISHED:
+        return f"[{row['status']}] {levels} seed={row['seed']}: {row['error']}"
+    err = row.get("final_test_top1_err_pct")
+    text = f"[{row['status']}] {levels} seed={row['seed']}: test err {err:.2f}%" if err is not None else f"[{row['status']}] {levels}"
+    if row.get("epochs_to_target") is not None:
+        text += f", {row['target_metric']}<={row['target_value']} at epoch {int(row['epochs_to_target'])}"
+    return text + f" ({row['wall_seconds']:.0f} s)"

@@ -1,0 +1,257 @@
+"""Measurement: counts checked against independent arithmetic and torch's FlopCounterMode; speed rows sane."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.env import environment, pick_device
+from bench.errors import UserError
+from bench.measure import (
+    COLUMNS, Settings, achieved_columns, count_model, count_ops, measure_models, measure_throughput,
+)
+from bench.measure.flops import ACTIVATION_COST, LRN_EXTRA_COST
+from bench.models import create_model, list_models, registry
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = Settings(warmup=1, repeats=2, steps=1, latency_iters=2, batch_size=4)
+
+
+def _with_input_size(model: nn.Module, side: int) -> nn.Module:
+    model.input_size = side
+    return model
+
+
+def _grouped() -> nn.Module:
+    return _with_input_size(nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, groups=4), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * 6 * 6, 10),
+    ), 8)
+
+
+def _core_flops_torch(model: nn.Module, side: int) -> int:
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 3, side, side))
+    return counter.get_total_flops()  # counts conv and matmul only, 2 per multiply-add
+
+
+# ------------------------------------------------------------------- counts
+
+
+def test_params_are_the_sum_of_numel_and_frozen_ones_are_not_trainable():
+    model = create_model("layers-80sec")
+    counts = count_model(model, model.input_size)
+    assert counts["params_total"] == sum(p.numel() for p in model.parameters()) == 145_578
+    model.features[0].weight.requires_grad_(False)
+    counts = count_model(model, model.input_size)
+    assert counts["params_trainable"] == 145_578 - 3 * 32 * 5 * 5
+    assert counts["flops"] == 2 * counts["macs"]
+
+
+@pytest.mark.parametrize("build", [lambda: create_model("layers-80sec"), _grouped], ids=["layers-80sec", "grouped"])
+def test_core_macs_are_half_of_flop_counter_mode(build):
+    model = build()
+    counts = count_ops(model, model.input_size)
+    assert counts["core_macs"] > 0
+    assert _core_flops_torch(model, model.input_size) == 2 * counts["core_macs"]
+    assert counts["macs"] > counts["core_macs"]  # activations and pooling are costed on top
+
+
+def test_grouped_conv_macs_by_hand():
+    counts = count_ops(_grouped(), 8)
+    conv1 = 8 * 8 * 8 * 3 * 3 * 3  # out positions x out channels x (in channels x kernel)
+    conv2 = 6 * 6 * 8 * (8 // 4) * 3 * 3  # each output channel sees in/groups channels
+    fc = 8 * 6 * 6 * 10
+    assert counts["core_macs"] == conv1 + conv2 + fc
+
+
+def test_tanh_costs_more_than_relu_by_the_documented_amount():
+    relu = count_ops(create_model("layers-80sec", activation="relu"), 32)
+    tanh = count_ops(create_model("layers-80sec", activation="tanh"), 32)
+    # Activation outputs at batch 1: after pool1 32x16x16, conv2 32x16x16, conv3 64x8x8, fc 64.
+    elements = 32 * 16 * 16 + 32 * 16 * 16 + 64 * 8 * 8 + 64
+    assert relu["core_macs"] == tanh["core_macs"]
+    assert tanh["macs"] - relu["macs"] == (ACTIVATION_COST["tanh"] - ACTIVATION_COST["relu"]) * elements
+
+
+def _lrn_modules():
+    mods = [nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)]
+    try:
+        from bench.models.lrn import LocalResponseNorm
+    except ImportError:
+        return mods
+    return mods + [LocalResponseNorm(5)]
+
+
+@pytest.mark.parametrize("lrn", _lrn_modules(), ids=lambda m: type(m).__module__)
+def test_lrn_adds_size_plus_five_per_element(lrn):
+    conv = nn.Conv2d(3, 6, 3, padding=1)
+    without = count_ops(nn.Sequential(conv, nn.ReLU()), 7)
+    with_lrn = count_ops(nn.Sequential(conv, nn.ReLU(), lrn), 7)
+    assert with_lrn["core_macs"] == without["core_macs"]
+    assert with_lrn["macs"] - without["macs"] == (5 + LRN_EXTRA_COST) * 6 * 7 * 7
+    assert with_lrn["uncounted_ops"] == ""
+
+
+def test_functional_lrn_costs_the_same_as_the_module():
+    from torch.nn.functional import local_response_norm
+
+    class Functional(nn.Module):
+        def forward(self, x):
+            return local_response_norm(x, 3)
+
+    assert count_ops(Functional(), 4)["macs"] == (3 + LRN_EXTRA_COST) * 3 * 4 * 4
+
+
+def test_overlapping_pooling_costs_as_documented():
+    def pool_macs(pool):
+        return count_ops(_with_input_size(nn.Sequential(pool), 9), 9)["macs"]
+
+    # 9x9 input: 3/2 and 2/2 windows both give 4x4 outputs (per channel; 3 channels).
+    outputs = 3 * 4 * 4
+    assert pool_macs(nn.MaxPool2d(3, 2)) == outputs * (3 * 3 - 1)
+    assert pool_macs(nn.MaxPool2d(2, 2)) == outputs * (2 * 2 - 1)
+    assert pool_macs(nn.AvgPool2d(3, 2)) == outputs * 3 * 3
+
+
+@pytest.mark.skipif("alexnet" not in list_models(), reason="alexnet not registered")
+def test_alexnet_ablations_change_counts():
+    base = count_ops(create_model("alexnet"), 32)
+    for knob, value in (("activation", "tanh"), ("norm", "none"), ("pool", "nonoverlap")):
+        try:
+            varied = count_ops(create_model("alexnet", **{knob: value}), 32)
+        except UserError:
+            pytest.skip(f"alexnet has no {knob}={value}")
+        assert varied["macs"] != base["macs"], knob
+
+
+# ------------------------------------------------------------------- speed and memory
+
+
+def test_throughput_quick_is_positive_and_finite():
+    model = create_model("layers-80sec")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    row = measure_throughput(model, device="cpu", settings=TINY)
+    assert row["error"] is None and row["batch_size"] == 4
+    for key in ("train_images_per_s", "train_images_per_s_min", "train_images_per_s_max",
+                "infer_images_per_s", "latency_ms_b1", "peak_mem_mb"):
+        assert math.isfinite(row[key]) and row[key] > 0, key
+    assert row["train_images_per_s_min"] <= row["train_images_per_s"] <= row["train_images_per_s_max"]
+    # Weights, gradients and momentum are at least three copies of the parameters.
+    assert row["peak_mem_mb"] * 2**20 >= 3 * 4 * 145_578
+    assert row["peak_mem_kind"] == "tracked_tensor_peak"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # caller's model untouched
+
+
+class _Broken(nn.Module):
+    input_size = 8
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        raise RuntimeError("deliberately broken\nsecond line")
+
+
+class _OomAbove(nn.Module):
+    """Raises CUDA's out-of-memory error for batches above `limit`, like a too-large batch would."""
+
+    input_size = 8
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+        self.fc = nn.Linear(3 * 8 * 8, 10)
+
+    def forward(self, x):
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.fc(x.flatten(1))
+
+
+def test_failure_is_an_error_row_not_an_exception():
+    row = measure_throughput(_Broken(), device="cpu", settings=TINY)
+    assert row["error"] == "RuntimeError: deliberately broken"
+    assert row["train_images_per_s"] is None and row["peak_mem_mb"] is None
+
+
+def test_out_of_memory_halves_the_batch():
+    row = measure_throughput(_OomAbove(limit=5), device="cpu", batch_size=16, settings=TINY)
+    assert row["error"] is None and row["batch_size"] == 4
+    row = measure_throughput(_OomAbove(limit=0), device="cpu", batch_size=2, settings=TINY)
+    assert row["batch_size"] == 1 and "out of memory even at batch 1" in row["error"]
+
+
+def test_achieved_flops_convention():
+    cols = achieved_columns(10.0, {"train_images_per_s": 2.0, "infer_images_per_s": 3.0}, 600.0)
+    assert cols["train_achieved_flops_per_s"] == 3 * 10.0 * 2.0  # forward + backward = 3 x forward
+    assert cols["infer_achieved_flops_per_s"] == 10.0 * 3.0
+    assert cols["train_pct_of_matmul"] == pytest.approx(10.0)
+    assert achieved_columns(None, {"train_images_per_s": None}, 600.0)["train_pct_of_matmul"] is None
+
+
+def test_measure_models_one_row_per_model_failures_included(monkeypatch):
+    monkeypatch.setitem(registry._BUILDERS, "test-broken", lambda *, num_classes=10: _Broken())
+    monkeypatch.setitem(registry._INPUT_SIZE, "test-broken", 8)
+    frame = measure_models(["layers-80sec", "test-broken", "no-such-model"], device="cpu", quick=True)
+    assert list(frame.columns[: len(COLUMNS)]) == COLUMNS
+    assert list(frame["model"]) == ["layers-80sec", "test-broken", "no-such-model"]
+    ok, broken, unknown = (frame.iloc[i] for i in range(3))
+    assert ok["error"] is None or (isinstance(ok["error"], float) and math.isnan(ok["error"]))
+    assert ok["train_images_per_s"] > 0 and ok["matmul_flops_per_s"] > 0 and ok["train_pct_of_matmul"] > 0
+    assert ok["flops"] == 2 * ok["macs"] and ok["flop_convention"].startswith("macs=multiply-adds")
+    assert ok["batch_size"] == 16 and ok["device"] == "cpu" and ok["cuda"] is None
+    assert broken["error"].startswith("RuntimeError") and broken["params_total"] == 8
+    assert "unknown model" in unknown["error"]
+
+
+def test_measure_command_writes_the_csv(tmp_path, capsys):
+    from bench.cli import main
+
+    out = tmp_path / "m.csv"
+    assert main(["measure", "--arch", "layers-8*", "--quick", "--device", "cpu", "--batch-size", "4",
+                 "--out", str(out)]) == 0
+    import pandas as pd
+
+    frame = pd.read_csv(out)
+    assert list(frame["model"]) == ["layers-80sec"] and frame["batch_size"].tolist() == [4]
+    assert "layers-80sec" in capsys.readouterr().out
+    assert main(["measure", "--arch", "nothing-like-this", "--device", "cpu", "--out", str(out)]) == 2
+    assert "layers-80sec" in capsys.readouterr().err  # the error lists valid names
+
+
+# ------------------------------------------------------------------- environment
+
+
+def test_pick_device():
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(UserError, match="choose one of"):
+        pick_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="--device cpu"):
+            pick_device("cuda")
+
+
+def test_environment_on_cpu():
+    env = environment("cpu")
+    assert env["device"] == "cpu" and env["device_name"]
+    assert env["torch"] == torch.__version__ and env["cuda"] is None and env["cudnn"] is None
+    assert env["num_threads"] == torch.get_num_threads()
+    assert env["git_commit"] is None or len(env["git_commit"].split("-")[0]) == 40
+
+
+def test_import_prints_no_warnings():
+    done = subprocess.run([sys.executable, "-W", "default", "-c", "import bench.measure"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == ""
