@@ -1,0 +1,200 @@
+"""The training loop on tiny synthetic data: learning, history, determinism, divergence, run folder, schedules."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import bench.train
+from bench.config import TrainConfig
+from bench.data import DataSpec, load_data
+from bench.errors import UserError
+from bench.models import create_model
+from bench.train import data_spec, evaluate, lr_factor, run_training, train
+
+# The columns of every completed epoch's history row.
+HISTORY_COLUMNS = {
+    "epoch", "train_loss", "train_err_pct", "test_loss", "test_top1_err_pct", "test_top5_err_pct",
+    "lr", "epoch_seconds", "train_images_per_s", "elapsed_seconds",
+}
+RUN_FILES = {"config.json", "history.csv", "summary.json", "checkpoint.pt"}
+
+
+def tiny_config(**changes) -> TrainConfig:
+    """200 training images (20 per class), batch 10, plain SGD at a rate checked to learn in 4 epochs."""
+    base = dict(data="synthetic", train_per_class=20, test_per_class=5, epochs=4, batch_size=10, lr=0.01,
+                schedule="constant", augment="none", device="cpu", seed=0)
+    return TrainConfig(**{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    """The synthetic source at the size `tiny_config` asks for (shared: data sets are not modified)."""
+    return load_data(data_spec(tiny_config()), cache_dir=None)
+
+
+def test_loss_falls_on_synthetic_data(synthetic):
+    result = train(tiny_config(), synthetic, progress=False)
+    losses = [h["train_loss"] for h in result.history]
+    assert result.status == "ok" and len(losses) == 4
+    assert losses[0] == pytest.approx(math.log(10), abs=0.1)  # starts at chance
+    assert losses[-1] < 0.75 * losses[0], losses
+    assert result.history[-1]["test_top1_err_pct"] < 50, result.history  # chance is 90
+    assert result.summary["status"] == "ok" and result.summary["epochs_run"] == 4
+    assert result.summary["final_train_loss"] == losses[-1]
+    assert result.summary["best_test_top1_err_pct"] == min(h["test_top1_err_pct"] for h in result.history)
+
+
+def test_history_rows_have_the_documented_columns():
+    result = train(tiny_config(epochs=2, train_per_class=3), progress=False)
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    for row in result.history:
+        assert set(row) == HISTORY_COLUMNS
+        assert 0 <= row["train_err_pct"] <= 100 and 0 <= row["test_top1_err_pct"] <= 100
+        assert row["test_top5_err_pct"] <= row["test_top1_err_pct"]
+        assert row["epoch_seconds"] > 0 and row["train_images_per_s"] > 0
+    assert result.history[1]["elapsed_seconds"] > result.history[0]["elapsed_seconds"]
+    assert result.summary["train_images"] == 30 and result.summary["data_source"] == "synthetic"
+
+
+def test_same_seed_same_history_different_seed_differs(synthetic):
+    # Augmentation on, so the data generator's seed matters as well as the weights'.
+    cfg = tiny_config(epochs=2, augment="crop+flip+pca")
+    a = train(cfg, synthetic, progress=False)
+    b = train(cfg, synthetic, progress=False)
+    c = train(cfg.replace(seed=1), synthetic, progress=False)
+
+    def losses(r):
+        return [(h["train_loss"], h["test_loss"], h["train_err_pct"]) for h in r.history]
+
+    assert losses(a) == losses(b)
+    assert losses(a) != losses(c)
+    assert all(torch.equal(p, q) for p, q in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+
+
+def test_absurd_learning_rate_ends_as_diverged(synthetic):
+    result = train(tiny_config(lr=1e6, epochs=6), synthetic, progress=False)
+    assert result.status == "diverged"
+    assert result.summary["status"] == "diverged"
+    last = result.history[-1]
+    assert math.isnan(last["train_loss"]) and "test_top1_err_pct" not in last
+    assert len(result.history) < 6  # it stops at the first non-finite epoch
+    assert result.summary["epochs_run"] == len(result.history) - 1
+
+
+class NaNNet(nn.Module):
+    """Trainable, but every logit is NaN."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.fc = nn.Linear(3 * 32 * 32, num_classes)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) * float("nan")
+
+
+def test_nan_model_ends_as_diverged_and_the_run_folder_says_so(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench.train, "create_model", lambda *args, num_classes=10, **kw: NaNNet(num_classes))
+    out = tmp_path / "run"
+    result = run_training(tiny_config(epochs=3, train_per_class=3), out, progress=False)
+    assert result.status == "diverged"
+    assert len(result.history) == 1 and math.isnan(result.history[0]["train_loss"])
+    assert {p.name for p in out.iterdir()} == RUN_FILES
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["epochs_run"] == 0
+
+
+def test_run_training_writes_the_run_folder(tmp_path):
+    cfg = tiny_config(epochs=2, train_per_class=3, test_per_class=2)
+    out = tmp_path / "runs" / "one"
+    result = run_training(cfg, out, progress=False)
+    assert {p.name for p in out.iterdir()} == RUN_FILES  # and no temporary files left behind
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"] == cfg.to_dict()
+    assert TrainConfig.from_dict(config["config"]) == cfg  # the saved config rebuilds the run's
+    assert config["environment"]  # provenance beside the result
+
+    with open(out / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert set(rows[0]) == HISTORY_COLUMNS
+    assert float(rows[-1]["train_loss"]) == pytest.approx(result.history[-1]["train_loss"])
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["epochs_run"] == 2 and summary["seed"] == 0
+    assert summary["data_source"] == "synthetic" and summary["train_images"] == 30
+    assert summary["final_test_top1_err_pct"] == pytest.approx(result.history[-1]["test_top1_err_pct"])
+
+    # The checkpoint reproduces the final test error.
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["config"] == cfg.to_dict()
+    model = create_model(cfg.model)
+    model.load_state_dict(ckpt["model"])
+    again = evaluate(model, load_data(data_spec(cfg), cache_dir=None))
+    assert again["test_top1_err_pct"] == pytest.approx(summary["final_test_top1_err_pct"])
+
+
+# --- learning-rate schedules ------------------------------------------------------
+
+def test_cosine_schedule_starts_at_one_and_ends_near_zero():
+    total = 100
+    values = [lr_factor("cosine", s, total, 0) for s in range(total + 1)]
+    assert values[0] == 1.0
+    assert values[50] == pytest.approx(0.5)
+    assert values[-2] < 1e-3 and values[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_step_schedule_drops_tenfold_at_half_and_three_quarters():
+    total = 100
+    f = [lr_factor("step", s, total, 0) for s in range(total)]
+    assert f[0] == f[49] == 1.0
+    assert f[50] == pytest.approx(0.1) and f[74] == pytest.approx(0.1)
+    assert f[75] == pytest.approx(0.01) and f[99] == pytest.approx(0.01)
+
+
+def test_warmup_ramps_linearly_then_hands_over():
+    ramp = [lr_factor("constant", s, 100, 10) for s in range(12)]
+    assert ramp[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert ramp[10:] == [1.0, 1.0]
+    assert lr_factor("constant", 50, 100, 0) == 1.0
+    assert lr_factor("cosine", 0, 100, 10) == pytest.approx(0.1)  # warm-up wins over the schedule
+
+
+@pytest.fixture(scope="module")
+def twenty_images():
+    """20 images, batch 10: 2 optimizer steps per epoch."""
+    return load_data(DataSpec(source="synthetic", synthetic_train=200, synthetic_test=50,
+                              train_per_class=2, test_per_class=1), cache_dir=None)
+
+
+def test_train_applies_the_step_schedule_per_optimizer_step(twenty_images):
+    result = train(tiny_config(schedule="step", lr=0.01), twenty_images, progress=False)
+    # 8 steps: epochs start at steps 0, 2, 4 (t = 0.5) and 6 (t = 0.75).
+    assert [h["lr"] for h in result.history] == pytest.approx([0.01, 0.01, 0.001, 0.0001])
+
+
+def test_train_applies_warmup_in_epochs(twenty_images):
+    result = train(tiny_config(warmup_epochs=2.0, lr=0.01), twenty_images, progress=False)
+    # Warm-up of 4 steps: epochs start at steps 0 and 2 (factors 1/4, 3/4), then the full rate.
+    assert [h["lr"] for h in result.history] == pytest.approx([0.0025, 0.0075, 0.01, 0.01])
+
+
+# --- configuration ----------------------------------------------------------------
+
+def test_config_rejects_unknown_keys_wrong_types_and_bad_choices():
+    with pytest.raises(UserError, match="unknown key 'learning_rate'.*valid keys:.*lr"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
+    with pytest.raises(UserError, match="epochs='3' has the wrong type"):
+        TrainConfig(epochs="3")
+    with pytest.raises(UserError, match="schedule='linear'.*constant, cosine, step"):
+        TrainConfig(schedule="linear")
+    with pytest.raises(UserError, match="lr must be positive"):
+        TrainConfig(lr=0.0)
+    assert TrainConfig(lr=1).lr == 1  # an int is a fine learning rate
