@@ -189,11 +189,11 @@ def _median(values: list[float]) -> float | None:
 def run_training(cfg: TrainConfig, out_dir: Path, *, progress: bool = True) -> RunResult:
     """Train and write the run folder; each file is written whole (temp file, then rename)."""
     out_dir = Path(out_dir)
+    device = pick_device(cfg.device)  # an absent device fails before data loading and before any file
     start = time.perf_counter()
     data = load_data(data_spec(cfg))
     startup = time.perf_counter() - start
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
     atomic_write_text(out_dir / "config.json", json.dumps(
         {"config": cfg.to_dict(), "environment": environment(device)}, indent=2, default=str))
 

@@ -70,10 +70,15 @@ def run(args: argparse.Namespace) -> int:
     from bench.train import run_training
 
     cfg = config_from_args(args)
-    create_model(cfg.model, init=cfg.init, **cfg.knobs)  # bad names and knobs fail before any file is written
+    try:  # bad names and knob values fail before any file is written
+        create_model(cfg.model, init=cfg.init, **cfg.knobs)
+    except UserError:
+        raise
+    except ValueError as e:  # a builder rejecting a knob's value, e.g. activation=swish
+        raise UserError(f"model {cfg.model!r} with knobs {cfg.knobs}: {e}") from None
     out = args.out or Path("results/runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace(':', '_')}"
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"run folder {out} already exists and is not empty; pass another --out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"run folder {out} already exists and is not an empty folder; pass another --out")
     result = run_training(cfg, out, progress=not args.no_progress)
     s = result.summary
     log.info("%s: %d epochs, final test error %.2f%% (top-5 %.2f%%), %.0f train img/s; wrote %s",

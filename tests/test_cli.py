@@ -1,0 +1,167 @@
+"""`python -m bench train` end to end: help, one-line errors with exit status 2, a tiny real run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+PROG = "python -m bench"
+# Fast settings for a run that gets as far as training.
+TINY = ["--data", "synthetic", "--train-per-class", "2", "--test-per-class", "1", "--epochs", "1",
+        "--batch-size", "10", "--augment", "none", "--device", "cpu", "--no-progress"]
+
+
+def run_bench(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+               BENCH_CACHE=str(cache), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_user_error(stderr: str, *needles: str) -> None:
+    """One or two lines, starting `error:` or with the argparse program name, no traceback."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert 1 <= len(lines) <= 2, stderr
+    assert lines[0].startswith(("error:", PROG)), stderr
+    assert "Traceback" not in stderr
+    for needle in needles:
+        assert needle in stderr, (needle, stderr)
+
+
+def _folder_without_train(where: Path) -> Path:
+    folder = where / "no-train"
+    (folder / "test" / "cat").mkdir(parents=True)
+    return folder
+
+
+# Through the real entry point, one process each: `args`, then what stderr must name.
+SUBPROCESS_ERRORS = {
+    "unknown model": (["--model", "alexnett"], ["unknown model 'alexnett'", "layers-80sec"]),
+    "unknown knob": (["--model", "layers-80sec", "--knob", "widht=2"], ["no knob widht", "activation"]),
+    "bad augment": (["--augment", "crop+blur"], ["unknown augmentation 'blur'", "crop, flip, pca"]),
+    "bad schedule": (["--schedule", "linear"], ["schedule='linear'", "constant, cosine, step"]),
+    "missing data path": (["--data", "{tmp}/nowhere.tar.gz"], ["does not exist", "nowhere.tar.gz"]),
+    "folder without train": (["--data", "{tmp}/no-train"], ["no train/ sub-folder"]),
+    "not an int": (["--epochs", "three"], ["argument --epochs", "invalid int value"]),
+}
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory):
+    """Every `python -m bench` error case, two processes at a time (each spends ~4 s importing torch).
+
+    Maps case -> (CompletedProcess, the case's folder). Each case runs in an empty
+    working folder `work/` with `--out results/run` inside its own folder.
+    """
+    base = tmp_path_factory.mktemp("cli")
+    cache = base / "bench-cache"
+    jobs = {"help": (["--help"], base / "help"), "train help": (["train", "--help"], base / "train-help")}
+    for case, (args, _) in SUBPROCESS_ERRORS.items():
+        where = base / case.replace(" ", "-")
+        _folder_without_train(where)
+        args = [a.format(tmp=where) for a in args]
+        jobs[case] = (["train", *TINY, *args, "--out", str(where / "results" / "run")], where)
+    for _, where in jobs.values():
+        (where / "work").mkdir(parents=True)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {case: pool.submit(run_bench, args, where / "work", cache) for case, (args, where) in jobs.items()}
+        return {case: (futures[case].result(), jobs[case][1]) for case in jobs}
+
+
+def test_top_level_help(cli_runs):
+    r, _ = cli_runs["help"]
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"usage: {PROG}") and "train" in r.stdout
+
+
+def test_train_help(cli_runs):
+    r, _ = cli_runs["train help"]
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"usage: {PROG} train")
+    for flag in ("--model", "--knob", "--data", "--data-root", "--augment", "--schedule", "--out"):
+        assert flag in r.stdout, flag
+
+
+@pytest.mark.parametrize("case", SUBPROCESS_ERRORS)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, cli_runs):
+    r, where = cli_runs[case]
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert_user_error(r.stderr, *SUBPROCESS_ERRORS[case][1])
+    assert not (where / "results").exists()
+    assert list((where / "work").iterdir()) == []  # no results/ (or anything else) where it ran
+
+
+# In-process (cheap): more bad values through the same `main`.
+IN_PROCESS_ERRORS = {
+    "knob not key=value": (["--knob", "tanh"], ["not key=value", "--knob activation=tanh"]),
+    "bad preprocess": (["--preprocess", "zca"], ["preprocess='zca'", "standardize, meanonly"]),
+    "bad init": (["--init", "xavier"], ["init='xavier'", "default, paper"]),
+    "bad device": (["--device", "tpu"], ["device='tpu'", "cpu"]),
+    "zero epochs": (["--epochs", "0"], ["epochs must be at least 1"]),
+    "negative lr": (["--lr", "-0.1"], ["lr must be positive"]),
+    "bad activation": (["--knob", "activation=swish"], ["swish", "relu, tanh"]),
+    "absent cuda device": (["--device", "cuda:99"], ["cuda:99", "visible"]),
+    "subset of zero": (["--train-per-class", "0"], ["at least 1"]),
+}
+
+
+@pytest.mark.parametrize("case", IN_PROCESS_ERRORS)
+def test_bad_input_in_process(case, tmp_path, capsys):
+    args, needles = IN_PROCESS_ERRORS[case]
+    out = tmp_path / "results" / "run"
+    assert main(["train", *TINY, *args, "--out", str(out)]) == 2
+    assert_user_error(capsys.readouterr().err, *needles)
+    assert not (tmp_path / "results").exists()
+
+
+def test_missing_cifar10_without_network_says_how_to_fix(tmp_path, no_download, capsys):
+    """In-process, so that the download can fail here whether or not this machine has a network."""
+    root = tmp_path / "empty-root"
+    out = tmp_path / "results" / "run"
+    code = main(["train", "--data", "cifar10", "--data-root", str(root), "--epochs", "1",
+                 "--device", "cpu", "--no-progress", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(no_download) == 1  # it tried to download, and that failed
+    assert_user_error(err, "could not be downloaded", "URLError", "--data-root", "cifar10-jpeg.tar.gz")
+    assert not (tmp_path / "results").exists()
+
+
+def test_non_empty_out_folder_is_refused(tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    assert main(["train", *TINY, "--out", str(out)]) == 2
+    assert_user_error(capsys.readouterr().err, "already exists", "--out")
+    assert (out / "summary.json").read_text() == "{}"
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    out = tmp_path / "a-file"
+    out.write_text("keep me")
+    assert main(["train", *TINY, "--out", str(out)]) == 2
+    assert_user_error(capsys.readouterr().err, "--out")
+    assert out.read_text() == "keep me"
+
+
+def test_tiny_synthetic_run_writes_the_run_folder(tmp_path, bench_cache):
+    out = tmp_path / "results" / "runs" / "tiny"
+    r = run_bench(["train", *TINY, "--epochs", "2", "--seed", "3", "--out", str(out)], tmp_path, bench_cache)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert {p.name for p in out.iterdir()} == {"config.json", "history.csv", "summary.json", "checkpoint.pt"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["epochs_run"] == 2 and summary["seed"] == 3
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["data"] == "synthetic" and config["epochs"] == 2 and config["train_per_class"] == 2
+    assert r.stdout == ""  # people read stderr (logging); programs read the files
