@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from bench.errors import UserError
 from bench.models.registry import register_model
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
@@ -18,7 +19,7 @@ def activation_layer(name: str) -> nn.Module:
     try:
         return ACTIVATIONS[name]()
     except KeyError:
-        raise ValueError(f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}") from None
+        raise UserError(f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}") from None
 
 
 class Layers80Sec(nn.Module):

@@ -272,5 +272,5 @@ def _check_models(path: Path, cells: list[Cell]) -> None:
         try:
             with torch.device("meta"):
                 create_model(c.model, init=c.init, **c.knobs)
-        except UserError as e:
+        except (UserError, ValueError, TypeError) as e:  # a builder's own check of a knob value
             raise UserError(f"{path}: cell {cell.levels}: {e}") from None

@@ -1,0 +1,125 @@
+"""Normalisation and augmentation on whole batches of tensors, on the data's device.
+
+Order per batch: uint8 -> float -> normalise -> crop (zero padding, i.e. the mean)
+-> flip -> PCA lighting. Every random draw comes from one `torch.Generator`, so
+a seed fixes the whole sequence of batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bench.errors import UserError
+
+AUGMENTS = ("crop", "flip", "pca")
+PREPROCESS = ("standardize", "meanonly")
+
+
+def parse_augment(spec: str) -> frozenset[str]:
+    """`none` or a `+`-joined subset of crop, flip, pca (e.g. `crop+flip+pca`)."""
+    if spec in ("", "none"):
+        return frozenset()
+    parts = spec.split("+")
+    bad = [p for p in parts if p not in AUGMENTS]
+    if bad:
+        raise UserError(f"unknown augmentation {bad[0]!r} in {spec!r}; use 'none' or a '+'-joined subset of {', '.join(AUGMENTS)}")
+    return frozenset(parts)
+
+
+@dataclass
+class Normalizer:
+    """Maps uint8 images to the model's input scale; fitted on the training split only.
+
+    `standardize`: per-channel (x - mean) / std. `meanonly` (the paper's): raw 0-255
+    values minus the per-pixel mean image. Also holds the principal components of
+    the normalised RGB values for PCA lighting.
+    """
+
+    mode: str
+    mean: torch.Tensor  # 3x1x1 (standardize) or 3xHxW (meanonly), 0-255 units
+    std: torch.Tensor  # 3x1x1, ones for meanonly
+    eigvec: torch.Tensor  # 3x3, columns are principal axes of normalised RGB
+    eigstd: torch.Tensor  # 3, standard deviation along each axis
+
+    @classmethod
+    def fit(cls, train_x: torch.Tensor, mode: str = "standardize", chunk: int = 4096) -> "Normalizer":
+        if mode not in PREPROCESS:
+            raise UserError(f"unknown preprocessing {mode!r}; choose one of: {', '.join(PREPROCESS)}")
+        # One chunked pass of float32 batched matmuls for the channel sums and
+        # cross-products (exact enough, accumulated in float64): a second run must
+        # start training within seconds, and a float64 copy of CIFAR-10 is 1.2 GB.
+        n, c = train_x.shape[:2]
+        s1 = torch.zeros(c, dtype=torch.float64)
+        s2 = torch.zeros(c, c, dtype=torch.float64)
+        image_sum = torch.zeros(train_x.shape[1:], dtype=torch.float64)
+        for start in range(0, n, chunk):
+            xf = train_x[start:start + chunk].float()
+            image_sum += xf.sum(0).double()
+            flat = xf.flatten(2)
+            s1 += flat.sum((0, 2)).double()
+            s2 += torch.einsum("ncp,ndp->ncd", flat, flat).double().sum(0)  # float32 only within an image
+        count = n * train_x[0, 0].numel()
+        ch_mean = s1 / count
+        cov = s2 / count - torch.outer(ch_mean, ch_mean)  # raw 0-255 channel covariance
+        if mode == "standardize":
+            std = cov.diagonal().sqrt()
+            mean = ch_mean.view(c, 1, 1)
+        else:
+            # Subtracting a per-pixel mean leaves the colour covariance of the
+            # pixels about their own position's mean; close to the channel one
+            # for natural images, and PCA only needs its principal axes.
+            std = torch.ones(c, dtype=torch.float64)
+            mean = image_sum / n
+        eigval, eigvec = torch.linalg.eigh(cov / torch.outer(std, std))
+        return cls(mode, mean.float(), std.view(c, 1, 1).float(), eigvec.float(), eigval.clamp(min=0).sqrt().float())
+
+    def to(self, device) -> "Normalizer":
+        return Normalizer(self.mode, *(t.to(device) for t in (self.mean, self.std, self.eigvec, self.eigstd)))
+
+    def __call__(self, x_u8: torch.Tensor) -> torch.Tensor:
+        return (x_u8.float() - self.mean) / self.std
+
+    def describe(self) -> dict:
+        return {"preprocess": self.mode, "norm_mean": self.mean.flatten()[:3].tolist() if self.mode == "standardize" else None,
+                "norm_std": self.std.flatten().tolist() if self.mode == "standardize" else None}
+
+
+def random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tensor:
+    """Per-image random crop of the zero-padded batch back to its own size, by one gather."""
+    n, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=g, device=x.device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=g, device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    return padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+
+
+def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], generator=g, device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def pca_lighting(x: torch.Tensor, norm: Normalizer, g: torch.Generator, sigma: float = 0.1) -> torch.Tensor:
+    """The paper's colour augmentation (section 4.1): add sum_i alpha_i * s_i * p_i to every pixel.
+
+    alpha_i ~ N(0, sigma) per image. The paper scales by the covariance eigenvalue;
+    we scale by its square root s_i (the spread along p_i) so that the shift is in
+    the data's own units whatever the preprocessing (with raw 0-255 values the
+    eigenvalue itself would shift pixels by thousands).
+    """
+    alpha = torch.randn(x.shape[0], 3, generator=g, device=x.device) * sigma
+    shift = (alpha * norm.eigstd) @ norm.eigvec.T  # n x 3
+    return x + shift[:, :, None, None]
+
+
+def augment_batch(x: torch.Tensor, augment: frozenset[str], norm: Normalizer, g: torch.Generator, padding: int = 4) -> torch.Tensor:
+    if "crop" in augment:
+        x = random_crop(x, padding, g)
+    if "flip" in augment:
+        x = random_flip(x, g)
+    if "pca" in augment:
+        x = pca_lighting(x, norm, g)
+    return x

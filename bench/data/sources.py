@@ -1,0 +1,232 @@
+"""Readers that turn each data source into uint8 tensors: N x 3 x H x W images, int64 labels.
+
+Three sources, one result type (`Split` pairs):
+- `cifar10`: the official set through `torchvision.datasets.CIFAR10` (md5-checked by
+  torchvision, downloaded when missing and the network allows);
+- a folder: any ImageFolder tree with `train/` and `test/` (or `val/`) class
+  sub-folders, or a `.tar.gz` of one, read straight from the archive;
+- `synthetic`: random CIFAR-shaped tensors, to measure the model without data cost.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".webp", ".tif", ".tiff")
+EVAL_SPLITS = ("test", "val")
+
+
+@dataclass
+class RawData:
+    """A whole data set in memory as uint8 tensors, before any subsetting."""
+
+    train_x: torch.Tensor  # N x 3 x H x W, uint8
+    train_y: torch.Tensor  # N, int64
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+
+
+# --- official CIFAR-10 ----------------------------------------------------------
+
+def cifar10_missing_message(root: Path, reason: str) -> str:
+    return (
+        f"CIFAR-10 is not in {root} and could not be downloaded ({reason}). "
+        f"Fix: put the official `cifar-10-batches-py/` folder (from cifar-10-python.tar.gz) "
+        f"inside {root}, or pass --data-root DIR where DIR holds it, or point --data at a "
+        f"folder copy in ImageFolder layout (a directory or .tar.gz with train/ and test/ "
+        f"class sub-folders), e.g. --data ../shared/data/cifar10-jpeg.tar.gz."
+    )
+
+
+def cifar10_files(root: Path) -> list[Path]:
+    from torchvision.datasets import CIFAR10
+
+    names = [n for n, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
+    return [root / CIFAR10.base_folder / n for n in names]
+
+
+def read_cifar10(root: Path, download: bool = True) -> RawData:
+    from torchvision.datasets import CIFAR10
+
+    root = Path(root)
+    try:
+        splits = [CIFAR10(str(root), train=train, download=False) for train in (True, False)]
+    except RuntimeError:
+        if not download:
+            raise UserError(cifar10_missing_message(root, "download disabled")) from None
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            splits = [CIFAR10(str(root), train=train, download=True) for train in (True, False)]
+        except (OSError, RuntimeError) as e:  # URLError is an OSError
+            raise UserError(cifar10_missing_message(root, f"{type(e).__name__}: {e}")) from None
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
+            raise UserError(_torn_cifar(root, e)) from None
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
+        raise UserError(_torn_cifar(root, e)) from None
+
+    def tensors(ds):
+        x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+        return x, torch.tensor(ds.targets, dtype=torch.int64)
+
+    (trx, try_), (tex, tey) = (tensors(s) for s in splits)
+    return RawData(trx, try_, tex, tey, list(splits[0].classes))
+
+
+def _torn_cifar(root: Path, e: Exception) -> str:
+    return (
+        f"a CIFAR-10 batch file in {root / 'cifar-10-batches-py'} is corrupt or truncated "
+        f"({type(e).__name__}: {e}); delete that folder and download it again."
+    )
+
+
+# --- ImageFolder trees (directory or .tar.gz) --------------------------------------
+
+def is_archive(path: Path) -> bool:
+    return path.name.endswith((".tar.gz", ".tgz", ".tar"))
+
+
+def _decode(data: bytes, name: str, image_size: int | None) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im = im.convert("RGB")
+            if image_size is not None and im.size != (image_size, image_size):
+                im = im.resize((image_size, image_size), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"cannot read image {name} ({e}); remove or replace that file.") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def _split_of(parts: tuple[str, ...]) -> tuple[str, str] | None:
+    """(split, class) for a path `.../<split>/<class>/<file>`, else None."""
+    if len(parts) < 3 or not parts[-1].lower().endswith(IMAGE_SUFFIXES):
+        return None
+    split, cls = parts[-3], parts[-2]
+    if split not in ("train",) + EVAL_SPLITS:
+        return None
+    return split, cls
+
+
+def _folder_entries(path: Path):
+    """Yield (split, class, name, bytes-reader) for every image in a tree or archive."""
+    if is_archive(path):
+        try:
+            with tarfile.open(path) as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    where = _split_of(Path(member.name).parts)
+                    if where:
+                        yield (*where, f"{path}:{member.name}", tar.extractfile(member).read())
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise UserError(f"cannot read archive {path} ({e}); it may be truncated: copy it again.") from None
+        return
+    for split in ("train",) + EVAL_SPLITS:
+        top = path / split
+        if not top.is_dir():
+            continue
+        for cls_dir in sorted(p for p in top.iterdir() if p.is_dir()):
+            for f in sorted(cls_dir.iterdir()):
+                if f.name.lower().endswith(IMAGE_SUFFIXES):
+                    yield split, cls_dir.name, str(f), f.read_bytes()
+
+
+def check_folder(path: Path) -> None:
+    if not path.exists():
+        raise UserError(f"data path {path} does not exist; pass a folder or .tar.gz with train/ and test/ class sub-folders.")
+    if path.is_dir() and not (path / "train").is_dir():
+        subdirs = [p for p in path.iterdir() if p.is_dir() and (p / "train").is_dir()]
+        if len(subdirs) != 1:
+            raise UserError(f"data folder {path} has no train/ sub-folder; pass the folder that holds train/ and test/ (or val/).")
+
+
+def resolve_folder(path: Path) -> Path:
+    """Accept the tree's parent when it holds exactly one tree (as an extracted archive does)."""
+    check_folder(path)
+    if path.is_dir() and not (path / "train").is_dir():
+        return next(p for p in path.iterdir() if p.is_dir() and (p / "train").is_dir())
+    return path
+
+
+def read_folder(path: Path, image_size: int | None = 32) -> RawData:
+    path = resolve_folder(Path(path))
+    images: dict[str, list[tuple[str, str, torch.Tensor]]] = {s: [] for s in ("train",) + EVAL_SPLITS}
+    for split, cls, name, data in _folder_entries(path):
+        images[split].append((cls, name, _decode(data, name, image_size)))
+    if not images["train"]:
+        raise UserError(f"no images under {path}/train/<class>/; expected an ImageFolder tree with train/ and test/ (or val/).")
+    eval_split = next((s for s in EVAL_SPLITS if images[s]), None)
+    if eval_split is None:
+        raise UserError(f"no images under {path}/test/ or {path}/val/; the folder needs an evaluation split.")
+    classes = sorted({c for c, _, _ in images["train"]})
+    unknown = sorted({c for c, _, _ in images[eval_split]} - set(classes))
+    if unknown:
+        raise UserError(f"{eval_split}/ has classes not in train/: {', '.join(unknown)}; the two splits must share class folders.")
+    index = {c: i for i, c in enumerate(classes)}
+
+    def stack(items):
+        items = sorted(items, key=lambda t: (index[t[0]], t[1]))  # archive order is arbitrary
+        shapes = {tuple(t[2].shape) for t in items}
+        if len(shapes) != 1:
+            raise UserError(f"images in {path} differ in size ({sorted(shapes)[:3]}...); pass --image-size N to resize them.")
+        return torch.stack([t[2] for t in items]), torch.tensor([index[t[0]] for t in items])
+
+    trx, try_ = stack(images["train"])
+    tex, tey = stack(images[eval_split])
+    return RawData(trx, try_, tex, tey, classes)
+
+
+def folder_fingerprint(path: Path) -> list:
+    """What identifies a folder source's content cheaply: names, sizes and mtimes."""
+    path = resolve_folder(Path(path))
+    if path.is_file():
+        st = path.stat()
+        return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+    rows = []
+    for dirpath, _, files in os.walk(path):
+        for f in sorted(files):
+            st = os.stat(os.path.join(dirpath, f))
+            rows.append([os.path.relpath(os.path.join(dirpath, f), path), st.st_size, st.st_mtime_ns])
+    return [str(path.resolve()), sorted(rows)]
+
+
+# --- synthetic ---------------------------------------------------------------------
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def make_synthetic(n_train: int = 5000, n_test: int = 1000, image_size: int = 32, seed: int = 0) -> RawData:
+    """Random CIFAR-shaped uint8 images whose class is learnable from a noisy per-class pattern.
+
+    A learnable signal (not random labels) lets smoke runs and tests see the loss fall.
+    The patterns are coarse (a 4x4 grid of colour blocks): per-pixel white-noise
+    patterns are washed out by the pooling of the small nets, which then sit at
+    chance loss for many epochs.
+    """
+    g = torch.Generator().manual_seed(seed)
+    shape = (3, image_size, image_size)
+    coarse = torch.rand((10, 3, 4, 4), generator=g) * 255
+    prototypes = torch.nn.functional.interpolate(coarse, size=(image_size, image_size), mode="nearest")
+
+    def draw(n):
+        y = torch.randint(0, 10, (n,), generator=g)
+        noise = torch.rand((n, *shape), generator=g) * 255
+        x = (0.4 * prototypes[y] + 0.6 * noise).round().to(torch.uint8)
+        return x, y
+
+    trx, try_ = draw(n_train)
+    tex, tey = draw(n_test)
+    return RawData(trx, try_, tex, tey, list(CIFAR10_CLASSES))
