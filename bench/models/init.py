@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-INITS = ("default", "paper")
+INITS = ("default", "kaiming", "paper")
 
 # Modules whose bias the paper sets to 1 carry this attribute (AlexNet's conv2,
 # conv4, conv5 and hidden FC layers: "accelerates the early stages of learning
@@ -18,8 +18,25 @@ def mark_paper_bias(module: nn.Module, value: float = 1.0) -> nn.Module:
 
 
 def apply_init(model: nn.Module, init: str) -> None:
-    """`default`: leave PyTorch's init. `paper`: weights N(0, 0.01), biases 0 (or the marked value)."""
+    """`default`: leave PyTorch's init. `paper`: weights N(0, 0.01), biases 0 (or the marked value).
+
+    `kaiming`: He-normal weights (ReLU gain; fan_out for convs, fan_in for linear
+    layers), zero biases. PyTorch's default (uniform, gain 1/sqrt(3)) shrinks the
+    signal by ~0.58 per layer, and N(0, 0.01) FC weights by ~0.2 per layer, so a
+    deep plain net such as AlexNet barely moves in its first few hundred steps.
+    """
     if init == "default":
+        return
+    if init == "kaiming":
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            else:
+                continue
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         return
     if init != "paper":
         raise ValueError(f"unknown init {init!r}")

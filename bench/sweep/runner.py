@@ -217,10 +217,16 @@ def run_study(study: Study, profile: str, *, out_root: Path = Path("results"), s
     runs, hist = _read_csv(runs_path), _read_csv(hist_path)
     finished = set(runs.loc[runs["status"].isin(FINISHED), "cell_id"]) if len(runs) else set()
     todo = [c for c in cells if c.id not in finished]
+    stale = len(set(runs["cell_id"]) - {c.id for c in cells}) if len(runs) else 0
+    if stale:
+        log.warning("%s: %d rows are cells this run does not define (other seeds or an older study "
+                    "file); they are kept", runs_path, stale)
     log.info("%s/%s: %d cells, %d finished, %d to run", study.name, profile, len(cells), len(cells) - len(todo), len(todo))
     if not todo:
         return runs
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):  # left by a sweep killed mid-write; the real files are intact
+        stale.unlink(missing_ok=True)
     pick_device(device)  # an impossible device fails before anything runs
     atomic_write_text(out / "environment.json", json.dumps(
         {"study": study.name, "profile": profile, "study_file": str(study.path), **environment(pick_device(device))},
@@ -237,7 +243,7 @@ def run_study(study: Study, profile: str, *, out_root: Path = Path("results"), s
             bar.update()
             log.info("%s", _one_line(result.row, study))
         bar.close()
-    return runs
+    return _read_csv(runs_path)  # the table as saved, with the types a reader of the file sees
 
 
 def _append(runs: pd.DataFrame, hist: pd.DataFrame, result: CellResult) -> tuple[pd.DataFrame, pd.DataFrame]:

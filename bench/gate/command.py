@@ -1,0 +1,197 @@
+"""`python -m bench.gate --save NAME | --compare NAME [--threshold 0.1] [pytest args]`: the throughput gate.
+
+Runs `tests/benchmarks/test_throughput.py` under pytest-benchmark in a fresh
+process, on the device at hand (CUDA when present). Arguments the gate does not
+know pass to pytest, e.g. `--bench-quick`, `--bench-dtype bf16`, `-x`.
+
+`--save NAME` stores the run as a baseline in STORAGE/<device id>/ (pytest-benchmark's
+numbered files: saving NAME again keeps the old file, the newest wins).
+`--compare NAME` first checks that this device has a baseline NAME (exit 2 if
+not, before anything runs), runs the suite, prints old against new images/s per
+benchmark, and exits 1 if any lost more than the threshold, else 0.
+
+Exit status: 0 saved or passed; 1 regressed, or the suite itself failed;
+2 bad input (missing baseline, baseline from another device or other
+settings, bad option), as one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: holds bench/ and tests/
+SUITE = ROOT / "tests" / "benchmarks" / "test_throughput.py"
+STORAGE_ENV = "BENCH_GATE_STORAGE"
+DEFAULT_THRESHOLD = 0.10
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_PYTEST_USAGE_ERROR, _PYTEST_NO_TESTS = 4, 5
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m bench.gate", description=__doc__.split("\n")[0], allow_abbrev=False,
+                epilog="Other arguments pass to pytest; see tests/benchmarks/conftest.py for the --bench-* ones.")
+    action = p.add_mutually_exclusive_group(required=True)
+    action.add_argument("--save", metavar="NAME", help="run the suite and store it as baseline NAME")
+    action.add_argument("--compare", metavar="NAME", help="run the suite and compare it with baseline NAME")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help="largest tolerated throughput drop, a fraction (default %(default)s = 10%%)")
+    p.add_argument("--stat", default="median", help="round-time statistic compared: median | min (default %(default)s)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default %(default)s)")
+    p.add_argument("--storage", type=Path, default=None,
+                   help=f"baseline folder (default ${STORAGE_ENV}, else .benchmarks in the checkout)")
+    p.add_argument("--report", type=Path, default=None, help="also write the comparison as CSV here")
+    return p
+
+
+def storage_dir(arg: Path | None) -> Path:
+    if arg is not None:
+        return arg.expanduser().resolve()
+    if os.environ.get(STORAGE_ENV):
+        return Path(os.environ[STORAGE_ENV]).expanduser().resolve()
+    return ROOT / ".benchmarks"
+
+
+def _saved(folder: Path, name: str) -> list[Path]:
+    """Runs saved as NAME under `folder` (pytest-benchmark's <machine>/<NNNN>_NAME.json files)."""
+    return sorted(folder.glob(f"*/[0-9][0-9][0-9][0-9]_{name}.json"))
+
+
+def _newest(paths: list[Path]):
+    from bench.gate.compare import load_run
+
+    return max((load_run(p) for p in paths), key=lambda run: (run.datetime, str(run.path)))
+
+
+def find_baseline(storage: Path, name: str, here_id: str, here: str):
+    """The newest baseline NAME saved on this device; `UserError` naming what exists instead."""
+    mine = _saved(storage / here_id, name)
+    if mine:
+        run = _newest(mine)
+        if run.device_id != here_id:
+            raise UserError(f"baseline {name!r} ({run.path}) was measured on {run.device}, but this is {here}; "
+                            f"baselines are kept per device: save one here with --save {name}")
+        return run
+    elsewhere = [p for p in _saved_anywhere(storage, name) if p.parts[-3] != here_id]
+    if elsewhere:
+        run = _newest(elsewhere)
+        raise UserError(f"baseline {name!r} exists only for {run.device} ({run.path}), but this is {here}; "
+                        f"baselines are kept per device: save one here with --save {name}")
+    names = sorted({p.name.split("_", 1)[1][:-5] for p in (storage / here_id).glob("*/[0-9]*_*.json")})
+    have = f"; baselines for this device: {', '.join(names)}" if names else ""
+    raise UserError(f"no baseline {name!r} for {here} in {storage}{have}; "
+                    f"make one with: python -m bench.gate --save {name}")
+
+
+def _saved_anywhere(storage: Path, name: str) -> list[Path]:
+    return sorted(storage.glob(f"*/*/[0-9][0-9][0-9][0-9]_{name}.json"))
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise UserError(f"baseline name {name!r} is not valid; use letters, digits, '.', '_' and '-'")
+    return name
+
+
+def run_suite(device: str, json_path: Path, pytest_args: list[str], save_to: tuple[Path, str] | None) -> int:
+    """pytest's exit status for the suite on `device`, its results written to `json_path`."""
+    cmd = [
+        # A file named on the command line is collected although pyproject's addopts
+        # --ignore tests/benchmarks (that keeps the suite out of the unit tests).
+        sys.executable, "-m", "pytest", str(SUITE),
+        f"--bench-device={device}", "--benchmark-only", f"--benchmark-json={json_path}",
+        "--benchmark-disable-gc", "--benchmark-columns=min,median,iqr,rounds", "--benchmark-sort=name",
+    ]
+    if save_to is not None:
+        folder, name = save_to
+        cmd += [f"--benchmark-storage=file://{folder}", f"--benchmark-save={name}"]
+    cmd += pytest_args
+    log.info("running: %s", " ".join(cmd))
+    # pytest's output goes to stderr: stdout carries only the gate's table and verdict.
+    return subprocess.run(cmd, cwd=ROOT, stdout=2).returncode
+
+
+def run(args: argparse.Namespace, pytest_args: list[str]) -> int:
+    from bench.env import environment, pick_device
+    from bench.gate.compare import STATS, check_comparable, compare, format_report, format_run, load_run, regressed
+    from bench.gate.suite import describe_device, device_id
+
+    if not 0 < args.threshold < 1:
+        raise UserError(f"--threshold must be a fraction between 0 and 1 (0.1 = 10%), got {args.threshold}")
+    if args.stat not in STATS:
+        raise UserError(f"--stat {args.stat!r} is not valid; choose one of: {', '.join(STATS)}")
+    if any(a.startswith("--bench-device") for a in pytest_args):
+        raise UserError("give the device as --device, not --bench-device: the gate checks baselines against it")
+    if not SUITE.is_file():
+        raise UserError(f"the suite {SUITE} is missing: run the gate from a checkout of the project")
+    name = _check_name(args.save or args.compare)
+    device = pick_device(args.device)
+    env = environment(device)
+    here_id, here = device_id(env), describe_device(env)
+    storage = storage_dir(args.storage)
+    baseline = find_baseline(storage, name, here_id, here) if args.compare else None  # fail before the run
+
+    with tempfile.TemporaryDirectory(prefix="bench-gate-") as tmp:
+        json_path = Path(tmp) / "run.json"
+        save_to = (storage / here_id, name) if args.save else None
+        status = run_suite(str(device), json_path, pytest_args, save_to)
+        if status == _PYTEST_NO_TESTS:
+            raise UserError("the pytest arguments selected no benchmark")
+        if status == _PYTEST_USAGE_ERROR:
+            return 2  # pytest printed the one-line reason
+        if status != 0 or not json_path.is_file():
+            print(f"the benchmark suite failed (pytest exit status {status}); nothing compared or saved",
+                  file=sys.stderr)
+            return 1
+        current = load_run(json_path)
+
+    if args.save:
+        saved = _newest(_saved(storage / here_id, name))
+        print(format_run(saved, args.stat))
+        print(f"\nsaved baseline {name!r} for {saved.device}: {saved.path}")
+        return 0
+
+    check_comparable(baseline, current)
+    rows = compare(baseline, current, threshold=args.threshold, stat=args.stat)
+    print(format_report(baseline, current, rows, threshold=args.threshold, stat=args.stat))
+    if args.report is not None:
+        from bench.io import write_csv
+
+        write_csv(args.report, rows)
+        log.info("wrote %s", args.report)
+    compared = [r for r in rows if r["change"] is not None]
+    return 1 if regressed(rows) or not compared else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, pytest_args = build_parser().parse_known_args(argv)
+    if pytest_args[:1] == ["--"]:
+        pytest_args = pytest_args[1:]
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return run(args, pytest_args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing saved", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

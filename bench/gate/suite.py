@@ -1,0 +1,197 @@
+"""What the gate benchmarks, at what size, and what makes two runs comparable.
+
+Cases: every registered architecture, and the AlexNet ablation variants (each of
+the paper's design choices flipped alone from the default `alexnet`). The
+224/227-input models (`alexnet-paper`, `alexnet-tv`) join only outside quick
+mode: at that input size one CPU step takes seconds.
+
+Each case is timed twice, as a training step (`bench.step.train_step`: forward,
+loss, backward, SGD step) and as an inference batch (eval, `inference_mode`).
+One timed round is `steps_per_round` steps followed by a device synchronize; the
+rounds before the timed ones (`warmup_rounds`) absorb lazy initialisation,
+allocator growth and kernel selection. The gate compares the median round.
+
+A baseline is comparable with a run when both come from the same device (the
+`device_id`: the device type and its model name, e.g. `cuda-nvidia-h100-80gb-hbm3`)
+and measure the same thing (`MEASUREMENT_KEYS`: dtype, memory format, batch and
+width). Software versions and the CPU thread count are recorded but are not
+part of the identity: a slowdown they cause is a regression the gate should
+show, and re-saving the baseline accepts it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+from bench.measure.speed import MEMORY_FORMATS
+from bench.models import create_model, input_size_of, list_models, model_knobs
+from bench.step import DTYPES
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes and repeat counts; the options override any of the first two."""
+
+    batch_size: int  # images per step
+    width: float  # channel multiplier, for models with a `width` knob
+    warmup_rounds: int  # untimed rounds first
+    rounds: int  # timed rounds; the median is compared
+    steps_per_round: int  # steps between two clock reads
+
+
+# Full: the paper's batch at full width; 15 rounds of 5 steps (a few seconds per
+# benchmark on a GPU). Quick: a CPU-sized run of the whole suite in about a
+# minute, still compute-bound enough that the thread count shows in the numbers.
+FULL = Preset(batch_size=128, width=1.0, warmup_rounds=3, rounds=15, steps_per_round=5)
+QUICK = Preset(batch_size=32, width=0.25, warmup_rounds=1, rounds=5, steps_per_round=1)
+
+# Two runs measure the same thing only if these settings agree (besides the device).
+MEASUREMENT_KEYS = ("dtype", "memory_format", "batch_size", "width")
+
+# The AlexNet ablations of ablations/alexnet.toml, each flipped alone from the
+# default `alexnet` (ReLU, LRN, overlapping pools, dropout 0.5, one tower).
+ABLATIONS = (
+    ("activation", "tanh"),  # section 3.1
+    ("norm", "none"),  # section 3.3
+    ("pool", "nonoverlap"),  # section 3.4
+    ("dropout", 0.0),  # section 4.2
+    ("groups", 2),  # section 3.2, the two-GPU split
+)
+LARGE_INPUT = 64  # models built for inputs above this side are left out of quick mode
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    knobs: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def id(self) -> str:
+        """`alexnet`, `alexnet:norm=none`: the benchmark's name; keep it stable, baselines are keyed on it."""
+        if not self.knobs:
+            return self.model
+        return self.model + ":" + ",".join(f"{k}={v}" for k, v in self.knobs)
+
+
+@dataclass(frozen=True)
+class Options:
+    """The suite's settings for one run, resolved once from the pytest options and recorded with it."""
+
+    device: str
+    dtype: str
+    memory_format: str
+    batch_size: int
+    width: float
+    warmup_rounds: int
+    rounds: int
+    steps_per_round: int
+    quick: bool
+    models: tuple[str, ...]  # shell wildcards over case ids; empty = every case
+    # Test hook: every timed round runs its steps this many times while counting
+    # the images once, so the run is that many times slower under the same names.
+    # tests/test_gate.py uses it to prove that the gate fails; never set it otherwise.
+    inject_slowdown: int = 1
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--bench-dtype {self.dtype!r} is not valid; choose one of: {', '.join(DTYPES)}")
+        if self.memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"memory format {self.memory_format!r} is not one of: {', '.join(MEMORY_FORMATS)}")
+        if self.batch_size < 1:
+            raise ValueError(f"--bench-batch-size must be at least 1, got {self.batch_size}")
+        if not self.width > 0:
+            raise ValueError(f"--bench-width must be > 0, got {self.width}")
+        if self.rounds < 1 or self.warmup_rounds < 0 or self.steps_per_round < 1:
+            raise ValueError(f"--bench-rounds must be at least 1, got {self.rounds}")
+        if self.inject_slowdown < 1:
+            raise ValueError(f"--bench-inject-slowdown must be at least 1, got {self.inject_slowdown}")
+
+    def recorded(self) -> dict:
+        """Plain values, stored in the run's machine info."""
+        return {**asdict(self), "models": list(self.models)}
+
+
+def resolve_options(
+    *,
+    device: torch.device,
+    quick: bool = False,
+    dtype: str = "fp32",
+    channels_last: bool = False,
+    batch_size: int | None = None,
+    width: float | None = None,
+    rounds: int | None = None,
+    models: str = "",
+    inject_slowdown: int = 1,
+) -> Options:
+    """The preset for `quick`, overridden by the values given; `ValueError` names a bad one."""
+    preset = QUICK if quick else FULL
+    return Options(
+        device=str(device),
+        dtype=dtype,
+        memory_format="channels_last" if channels_last else "contiguous",
+        batch_size=preset.batch_size if batch_size is None else batch_size,
+        width=preset.width if width is None else width,
+        warmup_rounds=preset.warmup_rounds,
+        rounds=preset.rounds if rounds is None else rounds,
+        steps_per_round=preset.steps_per_round,
+        quick=quick,
+        models=tuple(p.strip() for p in models.split(",") if p.strip()),
+        inject_slowdown=inject_slowdown,
+    )
+
+
+def all_cases(*, large_inputs: bool = True) -> list[Case]:
+    """Every registered architecture, then the AlexNet ablation variants."""
+    names = [n for n in list_models() if large_inputs or input_size_of(n) <= LARGE_INPUT]
+    return [Case(n) for n in names] + [Case("alexnet", (knob,)) for knob in ABLATIONS]
+
+
+def cases(options: Options) -> list[Case]:
+    """The cases this run benchmarks; a `--bench-models` pattern that matches none raises `ValueError`."""
+    pool = all_cases(large_inputs=not options.quick)
+    if not options.models:
+        return pool
+    for pattern in options.models:
+        if not any(fnmatch.fnmatchcase(c.id, pattern) for c in pool):
+            raise ValueError(
+                f"--bench-models {pattern!r} matches no benchmark case; cases: {', '.join(c.id for c in pool)}"
+            )
+    return [c for c in pool if any(fnmatch.fnmatchcase(c.id, p) for p in options.models)]
+
+
+def build(case: Case, options: Options) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The case's model on the device, and one fixed random batch (inputs, labels) made there.
+
+    `options.width` applies to models that have a `width` knob; the others run at
+    their own size. Seeded, so every run times the same weights and data.
+    """
+    torch.manual_seed(0)
+    knobs = dict(case.knobs)
+    if "width" in model_knobs(case.model):
+        knobs["width"] = options.width
+    device = torch.device(options.device)
+    fmt = MEMORY_FORMATS[options.memory_format]
+    model = create_model(case.model, **knobs).to(device=device, memory_format=fmt)
+    side = model.input_size
+    x = torch.randn(options.batch_size, 3, side, side, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (options.batch_size,), device=device)
+    return model, x, y
+
+
+def device_id(env: dict) -> str:
+    """A file-name-safe identity of the device from `bench.env.environment`: type and model name.
+
+    Same GPU model, same id, whatever the host; a different model (or the same
+    machine's CPU) is a different id, so their baselines never meet.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{env['device']} {env['device_name']}".lower()).strip("-")
+    return slug or "unknown-device"
+
+
+def describe_device(env: dict) -> str:
+    return f"{env['device']} {env['device_name']!r}"

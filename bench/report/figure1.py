@@ -1,0 +1,204 @@
+"""Figure 1 of the paper from a study's tables: epochs to 25% training error, ReLU vs tanh.
+
+Per setup (a `setup` factor, if any) and activation, the learning rate is the
+one of the `lr` factor that trains fastest, as the paper chose its own:
+
+1. among the learning rates at which every seed reached the target, the fewest
+   epochs to reach it (mean over seeds); ties go to the lower mean final
+   training error, then to the lower learning rate;
+2. if none reached it, the lowest mean final training error (a learning rate
+   whose cell diverged comes last), reported as 'did not reach 25% within N
+   epochs'.
+
+"Epochs to 25%" is the first epoch (1-based) whose training error, averaged over
+that epoch as the training loop reports it, is at or below the target. The
+speed-up is tanh epochs / ReLU epochs. Nothing is extrapolated: where tanh never
+reached the target, the ratio is given only as a lower bound, labelled so,
+counting each seed that did not reach it as reaching it one epoch after its last.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from bench.report import format as fmt
+from bench.report.claims import claims_for
+from bench.report.load import OK, StudyData
+from bench.report.stats import summarize
+
+FAST, SLOW = "relu", "tanh"  # the paper's pair: ratio = SLOW epochs / FAST epochs
+CURVE_STATUSES = (OK, "diverged")  # a diverged cell's curve up to the divergence still counts
+
+
+def applies(sd: StudyData) -> bool:
+    return (sd.target is not None and "activation" in sd.factors
+            and sd.target["metric"] in sd.history.columns)
+
+
+def target_label(sd: StudyData) -> str:
+    what = {"train_err_pct": "training error", "test_top1_err_pct": "test top-1 error"}
+    return f"{sd.target['value']:g}% {what.get(sd.target['metric'], sd.target['metric'])}"
+
+
+def _lr(frame: pd.DataFrame, sd: StudyData) -> pd.Series:
+    if "lr" in sd.factors:
+        return frame["lr"].astype(str)
+    return sd.column("cfg_lr", frame, "the learning rate of each cell").astype(str)
+
+
+def cell_epochs(sd: StudyData) -> pd.DataFrame:
+    """Per cell: epochs to the target (NaN = not reached), epochs run, final train error, status."""
+    metric, value = sd.target["metric"], sd.target["value"]
+    cells = sd.runs[sd.runs["status"].isin(CURVE_STATUSES)].copy()
+    from_history = {}
+    for cid, h in sd.history.groupby("cell_id"):
+        h = h.sort_values("epoch")
+        hit = h.loc[h[metric] <= value, "epoch"] if metric in h else pd.Series(dtype=float)
+        from_history[cid] = (float(hit.iloc[0]) if len(hit) else math.nan, float(h["epoch"].max()))
+    same_target = ("epochs_to_target" in cells and "target_metric" in cells
+                   and (cells["target_metric"] == metric).all())
+    epochs, run = [], []
+    for _, c in cells.iterrows():
+        hist = from_history.get(c["cell_id"])
+        if same_target:
+            epochs.append(float(c["epochs_to_target"]) if pd.notna(c["epochs_to_target"]) else math.nan)
+        else:
+            epochs.append(hist[0] if hist else math.nan)
+        ran = c.get("epochs_run")
+        run.append(float(ran) if pd.notna(ran) else (hist[1] if hist else math.nan))
+        if hist is None and not same_target:
+            sd.notes.warn(f"cell {c['cell_id']} has no history rows; its epochs to {target_label(sd)} are unknown")
+    cells["epochs_to_target"] = epochs
+    cells["epochs_run"] = run
+    cells["lr_level"] = _lr(cells, sd)
+    cells["setup_level"] = cells["setup"].astype(str) if "setup" in cells else ""
+    cells["final_train"] = sd.column("final_train_err_pct", cells).astype(float)
+    return cells
+
+
+def lr_grid(sd: StudyData) -> pd.DataFrame:
+    """One row per (setup, activation, lr): seeds, how many reached the target, epochs to it."""
+    cells = cell_epochs(sd)
+    rows = []
+    for (setup, act, lr), g in cells.groupby(["setup_level", "activation", "lr_level"], sort=False):
+        reached = g["epochs_to_target"].notna()
+        ep = summarize(g["epochs_to_target"]) if reached.all() else summarize([])
+        # a lower bound on the mean: a seed that never reached counts as reaching one epoch after its last
+        bound = (g["epochs_to_target"].where(reached, g["epochs_run"] + 1)).mean() \
+            if not (g["status"] == "diverged").any() else math.inf
+        rows.append({
+            "setup": setup, "activation": act, "lr": lr, "n": len(g), "reached": int(reached.sum()),
+            "epochs_mean": ep.mean, "epochs_sd": ep.sd,
+            "epochs_per_seed": ", ".join("–" if math.isnan(e) else f"{e:g}" for e in g["epochs_to_target"]),
+            "epochs_lower_bound": bound, "epochs_run": float(g["epochs_run"].max()),
+            "final_train_err_mean": float(g["final_train"].mean()),
+            "diverged": int((g["status"] == "diverged").sum()),
+            "cell_ids": ",".join(g["cell_id"]),
+        })
+    grid = pd.DataFrame(rows)
+    if len(grid):
+        order = {f: {lv: i for i, lv in enumerate(sd.levels.get(f, []))} for f in ("setup", "activation", "lr")}
+        grid = grid.sort_values(["setup", "activation", "lr"], key=lambda s: s.map(
+            lambda v: order.get(s.name, {}).get(v, _as_float(v)))).reset_index(drop=True)
+    return grid
+
+
+def _as_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.inf
+
+
+def choose(grid: pd.DataFrame) -> pd.DataFrame:
+    """The chosen learning rate per (setup, activation); see the module docstring."""
+    rows = []
+    for (setup, act), g in grid.groupby(["setup", "activation"], sort=False):
+        g = g.assign(lr_value=g["lr"].map(_as_float))
+        full = g[(g["reached"] == g["n"]) & (g["n"] > 0)]
+        if len(full):
+            best = full.sort_values(["epochs_mean", "final_train_err_mean", "lr_value"]).iloc[0]
+        else:
+            best = g.assign(div=g["diverged"] > 0).sort_values(["div", "final_train_err_mean", "lr_value"]).iloc[0]
+        rows.append({"setup": setup, "activation": act, "lr": best["lr"],
+                     "lrs_tried": ", ".join(g.sort_values("lr_value")["lr"]), "n": int(best["n"]),
+                     "reached": bool(len(full)), "epochs_mean": best["epochs_mean"], "epochs_sd": best["epochs_sd"],
+                     "epochs_per_seed": best["epochs_per_seed"], "epochs_lower_bound": best["epochs_lower_bound"],
+                     "epochs_run": best["epochs_run"], "final_train_err_mean": best["final_train_err_mean"],
+                     "diverged": int(best["diverged"]), "cell_ids": best["cell_ids"]})
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class Speedup:
+    setup: str
+    ratio: float  # tanh / ReLU epochs, or its lower bound; NaN when there is none
+    kind: str  # measured | lower bound | none
+    text: str  # one line for the plot and the table
+
+
+def speedups(chosen: pd.DataFrame) -> dict[str, Speedup]:
+    out = {}
+    for setup, g in chosen.groupby("setup", sort=False):
+        by = {r["activation"]: r for _, r in g.iterrows()}
+        if FAST not in by or SLOW not in by:
+            out[setup] = Speedup(setup, math.nan, "none", f"no ratio: needs both {FAST} and {SLOW}")
+            continue
+        fast, slow = by[FAST], by[SLOW]
+        if fast["reached"] and slow["reached"]:
+            ratio = slow["epochs_mean"] / fast["epochs_mean"]
+            out[setup] = Speedup(setup, ratio, "measured", f"{SLOW}/{FAST} = {ratio:.2g}×")
+        elif fast["reached"] and math.isfinite(slow["epochs_lower_bound"]):
+            ratio = slow["epochs_lower_bound"] / fast["epochs_mean"]
+            out[setup] = Speedup(setup, ratio, "lower bound",
+                                 f"{SLOW}/{FAST} ≥ {ratio:.2g}× (lower bound: {SLOW} never reached the target)")
+        else:
+            who = " and ".join(a for a, r in ((FAST, fast), (SLOW, slow)) if not r["reached"])
+            out[setup] = Speedup(setup, math.nan, "none", f"no ratio: {who} did not reach the target")
+    return out
+
+
+def reached_text(row, sd: StudyData) -> str:
+    """'3 epochs' / '3.3 ± 0.6 epochs (3, 3, 4)' / 'did not reach 25% within 14 epochs'."""
+    if not row["reached"]:
+        text = f"did not reach {sd.target['value']:g}% within {row['epochs_run']:.0f} epochs"
+        return text + (" (diverged)" if row["diverged"] else "")
+    if row["n"] > 1:
+        return f"{row['epochs_mean']:.3g} ± {row['epochs_sd']:.2g} epochs (seeds: {row['epochs_per_seed']})"
+    return f"{row['epochs_mean']:.0f} epochs"
+
+
+def figure1_table(sd: StudyData, chosen: pd.DataFrame, ratios: dict[str, Speedup]) -> fmt.Table:
+    paper = claims_for("activation", SLOW, "speedup")
+    paper_text = f"ReLU {paper[0].quote.split('ReLU ')[-1]}" if paper else ""
+    columns = (["setup"] if chosen["setup"].ne("").any() else []) + [
+        "activation", "chosen lr", "lrs tried", "seeds", f"epochs to {target_label(sd)}",
+        "final train err. % (mean)", f"speed-up ({SLOW} epochs / {FAST} epochs)", "paper (§3.1, CIFAR-10)"]
+    rows = []
+    for _, r in chosen.iterrows():
+        rows.append(([r["setup"]] if "setup" in columns else []) + [
+            r["activation"], r["lr"], r["lrs_tried"], str(r["n"]), reached_text(r, sd),
+            fmt.num(r["final_train_err_mean"]), ratios[r["setup"]].text, paper_text])
+    notes = ["Learning rate per setup and activation: the one that reaches the target in the fewest epochs "
+             "(mean over seeds; ties: lower final training error); if none does, the lowest final training error.",
+             "Epochs to the target: the first epoch whose training error (averaged over the epoch) is at or "
+             "below it. No extrapolation; a ratio marked 'lower bound' counts a run that never reached the "
+             "target as reaching it one epoch after its last."]
+    return fmt.Table("figure1", f"{sd.study} ({sd.profile}): epochs to {target_label(sd)}, ReLU vs tanh",
+                     columns, rows, notes)
+
+
+def lr_grid_table(sd: StudyData, grid: pd.DataFrame) -> fmt.Table:
+    has_setup = grid["setup"].ne("").any()
+    columns = (["setup"] if has_setup else []) + [
+        "activation", "lr", "seeds reached / run", f"epochs to {target_label(sd)} (per seed)",
+        "epochs run", "final train err. % (mean)"]
+    rows = [([r["setup"]] if has_setup else []) + [
+        r["activation"], r["lr"], f"{r['reached']} / {r['n']}" + (f" ({r['diverged']} diverged)" if r["diverged"] else ""),
+        r["epochs_per_seed"], f"{r['epochs_run']:.0f}", fmt.num(r["final_train_err_mean"])]
+        for _, r in grid.iterrows()]
+    return fmt.Table("figure1_lr_grid", f"{sd.study} ({sd.profile}): the learning-rate search", columns, rows,
+                     ["'–': that seed did not reach the target."])

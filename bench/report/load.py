@@ -1,0 +1,252 @@
+"""Read one results/<study>/<profile>/ folder: the tidy tables, and what the study file adds.
+
+The tables are the truth. The factors are the columns between `cell_id` and
+`is_baseline` of runs.csv; the baseline is the cell marked `is_baseline`; the
+target is in the `target_metric` / `target_value` columns. The study file
+(ablations/<study>.toml, or the path in environment.json), when it can still be
+read, only adds the order of the levels, the baseline of a study whose baseline
+cell is absent, and descriptions. It is read with `tomllib` alone, not
+`bench.sweep.study.load_study`: that validates the file and builds every model,
+which needs torch, and a study file edited since the sweep must not stop a report.
+
+Missing data (no history, a failed cell, a missing column) goes through
+`Notes.warn`: one logging.warning line, also listed in report.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from bench.errors import UserError
+
+log = logging.getLogger(__name__)
+
+RUNS, HISTORY, ENVIRONMENT = "runs.csv", "history.csv", "environment.json"
+OK = "ok"  # a cell whose final numbers count; diverged cells keep their curves only
+DEFAULT_TARGET = {"metric": "train_err_pct", "value": 25.0}  # the paper's Figure 1
+STUDY_DIR = Path(__file__).resolve().parents[2] / "ablations"
+
+
+class Notes:
+    """Missing-data lines of one study folder: each logged once, kept for report.md."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.lines: list[str] = []
+
+    def warn(self, message: str) -> None:
+        if message not in self.lines:
+            self.lines.append(message)
+            log.warning("%s: %s", self.label, message)
+
+
+@dataclass
+class StudyData:
+    folder: Path
+    study: str
+    profile: str
+    runs: pd.DataFrame  # factor columns as level strings, is_baseline as bool
+    history: pd.DataFrame  # with the factor levels and status of its cell from runs.csv
+    env: dict
+    factors: list[str]
+    levels: dict[str, list[str]]  # factor -> levels in the study's order
+    baseline: dict[str, str] | None  # factor -> baseline level
+    target: dict | None  # {"metric", "value"} where the study has one
+    description: str = ""
+    factor_descriptions: dict = field(default_factory=dict)
+    notes: Notes = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.study}/{self.profile}"
+
+    def has(self, column: str, frame: str = "runs") -> bool:
+        table = self.runs if frame == "runs" else self.history
+        return column in table.columns and table[column].notna().any()
+
+    def column(self, column: str, rows: pd.DataFrame | None = None, why: str = "") -> pd.Series:
+        """`rows[column]`, or all-NaN with one warning where runs.csv lacks the column."""
+        rows = self.runs if rows is None else rows
+        if column in rows.columns:
+            return rows[column]
+        self.notes.warn(f"column {column!r} missing from {RUNS}{' (' + why + ')' if why else ''}; shown as missing")
+        return pd.Series(math.nan, index=rows.index, dtype=float)
+
+    def ok_runs(self) -> pd.DataFrame:
+        return self.runs[self.runs["status"] == OK]
+
+    def cells_at(self, levels: dict[str, str], rows: pd.DataFrame | None = None) -> pd.DataFrame:
+        """The rows whose factors are at `levels` (factors not named: any level)."""
+        rows = self.runs if rows is None else rows
+        mask = pd.Series(True, index=rows.index)
+        for f, lv in levels.items():
+            mask &= rows[f] == lv
+        return rows[mask]
+
+    def one_at_a_time(self) -> list[tuple[str | None, str | None, dict]]:
+        """(factor, level, levels of every factor) for the baseline (None, None, ...) and each
+        configuration that differs from it in one factor, in the study's order."""
+        if self.baseline is None:
+            return []
+        configs = [(None, None, dict(self.baseline))]
+        for f in self.factors:
+            for lv in self.levels[f]:
+                if lv != self.baseline[f]:
+                    configs.append((f, lv, {**self.baseline, f: lv}))
+        return configs
+
+
+def _read_csv(path: Path, text_columns: list[str]) -> pd.DataFrame:
+    # Only an empty field is missing: a level called "none" or "NA" stays a level.
+    return pd.read_csv(path, dtype={c: str for c in text_columns}, keep_default_na=False, na_values=[""])
+
+
+def _as_bool(series: pd.Series) -> pd.Series:
+    return series.astype(str).str.strip().str.lower().isin(("true", "1", "yes"))
+
+
+def factors_of(columns: list[str]) -> list[str]:
+    """The factor columns: those between `cell_id` and `is_baseline`."""
+    if "cell_id" in columns and "is_baseline" in columns:
+        return columns[columns.index("cell_id") + 1:columns.index("is_baseline")]
+    return []
+
+
+def read_study_file(study: str, env: dict) -> dict | None:
+    """Factor order, baselines, target and descriptions from the study's TOML, or None."""
+    candidates = [Path(env["study_file"])] if env.get("study_file") else []
+    candidates.append(STUDY_DIR / f"{study}.toml")
+    for path in candidates:
+        try:
+            doc = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError):
+            continue
+        meta = doc.get("study", {})
+        if meta.get("name", path.stem) != study:
+            continue
+        factors = {}
+        for name, spec in doc.get("factors", {}).items():
+            levels = spec.get("levels")
+            names = [str(v) for v in levels] if isinstance(levels, list) else list(levels or {})
+            if names:  # the same rules as bench.sweep.study: list levels by value, baseline default first
+                factors[name] = {"levels": names, "baseline": str(spec.get("baseline", names[0])),
+                                 "description": spec.get("description", "")}
+        return {"path": path, "description": meta.get("description", ""), "factors": factors,
+                "target": meta.get("target")}
+    return None
+
+
+def load(folder: Path) -> StudyData:
+    """Read runs.csv, history.csv and environment.json of one study/profile folder."""
+    folder = Path(folder)
+    runs_path = folder / RUNS
+    if not runs_path.is_file():
+        raise UserError(f"{folder}: no {RUNS} here; pass a folder written by `python -m bench ablate` "
+                        f"(results/<study>/<profile>), or run `python -m bench ablate --study NAME` first")
+    notes = Notes(str(folder))
+    env = {}
+    if (folder / ENVIRONMENT).is_file():
+        try:
+            env = json.loads((folder / ENVIRONMENT).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            notes.warn(f"{ENVIRONMENT} unreadable ({e}); provenance from {RUNS} only")
+    else:
+        notes.warn(f"{ENVIRONMENT} missing; provenance from {RUNS} only")
+
+    try:
+        columns = list(pd.read_csv(runs_path, nrows=0).columns)
+    except pd.errors.EmptyDataError:
+        columns = []
+    factors = factors_of(columns)
+    runs = _read_csv(runs_path, factors + ["cell_id", "study", "profile", "status"]) if columns else pd.DataFrame()
+    study = _first(runs, "study") or env.get("study") or folder.parent.name
+    profile = _first(runs, "profile") or env.get("profile") or folder.name
+    notes.label = f"{study}/{profile}"
+    if columns and not factors:
+        notes.warn(f"{RUNS} has no cell_id ... is_baseline columns; factor levels unknown")
+    if len(runs) == 0:
+        notes.warn(f"{RUNS} has no rows (the study has not finished a cell yet)")
+    runs = _normalize_runs(runs, notes)
+
+    spec = read_study_file(study, env)
+    levels, baseline, descriptions = {}, None, {}
+    for f in factors:
+        seen = [str(v) for v in runs[f].dropna().unique()] if f in runs else []
+        known = spec["factors"].get(f) if spec else None
+        # Every level of the file is kept, so that a level not run shows as missing.
+        order = known["levels"] if known else []
+        levels[f] = order + [lv for lv in seen if lv not in order]
+        descriptions[f] = known["description"] if known else ""
+    marked = runs[runs["is_baseline"]] if len(runs) else runs
+    if len(marked):
+        baseline = {f: str(marked.iloc[0][f]) for f in factors}
+    elif spec and factors and all(f in spec["factors"] for f in factors):
+        baseline = {f: spec["factors"][f]["baseline"] for f in factors}
+
+    target = None
+    if "target_metric" in runs and runs["target_metric"].notna().any():
+        target = {"metric": str(runs["target_metric"].dropna().iloc[0]),
+                  "value": float(runs["target_value"].dropna().iloc[0]) if "target_value" in runs else 25.0}
+    elif spec and spec.get("target"):
+        target = {"metric": spec["target"].get("metric"), "value": float(spec["target"].get("value"))}
+
+    history = _read_history(folder, runs, factors, notes)
+    return StudyData(folder, study, profile, runs, history, env, factors, levels, baseline, target,
+                     spec["description"] if spec else "", descriptions, notes)
+
+
+def _first(frame: pd.DataFrame, column: str) -> str | None:
+    if column in frame.columns and frame[column].notna().any():
+        return str(frame[column].dropna().iloc[0])
+    return None
+
+
+def _normalize_runs(runs: pd.DataFrame, notes: Notes) -> pd.DataFrame:
+    runs = runs.copy()
+    if "is_baseline" in runs:
+        runs["is_baseline"] = _as_bool(runs["is_baseline"])
+    else:
+        runs["is_baseline"] = False
+    if "status" not in runs:
+        if len(runs):
+            notes.warn(f"column 'status' missing from {RUNS}; every row taken as ok")
+        runs["status"] = OK
+    runs["status"] = runs["status"].fillna("unknown").astype(str)
+    if "seed" not in runs:
+        runs["seed"] = 0
+    if "cell_id" not in runs:
+        runs["cell_id"] = [f"row{i}" for i in range(len(runs))]
+    return runs
+
+
+def _read_history(folder: Path, runs: pd.DataFrame, factors: list[str], notes: Notes) -> pd.DataFrame:
+    """history.csv with each row's factor levels and status taken from its cell in runs.csv.
+
+    The levels come from runs.csv because a history column can shadow a factor of the
+    same name (figure1's `lr` factor and the per-epoch learning rate `lr`).
+    """
+    path = folder / HISTORY
+    empty = pd.DataFrame(columns=["cell_id", "epoch", *factors, "seed", "status"])
+    if not path.is_file() or path.stat().st_size == 0:
+        if len(runs):
+            notes.warn(f"{HISTORY} missing; curves over epochs are not drawn")
+        return empty
+    hist = _read_csv(path, ["cell_id"])
+    if "cell_id" not in hist or "epoch" not in hist:
+        notes.warn(f"{HISTORY} lacks cell_id or epoch columns; curves over epochs are not drawn")
+        return empty
+    keep = [c for c in ["cell_id", *factors, "status", "is_baseline"] if c in runs]
+    hist = hist.drop(columns=[c for c in keep if c != "cell_id" and c in hist] + ["seed"] * ("seed" in hist))
+    merged = hist.merge(runs[keep + ["seed"]], on="cell_id", how="left", validate="many_to_one")
+    orphans = merged["status"].isna().sum() if "status" in merged else 0
+    if orphans:
+        notes.warn(f"{orphans} {HISTORY} rows belong to no cell of {RUNS} (an interrupted cell); left out")
+        merged = merged[merged["status"].notna()]
+    return merged

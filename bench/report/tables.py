@@ -1,0 +1,213 @@
+"""Per-configuration statistics over seeds, and the paper-style tables built from them.
+
+`effects` is the numeric heart of the ablation and architecture reports: one row
+per configuration of a one-at-a-time design (the baseline, then each factor's
+other levels with every other factor at its baseline), with
+
+* test top-1 / top-5 error (%) over the seeds whose cell finished `ok`: mean,
+  sample sd, and the 95% t-interval mean ± t(0.975, n-1) sd / sqrt(n);
+* the difference from the baseline (level - baseline, percentage points) with
+  its 95% Welch interval (unequal variances, Welch-Satterthwaite degrees of
+  freedom); both need two or more seeds on each side, otherwise NaN;
+* params, MACs, throughput, and which cells failed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from bench.report import format as fmt
+from bench.report.claims import claims_for
+from bench.report.load import OK, StudyData
+from bench.report.stats import Summary, summarize, welch
+
+TOP1, TOP5, TRAIN = "final_test_top1_err_pct", "final_test_top5_err_pct", "final_train_err_pct"
+MEASURED_TRAIN, LOOP_TRAIN, MEASURED_INFER = "train_images_per_s", "median_train_images_per_s", "infer_images_per_s"
+KNOWN_CONVENTION = "macs=multiply-adds"
+WELCH_NOTE = ("Δ = configuration mean − baseline mean, in percentage points; its 95% interval is Welch's "
+              "(unequal variances, Welch–Satterthwaite degrees of freedom). Error intervals are 95% "
+              "t-intervals over seeds, mean ± t(0.975, n−1)·sd/√n.")
+
+
+def config_label(factor: str | None, level: str | None) -> str:
+    return "baseline" if factor is None else f"{factor} = {level}"
+
+
+def throughput_sources(sd: StudyData) -> tuple[str, str, str | None]:
+    """(training column, its description, inference column or None)."""
+    if sd.has(MEASURED_TRAIN):
+        train = (MEASURED_TRAIN, "model only, median of timed repeats")
+    else:
+        train = (LOOP_TRAIN, "training loop incl. data, median over epochs")
+    return (*train, MEASURED_INFER if sd.has(MEASURED_INFER) else None)
+
+
+def flop_convention(sd: StudyData) -> str:
+    if "flop_convention" in sd.runs and sd.runs["flop_convention"].notna().any():
+        return str(sd.runs["flop_convention"].dropna().iloc[0])
+    return ""
+
+
+def macs_header(sd: StudyData, what: str = "") -> str:
+    conv = flop_convention(sd)
+    unit = "multiply-adds/image, forward" if KNOWN_CONVENTION in conv else "see FLOP convention"
+    return f"MACs{' ' + what if what else ''} ({unit})"
+
+
+def _failed(cells: pd.DataFrame) -> str:
+    bad = cells[cells["status"] != OK]["status"].value_counts()
+    return ", ".join(f"{status}×{k}" for status, k in bad.items())
+
+
+def _value(sd: StudyData, cells: pd.DataFrame, column: str) -> float:
+    """The mean of a per-cell quantity over the cells that have it (params are the same for every seed)."""
+    values = sd.column(column, cells).dropna()
+    return float(values.astype(float).mean()) if len(values) else math.nan
+
+
+def config_stats(sd: StudyData, cells: pd.DataFrame) -> dict:
+    ok = cells[(cells["status"] == OK) & sd.column(TOP1, cells).notna()]
+    top1, top5 = summarize(ok[TOP1]) if len(ok) else summarize([]), summarize(sd.column(TOP5, ok))
+    train = summarize(sd.column(TRAIN, ok))
+    train_col, _, infer_col = throughput_sources(sd)
+    return {
+        "cells": len(cells), "n": top1.n, "seeds": ",".join(str(s) for s in sorted(ok["seed"].tolist())),
+        "failed": _failed(cells),
+        "top1_mean": top1.mean, "top1_sd": top1.sd, "top1_lo": top1.lo, "top1_hi": top1.hi,
+        "top5_mean": top5.mean, "top5_sd": top5.sd, "top5_n": top5.n,
+        "train_err_mean": train.mean, "gap_mean": top1.mean - train.mean,
+        "params": _value(sd, cells, "params_total"), "macs": _value(sd, cells, "macs"),
+        "core_macs": _value(sd, cells, "core_macs"),
+        "train_ips": _value(sd, ok, train_col), "infer_ips": _value(sd, ok, infer_col) if infer_col else math.nan,
+        "_summary": top1,
+    }
+
+
+def effects(sd: StudyData) -> pd.DataFrame:
+    """One row per configuration of the one-at-a-time design; see the module docstring."""
+    rows = []
+    base: Summary | None = None
+    for factor, level, levels in sd.one_at_a_time():
+        cells = sd.cells_at(levels)
+        stats = config_stats(sd, cells)
+        if factor is None:
+            base = stats["_summary"]
+        if len(cells) == 0:
+            sd.notes.warn(f"no cell for {config_label(factor, level)} in runs.csv (not run at this profile); shown as missing")
+        d = welch(base, stats.pop("_summary")) if base is not None and base.n else None
+        rows.append({"config": config_label(factor, level), "factor": factor or "", "level": level or "",
+                     "is_baseline": factor is None, **stats,
+                     "diff": d.diff if d else math.nan, "diff_lo": d.lo if d else math.nan,
+                     "diff_hi": d.hi if d else math.nan, "diff_df": d.df if d else math.nan,
+                     "base_n": base.n if base is not None else 0})
+    return pd.DataFrame(rows)
+
+
+def configurations(sd: StudyData) -> pd.DataFrame:
+    """Every level combination found in runs.csv, in the study's level order, with its statistics."""
+    if not sd.factors or len(sd.runs) == 0:
+        return pd.DataFrame()
+    order = {f: {lv: i for i, lv in enumerate(sd.levels[f])} for f in sd.factors}
+    combos = sd.runs[sd.factors].drop_duplicates()
+    combos = combos.sort_values(sd.factors, key=lambda s: s.map(order[s.name]))
+    rows = []
+    for _, combo in combos.iterrows():
+        levels = {f: combo[f] for f in sd.factors}
+        stats = config_stats(sd, sd.cells_at(levels))
+        stats.pop("_summary")
+        rows.append({**levels, **stats})
+    return pd.DataFrame(rows)
+
+
+# --- formatted tables --------------------------------------------------------------
+
+def _why(row) -> str:
+    if row["cells"] == 0:
+        return "not run"
+    return row["failed"] or "no finished cell"
+
+
+def _paper_column(factor: str, level: str) -> str:
+    parts = []
+    for c in claims_for(factor, level):
+        if c.kind == "top1_diff":
+            parts.append(f"{c.paper_diff:+.1f} ({c.data}, §{c.section})")
+        elif c.kind == "speedup":
+            parts.append(f"ReLU {c.paper_diff:g}× faster to 25% train err. ({c.data}, §{c.section})")
+        else:
+            parts.append(f"overfits without ({c.data}, §{c.section})")
+    return "; ".join(parts)
+
+
+def effects_table(sd: StudyData, eff: pd.DataFrame) -> fmt.Table:
+    _, train_desc, _ = throughput_sources(sd)
+    columns = ["configuration", "params", macs_header(sd), f"train images/s ({train_desc})",
+               "test top-1 err. % (mean ± sd)", "95% CI (%)", "test top-5 err. % (mean ± sd)",
+               "Δ top-1 vs baseline, pp [95% Welch CI]", "paper: Δ top-1, pp"]
+    rows = []
+    for _, r in eff.iterrows():
+        n = int(r["n"])
+        rows.append([
+            r["config"], fmt.count(r["params"]), fmt.count(r["macs"]), fmt.rate(r["train_ips"]),
+            fmt.mean_sd(r["top1_mean"], r["top1_sd"], n, why_missing=_why(r)),
+            fmt.interval(r["top1_lo"], r["top1_hi"], n),
+            fmt.mean_sd(r["top5_mean"], r["top5_sd"], int(r["top5_n"]), why_missing=_why(r)),
+            "(reference)" if r["is_baseline"] else fmt.diff_with_interval(
+                r["diff"], r["diff_lo"], r["diff_hi"], (int(r["base_n"]), n)),
+            _paper_column(r["factor"], r["level"]),
+        ])
+    return fmt.Table("ablation_effects", f"{sd.study} ({sd.profile}): effect of each design choice, "
+                     "test error on CIFAR-10", columns, rows, _notes(sd, eff))
+
+
+def architectures_table(sd: StudyData, eff: pd.DataFrame) -> fmt.Table:
+    train_col, train_desc, infer_col = throughput_sources(sd)
+    ref = eff.loc[eff["is_baseline"], "config"]
+    ref = ref.iloc[0].split(" = ")[-1] if len(ref) and ref.iloc[0] != "baseline" else (
+        next(iter(sd.baseline.values())) if sd.baseline else "baseline")
+    columns = ["architecture", "params", macs_header(sd, "all costed ops"), macs_header(sd, "conv + FC only"),
+               f"train images/s ({train_desc})", "inference images/s (model only)",
+               "test top-1 err. % (mean ± sd)", "test top-5 err. % (mean ± sd)",
+               f"Δ top-1 vs {ref}, pp [95% Welch CI]"]
+    rows = []
+    for _, r in eff.iterrows():
+        n = int(r["n"])
+        name = r["level"] or ref
+        rows.append([
+            name, fmt.count(r["params"]), fmt.count(r["macs"]), fmt.count(r["core_macs"]),
+            fmt.rate(r["train_ips"]), fmt.rate(r["infer_ips"]) if infer_col else "not measured",
+            fmt.mean_sd(r["top1_mean"], r["top1_sd"], n, why_missing=_why(r)),
+            fmt.mean_sd(r["top5_mean"], r["top5_sd"], int(r["top5_n"]), why_missing=_why(r)),
+            "(reference)" if r["is_baseline"] else fmt.diff_with_interval(
+                r["diff"], r["diff_lo"], r["diff_hi"], (int(r["base_n"]), n)),
+        ])
+    notes = _notes(sd, eff)
+    if not infer_col:
+        notes.append("Inference throughput was not measured at this profile (measure = none).")
+    return fmt.Table("architectures", f"{sd.study} ({sd.profile}): size, cost, throughput and test error",
+                     columns, rows, notes)
+
+
+def configurations_table(sd: StudyData, conf: pd.DataFrame) -> fmt.Table:
+    columns = [*sd.factors, "seeds ok / cells", "failed", "test top-1 err. % (mean ± sd)",
+               "95% CI (%)", "final train err. %"]
+    rows = []
+    for _, r in conf.iterrows():
+        n = int(r["n"])
+        rows.append([*(str(r[f]) for f in sd.factors), f"{n} / {int(r['cells'])}", r["failed"] or "",
+                     fmt.mean_sd(r["top1_mean"], r["top1_sd"], n, why_missing=_why(r)),
+                     fmt.interval(r["top1_lo"], r["top1_hi"], n), fmt.num(r["train_err_mean"])])
+    return fmt.Table("cells", f"{sd.study} ({sd.profile}): every configuration", columns, rows,
+                     ["Errors are the last epoch's, over the seeds whose cell finished ok."])
+
+
+def _notes(sd: StudyData, eff: pd.DataFrame) -> list[str]:
+    notes = [WELCH_NOTE]
+    conv = flop_convention(sd)
+    notes.append(f"FLOP convention (flop_convention column): {conv}." if conv else
+                 "FLOP convention unknown (no flop_convention column).")
+    if len(eff) and (eff["n"] == 1).any():
+        notes.append("Configurations with one seed show no interval: one seed says nothing about the spread.")
+    return notes

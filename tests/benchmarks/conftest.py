@@ -1,0 +1,113 @@
+"""Options of the throughput suite, and the device and versions written into every saved run.
+
+    --bench-quick             CPU-sized run of the whole suite (batch 32, width 0.25, 5 rounds)
+    --bench-device DEV        auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N
+    --bench-dtype D           fp32 | bf16 | fp16 autocast
+    --bench-channels-last     channels_last model and batch
+    --bench-batch-size N      images per step
+    --bench-width W           channel multiplier for models with a width knob
+    --bench-rounds N          timed rounds per benchmark
+    --bench-models GLOBS      comma-separated wildcards over case ids (alexnet, alexnet:norm=none, ...)
+"""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+from bench.env import environment, pick_device
+from bench.errors import UserError
+from bench.gate.suite import cases, device_id, resolve_options
+
+_OPTIONS = pytest.StashKey()
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("bench", "throughput suite (bench.gate)")
+    group.addoption("--bench-quick", action="store_true", help="small batch and width, few rounds: a CPU run")
+    group.addoption("--bench-device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    group.addoption("--bench-dtype", default="fp32", help="fp32 | bf16 | fp16 autocast (default fp32)")
+    group.addoption("--bench-channels-last", action="store_true", help="channels_last memory format")
+    group.addoption("--bench-batch-size", type=int, default=None, help="images per step (default 128, quick 32)")
+    group.addoption("--bench-width", type=float, default=None,
+                    help="channel multiplier for models with a width knob (default 1, quick 0.25)")
+    group.addoption("--bench-rounds", type=int, default=None, help="timed rounds per benchmark (default 15, quick 5)")
+    group.addoption("--bench-models", default="", metavar="GLOBS",
+                    help="comma-separated wildcards over case ids, e.g. 'alexnet*,vgg11' (default all)")
+    group.addoption("--bench-inject-slowdown", type=int, default=1, metavar="K",
+                    help="test hook: run every timed round K times, counting its images once (default 1)")
+
+
+def pytest_configure(config):
+    if not hasattr(config.option, "bench_quick"):  # this conftest is loaded but its options are not
+        return
+    try:
+        config.stash[_OPTIONS] = resolve_options(
+            device=pick_device(config.option.bench_device),
+            quick=config.option.bench_quick,
+            dtype=config.option.bench_dtype,
+            channels_last=config.option.bench_channels_last,
+            batch_size=config.option.bench_batch_size,
+            width=config.option.bench_width,
+            rounds=config.option.bench_rounds,
+            models=config.option.bench_models,
+            inject_slowdown=config.option.bench_inject_slowdown,
+        )
+        cases(config.stash[_OPTIONS])  # a --bench-models pattern that matches nothing fails here
+    except (UserError, ValueError) as exc:  # one line, not a traceback
+        raise pytest.UsageError(str(exc)) from None
+
+
+def suite_options(config):
+    """The resolved `bench.gate.suite.Options` of this session."""
+    return config.stash[_OPTIONS]
+
+
+@pytest.fixture(scope="session")
+def options(pytestconfig):
+    """The resolved `bench.gate.suite.Options`."""
+    return suite_options(pytestconfig)
+
+
+def pytest_generate_tests(metafunc):
+    """Every test taking `case` runs once per case of `bench.gate.suite.cases`, named by its id."""
+    if "case" in metafunc.fixturenames:
+        chosen = cases(suite_options(metafunc.config))
+        metafunc.parametrize("case", chosen, ids=[c.id for c in chosen])
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Device, versions (GPU name, driver, CUDA, cuDNN, torch, torchvision) and threads, and the suite's settings.
+
+    `bench.gate` reads `machine_info["bench"]` to refuse a baseline from another
+    device or measured at other settings.
+    """
+    options = suite_options(config)
+    env = environment(options.device)
+    machine_info["bench"] = {"device_id": device_id(env), "environment": env, "settings": options.recorded()}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Replaces tests/conftest.py's one-thread fixture: the thread count is part of what is measured.
+
+    It comes from the environment (OMP_NUM_THREADS, else one per core) and is recorded.
+    """
+    yield
+
+
+@pytest.fixture(autouse=True)
+def bench_cache():
+    """Replaces tests/conftest.py's data-cache fixture: benchmarks read no data."""
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _release_memory(options):
+    """Each benchmark starts with the memory the last one freed returned (CUDA's cache emptied)."""
+    yield
+    gc.collect()
+    if torch.device(options.device).type == "cuda":
+        torch.cuda.empty_cache()

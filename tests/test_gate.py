@@ -1,0 +1,217 @@
+"""The throughput gate, shown to work: it saves, passes a re-run, fails a slower run naming it, refuses bad baselines.
+
+The end-to-end tests run the real suite (tests/benchmarks/test_throughput.py) in
+quick mode on one tiny case, three times in all: save, identical re-run, slowed
+re-run. The slowed run repeats every timed round 8 times while counting its
+images once (`--bench-inject-slowdown 8`): a certain -87.5% that no machine noise
+can produce or hide. Both comparisons use a 50% threshold instead of the 10%
+default, because on a shared 2-core machine a re-run of millisecond steps can
+lose a few tens of percent to other work; 50% still separates "same code" from
+"8x the work" by a wide margin. The 10% default itself is checked on exact
+numbers in the unit tests of `compare` below.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench.env import environment
+from bench.errors import UserError
+from bench.gate import command
+from bench.gate.compare import Run, check_comparable, compare, format_report, load_run
+from bench.gate.suite import ABLATIONS, Case, all_cases, cases, device_id, resolve_options
+from bench.models import input_size_of, list_models
+
+# One tiny case, quick mode: about 20 ms per timed round on one CPU thread.
+SUITE_ARGS = ["--bench-quick", "--bench-models", "alexnet", "--bench-width", "0.125", "--bench-batch-size", "16"]
+TOLERANT = ["--threshold", "0.5"]  # see the module docstring
+
+
+def _gate(*args: str) -> int:
+    return command.main(list(args))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    """A storage folder holding baseline `base`, saved by the gate from a real quick run."""
+    storage = tmp_path_factory.mktemp("benchmarks")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")  # a 2-core machine shared with other work
+        assert _gate("--save", "base", "--storage", str(storage), *SUITE_ARGS) == 0
+    return storage
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture
+def no_suite_run(monkeypatch):
+    """The gate must refuse before running anything: running the suite fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the suite ran, but the gate should have refused first")
+
+    monkeypatch.setattr(command, "run_suite", refuse)
+
+
+def _only_file(storage: Path) -> Path:
+    (path,) = storage.glob("*/*/*_base.json")
+    return path
+
+
+def _one_line_error(capfd) -> str:
+    err = capfd.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_save_stores_a_baseline_per_device(saved):
+    path = _only_file(saved)
+    here = environment("cpu")
+    assert path.parts[-3] == device_id(here)  # STORAGE/<device id>/<machine>/0001_base.json
+    run = load_run(path)
+    assert run.environment["device_name"] == here["device_name"]
+    assert {"torch", "torchvision", "cuda", "cudnn", "gpu_driver", "num_threads"} <= set(run.environment)
+    assert run.settings["width"] == 0.125 and run.settings["batch_size"] == 16
+    assert sorted(run.benchmarks) == ["test_infer[alexnet]", "test_train[alexnet]"]
+    for entry in run.benchmarks.values():
+        info = entry["extra_info"]
+        assert info["images_per_s"] == pytest.approx(info["images_per_round"] / entry["stats"]["median"])
+        assert entry["stats"]["rounds"] == 5
+
+
+def test_identical_rerun_passes(saved, one_thread, capfd):
+    assert _gate("--compare", "base", "--storage", str(saved), *TOLERANT, *SUITE_ARGS) == 0
+    out = capfd.readouterr().out
+    assert "PASSED: all 2 benchmarks" in out
+    assert "train alexnet" in out and "infer alexnet" in out and "REGRESSED" not in out
+
+
+def test_slower_run_fails_naming_the_regressed(saved, one_thread, capfd, tmp_path):
+    report = tmp_path / "comparison.csv"
+    status = _gate("--compare", "base", "--storage", str(saved), *TOLERANT, "--report", str(report),
+                   *SUITE_ARGS, "--bench-inject-slowdown", "8")
+    out = capfd.readouterr().out
+    assert status == 1, out
+    verdict = next(line for line in out.splitlines() if line.startswith("FAILED"))
+    assert "2 of 2" in verdict and "train alexnet" in verdict and "infer alexnet" in verdict
+    rows = report.read_text().splitlines()
+    assert rows[0].startswith("benchmark,") and sum("regressed" in r for r in rows) == 2
+
+
+def test_missing_baseline_is_one_line_exit_2(tmp_path, no_suite_run, capfd):
+    assert _gate("--compare", "nothing-here", "--storage", str(tmp_path), *SUITE_ARGS) == 2
+    err = _one_line_error(capfd)
+    assert "no baseline 'nothing-here'" in err and "--save nothing-here" in err
+
+
+@pytest.mark.parametrize("where", ["same folder, edited", "another device's folder"])
+def test_baseline_from_another_device_is_one_line_exit_2(saved, tmp_path, no_suite_run, capfd, where):
+    storage = tmp_path / "benchmarks"
+    shutil.copytree(saved, storage)
+    path = _only_file(storage)
+    data = json.loads(path.read_text())
+    env = data["machine_info"]["bench"]["environment"]
+    env.update(device="cuda", device_name="NVIDIA H100 80GB HBM3", cuda="13.0", cudnn="91900")
+    path.write_text(json.dumps(data))
+    if where == "another device's folder":
+        other = storage / device_id(env) / path.parent.name
+        other.mkdir(parents=True)
+        path.rename(other / path.name)
+
+    assert _gate("--compare", "base", "--storage", str(storage), *SUITE_ARGS) == 2
+    err = _one_line_error(capfd)
+    assert "cuda 'NVIDIA H100 80GB HBM3'" in err  # where the baseline is from
+    assert f"cpu {environment('cpu')['device_name']!r}" in err  # and where this run is
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--compare", "base", "--threshold", "10"], "--threshold must be a fraction"),
+    (["--compare", "base", "--bench-device", "cpu"], "give the device as --device"),
+    (["--save", "../up"], "baseline name '../up' is not valid"),
+    (["--compare", "base", "--stat", "mean"], "--stat 'mean' is not valid"),
+])
+def test_bad_arguments_are_one_line_exit_2(tmp_path, no_suite_run, capfd, args, message):
+    assert _gate(*args, "--storage", str(tmp_path)) == 2
+    assert message in _one_line_error(capfd)
+
+
+# ---------------------------------------------------------------- the comparison, on exact numbers
+
+
+def _run(rates: dict[str, float], *, device_name="Some CPU", threads=2, **settings) -> Run:
+    """A run whose benchmarks have these images/s (100 images per round)."""
+    benchmarks = {
+        f"test_train[{case}]": {
+            "name": f"test_train[{case}]", "group": "train",
+            "extra_info": {"phase": "train", "case": case, "images_per_round": 100},
+            "stats": {"median": 100 / rate, "min": 90 / rate},
+        }
+        for case, rate in rates.items()
+    }
+    env = {"device": "cpu", "device_name": device_name, "num_threads": threads, "torch": "2.14.1"}
+    recorded = {"dtype": "fp32", "memory_format": "contiguous", "batch_size": 32, "width": 0.25, **settings}
+    return Run(Path("0001_base.json"), env, recorded, "2026-01-01T00:00:00", None, benchmarks)
+
+
+def test_compare_fails_beyond_the_threshold_only():
+    old = _run({"a": 1000, "b": 1000, "c": 1000, "gone": 1000})
+    new = _run({"a": 910, "b": 890, "c": 1200, "added": 1000}, threads=1)
+    rows = {r["case"]: r for r in compare(old, new, threshold=0.10)}
+    assert {k: r["status"] for k, r in rows.items()} == {
+        "a": "ok", "b": "regressed", "c": "faster", "gone": "missing", "added": "new"}
+    assert rows["b"]["change"] == pytest.approx(-0.11)
+    assert rows["b"]["baseline_images_per_s"] == pytest.approx(1000)
+    assert [r["status"] for r in compare(old, new, threshold=0.12)][:2] == ["ok", "ok"]
+
+    text = format_report(old, new, list(rows.values()), threshold=0.10, stat="median")
+    assert "FAILED: 1 of 3 benchmarks lost more than 10% throughput: train b" in text
+    assert "changed since the baseline: threads 2 -> 1" in text
+    assert re.search(r"^train b +1,000\.0 +890\.0 +-11\.0% +REGRESSED$", text, re.MULTILINE), text
+
+
+def test_compare_on_min_reads_the_min_round():
+    rows = compare(_run({"a": 1000}), _run({"a": 1000}), threshold=0.1, stat="min")
+    assert rows[0]["images_per_s"] == pytest.approx(100 / 0.09)
+
+
+def test_runs_from_other_devices_or_settings_are_not_comparable():
+    check_comparable(_run({"a": 1}), _run({"a": 1}, threads=1))  # threads: a measurement, not a device
+    with pytest.raises(UserError, match="measured on cpu 'Other CPU'; this run is on cpu 'Some CPU'"):
+        check_comparable(_run({"a": 1}, device_name="Other CPU"), _run({"a": 1}))
+    with pytest.raises(UserError, match="measured dtype=fp32; this run measured dtype=bf16"):
+        check_comparable(_run({"a": 1}), _run({"a": 1}, dtype="bf16"))
+
+
+# ---------------------------------------------------------------- the suite's cases and device identity
+
+
+def test_suite_covers_the_registry_and_the_ablations():
+    every = {c.id for c in all_cases()}
+    assert set(list_models()) <= every
+    assert {Case("alexnet", (knob,)).id for knob in ABLATIONS} <= every
+    assert "alexnet:groups=2" in every and "alexnet:activation=tanh" in every
+    quick = {c.model for c in cases(resolve_options(device="cpu", quick=True))}
+    assert quick == {n for n in list_models() if input_size_of(n) <= 64}
+    assert {"alexnet-paper", "alexnet-tv"} <= {c.model for c in cases(resolve_options(device="cpu"))}
+    picked = cases(resolve_options(device="cpu", quick=True, models="alexnet:*"))
+    assert [c.id for c in picked] == [Case("alexnet", (k,)).id for k in ABLATIONS]
+    with pytest.raises(ValueError, match="matches no benchmark case"):
+        cases(resolve_options(device="cpu", models="alexnt"))
+
+
+def test_device_id_is_the_device_not_the_threads_or_versions():
+    here = environment("cpu")
+    assert device_id({**here, "num_threads": 1, "torch": "0.0"}) == device_id(here)
+    assert device_id({**here, "device_name": "Other CPU"}) != device_id(here)
+    assert device_id({"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3"}) == "cuda-nvidia-h100-80gb-hbm3"

@@ -1,0 +1,217 @@
+"""The study runner: study files, expansion into cells, tidy tables, resume after a kill."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.errors import UserError
+from bench.sweep.runner import first_reaching, run_study
+from bench.sweep.study import list_studies, load_study
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_STUDY = """
+[study]
+name = "tiny"
+design = "{design}"
+seeds = [0]
+target = {{ metric = "train_err_pct", value = 95.0 }}
+
+[base]
+model = "layers-80sec"
+data = "synthetic"
+train_per_class = 8
+test_per_class = 4
+batch_size = 16
+epochs = {epochs}
+augment = "none"
+
+[factors.activation]
+key = "knobs.activation"
+levels = ["relu", "tanh"]
+
+[factors.lr]
+key = "lr"
+levels = [0.01, 0.02]
+
+[profiles.smoke]
+measure = "none"
+"""
+
+
+def write_study(tmp_path: Path, design: str = "factorial", epochs: int = 2, text: str | None = None) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(text if text is not None else TINY_STUDY.format(design=design, epochs=epochs))
+    return path
+
+
+def test_shipped_studies_load_and_expand():
+    assert set(list_studies()) >= {"alexnet", "architectures", "figure1"}
+    alexnet = load_study("alexnet")
+    cells = alexnet.cells("cpu")
+    baseline = [c for c in cells if c.is_baseline]
+    assert len(baseline) == 1
+    assert baseline[0].config.knobs | {} == {**baseline[0].config.knobs, "activation": "relu", "norm": "lrn",
+                                             "pool": "overlap", "dropout": 0.5, "groups": 2}
+    # one-at-a-time: the baseline plus one cell per non-baseline level
+    extra_levels = sum(len(f["levels"]) - 1 for f in alexnet.factors.values())
+    assert len(cells) == 1 + extra_levels
+    for cell in cells:  # each ablation differs from the baseline in exactly one factor
+        changed = [f for f in alexnet.factors if cell.levels[f] != baseline[0].levels[f]]
+        assert len(changed) <= 1
+    assert len({c.id for c in cells}) == len(cells)
+    assert len(load_study("alexnet").cells("gpu")) == 3 * len(cells)  # three seeds on GPU
+
+
+def test_factorial_and_one_at_a_time_designs(tmp_path):
+    factorial = load_study(str(write_study(tmp_path, "factorial")))
+    assert len(factorial.cells("smoke")) == 4
+    oat = load_study(str(write_study(tmp_path, "one-at-a-time")))
+    assert sorted(tuple(c.levels.values()) for c in oat.cells("smoke")) == [
+        ("relu", "0.01"), ("relu", "0.02"), ("tanh", "0.01")]
+
+
+def test_figure1_grid_differs_per_setup():
+    cells = load_study("figure1").cells("cpu")
+    lrs = {(c.levels["setup"], c.levels["activation"]): set() for c in cells}
+    for c in cells:
+        lrs[(c.levels["setup"], c.levels["activation"])].add(c.config.lr)
+    assert lrs[("modern", "relu")] == {0.01, 0.02}
+    assert lrs[("paper", "tanh")] == {0.002, 0.005}
+    paper = next(c for c in cells if c.levels["setup"] == "paper")
+    assert (paper.config.init, paper.config.preprocess) == ("paper", "meanonly")
+    assert all(c.config.weight_decay == 0 and c.config.augment == "none" for c in cells)
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda s: s.replace('design = "factorial"', 'design = "fractional"'), "study.design"),
+    (lambda s: s.replace("[base]", "[base]\nbatchsize = 3"), "batchsize"),
+    (lambda s: s.replace("epochs = 2", 'epochs = "two"'), "epochs"),
+    (lambda s: s.replace('levels = ["relu", "tanh"]', 'levels = ["relu", "swish"]'), "swish"),
+    (lambda s: s.replace('key = "lr"', 'key = "learning_rate"'), "learning_rate"),
+    (lambda s: s.replace("[profiles.smoke]", "[profiles.huge]"), "huge"),
+    (lambda s: s.replace('measure = "none"', 'measure = "none"\nonly = { lr = [0.5] }'), "0.5"),
+    (lambda s: s.replace('model = "layers-80sec"', 'model = "layers-80sec"\nknobs = { width = 0.5 }'), "width"),
+    (lambda s: s + "\n[extra]\n", "extra"),
+    (lambda s: s.replace("[study]", "[study\n"), "TOML"),
+])
+def test_study_file_errors_name_file_and_key(tmp_path, edit, needle):
+    path = write_study(tmp_path, text=edit(TINY_STUDY.format(design="factorial", epochs=2)))
+    with pytest.raises(UserError) as err:
+        load_study(str(path))
+    message = str(err.value)
+    assert str(path) in message and needle in message
+    assert "\n" not in message
+
+
+def test_cli_study_error_is_one_line_and_runs_nothing(tmp_path, capsys):
+    path = write_study(tmp_path, text=TINY_STUDY.format(design="factorial", epochs=2).replace("[base]", "[base]\nlrr = 1"))
+    out = tmp_path / "results"
+    assert main(["ablate", "--study", str(path), "--profile", "smoke", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "lrr" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_sweep_writes_tidy_tables_and_skips_finished_cells(tmp_path):
+    study = load_study(str(write_study(tmp_path, "factorial", epochs=2)))
+    runs = run_study(study, "smoke", out_root=tmp_path / "results", progress=False)
+    out = tmp_path / "results" / "tiny" / "smoke"
+    runs = pd.read_csv(out / "runs.csv")
+    hist = pd.read_csv(out / "history.csv")
+    assert len(runs) == 4 and runs["cell_id"].is_unique
+    assert set(runs["status"]) == {"ok"}
+    for column in ("activation", "lr", "seed", "data_source", "params_total", "macs", "flops",
+                   "final_train_err_pct", "final_test_top1_err_pct", "final_test_top5_err_pct",
+                   "best_test_top1_err_pct", "epochs_to_target", "seconds_to_target", "wall_seconds",
+                   "device", "torch", "git_commit", "cfg_lr", "knob_activation"):
+        assert column in runs.columns, column
+    assert set(runs["activation"]) == {"relu", "tanh"} and set(runs["lr"]) == {0.01, 0.02}
+    assert (runs["data_source"] == "synthetic").all()
+    # tidy history: one row per cell per epoch, no wide pivoting
+    assert len(hist) == 4 * 2
+    assert all(sorted(epochs) == [1, 2] for epochs in hist.groupby("cell_id")["epoch"].apply(list))
+    assert not any(re.search(r"\d$", c) for c in hist.columns)  # no per-epoch columns
+    # the tanh net has more counted FLOPs than the ReLU net (documented per-element costs)
+    flops = runs.groupby("activation")["macs"].first()
+    assert flops["tanh"] > flops["relu"]
+    assert (out / "environment.json").exists()
+    mtime = (out / "runs.csv").stat().st_mtime_ns
+    again = run_study(study, "smoke", out_root=tmp_path / "results", progress=False)
+    assert len(again) == 4 and (out / "runs.csv").stat().st_mtime_ns == mtime  # nothing re-ran
+
+
+def test_failed_cell_is_a_row_and_the_sweep_goes_on(tmp_path):
+    text = TINY_STUDY.format(design="factorial", epochs=1).replace(
+        'levels = [0.01, 0.02]', 'levels = [0.01, 1e9]')
+    study = load_study(str(write_study(tmp_path, text=text)))
+    runs = run_study(study, "smoke", out_root=tmp_path / "results", progress=False)
+    assert len(runs) == 4
+    statuses = runs.set_index(["activation", "lr"])["status"]
+    assert statuses[("relu", 0.01)] == "ok"
+    assert statuses[("relu", 1e9)] == "diverged"
+
+
+def test_first_reaching():
+    hist = [{"epoch": 1, "epoch_seconds": 2.0, "e": 40.0}, {"epoch": 2, "epoch_seconds": 3.0, "e": 24.0},
+            {"epoch": 3, "epoch_seconds": 3.0, "e": 20.0}]
+    assert first_reaching(hist, "e", 25.0) == (2, 5.0)
+    assert first_reaching(hist, "e", 10.0) == (None, None)
+
+
+def test_resume_after_kill_loses_nothing_and_duplicates_nothing(tmp_path):
+    """Kill -9 the sweep mid-cell, then run it again: every cell exactly once, no torn files."""
+    study_path = write_study(tmp_path, "factorial", epochs=6)
+    out_root = tmp_path / "results"
+    out = out_root / "tiny" / "smoke"
+    cmd = [sys.executable, "-m", "bench", "ablate", "--study", str(study_path), "--profile", "smoke",
+           "--out", str(out_root), "--no-progress", "--no-report"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (out / "runs.csv").exists() and len(pd.read_csv(out / "runs.csv")) >= 1:
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("the sweep finished no cell within 120 s: " + proc.stderr.read().decode()[-500:])
+    time.sleep(0.3)  # into the next cell
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = pd.read_csv(out / "runs.csv")
+    assert 1 <= len(before) < 4, "the kill should land mid-sweep"
+    done_before = set(before["cell_id"])
+
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-1000:]
+    runs = pd.read_csv(out / "runs.csv")
+    hist = pd.read_csv(out / "history.csv")
+    assert len(runs) == 4 and runs["cell_id"].is_unique
+    assert done_before <= set(runs["cell_id"])
+    # the rows finished before the kill are kept as they were, not re-run
+    kept = runs.set_index("cell_id").loc[sorted(done_before), "finished_at"]
+    assert (kept.values == before.set_index("cell_id").loc[sorted(done_before), "finished_at"].values).all()
+    assert len(hist) == 4 * 6 and not hist.duplicated(["cell_id", "epoch"]).any()
+    assert set(hist["cell_id"]) == set(runs["cell_id"])
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_smoke_profile_of_every_shipped_study_end_to_end(tmp_path):
+    out = tmp_path / "results"
+    assert main(["ablate", "--profile", "smoke", "--out", str(out), "--no-progress", "--no-report"]) == 0
+    for name in ("alexnet", "architectures", "figure1"):
+        runs = pd.read_csv(out / name / "smoke" / "runs.csv")
+        assert len(runs) == len(load_study(name).cells("smoke"))
+        assert set(runs["status"]) == {"ok"}, runs[["status", "error"]]
+        assert runs["params_total"].gt(0).all()
