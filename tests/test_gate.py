@@ -27,8 +27,10 @@ from bench.gate.compare import Run, check_comparable, compare, format_report, lo
 from bench.gate.suite import ABLATIONS, Case, all_cases, cases, device_id, resolve_options
 from bench.models import input_size_of, list_models
 
-# One tiny case, quick mode: about 20 ms per timed round on one CPU thread.
-SUITE_ARGS = ["--bench-quick", "--bench-models", "alexnet", "--bench-width", "0.125", "--bench-batch-size", "16"]
+# One tiny case (AlexNet at 1/8 width, batch 16: about 15 ms a training step on one
+# CPU thread), quick mode, 3 rounds of 50 ms: a run is a few seconds, most of it imports.
+SUITE_ARGS = ["--bench-quick", "--bench-models", "alexnet", "--bench-width", "0.125", "--bench-batch-size", "16",
+              "--bench-rounds", "3"]
 TOLERANT = ["--threshold", "0.5"]  # see the module docstring
 
 
@@ -87,7 +89,8 @@ def test_save_stores_a_baseline_per_device(saved):
     for entry in run.benchmarks.values():
         info = entry["extra_info"]
         assert info["images_per_s"] == pytest.approx(info["images_per_round"] / entry["stats"]["median"])
-        assert entry["stats"]["rounds"] == 5
+        assert entry["stats"]["rounds"] == 3
+        assert info["images_per_round"] == 16 * info["steps_per_round"]
 
 
 def test_identical_rerun_passes(saved, one_thread, capfd):
@@ -144,6 +147,19 @@ def test_baseline_from_another_device_is_one_line_exit_2(saved, tmp_path, no_sui
 def test_bad_arguments_are_one_line_exit_2(tmp_path, no_suite_run, capfd, args, message):
     assert _gate(*args, "--storage", str(tmp_path)) == 2
     assert message in _one_line_error(capfd)
+
+
+@pytest.mark.parametrize("pytest_status, gate_status", [(1, 1), (4, 2)])
+def test_failed_suite_saves_nothing(tmp_path, monkeypatch, capfd, pytest_status, gate_status):
+    """A test failure (1) or a bad --bench-* option (4, pytest's usage error) leaves no baseline."""
+
+    def failing_suite(device, json_path, pytest_args):
+        json_path.write_text("{}")  # whatever pytest-benchmark left behind is not used
+        return pytest_status
+
+    monkeypatch.setattr(command, "run_suite", failing_suite)
+    assert _gate("--save", "base", "--storage", str(tmp_path), *SUITE_ARGS) == gate_status
+    assert not list(tmp_path.rglob("*.json"))
 
 
 # ---------------------------------------------------------------- the comparison, on exact numbers

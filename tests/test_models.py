@@ -236,3 +236,20 @@ def test_lrn_matches_torch_with_the_papers_constants_on_3d_and_5d_inputs():
 def test_lrn_gradcheck_float64(size):
     x = torch.randn(2, 7, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: local_response_norm(t, size, 0.3, 0.75, 1.5), (x,))
+
+
+def test_kaiming_init_keeps_the_signal_alive_through_alexnet():
+    """He init: conv weights N(0, 2/fan_out), biases zero, and activations that do not vanish."""
+    torch.manual_seed(0)
+    model = create_model("alexnet", width=0.25, init="kaiming")
+    conv2 = model.features.conv2
+    fan_out = conv2.out_channels * conv2.kernel_size[0] * conv2.kernel_size[1]
+    assert abs(conv2.weight.std().item() - (2 / fan_out) ** 0.5) < 0.1 * (2 / fan_out) ** 0.5
+    assert all(m.bias.abs().max().item() == 0 for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    model.eval()
+    with torch.no_grad():
+        logits_kaiming = model(torch.randn(16, 3, 32, 32))
+        torch.manual_seed(0)
+        logits_default = create_model("alexnet", width=0.25).eval()(torch.randn(16, 3, 32, 32))
+    # the default init shrinks the signal by ~0.58 per layer: logits collapse towards zero
+    assert logits_kaiming.std() > 10 * logits_default.std()

@@ -4,8 +4,9 @@ Runs `tests/benchmarks/test_throughput.py` under pytest-benchmark in a fresh
 process, on the device at hand (CUDA when present). Arguments the gate does not
 know pass to pytest, e.g. `--bench-quick`, `--bench-dtype bf16`, `-x`.
 
-`--save NAME` stores the run as a baseline in STORAGE/<device id>/ (pytest-benchmark's
-numbered files: saving NAME again keeps the old file, the newest wins).
+`--save NAME` stores the run, if the suite passed, as a baseline in
+STORAGE/<device id>/ (pytest-benchmark's numbered files: saving NAME again keeps
+the old file, the newest wins).
 `--compare NAME` first checks that this device has a baseline NAME (exit 2 if
 not, before anything runs), runs the suite, prints old against new images/s per
 benchmark, and exits 1 if any lost more than the threshold, else 0.
@@ -44,8 +45,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m bench.gate", description=__doc__.split("\n")[0], allow_abbrev=False,
-                epilog="Other arguments pass to pytest; see tests/benchmarks/conftest.py for the --bench-* ones.")
+    p = _Parser(
+        prog="python -m bench.gate", allow_abbrev=False,
+        description="Throughput regression gate: run the benchmark suite and save it as a baseline, "
+                    "or compare it with one (exit 1 when a benchmark lost more than the threshold).",
+        epilog="Other arguments pass to pytest: --bench-quick, --bench-dtype fp32|bf16|fp16, "
+               "--bench-channels-last, --bench-batch-size N, --bench-width W, --bench-rounds N, "
+               "--bench-models GLOBS (see tests/benchmarks/conftest.py), or pytest's own (-x, -k).",
+    )
     action = p.add_mutually_exclusive_group(required=True)
     action.add_argument("--save", metavar="NAME", help="run the suite and store it as baseline NAME")
     action.add_argument("--compare", metavar="NAME", help="run the suite and compare it with baseline NAME")
@@ -70,6 +77,11 @@ def storage_dir(arg: Path | None) -> Path:
 def _saved(folder: Path, name: str) -> list[Path]:
     """Runs saved as NAME under `folder` (pytest-benchmark's <machine>/<NNNN>_NAME.json files)."""
     return sorted(folder.glob(f"*/[0-9][0-9][0-9][0-9]_{name}.json"))
+
+
+def _saved_anywhere(storage: Path, name: str) -> list[Path]:
+    """Runs saved as NAME for any device (STORAGE/<device id>/<machine>/<NNNN>_NAME.json)."""
+    return sorted(storage.glob(f"*/*/[0-9][0-9][0-9][0-9]_{name}.json"))
 
 
 def _newest(paths: list[Path]):
@@ -98,17 +110,31 @@ def find_baseline(storage: Path, name: str, here_id: str, here: str):
                     f"make one with: python -m bench.gate --save {name}")
 
 
-def _saved_anywhere(storage: Path, name: str) -> list[Path]:
-    return sorted(storage.glob(f"*/*/[0-9][0-9][0-9][0-9]_{name}.json"))
-
-
 def _check_name(name: str) -> str:
     if not _NAME.fullmatch(name):
         raise UserError(f"baseline name {name!r} is not valid; use letters, digits, '.', '_' and '-'")
     return name
 
 
-def run_suite(device: str, json_path: Path, pytest_args: list[str], save_to: tuple[Path, str] | None) -> int:
+def store(run_json: Path, folder: Path, name: str) -> Path:
+    """Copy a run into `folder` as the next numbered NAME, in pytest-benchmark's layout; its path.
+
+    The layout (<machine>/<NNNN>_<NAME>.json) is the one `--benchmark-save` writes,
+    so pytest-benchmark's own `compare` and `list` read these files too. The gate
+    writes them itself, and only after the suite passed: a failed run leaves no
+    partial baseline.
+    """
+    from pytest_benchmark.utils import get_machine_id
+
+    from bench.io import atomic_write_text
+
+    numbers = [int(p.name[:4]) for p in folder.glob("*/[0-9][0-9][0-9][0-9]_*.json")]
+    target = folder / get_machine_id() / f"{max(numbers, default=0) + 1:04d}_{name}.json"
+    atomic_write_text(target, run_json.read_text())
+    return target
+
+
+def run_suite(device: str, json_path: Path, pytest_args: list[str]) -> int:
     """pytest's exit status for the suite on `device`, its results written to `json_path`."""
     cmd = [
         # A file named on the command line is collected although pyproject's addopts
@@ -117,9 +143,6 @@ def run_suite(device: str, json_path: Path, pytest_args: list[str], save_to: tup
         f"--bench-device={device}", "--benchmark-only", f"--benchmark-json={json_path}",
         "--benchmark-disable-gc", "--benchmark-columns=min,median,iqr,rounds", "--benchmark-sort=name",
     ]
-    if save_to is not None:
-        folder, name = save_to
-        cmd += [f"--benchmark-storage=file://{folder}", f"--benchmark-save={name}"]
     cmd += pytest_args
     log.info("running: %s", " ".join(cmd))
     # pytest's output goes to stderr: stdout carries only the gate's table and verdict.
@@ -148,8 +171,7 @@ def run(args: argparse.Namespace, pytest_args: list[str]) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-gate-") as tmp:
         json_path = Path(tmp) / "run.json"
-        save_to = (storage / here_id, name) if args.save else None
-        status = run_suite(str(device), json_path, pytest_args, save_to)
+        status = run_suite(str(device), json_path, pytest_args)
         if status == _PYTEST_NO_TESTS:
             raise UserError("the pytest arguments selected no benchmark")
         if status == _PYTEST_USAGE_ERROR:
@@ -159,9 +181,12 @@ def run(args: argparse.Namespace, pytest_args: list[str]) -> int:
                   file=sys.stderr)
             return 1
         current = load_run(json_path)
+        if current.device_id != here_id:  # the suite resolved the device by itself: never file it wrongly
+            raise UserError(f"the suite ran on {current.device}, not on {here}")
+        if args.save:
+            saved = load_run(store(json_path, storage / here_id, name))
 
     if args.save:
-        saved = _newest(_saved(storage / here_id, name))
         print(format_run(saved, args.stat))
         print(f"\nsaved baseline {name!r} for {saved.device}: {saved.path}")
         return 0

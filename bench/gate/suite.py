@@ -7,9 +7,10 @@ mode: at that input size one CPU step takes seconds.
 
 Each case is timed twice, as a training step (`bench.step.train_step`: forward,
 loss, backward, SGD step) and as an inference batch (eval, `inference_mode`).
-One timed round is `steps_per_round` steps followed by a device synchronize; the
-rounds before the timed ones (`warmup_rounds`) absorb lazy initialisation,
-allocator growth and kernel selection. The gate compares the median round.
+Untimed warm-up steps first absorb lazy initialisation, allocator growth and
+kernel selection. One more step, timed, sizes the rounds: a timed round is as
+many steps as last `min_round_s`, followed by a device synchronize. The gate
+compares the median round, in images/s.
 
 A baseline is comparable with a run when both come from the same device (the
 `device_id`: the device type and its model name, e.g. `cuda-nvidia-h100-80gb-hbm3`)
@@ -35,20 +36,21 @@ from bench.step import DTYPES
 
 @dataclass(frozen=True)
 class Preset:
-    """Sizes and repeat counts; the options override any of the first two."""
+    """Sizes and repeat counts; the options override batch, width and rounds."""
 
     batch_size: int  # images per step
     width: float  # channel multiplier, for models with a `width` knob
-    warmup_rounds: int  # untimed rounds first
+    warmup_steps: int  # untimed steps first
     rounds: int  # timed rounds; the median is compared
-    steps_per_round: int  # steps between two clock reads
+    min_round_s: float  # a round has as many steps as make it last this long (seconds), at least one
 
 
-# Full: the paper's batch at full width; 15 rounds of 5 steps (a few seconds per
-# benchmark on a GPU). Quick: a CPU-sized run of the whole suite in about a
-# minute, still compute-bound enough that the thread count shows in the numbers.
-FULL = Preset(batch_size=128, width=1.0, warmup_rounds=3, rounds=15, steps_per_round=5)
-QUICK = Preset(batch_size=32, width=0.25, warmup_rounds=1, rounds=5, steps_per_round=1)
+# Full: the paper's batch at full width, 15 rounds of at least 50 ms. Quick: a
+# CPU-sized run of the whole suite in about a minute, still compute-bound enough
+# that the thread count shows in the numbers. Rounds of at least 50 ms keep the
+# smallest models (LeNet-5: about a millisecond a step) from timing clock jitter.
+FULL = Preset(batch_size=128, width=1.0, warmup_steps=10, rounds=15, min_round_s=0.05)
+QUICK = Preset(batch_size=32, width=0.25, warmup_steps=2, rounds=5, min_round_s=0.05)
 
 # Two runs measure the same thing only if these settings agree (besides the device).
 MEASUREMENT_KEYS = ("dtype", "memory_format", "batch_size", "width")
@@ -87,9 +89,9 @@ class Options:
     memory_format: str
     batch_size: int
     width: float
-    warmup_rounds: int
+    warmup_steps: int
     rounds: int
-    steps_per_round: int
+    min_round_s: float
     quick: bool
     models: tuple[str, ...]  # shell wildcards over case ids; empty = every case
     # Test hook: every timed round runs its steps this many times while counting
@@ -106,8 +108,10 @@ class Options:
             raise ValueError(f"--bench-batch-size must be at least 1, got {self.batch_size}")
         if not self.width > 0:
             raise ValueError(f"--bench-width must be > 0, got {self.width}")
-        if self.rounds < 1 or self.warmup_rounds < 0 or self.steps_per_round < 1:
+        if self.rounds < 1:
             raise ValueError(f"--bench-rounds must be at least 1, got {self.rounds}")
+        if self.warmup_steps < 0 or self.min_round_s < 0:
+            raise ValueError(f"warm-up steps and round length must be >= 0: {self}")
         if self.inject_slowdown < 1:
             raise ValueError(f"--bench-inject-slowdown must be at least 1, got {self.inject_slowdown}")
 
@@ -136,9 +140,9 @@ def resolve_options(
         memory_format="channels_last" if channels_last else "contiguous",
         batch_size=preset.batch_size if batch_size is None else batch_size,
         width=preset.width if width is None else width,
-        warmup_rounds=preset.warmup_rounds,
+        warmup_steps=preset.warmup_steps,
         rounds=preset.rounds if rounds is None else rounds,
-        steps_per_round=preset.steps_per_round,
+        min_round_s=preset.min_round_s,
         quick=quick,
         models=tuple(p.strip() for p in models.split(",") if p.strip()),
         inject_slowdown=inject_slowdown,

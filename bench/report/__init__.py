@@ -107,7 +107,7 @@ def _figure1(rep: _Report, sections: list[Section]) -> dict:
 
 def _architectures(rep: _Report, sections: list[Section]) -> pd.DataFrame:
     sd = rep.sd
-    eff = tables.effects(sd)
+    eff = tables.in_level_order(sd, tables.effects(sd))
     s = Section("Architectures: error, size, compute and throughput")
     rep.figure(_guarded(sd, "error vs cost", figures.architectures_cost, sd, eff), "architectures_error_vs_cost",
                "Test top-1 error vs multiply-adds per image and vs parameters (log scales).", s)
@@ -186,14 +186,16 @@ def find_result_folders(path: Path) -> list[Path]:
 
 
 def report_all(root: Path) -> list[Path]:
-    """Report every study/profile folder under `root`; one warning line per known study with no results."""
+    """Report every study/profile folder under `root`. Where `root` is a results folder
+    (<study>/<profile>/ under it), each study of ablations/ with no folder there is one warning line."""
+    root = Path(root)
     folders = find_result_folders(root)
-    from bench.report.load import STUDY_DIR
+    studies = {f.parent.name for f in folders if f.parent.parent == root}
+    if studies:
+        from bench.report.load import STUDY_DIR
 
-    known = sorted(p.stem for p in STUDY_DIR.glob("*.toml"))
-    have = {f.parent.name for f in folders} | {f.name for f in folders}
-    for name in known:
-        if name not in have and len(folders) > 1:
-            log.warning("%s: no results under %s (study not run); run `python -m bench ablate --study %s`",
-                        name, root, name)
+        for name in sorted(p.stem for p in STUDY_DIR.glob("*.toml")):
+            if name not in studies:
+                log.warning("%s: no results under %s (study not run); run `python -m bench ablate --study %s`",
+                            name, root, name)
     return [report_study(f) for f in folders]

@@ -150,11 +150,11 @@ def speedups(chosen: pd.DataFrame) -> dict[str, Speedup]:
         fast, slow = by[FAST], by[SLOW]
         if fast["reached"] and slow["reached"]:
             ratio = slow["epochs_mean"] / fast["epochs_mean"]
-            out[setup] = Speedup(setup, ratio, "measured", f"{SLOW}/{FAST} = {ratio:.2g}×")
+            out[setup] = Speedup(setup, ratio, "measured", f"{SLOW}/{FAST} = {ratio:.1f}×")
         elif fast["reached"] and math.isfinite(slow["epochs_lower_bound"]):
             ratio = slow["epochs_lower_bound"] / fast["epochs_mean"]
             out[setup] = Speedup(setup, ratio, "lower bound",
-                                 f"{SLOW}/{FAST} ≥ {ratio:.2g}× (lower bound: {SLOW} never reached the target)")
+                                 f"{SLOW}/{FAST} ≥ {ratio:.1f}× (lower bound: {SLOW} never reached the target)")
         else:
             who = " and ".join(a for a, r in ((FAST, fast), (SLOW, slow)) if not r["reached"])
             out[setup] = Speedup(setup, math.nan, "none", f"no ratio: {who} did not reach the target")

@@ -25,7 +25,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import EngFormatter, MaxNLocator, MultipleLocator, NullFormatter
 
 from bench.report import figure1 as f1
 from bench.report.claims import CLAIMS, claims_for
@@ -127,65 +127,76 @@ def _line(ax, h: pd.DataFrame, y: str, color, linestyle: str, label: str | None 
 
 # --- Figure 1 --------------------------------------------------------------------------
 
+def epoch_axis(ax, last: float) -> None:
+    """Integer epoch ticks (every epoch when there are few) from 0.5 to the last epoch + 0.5."""
+    ax.xaxis.set_major_locator(MultipleLocator(1) if last <= 12 else MaxNLocator(integer=True))
+    ax.set_xlim(0.5, last + 0.5)
+
+
+def _plural(n: float, word: str) -> str:
+    return f"{n:.3g} {word}" + ("" if n == 1 else "s")
+
+
 def figure1(sd: StudyData, chosen: pd.DataFrame, ratios: dict) -> Figure:
-    """Training error vs epochs at each activation's chosen lr: one panel per setup, shared axes."""
+    """Training error vs epochs at each activation's chosen lr: one panel per setup, shared axes.
+
+    Each panel's legend carries the chosen learning rates, the epochs to the target and the
+    ratio beside the paper's; matplotlib places it where it covers the fewest data points.
+    """
     metric, target = sd.target["metric"], sd.target["value"]
     setups = [s for s in sd.levels.get("setup", []) if s in set(chosen["setup"])] or list(dict.fromkeys(chosen["setup"]))
-    fig = Figure(figsize=(5.4 * len(setups) + 0.6, 4.9), layout="constrained")
+    fig = Figure(figsize=(5.6 * len(setups) + 0.6, 5.0), layout="constrained")
     axes = fig.subplots(1, len(setups), sharex=True, sharey=True, squeeze=False)[0]
     paper = next((c for c in CLAIMS if c.kind == "speedup"), None)
-    seeds = sorted(sd.history["seed"].dropna().unique()) if len(sd.history) else []
-    top = 0.0
-    last_epoch = 1.0
+    seeds = sd.history["seed"].nunique() if len(sd.history) else 0
+    top, last = target, 1.0
     for ax, setup in zip(axes, setups):
         rows = chosen[chosen["setup"] == setup]
-        box = []
+        handles = []
+        ax.axhline(target, color="0.35", linestyle=":", linewidth=1.2, zorder=1)
+        ax.text(0.01, target, f" {target:g}%", transform=ax.get_yaxis_transform(), va="bottom", ha="left",
+                fontsize=10, color="0.3")
         for _, r in rows.iterrows():
             act = r["activation"]
             color = color_for("activation", act)
             dash = "-" if act == f1.FAST else "--" if act == f1.SLOW else ":"
             h = _curves(sd, r["cell_ids"].split(","))
-            _line(ax, h, metric, color, dash, label=f"{act} (lr {r['lr']})")
+            _line(ax, h, metric, color, dash)
             if len(h):
                 top = max(top, float(h[metric].max()))
-                last_epoch = max(last_epoch, float(h["epoch"].max()))
+                last = max(last, float(h["epoch"].max()))
             if r["reached"]:
                 ax.plot([r["epochs_mean"]], [target], marker="o", ms=9, color=color, mec="black", zorder=5)
-                ax.annotate(f"{r['epochs_mean']:.3g}", (r["epochs_mean"], target), xytext=(0, -16),
+                ax.annotate(f"{r['epochs_mean']:.3g}", (r["epochs_mean"], target), xytext=(0, -17),
                             textcoords="offset points", ha="center", fontsize=10, color=color, fontweight="bold")
-            box.append(f"{act}, lr {r['lr']}: " + (f"{target:g}% at epoch {r['epochs_mean']:.3g}" if r["reached"]
-                                                    else f1.reached_text(r, sd)))
+                what = f"{target:g}% at epoch {r['epochs_mean']:.3g}"
+            else:
+                what = f1.reached_text(r, sd).replace(" 1 epochs", " 1 epoch")
+            if not len(h):
+                what += " (no curve: history missing)"
+            handles.append(Line2D([], [], color=color, linestyle=dash, linewidth=2, label=f"{act}, lr {r['lr']}: {what}"))
         ratio = ratios.get(setup)
+        extra = []
         if ratio is not None:
-            box.append(ratio.text.split(" (lower bound")[0] + (" (lower bound)" if ratio.kind == "lower bound" else ""))
+            extra.append(ratio.text.split(" (lower bound")[0] + (" (lower bound)" if ratio.kind == "lower bound" else ""))
         if paper:
-            box.append(f"paper: ReLU {paper.quote.split('ReLU ')[-1]}")
-        ax.axhline(target, color="0.35", linestyle=":", linewidth=1.2, zorder=1)
-        ax.text(0.01, target, f" {target:g}%", transform=ax.get_yaxis_transform(), va="bottom", ha="left",
-                fontsize=10, color="0.3")
-        ax.text(0.98, 0.97, "\n".join(box), transform=ax.transAxes, ha="right", va="top", fontsize=9.5,
-                bbox=dict(boxstyle="round,pad=0.4", fc="white", ec="0.75", alpha=0.95))
-        title = f"setup = {setup}" if setup else sd.study
+            extra.append(f"paper: ReLU {paper.quote.split('ReLU ')[-1]}")
+        handles += [Line2D([], [], linestyle="none", label=t) for t in extra]
+        ax.legend(handles=handles, loc="best", fontsize=9.5, handlelength=2.2)
+        title = f"setup = {setup}" if setup else (_unique(sd, "cfg_model") or sd.study)
         if ratio is not None and ratio.kind != "none":
-            title += f": {ratio.text.split(' (')[0]}"
+            title += f": {ratio.text.split(' (')[0]}" + (" (lower bound)" if ratio.kind == "lower bound" else "")
         ax.set_title(title)
         ax.set_xlabel("epochs")
-        ax.set_ylabel(f"training error (%)" if metric == "train_err_pct" else f"{metric} (%)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        handles = [Line2D([], [], color=color_for("activation", r["activation"]), linewidth=2,
-                          linestyle="-" if r["activation"] == f1.FAST else "--",
-                          label=f"{r['activation']} (lr {r['lr']})") for _, r in rows.iterrows()]
-        ax.legend(handles=handles, loc="lower left")
-    axes[0].set_ylim(0, min(100.0, max(top, target) * 1.08 + 2))
-    axes[0].set_xlim(0.5, last_epoch + 0.5)
+        ax.set_ylabel("training error (%)" if metric == "train_err_pct" else f"{metric} (%)")
+    axes[0].set_ylim(0, min(100.0, top * 1.08 + 2))
+    epoch_axis(axes[0], last)
     model = _unique(sd, "cfg_model")
     fig.suptitle(f"Figure 1 re-measured: {model or 'the four-layer net'}, training error vs epochs "
                  f"(ReLU solid, tanh dashed)")
-    notes = [f"{len(seeds)} seeds: line = mean, band = range over seeds." if len(seeds) > 1 else
-             "One seed: no band.",
-             f"Each activation at the learning rate that reaches {target:g}% in the fewest epochs "
-             f"({sd.profile} profile, data: {_unique(sd, 'data_source') or 'unknown'})."]
-    _note(fig, notes)
+    _note(fig, [f"{seeds} seeds: line = mean, band = range over seeds." if seeds > 1 else "One seed: no band.",
+                f"Each activation at the learning rate that reaches {target:g}% in the fewest epochs "
+                f"({sd.profile} profile, data: {_unique(sd, 'data_source') or 'unknown'})."])
     return fig
 
 
@@ -250,10 +261,11 @@ def ablation(sd: StudyData, eff: pd.DataFrame) -> Figure:
     lo, hi = ax2.get_xlim()
     span = max(abs(lo), abs(hi), 0.5)
     ax2.set_xlim(-span * 1.1, span * 1.1)
-    handles = [Line2D([], [], marker="o", color="0.3", linestyle="none", ms=8, label="measured here (CIFAR-10)")]
+    handles = [Line2D([], [], marker="o", color="0.3", linestyle="none", ms=8,
+                      label=f"measured here ({_unique(sd, 'data_source') or 'data unknown'})")]
     handles += [Line2D([], [], marker=PAPER_MARKERS.get(d, "^"), mfc="none", mec="black", mew=1.4,
                        linestyle="none", ms=8, label=f"paper ({d})") for d in sorted(used_markers)]
-    ax2.legend(handles=handles, loc="lower right")
+    ax2.legend(handles=handles, loc="best", fontsize=9.5)
     fig.suptitle(f"{sd.study}: effect of each design choice on test error ({sd.profile} profile)")
     seeds = sorted(sd.runs["seed"].unique())
     notes = [f"Seeds: {', '.join(str(s) for s in seeds)}. Sorted by the measured difference; "
@@ -274,9 +286,11 @@ def overfitting(sd: StudyData) -> Figure | None:
     factors = [f for f in OVERFIT_FACTORS if f in sd.factors]
     if not factors or sd.baseline is None or not len(sd.history):
         return None
+    # rows with more levels last: a shared x axis shows its tick labels on the bottom row only
+    factors.sort(key=lambda f: len(sd.levels[f]))
     grid = [[(None, sd.baseline[f])] + [(f, lv) for lv in sd.levels[f] if lv != sd.baseline[f]] for f in factors]
     ncols = max(len(g) for g in grid)
-    fig = Figure(figsize=(3.9 * ncols + 0.5, 3.0 * len(factors) + 1.0), layout="constrained")
+    fig = Figure(figsize=(4.0 * ncols + 0.5, 3.2 * len(factors) + 1.0), layout="constrained")
     axes = fig.subplots(len(factors), ncols, sharex=True, sharey=True, squeeze=False)
     top, last = 0.0, 1.0
     for row, (factor, configs) in enumerate(zip(factors, grid)):
@@ -286,73 +300,79 @@ def overfitting(sd: StudyData) -> Figure | None:
                 ax.set_visible(False)
                 continue
             which, level = configs[col]
-            levels = {**sd.baseline, factor: level}
-            cells = sd.cells_at(levels)
+            cells = sd.cells_at({**sd.baseline, factor: level})
             h = _curves(sd, cells["cell_id"])
             c = color_for(which, level if which else None)
-            ax.set_title(f"{factor} = {level}" + (" (baseline)" if which is None else ""), fontsize=11)
+            title = f"{factor} = {level}" + (" (baseline)" if which is None else "")
+            ax.set_xlabel("epochs" if row == len(factors) - 1 else "")
+            ax.set_ylabel("error (%)" if col == 0 else "")
             if not len(h):
                 why = "not run" if not len(cells) else ", ".join(sorted(set(cells["status"])))
                 ax.text(0.5, 0.5, f"missing ({why})", transform=ax.transAxes, ha="center", va="center",
                         color="0.4", style="italic")
+                ax.set_title(title, fontsize=11)
                 continue
             _line(ax, h, "train_err_pct", c, "--")
             _line(ax, h, "test_top1_err_pct", c, "-")
             mean = h.groupby("epoch")[["train_err_pct", "test_top1_err_pct"]].mean()
-            ax.fill_between(mean.index, mean["train_err_pct"], mean["test_top1_err_pct"], color=c, alpha=0.12,
+            ax.fill_between(mean.index, mean["train_err_pct"], mean["test_top1_err_pct"], color=c, alpha=0.15,
                             linewidth=0)
             gap = mean["test_top1_err_pct"].iloc[-1] - mean["train_err_pct"].iloc[-1]
-            ax.text(0.97, 0.95, f"last-epoch gap\n(test − train): {gap:+.1f} pp", transform=ax.transAxes,
-                    ha="right", va="top", fontsize=9.5, bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="0.8"))
+            ax.set_title(f"{title}\nlast epoch: test − train = {gap:+.1f} pp", fontsize=11)
             top = max(top, float(np.nanmax(mean.to_numpy())))
             last = max(last, float(mean.index.max()))
-            ax.set_xlabel("epochs")
-            ax.set_ylabel("error (%)")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0][0].set_ylim(0, min(100.0, top * 1.1 + 2))
-    axes[0][0].set_xlim(0.5 if last <= 3 else 0, last + 0.5 if last <= 3 else last)
-    handles = [Line2D([], [], color="0.2", linestyle="--", linewidth=2, label="train error (during the epoch)"),
-               Line2D([], [], color="0.2", linestyle="-", linewidth=2, label="test top-1 error")]
-    fig.legend(handles=handles, loc="outside lower center", ncol=2)
+    axes[0][0].set_ylim(0, min(100.0, top * 1.08 + 2))
+    epoch_axis(axes[0][0], last)
+    handles = [Line2D([], [], color="0.2", linestyle="--", linewidth=2, label="train (during the epoch)"),
+               Line2D([], [], color="0.2", linestyle="-", linewidth=2, label="test top-1")]
+    axes[0][0].legend(handles=handles, loc="best", fontsize=9.5)
     fig.suptitle(f"{sd.study}: train vs test error over epochs ({sd.profile} profile)")
     seeds = sd.history["seed"].nunique()
     _note(fig, [("Line = mean over %d seeds, band = their range; " % seeds if seeds > 1 else "One seed; ")
-                + "shading = the gap between train and test error. Training error is measured with dropout "
-                  "and augmentation active, test error without."])
+                + "shading = the gap between train and test error.",
+                "Training error is measured during the epoch with dropout and augmentation active, "
+                "test error without."])
     return fig
 
 
 # --- architectures ----------------------------------------------------------------------
 
-def _place_labels(ax, points: list[tuple[float, float, str, tuple]], fontsize: float = 9.5) -> None:
-    """Label each point beside it, trying four sides so that labels do not cover each other."""
-    fig_dpi = ax.figure.dpi
-    placed = []  # display-space boxes
-    dots = [ax.transData.transform((x, y)) for x, y, _, _ in points]
-    for (x, y, text, color), (px, py) in zip(points, dots):
-        w = len(text) * fontsize * 0.6 * fig_dpi / 72
-        hgt = fontsize * 1.3 * fig_dpi / 72
-        options = [(7, 4, "left", "bottom"), (7, -4, "left", "top"), (-7, 4, "right", "bottom"),
-                   (-7, -4, "right", "top"), (0, 10, "center", "bottom"), (0, -10, "center", "top")]
-        choice = options[0]
-        for dx, dy, ha, va in options:
-            ox, oy = px + dx * fig_dpi / 72, py + dy * fig_dpi / 72
+def _place_labels(ax, points: list[tuple[float, float, str]], fontsize: float = 9.5) -> None:
+    """Label each point beside it: of 16 spots around it (near, then farther with a leader line),
+    the first that covers no other label or point, else the one that covers least."""
+    fig = ax.figure
+    fig.draw_without_rendering()  # lay the figure out first, so that data maps to its final pixels
+    scale = fig.dpi / 72  # points -> pixels
+    dots = [tuple(ax.transData.transform((x, y))) for x, y, _ in points]
+    frame = ax.get_window_extent()
+    placed: list[tuple[float, float, float, float]] = []
+    near = [(7, 4, "left", "bottom"), (7, -4, "left", "top"), (-7, 4, "right", "bottom"), (-7, -4, "right", "top"),
+            (0, 9, "center", "bottom"), (0, -9, "center", "top"), (10, 0, "left", "center"), (-10, 0, "right", "center")]
+    spots = near + [(dx * 2.6, dy * 2.6, ha, va) for dx, dy, ha, va in near]
+
+    def overlap(a, b) -> float:
+        return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+    for (x, y, text), (px, py) in zip(points, dots):
+        w, h = len(text) * fontsize * 0.62 * scale, fontsize * 1.25 * scale
+        best = None
+        for rank, (dx, dy, ha, va) in enumerate(spots):
+            ox, oy = px + dx * scale, py + dy * scale
             x0 = ox if ha == "left" else ox - w if ha == "right" else ox - w / 2
-            y0 = oy if va == "bottom" else oy - hgt
-            box = (x0, y0, x0 + w, y0 + hgt)
-            clash = any(not (box[2] < b[0] or box[0] > b[2] or box[3] < b[1] or box[1] > b[3]) for b in placed)
-            clash = clash or any(box[0] - 3 < qx < box[2] + 3 and box[1] - 3 < qy < box[3] + 3
-                                 for qx, qy in dots if (qx, qy) != (px, py))
-            if not clash:
-                choice = (dx, dy, ha, va)
-                placed.append(box)
+            y0 = oy if va == "bottom" else oy - h if va == "top" else oy - h / 2
+            box = (x0, y0, x0 + w, y0 + h)
+            cost = sum(overlap(box, b) for b in placed)
+            cost += sum(overlap(box, (qx - 6, qy - 6, qx + 6, qy + 6)) for qx, qy in dots if (qx, qy) != (px, py))
+            cost += 10 * (w * h - overlap(box, (frame.x0, frame.y0, frame.x1, frame.y1)))  # stay inside the axes
+            if best is None or cost < best[0] - 1e-9:
+                best = (cost, rank, (dx, dy, ha, va), box)
+            if cost == 0:
                 break
-        else:
-            dx, dy, ha, va = choice
-            placed.append((px, py, px + w, py + hgt))
-        dx, dy, ha, va = choice
+        _, rank, (dx, dy, ha, va), box = best
+        placed.append(box)
+        arrow = dict(arrowstyle="-", color="0.5", lw=0.7, shrinkA=0, shrinkB=4) if rank >= len(near) else None
         ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=fontsize,
-                    color="0.15")
+                    color="0.15", arrowprops=arrow)
 
 
 def _log_limits(values: np.ndarray) -> tuple[float, float]:
@@ -363,13 +383,14 @@ def _log_limits(values: np.ndarray) -> tuple[float, float]:
 
 def architectures_cost(sd: StudyData, eff: pd.DataFrame) -> Figure:
     """Test error vs MACs and vs parameters (log x), one labelled point per architecture."""
-    fig = Figure(figsize=(11.5, 4.9), layout="constrained")
+    fig = Figure(figsize=(11.5, 5.0), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     ok = eff[eff["n"] > 0]
     notes = []
     ys = ok["top1_mean"].to_numpy(dtype=float)
-    for ax, column, xlabel in ((axes[0], "macs", "MACs per image (multiply-adds, forward; log scale)"),
-                               (axes[1], "params", "parameters (log scale)")):
+    panels = ((axes[0], "macs", "MACs per image (multiply-adds, forward pass; log scale)"),
+              (axes[1], "params", "parameters (log scale)"))
+    for ax, column, xlabel in panels:
         have = ok[ok[column].notna() & (ok[column] > 0)]
         for _, r in have.iterrows():
             c = color_for("architecture", _arch(r, sd))
@@ -377,19 +398,23 @@ def architectures_cost(sd: StudyData, eff: pd.DataFrame) -> Figure:
             ax.errorbar(r[column], r["top1_mean"], yerr=yerr, fmt="o", ms=9, color=c, mec="black", mew=0.7,
                         capsize=3, zorder=3)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         if len(have):
             ax.set_xlim(*_log_limits(have[column].to_numpy(dtype=float)))
-        if len(ys):
-            span = max(float(np.nanmax(ys) - np.nanmin(ys)), 2.0)
-            ax.set_ylim(float(np.nanmin(ys)) - 0.25 * span, float(np.nanmax(ys)) + 0.25 * span)
-        _place_labels(ax, [(r[column], r["top1_mean"], _arch(r, sd), None) for _, r in have.iterrows()])
         if len(have) < len(ok):
             notes.append(f"no {column} for: " + ", ".join(_arch(r, sd) for _, r in ok.iterrows()
                                                           if not (r[column] > 0)))
+    if len(ys):
+        span = max(float(np.nanmax(ys) - np.nanmin(ys)), 2.0)
+        axes[0].set_ylim(float(np.nanmin(ys)) - 0.25 * span, float(np.nanmax(ys)) + 0.25 * span)
     axes[0].set_ylabel("test top-1 error (%)")
     axes[0].set_title("error vs compute")
     axes[1].set_title("error vs size")
+    for ax, column, _ in panels:  # after every point is drawn, so that labels see them all
+        have = ok[ok[column].notna() & (ok[column] > 0)]
+        _place_labels(ax, [(r[column], r["top1_mean"], _arch(r, sd)) for _, r in have.iterrows()])
     missing = eff[eff["n"] == 0]
     if len(missing):
         notes.append("not shown (no finished cell): " + ", ".join(
@@ -398,7 +423,7 @@ def architectures_cost(sd: StudyData, eff: pd.DataFrame) -> Figure:
         notes.append("Bars: 95% t-interval over seeds.")
     elif len(ok):
         notes.append("One seed per architecture: no intervals.")
-    fig.suptitle(f"{sd.study}: test error vs cost on CIFAR-10 ({sd.profile} profile)")
+    fig.suptitle(f"{sd.study}: test error vs cost ({sd.profile} profile, data: {_unique(sd, 'data_source') or 'unknown'})")
     _note(fig, notes)
     return fig
 
@@ -426,6 +451,8 @@ def architectures_throughput(sd: StudyData, eff: pd.DataFrame) -> Figure:
             ax.text(0.5, 0.5, "not measured at this profile\n(measure = none)", transform=ax.transAxes,
                     ha="center", va="center", color="0.4", style="italic")
             ax.set_xticks([])
+            ax.set_xlabel("")
+            ax.grid(False)
             continue
         if not len(finite):
             continue

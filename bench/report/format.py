@@ -40,15 +40,16 @@ def num(value, digits: int = 2, signed: bool = False) -> str:
 
 
 def count(value) -> str:
-    """1234 -> '1.23 k', 60965224 -> '61.0 M', 7.2e8 -> '0.72 G': three significant digits."""
+    """1234 -> '1.23 k', 60965224 -> '61.0 M', 7.24e8 -> '724 M': three significant digits."""
     if missing(value):
         return MISSING
     value = float(value)
-    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
+    for scale, unit in ((1e9, " G"), (1e6, " M"), (1e3, " k"), (1, "")):
+        if abs(value) >= scale or scale == 1:
             v = value / scale
-            return f"{v:.3g} {unit}" if v < 1000 else f"{v:.0f} {unit}"
-    return f"{value:.3g}"
+            digits = 0 if abs(v) >= 100 or (scale == 1 and v == int(v)) else 1 if abs(v) >= 10 else 2
+            return f"{v:.{digits}f}{unit}"
+    return str(value)
 
 
 def rate(value) -> str:

@@ -234,11 +234,14 @@ def _read_history(folder: Path, runs: pd.DataFrame, factors: list[str], notes: N
     """
     path = folder / HISTORY
     empty = pd.DataFrame(columns=["cell_id", "epoch", *factors, "seed", "status"])
-    if not path.is_file() or path.stat().st_size == 0:
+    try:
+        hist = _read_csv(path, ["cell_id"]) if path.is_file() else None
+    except pd.errors.EmptyDataError:  # an empty file: no cell has finished an epoch
+        hist = None
+    if hist is None or not len(hist):
         if len(runs):
-            notes.warn(f"{HISTORY} missing; curves over epochs are not drawn")
+            notes.warn(f"{HISTORY} missing or empty; curves over epochs are not drawn")
         return empty
-    hist = _read_csv(path, ["cell_id"])
     if "cell_id" not in hist or "epoch" not in hist:
         notes.warn(f"{HISTORY} lacks cell_id or epoch columns; curves over epochs are not drawn")
         return empty

@@ -90,7 +90,7 @@ def claim_rows(sd: StudyData, eff: pd.DataFrame | None = None, ratios: dict | No
                chosen: pd.DataFrame | None = None) -> list[list[str]]:
     """One row per paper claim that this study re-measures: section, claim, paper, here, agreement."""
     rows = []
-    where = f"CIFAR-10 ({', '.join(_values(sd, 'data_source')) or 'unknown source'}, {sd.profile} profile)"
+    where = f"data: {', '.join(_values(sd, 'data_source')) or 'unknown'}, {sd.profile} profile"
     for claim in CLAIMS:
         if claim.factor not in sd.factors:
             continue
@@ -118,7 +118,8 @@ def claim_rows(sd: StudyData, eff: pd.DataFrame | None = None, ratios: dict | No
         m = match.iloc[0]
         n_pair = (int(base.iloc[0]["n"]) if len(base) else 0, int(m["n"]))
         if claim.kind == "top1_diff":
-            here = fmt.diff_with_interval(m["diff"], m["diff_lo"], m["diff_hi"], n_pair) + " pp top-1"
+            value, _, rest = fmt.diff_with_interval(m["diff"], m["diff_lo"], m["diff_hi"], n_pair).partition(" ")
+            here = f"{value} pp" + (f" {rest}" if rest else "")
             if math.isnan(m["diff"]):
                 here = f"missing ({'not run' if m['cells'] == 0 else m['failed'] or 'no finished cell'})"
             agree = _agreement(claim, m["diff"], m["diff_lo"], m["diff_hi"], n_pair)
@@ -134,7 +135,8 @@ def claim_rows(sd: StudyData, eff: pd.DataFrame | None = None, ratios: dict | No
             if min(n_pair) < 2:
                 agree += " (one seed)"
             rows.append([claim.section, claim.subject, paper, here, agree])
-    return [[*r[:3], f"{r[3]} — {where}" if r[3] and not r[3].startswith("not") else r[3], r[4]] for r in rows]
+    return [[*r[:3], f"{r[3]} ({where})" if r[3] and not r[3].startswith(("not", "missing")) else r[3], r[4]]
+            for r in rows]
 
 
 def claims_section(rows: list[list[str]]) -> Section | None:

@@ -105,13 +105,26 @@ def effects(sd: StudyData) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def in_level_order(sd: StudyData, eff: pd.DataFrame) -> pd.DataFrame:
+    """A one-factor study's `effects` in the study's level order (e.g. the architectures by year),
+    the baseline row where its level falls, with the level filled in on the baseline row."""
+    factor = sd.factors[0]
+    eff = eff.assign(level=eff["level"].where(eff["level"] != "", (sd.baseline or {}).get(factor, "")))
+    order = {lv: i for i, lv in enumerate(sd.levels[factor])}
+    return eff.sort_values("level", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+
+
 def configurations(sd: StudyData) -> pd.DataFrame:
     """Every level combination found in runs.csv, in the study's level order, with its statistics."""
     if not sd.factors or len(sd.runs) == 0:
         return pd.DataFrame()
-    order = {f: {lv: i for i, lv in enumerate(sd.levels[f])} for f in sd.factors}
     combos = sd.runs[sd.factors].drop_duplicates()
-    combos = combos.sort_values(sd.factors, key=lambda s: s.map(order[s.name]))
+    designed = [levels for _, _, levels in sd.one_at_a_time()]
+    if designed and all(dict(c) in designed for _, c in combos.iterrows()):  # the design's own order
+        combos = pd.DataFrame([d for d in designed if any(dict(c) == d for _, c in combos.iterrows())])
+    else:  # a factorial design: its levels in the study's order, the first factor slowest
+        order = {f: {lv: i for i, lv in enumerate(sd.levels[f])} for f in sd.factors}
+        combos = combos.sort_values(sd.factors, key=lambda s: s.map(order[s.name]))
     rows = []
     for _, combo in combos.iterrows():
         levels = {f: combo[f] for f in sd.factors}

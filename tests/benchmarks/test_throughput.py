@@ -2,17 +2,21 @@
 
 Run it through the gate (`python -m bench.gate --save NAME | --compare NAME`, or
 `nox -s bench -- ...`); by hand: `python -m pytest tests/benchmarks/test_throughput.py --bench-quick`.
-
-What one timed round is: `steps_per_round` training steps (`bench.step.train_step`,
-the project's one step) or inference batches, then a device synchronize, so that
-the clock, read by pytest-benchmark after the round, includes all queued GPU
-work. The previous round (or warm-up) ended with a synchronize too, so none of
-its work leaks in. Warm-up rounds run untimed first. The saved time is seconds
-per round; `extra_info["images_per_s"]` is the round's images over the median.
 The cases (the `case` parameter) and the `options` fixture come from conftest.py.
+
+How a benchmark is timed: `warmup_steps` untimed steps (lazy initialisation,
+allocator growth, cuDNN/oneDNN kernel choice), then one step timed alone to size
+the rounds, then `rounds` timed rounds of as many steps as last `min_round_s`.
+Every round ends with a device synchronize inside the timed callable, so the
+clock, read by pytest-benchmark when the callable returns, includes all queued
+GPU work, and the next round starts with an empty queue. pytest-benchmark saves
+seconds per round; images/s is the round's images over the median round.
 """
 
 from __future__ import annotations
+
+import math
+import time
 
 import torch
 
@@ -21,22 +25,27 @@ from bench.measure.speed import synchronize
 from bench.step import autocast, make_optimizer, train_step
 
 
-def _time(benchmark, options, case, phase: str, run_round) -> None:
-    """Time `run_round` (one round of `options.steps_per_round` steps) and record images/s."""
-    images = options.batch_size * options.steps_per_round
-    repeats = options.inject_slowdown
+def _time(benchmark, options, case, phase: str, steps) -> None:
+    """Warm up, size the rounds, and time `steps(n)` (n training steps or inference batches)."""
+    device = torch.device(options.device)
 
-    def timed():
-        for _ in range(repeats):
-            run_round()
-        synchronize(torch.device(options.device))
+    def run(n: int) -> None:
+        steps(n)
+        synchronize(device)
+
+    run(options.warmup_steps)
+    start = time.perf_counter()
+    run(1)
+    per_round = max(1, math.ceil(options.min_round_s / (time.perf_counter() - start)))
+    images = options.batch_size * per_round
 
     benchmark.group = phase
     benchmark.extra_info.update(
         case=case.id, model=case.model, knobs=dict(case.knobs), phase=phase,
-        batch_size=options.batch_size, images_per_round=images,
+        batch_size=options.batch_size, steps_per_round=per_round, images_per_round=images,
     )
-    benchmark.pedantic(timed, rounds=options.rounds, warmup_rounds=options.warmup_rounds, iterations=1)
+    # --bench-inject-slowdown (a test hook) repeats the work, not the images counted.
+    benchmark.pedantic(run, args=(per_round * options.inject_slowdown,), rounds=options.rounds, iterations=1)
     if benchmark.stats:  # None under --benchmark-disable
         benchmark.extra_info["images_per_s"] = images / benchmark.stats.stats.median
 
@@ -46,11 +55,11 @@ def test_train(benchmark, options, case):
     model, x, y = build(case, options)
     optimizer = make_optimizer(model, lr=0.01)  # its value does not change the cost
 
-    def run_round():
-        for _ in range(options.steps_per_round):
+    def steps(n: int) -> None:
+        for _ in range(n):
             train_step(model, optimizer, x, y, dtype=options.dtype)
 
-    _time(benchmark, options, case, "train", run_round)
+    _time(benchmark, options, case, "train", steps)
 
 
 def test_infer(benchmark, options, case):
@@ -59,10 +68,9 @@ def test_infer(benchmark, options, case):
     model.eval()
     device = torch.device(options.device)
 
-    def run_round():
+    def steps(n: int) -> None:
         with torch.inference_mode(), autocast(device, options.dtype):
-            for _ in range(options.steps_per_round):
+            for _ in range(n):
                 model(x)
 
-    _time(benchmark, options, case, "infer", run_round)
-
+    _time(benchmark, options, case, "infer", steps)

@@ -1,0 +1,424 @@
+"""`bench.report` on small tidy tables written here by hand: what is drawn, and the numbers in the tables.
+
+Every expected number is computed here independently of the report's code: means
+and sds with `statistics`, t-quantiles from a table of published values (no scipy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.errors import UserError
+from bench.report import command, report_all, report_study
+from bench.report.format import latex_escape, to_latex, to_markdown
+from bench.report.stats import summarize, t_quantile, welch
+
+# Student's t, 0.975 quantile, from printed tables.
+T975 = {1: 12.706205, 2: 4.302653, 3: 3.182446, 4: 2.776445, 9: 2.262157, 30: 2.042272}
+CONVENTION = "macs=multiply-adds; flops=2*macs; per image, forward pass"
+
+
+# --- writing tidy tables as the study runner does ----------------------------------------
+
+def cell(levels: dict, seed: int, *, status: str = "ok", top1=None, train=None, curve=None, base=False,
+         **extra) -> dict:
+    """One runs.csv row plus its history. `curve`: [(train_err, test_err), ...] per epoch."""
+    curve = curve or []
+    if top1 is not None and not curve:
+        curve = [(top1 + 20, top1 + 15), (train if train is not None else top1 - 5, top1)]
+    return {"levels": levels, "seed": seed, "status": status, "base": base, "curve": curve, "extra": extra}
+
+
+def write_study(folder: Path, study: str, factors: list[str], cells: list[dict], *, profile: str = "cpu",
+                history: bool = True, env: bool = True, drop: tuple[str, ...] = (), target: dict | None = None,
+                study_file: Path | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    runs, hist = [], []
+    for c in cells:
+        cid = hashlib.sha256(json.dumps([c["levels"], c["seed"]], sort_keys=True).encode()).hexdigest()[:12]
+        ok = c["status"] in ("ok", "diverged") and c["curve"]
+        last = c["curve"][-1] if ok else (None, None)
+        row = {"study": study, "profile": profile, "cell_id": cid, **c["levels"], "is_baseline": c["base"],
+               "seed": c["seed"], "cfg_model": "toy", "cfg_epochs": 12, "cfg_lr": 0.02, "cfg_batch_size": 128,
+               "device": "cpu", "device_name": "Test CPU", "torch": "2.0", "torchvision": "0.15", "cuda": None,
+               "git_commit": "abc123", "status": c["status"],
+               "error": None if c["status"] in ("ok", "diverged") else "RuntimeError: boom",
+               "epochs_run": len(c["curve"]) if ok else None,
+               "final_train_err_pct": last[0], "final_test_top1_err_pct": last[1],
+               "final_test_top5_err_pct": None if last[1] is None else last[1] / 4,
+               "params_total": 1000, "macs": 50000, "core_macs": 48000, "flop_convention": CONVENTION,
+               "median_train_images_per_s": 500.0, "data_source": "synthetic", "train_images": 160,
+               "test_images": 80, "wall_seconds": 1.0}
+        row.update(c["extra"])
+        if target:
+            reached = next((e + 1 for e, (tr, _) in enumerate(c["curve"]) if tr <= target["value"]), None)
+            row.update(target_metric=target["metric"], target_value=target["value"], epochs_to_target=reached,
+                       seconds_to_target=reached)
+        runs.append(row)
+        for e, (tr, te) in enumerate(c["curve"] if ok else []):
+            hist.append({"study": study, "profile": profile, "cell_id": cid, **c["levels"], "seed": c["seed"],
+                         "epoch": e + 1, "train_loss": 1.0, "train_err_pct": tr, "test_loss": 1.0,
+                         "test_top1_err_pct": te, "test_top5_err_pct": te / 4, "lr": 0.02, "epoch_seconds": 1.0,
+                         "train_images_per_s": 500.0, "elapsed_seconds": e + 1.0})
+    pd.DataFrame(runs).drop(columns=list(drop)).to_csv(folder / "runs.csv", index=False)
+    if history:
+        pd.DataFrame(hist).to_csv(folder / "history.csv", index=False)
+    if env:
+        (folder / "environment.json").write_text(json.dumps({"study": study, "profile": profile, "device": "cpu",
+                                                             "python": "3.11", "study_file": str(study_file or "")}))
+    return folder
+
+
+def decay(start: float, end: float, epochs: int, gap: float) -> list[tuple[float, float]]:
+    """A training curve from `start` to `end` % training error; test error `gap` points above at the end."""
+    out = []
+    for e in range(epochs):
+        tr = start + (end - start) * (1 - (1 - e / (epochs - 1)) ** 2)
+        out.append((tr, tr + gap * e / (epochs - 1) + 3))
+    return out
+
+
+# --- the ablation study ------------------------------------------------------------------
+
+BASE = {"activation": "relu", "norm": "lrn", "pool": "overlap", "dropout": "0.5", "towers": "two"}
+TOP1 = {  # configuration -> final test top-1 error per seed
+    ("baseline", ""): [20.0, 21.0, 22.0],
+    ("activation", "tanh"): [22.0, 23.0, 24.0],
+    ("norm", "none"): [23.0, 25.0],  # seed 2 failed
+    ("dropout", "0.0"): [21.5, 22.5, 23.5],
+    ("pool", "nonoverlap"): [24.0],  # one seed
+}
+
+
+def ablation_cells() -> list[dict]:
+    cells = []
+    for (factor, level), values in TOP1.items():
+        levels = dict(BASE) if factor == "baseline" else {**BASE, factor: level}
+        for seed, v in enumerate(values):
+            gap = 14.0 if factor == "dropout" else 4.0
+            curve = decay(85.0, v - gap - 3, 8, gap)
+            curve[-1] = (curve[-1][0], v)
+            cells.append(cell(levels, seed, curve=curve, base=factor == "baseline"))
+    cells.append(cell({**BASE, "norm": "none"}, 2, status="error"))
+    cells.append(cell({**BASE, "towers": "one"}, 0, status="oom"))  # a level whose only cell failed
+    return cells
+
+
+class Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def ablation(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A one-at-a-time study's report, and the warning lines it logged."""
+    folder = write_study(tmp_path_factory.mktemp("abl") / "toy-ablation" / "cpu", "toy-ablation",
+                         list(BASE), ablation_cells())
+    handler, logger = Lines(), logging.getLogger("bench.report")
+    logger.addHandler(handler)
+    try:
+        report_study(folder)
+    finally:
+        logger.removeHandler(handler)
+    return folder, handler.lines
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float, float]:
+    n, m = len(values), statistics.mean(values)
+    sd = statistics.stdev(values)
+    half = T975[n - 1] * sd / math.sqrt(n)
+    return m, sd, m - half, m + half
+
+
+def test_stats_match_published_t_quantiles():
+    for df, q in T975.items():
+        assert t_quantile(0.975, df) == pytest.approx(q, abs=2e-6)
+    assert t_quantile(0.025, 2) == pytest.approx(-T975[2], abs=2e-6)
+    one = summarize([5.0])
+    assert one.n == 1 and one.mean == 5.0 and math.isnan(one.lo)
+    d = welch(summarize([10.0, 11.0, 12.0]), summarize([12.0, 13.0, 14.0]))  # equal sds and n: df = 2(n-1)
+    half = T975[4] * math.sqrt(1 / 3 + 1 / 3)
+    assert (d.diff, d.df) == (pytest.approx(2.0), pytest.approx(4.0))
+    assert (d.lo, d.hi) == (pytest.approx(2.0 - half), pytest.approx(2.0 + half))
+
+
+def test_ablation_writes_figures_tables_and_report(ablation):
+    ablation, _ = ablation
+    for name in ("ablation_effects", "overfitting"):
+        for ext in ("png", "pdf"):
+            path = ablation / "figures" / f"{name}.{ext}"
+            assert path.is_file() and path.stat().st_size > 5000, path
+    assert (ablation / "figures" / "ablation_effects.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (ablation / "figures" / "ablation_effects.pdf").read_bytes()[:5] == b"%PDF-"
+    for ext in ("md", "tex", "csv"):
+        assert (ablation / "tables" / f"ablation_effects.{ext}").stat().st_size > 100
+    report = (ablation / "report.md").read_text()
+    assert "![" in report and "(figures/ablation_effects.png)" in report and "(figures/overfitting.png)" in report
+    for needle in ("synthetic", "Test CPU", "0, 1, 2 (3 seeds)", "Welch", CONVENTION,
+                   "13% test error without normalisation, 11% with", "top-1 / top-5 error down 0.4% / 0.3%"):
+        assert needle in report, needle
+
+
+def test_ablation_effects_numbers(ablation):
+    ablation, _ = ablation
+    eff = pd.read_csv(ablation / "tables" / "ablation_effects.csv", keep_default_na=False, na_values=[""])
+    rows = {r["config"]: r for _, r in eff.iterrows()}
+    base = TOP1[("baseline", "")]
+    bm, bsd, blo, bhi = t_interval(base)
+    b = rows["baseline"]
+    assert (b["n"], b["top1_mean"], b["top1_sd"]) == (3, pytest.approx(bm), pytest.approx(bsd))
+    assert (b["top1_lo"], b["top1_hi"]) == (pytest.approx(blo), pytest.approx(bhi))
+
+    tanh = TOP1[("activation", "tanh")]
+    m, sd, lo, hi = t_interval(tanh)
+    r = rows["activation = tanh"]
+    assert (r["top1_mean"], r["top1_lo"], r["top1_hi"]) == (pytest.approx(m), pytest.approx(lo), pytest.approx(hi))
+    # Welch: equal sds and n=3 on both sides, so df = 4
+    se = math.sqrt(statistics.variance(base) / 3 + statistics.variance(tanh) / 3)
+    assert r["diff"] == pytest.approx(m - bm) and r["diff_df"] == pytest.approx(4.0)
+    assert (r["diff_lo"], r["diff_hi"]) == (pytest.approx(m - bm - T975[4] * se), pytest.approx(m - bm + T975[4] * se))
+
+    none = TOP1[("norm", "none")]  # two finished seeds of three: the failed one is counted, not averaged
+    m, sd, lo, hi = t_interval(none)
+    r = rows["norm = none"]
+    assert (r["n"], r["cells"], r["failed"]) == (2, 3, "error×1")
+    assert (r["top1_lo"], r["top1_hi"]) == (pytest.approx(lo), pytest.approx(hi))
+    assert r["diff"] == pytest.approx(statistics.mean(none) - bm)
+
+    r = rows["pool = nonoverlap"]  # one seed: a mean, no interval
+    assert r["n"] == 1 and r["top1_mean"] == 24.0 and math.isnan(r["top1_lo"]) and math.isnan(r["diff_lo"])
+    assert r["diff"] == pytest.approx(24.0 - bm)
+
+    md = (ablation / "tables" / "ablation_effects.md").read_text()
+    assert f"{m:.2f} ± {sd:.2f} (n=2)" in md and "24.00 (n=1)" in md and "one seed: no interval" in md
+    d = statistics.mean(tanh) - bm
+    assert f"{d:+.2f} [{d - T975[4] * se:+.2f}, {d + T975[4] * se:+.2f}]" in md
+    tex = (ablation / "tables" / "ablation_effects.tex").read_text()
+    assert r"\toprule" in tex and r"$\pm$" in tex and r"\%" in tex and "±" not in tex
+
+
+def test_failed_cells_are_one_warning_line_and_shown_missing(ablation):
+    ablation, lines = ablation
+    failed = [line for line in lines if "did not finish" in line]
+    assert len(failed) == 1 and "2 of 14 cells" in failed[0]
+    assert "norm=none pool=overlap dropout=0.5 towers=two seed 2 (error" in failed[0]
+    assert "towers=one seed 0 (oom" in failed[0]
+    assert not [line for line in lines if "could not draw" in line]
+    table = (ablation / "tables" / "ablation_effects.md").read_text()
+    assert "| towers = one |" in table and "— (oom×1)" in table  # a level whose only cell failed is a row
+    assert "did not finish" in (ablation / "report.md").read_text()
+
+
+def test_missing_history_and_column_still_write_what_they_can(tmp_path, caplog):
+    folder = write_study(tmp_path / "toy-ablation" / "cpu", "toy-ablation", list(BASE), ablation_cells(),
+                         history=False, env=False, drop=("macs",))
+    with caplog.at_level(logging.WARNING):
+        report_study(folder)
+    messages = " | ".join(r.getMessage() for r in caplog.records)
+    assert "history.csv missing" in messages and "'macs' missing" in messages
+    assert (folder / "figures" / "ablation_effects.png").is_file()
+    assert not (folder / "figures" / "overfitting.png").exists()  # no curves to draw
+    table = (folder / "tables" / "ablation_effects.md").read_text()
+    assert "| baseline | 1.00 k | — |" in table
+    assert "could not draw" not in messages
+
+
+STUDY_TOML = """
+[study]
+name = "toy-ablation"
+description = "a toy one-at-a-time study"
+[factors.activation]
+key = "knobs.activation"
+levels = ["relu", "tanh"]
+[factors.norm]
+key = "knobs.norm"
+levels = ["lrn", "none"]
+[factors.pool]
+key = "knobs.pool"
+levels = ["overlap", "nonoverlap"]
+[factors.dropout]
+key = "knobs.dropout"
+levels = [0.5, 0.0]
+"""
+
+
+def test_a_study_or_cell_not_run_is_shown_missing(tmp_path, caplog):
+    root = tmp_path / "results"
+    toml = tmp_path / "toy-ablation.toml"
+    toml.write_text(STUDY_TOML)
+    write_study(root / "toy-ablation" / "smoke", "toy-ablation", list(BASE)[:4],
+                [{**c, "levels": {k: c["levels"][k] for k in list(BASE)[:4]}} for c in ablation_cells()[:2]],
+                profile="smoke", study_file=toml)
+    with caplog.at_level(logging.WARNING):
+        reports = report_all(root)
+    assert [r.parent.name for r in reports] == ["smoke"]
+    not_run = [r.getMessage() for r in caplog.records if "study not run" in r.getMessage()]
+    assert any(m.startswith("figure1:") for m in not_run) and not any("toy-ablation" in m.split(":")[0] for m in not_run)
+    # levels the study file lists but the tables lack: shown as not run, not dropped
+    table = (root / "toy-ablation" / "smoke" / "tables" / "ablation_effects.md").read_text()
+    assert "| pool = nonoverlap |" in table and "— (not run)" in table
+    assert "a toy one-at-a-time study" in (root / "toy-ablation" / "smoke" / "report.md").read_text()
+
+
+def test_empty_runs_table_writes_a_report(tmp_path):
+    folder = tmp_path / "x" / "cpu"
+    folder.mkdir(parents=True)
+    (folder / "runs.csv").write_text("")
+    assert report_study(folder).read_text().startswith("# ")
+
+
+# --- Figure 1 -----------------------------------------------------------------------------
+
+TARGET = {"metric": "train_err_pct", "value": 25.0}
+# (setup, activation, lr) -> per seed: epoch at which training error first reaches 25%, or None
+# (then the curve ends at `final` after 12 epochs); `final` breaks ties.
+FIG1 = {
+    ("modern", "relu", "0.01"): ([3, 3], 20.0),
+    ("modern", "relu", "0.02"): ([2, 3], 21.0),  # fastest: mean 2.5
+    ("modern", "tanh", "0.01"): ([9, 11], 22.0),  # fastest: mean 10
+    ("modern", "tanh", "0.02"): ([12, 12], 23.0),
+    ("paper", "relu", "0.01"): ([4, 4], 20.0),
+    ("paper", "relu", "0.02"): ([4, 4], 18.0),  # tie on epochs: lower final train error wins
+    ("paper", "tanh", "0.01"): ([None, None], 30.0),
+    ("paper", "tanh", "0.02"): ([None, None], 28.0),  # none reaches: lowest final train error
+}
+
+
+def fig1_curve(reach: int | None, final: float) -> list[tuple[float, float]]:
+    if reach is None:
+        return decay(85.0, final, 12, 2.0)
+    # above 25% before `reach`, 24% at `reach`, and one more epoch (the runner's stop_after = 1)
+    out = [(25.0 + 55.0 * (reach - e) / reach, 30.0) for e in range(1, reach)]
+    return out + [(24.0, 29.0), (final, 28.0)]
+
+
+def figure1_cells(setups=("modern", "paper")) -> list[dict]:
+    cells = []
+    for (setup, act, lr), (reaches, final) in FIG1.items():
+        if setup not in setups:
+            continue
+        for seed, reach in enumerate(reaches):
+            levels = {"setup": setup, "activation": act, "lr": lr} if len(setups) > 1 else {"activation": act, "lr": lr}
+            cells.append(cell(levels, seed, curve=fig1_curve(reach, final)))
+    return cells
+
+
+@pytest.fixture(scope="module")
+def fig1(tmp_path_factory) -> Path:
+    folder = write_study(tmp_path_factory.mktemp("f1") / "toy-fig1" / "cpu", "toy-fig1",
+                         ["setup", "activation", "lr"], figure1_cells(), target=TARGET)
+    report_study(folder)
+    return folder
+
+
+def test_figure1_outputs(fig1):
+    for ext in ("png", "pdf"):
+        assert (fig1 / "figures" / f"figure1.{ext}").stat().st_size > 5000
+    report = (fig1 / "report.md").read_text()
+    assert "(figures/figure1.png)" in report and "ReLU six times faster" in report
+
+
+def test_figure1_chosen_learning_rates_and_ratio(fig1):
+    chosen = pd.read_csv(fig1 / "tables" / "figure1.csv", dtype={"lr": str})
+    got = {(r["setup"], r["activation"]): r for _, r in chosen.iterrows()}
+    assert {k: v["lr"] for k, v in got.items()} == {
+        ("modern", "relu"): "0.02", ("modern", "tanh"): "0.01", ("paper", "relu"): "0.02", ("paper", "tanh"): "0.02"}
+    relu, tanh = statistics.mean([2, 3]), statistics.mean([9, 11])
+    assert got[("modern", "relu")]["epochs_mean"] == pytest.approx(relu)
+    assert got[("modern", "tanh")]["epochs_mean"] == pytest.approx(tanh)
+    assert got[("paper", "relu")]["epochs_mean"] == pytest.approx(4.0)
+    assert not got[("paper", "tanh")]["reached"] and math.isnan(got[("paper", "tanh")]["epochs_mean"])
+    md = (fig1 / "tables" / "figure1.md").read_text()
+    assert f"tanh/relu = {tanh / relu:.1f}×" in md
+    assert "did not reach 25% within 12 epochs" in md
+    assert f"tanh/relu ≥ {13 / 4:.1f}× (lower bound" in md  # 12 epochs + 1, over ReLU's 4; never extrapolated
+    grid = (fig1 / "tables" / "figure1_lr_grid.md").read_text()
+    assert "| modern | relu | 0.02 | 2 / 2 | 2, 3 |" in grid and "| paper | tanh | 0.01 | 0 / 2 | –, – |" in grid
+
+
+def test_figure1_from_history_alone_and_without_setup(tmp_path):
+    """No epochs_to_target column: recomputed from history.csv; no setup factor: one panel."""
+    folder = write_study(tmp_path / "f" / "cpu", "toy-fig1", ["activation", "lr"], figure1_cells(("modern",)),
+                         target=TARGET, drop=("epochs_to_target",))
+    report_study(folder)
+    chosen = pd.read_csv(folder / "tables" / "figure1.csv", dtype={"lr": str}, keep_default_na=False)
+    assert chosen["lr"].tolist() == ["0.02", "0.01"]
+    assert chosen["epochs_mean"].astype(float).tolist() == [2.5, 10.0]
+    assert "tanh/relu = 4.0×" in (folder / "tables" / "figure1.md").read_text()
+    assert (folder / "figures" / "figure1.png").stat().st_size > 5000
+
+
+# --- architectures ----------------------------------------------------------------------------
+
+ARCH = {"lenet5": ([40.0, 42.0], 60_000, 400_000), "alexnet": ([20.0, 22.0], 2_000_000, 40_000_000),
+        "resnet18": ([10.0, 12.0], 11_000_000, 550_000_000)}
+
+
+@pytest.fixture(scope="module")
+def arch(tmp_path_factory) -> Path:
+    cells = []
+    for name, (errs, params, macs) in ARCH.items():
+        for seed, e in enumerate(errs):
+            cells.append(cell({"architecture": name}, seed, top1=e, base=name == "alexnet", params_total=params,
+                              macs=macs, core_macs=macs, train_images_per_s=1e6 / params ** 0.5,
+                              infer_images_per_s=3e6 / params ** 0.5))
+    cells += [cell({"architecture": "vgg16"}, s, status="oom") for s in (0, 1)]
+    folder = write_study(tmp_path_factory.mktemp("arch") / "toy-arch" / "gpu", "toy-arch", ["architecture"], cells,
+                         profile="gpu")
+    report_study(folder)
+    return folder
+
+
+def test_architectures_outputs_and_numbers(arch):
+    for name in ("architectures_error_vs_cost", "architectures_throughput"):
+        for ext in ("png", "pdf"):
+            assert (arch / "figures" / f"{name}.{ext}").stat().st_size > 5000
+    eff = pd.read_csv(arch / "tables" / "architectures.csv", keep_default_na=False, na_values=[""])
+    assert eff["level"].tolist() == ["lenet5", "alexnet", "resnet18", "vgg16"]  # the study's order
+    r = eff.set_index("level").loc["resnet18"]
+    assert r["diff"] == pytest.approx(11.0 - 21.0) and r["params"] == 11_000_000
+    se = math.sqrt(2 / 2 + 2 / 2)  # both sides sd = sqrt(2), n = 2: Welch df = 2
+    assert (r["diff_lo"], r["diff_hi"]) == (pytest.approx(-10 - T975[2] * se), pytest.approx(-10 + T975[2] * se))
+    assert r["train_ips"] == pytest.approx(1e6 / 11_000_000 ** 0.5)
+    md = (arch / "tables" / "architectures.md").read_text()
+    assert "| vgg16 |" in md and "oom×2" in md and "Δ top-1 vs alexnet" in md and "550 M" in md
+    assert "model only, median of timed repeats" in md
+
+
+# --- the command ------------------------------------------------------------------------------
+
+def test_command_reports_a_root_and_rejects_a_folder_without_runs(tmp_path):
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    folder = write_study(tmp_path / "results" / "toy" / "smoke", "toy", ["arch"], [], profile="smoke")
+    assert command.run(parser.parse_args([str(tmp_path / "results")])) == 0
+    assert (folder / "report.md").is_file()
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    with pytest.raises(UserError, match=r"nothing: no runs\.csv.*python -m bench ablate"):
+        command.run(parser.parse_args([str(empty)]))
+    with pytest.raises(UserError, match="does not exist"):
+        command.run(parser.parse_args([str(tmp_path / "absent")]))
+    with pytest.raises(UserError, match="no runs.csv"):
+        report_study(empty)
+
+
+def test_markdown_and_latex_writers():
+    md = to_markdown(["a | b", "err. %"], [["x", "1.5"], ["y", "—"]])
+    assert md.splitlines()[:2] == ["| a \\| b | err. % |", "|---|---:|"]
+    assert latex_escape("50% of a_b & c±d") == r"50\% of a\_b \& c$\pm$d"
+    tex = to_latex(["x"], [["1"]], "cap_tion", "lab")
+    assert r"\caption{cap\_tion}" in tex and r"\label{tab:lab}" in tex
