@@ -215,3 +215,15 @@ def test_smoke_profile_of_every_shipped_study_end_to_end(tmp_path):
         assert len(runs) == len(load_study(name).cells("smoke"))
         assert set(runs["status"]) == {"ok"}, runs[["status", "error"]]
         assert runs["params_total"].gt(0).all()
+
+
+def test_multi_device_executor_runs_one_cell_per_device_in_worker_processes(tmp_path):
+    """The several-GPU executor, exercised with two CPU 'devices': every cell once, parent writes."""
+    from bench.sweep.runner import MultiGPUExecutor
+
+    study = load_study(str(write_study(tmp_path, "factorial", epochs=1)))
+    runs = run_study(study, "smoke", out_root=tmp_path / "results", progress=False,
+                     executor=MultiGPUExecutor(["cpu", "cpu"]))
+    assert len(runs) == 4 and runs["cell_id"].is_unique and set(runs["status"]) == {"ok"}
+    hist = pd.read_csv(tmp_path / "results" / "tiny" / "smoke" / "history.csv")
+    assert len(hist) == 4

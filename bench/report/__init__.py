@@ -102,7 +102,7 @@ def _figure1(rep: _Report, sections: list[Section]) -> dict:
     rep.table(f1.figure1_table(sd, chosen, ratios), chosen, s)
     rep.table(f1.lr_grid_table(sd, grid), grid, s)
     sections.append(s)
-    return {"ratios": ratios, "chosen": chosen}
+    return {"ratios": ratios}
 
 
 def _architectures(rep: _Report, sections: list[Section]) -> pd.DataFrame:
@@ -158,8 +158,12 @@ def report_study(results_dir: Path) -> Path:
         if conf is not None and len(conf):
             s = Section("Every configuration")
             rep.table(tables.configurations_table(sd, conf), conf, s)
+            if eff is not None and len(conf) <= len(eff):  # the table above already has every cell
+                s.tables.clear()
+                s.text.append("Every configuration is in the table above; as one flat table with a column per "
+                              "factor: " + " · ".join(f"[{x}]({TABLES}/cells.{x})" for x in ("md", "tex", "csv")) + ".")
             sections.append(s)
-    claims = claims_section(claim_rows(sd, eff, fig1.get("ratios"), fig1.get("chosen")))
+    claims = claims_section(claim_rows(sd, eff, fig1.get("ratios")))
     if claims is not None:
         sections.insert(1 if len(sections) > 1 else len(sections), claims)
     path = sd.folder / REPORT

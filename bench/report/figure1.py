@@ -164,7 +164,8 @@ def speedups(chosen: pd.DataFrame) -> dict[str, Speedup]:
 def reached_text(row, sd: StudyData) -> str:
     """'3 epochs' / '3.3 ± 0.6 epochs (3, 3, 4)' / 'did not reach 25% within 14 epochs'."""
     if not row["reached"]:
-        text = f"did not reach {sd.target['value']:g}% within {row['epochs_run']:.0f} epochs"
+        n = row["epochs_run"]
+        text = f"did not reach {sd.target['value']:g}% within {n:.0f} epoch{'' if n == 1 else 's'}"
         return text + (" (diverged)" if row["diverged"] else "")
     if row["n"] > 1:
         return f"{row['epochs_mean']:.3g} ± {row['epochs_sd']:.2g} epochs (seeds: {row['epochs_per_seed']})"

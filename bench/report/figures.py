@@ -133,10 +133,6 @@ def epoch_axis(ax, last: float) -> None:
     ax.set_xlim(0.5, last + 0.5)
 
 
-def _plural(n: float, word: str) -> str:
-    return f"{n:.3g} {word}" + ("" if n == 1 else "s")
-
-
 def figure1(sd: StudyData, chosen: pd.DataFrame, ratios: dict) -> Figure:
     """Training error vs epochs at each activation's chosen lr: one panel per setup, shared axes.
 
@@ -169,9 +165,9 @@ def figure1(sd: StudyData, chosen: pd.DataFrame, ratios: dict) -> Figure:
                 ax.plot([r["epochs_mean"]], [target], marker="o", ms=9, color=color, mec="black", zorder=5)
                 ax.annotate(f"{r['epochs_mean']:.3g}", (r["epochs_mean"], target), xytext=(0, -17),
                             textcoords="offset points", ha="center", fontsize=10, color=color, fontweight="bold")
-                what = f"{target:g}% at epoch {r['epochs_mean']:.3g}"
+                what = f"{target:g}% at epoch {r['epochs_mean']:.3g}" + (f" (mean of {r['n']} seeds)" if r["n"] > 1 else "")
             else:
-                what = f1.reached_text(r, sd).replace(" 1 epochs", " 1 epoch")
+                what = f1.reached_text(r, sd)
             if not len(h):
                 what += " (no curve: history missing)"
             handles.append(Line2D([], [], color=color, linestyle=dash, linewidth=2, label=f"{act}, lr {r['lr']}: {what}"))
@@ -217,7 +213,6 @@ def ablation(sd: StudyData, eff: pd.DataFrame) -> Figure:
     k = len(rows)
     fig = Figure(figsize=(11, 0.52 * k + 2.0), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2, sharey=True)
-    one_seed = any(int(r["n"]) == 1 for r in rows)
     if base is not None and base["n"] > 0:
         c = color_for(None, None)
         ax1.axvline(base["top1_mean"], color=c, linestyle="--", linewidth=1, zorder=1)
@@ -229,11 +224,14 @@ def ablation(sd: StudyData, eff: pd.DataFrame) -> Figure:
         factor = r["factor"] or None
         c = color_for(factor, r["level"] or None)
         n = int(r["n"])
+        for claim in claims_for(factor, r["level"], "top1_diff") if factor else []:  # even where not measured
+            used_markers.add(claim.data)
+            ax2.plot([claim.paper_diff], [i], marker=PAPER_MARKERS.get(claim.data, "^"), ms=8, mfc="none",
+                     mec="black", mew=1.4, linestyle="none", zorder=4)
         if n == 0:
             why = "not run" if r["cells"] == 0 else (r["failed"] or "no finished cell")
-            for ax in (ax1, ax2):
-                ax.text(0.5, i, f"missing ({why})", transform=ax.get_yaxis_transform(), ha="center",
-                        va="center", fontsize=9.5, color="0.4", style="italic")
+            ax1.text(0.5, i, f"missing ({why})", transform=ax1.get_yaxis_transform(), ha="center",
+                     va="center", fontsize=9.5, color="0.4", style="italic")
             continue
         xerr = [[r["top1_mean"] - r["top1_lo"]], [r["top1_hi"] - r["top1_mean"]]] if n > 1 else None
         ax1.errorbar(r["top1_mean"], i, xerr=xerr, fmt="o", color=c, ms=8, capsize=3, elinewidth=2, mec="black",
@@ -245,33 +243,34 @@ def ablation(sd: StudyData, eff: pd.DataFrame) -> Figure:
             derr = [[r["diff"] - r["diff_lo"]], [r["diff_hi"] - r["diff"]]] if not math.isnan(r["diff_lo"]) else None
             ax2.errorbar(r["diff"], i, xerr=derr, fmt="o", color=c, ms=8, capsize=3, elinewidth=2, mec="black",
                          mew=0.6, zorder=3)
-        for claim in claims_for(factor, r["level"], "top1_diff"):
-            marker = PAPER_MARKERS.get(claim.data, "^")
-            used_markers.add(claim.data)
-            ax2.plot([claim.paper_diff], [i], marker=marker, ms=8, mfc="none", mec="black", mew=1.4,
-                     linestyle="none", zorder=4)
+    ax1.margins(x=0.08)
     labels = [config_label(r["factor"] or None, r["level"] or None) + (f"  (n={int(r['n'])})" if r["n"] > 1 else "")
               for r in rows]
     ax1.set_yticks(range(k), labels)
     ax1.set_ylim(k - 0.5, -0.5)
     ax1.set_xlabel("test top-1 error (%)")
     ax2.set_xlabel("Δ test top-1 error vs baseline (percentage points)")
-    ax1.set_title("error per configuration" + ("" if one_seed else " (95% t-interval)"))
-    ax2.set_title("difference from the baseline" + ("" if one_seed else " (95% Welch interval)"))
+    several = any(int(r["n"]) > 1 for r in rows)
+    ax1.set_title("error per configuration" + (" (95% t-interval)" if several else ""))
+    ax2.set_title("difference from the baseline" + (" (95% Welch interval)" if several else ""))
     lo, hi = ax2.get_xlim()
     span = max(abs(lo), abs(hi), 0.5)
     ax2.set_xlim(-span * 1.1, span * 1.1)
-    handles = [Line2D([], [], marker="o", color="0.3", linestyle="none", ms=8,
-                      label=f"measured here ({_unique(sd, 'data_source') or 'data unknown'})")]
+    handles = [Line2D([], [], marker="o", color="0.3", linestyle="none", ms=8, label="measured")]
     handles += [Line2D([], [], marker=PAPER_MARKERS.get(d, "^"), mfc="none", mec="black", mew=1.4,
                        linestyle="none", ms=8, label=f"paper ({d})") for d in sorted(used_markers)]
-    ax2.legend(handles=handles, loc="best", fontsize=9.5)
+    ax2.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=len(handles), fontsize=9.5,
+               frameon=False, handletextpad=0.3, columnspacing=1.2)
     fig.suptitle(f"{sd.study}: effect of each design choice on test error ({sd.profile} profile)")
     seeds = sorted(sd.runs["seed"].unique())
-    notes = [f"Seeds: {', '.join(str(s) for s in seeds)}. Sorted by the measured difference; "
+    notes = [f"Measured on {_unique(sd, 'data_source') or 'unknown data'}, seeds {', '.join(str(s) for s in seeds)}; "
+             "hollow markers: the paper's reported effect. Sorted by the measured difference; "
              "positive = the change raises error."]
-    if one_seed:
+    single = [config_label(r["factor"] or None, r["level"] or None) for r in rows if int(r["n"]) == 1]
+    if single and len(single) == sum(int(r["n"]) > 0 for r in rows):
         notes.insert(0, "One seed per configuration: points only, no intervals.")
+    elif single:
+        notes.insert(0, f"One seed, so no interval: {', '.join(single)}.")
     _note(fig, notes)
     return fig
 
@@ -328,7 +327,7 @@ def overfitting(sd: StudyData) -> Figure | None:
     axes[0][0].legend(handles=handles, loc="best", fontsize=9.5)
     fig.suptitle(f"{sd.study}: train vs test error over epochs ({sd.profile} profile)")
     seeds = sd.history["seed"].nunique()
-    _note(fig, [("Line = mean over %d seeds, band = their range; " % seeds if seeds > 1 else "One seed; ")
+    _note(fig, [("Line = mean over the seeds, band = their range; " if seeds > 1 else "One seed; ")
                 + "shading = the gap between train and test error.",
                 "Training error is measured during the epoch with dropout and augmentation active, "
                 "test error without."])
@@ -387,7 +386,8 @@ def architectures_cost(sd: StudyData, eff: pd.DataFrame) -> Figure:
     axes = fig.subplots(1, 2, sharey=True)
     ok = eff[eff["n"] > 0]
     notes = []
-    ys = ok["top1_mean"].to_numpy(dtype=float)
+    ys = np.concatenate([ok[c].to_numpy(dtype=float) for c in ("top1_mean", "top1_lo", "top1_hi")])
+    ys = ys[np.isfinite(ys)]
     panels = ((axes[0], "macs", "MACs per image (multiply-adds, forward pass; log scale)"),
               (axes[1], "params", "parameters (log scale)"))
     for ax, column, xlabel in panels:
@@ -408,7 +408,7 @@ def architectures_cost(sd: StudyData, eff: pd.DataFrame) -> Figure:
                                                           if not (r[column] > 0)))
     if len(ys):
         span = max(float(np.nanmax(ys) - np.nanmin(ys)), 2.0)
-        axes[0].set_ylim(float(np.nanmin(ys)) - 0.25 * span, float(np.nanmax(ys)) + 0.25 * span)
+        axes[0].set_ylim(float(np.nanmin(ys)) - 0.12 * span, float(np.nanmax(ys)) + 0.12 * span)
     axes[0].set_ylabel("test top-1 error (%)")
     axes[0].set_title("error vs compute")
     axes[1].set_title("error vs size")
@@ -465,8 +465,10 @@ def architectures_throughput(sd: StudyData, eff: pd.DataFrame) -> Figure:
                 ax.barh(i, v - left, left=left, color=c, edgecolor="black", linewidth=0.5, height=0.7)
                 ax.text(v, i, f" {v:,.0f}", va="center", ha="left", fontsize=9)
             else:
-                ax.text(left if log else 0, i, "  missing", va="center", ha="left", fontsize=9, color="0.4",
-                        style="italic")
+                r = eff.iloc[i]
+                why = "not run" if r["cells"] == 0 else (r["failed"] or "not measured")
+                ax.text(left if log else 0, i, f"  missing ({why})", va="center", ha="left", fontsize=9,
+                        color="0.4", style="italic")
         ax.set_xlim(left, finite.max() * (4 if log else 1.25))
         ax.grid(axis="y", visible=False)
     fig.suptitle(f"{sd.study}: throughput, images/s ({sd.profile} profile, {_unique(sd, 'device_name') or 'device unknown'})")

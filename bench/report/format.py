@@ -109,7 +109,8 @@ def to_markdown(columns: list[str], rows: list[list[str]]) -> str:
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _LATEX_UNICODE = {"±": r"$\pm$", "×": r"$\times$", "Δ": r"$\Delta$", "≥": r"$\geq$", "≤": r"$\leq$",
-                  "—": "---", "–": "--", "−": "$-$", "→": r"$\to$", "≈": r"$\approx$"}
+                  "—": "---", "–": "--", "−": "$-$", "→": r"$\to$", "≈": r"$\approx$", "·": r"$\cdot$",
+                  "√": r"$\surd$", "§": r"\S{}"}
 
 
 def latex_escape(text: str) -> str:

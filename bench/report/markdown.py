@@ -86,8 +86,7 @@ def _agreement(claim: Claim, diff: float, lo: float, hi: float, n_pair: tuple[in
     return "same direction, 95% interval excludes 0" if same else "opposite direction, 95% interval excludes 0"
 
 
-def claim_rows(sd: StudyData, eff: pd.DataFrame | None = None, ratios: dict | None = None,
-               chosen: pd.DataFrame | None = None) -> list[list[str]]:
+def claim_rows(sd: StudyData, eff: pd.DataFrame | None = None, ratios: dict | None = None) -> list[list[str]]:
     """One row per paper claim that this study re-measures: section, claim, paper, here, agreement."""
     rows = []
     where = f"data: {', '.join(_values(sd, 'data_source')) or 'unknown'}, {sd.profile} profile"
@@ -142,11 +141,14 @@ def claim_rows(sd: StudyData, eff: pd.DataFrame | None = None, ratios: dict | No
 def claims_section(rows: list[list[str]]) -> Section | None:
     if not rows:
         return None
+    notes = []
+    if any("ImageNet" in r[2] for r in rows):
+        notes.append("The paper's ImageNet numbers come from full-size AlexNet on 1.2 M images at 224×224; here the "
+                     "nets and data are CIFAR-10 sized, so only the direction and rough size of an effect compare.")
+    if any("one seed" in r[4] for r in rows):
+        notes.append("'one seed': no interval, so nothing beyond the sign can be said.")
     table = fmt.Table("paper_claims", f"The paper's claims ({PAPER}) beside this study's measurements",
-                      ["§", "what is compared", "paper", "measured here", "agreement"], rows,
-                      ["The paper's ImageNet numbers come from full-size AlexNet on 1.2 M images at 224×224; "
-                       "here the nets and data are CIFAR-10 sized, so only the direction and rough size of an "
-                       "effect are comparable. 'one seed': no interval, so no claim of agreement beyond the sign."])
+                      ["§", "what is compared", "paper", "measured here", "agreement"], rows, notes)
     return Section("The paper's claims beside these measurements", tables=[table])
 
 

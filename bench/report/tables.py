@@ -69,7 +69,8 @@ def _value(sd: StudyData, cells: pd.DataFrame, column: str) -> float:
 
 def config_stats(sd: StudyData, cells: pd.DataFrame) -> dict:
     ok = cells[(cells["status"] == OK) & sd.column(TOP1, cells).notna()]
-    top1, top5 = summarize(ok[TOP1]) if len(ok) else summarize([]), summarize(sd.column(TOP5, ok))
+    top1 = summarize(ok[TOP1] if len(ok) else [])
+    top5 = summarize(sd.column(TOP5, ok))
     train = summarize(sd.column(TRAIN, ok))
     train_col, _, infer_col = throughput_sources(sd)
     return {
@@ -87,7 +88,7 @@ def config_stats(sd: StudyData, cells: pd.DataFrame) -> dict:
 
 def effects(sd: StudyData) -> pd.DataFrame:
     """One row per configuration of the one-at-a-time design; see the module docstring."""
-    rows = []
+    rows, not_run = [], []
     base: Summary | None = None
     for factor, level, levels in sd.one_at_a_time():
         cells = sd.cells_at(levels)
@@ -95,13 +96,16 @@ def effects(sd: StudyData) -> pd.DataFrame:
         if factor is None:
             base = stats["_summary"]
         if len(cells) == 0:
-            sd.notes.warn(f"no cell for {config_label(factor, level)} in runs.csv (not run at this profile); shown as missing")
+            not_run.append(config_label(factor, level))
         d = welch(base, stats.pop("_summary")) if base is not None and base.n else None
         rows.append({"config": config_label(factor, level), "factor": factor or "", "level": level or "",
                      "is_baseline": factor is None, **stats,
                      "diff": d.diff if d else math.nan, "diff_lo": d.lo if d else math.nan,
                      "diff_hi": d.hi if d else math.nan, "diff_df": d.df if d else math.nan,
                      "base_n": base.n if base is not None else 0})
+    if not_run:
+        sd.notes.warn(f"{len(not_run)} configuration(s) have no cell in runs.csv (not run at this profile, or "
+                      f"not yet), shown as missing: {', '.join(not_run)}")
     return pd.DataFrame(rows)
 
 
@@ -171,8 +175,9 @@ def effects_table(sd: StudyData, eff: pd.DataFrame) -> fmt.Table:
                 r["diff"], r["diff_lo"], r["diff_hi"], (int(r["base_n"]), n)),
             _paper_column(r["factor"], r["level"]),
         ])
-    return fmt.Table("ablation_effects", f"{sd.study} ({sd.profile}): effect of each design choice, "
-                     "test error on CIFAR-10", columns, rows, _notes(sd, eff))
+    data = ", ".join(dict.fromkeys(sd.column("data_source").dropna().astype(str))) or "unknown data"
+    return fmt.Table("ablation_effects", f"{sd.study} ({sd.profile}): effect of each design choice on test error "
+                     f"({data})", columns, rows, _notes(sd, eff))
 
 
 def architectures_table(sd: StudyData, eff: pd.DataFrame) -> fmt.Table:
