@@ -86,8 +86,8 @@ def test_figure1_grid_differs_per_setup():
     lrs = {(c.levels["setup"], c.levels["activation"]): set() for c in cells}
     for c in cells:
         lrs[(c.levels["setup"], c.levels["activation"])].add(c.config.lr)
-    assert lrs[("modern", "relu")] == {0.01, 0.02}
-    assert lrs[("paper", "tanh")] == {0.002, 0.005}
+    assert lrs[("modern", "relu")] == {0.02, 0.05}
+    assert lrs[("paper", "tanh")] == {0.005, 0.01}
     paper = next(c for c in cells if c.levels["setup"] == "paper")
     assert (paper.config.init, paper.config.preprocess) == ("paper", "meanonly")
     assert all(c.config.weight_decay == 0 and c.config.augment == "none" for c in cells)
