@@ -105,7 +105,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, cli_runs):
 IN_PROCESS_ERRORS = {
     "knob not key=value": (["--knob", "tanh"], ["not key=value", "--knob activation=tanh"]),
     "bad preprocess": (["--preprocess", "zca"], ["preprocess='zca'", "standardize, meanonly"]),
-    "bad init": (["--init", "xavier"], ["init='xavier'", "default, paper"]),
+    "bad init": (["--init", "xavier"], ["init='xavier'", "default, kaiming, paper"]),
     "bad device": (["--device", "tpu"], ["device='tpu'", "cpu"]),
     "zero epochs": (["--epochs", "0"], ["epochs must be at least 1"]),
     "negative lr": (["--lr", "-0.1"], ["lr must be positive"]),

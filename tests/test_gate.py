@@ -4,11 +4,12 @@ The end-to-end tests run the real suite (tests/benchmarks/test_throughput.py) in
 quick mode on one tiny case, three times in all: save, identical re-run, slowed
 re-run. The slowed run repeats every timed round 8 times while counting its
 images once (`--bench-inject-slowdown 8`): a certain -87.5% that no machine noise
-can produce or hide. Both comparisons use a 50% threshold instead of the 10%
-default, because on a shared 2-core machine a re-run of millisecond steps can
-lose a few tens of percent to other work; 50% still separates "same code" from
-"8x the work" by a wide margin. The 10% default itself is checked on exact
-numbers in the unit tests of `compare` below.
+can produce or hide. Both comparisons use a 75% threshold instead of the 10%
+default: on the shared 2-vCPU development machine, re-runs of the same code
+differed by up to 40% per benchmark when it was quiet, and by 2-4x when other
+jobs shared the cores; 75% (fail below a quarter of the baseline) tolerates
+that and still separates "same code" from "8x the work". The 10% default
+itself is checked on exact numbers in the unit tests of `compare` below.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pytest
 from bench.env import environment
 from bench.errors import UserError
 from bench.gate import command
-from bench.gate.compare import Run, check_comparable, compare, format_report, load_run
+from bench.gate.compare import Run, check_comparable, compare, format_report, load_run, merge_runs
 from bench.gate.suite import ABLATIONS, Case, all_cases, cases, device_id, resolve_options
 from bench.models import input_size_of, list_models
 
@@ -31,7 +32,7 @@ from bench.models import input_size_of, list_models
 # CPU thread), quick mode, 3 rounds of 50 ms: a run is a few seconds, most of it imports.
 SUITE_ARGS = ["--bench-quick", "--bench-models", "alexnet", "--bench-width", "0.125", "--bench-batch-size", "16",
               "--bench-rounds", "3"]
-TOLERANT = ["--threshold", "0.5"]  # see the module docstring
+TOLERANT = ["--threshold", "0.75"]  # see the module docstring
 
 
 def _gate(*args: str) -> int:
@@ -143,6 +144,7 @@ def test_baseline_from_another_device_is_one_line_exit_2(saved, tmp_path, no_sui
     (["--compare", "base", "--bench-device", "cpu"], "give the device as --device"),
     (["--save", "../up"], "baseline name '../up' is not valid"),
     (["--compare", "base", "--stat", "mean"], "--stat 'mean' is not valid"),
+    (["--compare", "base", "--repeat", "0"], "--repeat must be at least 1"),
 ])
 def test_bad_arguments_are_one_line_exit_2(tmp_path, no_suite_run, capfd, args, message):
     assert _gate(*args, "--storage", str(tmp_path)) == 2
@@ -171,7 +173,7 @@ def _run(rates: dict[str, float], *, device_name="Some CPU", threads=2, **settin
         f"test_train[{case}]": {
             "name": f"test_train[{case}]", "group": "train",
             "extra_info": {"phase": "train", "case": case, "images_per_round": 100},
-            "stats": {"median": 100 / rate, "min": 90 / rate},
+            "stats": {"median": 100 / rate, "min": 90 / rate, "iqr": 3 / rate},
         }
         for case, rate in rates.items()
     }
@@ -193,12 +195,27 @@ def test_compare_fails_beyond_the_threshold_only():
     text = format_report(old, new, list(rows.values()), threshold=0.10, stat="median")
     assert "FAILED: 1 of 3 benchmarks lost more than 10% throughput: train b" in text
     assert "changed since the baseline: threads 2 -> 1" in text
-    assert re.search(r"^train b +1,000\.0 +890\.0 +-11\.0% +REGRESSED$", text, re.MULTILINE), text
+    assert re.search(r"^train b +1,000\.0 +890\.0 +3% +-11\.0% +REGRESSED$", text, re.MULTILINE), text
 
 
 def test_compare_on_min_reads_the_min_round():
     rows = compare(_run({"a": 1000}), _run({"a": 1000}), threshold=0.1, stat="min")
     assert rows[0]["images_per_s"] == pytest.approx(100 / 0.09)
+
+
+def test_repeated_runs_merge_to_the_median_run_per_benchmark(tmp_path):
+    paths = []
+    for i, rates in enumerate([{"a": 100, "b": 900}, {"a": 300, "b": 700}, {"a": 200, "b": 800}]):
+        run = _run(rates)
+        data = {"machine_info": {"bench": {"environment": run.environment, "settings": run.settings}},
+                "benchmarks": list(run.benchmarks.values()), "datetime": f"2026-01-0{i + 1}"}
+        paths.append(tmp_path / f"run{i}.json")
+        paths[-1].write_text(json.dumps(data))
+    merged = load_run(merge_runs(paths, tmp_path / "merged.json"))
+    assert merged.repeat == 3
+    rows = {r["case"]: r["images_per_s"] for r in compare(merged, merged, threshold=0.1)}
+    assert rows == pytest.approx({"a": 200, "b": 800})
+    assert merged.benchmarks["test_train[a]"]["extra_info"]["repeat_images_per_s"] == pytest.approx([100, 300, 200])
 
 
 def test_runs_from_other_devices_or_settings_are_not_comparable():

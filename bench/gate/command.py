@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--compare", metavar="NAME", help="run the suite and compare it with baseline NAME")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help="largest tolerated throughput drop, a fraction (default %(default)s = 10%%)")
+    p.add_argument("--repeat", type=int, default=1, metavar="K",
+                   help="run the suite K times and keep, per benchmark, the run with the median throughput: "
+                        "steadier on a shared or noisy machine, K times as long (default %(default)s)")
     p.add_argument("--stat", default="median", help="round-time statistic compared: median | min (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default %(default)s)")
     p.add_argument("--storage", type=Path, default=None,
@@ -151,11 +154,15 @@ def run_suite(device: str, json_path: Path, pytest_args: list[str]) -> int:
 
 def run(args: argparse.Namespace, pytest_args: list[str]) -> int:
     from bench.env import environment, pick_device
-    from bench.gate.compare import STATS, check_comparable, compare, format_report, format_run, load_run, regressed
+    from bench.gate.compare import (
+        STATS, check_comparable, compare, format_report, format_run, load_run, merge_runs, regressed,
+    )
     from bench.gate.suite import describe_device, device_id
 
     if not 0 < args.threshold < 1:
         raise UserError(f"--threshold must be a fraction between 0 and 1 (0.1 = 10%), got {args.threshold}")
+    if args.repeat < 1:
+        raise UserError(f"--repeat must be at least 1, got {args.repeat}")
     if args.stat not in STATS:
         raise UserError(f"--stat {args.stat!r} is not valid; choose one of: {', '.join(STATS)}")
     if any(a.startswith("--bench-device") for a in pytest_args):
@@ -170,16 +177,21 @@ def run(args: argparse.Namespace, pytest_args: list[str]) -> int:
     baseline = find_baseline(storage, name, here_id, here) if args.compare else None  # fail before the run
 
     with tempfile.TemporaryDirectory(prefix="bench-gate-") as tmp:
-        json_path = Path(tmp) / "run.json"
-        status = run_suite(str(device), json_path, pytest_args)
-        if status == _PYTEST_NO_TESTS:
-            raise UserError("the pytest arguments selected no benchmark")
-        if status == _PYTEST_USAGE_ERROR:
-            return 2  # pytest printed the one-line reason
-        if status != 0 or not json_path.is_file():
-            print(f"the benchmark suite failed (pytest exit status {status}); nothing compared or saved",
-                  file=sys.stderr)
-            return 1
+        runs = []
+        for i in range(args.repeat):
+            if args.repeat > 1:
+                log.info("suite run %d of %d", i + 1, args.repeat)
+            runs.append(Path(tmp) / f"run{i}.json")
+            status = run_suite(str(device), runs[-1], pytest_args)
+            if status == _PYTEST_NO_TESTS:
+                raise UserError("the pytest arguments selected no benchmark")
+            if status == _PYTEST_USAGE_ERROR:
+                return 2  # pytest printed the one-line reason
+            if status != 0 or not runs[-1].is_file():
+                print(f"the benchmark suite failed (pytest exit status {status}); nothing compared or saved",
+                      file=sys.stderr)
+                return 1
+        json_path = runs[0] if len(runs) == 1 else merge_runs(runs, Path(tmp) / "merged.json", args.stat)
         current = load_run(json_path)
         if current.device_id != here_id:  # the suite resolved the device by itself: never file it wrongly
             raise UserError(f"the suite ran on {current.device}, not on {here}")

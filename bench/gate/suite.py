@@ -7,10 +7,10 @@ mode: at that input size one CPU step takes seconds.
 
 Each case is timed twice, as a training step (`bench.step.train_step`: forward,
 loss, backward, SGD step) and as an inference batch (eval, `inference_mode`).
-Untimed warm-up steps first absorb lazy initialisation, allocator growth and
-kernel selection. One more step, timed, sizes the rounds: a timed round is as
-many steps as last `min_round_s`, followed by a device synchronize. The gate
-compares the median round, in images/s.
+Untimed warm-up steps first absorb lazy initialisation, allocator growth,
+kernel selection and clock ramp-up; the fastest of them (after the first) sizes the rounds: a
+timed round is as many steps as last `min_round_s`, followed by a device
+synchronize. The gate compares the median round, in images/s.
 
 A baseline is comparable with a run when both come from the same device (the
 `device_id`: the device type and its model name, e.g. `cuda-nvidia-h100-80gb-hbm3`)
@@ -40,17 +40,19 @@ class Preset:
 
     batch_size: int  # images per step
     width: float  # channel multiplier, for models with a `width` knob
-    warmup_steps: int  # untimed steps first
+    warmup_steps: int  # untimed steps first, at least this many (at least 2) ...
+    warmup_s: float  # ... and for at least this long, seconds: clocks and thread pools settle
     rounds: int  # timed rounds; the median is compared
     min_round_s: float  # a round has as many steps as make it last this long (seconds), at least one
 
 
-# Full: the paper's batch at full width, 15 rounds of at least 50 ms. Quick: a
-# CPU-sized run of the whole suite in about a minute, still compute-bound enough
-# that the thread count shows in the numbers. Rounds of at least 50 ms keep the
-# smallest models (LeNet-5: about a millisecond a step) from timing clock jitter.
-FULL = Preset(batch_size=128, width=1.0, warmup_steps=10, rounds=15, min_round_s=0.05)
-QUICK = Preset(batch_size=32, width=0.25, warmup_steps=2, rounds=5, min_round_s=0.05)
+# Full: the paper's batch at full width, 15 rounds of at least 50 ms. Quick: the
+# whole suite in about 40 s on a 2-core CPU, still compute-bound enough that the
+# thread count shows (1 thread instead of 2 costs most cases 25-50%). Rounds of
+# at least 50 ms keep the smallest models (LeNet-5: a few milliseconds a step)
+# from timing clock jitter.
+FULL = Preset(batch_size=128, width=1.0, warmup_steps=10, warmup_s=0.5, rounds=15, min_round_s=0.05)
+QUICK = Preset(batch_size=32, width=0.25, warmup_steps=2, warmup_s=0.2, rounds=5, min_round_s=0.05)
 
 # Two runs measure the same thing only if these settings agree (besides the device).
 MEASUREMENT_KEYS = ("dtype", "memory_format", "batch_size", "width")
@@ -90,6 +92,7 @@ class Options:
     batch_size: int
     width: float
     warmup_steps: int
+    warmup_s: float
     rounds: int
     min_round_s: float
     quick: bool
@@ -110,8 +113,8 @@ class Options:
             raise ValueError(f"--bench-width must be > 0, got {self.width}")
         if self.rounds < 1:
             raise ValueError(f"--bench-rounds must be at least 1, got {self.rounds}")
-        if self.warmup_steps < 0 or self.min_round_s < 0:
-            raise ValueError(f"warm-up steps and round length must be >= 0: {self}")
+        if self.warmup_steps < 2 or self.warmup_s < 0 or self.min_round_s < 0:
+            raise ValueError(f"warm-up needs at least 2 steps and round lengths >= 0: {self}")
         if self.inject_slowdown < 1:
             raise ValueError(f"--bench-inject-slowdown must be at least 1, got {self.inject_slowdown}")
 
@@ -141,6 +144,7 @@ def resolve_options(
         batch_size=preset.batch_size if batch_size is None else batch_size,
         width=preset.width if width is None else width,
         warmup_steps=preset.warmup_steps,
+        warmup_s=preset.warmup_s,
         rounds=preset.rounds if rounds is None else rounds,
         min_round_s=preset.min_round_s,
         quick=quick,

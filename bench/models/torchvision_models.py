@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
 from bench.errors import UserError
 from bench.models.alexnet import check_probability
@@ -34,6 +33,7 @@ EXTRA_KWARGS = {
 
 def min_input_side(name: str) -> int:
     """The smallest input side torchvision documents for `name`'s default architecture."""
+    import torchvision  # lazily: it adds ~1 s to every command's start-up
     try:
         weights = list(torchvision.models.get_model_weights(name))
     except (ValueError, KeyError):
@@ -65,6 +65,7 @@ class Upsample(nn.Module):
 @register_prefix("tv:")
 def torchvision_model(*, name: str, num_classes: int = 10) -> nn.Module:
     """torchvision's `name`, untrained, taking 32x32 input (upsampled inside where it needs more)."""
+    import torchvision
     valid = torchvision.models.list_models(module=torchvision.models)
     if name not in valid:
         examples = ", ".join(n for n in ("alexnet", "resnet18", "resnet50", "mobilenet_v3_small",
@@ -83,5 +84,6 @@ def torchvision_model(*, name: str, num_classes: int = 10) -> nn.Module:
 @register_model("alexnet-tv", input_size=224)
 def alexnet_tv(*, num_classes: int = 10, dropout: float = 0.5) -> nn.Module:
     """torchvision's one-tower AlexNet at 224x224: 61,100,840 parameters at 1000 classes."""
+    import torchvision
     return torchvision.models.alexnet(weights=None, num_classes=num_classes,
                                       dropout=check_probability("dropout", dropout))

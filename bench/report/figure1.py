@@ -154,7 +154,7 @@ def speedups(chosen: pd.DataFrame) -> dict[str, Speedup]:
         elif fast["reached"] and math.isfinite(slow["epochs_lower_bound"]):
             ratio = slow["epochs_lower_bound"] / fast["epochs_mean"]
             out[setup] = Speedup(setup, ratio, "lower bound",
-                                 f"{SLOW}/{FAST} ≥ {ratio:.1f}× (lower bound: {SLOW} never reached the target)")
+                                 f"{SLOW}/{FAST} ≥ {math.floor(ratio * 10) / 10:.1f}× (lower bound: {SLOW} never reached the target)")
         else:
             who = " and ".join(a for a, r in ((FAST, fast), (SLOW, slow)) if not r["reached"])
             out[setup] = Speedup(setup, math.nan, "none", f"no ratio: {who} did not reach the target")

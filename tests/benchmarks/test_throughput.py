@@ -4,9 +4,11 @@ Run it through the gate (`python -m bench.gate --save NAME | --compare NAME`, or
 `nox -s bench -- ...`); by hand: `python -m pytest tests/benchmarks/test_throughput.py --bench-quick`.
 The cases (the `case` parameter) and the `options` fixture come from conftest.py.
 
-How a benchmark is timed: `warmup_steps` untimed steps (lazy initialisation,
-allocator growth, cuDNN/oneDNN kernel choice), then one step timed alone to size
-the rounds, then `rounds` timed rounds of as many steps as last `min_round_s`.
+How a benchmark is timed: untimed warm-up steps, at least `warmup_steps` and for
+at least `warmup_s` (lazy initialisation, allocator growth, cuDNN/oneDNN kernel
+choice, CPU clock and thread-pool ramp-up); the fastest warm-up step after the
+first sizes the rounds; then `rounds` timed rounds of as many steps as last
+`min_round_s`.
 Every round ends with a device synchronize inside the timed callable, so the
 clock, read by pytest-benchmark when the callable returns, includes all queued
 GPU work, and the next round starts with an empty queue. pytest-benchmark saves
@@ -33,10 +35,12 @@ def _time(benchmark, options, case, phase: str, steps) -> None:
         steps(n)
         synchronize(device)
 
-    run(options.warmup_steps)
-    start = time.perf_counter()
-    run(1)
-    per_round = max(1, math.ceil(options.min_round_s / (time.perf_counter() - start)))
+    step_s, start = [], time.perf_counter()
+    while len(step_s) < options.warmup_steps or time.perf_counter() - start < options.warmup_s:
+        t0 = time.perf_counter()
+        run(1)
+        step_s.append(time.perf_counter() - t0)
+    per_round = max(1, math.ceil(options.min_round_s / min(step_s[1:])))
     images = options.batch_size * per_round
 
     benchmark.group = phase
