@@ -81,7 +81,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"run folder {out} already exists and is not an empty folder; pass another --out")
     result = run_training(cfg, out, progress=not args.no_progress)
     s = result.summary
+
+    def number(key: str) -> float:  # None (no epoch finished) prints as nan; 0.0 stays 0.0
+        return float("nan") if s[key] is None else s[key]
+
     log.info("%s: %d epochs, final test error %.2f%% (top-5 %.2f%%), %.0f train img/s; wrote %s",
-             result.status, s["epochs_run"], s["final_test_top1_err_pct"] or float("nan"),
-             s["final_test_top5_err_pct"] or float("nan"), s["median_train_images_per_s"] or 0, out)
+             result.status, s["epochs_run"], number("final_test_top1_err_pct"),
+             number("final_test_top5_err_pct"), number("median_train_images_per_s"), out)
     return 0 if result.status == "ok" else 1
