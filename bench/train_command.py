@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=d.model, help="registered model name or tv:<torchvision name> (default %(default)s)")
     p.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE",
                    help="model knob, repeatable, e.g. --knob activation=tanh --knob width=0.25")
-    p.add_argument("--init", default=d.init, help="default | paper (default %(default)s)")
+    p.add_argument("--init", default=d.init,
+                   help="default (PyTorch's) | kaiming (He) | paper (N(0, 0.01)) (default %(default)s)")
     p.add_argument("--data", default=default_data_source(),
                    help="cifar10 | synthetic | PATH to an ImageFolder tree or .tar.gz (default $BENCH_DATA or cifar10)")
     p.add_argument("--data-root", default=default_data_root(),
