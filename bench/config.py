@@ -66,6 +66,11 @@ class TrainConfig:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise UserError(f"lr must be positive, got {self.lr}")
+        for name in ("momentum", "weight_decay", "warmup_epochs"):
+            if not getattr(self, name) >= 0:
+                raise UserError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.momentum >= 1:
+            raise UserError(f"momentum must be below 1 (the paper's is 0.9), got {self.momentum}")
 
     def _check_types(self) -> None:
         for f in fields(self):

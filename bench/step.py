@@ -25,10 +25,12 @@ def train_step(
     y: torch.Tensor,
     *,
     dtype: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, backward and optimizer step on one batch.
 
-    Returns the batch's summed loss and number of correct top-1 predictions as
+    `scaler` (see `grad_scaler`) scales the loss so that fp16 gradients do not
+    underflow; it skips a step whose gradients overflowed. Returns the batch's summed loss and number of correct top-1 predictions as
     device tensors, detached, so that callers decide when to synchronise.
     """
     model.train()
@@ -36,11 +38,21 @@ def train_step(
         logits = model(x)
         loss = F.cross_entropy(logits, y)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     with torch.no_grad():
         correct = (logits.argmax(1) == y).sum()
     return loss.detach() * y.numel(), correct
+
+
+def grad_scaler(device: torch.device, dtype: str) -> torch.amp.GradScaler | None:
+    """A loss scaler for fp16 training (its gradients underflow without one); None otherwise."""
+    return torch.amp.GradScaler(device.type) if dtype == "fp16" else None
 
 
 def make_optimizer(

@@ -23,7 +23,7 @@ from bench.data import Dataset, DataSpec, load_data, parse_augment
 from bench.env import environment, pick_device
 from bench.io import atomic_write_text, write_csv
 from bench.models import create_model, input_size_of
-from bench.step import autocast, make_optimizer, train_step
+from bench.step import autocast, grad_scaler, make_optimizer, train_step
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)
+    scaler = grad_scaler(device, cfg.dtype)
     steps_per_epoch = data.num_batches("train", cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
@@ -129,7 +130,7 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
         for i, (x, y) in enumerate(data.batches("train", cfg.batch_size, augment=augment, generator=g)):
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            batch_loss, batch_correct = train_step(model, optimizer, x, y, dtype=cfg.dtype)
+            batch_loss, batch_correct = train_step(model, optimizer, x, y, dtype=cfg.dtype, scaler=scaler)
             scheduler.step()
             loss_sum += batch_loss
             correct += batch_correct

@@ -109,6 +109,8 @@ IN_PROCESS_ERRORS = {
     "bad device": (["--device", "tpu"], ["device='tpu'", "cpu"]),
     "zero epochs": (["--epochs", "0"], ["epochs must be at least 1"]),
     "negative lr": (["--lr", "-0.1"], ["lr must be positive"]),
+    "negative momentum": (["--momentum", "-1"], ["momentum must be 0 or more, got -1.0"]),
+    "negative weight decay": (["--weight-decay=-0.001"], ["weight_decay must be 0 or more"]),
     "bad activation": (["--knob", "activation=swish"], ["swish", "relu, tanh"]),
     "absent cuda device": (["--device", "cuda:99"], ["cuda:99", "visible"]),
     "subset of zero": (["--train-per-class", "0"], ["at least 1"]),

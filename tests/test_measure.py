@@ -152,6 +152,12 @@ def test_throughput_quick_is_positive_and_finite():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # caller's model untouched
 
 
+def test_no_latency_iterations_leave_latency_empty_not_the_row_broken():
+    settings = Settings(warmup=1, repeats=1, steps=1, latency_iters=0, batch_size=2)
+    row = measure_throughput(create_model("lenet5"), device="cpu", settings=settings)
+    assert row["error"] is None and row["latency_ms_b1"] is None and row["train_images_per_s"] > 0
+
+
 class _Broken(nn.Module):
     input_size = 8
 
@@ -228,6 +234,8 @@ def test_measure_command_writes_the_csv(tmp_path, capsys):
     assert "layers-80sec" in capsys.readouterr().out
     assert main(["measure", "--arch", "nothing-like-this", "--device", "cpu", "--out", str(out)]) == 2
     assert "layers-80sec" in capsys.readouterr().err  # the error lists valid names
+    assert main(["measure", "--arch", "layers-8*", "--device", "cpu", "--out", str(tmp_path)]) == 2
+    assert "must name a .csv file" in capsys.readouterr().err  # refused before measuring, not after
 
 
 # ------------------------------------------------------------------- environment

@@ -422,3 +422,38 @@ def test_markdown_and_latex_writers():
     assert latex_escape("50% of a_b & c±d") == r"50\% of a\_b \& c$\pm$d"
     tex = to_latex(["x"], [["1"]], "cap_tion", "lab")
     assert r"\caption{cap\_tion}" in tex and r"\label{tab:lab}" in tex
+
+
+def test_rows_repeating_a_configuration_and_seed_count_once_the_latest(tmp_path, caplog):
+    # The older row comes last in the file: "latest" is by finished_at, not by position.
+    cells = [cell({"activation": "relu"}, 0, top1=50.0, base=True, finished_at="2026-02-01T10:00:00"),
+             cell({"activation": "tanh"}, 0, top1=60.0, finished_at="2026-02-01T11:00:00"),
+             cell({"activation": "relu"}, 0, top1=90.0, base=True, cell_id="0ld0ld0ld0ld",
+                  finished_at="2026-01-01T10:00:00")]
+    folder = write_study(tmp_path / "toy" / "cpu", "toy", ["activation"], cells, history=False)
+    with caplog.at_level(logging.WARNING):
+        report_study(folder)
+    assert any("1 older row(s) of runs.csv repeat a configuration and seed" in r.getMessage() for r in caplog.records)
+    table = (folder / "tables" / "cells.md").read_text()
+    assert "50.00 (n=1)" in table and "90.00" not in table and "70.00" not in table
+
+
+def test_a_torn_runs_table_is_a_one_line_error(tmp_path):
+    folder = tmp_path / "toy" / "cpu"
+    folder.mkdir(parents=True)
+    (folder / "runs.csv").write_text('study,cell_id,is_baseline,status\ntoy,"abc,1,ok\n')
+    with pytest.raises(UserError, match=r"runs\.csv is not a readable table .*restore it from git or re-run"):
+        report_study(folder)
+
+
+def test_figure1_lower_bound_holds_over_every_learning_rate_tried(tmp_path):
+    # tanh: lr 0.01 has one seed reach at epoch 8 (bound (8 + 13) / 2 = 10.5); lr 0.02 reaches
+    # with no seed but ends lower, so it is the one drawn. The ratio's bound must use 10.5, not 13.
+    grid = {("relu", "0.01"): ([4, 4], 20.0), ("tanh", "0.01"): ([8, None], 30.0), ("tanh", "0.02"): ([None, None], 26.0)}
+    cells = [cell({"activation": act, "lr": lr}, seed, curve=fig1_curve(reach, final))
+             for (act, lr), (reaches, final) in grid.items() for seed, reach in enumerate(reaches)]
+    folder = write_study(tmp_path / "f" / "cpu", "toy-fig1", ["activation", "lr"], cells, target=TARGET)
+    report_study(folder)
+    chosen = pd.read_csv(folder / "tables" / "figure1.csv", dtype={"lr": str}, keep_default_na=False)
+    assert chosen.set_index("activation").loc["tanh", "lr"] == "0.02"
+    assert f"tanh/relu ≥ {math.floor(10.5 / 4 * 10) / 10:.1f}× (lower bound" in (folder / "tables" / "figure1.md").read_text()

@@ -114,6 +114,16 @@ def test_study_file_errors_name_file_and_key(tmp_path, edit, needle):
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("seeds, needle", [("abc", "'abc' is not a comma-separated list of integers"),
+                                             (",", "needs at least one integer")])
+def test_cli_bad_seeds_is_one_line_naming_the_fix(tmp_path, capsys, seeds, needle):
+    with pytest.raises(SystemExit) as exit_:
+        main(["ablate", "--seeds", seeds, "--out", str(tmp_path / "results")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--seeds" in err and needle in err and "e.g. --seeds" in err
+
+
 def test_cli_study_error_is_one_line_and_runs_nothing(tmp_path, capsys):
     path = write_study(tmp_path, text=TINY_STUDY.format(design="factorial", epochs=2).replace("[base]", "[base]\nlrr = 1"))
     out = tmp_path / "results"
@@ -157,7 +167,8 @@ def test_failed_cell_is_a_row_and_the_sweep_goes_on(tmp_path):
     study = load_study(str(write_study(tmp_path, text=text)))
     runs = run_study(study, "smoke", out_root=tmp_path / "results", progress=False)
     assert len(runs) == 4
-    statuses = runs.set_index(["activation", "lr"])["status"]
+    assert runs["lr"].map(type).eq(str).all()  # factor levels are read back as text, as written
+    statuses = runs.assign(lr=runs["lr"].astype(float)).set_index(["activation", "lr"])["status"]
     assert statuses[("relu", 0.01)] == "ok"
     assert statuses[("relu", 1e9)] == "diverged"
 

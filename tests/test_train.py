@@ -198,3 +198,20 @@ def test_config_rejects_unknown_keys_wrong_types_and_bad_choices():
     with pytest.raises(UserError, match="lr must be positive"):
         TrainConfig(lr=0.0)
     assert TrainConfig(lr=1).lr == 1  # an int is a fine learning rate
+
+
+def test_fp16_steps_use_a_loss_scaler_and_still_step():
+    """fp16 gradients below ~6e-8 flush to zero; only fp16 gets a scaler, and a scaled step still updates."""
+    from bench.step import grad_scaler, make_optimizer, train_step
+
+    assert grad_scaler(torch.device("cpu"), "fp32") is None and grad_scaler(torch.device("cpu"), "bf16") is None
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 10))
+    x, y = torch.randn(4, 3, 4, 4), torch.randint(0, 10, (4,))
+    scaler = grad_scaler(x.device, "fp16")
+    before = [p.detach().clone() for p in model.parameters()]
+    train_step(model, make_optimizer(model, lr=0.1, weight_decay=0.0), x, y, dtype="fp16", scaler=scaler)
+    after = list(model.parameters())
+    assert scaler.get_scale() > 1  # the loss was scaled
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))  # the step was taken, not skipped

@@ -121,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
     _check_knobs(names, knobs)
     _check_prefixed(names)
     out = args.out or Path("results") / "measure" / f"{device.type}.csv"
+    if out.is_dir() or out.suffix.lower() != ".csv":
+        raise UserError(f"--out {out} must name a .csv file (a folder is not accepted), "
+                        f"e.g. --out {out / 'measure.csv' if out.is_dir() else out.with_suffix('.csv')}")
 
     frame = measure_models(
         names, batch_size=args.batch_size, device=device, dtype=args.dtype,

@@ -60,7 +60,7 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from bench.step import DTYPES, autocast, make_optimizer, train_step
+from bench.step import DTYPES, autocast, grad_scaler, make_optimizer, train_step
 
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 _MIB = 2**20
@@ -240,9 +240,10 @@ def _measure_at(
             num_classes = net.eval()(x[:1]).shape[1]
         y = torch.randint(0, num_classes, (batch_size,), device=device)
         optimizer = make_optimizer(net, lr=0.01)  # the paper's lr; its value does not change the cost
+        scaler = grad_scaler(device, dtype)
 
         def train():
-            train_step(net, optimizer, x, y, dtype=dtype)
+            train_step(net, optimizer, x, y, dtype=dtype, scaler=scaler)
 
         for _ in range(settings.warmup):
             train()
@@ -267,7 +268,7 @@ def _measure_at(
     x1 = x[:1].clone()
     latencies_ms = []
     with torch.inference_mode(), autocast(device, dtype):
-        for i in range(settings.warmup + settings.latency_iters):
+        for i in range(settings.warmup + settings.latency_iters if settings.latency_iters else 0):
             synchronize(device)
             start = time.perf_counter()
             net(x1)
@@ -282,7 +283,7 @@ def _measure_at(
         "infer_images_per_s": statistics.median(infer_rates),
         "infer_images_per_s_min": min(infer_rates),
         "infer_images_per_s_max": max(infer_rates),
-        "latency_ms_b1": statistics.median(latencies_ms),
+        "latency_ms_b1": statistics.median(latencies_ms) if latencies_ms else None,  # latency_iters=0: not measured
         "peak_mem_mb": peak_mem_mb,
         "peak_mem_kind": meter.kind,
     }

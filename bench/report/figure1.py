@@ -126,7 +126,9 @@ def choose(grid: pd.DataFrame) -> pd.DataFrame:
         rows.append({"setup": setup, "activation": act, "lr": best["lr"],
                      "lrs_tried": ", ".join(g.sort_values("lr_value")["lr"]), "n": int(best["n"]),
                      "reached": bool(len(full)), "epochs_mean": best["epochs_mean"], "epochs_sd": best["epochs_sd"],
-                     "epochs_per_seed": best["epochs_per_seed"], "epochs_lower_bound": best["epochs_lower_bound"],
+                     "epochs_per_seed": best["epochs_per_seed"],
+                     # unreached: the bound must hold for every rate tried, so the smallest one's
+                     "epochs_lower_bound": best["epochs_lower_bound"] if len(full) else g["epochs_lower_bound"].min(),
                      "epochs_run": best["epochs_run"], "final_train_err_mean": best["final_train_err_mean"],
                      "diverged": int(best["diverged"]), "cell_ids": best["cell_ids"]})
     return pd.DataFrame(rows)

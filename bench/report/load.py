@@ -162,10 +162,13 @@ def load(folder: Path) -> StudyData:
 
     try:
         columns = list(pd.read_csv(runs_path, nrows=0).columns)
+        factors = factors_of(columns)
+        runs = _read_csv(runs_path, factors + ["cell_id", "study", "profile", "status"]) if columns else pd.DataFrame()
     except pd.errors.EmptyDataError:
-        columns = []
-    factors = factors_of(columns)
-    runs = _read_csv(runs_path, factors + ["cell_id", "study", "profile", "status"]) if columns else pd.DataFrame()
+        columns, factors, runs = [], [], pd.DataFrame()
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise UserError(f"{runs_path} is not a readable table ({type(e).__name__}: {str(e).strip()[:120]}); "
+                        f"restore it from git or re-run the study") from None
     study = _first(runs, "study") or env.get("study") or folder.parent.name
     profile = _first(runs, "profile") or env.get("profile") or folder.name
     notes.label = f"{study}/{profile}"
@@ -173,7 +176,7 @@ def load(folder: Path) -> StudyData:
         notes.warn(f"{RUNS} has no cell_id ... is_baseline columns; factor levels unknown")
     if len(runs) == 0:
         notes.warn(f"{RUNS} has no rows (the study has not finished a cell yet)")
-    runs = _normalize_runs(runs, notes)
+    runs, superseded = _latest_per_configuration(_normalize_runs(runs, notes), factors, notes)
 
     spec = read_study_file(study, env)
     levels, baseline, descriptions = {}, None, {}
@@ -197,7 +200,7 @@ def load(folder: Path) -> StudyData:
     elif spec and spec.get("target"):
         target = {"metric": spec["target"].get("metric"), "value": float(spec["target"].get("value"))}
 
-    history = _read_history(folder, runs, factors, notes)
+    history = _read_history(folder, runs, factors, notes, superseded)
     return StudyData(folder, study, profile, runs, history, env, factors, levels, baseline, target,
                      spec["description"] if spec else "", descriptions, notes)
 
@@ -226,7 +229,25 @@ def _normalize_runs(runs: pd.DataFrame, notes: Notes) -> pd.DataFrame:
     return runs
 
 
-def _read_history(folder: Path, runs: pd.DataFrame, factors: list[str], notes: Notes) -> pd.DataFrame:
+def _latest_per_configuration(runs: pd.DataFrame, factors: list[str], notes: Notes) -> tuple[pd.DataFrame, set]:
+    """One row per factor levels and seed: the latest.
+
+    A changed profile or data path gives the same levels and seed a new cell id, and the
+    runner keeps the old row; counting both would pool two settings and one seed twice.
+    """
+    if not factors or not len(runs):
+        return runs, set()
+    order = runs.sort_values("finished_at", kind="stable", na_position="first") if "finished_at" in runs else runs
+    latest = order.drop_duplicates(subset=[*factors, "seed"], keep="last")
+    if dropped := len(runs) - len(latest):
+        notes.warn(f"{dropped} older row(s) of {RUNS} repeat a configuration and seed (a sweep with other "
+                   f"settings); only the latest of each is used")
+    keep = runs.index.isin(latest.index)
+    return runs.loc[keep], set(runs.loc[~keep, "cell_id"])
+
+
+def _read_history(folder: Path, runs: pd.DataFrame, factors: list[str], notes: Notes,
+                  superseded: set = frozenset()) -> pd.DataFrame:
     """history.csv with each row's factor levels and status taken from its cell in runs.csv.
 
     The levels come from runs.csv because a history column can shadow a factor of the
@@ -245,6 +266,7 @@ def _read_history(folder: Path, runs: pd.DataFrame, factors: list[str], notes: N
     if "cell_id" not in hist or "epoch" not in hist:
         notes.warn(f"{HISTORY} lacks cell_id or epoch columns; curves over epochs are not drawn")
         return empty
+    hist = hist[~hist["cell_id"].isin(superseded)]  # already reported with runs.csv
     keep = [c for c in ["cell_id", *factors, "status", "is_baseline"] if c in runs]
     hist = hist.drop(columns=[c for c in keep if c != "cell_id" and c in hist] + ["seed"] * ("seed" in hist))
     merged = hist.merge(runs[keep + ["seed"]], on="cell_id", how="left", validate="many_to_one")

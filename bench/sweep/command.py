@@ -20,12 +20,14 @@ def default_profile() -> str:
 
 
 def parse_seeds(text: str) -> list[int]:
+    # ArgumentTypeError: argparse prints its message as is (a ValueError it would replace)
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise UserError(f"--seeds {text!r} is not a comma-separated list of integers, e.g. --seeds 0,1,2") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, "
+                                         f"e.g. --seeds 0,1,2") from None
     if not seeds:
-        raise UserError("--seeds needs at least one integer, e.g. --seeds 0")
+        raise argparse.ArgumentTypeError("needs at least one integer, e.g. --seeds 0")
     return seeds
 
 

@@ -185,10 +185,17 @@ def make_executor(device: str) -> Executor:
 
 # --- the sweep -----------------------------------------------------------------------
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _read_csv(path: Path, text_columns: Iterable[str] = ()) -> pd.DataFrame:
+    """A table this runner wrote. Ids and factor levels stay text (a level "none" or "NA"
+    stays a level; an all-digit cell id stays an id); only an empty field is missing."""
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame()
-    return pd.read_csv(path)
+    try:
+        return pd.read_csv(path, dtype={c: str for c in ("cell_id", *text_columns)},
+                           keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not a table this runner can read ({type(e).__name__}); "
+                        f"move it aside to start the study afresh") from None
 
 
 def _cell_fn(measure, target, profile, progress):
@@ -214,7 +221,8 @@ def run_study(study: Study, profile: str, *, out_root: Path = Path("results"), s
     cells = study.cells(profile, seeds, overrides)
     out = Path(out_root) / study.name / profile
     runs_path, hist_path = out / "runs.csv", out / "history.csv"
-    runs, hist = _read_csv(runs_path), _read_csv(hist_path)
+    text = ["study", "profile", "status", *study.factors]
+    runs, hist = _read_csv(runs_path, text), _read_csv(hist_path)
     finished = set(runs.loc[runs["status"].isin(FINISHED), "cell_id"]) if len(runs) else set()
     todo = [c for c in cells if c.id not in finished]
     stale = len(set(runs["cell_id"]) - {c.id for c in cells}) if len(runs) else 0
@@ -243,7 +251,7 @@ def run_study(study: Study, profile: str, *, out_root: Path = Path("results"), s
             bar.update()
             log.info("%s", _one_line(result.row, study))
         bar.close()
-    return _read_csv(runs_path)  # the table as saved, with the types a reader of the file sees
+    return _read_csv(runs_path, text)  # the table as saved, with the types a reader of the file sees
 
 
 def _append(runs: pd.DataFrame, hist: pd.DataFrame, result: CellResult) -> tuple[pd.DataFrame, pd.DataFrame]:

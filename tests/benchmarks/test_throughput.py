@@ -24,7 +24,7 @@ import torch
 
 from bench.gate.suite import build
 from bench.measure.speed import synchronize
-from bench.step import autocast, make_optimizer, train_step
+from bench.step import autocast, grad_scaler, make_optimizer, train_step
 
 
 def _time(benchmark, options, case, phase: str, steps) -> None:
@@ -58,10 +58,11 @@ def test_train(benchmark, options, case):
     """Forward, loss, backward and SGD step on a fixed batch."""
     model, x, y = build(case, options)
     optimizer = make_optimizer(model, lr=0.01)  # its value does not change the cost
+    scaler = grad_scaler(x.device, options.dtype)
 
     def steps(n: int) -> None:
         for _ in range(n):
-            train_step(model, optimizer, x, y, dtype=options.dtype)
+            train_step(model, optimizer, x, y, dtype=options.dtype, scaler=scaler)
 
     _time(benchmark, options, case, "train", steps)
 
