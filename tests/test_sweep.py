@@ -238,3 +238,18 @@ def test_multi_device_executor_runs_one_cell_per_device_in_worker_processes(tmp_
     assert len(runs) == 4 and runs["cell_id"].is_unique and set(runs["status"]) == {"ok"}
     hist = pd.read_csv(tmp_path / "results" / "tiny" / "smoke" / "history.csv")
     assert len(hist) == 4
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="advisory file locks are POSIX")
+def test_a_second_sweep_on_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+    import fcntl
+
+    study = load_study(str(write_study(tmp_path, "factorial", epochs=1)))
+    out = tmp_path / "results" / "tiny" / "smoke"
+    out.mkdir(parents=True)
+    with open(out / ".sweep.lock", "w") as held:  # what a running sweep holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(UserError, match="another sweep is writing .*give this one another --out"):
+            run_study(study, "smoke", out_root=tmp_path / "results", progress=False)
+        assert not (out / "runs.csv").exists()
+    assert len(run_study(study, "smoke", out_root=tmp_path / "results", progress=False)) == 4  # released: runs

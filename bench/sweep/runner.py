@@ -14,6 +14,7 @@ Running again skips cells that finished (ok or diverged) and retries failed ones
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -37,6 +38,7 @@ from bench.sweep.study import Cell, Study
 log = logging.getLogger(__name__)
 
 FINISHED = ("ok", "diverged")
+LOCK = ".sweep.lock"  # in the results folder, held while a sweep writes there
 
 
 @dataclass
@@ -220,6 +222,33 @@ def run_study(study: Study, profile: str, *, out_root: Path = Path("results"), s
     """Run every unfinished cell of `study` at `profile`; return the whole runs table."""
     cells = study.cells(profile, seeds, overrides)
     out = Path(out_root) / study.name / profile
+    out.mkdir(parents=True, exist_ok=True)
+    with _sweep_lock(out):
+        return _sweep(study, profile, cells, out, device, executor, progress)
+
+
+@contextlib.contextmanager
+def _sweep_lock(folder: Path):
+    """Hold `folder` for one sweep: two sweeps rewriting the same tables would lose rows.
+
+    The lock dies with its process (kill -9 included), so it never needs clearing by hand.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks here (Windows): one sweep per folder is up to the user
+        yield
+        return
+    with open(folder / LOCK, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another sweep is writing {folder}; wait for it to finish, "
+                            f"or give this one another --out") from None
+        yield
+
+
+def _sweep(study: Study, profile: str, cells: list[Cell], out: Path, device: str,
+           executor: Executor | None, progress: bool) -> pd.DataFrame:
     runs_path, hist_path = out / "runs.csv", out / "history.csv"
     text = ["study", "profile", "status", *study.factors]
     runs, hist = _read_csv(runs_path, text), _read_csv(hist_path)
@@ -232,7 +261,6 @@ def run_study(study: Study, profile: str, *, out_root: Path = Path("results"), s
     log.info("%s/%s: %d cells, %d finished, %d to run", study.name, profile, len(cells), len(cells) - len(todo), len(todo))
     if not todo:
         return runs
-    out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.tmp"):  # left by a sweep killed mid-write; the real files are intact
         stale.unlink(missing_ok=True)
     pick_device(device)  # an impossible device fails before anything runs
