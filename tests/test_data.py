@@ -184,6 +184,23 @@ def test_cache_is_rebuilt_when_a_source_file_changes(image_tree, bench_cache, mo
     assert len(cache_files(bench_cache)) == 2
 
 
+def test_cache_key_follows_linked_class_folders_and_ignores_stray_files(image_tree, tmp_path, monkeypatch):
+    from bench.data.sources import folder_fingerprint
+
+    # train/mango becomes a link to a folder elsewhere, as a shared data set often is
+    linked = tmp_path / "elsewhere" / "mango"
+    linked.parent.mkdir()
+    (image_tree.path / "train" / "mango").rename(linked)
+    (image_tree.path / "train" / "mango").symlink_to(linked, target_is_directory=True)
+    key = folder_fingerprint(image_tree.path)
+    (image_tree.path / "README.txt").write_text("notes")
+    (image_tree.path / "train" / ".DS_Store").write_bytes(b"\0")
+    assert folder_fingerprint(image_tree.path) == key  # nothing that is read changed
+    Image.fromarray(np.full((32, 32, 3), 9, np.uint8)).save(linked / "extra.png")
+    assert folder_fingerprint(image_tree.path) != key  # a new image behind the link is new data
+    assert len(load_data(DataSpec(source=str(image_tree.path))).train_y) == 13
+
+
 def test_cache_key_changes_with_image_size(image_tree):
     a = load_data(DataSpec(source=str(image_tree.path)))
     b = load_data(DataSpec(source=str(image_tree.path), image_size=16))
@@ -275,6 +292,25 @@ def test_stratified_subset_of_cifar10_fixture(cifar10_root, cifar10_md5_bypass):
     data = load_data(cifar_spec(cifar10_root, train_per_class=4, test_per_class=1))
     assert torch.bincount(data.train_y, minlength=10).tolist() == [4] * 10
     assert torch.bincount(data.test_y, minlength=10).tolist() == [1] * 10
+
+
+def test_subset_larger_than_a_class_is_a_user_error_naming_class_and_fix(image_tree):
+    # the tree has 4 training images per class (3 classes) and 2 test images per class
+    with pytest.raises(UserError, match=r"the train split has 4 images of class 'apple', fewer than the 5 per "
+                                        r"class asked for; pass --train-per-class 4 or less"):
+        load_data(DataSpec(source=str(image_tree.path), train_per_class=5))
+
+
+def test_synthetic_grows_to_fit_the_subset_and_is_balanced():
+    data = load_data(DataSpec(source="synthetic", synthetic_train=50, synthetic_test=20, train_per_class=30))
+    assert torch.bincount(data.train_y, minlength=10).tolist() == [30] * 10
+    full = load_data(DataSpec(source="synthetic", synthetic_train=50, synthetic_test=20))
+    assert torch.bincount(full.train_y, minlength=10).tolist() == [5] * 10
+
+
+def test_cifar10_for_a_model_of_another_input_size_is_a_user_error(cifar10_root, cifar10_md5_bypass):
+    with pytest.raises(UserError, match=r"cifar10 source is 32x32 but the model takes 227x227: pass --data PATH"):
+        load_data(cifar_spec(cifar10_root, image_size=227))
 
 
 def test_subset_below_one_is_a_user_error():

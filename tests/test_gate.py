@@ -119,6 +119,21 @@ def test_missing_baseline_is_one_line_exit_2(tmp_path, no_suite_run, capfd):
     assert "no baseline 'nothing-here'" in err and "--save nothing-here" in err
 
 
+@pytest.mark.parametrize("change, message", [
+    (["--bench-width", "0.25"], "width=0.125; this run would measure width=0.25"),
+    (["--bench-batch-size=8"], "batch_size=16; this run would measure batch_size=8"),
+    (["--bench-dtype", "bf16"], "dtype=fp32; this run would measure dtype=bf16"),
+])
+def test_baseline_with_other_settings_is_refused_before_the_suite_runs(saved, no_suite_run, capfd, change, message):
+    args = [a for a in SUITE_ARGS]
+    for option in {c.split("=")[0] for c in change} & set(args):  # replace, not repeat, what SUITE_ARGS sets
+        i = args.index(option)
+        del args[i:i + 2]
+    assert _gate("--compare", "base", "--storage", str(saved), *args, *change) == 2
+    err = _one_line_error(capfd)
+    assert message in err and "pass the same --bench-* options, or save a new baseline" in err
+
+
 @pytest.mark.parametrize("where", ["same folder, edited", "another device's folder"])
 def test_baseline_from_another_device_is_one_line_exit_2(saved, tmp_path, no_suite_run, capfd, where):
     storage = tmp_path / "benchmarks"
@@ -144,7 +159,8 @@ def test_baseline_from_another_device_is_one_line_exit_2(saved, tmp_path, no_sui
     (["--compare", "base", "--bench-device", "cpu"], "give the device as --device"),
     (["--save", "../up"], "baseline name '../up' is not valid"),
     (["--compare", "base", "--stat", "mean"], "--stat 'mean' is not valid"),
-    (["--compare", "base", "--repeat", "0"], "--repeat must be at least 1"),
+    (["--compare", "base", "--repeat", "0"], "--repeat must be an odd number"),
+    (["--save", "base", "--repeat", "2"], "--repeat must be an odd number (1, 3, 5"),
 ])
 def test_bad_arguments_are_one_line_exit_2(tmp_path, no_suite_run, capfd, args, message):
     assert _gate(*args, "--storage", str(tmp_path)) == 2

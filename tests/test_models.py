@@ -232,6 +232,20 @@ def test_lrn_matches_torch_with_the_papers_constants_on_3d_and_5d_inputs():
         torch.testing.assert_close(g_ours, g_theirs, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lrn_on_half_inputs_keeps_their_dtype_and_computes_in_float32(dtype):
+    torch.manual_seed(0)
+    x64 = torch.relu(torch.randn(2, 16, 5, 5, dtype=torch.float64) * 20)
+    x = x64.to(dtype).requires_grad_()
+    out = local_response_norm(x, 5, 1e-4, 0.75, 2.0)
+    (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    assert out.dtype == dtype and grad.dtype == dtype
+    # Against float64 on the same (rounded) input: only the final rounding to `dtype` remains.
+    ref = local_response_norm(x.detach().double(), 5, 1e-4, 0.75, 2.0)
+    eps = torch.finfo(dtype).eps
+    assert ((out.double() - ref).abs() <= eps * ref.abs() + 1e-6).all()
+
+
 @pytest.mark.parametrize("size", [1, 2, 5, 9])
 def test_lrn_gradcheck_float64(size):
     x = torch.randn(2, 7, 3, 3, dtype=torch.float64, requires_grad=True)

@@ -20,6 +20,7 @@ import torch
 from bench.data.augment import AUGMENTS, PREPROCESS, Normalizer, augment_batch, parse_augment
 from bench.data.cache import cached, default_cache_dir
 from bench.data.sources import (
+    CIFAR10_CLASSES,
     RawData,
     cifar10_files,
     folder_fingerprint,
@@ -99,15 +100,24 @@ class Dataset:
         return -(-n // batch_size)
 
 
-def _stratified(x: torch.Tensor, y: torch.Tensor, per_class: int | None, seed: int = 0):
-    """The first `per_class` images of each class under a fixed shuffle (the same for every run)."""
+def _stratified(x: torch.Tensor, y: torch.Tensor, per_class: int | None, classes: list[str], split: str,
+                seed: int = 0):
+    """The first `per_class` images of each class under a fixed shuffle (the same for every run).
+
+    Exactly `per_class` of every class, or an error: a quietly smaller class would skew the subset.
+    """
     if per_class is None:
         return x, y
     if per_class < 1:
         raise UserError(f"per-class subset must be at least 1, got {per_class}")
+    counts = torch.bincount(y, minlength=len(classes))
+    short = int(counts.argmin())
+    if counts[short] < per_class:
+        raise UserError(f"the {split} split has {int(counts[short])} images of class {classes[short]!r}, fewer than "
+                        f"the {per_class} per class asked for; pass --{split}-per-class {int(counts[short])} or less")
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(y), generator=g)
-    keep = torch.cat([order[y[order] == c][:per_class] for c in torch.unique(y)])
+    keep = torch.cat([order[y[order] == c][:per_class] for c in range(len(classes))])
     keep = keep.sort().values
     return x[keep], y[keep]
 
@@ -115,9 +125,14 @@ def _stratified(x: torch.Tensor, y: torch.Tensor, per_class: int | None, seed: i
 def _read(spec: DataSpec, cache_dir: Path | None) -> tuple[RawData, dict]:
     kind = spec.kind()
     if kind == "synthetic":
-        raw = make_synthetic(spec.synthetic_train, spec.synthetic_test, spec.image_size)
+        n_classes = len(CIFAR10_CLASSES)  # large enough for any per-class subset asked for
+        raw = make_synthetic(max(spec.synthetic_train, n_classes * (spec.train_per_class or 0)),
+                             max(spec.synthetic_test, n_classes * (spec.test_per_class or 0)), spec.image_size)
         return raw, {"data_source": "synthetic", "data_key": None}
     if kind == "cifar10":
+        if spec.image_size not in (None, 32):
+            raise UserError(f"the cifar10 source is 32x32 but the model takes {spec.image_size}x{spec.image_size}: "
+                            f"pass --data PATH (a folder is decoded at the model's size) or a 32x32 model")
         root = Path(spec.root)
         files = cifar10_files(root)
         if all(f.exists() for f in files):
@@ -138,8 +153,8 @@ def load_data(spec: DataSpec, cache_dir: Path | None | str = "default") -> Datas
     if cache_dir == "default":
         cache_dir = default_cache_dir()
     raw, prov = _read(spec, cache_dir)
-    trx, try_ = _stratified(raw.train_x, raw.train_y, spec.train_per_class)
-    tex, tey = _stratified(raw.test_x, raw.test_y, spec.test_per_class)
+    trx, try_ = _stratified(raw.train_x, raw.train_y, spec.train_per_class, raw.classes, "train")
+    tex, tey = _stratified(raw.test_x, raw.test_y, spec.test_per_class, raw.classes, "test")
     norm = Normalizer.fit(trx, spec.preprocess)
     prov.update(
         classes=len(raw.classes), train_images=len(try_), test_images=len(tey),

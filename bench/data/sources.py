@@ -11,7 +11,6 @@ Three sources, one result type (`Split` pairs):
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -134,6 +133,12 @@ def _folder_entries(path: Path):
         except (tarfile.TarError, EOFError, OSError) as e:
             raise UserError(f"cannot read archive {path} ({e}); it may be truncated: copy it again.") from None
         return
+    for split, cls, f in _folder_images(path):
+        yield split, cls, str(f), f.read_bytes()
+
+
+def _folder_images(path: Path):
+    """Yield (split, class, file) for every image of a folder tree, following links as reading does."""
     for split in ("train",) + EVAL_SPLITS:
         top = path / split
         if not top.is_dir():
@@ -141,7 +146,7 @@ def _folder_entries(path: Path):
         for cls_dir in sorted(p for p in top.iterdir() if p.is_dir()):
             for f in sorted(cls_dir.iterdir()):
                 if f.name.lower().endswith(IMAGE_SUFFIXES):
-                    yield split, cls_dir.name, str(f), f.read_bytes()
+                    yield split, cls_dir.name, f
 
 
 def check_folder(path: Path) -> None:
@@ -190,16 +195,19 @@ def read_folder(path: Path, image_size: int | None = 32) -> RawData:
 
 
 def folder_fingerprint(path: Path) -> list:
-    """What identifies a folder source's content cheaply: names, sizes and mtimes."""
+    """What identifies a folder source's content cheaply: names, sizes and mtimes.
+
+    Exactly the files that reading decodes (through links too): a new image in a linked
+    class folder changes the key, a stray README or .DS_Store does not.
+    """
     path = resolve_folder(Path(path))
     if path.is_file():
         st = path.stat()
         return [str(path.resolve()), st.st_size, st.st_mtime_ns]
     rows = []
-    for dirpath, _, files in os.walk(path):
-        for f in sorted(files):
-            st = os.stat(os.path.join(dirpath, f))
-            rows.append([os.path.relpath(os.path.join(dirpath, f), path), st.st_size, st.st_mtime_ns])
+    for _, _, f in _folder_images(path):
+        st = f.stat()
+        rows.append([f.relative_to(path).as_posix(), st.st_size, st.st_mtime_ns])
     return [str(path.resolve()), sorted(rows)]
 
 
@@ -221,8 +229,8 @@ def make_synthetic(n_train: int = 5000, n_test: int = 1000, image_size: int = 32
     coarse = torch.rand((10, 3, 4, 4), generator=g) * 255
     prototypes = torch.nn.functional.interpolate(coarse, size=(image_size, image_size), mode="nearest")
 
-    def draw(n):
-        y = torch.randint(0, 10, (n,), generator=g)
+    def draw(n):  # classes as balanced as n allows, in random order
+        y = (torch.arange(n) % len(CIFAR10_CLASSES))[torch.randperm(n, generator=g)]
         noise = torch.rand((n, *shape), generator=g) * 255
         x = (0.4 * prototypes[y] + 0.6 * noise).round().to(torch.uint8)
         return x, y

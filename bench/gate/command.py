@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help="largest tolerated throughput drop, a fraction (default %(default)s = 10%%)")
     p.add_argument("--repeat", type=int, default=1, metavar="K",
-                   help="run the suite K times and keep, per benchmark, the run with the median throughput: "
+                   help="run the suite K times (K odd) and keep, per benchmark, the run with the median throughput: "
                         "steadier on a shared or noisy machine, K times as long (default %(default)s)")
     p.add_argument("--stat", default="median", help="round-time statistic compared: median | min (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default %(default)s)")
@@ -152,17 +152,41 @@ def run_suite(device: str, json_path: Path, pytest_args: list[str]) -> int:
     return subprocess.run(cmd, cwd=ROOT, stdout=2).returncode
 
 
+def planned_settings(pytest_args: list[str], device) -> dict | None:
+    """The measurement settings the suite will resolve from these pytest arguments, or None if
+    they do not parse (the suite then reports the bad value itself)."""
+    from bench.gate.suite import resolve_options
+
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    p.add_argument("--bench-quick", action="store_true")
+    p.add_argument("--bench-channels-last", action="store_true")
+    for option in ("--bench-dtype", "--bench-batch-size", "--bench-width"):
+        p.add_argument(option)
+    given, _ = p.parse_known_args(pytest_args)
+    try:
+        return resolve_options(
+            device=device, quick=given.bench_quick, dtype=given.bench_dtype or "fp32",
+            channels_last=given.bench_channels_last,
+            batch_size=None if given.bench_batch_size is None else int(given.bench_batch_size),
+            width=None if given.bench_width is None else float(given.bench_width),
+        ).recorded()
+    except ValueError:
+        return None
+
+
 def run(args: argparse.Namespace, pytest_args: list[str]) -> int:
     from bench.env import environment, pick_device
     from bench.gate.compare import (
-        STATS, check_comparable, compare, format_report, format_run, load_run, merge_runs, regressed,
+        STATS, check_comparable, check_settings, compare, format_report, format_run, load_run, merge_runs,
+        regressed,
     )
     from bench.gate.suite import describe_device, device_id
 
     if not 0 < args.threshold < 1:
         raise UserError(f"--threshold must be a fraction between 0 and 1 (0.1 = 10%), got {args.threshold}")
-    if args.repeat < 1:
-        raise UserError(f"--repeat must be at least 1, got {args.repeat}")
+    if args.repeat < 1 or args.repeat % 2 == 0:
+        raise UserError(f"--repeat must be an odd number (1, 3, 5: the median is then one of the runs), "
+                        f"got {args.repeat}")
     if args.stat not in STATS:
         raise UserError(f"--stat {args.stat!r} is not valid; choose one of: {', '.join(STATS)}")
     if any(a.startswith("--bench-device") for a in pytest_args):
@@ -175,6 +199,8 @@ def run(args: argparse.Namespace, pytest_args: list[str]) -> int:
     here_id, here = device_id(env), describe_device(env)
     storage = storage_dir(args.storage)
     baseline = find_baseline(storage, name, here_id, here) if args.compare else None  # fail before the run
+    if baseline is not None and (planned := planned_settings(pytest_args, device)) is not None:
+        check_settings(baseline, planned, verb="would measure")  # not minutes later, after the suite
 
     with tempfile.TemporaryDirectory(prefix="bench-gate-") as tmp:
         runs = []

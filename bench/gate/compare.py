@@ -101,12 +101,17 @@ def check_comparable(baseline: Run, current: Run) -> None:
             f"baseline {baseline.path.name} was measured on {baseline.device}; this run is on {current.device}; "
             f"baselines are kept per device: save one on this device first"
         )
-    differ = [k for k in MEASUREMENT_KEYS if baseline.settings.get(k) != current.settings.get(k)]
+    check_settings(baseline, current.settings)
+
+
+def check_settings(baseline: Run, settings: dict, verb: str = "measured") -> None:
+    """`UserError` unless `settings` (a run's, or those a run is about to use) measure what the baseline did."""
+    differ = [k for k in MEASUREMENT_KEYS if baseline.settings.get(k) != settings.get(k)]
     if differ:
         was = ", ".join(f"{k}={baseline.settings.get(k)}" for k in differ)
-        now = ", ".join(f"{k}={current.settings.get(k)}" for k in differ)
+        now = ", ".join(f"{k}={settings.get(k)}" for k in differ)
         raise UserError(
-            f"baseline {baseline.path.name} measured {was}; this run measured {now}; "
+            f"baseline {baseline.path.name} measured {was}; this run {verb} {now}; "
             f"pass the same --bench-* options, or save a new baseline"
         )
 

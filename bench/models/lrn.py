@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
+_HALF = (torch.float16, torch.bfloat16)
+
 
 def _window_addcmul(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, value: float,
                     before: int, after: int) -> None:
@@ -45,25 +47,30 @@ class _LRNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, size: int, alpha: float, beta: float, k: float):
         before, after = size // 2, (size - 1) // 2
-        d = torch.addcmul(x.new_tensor(k), x, x, value=alpha)
+        out_dtype = x.dtype
+        if x.dtype in _HALF:  # under autocast: d and d^-beta in float32, as torch's own LRN computes pow
+            x = x.float()
+        # fill_ with a Python number: a tensor made from one would be a host-to-device copy, a GPU sync
+        d = torch.empty_like(x).fill_(k).addcmul_(x, x, value=alpha)
         _window_addcmul(d, x, x, alpha, before, after)
         p = torch.log(d).mul_(-beta).exp_()
         ctx.save_for_backward(x, p, d)
         ctx.constants = (size, alpha, beta)
-        return x * p
+        return (x * p).to(out_dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
         x, p, d = ctx.saved_tensors
         size, alpha, beta = ctx.constants
-        grad = g * p
+        grad_dtype = g.dtype
+        grad = g.to(x.dtype) * p
         t = torch.mul(grad, x).div_(d)  # g_c a_c d_c^(-beta-1)
         c = -2.0 * alpha * beta
         grad.addcmul_(x, t, value=c)
         # Input i feeds outputs i - after .. i + before: the window, transposed.
         _window_addcmul_transposed(grad, x, t, c, size // 2, (size - 1) // 2)
-        return grad, None, None, None, None
+        return grad.to(grad_dtype), None, None, None, None
 
 
 def local_response_norm(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
