@@ -32,3 +32,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 def write_csv(path: Path, rows_or_frame) -> None:
     frame = rows_or_frame if isinstance(rows_or_frame, pd.DataFrame) else pd.DataFrame(rows_or_frame)
     atomic_write_text(path, frame.to_csv(index=False))
+
+
+def read_csv(path: Path, text_columns=()) -> pd.DataFrame:
+    """A tidy table as written by `write_csv`: `text_columns` stay text (a level "none" or
+    "NA", an all-digit id), and only an empty field is missing. pandas' errors pass through."""
+    return pd.read_csv(path, dtype={c: str for c in text_columns}, keep_default_na=False, na_values=[""])

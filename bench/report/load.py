@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import UserError
+from bench.io import read_csv
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +104,6 @@ class StudyData:
         return configs
 
 
-def _read_csv(path: Path, text_columns: list[str]) -> pd.DataFrame:
-    # Only an empty field is missing: a level called "none" or "NA" stays a level.
-    return pd.read_csv(path, dtype={c: str for c in text_columns}, keep_default_na=False, na_values=[""])
-
-
 def _as_bool(series: pd.Series) -> pd.Series:
     return series.astype(str).str.strip().str.lower().isin(("true", "1", "yes"))
 
@@ -163,7 +159,7 @@ def load(folder: Path) -> StudyData:
     try:
         columns = list(pd.read_csv(runs_path, nrows=0).columns)
         factors = factors_of(columns)
-        runs = _read_csv(runs_path, factors + ["cell_id", "study", "profile", "status"]) if columns else pd.DataFrame()
+        runs = read_csv(runs_path, factors + ["cell_id", "study", "profile", "status"]) if columns else pd.DataFrame()
     except pd.errors.EmptyDataError:
         columns, factors, runs = [], [], pd.DataFrame()
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
@@ -256,7 +252,7 @@ def _read_history(folder: Path, runs: pd.DataFrame, factors: list[str], notes: N
     path = folder / HISTORY
     empty = pd.DataFrame(columns=["cell_id", "epoch", *factors, "seed", "status"])
     try:
-        hist = _read_csv(path, ["cell_id"]) if path.is_file() else None
+        hist = read_csv(path, ["cell_id"]) if path.is_file() else None
     except pd.errors.EmptyDataError:  # an empty file: no cell has finished an epoch
         hist = None
     if hist is None or not len(hist):

@@ -32,7 +32,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bench.env import environment, pick_device
 from bench.errors import UserError
-from bench.io import atomic_write_text, write_csv
+from bench.io import atomic_write_text, read_csv, write_csv
 from bench.sweep.study import Cell, Study
 
 log = logging.getLogger(__name__)
@@ -188,13 +188,11 @@ def make_executor(device: str) -> Executor:
 # --- the sweep -----------------------------------------------------------------------
 
 def _read_csv(path: Path, text_columns: Iterable[str] = ()) -> pd.DataFrame:
-    """A table this runner wrote. Ids and factor levels stay text (a level "none" or "NA"
-    stays a level; an all-digit cell id stays an id); only an empty field is missing."""
+    """A table this runner wrote, with its ids and factor levels as text; empty if absent."""
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame()
     try:
-        return pd.read_csv(path, dtype={c: str for c in ("cell_id", *text_columns)},
-                           keep_default_na=False, na_values=[""])
+        return read_csv(path, ("cell_id", *text_columns))
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not a table this runner can read ({type(e).__name__}); "
                         f"move it aside to start the study afresh") from None
