@@ -30,8 +30,9 @@ def train_step(
     """Forward, backward and optimizer step on one batch.
 
     `scaler` (see `grad_scaler`) scales the loss so that fp16 gradients do not
-    underflow; it skips a step whose gradients overflowed. Returns the batch's summed loss and number of correct top-1 predictions as
-    device tensors, detached, so that callers decide when to synchronise.
+    underflow; it skips a step whose gradients overflowed. Returns the batch's
+    summed loss and number of correct top-1 predictions as device tensors,
+    detached, so that callers decide when to synchronise.
     """
     model.train()
     with autocast(x.device, dtype):

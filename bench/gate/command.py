@@ -153,24 +153,16 @@ def run_suite(device: str, json_path: Path, pytest_args: list[str]) -> int:
 
 
 def planned_settings(pytest_args: list[str], device) -> dict | None:
-    """The measurement settings the suite will resolve from these pytest arguments, or None if
-    they do not parse (the suite then reports the bad value itself)."""
-    from bench.gate.suite import resolve_options
+    """The settings the suite will resolve from these pytest arguments, or None if they do not
+    parse (the suite then reports the bad value itself)."""
+    from bench.gate.suite import OPTIONS, options_from
 
-    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    p.add_argument("--bench-quick", action="store_true")
-    p.add_argument("--bench-channels-last", action="store_true")
-    for option in ("--bench-dtype", "--bench-batch-size", "--bench-width"):
-        p.add_argument(option)
-    given, _ = p.parse_known_args(pytest_args)
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    for flag, spec in OPTIONS.items():
+        p.add_argument(flag, **spec)
     try:
-        return resolve_options(
-            device=device, quick=given.bench_quick, dtype=given.bench_dtype or "fp32",
-            channels_last=given.bench_channels_last,
-            batch_size=None if given.bench_batch_size is None else int(given.bench_batch_size),
-            width=None if given.bench_width is None else float(given.bench_width),
-        ).recorded()
-    except ValueError:
+        return options_from(p.parse_known_args(pytest_args)[0], device).recorded()
+    except (argparse.ArgumentError, ValueError):
         return None
 
 

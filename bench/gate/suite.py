@@ -123,6 +123,35 @@ class Options:
         return {**asdict(self), "models": list(self.models)}
 
 
+# The suite's pytest options, declared once: tests/benchmarks/conftest.py adds them to
+# pytest, and the gate reads them before it starts the suite (`options_from`).
+OPTIONS = {
+    "--bench-quick": dict(action="store_true", help="small batch and width, few rounds: a CPU run"),
+    "--bench-device": dict(default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)"),
+    "--bench-dtype": dict(default="fp32", help="fp32 | bf16 | fp16 autocast (default fp32)"),
+    "--bench-channels-last": dict(action="store_true", help="channels_last memory format"),
+    "--bench-batch-size": dict(type=int, default=None, help="images per step (default 128, quick 32)"),
+    "--bench-width": dict(type=float, default=None,
+                          help="channel multiplier for models with a width knob (default 1, quick 0.25)"),
+    "--bench-rounds": dict(type=int, default=None, help="timed rounds per benchmark (default 15, quick 5)"),
+    "--bench-models": dict(default="", metavar="GLOBS",
+                           help="comma-separated wildcards over case ids, e.g. 'alexnet*,vgg11' (default all)"),
+    "--bench-inject-slowdown": dict(type=int, default=1, metavar="K",
+                                    help="test hook: run every timed round K times, counting its images once "
+                                         "(default 1)"),
+}
+
+
+def options_from(values, device: torch.device) -> Options:
+    """`resolve_options` from parsed `OPTIONS` (attributes `bench_quick`, `bench_dtype`, ...)."""
+    return resolve_options(
+        device=device, quick=values.bench_quick, dtype=values.bench_dtype,
+        channels_last=values.bench_channels_last, batch_size=values.bench_batch_size,
+        width=values.bench_width, rounds=values.bench_rounds, models=values.bench_models,
+        inject_slowdown=values.bench_inject_slowdown,
+    )
+
+
 def resolve_options(
     *,
     device: torch.device,

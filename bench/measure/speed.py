@@ -268,7 +268,7 @@ def _measure_at(
     x1 = x[:1].clone()
     latencies_ms = []
     with torch.inference_mode(), autocast(device, dtype):
-        for i in range(settings.warmup + settings.latency_iters if settings.latency_iters else 0):
+        for i in range(settings.warmup + settings.latency_iters if settings.latency_iters else 0):  # 0: skipped
             synchronize(device)
             start = time.perf_counter()
             net(x1)

@@ -19,42 +19,22 @@ import torch
 
 from bench.env import environment, pick_device
 from bench.errors import UserError
-from bench.gate.suite import cases, device_id, resolve_options
+from bench.gate.suite import OPTIONS, cases, device_id, options_from
 
 _OPTIONS = pytest.StashKey()
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("bench", "throughput suite (bench.gate)")
-    group.addoption("--bench-quick", action="store_true", help="small batch and width, few rounds: a CPU run")
-    group.addoption("--bench-device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
-    group.addoption("--bench-dtype", default="fp32", help="fp32 | bf16 | fp16 autocast (default fp32)")
-    group.addoption("--bench-channels-last", action="store_true", help="channels_last memory format")
-    group.addoption("--bench-batch-size", type=int, default=None, help="images per step (default 128, quick 32)")
-    group.addoption("--bench-width", type=float, default=None,
-                    help="channel multiplier for models with a width knob (default 1, quick 0.25)")
-    group.addoption("--bench-rounds", type=int, default=None, help="timed rounds per benchmark (default 15, quick 5)")
-    group.addoption("--bench-models", default="", metavar="GLOBS",
-                    help="comma-separated wildcards over case ids, e.g. 'alexnet*,vgg11' (default all)")
-    group.addoption("--bench-inject-slowdown", type=int, default=1, metavar="K",
-                    help="test hook: run every timed round K times, counting its images once (default 1)")
+    for flag, spec in OPTIONS.items():
+        group.addoption(flag, **spec)
 
 
 def pytest_configure(config):
     if not hasattr(config.option, "bench_quick"):  # this conftest is loaded but its options are not
         return
     try:
-        config.stash[_OPTIONS] = resolve_options(
-            device=pick_device(config.option.bench_device),
-            quick=config.option.bench_quick,
-            dtype=config.option.bench_dtype,
-            channels_last=config.option.bench_channels_last,
-            batch_size=config.option.bench_batch_size,
-            width=config.option.bench_width,
-            rounds=config.option.bench_rounds,
-            models=config.option.bench_models,
-            inject_slowdown=config.option.bench_inject_slowdown,
-        )
+        config.stash[_OPTIONS] = options_from(config.option, pick_device(config.option.bench_device))
         cases(config.stash[_OPTIONS])  # a --bench-models pattern that matches nothing fails here
     except (UserError, ValueError) as exc:  # one line, not a traceback
         raise pytest.UsageError(str(exc)) from None
