@@ -238,6 +238,27 @@ def test_measure_command_writes_the_csv(tmp_path, capsys):
     assert "must name a .csv file" in capsys.readouterr().err  # refused before measuring, not after
 
 
+def test_measure_command_updates_the_table_instead_of_replacing_it(tmp_path, capsys):
+    from bench.cli import main
+    import pandas as pd
+
+    out = tmp_path / "m.csv"
+    tiny = ["--quick", "--device", "cpu", "--batch-size", "2", "--out", str(out)]
+    assert main(["measure", "--arch", "lenet5", *tiny]) == 0
+    assert main(["measure", "--arch", "lenet5-1998", *tiny]) == 0
+    assert main(["measure", "--arch", "lenet5", "--knob", "dropout=0.0", *tiny]) == 2  # no such knob: nothing written
+    assert main(["measure", "--arch", "lenet5", *tiny]) == 0  # measured again: replaces its row
+    frame = pd.read_csv(out, keep_default_na=False)
+    assert frame["model"].tolist() == ["lenet5", "lenet5-1998"] and frame["knobs"].tolist() == ["", ""]
+    assert main(["measure", "--arch", "alexnet", "--knob", "width=0.125", *tiny]) == 0
+    frame = pd.read_csv(out, keep_default_na=False)
+    assert frame[["model", "knobs"]].values.tolist() == [["alexnet", "width=0.125"], ["lenet5", ""], ["lenet5-1998", ""]]
+    out.write_text("model,params\n\"lenet5,1\n")  # torn
+    capsys.readouterr()
+    assert main(["measure", "--arch", "lenet5", *tiny]) == 2
+    assert "is not a readable table" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------- environment
 
 

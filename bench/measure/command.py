@@ -103,10 +103,29 @@ def _check_prefixed(names: list[str]) -> None:
             create_model(name)
 
 
+def _saved_table(out: Path):
+    """The table already at `out`, which this run updates (see `merge_tables`), or None."""
+    import pandas as pd
+
+    from bench.io import read_csv
+    from bench.measure.table import ROW_KEY
+
+    if not out.is_file() or out.stat().st_size == 0:
+        return None
+    try:
+        saved = read_csv(out, [k for k in ROW_KEY if k != "quick"])
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise UserError(f"{out} is not a readable table ({type(e).__name__}); "
+                        f"move it aside or pass another --out") from None
+    if not {"model", "device_name", "dtype", "memory_format", "quick"} <= set(saved.columns):
+        raise UserError(f"{out} is not a table of `python -m bench measure`; move it aside or pass another --out")
+    return saved
+
+
 def run(args: argparse.Namespace) -> int:
     from bench.env import pick_device
     from bench.io import write_csv
-    from bench.measure.table import measure_models
+    from bench.measure.table import measure_models, merge_tables
     from bench.step import DTYPES
     from bench.train_command import parse_knobs
 
@@ -124,20 +143,21 @@ def run(args: argparse.Namespace) -> int:
     if out.is_dir() or out.suffix.lower() != ".csv":
         raise UserError(f"--out {out} must name a .csv file (a folder is not accepted), "
                         f"e.g. --out {out / 'measure.csv' if out.is_dir() else out.with_suffix('.csv')}")
+    saved = _saved_table(out)  # an unreadable table fails now, not after measuring
 
     frame = measure_models(
         names, batch_size=args.batch_size, device=device, dtype=args.dtype,
         memory_format="channels_last" if args.channels_last else "contiguous",
         quick=args.quick, knobs=knobs or None,
     )
-    write_csv(out, frame)
+    write_csv(out, frame if saved is None else merge_tables(saved, frame))
     first = frame.iloc[0]
     kinds = ", ".join(frame["peak_mem_kind"].dropna().unique()) or "-"
     print(f"{first['device_name']} ({first['device']}), torch {first['torch']}, {args.dtype}, "
           f"{'channels_last' if args.channels_last else 'contiguous'}; {first['flop_convention']}; "
           f"peak memory: {kinds}")
     print(_show(frame))
-    log.info("wrote %s", out)
+    log.info("wrote %d rows to %s (rows of other models or settings already there are kept)", len(frame), out)
     failed = int(frame["error"].notna().sum())
     if failed:
         log.warning("%d of %d models failed; see the error column", failed, len(frame))

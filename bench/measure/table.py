@@ -11,7 +11,9 @@ Achieved FLOP/s convention (the `flops` column is per image, forward pass):
 matmul timed on the same device in the same dtype: how far the model is from the
 device's practical dense-matmul rate, not from a datasheet peak. In fp32 on
 CUDA the reference allows TF32 when cuDNN convolutions do (see
-`matmul_flops_per_s`).
+`matmul_flops_per_s`). Both sides are estimates, so a training percentage can
+pass 100: the 3x rule counts an input gradient for the first layer that is never
+computed, and convolution kernels can run faster than one square matmul size.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (2x forward); see the module docstring
 
 COLUMNS = [
-    "model", "params_total", "params_trainable", "input_size",
+    "model", "knobs", "params_total", "params_trainable", "input_size",
     "macs", "flops", "core_macs", "flop_convention", "uncounted_ops",
     "train_images_per_s", "train_images_per_s_min", "train_images_per_s_max",
     "infer_images_per_s", "infer_images_per_s_min", "infer_images_per_s_max",
@@ -110,6 +112,27 @@ def measure_model(
     return {**row, **speed, **achieved_columns(row["flops"], speed, matmul)}
 
 
+def format_knobs(knobs: dict | None) -> str:
+    """`--knob` values as one cell, e.g. "groups=2,width=0.25"; empty for none."""
+    return ",".join(f"{k}={v}" for k, v in sorted((knobs or {}).items()))
+
+
+# A row measures the same thing as another when these agree; `merge_tables` replaces it.
+ROW_KEY = ["model", "knobs", "device_name", "dtype", "memory_format", "quick"]
+
+
+def merge_tables(saved: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """`saved` with `new`'s rows in place of those they measure again; other rows kept, sorted by model."""
+    saved = saved.assign(knobs=saved["knobs"].fillna("") if "knobs" in saved else "")
+
+    def key(frame):
+        return frame[ROW_KEY].astype(str).agg("|".join, axis=1)
+
+    kept = saved[~key(saved).isin(set(key(new)))]
+    merged = pd.concat([kept, new], ignore_index=True) if len(kept) else new
+    return merged.sort_values(["model", "knobs"], kind="stable").reset_index(drop=True)[new.columns]
+
+
 def measure_models(
     names: list[str],
     *,
@@ -139,7 +162,7 @@ def measure_models(
         )
         row.setdefault("batch_size", batch_size or settings_for(quick).batch_size)
         rows.append({
-            **row, "dtype": dtype, "memory_format": memory_format, "quick": quick,
+            **row, "knobs": format_knobs(knobs), "dtype": dtype, "memory_format": memory_format, "quick": quick,
             "flop_convention": FLOP_CONVENTION, **env,
         })
     frame = pd.DataFrame(rows)
