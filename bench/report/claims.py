@@ -1,23 +1,55 @@
-"""The paper's claims (Krizhevsky, Sutskever, Hinton 2012) that the studies re-measure, as data.
+"""The paper's claims (Krizhevsky, Sutskever, Hinton 2012) that the studies re-measure, as data, and their
+verdicts from a study's runs.
 
 Numbers are quoted from /work/shared/REFERENCES.md. Each claim names the cell of
-a study that re-measures it (`factor` = `level`, against the study's baseline)
-and how to compare:
+a study that re-measures it (`factor` = `level`, against the study's baseline,
+which must be the paper's `reference` level) and what is compared:
 
 * `top1_diff`: `paper_diff` is the paper's change in top-1 error, in percentage
   points, signed as this harness reports it: the `level` cell minus the
   baseline (removing LRN *raises* error by 1.4, so +1.4; adding PCA colour
   lighting to the crop+flip baseline *lowers* it by over 1, so -1.0);
 * `speedup`: `paper_diff` is the ratio of epochs to 25% training error,
-  tanh / ReLU (Figure 1);
-* `overfit`: no number; compared through the train-test gap at the last epoch.
+  tanh / ReLU (Figure 1); measured as the paired difference of ln(epochs), so
+  the ratio is a geometric mean over seeds;
+* `overfit`: no number; the gap (test error minus clean training error: the
+  training set evaluated without augmentation or dropout, at the last epoch)
+  is wider without the regulariser, and positive.
+
+`side` is the sign the paper expects of the measured difference (level minus
+baseline). `assess` turns a study's runs into one `Assessment` per claim it can
+re-measure; `claims_table` gives the same as flat rows for a table.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
+import pandas as pd
+
+from bench.report import format as fmt
+from bench.report.stats import (
+    AGREES,
+    NOT_RESOLVABLE,
+    PAIRED,
+    Difference,
+    Summary,
+    compare,
+    overfit_verdict,
+    summarize,
+    verdict,
+)
+
 PAPER = "Krizhevsky, Sutskever, Hinton (NIPS 2012)"
+TOP1 = "final_test_top1_err_pct"
+# Training error of the final weights on the training images without augmentation or dropout, in %.
+# The running training error of the loop is measured through both, so it overstates the error of a
+# regularised net and understates its gap.
+CLEAN_TRAIN = "final_train_clean_top1_err_pct"
+OK = "ok"
+KINDS = ("top1_diff", "speedup", "overfit")
 
 
 @dataclass(frozen=True)
@@ -30,31 +62,235 @@ class Claim:
     level: str  # the level compared with the baseline
     kind: str  # top1_diff | speedup | overfit
     paper_diff: float | None = None  # see the module docstring
+    reference: str = ""  # the level the paper compares with: the study's baseline must be this
+    side: int = 1  # the sign the paper expects of level − baseline
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"claim {self.subject!r}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.side not in (1, -1):
+            raise ValueError(f"claim {self.subject!r}: side {self.side!r} must be +1 or -1")
+        if self.kind == "top1_diff" and (self.paper_diff is None or math.copysign(1, self.paper_diff) != self.side):
+            raise ValueError(f"claim {self.subject!r}: paper_diff {self.paper_diff} disagrees with side {self.side}")
+
+    @property
+    def paper_number(self) -> str:
+        """The paper's number in the units measured here."""
+        if self.kind == "top1_diff":
+            return f"{self.paper_diff:+.1f} pp top-1 ({self.data})"
+        if self.kind == "speedup":
+            return f"×{self.paper_diff:g} epochs to 25% train err., tanh / ReLU ({self.data})"
+        return f"wider test − train gap without it ({self.data})"
 
 
 CLAIMS: tuple[Claim, ...] = (
     Claim("3.1, Figure 1", "ReLU vs tanh: epochs to reach 25% training error, four-layer net",
-          "ReLU six times faster", "CIFAR-10", "activation", "tanh", "speedup", 6.0),
+          "ReLU six times faster", "CIFAR-10", "activation", "tanh", "speedup", 6.0, "relu", +1),
     Claim("3.3", "local response normalisation removed",
-          "top-1 / top-5 error down 1.4% / 1.2% with LRN", "ImageNet", "norm", "none", "top1_diff", 1.4),
+          "top-1 / top-5 error down 1.4% / 1.2% with LRN", "ImageNet", "norm", "none", "top1_diff", 1.4,
+          "lrn", +1),
     Claim("3.3", "local response normalisation removed, four-layer CNN",
-          "13% test error without normalisation, 11% with", "CIFAR-10", "norm", "none", "top1_diff", 2.0),
+          "13% test error without normalisation, 11% with", "CIFAR-10", "norm", "none", "top1_diff", 2.0,
+          "lrn", +1),
     Claim("3.4", "non-overlapping 2x2/2 instead of overlapping 3x3/2 pooling",
           "top-1 / top-5 error down 0.4% / 0.3% with overlapping pooling", "ImageNet",
-          "pool", "nonoverlap", "top1_diff", 0.4),
+          "pool", "nonoverlap", "top1_diff", 0.4, "overlap", +1),
+    Claim("3.4", "non-overlapping 2x2/2 instead of overlapping 3x3/2 pooling: overfitting",
+          "with overlapping pooling \"slightly more difficult to overfit\"", "ImageNet",
+          "pool", "nonoverlap", "overfit", None, "overlap", +1),
     Claim("3.2", "one tower with half the kernels instead of the two-GPU split",
           "top-1 / top-5 error down 1.7% / 1.2% with two GPUs", "ImageNet",
-          "towers", "one-half", "top1_diff", 1.7),
+          "towers", "one-half", "top1_diff", 1.7, "two", +1),
     Claim("4.1", "PCA colour lighting added to crops and mirrors",
-          "top-1 error down by over 1%", "ImageNet", "augment", "crop+flip+pca", "top1_diff", -1.0),
+          "top-1 error down by over 1%", "ImageNet", "augment", "crop+flip+pca", "top1_diff", -1.0,
+          "crop+flip", -1),
     Claim("4.1", "no crops or mirrors",
-          "without it, substantial overfitting", "ImageNet", "augment", "none", "overfit"),
+          "without it, substantial overfitting", "ImageNet", "augment", "none", "overfit", None, "crop+flip", +1),
     Claim("4.2", "no dropout in the first two FC layers",
           "without it, substantial overfitting; dropout roughly doubles the iterations to converge",
-          "ImageNet", "dropout", "0.0", "overfit"),
+          "ImageNet", "dropout", "0.0", "overfit", None, "0.5", +1),
 )
 
 
 def claims_for(factor: str, level: str, kind: str | None = None) -> list[Claim]:
     """The claims that the `factor` = `level` cell re-measures."""
-    return [c for c in CLAIMS if c.factor == factor and c.level == level and (kind is None or c.kind == kind)]
+    return [c for c in CLAIMS if c.factor == factor and _same_level(c.level, level)
+            and (kind is None or c.kind == kind)]
+
+
+# --- verdicts ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Assessment:
+    """One claim re-measured: the difference level − baseline (overfit: of the gap; speedup: of
+    ln epochs), its verdict, and a note where there is no verdict or something to know."""
+
+    claim: Claim
+    effect: Difference | None
+    verdict: str
+    note: str = ""
+    gap: Summary | None = None  # overfit: the gap without the regulariser, over seeds
+
+    def _scaled(self) -> tuple[float, float, float]:
+        e = self.effect
+        if e is None:
+            return math.nan, math.nan, math.nan
+        if self.claim.kind == "speedup":
+            return math.exp(e.diff), math.exp(e.lo), math.exp(e.hi)
+        return e.diff, e.lo, e.hi
+
+    def measured(self) -> str:
+        """'+1.23 pp [+0.40, +2.06]', '×2.10 [1.50, 2.95]', or '+1.23 pp (no interval)'."""
+        value, lo, hi = self._scaled()
+        if math.isnan(value):
+            return fmt.MISSING
+        ci = f"[{lo:+.2f}, {hi:+.2f}]" if math.isfinite(lo) and math.isfinite(hi) else "(no interval)"
+        if self.claim.kind == "speedup":
+            ci = f"[{lo:.2f}, {hi:.2f}]" if math.isfinite(lo) and math.isfinite(hi) else "(no interval)"
+            return f"×{value:.2f} {ci}"
+        text = f"{value:+.2f} pp {ci}"
+        if self.claim.kind == "overfit":
+            text = f"gap wider by {text}"
+            if self.gap is not None and self.gap.n:
+                gap_ci = f"[{self.gap.lo:+.2f}, {self.gap.hi:+.2f}]" if self.gap.n >= 2 else "(no interval)"
+                text += f"; gap without it {self.gap.mean:+.2f} pp {gap_ci}"
+        return text
+
+    def n_text(self) -> str:
+        e = self.effect
+        if e is None:
+            return "0"
+        return f"{e.n} pair{'s' * (e.n != 1)}" if e.method == PAIRED else f"{e.n_a} vs {e.n_b}"
+
+    def row(self) -> dict:
+        """Claim, paper's number, measured effect with its 95% interval and n, method, verdict."""
+        c, e = self.claim, self.effect
+        value, lo, hi = self._scaled()
+        return {"section": c.section, "claim": c.subject, "quote": c.quote, "data": c.data,
+                "paper": c.paper_number, "measured": self.measured(), "effect": value, "lo": lo, "hi": hi,
+                "n": e.n if e else 0, "n_baseline": e.n_a if e else 0, "n_level": e.n_b if e else 0,
+                "n_text": self.n_text(), "method": e.method if e else "", "verdict": self.verdict,
+                "note": self.note}
+
+
+def _same_level(a, b) -> bool:
+    """'0.0' and '0' are the same dropout level; 'lrn' is only 'lrn'."""
+    if str(a) == str(b):
+        return True
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
+
+
+def _at(runs: pd.DataFrame, levels: Mapping[str, str]) -> pd.DataFrame:
+    mask = pd.Series(True, index=runs.index)
+    for f, lv in levels.items():
+        mask &= runs[f].map(lambda v, lv=lv: _same_level(v, lv))
+    return runs[mask]
+
+
+def by_seed(cells: pd.DataFrame, values: pd.Series) -> dict[Hashable, float]:
+    """seed -> value for the cells of one configuration (NaN kept: `compare` drops it)."""
+    seeds = cells["seed"] if "seed" in cells else pd.Series(0, index=cells.index)
+    if seeds.duplicated().any():
+        raise ValueError(f"seeds repeat within one configuration ({sorted(seeds[seeds.duplicated()])}); "
+                         "pairing needs one cell per seed (bench.report.load keeps the latest)")
+    return {s: float(v) for s, v in zip(seeds, pd.to_numeric(values, errors="coerce"))}
+
+
+def _column(runs: pd.DataFrame, cells: pd.DataFrame, name: str) -> pd.Series:
+    return cells[name] if name in runs else pd.Series(math.nan, index=cells.index)
+
+
+def _unpaired_note(e: Difference, n_base: int, n_level: int) -> str:
+    notes = []
+    if e.method == PAIRED and (n_base > e.n or n_level > e.n):
+        notes.append(f"paired over the {e.n} common seed(s); {n_base - e.n} baseline and {n_level - e.n} "
+                     "level seed(s) without a partner left out")
+    if e.method != PAIRED and e.n:
+        notes.append("no seed in common: Welch's unpaired interval")
+    if e.n < 2:
+        notes.append("fewer than two seeds: no interval")
+    return "; ".join(notes)
+
+
+def assess(runs: pd.DataFrame, baseline: Mapping[str, str], *, metric: str = TOP1,
+           clean_train: str = CLEAN_TRAIN, claims: tuple[Claim, ...] = CLAIMS) -> list[Assessment]:
+    """The top1_diff and overfit claims that a one-at-a-time study re-measures, each with its verdict.
+
+    runs: runs.csv rows (factor columns, `seed`, `status`, `metric`, and `clean_train` for the
+    overfitting claims); baseline: factor -> baseline level. Only cells with status ok count.
+    A claim whose factor is not a factor of the study is left out; speedup claims are left out
+    (the paper picks each net's learning rate: see `assess_speedup`).
+    """
+    out = []
+    status = runs["status"] if "status" in runs else pd.Series(OK, index=runs.index)
+    ok = runs[status == OK]
+    for c in claims:
+        if c.factor not in baseline or c.kind == "speedup":
+            continue
+        if not _same_level(baseline[c.factor], c.reference):
+            out.append(Assessment(c, None, NOT_RESOLVABLE, f"the study's baseline is {c.factor} = "
+                                  f"{baseline[c.factor]}, not the paper's reference {c.reference}"))
+            continue
+        levels = {**baseline, c.factor: c.level}
+        base, level = _at(ok, baseline), _at(ok, levels)
+        if not len(level) or not len(base):
+            which = "level" if not len(level) else "baseline"
+            ran = len(_at(runs, levels if which == "level" else baseline))
+            out.append(Assessment(c, None, NOT_RESOLVABLE,
+                                  f"no finished {which} cell ({'none run' if not ran else f'{ran} not ok'})"))
+            continue
+        if c.kind == "top1_diff":
+            a, b = by_seed(base, _column(runs, base, metric)), by_seed(level, _column(runs, level, metric))
+            e = compare(a, b)
+            out.append(Assessment(c, e, verdict(e, c.side), _unpaired_note(e, _count(a), _count(b))))
+            continue
+        if clean_train not in runs or not runs[clean_train].notna().any():
+            out.append(Assessment(c, None, NOT_RESOLVABLE,
+                                  f"no {clean_train} column: the gap needs the training error measured "
+                                  "without augmentation or dropout"))
+            continue
+        gap = {k: by_seed(cells, _column(runs, cells, metric).astype(float)
+                          - _column(runs, cells, clean_train).astype(float))
+               for k, cells in (("base", base), ("level", level))}
+        e = compare(gap["base"], gap["level"])
+        g = summarize(gap["level"].values())
+        note = _unpaired_note(e, _count(gap["base"]), _count(gap["level"]))
+        v = overfit_verdict(e, g)
+        if v != AGREES and verdict(e, c.side) == AGREES:
+            note = "; ".join(filter(None, [note, "the gap widens, but is not above 0 without the regulariser"]))
+        out.append(Assessment(c, e, v, note, g))
+    return out
+
+
+def assess_speedup(relu: Mapping[Hashable, float], tanh: Mapping[Hashable, float],
+                   claim: Claim | None = None) -> Assessment:
+    """The Figure 1 claim from epochs to the target per seed, at each activation's chosen learning rate.
+
+    NaN = the seed did not reach the target. The effect is the paired difference of ln(epochs),
+    tanh − ReLU (its exp is the geometric-mean ratio). A seed that did not reach the target has no
+    epoch count, only a bound, so any such seed leaves the claim not resolvable here.
+    """
+    claim = claim or next(c for c in CLAIMS if c.kind == "speedup")
+    values = list(relu.values()) + list(tanh.values())
+    if any(v is not None and math.isfinite(float(v)) and float(v) <= 0 for v in values):
+        raise ValueError("epochs to the target must be positive")
+    censored = sum(1 for v in values if v is None or not math.isfinite(float(v)))
+    log = {k: {s: math.log(float(v)) if v is not None and math.isfinite(float(v)) else math.nan
+               for s, v in d.items()} for k, d in (("relu", relu), ("tanh", tanh))}
+    e = compare(log["relu"], log["tanh"])
+    if censored:
+        return Assessment(claim, None, NOT_RESOLVABLE,
+                          f"{censored} cell(s) did not reach the target: only a lower bound on the ratio")
+    return Assessment(claim, e, verdict(e, claim.side), _unpaired_note(e, len(relu), len(tanh)))
+
+
+def _count(values: Mapping[Hashable, float]) -> int:
+    return sum(1 for v in values.values() if math.isfinite(v))
+
+
+def claims_table(runs: pd.DataFrame, baseline: Mapping[str, str], **kwargs) -> list[dict]:
+    """`assess` as flat rows (see `Assessment.row`): one per claim the study re-measures."""
+    return [a.row() for a in assess(runs, baseline, **kwargs)]
