@@ -427,8 +427,10 @@ def test_pca_lighting_adds_one_colour_shift_per_image():
     assert (per_image.abs().sum((1, 2, 3)) > 0).all()
     assert per_image.flatten(1).std(0).min() > 0  # different images get different shifts
     assert per_image.abs().max() < 1.0  # sigma 0.1 along unit-ish axes: a small colour cast
-    # The shift lies along the data's principal colour axes, scaled by their spread.
-    alpha = per_image.flatten(1) @ norm.eigvec / norm.eigstd
+    # The shift lies along the data's principal colour axes, scaled by their eigenvalues
+    # (on the [0, 1] scale: the shift in normalised units times std / 255).
+    shift01 = per_image.flatten(1) * norm.std.flatten() / 255
+    alpha = shift01 @ norm.pca_eigvec / norm.pca_eigval
     assert 0.05 < alpha.std() < 0.2  # alpha ~ N(0, 0.1)
 
 

@@ -1,9 +1,20 @@
 """The data path: one interface over three sources, held whole in memory as uint8.
 
-    data = load_data(DataSpec(source="../shared/data/cifar10-jpeg.tar.gz"))
+    data = load_data(DataSpec(source="../shared/data/cifar10-jpeg.tar.gz", val_size=5000))
     data = data.to(device)
     for x, y in data.batches("train", 128, augment=parse_augment("crop+flip"), generator=g):
         ...
+    for x, y in data.batches("val", 1000): ...         # held out of train; also "test"
+    for x, y in data.batches("train_eval", 1000): ...  # training images, never augmented
+
+Splits, in the order they are drawn (bench.data.splits), each seeded by `data_seed`:
+1. `val`: a stratified hold-out of `val_size` images from the FULL training split,
+   so it stays the same when `train_per_class` changes;
+2. `train`: the rest, or exactly `train_per_class` of each class of the rest;
+3. `test`: the source's test split, or `test_per_class` of each class;
+4. `train_eval`: a stratified sample of `train_eval_size` training images (indices
+   into `train`), for the clean training error: evaluated like `test`.
+Normalisation and the PCA colour statistics are fitted on `train` only.
 
 Batches are made by indexing the on-device tensors; augmentation runs on whole
 batches (bench.data.augment). Nothing here runs at import time.
@@ -17,22 +28,27 @@ from pathlib import Path
 
 import torch
 
+from bench.data import splits
 from bench.data.augment import AUGMENTS, PREPROCESS, Normalizer, augment_batch, parse_augment
-from bench.data.cache import cached, default_cache_dir
+from bench.data.cache import cached, check_cache_dir, default_cache_dir
 from bench.data.sources import (
     CIFAR10_CLASSES,
     RawData,
     cifar10_files,
     folder_fingerprint,
     make_synthetic,
+    mixed_sizes_message,
     read_cifar10,
     read_folder,
 )
 from bench.errors import UserError
 
-__all__ = ["AUGMENTS", "PREPROCESS", "DataSpec", "Dataset", "load_data", "parse_augment", "default_data_source"]
+__all__ = ["AUGMENTS", "PREPROCESS", "SPLITS", "DataSpec", "Dataset", "load_data", "parse_augment",
+           "default_data_source"]
 
 NAMED_SOURCES = ("cifar10", "synthetic")
+SPLITS = ("train", "val", "test", "train_eval")
+SYNTHETIC_TRAIN, SYNTHETIC_TEST = 5000, 1000  # the synthetic source's split sizes when nothing else is asked
 
 
 def default_data_source() -> str:
@@ -48,12 +64,16 @@ def default_data_root() -> str:
 class DataSpec:
     source: str = "cifar10"  # cifar10 | synthetic | path to an ImageFolder tree or .tar.gz
     root: str = "data"  # where cifar-10-batches-py/ lives (or is downloaded to)
-    image_size: int = 32  # folder images are resized to this side on decode
-    train_per_class: int | None = None  # stratified subset of the training split
+    image_size: int | None = 32  # side images are decoded to: the model's input (None: a folder's own size)
+    explicit_image_size: int | None = None  # the user's --image-size: lets a folder of mixed sizes be resized
+    train_per_class: int | None = None  # stratified subset of the training split (after the validation hold-out)
     test_per_class: int | None = None
+    val_size: int = 0  # images held out of the full training split for validation; 0: no validation split
+    train_eval_size: int = 5000  # training images in the clean (un-augmented) train_eval split; capped at train
+    data_seed: int = 0  # seeds every draw: hold-out, per-class subsets, train_eval
     preprocess: str = "standardize"  # standardize | meanonly
-    synthetic_train: int = 5000  # images in the synthetic source's splits
-    synthetic_test: int = 1000
+    synthetic_train: int | None = None  # synthetic training images; None: 5,000, or what train_per_class asks
+    synthetic_test: int | None = None  # None: 1,000, or what test_per_class asks
     download: bool = True
 
     def kind(self) -> str:
@@ -64,6 +84,8 @@ class DataSpec:
 
 @dataclass
 class Dataset:
+    """A data set in memory as uint8 tensors, split and ready to batch; `provenance` records how it was made."""
+
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
@@ -71,64 +93,101 @@ class Dataset:
     classes: list[str]
     normalizer: Normalizer
     provenance: dict = field(default_factory=dict)
+    val_x: torch.Tensor | None = None  # None: no validation split (val_size 0)
+    val_y: torch.Tensor | None = None
+    train_eval_idx: torch.Tensor | None = None  # indices into train_x; None: all of train
 
     @property
     def device(self) -> torch.device:
         return self.train_x.device
 
     def to(self, device) -> "Dataset":
+        def move(t):
+            return None if t is None else t.to(device)
         return Dataset(
             self.train_x.to(device), self.train_y.to(device), self.test_x.to(device), self.test_y.to(device),
             self.classes, self.normalizer.to(device), self.provenance,
+            move(self.val_x), move(self.val_y), move(self.train_eval_idx),
         )
+
+    def has(self, split: str) -> bool:
+        """Whether `split` holds images: the loop evaluates `val` only when one was held out."""
+        return self.size(split) > 0
+
+    def size(self, split: str) -> int:
+        return len(self._split(split)[1])
+
+    def _split(self, split: str):
+        """(images, labels, indices or None) of a split; `train_eval` indexes into train."""
+        if split == "train":
+            return self.train_x, self.train_y, None
+        if split == "test":
+            return self.test_x, self.test_y, None
+        if split == "val":
+            if self.val_x is None:
+                return self.train_x[:0], self.train_y[:0], None
+            return self.val_x, self.val_y, None
+        if split == "train_eval":
+            if self.train_eval_idx is None:
+                return self.train_x, self.train_y, None
+            return self.train_x, self.train_y[self.train_eval_idx], self.train_eval_idx
+        raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
 
     def batches(self, split: str, batch_size: int, *, augment: frozenset[str] = frozenset(),
                 generator: torch.Generator | None = None):
-        """Yield normalised (x, y) batches; shuffled and augmented when a generator is given."""
-        x_all, y_all = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
+        """Yield normalised (x, y) batches; shuffled when a generator is given, augmented only in `train`.
+
+        `val`, `test` and `train_eval` are evaluation splits: never augmented, so that
+        train_eval gives the clean training error.
+        """
+        if augment and split != "train":
+            raise ValueError(f"the {split} split is for evaluation and is never augmented")
+        x_all, y_all, index = self._split(split)
         n = len(y_all)
         order = torch.randperm(n, generator=generator, device=self.device) if generator is not None else None
         for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
-            x = self.normalizer(x_all[idx])
+            pick = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
+            rows = index[pick] if index is not None else pick
+            x = self.normalizer(x_all[rows])
             if augment and generator is not None:  # unseeded draws would make runs irreproducible
                 x = augment_batch(x, augment, self.normalizer, generator)
-            yield x, y_all[idx]
+            yield x, y_all[pick]
 
     def num_batches(self, split: str, batch_size: int) -> int:
-        n = len(self.train_y if split == "train" else self.test_y)
-        return -(-n // batch_size)
+        return -(-self.size(split) // batch_size)
 
 
-def _stratified(x: torch.Tensor, y: torch.Tensor, per_class: int | None, classes: list[str], split: str,
-                seed: int = 0):
-    """The first `per_class` images of each class under a fixed shuffle (the same for every run).
+def _subset(x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None):
+    return (x, y) if keep is None else (x[keep], y[keep])
 
-    Exactly `per_class` of every class, or an error: a quietly smaller class would skew the subset.
+
+def _synthetic_sizes(spec: DataSpec, n_classes: int) -> tuple[int, int]:
+    """Images to make for each split: exactly what was asked, plus the validation hold-out.
+
+    A 227x227 synthetic set for `train_per_class=2` is 20 images, not 5,000 (0.8 GB).
+    The hold-out comes on top, a whole number per class, so that the training images
+    left are still what was asked.
     """
-    if per_class is None:
-        return x, y
-    if per_class < 1:
-        raise UserError(f"per-class subset must be at least 1, got {per_class}")
-    counts = torch.bincount(y, minlength=len(classes))
-    short = int(counts.argmin())
-    if counts[short] < per_class:
-        raise UserError(f"the {split} split has {int(counts[short])} images of class {classes[short]!r}, fewer than "
-                        f"the {per_class} per class asked for; pass --{split}-per-class {int(counts[short])} or less")
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(y), generator=g)
-    keep = torch.cat([order[y[order] == c][:per_class] for c in range(len(classes))])
-    keep = keep.sort().values
-    return x[keep], y[keep]
+    if spec.synthetic_train is not None:
+        train = max(spec.synthetic_train, n_classes * (spec.train_per_class or 0))
+    else:
+        train = n_classes * spec.train_per_class if spec.train_per_class else SYNTHETIC_TRAIN
+    if spec.synthetic_test is not None:
+        test = max(spec.synthetic_test, n_classes * (spec.test_per_class or 0))
+    else:
+        test = n_classes * spec.test_per_class if spec.test_per_class else SYNTHETIC_TEST
+    val = n_classes * -(-max(spec.val_size, 0) // n_classes)
+    return train + val, test
 
 
 def _read(spec: DataSpec, cache_dir: Path | None) -> tuple[RawData, dict]:
     kind = spec.kind()
     if kind == "synthetic":
-        n_classes = len(CIFAR10_CLASSES)  # large enough for any per-class subset asked for
-        raw = make_synthetic(max(spec.synthetic_train, n_classes * (spec.train_per_class or 0)),
-                             max(spec.synthetic_test, n_classes * (spec.test_per_class or 0)), spec.image_size)
+        n_train, n_test = _synthetic_sizes(spec, len(CIFAR10_CLASSES))
+        raw = make_synthetic(n_train, n_test, spec.image_size or 32)
         return raw, {"data_source": "synthetic", "data_key": None}
+    if cache_dir is not None:
+        check_cache_dir(cache_dir)
     if kind == "cifar10":
         if spec.image_size not in (None, 32):
             raise UserError(f"the cifar10 source is 32x32 but the model takes {spec.image_size}x{spec.image_size}: "
@@ -144,20 +203,54 @@ def _read(spec: DataSpec, cache_dir: Path | None) -> tuple[RawData, dict]:
         return raw, {"data_source": "cifar10", "data_path": str(root.resolve()), "data_key": key}
     path = Path(spec.source).expanduser()
     fp = [folder_fingerprint(path), spec.image_size]
-    raw, key = cached("folder", fp, lambda: read_folder(path, spec.image_size), cache_dir)
+    resize_mixed = spec.explicit_image_size is not None
+    raw, key = cached("folder", fp, lambda: read_folder(path, spec.image_size, resize_mixed), cache_dir)
+    if raw.mixed_sizes and not resize_mixed:  # decoded (and cached) by an earlier run that asked for it
+        raise UserError(mixed_sizes_message(path, spec.image_size))
     return raw, {"data_source": f"folder:{path.name}", "data_path": str(path.resolve()), "data_key": key}
 
 
+def _check_spec(spec: DataSpec) -> None:
+    if spec.explicit_image_size is not None and spec.explicit_image_size != spec.image_size:
+        raise UserError(f"--image-size {spec.explicit_image_size} does not match the model's input of "
+                        f"{spec.image_size}x{spec.image_size}; pass --image-size {spec.image_size}")
+    for name in ("val_size", "train_eval_size"):
+        value = getattr(spec, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise UserError(f"{name} must be a whole number of images, 0 or more, got {value!r}")
+
+
 def load_data(spec: DataSpec, cache_dir: Path | None | str = "default") -> Dataset:
-    """Read (or load from cache) a source, take the subsets and fit normalisation on train."""
+    """Read (or load from cache) a source, hold out validation, take the subsets, fit normalisation on train."""
+    _check_spec(spec)
     if cache_dir == "default":
         cache_dir = default_cache_dir()
     raw, prov = _read(spec, cache_dir)
-    trx, try_ = _stratified(raw.train_x, raw.train_y, spec.train_per_class, raw.classes, "train")
-    tex, tey = _stratified(raw.test_x, raw.test_y, spec.test_per_class, raw.classes, "test")
+    classes = list(raw.classes)
+    if len(classes) < 2:
+        raise UserError(f"the data set {prov['data_source']} has {len(classes)} class ({', '.join(classes)}); "
+                        f"classification needs at least 2 classes: add a second class folder under train/ and test/")
+    seed = spec.data_seed
+    rest, val = splits.hold_out(raw.train_y, spec.val_size, classes, seed)
+    if spec.val_size:
+        trx, try_ = raw.train_x[rest], raw.train_y[rest]
+        vax, vay = raw.train_x[val], raw.train_y[val]
+    else:
+        trx, try_, vax, vay = raw.train_x, raw.train_y, None, None
+    after = f" left after the {spec.val_size}-image validation hold-out" if spec.val_size else ""
+    trx, try_ = _subset(trx, try_, splits.per_class(try_, spec.train_per_class, classes, "train", seed, after))
+    tex, tey = _subset(raw.test_x, raw.test_y, splits.per_class(raw.test_y, spec.test_per_class, classes, "test", seed))
+    train_eval = splits.sample(try_, spec.train_eval_size, len(classes), seed, "train_eval")
     norm = Normalizer.fit(trx, spec.preprocess)
+
+    def per_class(y):
+        return None if y is None else splits.describe_counts(splits.class_counts(y, len(classes)))
+
     prov.update(
-        classes=len(raw.classes), train_images=len(try_), test_images=len(tey),
+        classes=len(classes), train_images=len(try_), test_images=len(tey),
         train_per_class=spec.train_per_class, test_per_class=spec.test_per_class, preprocess=spec.preprocess,
+        data_seed=seed, val_size=spec.val_size, val_images=0 if vay is None else len(vay),
+        val_per_class=per_class(vay), train_class_counts=per_class(try_), test_class_counts=per_class(tey),
+        train_eval_images=len(train_eval), conversion=raw.conversion,
     )
-    return Dataset(trx, try_, tex, tey, list(raw.classes), norm, prov)
+    return Dataset(trx, try_, tex, tey, classes, norm, prov, vax, vay, train_eval)

@@ -33,15 +33,16 @@ class Normalizer:
     """Maps uint8 images to the model's input scale; fitted on the training split only.
 
     `standardize`: per-channel (x - mean) / std. `meanonly` (the paper's): raw 0-255
-    values minus the per-pixel mean image. Also holds the principal components of
-    the normalised RGB values for PCA lighting.
+    values minus the per-pixel mean image. Also holds the eigenpairs of the 3x3
+    covariance of the training pixels' RGB values on the [0, 1] scale, for PCA
+    lighting (fitted once per data set, with the normalisation).
     """
 
     mode: str
     mean: torch.Tensor  # 3x1x1 (standardize) or 3xHxW (meanonly), 0-255 units
-    std: torch.Tensor  # 3x1x1, ones for meanonly
-    eigvec: torch.Tensor  # 3x3, columns are principal axes of normalised RGB
-    eigstd: torch.Tensor  # 3, standard deviation along each axis
+    std: torch.Tensor  # 3x1x1, 0-255 units; ones for meanonly
+    pca_eigval: torch.Tensor  # 3, variances along the principal axes, [0, 1]^2 units
+    pca_eigvec: torch.Tensor  # 3x3, columns are the unit principal axes p_i of RGB
 
     @classmethod
     def fit(cls, train_x: torch.Tensor, mode: str = "standardize", chunk: int = 4096) -> "Normalizer":
@@ -67,16 +68,15 @@ class Normalizer:
             std = cov.diagonal().sqrt()
             mean = ch_mean.view(c, 1, 1)
         else:
-            # Subtracting a per-pixel mean leaves the colour covariance of the
-            # pixels about their own position's mean; close to the channel one
-            # for natural images, and PCA only needs its principal axes.
             std = torch.ones(c, dtype=torch.float64)
             mean = image_sum / n
-        eigval, eigvec = torch.linalg.eigh(cov / torch.outer(std, std))
-        return cls(mode, mean.float(), std.view(c, 1, 1).float(), eigvec.float(), eigval.clamp(min=0).sqrt().float())
+        # The paper's PCA is over "the set of RGB pixel values throughout the training
+        # set", whatever the preprocessing: the channel covariance, here on [0, 1].
+        eigval, eigvec = torch.linalg.eigh(cov / 255.0**2)
+        return cls(mode, mean.float(), std.view(c, 1, 1).float(), eigval.clamp(min=0).float(), eigvec.float())
 
     def to(self, device) -> "Normalizer":
-        return Normalizer(self.mode, *(t.to(device) for t in (self.mean, self.std, self.eigvec, self.eigstd)))
+        return Normalizer(self.mode, *(t.to(device) for t in (self.mean, self.std, self.pca_eigval, self.pca_eigvec)))
 
     def __call__(self, x_u8: torch.Tensor) -> torch.Tensor:
         return (x_u8.float() - self.mean) / self.std
@@ -103,15 +103,16 @@ def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def pca_lighting(x: torch.Tensor, norm: Normalizer, g: torch.Generator, sigma: float = 0.1) -> torch.Tensor:
-    """The paper's colour augmentation (section 4.1): add sum_i alpha_i * s_i * p_i to every pixel.
+    """The paper's colour augmentation (section 4.1): add [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T to every pixel.
 
-    alpha_i ~ N(0, sigma) per image. The paper scales by the covariance eigenvalue;
-    we scale by its square root s_i (the spread along p_i) so that the shift is in
-    the data's own units whatever the preprocessing (with raw 0-255 values the
-    eigenvalue itself would shift pixels by thousands).
+    (l_i, p_i) are the eigenpairs of the training pixels' RGB covariance on the [0, 1]
+    scale, a_i ~ N(0, sigma) drawn once per image. The shift is made on that scale and
+    converted exactly into normalised units: both preprocessings are affine in the
+    0-255 value, x_norm = (255 * x01 - mean) / std (std is 1 for meanonly).
     """
     alpha = torch.randn(x.shape[0], 3, generator=g, device=x.device) * sigma
-    shift = (alpha * norm.eigstd) @ norm.eigvec.T  # n x 3
+    shift01 = (alpha * norm.pca_eigval) @ norm.pca_eigvec.T  # n x 3, row i is P @ (alpha_i * l)
+    shift = shift01 * 255.0 / norm.std.view(1, -1)
     return x + shift[:, :, None, None]
 
 

@@ -34,6 +34,8 @@ class RawData:
     test_x: torch.Tensor
     test_y: torch.Tensor
     classes: list[str]
+    conversion: str | None = None  # what decoding changed, e.g. 'grayscale->RGB, 28x28->32x32 (bilinear)'
+    mixed_sizes: bool = False  # images of several sizes were resized to one (allowed only when asked for)
 
 
 # --- official CIFAR-10 ----------------------------------------------------------
@@ -64,10 +66,12 @@ def read_cifar10(root: Path, download: bool = True) -> RawData:
     except RuntimeError:
         if not download:
             raise UserError(cifar10_missing_message(root, "download disabled")) from None
+        made = [p for p in (root, *root.parents) if not p.exists()]  # deepest first
         try:
             root.mkdir(parents=True, exist_ok=True)
             splits = [CIFAR10(str(root), train=train, download=True) for train in (True, False)]
         except (OSError, RuntimeError) as e:  # URLError is an OSError
+            _unmake(made, CIFAR10.filename)
             raise UserError(cifar10_missing_message(root, f"{type(e).__name__}: {e}")) from None
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
             raise UserError(_torn_cifar(root, e)) from None
@@ -80,6 +84,22 @@ def read_cifar10(root: Path, download: bool = True) -> RawData:
 
     (trx, try_), (tex, tey) = (tensors(s) for s in splits)
     return RawData(trx, try_, tex, tey, list(splits[0].classes))
+
+
+def _unmake(made: list[Path], archive: str) -> None:
+    """Remove the folders a failed download created (an offline run leaves no empty data/ behind).
+
+    Only folders that did not exist before, deepest first, and only once empty; inside
+    the deepest, a partial download of `archive` is ours too.
+    """
+    if not made:
+        return
+    (made[0] / archive).unlink(missing_ok=True)
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (someone else's files) or already gone: leave it
+            return
 
 
 def _torn_cifar(root: Path, e: Exception) -> str:
@@ -95,18 +115,56 @@ def is_archive(path: Path) -> bool:
     return path.name.endswith((".tar.gz", ".tgz", ".tar"))
 
 
-def _decode(data: bytes, name: str, image_size: int | None) -> torch.Tensor:
+@dataclass(frozen=True)
+class Decoded:
+    image: torch.Tensor  # 3 x H x W uint8, at the asked size
+    mode: str  # the file's PIL colour mode before conversion to RGB
+    size: tuple[int, int]  # the file's (width, height) before resizing
+
+
+def _decode(data: bytes, name: str, image_size: int | None) -> Decoded:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as im:
+            mode, size = im.mode, im.size
             im = im.convert("RGB")
             if image_size is not None and im.size != (image_size, image_size):
                 im = im.resize((image_size, image_size), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UserError(f"cannot read image {name} ({e}); remove or replace that file.") from None
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    return Decoded(torch.from_numpy(arr.copy()).permute(2, 0, 1), mode, size)
+
+
+MODE_NAMES = {"L": "grayscale", "LA": "grayscale+alpha", "1": "1-bit", "P": "palette", "RGBA": "RGBA",
+              "I": "32-bit grayscale", "I;16": "16-bit grayscale", "F": "float grayscale", "CMYK": "CMYK"}
+
+
+def mixed_sizes_message(path, image_size: int | None, example: str = "") -> str:
+    n = image_size or "N"
+    return (f"images in {path} differ in size{example}; they are not stretched to one size unless asked: "
+            f"pass --image-size {n} to resize every image to {n}x{n}")
+
+
+def _wxh(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def describe_conversion(modes: dict[str, int], sizes: dict[tuple[int, int], int], image_size: int | None) -> str | None:
+    """What decoding changed, for the record: colour modes turned RGB, sizes resized."""
+    total = sum(modes.values())
+    parts = []
+    other = {m: k for m, k in modes.items() if m != "RGB"}
+    if other:
+        names = "+".join(MODE_NAMES.get(m, m) for m in sorted(other))
+        some = sum(other.values())
+        parts.append(f"{names}->RGB" + (f" ({some} of {total} images)" if some < total else ""))
+    target = (image_size, image_size)
+    if image_size is not None and set(sizes) != {target}:
+        shown = ", ".join(_wxh(s) for s in sorted(sizes)[:3]) + (", ..." if len(sizes) > 3 else "")
+        parts.append(f"{shown}->{_wxh(target)} (bilinear)")
+    return ", ".join(parts) or None
 
 
 def _split_of(parts: tuple[str, ...]) -> tuple[str, str] | None:
@@ -166,11 +224,22 @@ def resolve_folder(path: Path) -> Path:
     return path
 
 
-def read_folder(path: Path, image_size: int | None = 32) -> RawData:
+def read_folder(path: Path, image_size: int | None = 32, resize_mixed: bool = False) -> RawData:
+    """Decode a tree at `image_size` (None: as stored); images of several sizes are an error unless `resize_mixed`."""
     path = resolve_folder(Path(path))
     images: dict[str, list[tuple[str, str, torch.Tensor]]] = {s: [] for s in ("train",) + EVAL_SPLITS}
+    modes: dict[str, int] = {}
+    sizes: dict[tuple[int, int], int] = {}
+    first = None
     for split, cls, name, data in _folder_entries(path):
-        images[split].append((cls, name, _decode(data, name, image_size)))
+        d = _decode(data, name, image_size)
+        first = first or (d.size, name)
+        if d.size != first[0] and not (resize_mixed and image_size is not None):
+            example = f" ({_wxh(first[0])} in {first[1]}, {_wxh(d.size)} in {name})"
+            raise UserError(mixed_sizes_message(path, image_size, example))  # before decoding the rest
+        modes[d.mode] = modes.get(d.mode, 0) + 1
+        sizes[d.size] = sizes.get(d.size, 0) + 1
+        images[split].append((cls, name, d.image))
     if not images["train"]:
         raise UserError(f"no images under {path}/train/<class>/; expected an ImageFolder tree with train/ and test/ (or val/).")
     eval_split = next((s for s in EVAL_SPLITS if images[s]), None)
@@ -184,14 +253,11 @@ def read_folder(path: Path, image_size: int | None = 32) -> RawData:
 
     def stack(items):
         items = sorted(items, key=lambda t: (index[t[0]], t[1]))  # archive order is arbitrary
-        shapes = {tuple(t[2].shape) for t in items}
-        if len(shapes) != 1:
-            raise UserError(f"images in {path} differ in size ({sorted(shapes)[:3]}...); pass --image-size N to resize them.")
         return torch.stack([t[2] for t in items]), torch.tensor([index[t[0]] for t in items])
 
     trx, try_ = stack(images["train"])
     tex, tey = stack(images[eval_split])
-    return RawData(trx, try_, tex, tey, classes)
+    return RawData(trx, try_, tex, tey, classes, describe_conversion(modes, sizes, image_size), len(sizes) > 1)
 
 
 def folder_fingerprint(path: Path) -> list:
