@@ -11,7 +11,10 @@ import hashlib
 import json
 import logging
 import math
+import os
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +23,12 @@ import pytest
 from bench.errors import UserError
 from bench.report import command, report_all, report_study
 from bench.report.format import latex_escape, to_latex, to_markdown
+from bench.report.kinds import KINDS, kind_for
+from bench.report.load import load
+from bench.report.plot import level_colors, palette
 from bench.report.stats import summarize, t_quantile, welch
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Student's t, 0.975 quantile, from printed tables.
 T975 = {1: 12.706205, 2: 4.302653, 3: 3.182446, 4: 2.776445, 9: 2.262157, 30: 2.042272}
@@ -457,3 +465,61 @@ def test_figure1_lower_bound_holds_over_every_learning_rate_tried(tmp_path):
     chosen = pd.read_csv(folder / "tables" / "figure1.csv", dtype={"lr": str}, keep_default_na=False)
     assert chosen.set_index("activation").loc["tanh", "lr"] == "0.02"
     assert f"tanh/relu ≥ {math.floor(10.5 / 4 * 10) / 10:.1f}× (lower bound" in (folder / "tables" / "figure1.md").read_text()
+
+
+# --- kinds of study, colours, and what the report imports --------------------------------------
+
+def test_a_study_of_no_known_kind_gets_every_configuration_and_one_warning(tmp_path, caplog):
+    # a factorial study with no baseline cell and no study file: the generic kind
+    cells = [cell({"opt": opt, "bs": bs}, 0, top1=30.0 + i) for i, (opt, bs) in
+             enumerate([("sgd", "64"), ("sgd", "128"), ("adam", "64"), ("adam", "128")])]
+    folder = write_study(tmp_path / "toy-grid" / "cpu", "toy-grid", ["opt", "bs"], cells)
+    with caplog.at_level(logging.WARNING):
+        report_study(folder)
+    assert any("no baseline cell" in r.getMessage() for r in caplog.records)
+    assert not (folder / "figures").exists()
+    assert sorted(p.name for p in (folder / "tables").iterdir()) == ["cells.csv", "cells.md", "cells.tex"]
+    assert "| adam | 128 | 1 / 1 |" in (folder / "tables" / "cells.md").read_text()
+    assert kind_for(load(folder)) is KINDS[-1] and KINDS[-1].__name__.endswith(".generic")
+
+
+def test_colours_follow_the_study_level_order_and_an_eleventh_level_gets_its_own(tmp_path):
+    names = [f"net{i:02d}" for i in range(11)]  # more than the colorblind palette's ten colours
+    cells = [cell({"architecture": n}, 0, top1=20.0 + i, base=n == "net03") for i, n in enumerate(names)]
+    sd = load(write_study(tmp_path / "toy-arch" / "cpu", "toy-arch", ["architecture"], cells))
+    colors = level_colors(sd)
+    assert len({colors[("architecture", n)] for n in names}) == 11
+    assert colors[("architecture", "net03")] == colors[(None, None)]  # the baseline: the first colour
+    ten = palette(10)  # up to ten levels: the colorblind palette, baseline blue, the others in the study's order
+    sd = load(write_study(tmp_path / "toy-arch2" / "cpu", "toy-arch2", ["architecture"], cells[:10]))
+    assert [level_colors(sd)[("architecture", n)] for n in names[3:4] + names[:3] + names[4:10]] == ten
+    assert ten[0] == pytest.approx((0.0039, 0.451, 0.698), abs=1e-3)  # seaborn colorblind blue
+    assert ten[-1] == pytest.approx((0.925, 0.882, 0.2), abs=1e-3)  # its yellow, the hardest to see, last
+
+
+def test_the_report_imports_no_torch(tmp_path):
+    cells = [cell({"activation": "relu"}, 0, top1=30.0, base=True), cell({"activation": "tanh"}, 0, top1=32.0)]
+    folder = write_study(tmp_path / "toy" / "cpu", "toy", ["activation"], cells)
+    code = ("import argparse, sys\n"
+            "from bench.report import command\n"
+            "parser = argparse.ArgumentParser()\n"
+            "command.add_arguments(parser)\n"
+            f"assert command.run(parser.parse_args([{str(folder)!r}])) == 0\n"
+            "assert 'torch' not in sys.modules, 'the report imported torch'\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (folder / "figures" / "ablation_effects.png").is_file()
+
+
+def test_a_study_file_that_no_longer_validates_is_one_warning_not_a_failure(tmp_path, caplog):
+    toml = tmp_path / "toy-ablation.toml"
+    toml.write_text(STUDY_TOML.replace("[factors.activation]", "[factors.activation]\ncolour = 1"))
+    folder = write_study(tmp_path / "toy-ablation" / "cpu", "toy-ablation", list(BASE)[:4],
+                         [{**c, "levels": {k: c["levels"][k] for k in list(BASE)[:4]}} for c in ablation_cells()[:2]],
+                         study_file=toml)
+    with caplog.at_level(logging.WARNING):
+        report = report_study(folder).read_text()
+    warned = [r.getMessage() for r in caplog.records if "that study file is not used" in r.getMessage()]
+    assert len(warned) == 1 and str(toml) in warned[0] and "colour" in warned[0]
+    assert "a toy one-at-a-time study" not in report and "that study file is not used" in report

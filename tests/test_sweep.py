@@ -16,6 +16,7 @@ import pytest
 from bench.cli import main
 from bench.errors import UserError
 from bench.sweep.runner import first_reaching, run_study
+from bench import studies
 from bench.sweep.study import list_studies, load_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,18 +94,23 @@ def test_figure1_grid_differs_per_setup():
     assert all(c.config.weight_decay == 0 and c.config.augment == "none" for c in cells)
 
 
-@pytest.mark.parametrize("edit, needle", [
-    (lambda s: s.replace('design = "factorial"', 'design = "fractional"'), "study.design"),
-    (lambda s: s.replace("[base]", "[base]\nbatchsize = 3"), "batchsize"),
-    (lambda s: s.replace("epochs = 2", 'epochs = "two"'), "epochs"),
-    (lambda s: s.replace('levels = ["relu", "tanh"]', 'levels = ["relu", "swish"]'), "swish"),
-    (lambda s: s.replace('key = "lr"', 'key = "learning_rate"'), "learning_rate"),
-    (lambda s: s.replace("[profiles.smoke]", "[profiles.huge]"), "huge"),
-    (lambda s: s.replace('measure = "none"', 'measure = "none"\nonly = { lr = [0.5] }'), "0.5"),
-    (lambda s: s.replace('model = "layers-80sec"', 'model = "layers-80sec"\nknobs = { width = 0.5 }'), "width"),
-    (lambda s: s + "\n[extra]\n", "extra"),
-    (lambda s: s.replace("[study]", "[study\n"), "TOML"),
-])
+# (edit of TINY_STUDY, what the error names); the last field: found by the torch-free reader
+# (bench.studies) too, not only by the sweep's checks of every cell and model
+STUDY_ERRORS = [
+    (lambda s: s.replace('design = "factorial"', 'design = "fractional"'), "study.design", True),
+    (lambda s: s.replace("[base]", "[base]\nbatchsize = 3"), "batchsize", True),
+    (lambda s: s.replace("epochs = 2", 'epochs = "two"'), "epochs", False),
+    (lambda s: s.replace('levels = ["relu", "tanh"]', 'levels = ["relu", "swish"]'), "swish", False),
+    (lambda s: s.replace('key = "lr"', 'key = "learning_rate"'), "learning_rate", True),
+    (lambda s: s.replace("[profiles.smoke]", "[profiles.huge]"), "huge", True),
+    (lambda s: s.replace('measure = "none"', 'measure = "none"\nonly = { lr = [0.5] }'), "0.5", True),
+    (lambda s: s.replace('model = "layers-80sec"', 'model = "layers-80sec"\nknobs = { width = 0.5 }'), "width", False),
+    (lambda s: s + "\n[extra]\n", "extra", True),
+    (lambda s: s.replace("[study]", "[study\n"), "TOML", True),
+]
+
+
+@pytest.mark.parametrize("edit, needle", [case[:2] for case in STUDY_ERRORS])
 def test_study_file_errors_name_file_and_key(tmp_path, edit, needle):
     path = write_study(tmp_path, text=edit(TINY_STUDY.format(design="factorial", epochs=2)))
     with pytest.raises(UserError) as err:
@@ -112,6 +118,44 @@ def test_study_file_errors_name_file_and_key(tmp_path, edit, needle):
     message = str(err.value)
     assert str(path) in message and needle in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("edit, needle, in_file", STUDY_ERRORS)
+def test_the_study_reader_finds_what_needs_no_torch(tmp_path, edit, needle, in_file):
+    path = write_study(tmp_path, text=edit(TINY_STUDY.format(design="factorial", epochs=2)))
+    if not in_file:  # a value of a setting, or a model that cannot be built: the sweep's check finds it
+        assert studies.load_study(str(path)).name == "tiny"
+        return
+    with pytest.raises(UserError) as err:
+        studies.load_study(str(path))
+    assert str(path) in str(err.value) and needle in str(err.value)
+
+
+def test_the_study_reader_imports_no_torch_and_matches_the_sweep():
+    code = ("import sys\n"
+            "from bench.studies import load_study\n"
+            "s = load_study('figure1')\n"
+            "print(len(s.combinations('cpu')), s.levels('lr')[0], s.factors['setup']['baseline'])\n"
+            "assert 'torch' not in sys.modules, 'the study reader imported torch'\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sweep = load_study("figure1")
+    assert done.stdout.split() == [str(len({tuple(c.levels.values()) for c in sweep.cells("cpu")})), "0.001", "modern"]
+
+
+def test_shipped_studies_install_as_package_data():
+    import importlib.resources
+    import tomllib
+
+    folder = Path(str(importlib.resources.files("ablations")))
+    assert folder.resolve() == studies.studies_dir().resolve()
+    assert studies.list_studies() == list_studies() == sorted(p.stem for p in folder.glob("*.toml"))
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "ablations" in setuptools["packages"]["find"]["include"]
+    assert setuptools["package-data"]["ablations"] == ["*.toml"]
+    with pytest.raises(UserError, match=r"unknown study 'nope'; choose one of: alexnet, architectures"):
+        studies.find_study("nope")
 
 
 @pytest.mark.parametrize("seeds, needle", [("abc", "'abc' is not a comma-separated list of integers"),

@@ -3,11 +3,11 @@
 The tables are the truth. The factors are the columns between `cell_id` and
 `is_baseline` of runs.csv; the baseline is the cell marked `is_baseline`; the
 target is in the `target_metric` / `target_value` columns. The study file
-(ablations/<study>.toml, or the path in environment.json), when it can still be
-read, only adds the order of the levels, the baseline of a study whose baseline
-cell is absent, and descriptions. It is read with `tomllib` alone, not
-`bench.sweep.study.load_study`: that validates the file and builds every model,
-which needs torch, and a study file edited since the sweep must not stop a report.
+(the path in environment.json, else the shipped ablations/<study>.toml), when it
+still reads and validates (`bench.studies`, no torch), only adds the order of the
+levels, the baseline of a study whose baseline cell is absent, and descriptions;
+a study file edited since the sweep into one that no longer validates is one
+warning line, not the end of the report.
 
 Missing data (no history, a failed cell, a missing column) goes through
 `Notes.warn`: one logging.warning line, also listed in report.md.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,13 +25,13 @@ import pandas as pd
 
 from bench.errors import UserError
 from bench.io import read_csv
+from bench.studies import StudyFile, studies_dir
 
 log = logging.getLogger(__name__)
 
 RUNS, HISTORY, ENVIRONMENT = "runs.csv", "history.csv", "environment.json"
 OK = "ok"  # a cell whose final numbers count; diverged cells keep their curves only
 DEFAULT_TARGET = {"metric": "train_err_pct", "value": 25.0}  # the paper's Figure 1
-STUDY_DIR = Path(__file__).resolve().parents[2] / "ablations"
 
 
 class Notes:
@@ -115,27 +114,23 @@ def factors_of(columns: list[str]) -> list[str]:
     return []
 
 
-def read_study_file(study: str, env: dict) -> dict | None:
-    """Factor order, baselines, target and descriptions from the study's TOML, or None."""
+def read_study_file(study: str, env: dict, notes: Notes) -> StudyFile | None:
+    """The study's file: the one the sweep read (environment.json), else the shipped one; None if
+    neither reads as this study."""
     candidates = [Path(env["study_file"])] if env.get("study_file") else []
-    candidates.append(STUDY_DIR / f"{study}.toml")
+    candidates.append(studies_dir() / f"{study}.toml")
     for path in candidates:
+        if not path.is_file():
+            continue
         try:
-            doc = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError):
+            spec = StudyFile.read(path)
+        except OSError:
             continue
-        meta = doc.get("study", {})
-        if meta.get("name", path.stem) != study:
+        except UserError as e:
+            notes.warn(f"{e}; that study file is not used")
             continue
-        factors = {}
-        for name, spec in doc.get("factors", {}).items():
-            levels = spec.get("levels")
-            names = [str(v) for v in levels] if isinstance(levels, list) else list(levels or {})
-            if names:  # the same rules as bench.sweep.study: list levels by value, baseline default first
-                factors[name] = {"levels": names, "baseline": str(spec.get("baseline", names[0])),
-                                 "description": spec.get("description", "")}
-        return {"path": path, "description": meta.get("description", ""), "factors": factors,
-                "target": meta.get("target")}
+        if spec.name == study:
+            return spec
     return None
 
 
@@ -174,31 +169,31 @@ def load(folder: Path) -> StudyData:
         notes.warn(f"{RUNS} has no rows (the study has not finished a cell yet)")
     runs, superseded = _latest_per_configuration(_normalize_runs(runs, notes), factors, notes)
 
-    spec = read_study_file(study, env)
+    spec = read_study_file(study, env, notes)
+    known = spec.factors if spec else {}
     levels, baseline, descriptions = {}, None, {}
     for f in factors:
         seen = [str(v) for v in runs[f].dropna().unique()] if f in runs else []
-        known = spec["factors"].get(f) if spec else None
         # Every level of the file is kept, so that a level not run shows as missing.
-        order = known["levels"] if known else []
+        order = list(known[f]["levels"]) if f in known else []
         levels[f] = order + [lv for lv in seen if lv not in order]
-        descriptions[f] = known["description"] if known else ""
+        descriptions[f] = known[f]["description"] if f in known else ""
     marked = runs[runs["is_baseline"]] if len(runs) else runs
     if len(marked):
         baseline = {f: str(marked.iloc[0][f]) for f in factors}
-    elif spec and factors and all(f in spec["factors"] for f in factors):
-        baseline = {f: spec["factors"][f]["baseline"] for f in factors}
+    elif factors and all(f in known for f in factors):
+        baseline = {f: known[f]["baseline"] for f in factors}
 
     target = None
     if "target_metric" in runs and runs["target_metric"].notna().any():
         target = {"metric": str(runs["target_metric"].dropna().iloc[0]),
                   "value": float(runs["target_value"].dropna().iloc[0]) if "target_value" in runs else 25.0}
-    elif spec and spec.get("target"):
-        target = {"metric": spec["target"].get("metric"), "value": float(spec["target"].get("value"))}
+    elif spec and spec.target:
+        target = {"metric": spec.target["metric"], "value": float(spec.target["value"])}
 
     history = _read_history(folder, runs, factors, notes, superseded)
     return StudyData(folder, study, profile, runs, history, env, factors, levels, baseline, target,
-                     spec["description"] if spec else "", descriptions, notes)
+                     spec.description if spec else "", descriptions, notes)
 
 
 def _first(frame: pd.DataFrame, column: str) -> str | None:

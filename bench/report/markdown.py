@@ -12,7 +12,7 @@ import pandas as pd
 from bench.report import format as fmt
 from bench.report.claims import CLAIMS, PAPER, Claim
 from bench.report.load import OK, StudyData
-from bench.report.tables import TOP1
+from bench.report.effects import TOP1
 
 
 @dataclass

@@ -1,49 +1,21 @@
-"""Studies are data: parse `ablations/*.toml`, validate it, expand it into cells.
+"""A study as training cells: a study file (`bench.studies`) expanded into cells at a profile.
 
-A study file has four parts:
-
-    [study]      name, description, design ("one-at-a-time" | "factorial"), seeds,
-                 optional target = { metric = "train_err_pct", value = 25.0, stop_after = 2 }
-                 (a cell stops `stop_after` epochs after reaching it; absent: runs all epochs)
-    [base]       a TrainConfig (any of its fields; knobs as a table)
-    [factors.X]  either key = "knobs.activation" with levels = ["relu", "tanh"], or
-                 levels = { name = { <config overrides> }, ... }; `baseline` names the
-                 baseline level (default: the first)
-    [profiles.P] config overrides for profile P (smoke | cpu | gpu), plus `seeds`,
-                 `measure` ("quick" | "full" | "none"), per-level overrides under
-                 levels.<factor>.<level>, and only = { factor = [levels] } to run a
-                 subset of a factor's levels at this profile
-
-`study.exclude` lists level combinations never to run, e.g. a learning-rate grid
-that differs per setup: exclude = [{ setup = "paper", lr = 0.05 }].
-
-A cell's configuration is base, then profile, then the factor levels, then the
-profile's per-level overrides; `knobs` tables merge, other keys replace. Every
-mistake is a UserError naming the file, the key and the valid values.
+`load_study` reads and validates the file (`bench.studies`), then resolves every
+cell of every profile into a `TrainConfig` and builds each distinct model on the
+meta device, so that a bad value fails when the study loads, not hours into a sweep.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import itertools
 import json
-import tomllib
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 from bench.config import TrainConfig
 from bench.errors import UserError
+from bench.studies import PROFILES, StudyFile, find_study, list_studies
 
-PROFILES = ("smoke", "cpu", "gpu")
-DESIGNS = ("one-at-a-time", "factorial")
-MEASURE_MODES = ("quick", "full", "none")
-STUDY_KEYS = {"name", "description", "design", "seeds", "target", "exclude"}
-TARGET_METRICS = ("train_err_pct", "test_top1_err_pct")
-FACTOR_KEYS = {"key", "levels", "baseline", "description"}
-PROFILE_EXTRA_KEYS = {"seeds", "measure", "levels", "only", "description"}
-CONFIG_KEYS = {f.name for f in fields(TrainConfig)}
-STUDY_DIR = Path(__file__).resolve().parents[2] / "ablations"
+__all__ = ["PROFILES", "Cell", "Study", "find_study", "list_studies", "load_study"]
 
 
 @dataclass(frozen=True)
@@ -61,39 +33,16 @@ class Cell:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-@dataclass
-class Study:
-    name: str
-    path: Path
-    description: str
-    design: str
-    factors: dict  # factor -> {"levels": {level: overrides}, "baseline": level}
-    base: dict
-    profiles: dict
-    seeds: list[int]
-    target: dict | None = None
-    exclude: list = field(default_factory=list)  # level combinations never run
+class Study(StudyFile):
+    """A study file whose combinations expand into cells."""
 
     def cells(self, profile: str, seeds: list[int] | None = None, overrides: dict | None = None) -> list[Cell]:
         """Expand the design at a profile into cells (one per level combination per seed)."""
-        if profile not in self.profiles:
-            raise UserError(f"{self.path}: no [profiles.{profile}] section; this study has: {', '.join(self.profiles) or 'none'}")
-        prof = self.profiles[profile]
-        seeds = seeds if seeds is not None else prof.get("seeds", self.seeds)
+        seeds = seeds if seeds is not None else self.profile(profile).get("seeds", self.seeds)
         cells = []
-        only = prof.get("only", {})
-        for combo in self._combinations():
-            if any(combo[f] not in levels for f, levels in only.items()):
-                continue
-            if any(all(combo[f] == lv for f, lv in ex.items()) for ex in self.exclude):
-                continue
-            cfg = copy.deepcopy(self.base)
-            _merge(cfg, {k: v for k, v in prof.items() if k not in PROFILE_EXTRA_KEYS})
-            for factor, level in combo.items():
-                _merge(cfg, self.factors[factor]["levels"][level])
-                _merge(cfg, prof.get("levels", {}).get(factor, {}).get(level, {}))
-            _merge(cfg, overrides or {})
-            baseline = all(level == self.factors[f]["baseline"] for f, level in combo.items())
+        for combo in self.combinations(profile):
+            cfg = self.settings(combo, profile, overrides)
+            baseline = self.is_baseline(combo)
             for seed in seeds:
                 try:
                     config = TrainConfig(**{**cfg, "seed": seed})
@@ -103,159 +52,16 @@ class Study:
                 cells.append(Cell(self.name, dict(combo), config, baseline))
         return cells
 
-    def _combinations(self) -> list[dict]:
-        names = list(self.factors)
-        base = {f: self.factors[f]["baseline"] for f in names}
-        if self.design == "factorial":
-            return [dict(zip(names, c)) for c in itertools.product(*(self.factors[f]["levels"] for f in names))]
-        combos = [base]
-        for f in names:
-            for level in self.factors[f]["levels"]:
-                if level != base[f]:
-                    combos.append({**base, f: level})
-        return combos
-
-
-def _merge(cfg: dict, overrides: dict) -> None:
-    for key, value in overrides.items():
-        if key == "knobs":
-            cfg.setdefault("knobs", {})
-            cfg["knobs"] = {**cfg["knobs"], **value}
-        else:
-            cfg[key] = value
-
-
-def _check_keys(path: Path, where: str, table: dict, valid: set[str]) -> None:
-    unknown = sorted(set(table) - valid)
-    if unknown:
-        raise UserError(f"{path}: unknown key {where}{unknown[0]!r}; valid keys: {', '.join(sorted(valid))}")
-
-
-def _check_overrides(path: Path, where: str, overrides, allow_extra: set[str] = frozenset()) -> None:
-    if not isinstance(overrides, dict):
-        raise UserError(f"{path}: {where} must be a table of configuration keys, got {overrides!r}")
-    _check_keys(path, where, overrides, CONFIG_KEYS | allow_extra)
-    if "knobs" in overrides and not isinstance(overrides["knobs"], dict):
-        raise UserError(f"{path}: {where}knobs must be a table, e.g. knobs = {{ activation = \"tanh\" }}")
-
-
-def _set_path(dotted: str, value) -> dict:
-    """`knobs.activation` -> {"knobs": {"activation": value}}."""
-    head, _, rest = dotted.partition(".")
-    return {head: _set_path(rest, value) if rest else value}
-
-
-def _check_levels(path: Path, where: str, factors: dict, chosen: dict) -> None:
-    for fname, levels in chosen.items():
-        if fname not in factors:
-            raise UserError(f"{path}: {where}: no factor {fname!r}; factors: {', '.join(factors)}")
-        for lv in levels:
-            if lv not in factors[fname]["levels"]:
-                raise UserError(f"{path}: {where}: {fname} has no level {lv!r}; levels: {', '.join(factors[fname]['levels'])}")
-
-
-def find_study(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.suffix == ".toml":
-        if not path.exists():
-            raise UserError(f"study file {path} does not exist")
-        return path
-    candidate = STUDY_DIR / f"{name_or_path}.toml"
-    if not candidate.exists():
-        names = sorted(p.stem for p in STUDY_DIR.glob("*.toml"))
-        raise UserError(f"unknown study {name_or_path!r}; choose one of: {', '.join(names)}, or a path to a .toml file")
-    return candidate
-
-
-def list_studies() -> list[str]:
-    return sorted(p.stem for p in STUDY_DIR.glob("*.toml"))
-
 
 def load_study(name_or_path: str) -> Study:
-    path = find_study(name_or_path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path}: not valid TOML ({e})") from None
-    _check_keys(path, "", doc, {"study", "base", "factors", "profiles"})
-    meta = doc.get("study", {})
-    _check_keys(path, "study.", meta, STUDY_KEYS)
-    design = meta.get("design", "one-at-a-time")
-    if design not in DESIGNS:
-        raise UserError(f"{path}: study.design={design!r} is not valid; choose one of: {', '.join(DESIGNS)}")
-    seeds = meta.get("seeds", [0])
-    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
-        raise UserError(f"{path}: study.seeds must be a non-empty list of integers, got {seeds!r}")
-    target = meta.get("target")
-    if target is not None:
-        _check_keys(path, "study.target.", target, {"metric", "value", "stop_after"})
-        if target.get("metric") not in TARGET_METRICS or not isinstance(target.get("value"), (int, float)):
-            raise UserError(f"{path}: study.target needs metric (one of {', '.join(TARGET_METRICS)}) and a numeric value")
-        if not isinstance(target.get("stop_after", 0), int) or target.get("stop_after", 0) < 0:
-            raise UserError(f"{path}: study.target.stop_after must be a non-negative integer (epochs to go on after the target)")
-    base = doc.get("base", {})
-    _check_overrides(path, "base.", base)
-
-    factors = {}
-    for fname, spec in doc.get("factors", {}).items():
-        where = f"factors.{fname}."
-        if not isinstance(spec, dict):
-            raise UserError(f"{path}: factors.{fname} must be a table with levels")
-        _check_keys(path, where, spec, FACTOR_KEYS)
-        levels = spec.get("levels")
-        if isinstance(levels, list) and levels:
-            if "key" not in spec:
-                raise UserError(f"{path}: {where}levels is a list, so {where}key must name the setting it varies (e.g. \"knobs.activation\")")
-            key = spec["key"]
-            if key.split(".")[0] not in CONFIG_KEYS:
-                raise UserError(f"{path}: {where}key={key!r} is not a configuration key; valid: {', '.join(sorted(CONFIG_KEYS))}")
-            levels = {str(v): _set_path(key, v) for v in levels}
-        elif isinstance(levels, dict) and levels:
-            for lname, ov in levels.items():
-                _check_overrides(path, f"{where}levels.{lname}.", ov)
-        else:
-            raise UserError(f"{path}: {where}levels must be a non-empty list or table")
-        baseline = str(spec.get("baseline", next(iter(levels))))
-        if baseline not in levels:
-            raise UserError(f"{path}: {where}baseline={baseline!r} is not one of its levels: {', '.join(levels)}")
-        factors[fname] = {"levels": levels, "baseline": baseline, "description": spec.get("description", "")}
-
-    exclude = meta.get("exclude", [])
-    if not isinstance(exclude, list) or not all(isinstance(e, dict) and e for e in exclude):
-        raise UserError(f"{path}: study.exclude must be a list of tables of factor = level")
-    exclude = [{f: str(v) for f, v in e.items()} for e in exclude]
-    for e in exclude:
-        _check_levels(path, "study.exclude", factors, {f: [lv] for f, lv in e.items()})
-
-    profiles = doc.get("profiles", {})
-    for pname, prof in profiles.items():
-        if pname not in PROFILES:
-            raise UserError(f"{path}: unknown profile {pname!r}; valid profiles: {', '.join(PROFILES)}")
-        _check_overrides(path, f"profiles.{pname}.", prof, PROFILE_EXTRA_KEYS)
-        if prof.get("measure", "quick") not in MEASURE_MODES:
-            raise UserError(f"{path}: profiles.{pname}.measure must be one of: {', '.join(MEASURE_MODES)}")
-        only = prof.get("only", {})
-        if not isinstance(only, dict) or not all(isinstance(v, list) for v in only.values()):
-            raise UserError(f"{path}: profiles.{pname}.only must be a table of factor = [levels]")
-        prof["only"] = {f: [str(v) for v in lv] for f, lv in only.items()}
-        _check_levels(path, f"profiles.{pname}.only", factors, prof["only"])
-        for fname, lv in prof.get("levels", {}).items():
-            if fname not in factors:
-                raise UserError(f"{path}: profiles.{pname}.levels.{fname}: no such factor; factors: {', '.join(factors)}")
-            for lname, ov in lv.items():
-                if lname not in factors[fname]["levels"]:
-                    raise UserError(f"{path}: profiles.{pname}.levels.{fname}.{lname}: no such level; levels: {', '.join(factors[fname]['levels'])}")
-                _check_overrides(path, f"profiles.{pname}.levels.{fname}.{lname}.", ov)
-
-    study = Study(meta.get("name", path.stem), path, meta.get("description", ""), design,
-                  factors, base, profiles, seeds, target, exclude)
-    for pname in profiles:  # impossible combinations fail now, before anything runs
-        cells = study.cells(pname)
-        _check_models(path, cells)
+    """A shipped study's name or a .toml path -> a Study whose every cell and model is checked."""
+    study = Study.read(find_study(name_or_path))
+    for pname in study.profiles:  # impossible combinations fail now, before anything runs
+        _check_models(study.path, study.cells(pname))
     return study
 
 
-def _check_models(path: Path, cells: list[Cell]) -> None:
+def _check_models(path, cells: list[Cell]) -> None:
     """Build every distinct model on the meta device (no memory, no compute) so that a
     bad knob value fails when the study loads, not hours into a sweep."""
     import torch

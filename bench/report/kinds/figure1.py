@@ -1,4 +1,9 @@
-"""Figure 1 of the paper from a study's tables: epochs to 25% training error, ReLU vs tanh.
+"""Figure 1 of the paper, a kind of study: epochs to a training-error target, ReLU vs tanh.
+
+Applies to a study with a target (`target_metric` column, or the study file's
+target) and an `activation` factor, e.g. ablations/figure1.toml. Writes the figure
+`figure1` (training error vs epochs at each activation's fastest learning rate,
+one panel per setup) and the tables `figure1` and `figure1_lr_grid`.
 
 Per setup (a `setup` factor, if any) and activation, the learning rate is the
 one of the `lr` factor that trains fastest, as the paper chose its own:
@@ -23,19 +28,48 @@ import math
 from dataclasses import dataclass
 
 import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from bench.report import format as fmt
-from bench.report.claims import claims_for
-from bench.report.load import OK, StudyData
+from bench.report import plot
+from bench.report.claims import CLAIMS, claims_for
+from bench.report.load import StudyData
+from bench.report.markdown import Section
+from bench.report.output import Outcome, Output
+from bench.report.plot import CURVE_STATUSES
 from bench.report.stats import summarize
 
+WHAT = "Figure 1"
+FIGURES, TABLES = ("figure1",), ("figure1", "figure1_lr_grid")
 FAST, SLOW = "relu", "tanh"  # the paper's pair: ratio = SLOW epochs / FAST epochs
-CURVE_STATUSES = (OK, "diverged")  # a diverged cell's curve up to the divergence still counts
 
 
 def applies(sd: StudyData) -> bool:
     return (sd.target is not None and "activation" in sd.factors
             and sd.target["metric"] in sd.history.columns)
+
+
+def build(out: Output, outcome: Outcome) -> None:
+    sd = out.sd
+    grid = lr_grid(sd)
+    if not len(grid):
+        sd.notes.warn("no finished cell for Figure 1")
+        return
+    chosen = choose(grid)
+    ratios = speedups(chosen)
+    s = Section(f"Figure 1: epochs to {target_label(sd)}, ReLU vs tanh")
+    s.text.append("The paper (section 3.1, Figure 1): a four-layer convolutional network on CIFAR-10 reaches 25% "
+                  "training error six times faster with ReLUs than with tanh units, each with its learning rate "
+                  "chosen to train as fast as possible. Here each activation's learning rate is chosen the same way "
+                  "from the study's grid; see the table's notes.")
+    out.figure(out.guarded("Figure 1", figure1, sd, chosen, ratios), "figure1",
+               "Training error vs epochs at each activation's fastest learning rate; dotted line: the target; "
+               "dots: the epoch each activation first reaches it.", s)
+    out.table(figure1_table(sd, chosen, ratios), chosen, s)
+    out.table(lr_grid_table(sd, grid), grid, s)
+    outcome.sections.append(s)
+    outcome.ratios = ratios
 
 
 def target_label(sd: StudyData) -> str:
@@ -205,3 +239,69 @@ def lr_grid_table(sd: StudyData, grid: pd.DataFrame) -> fmt.Table:
         for _, r in grid.iterrows()]
     return fmt.Table("figure1_lr_grid", f"{sd.study} ({sd.profile}): the learning-rate search", columns, rows,
                      ["'–': that seed did not reach the target."])
+
+
+# --- the figure ----------------------------------------------------------------------
+
+def figure1(sd: StudyData, chosen: pd.DataFrame, ratios: dict) -> Figure:
+    """Training error vs epochs at each activation's chosen lr: one panel per setup, shared axes.
+
+    Each panel's legend carries the chosen learning rates, the epochs to the target and the
+    ratio beside the paper's; matplotlib places it where it covers the fewest data points.
+    """
+    metric, target = sd.target["metric"], sd.target["value"]
+    setups = [s for s in sd.levels.get("setup", []) if s in set(chosen["setup"])] or list(dict.fromkeys(chosen["setup"]))
+    fig = Figure(figsize=(5.6 * len(setups) + 0.6, 5.0), layout="constrained")
+    axes = fig.subplots(1, len(setups), sharex=True, sharey=True, squeeze=False)[0]
+    paper = next((c for c in CLAIMS if c.kind == "speedup"), None)
+    seeds = sd.history["seed"].nunique() if len(sd.history) else 0
+    colors = plot.level_colors(sd, ["activation"])
+    top, last = target, 1.0
+    for ax, setup in zip(axes, setups):
+        rows = chosen[chosen["setup"] == setup]
+        handles = []
+        ax.axhline(target, color="0.35", linestyle=":", linewidth=1.2, zorder=1)
+        ax.text(0.01, target, f" {target:g}%", transform=ax.get_yaxis_transform(), va="bottom", ha="left",
+                fontsize=10, color="0.3")
+        for _, r in rows.iterrows():
+            act = r["activation"]
+            color = colors[("activation", act)]
+            dash = "-" if act == FAST else "--" if act == SLOW else ":"
+            h = plot.curves(sd, r["cell_ids"].split(","))
+            plot.line(ax, h, metric, color, dash)
+            if len(h):
+                top = max(top, float(h[metric].max()))
+                last = max(last, float(h["epoch"].max()))
+            if r["reached"]:
+                ax.plot([r["epochs_mean"]], [target], marker="o", ms=9, color=color, mec="black", zorder=5)
+                ax.annotate(f"{r['epochs_mean']:.3g}", (r["epochs_mean"], target), xytext=(0, -17),
+                            textcoords="offset points", ha="center", fontsize=10, color=color, fontweight="bold")
+                what = f"{target:g}% at epoch {r['epochs_mean']:.3g}" + (f" (mean of {r['n']} seeds)" if r["n"] > 1 else "")
+            else:
+                what = reached_text(r, sd)
+            if not len(h):
+                what += " (no curve: history missing)"
+            handles.append(Line2D([], [], color=color, linestyle=dash, linewidth=2, label=f"{act}, lr {r['lr']}: {what}"))
+        ratio = ratios.get(setup)
+        extra = []
+        if ratio is not None:
+            extra.append(ratio.text.split(" (lower bound")[0] + (" (lower bound)" if ratio.kind == "lower bound" else ""))
+        if paper:
+            extra.append(f"paper: ReLU {paper.quote.split('ReLU ')[-1]}")
+        handles += [Line2D([], [], linestyle="none", label=t) for t in extra]
+        ax.legend(handles=handles, loc="best", fontsize=9.5, handlelength=2.2)
+        title = f"setup = {setup}" if setup else (plot.unique(sd, "cfg_model") or sd.study)
+        if ratio is not None and ratio.kind != "none":
+            title += f": {ratio.text.split(' (')[0]}" + (" (lower bound)" if ratio.kind == "lower bound" else "")
+        ax.set_title(title)
+        ax.set_xlabel("epochs")
+        ax.set_ylabel("training error (%)" if metric == "train_err_pct" else f"{metric} (%)")
+    axes[0].set_ylim(0, min(100.0, top * 1.08 + 2))
+    plot.epoch_axis(axes[0], last)
+    model = plot.unique(sd, "cfg_model")
+    fig.suptitle(f"Figure 1 re-measured: {model or 'the four-layer net'}, training error vs epochs "
+                 f"(ReLU solid, tanh dashed)")
+    plot.note(fig, [f"{seeds} seeds: line = mean, band = range over seeds." if seeds > 1 else "One seed: no band.",
+                     f"Each activation at the learning rate that reaches {target:g}% in the fewest epochs "
+                     f"({sd.profile} profile, data: {plot.unique(sd, 'data_source') or 'unknown'})."])
+    return fig

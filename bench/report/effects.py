@@ -1,4 +1,4 @@
-"""Per-configuration statistics over seeds, and the paper-style tables built from them.
+"""Per-configuration statistics over seeds, which every kind of study shares, and the table of every configuration.
 
 `effects` is the numeric heart of the ablation and architecture reports: one row
 per configuration of a one-at-a-time design (the baseline, then each factor's
@@ -10,6 +10,9 @@ other levels with every other factor at its baseline), with
   its 95% Welch interval (unequal variances, Welch-Satterthwaite degrees of
   freedom); both need two or more seeds on each side, otherwise NaN;
 * params, MACs, throughput, and which cells failed.
+
+`configurations` is the same statistics for every level combination in runs.csv
+(`configurations_table`: the `cells` table of every report).
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import math
 import pandas as pd
 
 from bench.report import format as fmt
-from bench.report.claims import claims_for
 from bench.report.load import OK, StudyData
 from bench.report.stats import Summary, summarize, welch
 
@@ -140,72 +142,10 @@ def configurations(sd: StudyData) -> pd.DataFrame:
 
 # --- formatted tables --------------------------------------------------------------
 
-def _why(row) -> str:
+def missing_reason(row) -> str:
     if row["cells"] == 0:
         return "not run"
     return row["failed"] or "no finished cell"
-
-
-def _paper_column(factor: str, level: str) -> str:
-    parts = []
-    for c in claims_for(factor, level):
-        if c.kind == "top1_diff":
-            parts.append(f"{c.paper_diff:+.1f} ({c.data}, §{c.section})")
-        elif c.kind == "speedup":
-            parts.append(f"ReLU {c.paper_diff:g}× faster to 25% train err. ({c.data}, §{c.section})")
-        else:
-            parts.append(f"overfits without ({c.data}, §{c.section})")
-    return "; ".join(parts)
-
-
-def effects_table(sd: StudyData, eff: pd.DataFrame) -> fmt.Table:
-    _, train_desc, _ = throughput_sources(sd)
-    columns = ["configuration", "params", macs_header(sd), f"train images/s ({train_desc})",
-               "test top-1 err. % (mean ± sd)", "95% CI (%)", "test top-5 err. % (mean ± sd)",
-               "Δ top-1 vs baseline, pp [95% Welch CI]", "paper: Δ top-1, pp"]
-    rows = []
-    for _, r in eff.iterrows():
-        n = int(r["n"])
-        rows.append([
-            r["config"], fmt.count(r["params"]), fmt.count(r["macs"]), fmt.rate(r["train_ips"]),
-            fmt.mean_sd(r["top1_mean"], r["top1_sd"], n, why_missing=_why(r)),
-            fmt.interval(r["top1_lo"], r["top1_hi"], n),
-            fmt.mean_sd(r["top5_mean"], r["top5_sd"], int(r["top5_n"]), why_missing=_why(r)),
-            "(reference)" if r["is_baseline"] else fmt.diff_with_interval(
-                r["diff"], r["diff_lo"], r["diff_hi"], (int(r["base_n"]), n)),
-            _paper_column(r["factor"], r["level"]),
-        ])
-    data = ", ".join(dict.fromkeys(sd.column("data_source").dropna().astype(str))) or "unknown data"
-    return fmt.Table("ablation_effects", f"{sd.study} ({sd.profile}): effect of each design choice on test error "
-                     f"({data})", columns, rows, _notes(sd, eff))
-
-
-def architectures_table(sd: StudyData, eff: pd.DataFrame) -> fmt.Table:
-    train_col, train_desc, infer_col = throughput_sources(sd)
-    ref = eff.loc[eff["is_baseline"], "config"]
-    ref = ref.iloc[0].split(" = ")[-1] if len(ref) and ref.iloc[0] != "baseline" else (
-        next(iter(sd.baseline.values())) if sd.baseline else "baseline")
-    columns = ["architecture", "params", macs_header(sd, "all costed ops"), macs_header(sd, "conv + FC only"),
-               f"train images/s ({train_desc})", "inference images/s (model only)",
-               "test top-1 err. % (mean ± sd)", "test top-5 err. % (mean ± sd)",
-               f"Δ top-1 vs {ref}, pp [95% Welch CI]"]
-    rows = []
-    for _, r in eff.iterrows():
-        n = int(r["n"])
-        name = r["level"] or ref
-        rows.append([
-            name, fmt.count(r["params"]), fmt.count(r["macs"]), fmt.count(r["core_macs"]),
-            fmt.rate(r["train_ips"]), fmt.rate(r["infer_ips"]) if infer_col else "not measured",
-            fmt.mean_sd(r["top1_mean"], r["top1_sd"], n, why_missing=_why(r)),
-            fmt.mean_sd(r["top5_mean"], r["top5_sd"], int(r["top5_n"]), why_missing=_why(r)),
-            "(reference)" if r["is_baseline"] else fmt.diff_with_interval(
-                r["diff"], r["diff_lo"], r["diff_hi"], (int(r["base_n"]), n)),
-        ])
-    notes = _notes(sd, eff)
-    if not infer_col:
-        notes.append("Inference throughput was not measured at this profile (measure = none).")
-    return fmt.Table("architectures", f"{sd.study} ({sd.profile}): size, cost, throughput and test error",
-                     columns, rows, notes)
 
 
 def configurations_table(sd: StudyData, conf: pd.DataFrame) -> fmt.Table:
@@ -215,13 +155,14 @@ def configurations_table(sd: StudyData, conf: pd.DataFrame) -> fmt.Table:
     for _, r in conf.iterrows():
         n = int(r["n"])
         rows.append([*(str(r[f]) for f in sd.factors), f"{n} / {int(r['cells'])}", r["failed"] or "",
-                     fmt.mean_sd(r["top1_mean"], r["top1_sd"], n, why_missing=_why(r)),
+                     fmt.mean_sd(r["top1_mean"], r["top1_sd"], n, why_missing=missing_reason(r)),
                      fmt.interval(r["top1_lo"], r["top1_hi"], n), fmt.num(r["train_err_mean"])])
     return fmt.Table("cells", f"{sd.study} ({sd.profile}): every configuration", columns, rows,
                      ["Errors are the last epoch's, over the seeds whose cell finished ok."])
 
 
-def _notes(sd: StudyData, eff: pd.DataFrame) -> list[str]:
+def effects_notes(sd: StudyData, eff: pd.DataFrame) -> list[str]:
+    """The notes under a table of `effects`: the intervals, the FLOP convention, one-seed rows."""
     notes = [WELCH_NOTE]
     conv = flop_convention(sd)
     notes.append(f"FLOP convention (flop_convention column): {conv}." if conv else

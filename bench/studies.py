@@ -1,0 +1,270 @@
+"""Study files (`ablations/*.toml`): found, read and validated here, with no torch.
+
+Both the sweep (`bench.sweep.study`, which turns a study into training cells) and
+the report (level order, baselines, descriptions) read study files through this
+module, so the two cannot disagree on what a file means.
+
+A study file has four parts:
+
+    [study]      name, description, design ("one-at-a-time" | "factorial"), seeds,
+                 optional target = { metric = "train_err_pct", value = 25.0, stop_after = 2 }
+                 (a cell stops `stop_after` epochs after reaching it; absent: runs all epochs)
+    [base]       a TrainConfig (any of its fields; knobs as a table)
+    [factors.X]  either key = "knobs.activation" with levels = ["relu", "tanh"], or
+                 levels = { name = { <config overrides> }, ... }; `baseline` names the
+                 baseline level (default: the first)
+    [profiles.P] config overrides for profile P (smoke | cpu | gpu), plus `seeds`,
+                 `measure` ("quick" | "full" | "none"), per-level overrides under
+                 levels.<factor>.<level>, and only = { factor = [levels] } to run a
+                 subset of a factor's levels at this profile
+
+`study.exclude` lists level combinations never to run, e.g. a learning-rate grid
+that differs per setup: exclude = [{ setup = "paper", lr = 0.05 }].
+
+A cell's configuration is base, then profile, then the factor levels, then the
+profile's per-level overrides; `knobs` tables merge, other keys replace. Every
+mistake is a UserError naming the file, the key and the valid values. What this
+module cannot check without torch (each value a valid TrainConfig, each model
+buildable) `bench.sweep.study.load_study` checks before a sweep runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from bench.config import TrainConfig  # a plain dataclass: importing it imports no torch
+from bench.errors import UserError
+
+PROFILES = ("smoke", "cpu", "gpu")
+DESIGNS = ("one-at-a-time", "factorial")
+MEASURE_MODES = ("quick", "full", "none")
+STUDY_KEYS = {"name", "description", "design", "seeds", "target", "exclude"}
+TARGET_METRICS = ("train_err_pct", "test_top1_err_pct")
+FACTOR_KEYS = {"key", "levels", "baseline", "description"}
+PROFILE_EXTRA_KEYS = {"seeds", "measure", "levels", "only", "description"}
+CONFIG_KEYS = {f.name for f in fields(TrainConfig)}
+
+
+def studies_dir() -> Path:
+    """The shipped study files: the `ablations` package, which installs beside `bench`
+    (site-packages/ablations) and is the checkout's ablations/ in a source tree."""
+    return Path(__file__).resolve().parents[1] / "ablations"
+
+
+def list_studies() -> list[str]:
+    return sorted(p.stem for p in studies_dir().glob("*.toml"))
+
+
+def find_study(name_or_path: str) -> Path:
+    """A shipped study's file by name (`alexnet`), or a path to a .toml file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml":
+        if not path.exists():
+            raise UserError(f"study file {path} does not exist")
+        return path
+    candidate = studies_dir() / f"{name_or_path}.toml"
+    if not candidate.exists():
+        raise UserError(f"unknown study {name_or_path!r}; choose one of: {', '.join(list_studies())}, "
+                        "or a path to a .toml file")
+    return candidate
+
+
+def load_study(name_or_path: str) -> StudyFile:
+    """Read and validate a study file (a shipped study's name or a path); see the module docstring."""
+    return StudyFile.read(find_study(name_or_path))
+
+
+@dataclass
+class StudyFile:
+    """A validated study file. Factor levels are strings, in the file's order."""
+
+    name: str
+    path: Path
+    description: str
+    design: str
+    factors: dict  # factor -> {"levels": {level: overrides}, "baseline": level, "description": text}
+    base: dict
+    profiles: dict
+    seeds: list[int]
+    target: dict | None = None
+    exclude: list = field(default_factory=list)  # level combinations never run
+
+    @classmethod
+    def read(cls, path: Path):
+        path = Path(path)
+        try:
+            doc = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"{path}: not valid TOML ({e})") from None
+        _check_keys(path, "", doc, {"study", "base", "factors", "profiles"})
+        meta = doc.get("study", {})
+        _check_keys(path, "study.", meta, STUDY_KEYS)
+        design = meta.get("design", "one-at-a-time")
+        if design not in DESIGNS:
+            raise UserError(f"{path}: study.design={design!r} is not valid; choose one of: {', '.join(DESIGNS)}")
+        seeds = meta.get("seeds", [0])
+        if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
+            raise UserError(f"{path}: study.seeds must be a non-empty list of integers, got {seeds!r}")
+        target = _target(path, meta.get("target"))
+        base = doc.get("base", {})
+        _check_overrides(path, "base.", base)
+        factors = {name: _factor(path, name, spec) for name, spec in doc.get("factors", {}).items()}
+        exclude = _exclude(path, meta.get("exclude", []), factors)
+        profiles = doc.get("profiles", {})
+        for pname, prof in profiles.items():
+            _check_profile(path, pname, prof, factors)
+        return cls(meta.get("name", path.stem), path, meta.get("description", ""), design,
+                   factors, base, profiles, seeds, target, exclude)
+
+    def levels(self, factor: str) -> list[str]:
+        return list(self.factors[factor]["levels"])
+
+    def profile(self, name: str) -> dict:
+        if name not in self.profiles:
+            raise UserError(f"{self.path}: no [profiles.{name}] section; this study has: "
+                            f"{', '.join(self.profiles) or 'none'}")
+        return self.profiles[name]
+
+    def is_baseline(self, combo: dict) -> bool:
+        return all(level == self.factors[f]["baseline"] for f, level in combo.items())
+
+    def combinations(self, profile: str) -> list[dict]:
+        """The level combinations (factor -> level) run at `profile`: the design's, less the
+        profile's `only` and the study's `exclude`."""
+        only = self.profile(profile).get("only", {})
+        return [combo for combo in self._design()
+                if not any(combo[f] not in levels for f, levels in only.items())
+                and not any(all(combo[f] == lv for f, lv in ex.items()) for ex in self.exclude)]
+
+    def settings(self, combo: dict, profile: str, overrides: dict | None = None) -> dict:
+        """The configuration keys of one combination at `profile` (all but the seed); see the
+        module docstring for the order in which they merge."""
+        prof = self.profile(profile)
+        cfg = copy.deepcopy(self.base)
+        _merge(cfg, {k: v for k, v in prof.items() if k not in PROFILE_EXTRA_KEYS})
+        for factor, level in combo.items():
+            _merge(cfg, self.factors[factor]["levels"][level])
+            _merge(cfg, prof.get("levels", {}).get(factor, {}).get(level, {}))
+        _merge(cfg, overrides or {})
+        return cfg
+
+    def _design(self) -> list[dict]:
+        names = list(self.factors)
+        base = {f: self.factors[f]["baseline"] for f in names}
+        if self.design == "factorial":
+            return [dict(zip(names, c)) for c in itertools.product(*(self.factors[f]["levels"] for f in names))]
+        combos = [base]
+        for f in names:
+            for level in self.factors[f]["levels"]:
+                if level != base[f]:
+                    combos.append({**base, f: level})
+        return combos
+
+
+def _merge(cfg: dict, overrides: dict) -> None:
+    for key, value in overrides.items():
+        if key == "knobs":
+            cfg.setdefault("knobs", {})
+            cfg["knobs"] = {**cfg["knobs"], **value}
+        else:
+            cfg[key] = value
+
+
+def _check_keys(path: Path, where: str, table: dict, valid: set[str]) -> None:
+    unknown = sorted(set(table) - valid)
+    if unknown:
+        raise UserError(f"{path}: unknown key {where}{unknown[0]!r}; valid keys: {', '.join(sorted(valid))}")
+
+
+def _check_overrides(path: Path, where: str, overrides, allow_extra: set[str] = frozenset()) -> None:
+    if not isinstance(overrides, dict):
+        raise UserError(f"{path}: {where} must be a table of configuration keys, got {overrides!r}")
+    _check_keys(path, where, overrides, CONFIG_KEYS | allow_extra)
+    if "knobs" in overrides and not isinstance(overrides["knobs"], dict):
+        raise UserError(f"{path}: {where}knobs must be a table, e.g. knobs = {{ activation = \"tanh\" }}")
+
+
+def _set_path(dotted: str, value) -> dict:
+    """`knobs.activation` -> {"knobs": {"activation": value}}."""
+    head, _, rest = dotted.partition(".")
+    return {head: _set_path(rest, value) if rest else value}
+
+
+def _check_levels(path: Path, where: str, factors: dict, chosen: dict) -> None:
+    for fname, levels in chosen.items():
+        if fname not in factors:
+            raise UserError(f"{path}: {where}: no factor {fname!r}; factors: {', '.join(factors)}")
+        for lv in levels:
+            if lv not in factors[fname]["levels"]:
+                raise UserError(f"{path}: {where}: {fname} has no level {lv!r}; levels: {', '.join(factors[fname]['levels'])}")
+
+
+def _target(path: Path, target) -> dict | None:
+    if target is None:
+        return None
+    _check_keys(path, "study.target.", target, {"metric", "value", "stop_after"})
+    if target.get("metric") not in TARGET_METRICS or not isinstance(target.get("value"), (int, float)):
+        raise UserError(f"{path}: study.target needs metric (one of {', '.join(TARGET_METRICS)}) and a numeric value")
+    if not isinstance(target.get("stop_after", 0), int) or target.get("stop_after", 0) < 0:
+        raise UserError(f"{path}: study.target.stop_after must be a non-negative integer (epochs to go on after the target)")
+    return target
+
+
+def _factor(path: Path, fname: str, spec) -> dict:
+    """A factor as {"levels": {level name: overrides}, "baseline", "description"}; a list of
+    levels names each by its value, and the baseline defaults to the first."""
+    where = f"factors.{fname}."
+    if not isinstance(spec, dict):
+        raise UserError(f"{path}: factors.{fname} must be a table with levels")
+    _check_keys(path, where, spec, FACTOR_KEYS)
+    levels = spec.get("levels")
+    if isinstance(levels, list) and levels:
+        if "key" not in spec:
+            raise UserError(f"{path}: {where}levels is a list, so {where}key must name the setting it varies (e.g. \"knobs.activation\")")
+        key = spec["key"]
+        if key.split(".")[0] not in CONFIG_KEYS:
+            raise UserError(f"{path}: {where}key={key!r} is not a configuration key; valid: {', '.join(sorted(CONFIG_KEYS))}")
+        levels = {str(v): _set_path(key, v) for v in levels}
+    elif isinstance(levels, dict) and levels:
+        for lname, ov in levels.items():
+            _check_overrides(path, f"{where}levels.{lname}.", ov)
+    else:
+        raise UserError(f"{path}: {where}levels must be a non-empty list or table")
+    baseline = str(spec.get("baseline", next(iter(levels))))
+    if baseline not in levels:
+        raise UserError(f"{path}: {where}baseline={baseline!r} is not one of its levels: {', '.join(levels)}")
+    return {"levels": levels, "baseline": baseline, "description": spec.get("description", "")}
+
+
+def _exclude(path: Path, exclude, factors: dict) -> list[dict]:
+    if not isinstance(exclude, list) or not all(isinstance(e, dict) and e for e in exclude):
+        raise UserError(f"{path}: study.exclude must be a list of tables of factor = level")
+    exclude = [{f: str(v) for f, v in e.items()} for e in exclude]
+    for e in exclude:
+        _check_levels(path, "study.exclude", factors, {f: [lv] for f, lv in e.items()})
+    return exclude
+
+
+def _check_profile(path: Path, pname: str, prof, factors: dict) -> None:
+    """Validate [profiles.`pname`]; its `only` levels become strings in place."""
+    if pname not in PROFILES:
+        raise UserError(f"{path}: unknown profile {pname!r}; valid profiles: {', '.join(PROFILES)}")
+    _check_overrides(path, f"profiles.{pname}.", prof, PROFILE_EXTRA_KEYS)
+    if prof.get("measure", "quick") not in MEASURE_MODES:
+        raise UserError(f"{path}: profiles.{pname}.measure must be one of: {', '.join(MEASURE_MODES)}")
+    only = prof.get("only", {})
+    if not isinstance(only, dict) or not all(isinstance(v, list) for v in only.values()):
+        raise UserError(f"{path}: profiles.{pname}.only must be a table of factor = [levels]")
+    prof["only"] = {f: [str(v) for v in lv] for f, lv in only.items()}
+    _check_levels(path, f"profiles.{pname}.only", factors, prof["only"])
+    for fname, lv in prof.get("levels", {}).items():
+        if fname not in factors:
+            raise UserError(f"{path}: profiles.{pname}.levels.{fname}: no such factor; factors: {', '.join(factors)}")
+        for lname, ov in lv.items():
+            if lname not in factors[fname]["levels"]:
+                raise UserError(f"{path}: profiles.{pname}.levels.{fname}.{lname}: no such level; levels: {', '.join(factors[fname]['levels'])}")
+            _check_overrides(path, f"profiles.{pname}.levels.{fname}.{lname}.", ov)
