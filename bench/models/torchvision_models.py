@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.errors import UserError
-from bench.models.alexnet import check_probability
+from bench.models.common import check_probability
 from bench.models.registry import register_model, register_prefix
 
 TV_INPUT_SIZE = 32
