@@ -15,7 +15,7 @@ import sys
 from bench.errors import UserError
 
 COMMANDS = {
-    "train": ("bench.train_command", "train one model once and write a run folder"),
+    "train": ("bench.train.command", "train one model once and write a run folder"),
     "measure": ("bench.measure.command", "count params/FLOPs and measure throughput and memory"),
     "ablate": ("bench.sweep.command", "run studies (ablations/*.toml) into tidy tables"),
     "report": ("bench.report.command", "figures, tables and report.md from saved results tables"),

@@ -123,11 +123,10 @@ def _saved_table(out: Path):
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.env import pick_device
+    from bench.device import DTYPES, pick_device
     from bench.io import write_csv
     from bench.measure.table import measure_models, merge_tables
-    from bench.step import DTYPES
-    from bench.train_command import parse_knobs
+    from bench.models import parse_knobs
 
     # Every argument is checked before anything is measured or written.
     if args.dtype not in DTYPES:

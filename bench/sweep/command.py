@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from bench.errors import UserError
+from bench.train.result import FINISHED
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         runs = run_study(study, profile, out_root=args.out, seeds=args.seeds, overrides=overrides,
                          device=args.device, progress=not args.no_progress)
-        failed = int((~runs["status"].isin(("ok", "diverged"))).sum()) if len(runs) else 0
+        failed = int((~runs["status"].isin(FINISHED)).sum()) if len(runs) else 0
         log.info("%s/%s: %d cells in runs.csv, %d failed; this sweep took %.0f s -> %s",
                  study.name, profile, len(runs), failed, time.perf_counter() - start, args.out / study.name / profile)
         status = status or (1 if failed else 0)

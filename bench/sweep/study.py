@@ -32,8 +32,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from bench.config import TrainConfig
 from bench.errors import UserError
+from bench.train.config import TrainConfig
 
 PROFILES = ("smoke", "cpu", "gpu")
 DESIGNS = ("one-at-a-time", "factorial")

@@ -10,7 +10,6 @@ from typing import get_args, get_type_hints
 from bench.errors import UserError
 
 SCHEDULES = ("constant", "cosine", "step")
-DEVICES = ("auto", "cpu", "cuda", "mps")  # also cuda:N
 
 
 @dataclass(frozen=True)
@@ -45,9 +44,11 @@ class TrainConfig:
 
     def validate(self) -> None:
         self._check_types()
+        # Imported here: they import torch, and importing the config (as bench.sweep.study
+        # does at its top) stays torch-free; only validating a config needs their tables.
         from bench.data import PREPROCESS, parse_augment
+        from bench.device import DEVICES, DTYPES
         from bench.models.init import INITS
-        from bench.step import DTYPES
 
         def choice(name, valid):
             value = getattr(self, name)
