@@ -26,11 +26,12 @@ import pandas as pd
 
 from bench.report import format as fmt
 from bench.report.claims import claims_for
-from bench.report.load import OK, StudyData
+from bench.report.load import StudyData
 from bench.report.stats import summarize
+from bench.train.result import DIVERGED, OK
 
 FAST, SLOW = "relu", "tanh"  # the paper's pair: ratio = SLOW epochs / FAST epochs
-CURVE_STATUSES = (OK, "diverged")  # a diverged cell's curve up to the divergence still counts
+CURVE_STATUSES = (OK, DIVERGED)  # a diverged cell's curve up to the divergence still counts
 
 
 def applies(sd: StudyData) -> bool:
@@ -88,14 +89,14 @@ def lr_grid(sd: StudyData) -> pd.DataFrame:
         ep = summarize(g["epochs_to_target"]) if reached.all() else summarize([])
         # a lower bound on the mean: a seed that never reached counts as reaching one epoch after its last
         bound = (g["epochs_to_target"].where(reached, g["epochs_run"] + 1)).mean() \
-            if not (g["status"] == "diverged").any() else math.inf
+            if not (g["status"] == DIVERGED).any() else math.inf
         rows.append({
             "setup": setup, "activation": act, "lr": lr, "n": len(g), "reached": int(reached.sum()),
             "epochs_mean": ep.mean, "epochs_sd": ep.sd,
             "epochs_per_seed": ", ".join("–" if math.isnan(e) else f"{e:g}" for e in g["epochs_to_target"]),
             "epochs_lower_bound": bound, "epochs_run": float(g["epochs_run"].max()),
             "final_train_err_mean": float(g["final_train"].mean()),
-            "diverged": int((g["status"] == "diverged").sum()),
+            "diverged": int((g["status"] == DIVERGED).sum()),
             "cell_ids": ",".join(g["cell_id"]),
         })
     grid = pd.DataFrame(rows)

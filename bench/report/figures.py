@@ -29,12 +29,13 @@ from matplotlib.ticker import EngFormatter, MaxNLocator, MultipleLocator, NullFo
 
 from bench.report import figure1 as f1
 from bench.report.claims import CLAIMS, claims_for
-from bench.report.load import OK, StudyData
+from bench.report.load import StudyData
 from bench.report.tables import config_label, throughput_sources
+from bench.train.result import DIVERGED, OK
 
 FORMATS = ("png", "pdf")
 DPI = 150
-CURVE_STATUSES = (OK, "diverged")
+CURVE_STATUSES = (OK, DIVERGED)
 BASELINE_INDEX = 0
 # (factor, level) -> index into seaborn's colorblind palette (10 colours). Levels not
 # listed get a stable colour from their name.
