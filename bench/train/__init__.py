@@ -6,9 +6,9 @@
     result.py   RunResult, its summary, and the run and sweep-cell statuses
     command.py  `python -m bench train`
 
-The public names are loaded on first use: `bench.train.config` and
-`bench.train.result` import no torch, and the report (which reads the statuses)
-must not pay for torch by importing this package.
+The public names are loaded on first use: `bench.train.result` imports no
+torch, and the report (which reads the statuses from it) must not pay for torch
+by importing this package.
 """
 
 from __future__ import annotations

@@ -7,7 +7,10 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import get_args, get_type_hints
 
+from bench.data import PREPROCESS, parse_augment
+from bench.device import DEVICES, DTYPES
 from bench.errors import UserError
+from bench.models.init import INITS
 
 SCHEDULES = ("constant", "cosine", "step")
 
@@ -44,11 +47,6 @@ class TrainConfig:
 
     def validate(self) -> None:
         self._check_types()
-        # Imported here: they import torch, and importing the config (as bench.sweep.study
-        # does at its top) stays torch-free; only validating a config needs their tables.
-        from bench.data import PREPROCESS, parse_augment
-        from bench.device import DEVICES, DTYPES
-        from bench.models.init import INITS
 
         def choice(name, valid):
             value = getattr(self, name)
