@@ -84,6 +84,18 @@ def test_top_level_help(cli_runs):
     assert r.stdout.startswith(f"usage: {PROG}") and "train" in r.stdout
 
 
+def test_only_the_chosen_command_is_imported():
+    """`--help` lists every command from the table alone; a command imports its own module and no other's."""
+    code = ("import sys; from bench.cli import COMMANDS, build_parser; build_parser(sys.argv[1] or None)\n"
+            "print(' '.join(n for n, (m, _) in COMMANDS.items() if m in sys.modules) or '-', 'torch' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    out = {command: subprocess.run([sys.executable, "-c", code, command], env=env, capture_output=True,
+                                   text=True, timeout=300, check=True).stdout.split()
+           for command in ("", "report")}
+    assert out[""] == ["-", "False"]
+    assert out["report"] == ["report", "False"]
+
+
 def test_train_help(cli_runs):
     r, _ = cli_runs["train help"]
     assert r.returncode == 0, r.stderr
