@@ -1,8 +1,10 @@
 """`python -m bench <command>`: train, measure, ablate, report.
 
 Each command lives in its own module exposing `add_arguments(parser)` and
-`run(args) -> int`. A `UserError` anywhere becomes one line on stderr and exit
-status 2, never a traceback.
+`run(args) -> int`. Only the chosen command's module is imported (the others
+would pull in torch, plotting or data code for nothing); `--help` lists every
+command from the COMMANDS table alone. A `UserError` anywhere becomes one line
+on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from bench.errors import UserError
 
 COMMANDS = {
-    "train": ("bench.train_command", "train one model once and write a run folder"),
+    "train": ("bench.train.command", "train one model once and write a run folder"),
     "measure": ("bench.measure.command", "count params/FLOPs and measure throughput and memory"),
     "ablate": ("bench.sweep.command", "run studies (ablations/*.toml) into tidy tables"),
     "report": ("bench.report.command", "figures, tables and report.md from saved results tables"),
@@ -29,20 +31,28 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def build_parser() -> Parser:
+def build_parser(command: str | None = None) -> Parser:
+    """Every command's subparser, but only `command`'s with its arguments (its module imported)."""
     parser = Parser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_text, description=help_text)
-        mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        if name == command:
+            mod = importlib.import_module(module)
+            mod.add_arguments(p)
+            p.set_defaults(_run=mod.run)
     return parser
 
 
+def command_of(argv: list[str]) -> str | None:
+    """The command named in `argv`: its first word, as the top-level options take no value."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s", stream=sys.stderr)

@@ -1,10 +1,10 @@
-"""Where a result came from: the device to run on and the provenance written beside every result.
+"""Where a result came from: the provenance written beside every result.
 
-`pick_device` resolves `--device` once; `environment` returns a flat dict of
-plain values (device, versions, threads, host, git commit) to store with every
-row or run. Nothing here imports more than torch and the standard library, and
-nothing here raises on a missing tool (no git, no nvidia-smi): absent facts are
-None.
+`environment` returns a flat dict of plain values (device, versions, threads,
+host, git commit) to store with every row or run; choosing the device is
+`bench.device.pick_device`. Nothing here imports more than torch and the
+standard library, and nothing here raises on a missing tool (no git, no
+nvidia-smi): absent facts are None.
 """
 
 from __future__ import annotations
@@ -18,49 +18,8 @@ from pathlib import Path
 
 import torch
 
-from bench.errors import UserError
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-
 # The project root: the folder holding the `bench` package.
 _ROOT = Path(__file__).resolve().parent.parent
-
-
-def _mps_available() -> bool:
-    mps = getattr(torch.backends, "mps", None)
-    return bool(mps is not None and mps.is_available())
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; an explicit device that is absent raises `UserError`.
-
-    Accepts `cuda:N` for a particular GPU.
-    """
-    kind, _, index = name.partition(":")
-    if kind not in DEVICE_CHOICES or (index and (kind != "cuda" or not index.isdigit())):
-        raise UserError(f"unknown device {name!r}; choose one of: {', '.join(DEVICE_CHOICES)} (or cuda:N)")
-    if kind == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if _mps_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            raise UserError(
-                f"--device {name}: no CUDA GPU is visible to torch {torch.__version__} ({built}); "
-                "check nvidia-smi and CUDA_VISIBLE_DEVICES, install a CUDA build of PyTorch, "
-                "or use --device cpu"
-            )
-        if index and int(index) >= torch.cuda.device_count():
-            raise UserError(
-                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible; "
-                f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
-            )
-    if kind == "mps" and not _mps_available():
-        raise UserError(f"--device mps: MPS is not available in torch {torch.__version__}; use --device cpu")
-    return torch.device(name)
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> str | None:

@@ -36,7 +36,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from bench.config import TrainConfig  # a plain dataclass: importing it imports no torch
+from bench.train.config import TrainConfig  # a plain dataclass: importing it imports no torch
 from bench.errors import UserError
 
 PROFILES = ("smoke", "cpu", "gpu")

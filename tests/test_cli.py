@@ -84,6 +84,18 @@ def test_top_level_help(cli_runs):
     assert r.stdout.startswith(f"usage: {PROG}") and "train" in r.stdout
 
 
+def test_only_the_chosen_command_is_imported():
+    """`--help` lists every command from the table alone; a command imports its own module and no other's."""
+    code = ("import sys; from bench.cli import COMMANDS, build_parser; build_parser(sys.argv[1] or None)\n"
+            "print(' '.join(n for n, (m, _) in COMMANDS.items() if m in sys.modules) or '-', 'torch' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    out = {command: subprocess.run([sys.executable, "-c", code, command], env=env, capture_output=True,
+                                   text=True, timeout=300, check=True).stdout.split()
+           for command in ("", "report")}
+    assert out[""] == ["-", "False"]
+    assert out["report"] == ["report", "False"]
+
+
 def test_train_help(cli_runs):
     r, _ = cli_runs["train help"]
     assert r.returncode == 0, r.stderr
@@ -170,12 +182,13 @@ def test_tiny_synthetic_run_writes_the_run_folder(tmp_path, bench_cache):
 
 
 def test_end_of_run_line_prints_a_zero_error_as_zero(tmp_path, monkeypatch, caplog):
-    import bench.train as train_module
+    import bench.train.command as train_command
+    from bench.train import RunResult
 
     summary = {"epochs_run": 3, "final_test_top1_err_pct": 0.0, "final_test_top5_err_pct": 0.0,
                "median_train_images_per_s": 1800.0}
-    monkeypatch.setattr(train_module, "run_training",
-                        lambda cfg, out, progress: train_module.RunResult("ok", [], summary, None))
+    monkeypatch.setattr(train_command, "run_training",
+                        lambda cfg, out, progress: RunResult("ok", [], summary, None))
     with caplog.at_level("INFO", logger="bench"):
         assert main(["train", *TINY, "--out", str(tmp_path / "run")]) == 0
     assert "final test error 0.00% (top-5 0.00%), 1800 train img/s" in caplog.text

@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.env import environment, pick_device
+from bench.device import pick_device
+from bench.env import environment
 from bench.errors import UserError
 from bench.measure import (
     COLUMNS, Settings, achieved_columns, count_model, count_ops, measure_models, measure_throughput,

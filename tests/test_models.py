@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from bench.errors import UserError
-from bench.models import create_model, list_models, model_knobs
+from bench.models import create_model, format_knobs, list_models, model_knobs, parse_knobs
 from bench.models.lrn import LocalResponseNorm, local_response_norm
 from bench.models.torchvision_models import min_input_side
 
@@ -182,6 +182,17 @@ def test_unknown_knob_is_a_user_error_listing_valid_knobs():
 def test_unknown_name_is_a_user_error(name):
     with pytest.raises(UserError, match="alexnet"):
         create_model(name)
+
+
+def test_knob_strings_parse_to_typed_values_and_format_sorted():
+    knobs = parse_knobs(["width=0.25", "groups=2", "activation=tanh", "dropout=0"])
+    assert knobs == {"width": 0.25, "groups": 2, "activation": "tanh", "dropout": 0}
+    assert isinstance(knobs["groups"], int) and isinstance(knobs["width"], float)
+    assert format_knobs(knobs) == "activation=tanh,dropout=0,groups=2,width=0.25"
+    assert format_knobs(parse_knobs(format_knobs(knobs).split(","))) == format_knobs(knobs)
+    assert format_knobs(None) == format_knobs({}) == ""
+    with pytest.raises(UserError, match="not key=value"):
+        parse_knobs(["=tanh"])
 
 
 # --- torchvision by name -------------------------------------------------------

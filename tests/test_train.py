@@ -10,12 +10,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-import bench.train
-from bench.config import TrainConfig
+import bench.train.loop
 from bench.data import DataSpec, load_data
 from bench.errors import UserError
 from bench.models import create_model
-from bench.train import data_spec, evaluate, lr_factor, run_training, train
+from bench.train import TrainConfig, data_spec, evaluate, lr_factor, run_training, train
 
 # The columns of every completed epoch's history row.
 HISTORY_COLUMNS = {
@@ -99,7 +98,7 @@ class NaNNet(nn.Module):
 
 
 def test_nan_model_ends_as_diverged_and_the_run_folder_says_so(monkeypatch, tmp_path):
-    monkeypatch.setattr(bench.train, "create_model", lambda *args, num_classes=10, **kw: NaNNet(num_classes))
+    monkeypatch.setattr(bench.train.loop, "create_model", lambda *args, num_classes=10, **kw: NaNNet(num_classes))
     out = tmp_path / "run"
     result = run_training(tiny_config(epochs=3, train_per_class=3), out, progress=False)
     assert result.status == "diverged"
@@ -202,7 +201,7 @@ def test_config_rejects_unknown_keys_wrong_types_and_bad_choices():
 
 def test_fp16_steps_use_a_loss_scaler_and_still_step():
     """fp16 gradients below ~6e-8 flush to zero; only fp16 gets a scaler, and a scaled step still updates."""
-    from bench.step import grad_scaler, make_optimizer, train_step
+    from bench.train import grad_scaler, make_optimizer, train_step
 
     assert grad_scaler(torch.device("cpu"), "fp32") is None and grad_scaler(torch.device("cpu"), "bf16") is None
     torch.manual_seed(0)

@@ -167,7 +167,8 @@ def planned_settings(pytest_args: list[str], device) -> dict | None:
 
 
 def run(args: argparse.Namespace, pytest_args: list[str]) -> int:
-    from bench.env import environment, pick_device
+    from bench.device import pick_device
+    from bench.env import environment
     from bench.gate.compare import (
         STATS, check_comparable, check_settings, compare, format_report, format_run, load_run, merge_runs,
         regressed,

@@ -5,7 +5,7 @@ the paper's design choices flipped alone from the default `alexnet`). The
 224/227-input models (`alexnet-paper`, `alexnet-tv`) join only outside quick
 mode: at that input size one CPU step takes seconds.
 
-Each case is timed twice, as a training step (`bench.step.train_step`: forward,
+Each case is timed twice, as a training step (`bench.train.step.train_step`: forward,
 loss, backward, SGD step) and as an inference batch (eval, `inference_mode`).
 Untimed warm-up steps first absorb lazy initialisation, allocator growth,
 kernel selection and clock ramp-up; the fastest of them (after the first) sizes the rounds: a
@@ -30,8 +30,8 @@ import torch
 import torch.nn as nn
 
 from bench.measure.speed import MEMORY_FORMATS
-from bench.models import create_model, input_size_of, list_models, model_knobs
-from bench.step import DTYPES
+from bench.device import DTYPES
+from bench.models import create_model, format_knobs, input_size_of, list_models, model_knobs
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class Case:
         """`alexnet`, `alexnet:norm=none`: the benchmark's name; keep it stable, baselines are keyed on it."""
         if not self.knobs:
             return self.model
-        return self.model + ":" + ",".join(f"{k}={v}" for k, v in self.knobs)
+        return self.model + ":" + format_knobs(dict(self.knobs))
 
 
 @dataclass(frozen=True)

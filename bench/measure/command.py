@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.device import DTYPES, pick_device
 from bench.errors import UserError
+from bench.io import read_csv, write_csv
+from bench.measure.table import ROW_KEY, measure_models, merge_tables
+from bench.models import create_model, list_models, model_knobs, parse_knobs
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +51,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve_names(spec: str) -> list[str]:
     """Comma-separated wildcards over the registry (and tv:<name> as given), in order, without repeats."""
-    from bench.models import list_models, model_knobs
-
     names: list[str] = []
     for piece in (s.strip() for s in spec.split(",")):
         if not piece:
@@ -72,8 +74,6 @@ def resolve_names(spec: str) -> list[str]:
 
 
 def _check_knobs(names: list[str], knobs: dict) -> None:
-    from bench.models import model_knobs
-
     for name in names:
         unknown = sorted(set(knobs) - set(model_knobs(name)))
         if unknown:
@@ -96,8 +96,6 @@ def _show(frame) -> str:
 
 def _check_prefixed(names: list[str]) -> None:
     """Build `tv:<name>`-style models once, so that a bad name is a usage error, not a failed row."""
-    from bench.models import create_model
-
     for name in names:
         if ":" in name:
             create_model(name)
@@ -105,11 +103,6 @@ def _check_prefixed(names: list[str]) -> None:
 
 def _saved_table(out: Path):
     """The table already at `out`, which this run updates (see `merge_tables`), or None."""
-    import pandas as pd
-
-    from bench.io import read_csv
-    from bench.measure.table import ROW_KEY
-
     if not out.is_file() or out.stat().st_size == 0:
         return None
     try:
@@ -123,12 +116,6 @@ def _saved_table(out: Path):
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.env import pick_device
-    from bench.io import write_csv
-    from bench.measure.table import measure_models, merge_tables
-    from bench.step import DTYPES
-    from bench.train_command import parse_knobs
-
     # Every argument is checked before anything is measured or written.
     if args.dtype not in DTYPES:
         raise UserError(f"--dtype {args.dtype!r} is not valid; choose one of: {', '.join(DTYPES)}")

@@ -5,7 +5,7 @@ What is timed, and how:
 * Inputs are one fixed random batch made on the device before timing, so the
   numbers are the model's cost alone, with no data loading or host-to-device
   copies (nanoGPT's and airbench's benchmark mode).
-* Training: `bench.step.train_step` (the project's one training step: forward,
+* Training: `bench.train.step.train_step` (the project's one training step: forward,
   loss, backward, SGD step) on a deep copy of the model, so the caller's weights,
   batch-norm statistics and train/eval modes are never touched.
   Inference: forward only, `model.eval()` under `torch.inference_mode()`.
@@ -60,7 +60,8 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from bench.step import DTYPES, autocast, grad_scaler, make_optimizer, train_step
+from bench.device import DTYPES, is_oom, synchronize
+from bench.train.step import autocast, grad_scaler, make_optimizer, train_step
 
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 _MIB = 2**20
@@ -88,23 +89,6 @@ QUICK = Settings(warmup=2, repeats=3, steps=3, latency_iters=10, batch_size=16) 
 
 def settings_for(quick: bool) -> Settings:
     return QUICK if quick else FULL
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued device work, so that a clock read after it is honest."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    msg = str(exc)
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in msg or "can't allocate memory" in msg  # MPS; CPU allocator
-    )
 
 
 def error_text(exc: BaseException) -> str:
@@ -340,11 +324,11 @@ def measure_throughput(
             )
             break
         except Exception as exc:  # a failing model is a row, never an aborted bulk run
-            if _is_oom(exc) and batch_size > 1:
+            if is_oom(exc) and batch_size > 1:
                 oom = True
             else:
                 error = error_text(exc)
-                if _is_oom(exc):
+                if is_oom(exc):
                     error += " (out of memory even at batch 1)"
                 result = dict.fromkeys(THROUGHPUT_KEYS)
                 break

@@ -23,7 +23,8 @@ import logging
 import pandas as pd
 import torch
 
-from bench.env import environment, pick_device
+from bench.device import pick_device
+from bench.env import environment
 from bench.measure.flops import FLOP_CONVENTION, count_model, count_params
 from bench.measure.speed import (
     matmul_flops_per_s,
@@ -32,7 +33,7 @@ from bench.measure.speed import (
     settings_for,
     validate,
 )
-from bench.models import create_model
+from bench.models import create_model, format_knobs
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +111,6 @@ def measure_model(
     if speed["error"]:
         log.warning("%s: %s", name, speed["error"])
     return {**row, **speed, **achieved_columns(row["flops"], speed, matmul)}
-
-
-def format_knobs(knobs: dict | None) -> str:
-    """`--knob` values as one cell, e.g. "groups=2,width=0.25"; empty for none."""
-    return ",".join(f"{k}={v}" for k, v in sorted((knobs or {}).items()))
 
 
 # A row measures the same thing as another when these agree; `merge_tables` replaces it.

@@ -1,5 +1,6 @@
 """The model zoo: importing this package registers every architecture."""
 
+from bench.models.knobs import format_knobs, parse_knobs
 from bench.models.registry import (
     create_model,
     input_size_of,
@@ -19,4 +20,7 @@ from bench.models import (  # noqa: F401  (register)
     zfnet,
 )
 
-__all__ = ["create_model", "input_size_of", "list_models", "model_knobs", "register_model", "register_prefix"]
+__all__ = [
+    "create_model", "format_knobs", "input_size_of", "list_models", "model_knobs", "parse_knobs",
+    "register_model", "register_prefix",
+]

@@ -46,14 +46,19 @@ conv5, fc6, fc7) get it; the rest get 0 (section 5).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 
-from bench.errors import UserError
+from bench.models.common import (
+    ACTIVATIONS,
+    activation_layer,
+    check_choice,
+    check_positive,
+    check_probability,
+    scale_channels,
+)
 from bench.models.init import mark_paper_bias
-from bench.models.layers80sec import ACTIVATIONS, activation_layer
 from bench.models.lrn import LocalResponseNorm
 from bench.models.registry import register_model
 
@@ -62,31 +67,6 @@ POOLS = ("overlap", "nonoverlap")
 GROUPS = (1, 2)
 CONV_CHANNELS = (96, 256, 384, 384, 256)
 FC_WIDTH = 4096
-
-
-# Knob checks shared by the model families: a bad value is a UserError naming
-# the knob, the value and what is valid.
-def check_choice(knob: str, value: object, valid: Sequence) -> None:
-    # Exact type match, so groups=True or groups=2.0 is rejected rather than passed on.
-    if not any(type(value) is type(v) and value == v for v in valid):
-        raise UserError(f"{knob}={value!r} is not valid; choose one of: {', '.join(map(str, valid))}")
-
-
-def check_positive(knob: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise UserError(f"{knob}={value!r} is not valid; it must be a number > 0")
-    return float(value)
-
-
-def check_probability(knob: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise UserError(f"{knob}={value!r} is not valid; it must be a number in [0, 1)")
-    return float(value)
-
-
-def scale_channels(channels: int, multiplier: float, multiple: int = 1) -> int:
-    """`channels * multiplier` rounded to a multiple of `multiple`, at least `multiple`."""
-    return max(multiple, int(channels * multiplier / multiple + 0.5) * multiple)
 
 
 def _pool_out(size: int, kernel: int, stride: int, padding: int) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bench.models.alexnet import check_positive, scale_channels
+from bench.models.common import check_positive, scale_channels
 from bench.models.registry import register_model
 
 # Per module: 1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool projection (the paper's Table 1).

@@ -9,17 +9,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from bench.errors import UserError
+from bench.models.common import activation_layer
 from bench.models.registry import register_model
-
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
-
-
-def activation_layer(name: str) -> nn.Module:
-    try:
-        return ACTIVATIONS[name]()
-    except KeyError:
-        raise UserError(f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}") from None
 
 
 class Layers80Sec(nn.Module):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bench.models.alexnet import check_choice
+from bench.models.common import check_choice
 from bench.models.registry import register_model
 
 

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.errors import UserError
-from bench.models.alexnet import check_probability
+from bench.models.common import check_probability
 from bench.models.registry import register_model, register_prefix
 
 TV_INPUT_SIZE = 32
@@ -33,7 +33,7 @@ EXTRA_KWARGS = {
 
 def min_input_side(name: str) -> int:
     """The smallest input side torchvision documents for `name`'s default architecture."""
-    import torchvision  # lazily: it adds ~1 s to every command's start-up
+    import torchvision  # lazily, here and below: it adds ~1 s to the start-up of every command that builds models
     try:
         weights = list(torchvision.models.get_model_weights(name))
     except (ValueError, KeyError):

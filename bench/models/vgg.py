@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from bench.models.alexnet import check_choice, check_positive, scale_channels
+from bench.models.common import check_choice, check_positive, scale_channels
 from bench.models.registry import register_model
 
 POOL = "M"

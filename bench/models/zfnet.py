@@ -21,7 +21,7 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from bench.models.alexnet import check_positive, check_probability, scale_channels
+from bench.models.common import check_positive, check_probability, scale_channels
 from bench.models.lrn import LocalResponseNorm
 from bench.models.registry import register_model
 

@@ -22,8 +22,10 @@ import math
 import pandas as pd
 
 from bench.report import format as fmt
-from bench.report.load import OK, StudyData
+from bench.report.claims import claims_for
+from bench.report.load import StudyData
 from bench.report.stats import Summary, summarize, welch
+from bench.train.result import OK
 
 TOP1, TOP5, TRAIN = "final_test_top1_err_pct", "final_test_top5_err_pct", "final_train_err_pct"
 MEASURED_TRAIN, LOOP_TRAIN, MEASURED_INFER = "train_images_per_s", "median_train_images_per_s", "infer_images_per_s"

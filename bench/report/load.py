@@ -26,11 +26,11 @@ import pandas as pd
 from bench.errors import UserError
 from bench.io import read_csv
 from bench.studies import StudyFile, studies_dir
+from bench.train.result import OK  # a cell whose final numbers count; diverged cells keep their curves only
 
 log = logging.getLogger(__name__)
 
 RUNS, HISTORY, ENVIRONMENT = "runs.csv", "history.csv", "environment.json"
-OK = "ok"  # a cell whose final numbers count; diverged cells keep their curves only
 DEFAULT_TARGET = {"metric": "train_err_pct", "value": 25.0}  # the paper's Figure 1
 
 

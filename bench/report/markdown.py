@@ -11,8 +11,9 @@ import pandas as pd
 
 from bench.report import format as fmt
 from bench.report.claims import CLAIMS, PAPER, Claim
-from bench.report.load import OK, StudyData
 from bench.report.effects import TOP1
+from bench.report.load import StudyData
+from bench.train.result import DIVERGED, FINISHED
 
 
 @dataclass
@@ -187,12 +188,12 @@ def cell_status_lines(sd: StudyData) -> None:
         levels = " ".join(f"{f}={r[f]}" for f in sd.factors)
         return f"{levels} seed {r['seed']}".strip()
 
-    failed = runs[~runs["status"].isin((OK, "diverged"))]
+    failed = runs[~runs["status"].isin(FINISHED)]
     if len(failed):
         what = "; ".join(f"{name(r)} ({r['status']}" + (f": {r['error']}" if isinstance(r.get("error"), str) else "")
                          + ")" for _, r in failed.iterrows())
         sd.notes.warn(f"{len(failed)} of {len(runs)} cells did not finish, shown as missing: {what}")
-    diverged = runs[runs["status"] == "diverged"]
+    diverged = runs[runs["status"] == DIVERGED]
     if len(diverged):
         sd.notes.warn(f"{len(diverged)} cell(s) diverged (loss NaN/inf): final errors left out, curves kept: "
                       + "; ".join(name(r) for _, r in diverged.iterrows()))

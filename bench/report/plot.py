@@ -23,11 +23,12 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, MultipleLocator
 
-from bench.report.load import OK, StudyData
+from bench.report.load import StudyData
+from bench.train.result import DIVERGED, OK
 
 FORMATS = ("png", "pdf")
 DPI = 150
-CURVE_STATUSES = (OK, "diverged")  # a diverged cell's curve up to the divergence still counts
+CURVE_STATUSES = (OK, DIVERGED)  # a diverged cell's curve up to the divergence still counts
 # seaborn's colorblind palette with its yellow (slot 8), the hardest to see on white, last:
 # a study uses it only when it needs all ten colours.
 COLORBLIND_ORDER = (0, 1, 2, 3, 4, 5, 6, 7, 9, 8)

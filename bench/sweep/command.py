@@ -8,14 +8,18 @@ import os
 import time
 from pathlib import Path
 
+import torch
+
+from bench.data.sources import check_folder
 from bench.errors import UserError
+from bench.sweep.runner import run_study
+from bench.sweep.study import PROFILES, list_studies, load_study
+from bench.train.result import FINISHED
 
 log = logging.getLogger(__name__)
 
 
 def default_profile() -> str:
-    import torch
-
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
@@ -50,9 +54,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.sweep.runner import run_study
-    from bench.sweep.study import PROFILES, list_studies, load_study
-
     profile = args.profile or default_profile()
     if profile not in PROFILES:
         raise UserError(f"--profile {profile!r} is not valid; choose one of: {', '.join(PROFILES)}")
@@ -66,15 +67,13 @@ def run(args: argparse.Namespace) -> int:
     for study in studies:
         study.cells(profile, args.seeds, overrides)  # a missing profile fails before anything runs
     if args.data and args.data not in ("cifar10", "synthetic"):
-        from bench.data.sources import check_folder
-
         check_folder(Path(args.data).expanduser())
     status = 0
     for study in studies:
         start = time.perf_counter()
         runs = run_study(study, profile, out_root=args.out, seeds=args.seeds, overrides=overrides,
                          device=args.device, progress=not args.no_progress)
-        failed = int((~runs["status"].isin(("ok", "diverged"))).sum()) if len(runs) else 0
+        failed = int((~runs["status"].isin(FINISHED)).sum()) if len(runs) else 0
         log.info("%s/%s: %d cells in runs.csv, %d failed; this sweep took %.0f s -> %s",
                  study.name, profile, len(runs), failed, time.perf_counter() - start, args.out / study.name / profile)
         status = status or (1 if failed else 0)

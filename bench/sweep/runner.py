@@ -30,14 +30,15 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from bench.env import environment, pick_device
+from bench.device import is_oom, pick_device
+from bench.env import environment
 from bench.errors import UserError
 from bench.io import atomic_write_text, read_csv, write_csv
 from bench.sweep.study import Cell, Study
+from bench.train.result import ERROR, FINISHED, OK, OOM
 
 log = logging.getLogger(__name__)
 
-FINISHED = ("ok", "diverged")
 LOCK = ".sweep.lock"  # in the results folder, held while a sweep writes there
 
 
@@ -110,7 +111,7 @@ def run_cell(cell: Cell, device: str, measure: str, target: dict | None, profile
         row.update({k: v for k, v in result.summary.items() if k not in ("status",)})
         model = result.model
         row.update(count_model(model, getattr(model, "input_size", 32)), flop_convention=FLOP_CONVENTION)
-        if measure != "none" and result.status == "ok":
+        if measure != "none" and result.status == OK:
             speed = measure_throughput(model, batch_size=cfg.batch_size, device=dev, dtype=cfg.dtype,
                                        memory_format="channels_last" if cfg.channels_last else "contiguous",
                                        quick=measure == "quick")
@@ -119,8 +120,7 @@ def run_cell(cell: Cell, device: str, measure: str, target: dict | None, profile
             row.pop("batch_size", None)
         del model, result
     except Exception as e:  # a failed cell is a row; the sweep goes on
-        oom = isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e)
-        row["status"] = "oom" if oom else "error"
+        row["status"] = OOM if is_oom(e) else ERROR
         row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:500]
         log.debug("cell %s failed:\n%s", cell.id, traceback.format_exc())
     if target is not None:

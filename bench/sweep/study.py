@@ -11,9 +11,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from bench.config import TrainConfig
 from bench.errors import UserError
 from bench.studies import PROFILES, StudyFile, find_study, list_studies
+from bench.train.config import TrainConfig
 
 __all__ = ["PROFILES", "Cell", "Study", "find_study", "list_studies", "load_study"]
 

@@ -17,7 +17,8 @@ import gc
 import pytest
 import torch
 
-from bench.env import environment, pick_device
+from bench.device import pick_device
+from bench.env import environment
 from bench.errors import UserError
 from bench.gate.suite import OPTIONS, cases, device_id, options_from
 

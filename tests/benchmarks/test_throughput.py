@@ -22,9 +22,9 @@ import time
 
 import torch
 
+from bench.device import synchronize
 from bench.gate.suite import build
-from bench.measure.speed import synchronize
-from bench.step import autocast, grad_scaler, make_optimizer, train_step
+from bench.train.step import autocast, grad_scaler, make_optimizer, train_step
 
 
 def _time(benchmark, options, case, phase: str, steps) -> None:

@@ -39,6 +39,7 @@ from bench.report.markdown import Section
 from bench.report.output import Outcome, Output
 from bench.report.plot import CURVE_STATUSES
 from bench.report.stats import summarize
+from bench.train.result import DIVERGED, OK
 
 WHAT = "Figure 1"
 FIGURES, TABLES = ("figure1",), ("figure1", "figure1_lr_grid")
@@ -122,14 +123,14 @@ def lr_grid(sd: StudyData) -> pd.DataFrame:
         ep = summarize(g["epochs_to_target"]) if reached.all() else summarize([])
         # a lower bound on the mean: a seed that never reached counts as reaching one epoch after its last
         bound = (g["epochs_to_target"].where(reached, g["epochs_run"] + 1)).mean() \
-            if not (g["status"] == "diverged").any() else math.inf
+            if not (g["status"] == DIVERGED).any() else math.inf
         rows.append({
             "setup": setup, "activation": act, "lr": lr, "n": len(g), "reached": int(reached.sum()),
             "epochs_mean": ep.mean, "epochs_sd": ep.sd,
             "epochs_per_seed": ", ".join("–" if math.isnan(e) else f"{e:g}" for e in g["epochs_to_target"]),
             "epochs_lower_bound": bound, "epochs_run": float(g["epochs_run"].max()),
             "final_train_err_mean": float(g["final_train"].mean()),
-            "diverged": int((g["status"] == "diverged").sum()),
+            "diverged": int((g["status"] == DIVERGED).sum()),
             "cell_ids": ",".join(g["cell_id"]),
         })
     grid = pd.DataFrame(rows)

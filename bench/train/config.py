@@ -10,7 +10,6 @@ from typing import get_args, get_type_hints
 from bench.errors import UserError
 
 SCHEDULES = ("constant", "cosine", "step")
-DEVICES = ("auto", "cpu", "cuda", "mps")  # also cuda:N
 
 
 @dataclass(frozen=True)
@@ -44,10 +43,13 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        self._check_types()
+        # The tables of valid values live beside the code that uses them, which
+        # imports torch; the study reader and the report read this class without it.
         from bench.data import PREPROCESS, parse_augment
+        from bench.device import DEVICES, DTYPES
         from bench.models.init import INITS
-        from bench.step import DTYPES
+
+        self._check_types()
 
         def choice(name, valid):
             value = getattr(self, name)

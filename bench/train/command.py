@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from dataclasses import fields
 from pathlib import Path
 
-from bench.config import TrainConfig
 from bench.data import default_data_root, default_data_source
 from bench.errors import UserError
+from bench.models import create_model, parse_knobs
+from bench.train.config import TrainConfig
+from bench.train.loop import run_training
+from bench.train.result import OK
 
 log = logging.getLogger(__name__)
-
-
-def parse_knobs(items: list[str]) -> dict:
-    """`key=value` pairs; values read as JSON when they parse (numbers, true/false), else strings."""
-    knobs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--knob {item!r} is not key=value; e.g. --knob activation=tanh")
-        try:
-            knobs[key] = json.loads(value)
-        except json.JSONDecodeError:
-            knobs[key] = value
-    return knobs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,9 +55,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.models import create_model
-    from bench.train import run_training
-
     cfg = config_from_args(args)
     try:  # bad names and knob values fail before any file is written
         create_model(cfg.model, init=cfg.init, **cfg.knobs)
@@ -89,4 +74,4 @@ def run(args: argparse.Namespace) -> int:
     log.info("%s: %d epochs, final test error %.2f%% (top-5 %.2f%%), %.0f train img/s; wrote %s",
              result.status, s["epochs_run"], number("final_test_top1_err_pct"),
              number("final_test_top5_err_pct"), number("median_train_images_per_s"), out)
-    return 0 if result.status == "ok" else 1
+    return 0 if result.status == OK else 1

@@ -11,32 +11,25 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from bench.config import TrainConfig
 from bench.data import Dataset, DataSpec, load_data, parse_augment
-from bench.env import environment, pick_device
+from bench.device import pick_device, synchronize
+from bench.env import environment
 from bench.io import atomic_write_text, write_csv
 from bench.models import create_model, input_size_of
-from bench.step import autocast, grad_scaler, make_optimizer, train_step
+from bench.train.config import TrainConfig
+from bench.train.result import DIVERGED, OK, RunResult, summarize
+from bench.train.step import autocast, grad_scaler, make_optimizer, train_step
 
 log = logging.getLogger(__name__)
 
 # How often (in steps) the loss is checked for NaN/inf: each check synchronises the device.
 DIVERGENCE_CHECK_EVERY = 20
-
-
-@dataclass
-class RunResult:
-    status: str  # ok | diverged
-    history: list[dict]
-    summary: dict
-    model: nn.Module = field(repr=False)
 
 
 def data_spec(cfg: TrainConfig) -> DataSpec:
@@ -83,13 +76,6 @@ def evaluate(model: nn.Module, data: Dataset, batch_size: int = 1000, dtype: str
     }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
 def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = True,
           on_epoch=None) -> RunResult:
     """Train `cfg.model` for `cfg.epochs` epochs; a NaN/inf loss ends the run as `diverged`.
@@ -116,14 +102,14 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
     g = torch.Generator(device=device).manual_seed(cfg.seed)
 
     history: list[dict] = []
-    status = "ok"
+    status = OK
     n_train = len(data.train_y)
     run_start = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
                    disable=None if progress else True, unit="step")
@@ -138,10 +124,10 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
                 break
             bar.update()
         bar.close()
-        _sync(device)
+        synchronize(device)
         seconds = time.perf_counter() - t0
         if not torch.isfinite(loss_sum):
-            status = "diverged"
+            status = DIVERGED
             history.append({"epoch": epoch, "train_loss": float("nan"), "lr": lr, "epoch_seconds": seconds})
             log.warning("loss became NaN/inf in epoch %d; run ends as diverged", epoch)
             break
@@ -161,30 +147,6 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
     summary = summarize(history, status)
     summary.update(data.provenance)
     return RunResult(status, history, summary, model)
-
-
-def summarize(history: list[dict], status: str) -> dict:
-    done = [h for h in history if "test_top1_err_pct" in h]
-    last = done[-1] if done else {}
-    return {
-        "status": status,
-        "epochs_run": len(done),
-        "final_train_loss": last.get("train_loss"),
-        "final_train_err_pct": last.get("train_err_pct"),
-        "final_test_top1_err_pct": last.get("test_top1_err_pct"),
-        "final_test_top5_err_pct": last.get("test_top5_err_pct"),
-        "best_test_top1_err_pct": min((h["test_top1_err_pct"] for h in done), default=None),
-        "train_seconds": sum(h["epoch_seconds"] for h in history),
-        "median_train_images_per_s": _median([h["train_images_per_s"] for h in done]),
-    }
-
-
-def _median(values: list[float]) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    mid = len(s) // 2
-    return s[mid] if len(s) % 2 else 0.5 * (s[mid - 1] + s[mid])
 
 
 def run_training(cfg: TrainConfig, out_dir: Path, *, progress: bool = True) -> RunResult:

@@ -1,0 +1,71 @@
+"""The device work runs on: choosing it, the precisions it computes in, waiting for it, running out of its memory.
+
+`pick_device` resolves `--device` once; `synchronize` waits for queued work so
+that a clock read after it is honest; `is_oom` tells an out-of-memory failure
+from any other, so that callers can retry smaller or record `oom`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.errors import UserError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N for a particular GPU
+# Autocast precisions; fp32 means no autocast.
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; an explicit device that is absent raises `UserError`.
+
+    Accepts `cuda:N` for a particular GPU.
+    """
+    kind, _, index = name.partition(":")
+    if kind not in DEVICES or (index and (kind != "cuda" or not index.isdigit())):
+        raise UserError(f"unknown device {name!r}; choose one of: {', '.join(DEVICES)} (or cuda:N)")
+    if kind == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise UserError(
+                f"--device {name}: no CUDA GPU is visible to torch {torch.__version__} ({built}); "
+                "check nvidia-smi and CUDA_VISIBLE_DEVICES, install a CUDA build of PyTorch, "
+                "or use --device cpu"
+            )
+        if index and int(index) >= torch.cuda.device_count():
+            raise UserError(
+                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible; "
+                f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
+            )
+    if kind == "mps" and not _mps_available():
+        raise UserError(f"--device mps: MPS is not available in torch {torch.__version__}; use --device cpu")
+    return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so that a clock read after it is honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether `exc` is the device (or the CPU allocator) running out of memory."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    msg = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in msg or "can't allocate memory" in msg  # MPS; CPU allocator
+    )

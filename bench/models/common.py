@@ -1,0 +1,44 @@
+"""Helpers shared by the model families: knob checks, channel scaling, activations.
+
+A bad knob value is a `UserError` naming the knob, the value and what is valid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn as nn
+
+from bench.errors import UserError
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def check_choice(knob: str, value: object, valid: Sequence) -> None:
+    # Exact type match, so groups=True or groups=2.0 is rejected rather than passed on.
+    if not any(type(value) is type(v) and value == v for v in valid):
+        raise UserError(f"{knob}={value!r} is not valid; choose one of: {', '.join(map(str, valid))}")
+
+
+def check_positive(knob: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise UserError(f"{knob}={value!r} is not valid; it must be a number > 0")
+    return float(value)
+
+
+def check_probability(knob: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise UserError(f"{knob}={value!r} is not valid; it must be a number in [0, 1)")
+    return float(value)
+
+
+def scale_channels(channels: int, multiplier: float, multiple: int = 1) -> int:
+    """`channels * multiplier` rounded to a multiple of `multiple`, at least `multiple`."""
+    return max(multiple, int(channels * multiplier / multiple + 0.5) * multiple)
+
+
+def activation_layer(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise UserError(f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}") from None

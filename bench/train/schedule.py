@@ -1,0 +1,41 @@
+"""Learning-rate schedules: constant, cosine and step by optimizer step, and the paper's plateau rule.
+
+`lr_factor` is the multiplier on the base learning rate at one optimizer step.
+A linear warm-up (from 1/warmup to 1) comes first in every schedule; cosine and
+step then run over the steps that remain, so cosine starts at exactly 1 after
+warm-up.
+
+`plateau` is the paper's schedule (section 5): divide the learning rate by 10
+when the validation error stops improving, at most `max_drops` times. It is
+torch's `ReduceLROnPlateau` stepped once per epoch on the validation error;
+the cap is its `min_lr`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+SCHEDULES = ("constant", "cosine", "step", "plateau")
+PLATEAU_FACTOR = 0.1  # the paper divides by 10
+
+
+def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
+    """Multiplier on the base learning rate at optimizer step `step` (0-based) of `total`."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(total - warmup, 1)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "step":
+        return 0.1 ** ((t >= 0.5) + (t >= 0.75))
+    return 1.0  # constant, and plateau between its drops
+
+
+def plateau_scheduler(optimizer: torch.optim.Optimizer, lr: float, patience: int, max_drops: int):
+    """Divide the lr by 10 after `patience` epochs without a better validation error, `max_drops` times at most."""
+    # min_lr sits just below the last allowed value so rounding cannot block the final drop.
+    floor = lr * PLATEAU_FACTOR**max_drops * (1 - 1e-6)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=PLATEAU_FACTOR, patience=patience, threshold=0.0, min_lr=floor)
