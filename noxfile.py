@@ -38,4 +38,4 @@ def figures(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Throughput regression gate (pytest-benchmark); e.g. -- --save NAME or -- --compare NAME."""
     _install(session)
-    session.run("python", "-m", "bench.gate", *session.posargs)
+    session.run("python", "-m", "bench", "gate", *session.posargs)

@@ -21,6 +21,7 @@ COMMANDS = {
     "measure": ("bench.measure.command", "count params/FLOPs and measure throughput and memory"),
     "ablate": ("bench.sweep.command", "run studies (ablations/*.toml) into tidy tables"),
     "report": ("bench.report.command", "figures, tables and report.md from saved results tables"),
+    "gate": ("bench.gate.command", "throughput regression gate: save a baseline or compare with one"),
 }
 
 

@@ -1,7 +1,7 @@
 """The throughput gate, shown to work: it saves, passes a re-run, fails a slower run naming it, refuses bad baselines.
 
-The end-to-end tests run the real suite (tests/benchmarks/test_throughput.py) in
-quick mode on one tiny case, three times in all: save, identical re-run, slowed
+The end-to-end tests run the real suite (bench/gate/throughput_suite.py, from the
+package) in quick mode on one tiny case, three times in all: save, identical re-run, slowed
 re-run. The slowed run repeats every timed round 8 times while counting its
 images once (`--bench-inject-slowdown 8`): a certain -87.5% that no machine noise
 can produce or hide. Both comparisons use a 75% threshold instead of the 10%
@@ -23,9 +23,9 @@ import pytest
 
 from bench.env import environment
 from bench.errors import UserError
-from bench.gate import command
+from bench.gate import command, suite
 from bench.gate.compare import Run, check_comparable, compare, format_report, load_run, merge_runs
-from bench.gate.suite import ABLATIONS, Case, all_cases, cases, device_id, resolve_options
+from bench.gate.suite import Case, all_cases, cases, device_id, resolve_options, study_cases
 from bench.models import input_size_of, list_models
 
 # One tiny case (AlexNet at 1/8 width, batch 16: about 15 ms a training step on one
@@ -167,6 +167,28 @@ def test_bad_arguments_are_one_line_exit_2(tmp_path, no_suite_run, capfd, args, 
     assert message in _one_line_error(capfd)
 
 
+def test_gate_is_a_subcommand_of_the_cli_and_its_suite_ships_in_the_package(tmp_path, no_suite_run, capfd):
+    from bench.cli import main
+
+    assert command.SUITE.is_file() and command.SUITE.parent == Path(command.__file__).parent
+    assert main(["gate", "--compare", "nothing-here", "--storage", str(tmp_path), *SUITE_ARGS]) == 2
+    assert "no baseline 'nothing-here'" in _one_line_error(capfd)
+    assert main(["gate", "--save", "base", "--storage", str(tmp_path), "--", "--bench-quick"]) == 2
+    assert "before --, not after it" in _one_line_error(capfd)
+    assert main(["gate", "--save", "base", "--storage", str(tmp_path), "--bench-dtype", "fp64"]) == 2
+    assert "--bench-dtype 'fp64' is not valid" in _one_line_error(capfd)
+
+
+def test_missing_pytest_benchmark_is_one_line_naming_the_extra(tmp_path, monkeypatch, no_suite_run, capfd):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pytest_benchmark" else find_spec(name, *a))
+    assert _gate("--save", "base", "--storage", str(tmp_path)) == 2
+    assert "pip install 'alexnet-bench[dev]'" in _one_line_error(capfd)
+
+
 @pytest.mark.parametrize("pytest_status, gate_status", [(1, 1), (4, 2)])
 def test_failed_suite_saves_nothing(tmp_path, monkeypatch, capfd, pytest_status, gate_status):
     """A test failure (1) or a bad --bench-* option (4, pytest's usage error) leaves no baseline."""
@@ -248,15 +270,40 @@ def test_runs_from_other_devices_or_settings_are_not_comparable():
 def test_suite_covers_the_registry_and_the_ablations():
     every = {c.id for c in all_cases()}
     assert set(list_models()) <= every
-    assert {Case("alexnet", (knob,)).id for knob in ABLATIONS} <= every
-    assert "alexnet:groups=2" in every and "alexnet:activation=tanh" in every
+    assert {c.id for c in study_cases()} <= every
+    # The study's baseline is the two-tower net, and its flips are made from it.
+    assert "alexnet:groups=2" in every and "alexnet:activation=tanh,groups=2" in every
     quick = {c.model for c in cases(resolve_options(device="cpu", quick=True))}
     assert quick == {n for n in list_models() if input_size_of(n) <= 64}
     assert {"alexnet-paper", "alexnet-tv"} <= {c.model for c in cases(resolve_options(device="cpu"))}
     picked = cases(resolve_options(device="cpu", quick=True, models="alexnet:*"))
-    assert [c.id for c in picked] == [Case("alexnet", (k,)).id for k in ABLATIONS]
+    assert [c.id for c in picked] == [c.id for c in study_cases()]
     with pytest.raises(ValueError, match="matches no benchmark case"):
         cases(resolve_options(device="cpu", models="alexnt"))
+
+
+def test_ablation_cases_are_the_study_files_model_variants():
+    """Every model the AlexNet study trains is benchmarked, named by the knobs it changes from `alexnet`."""
+    ids = [c.id for c in study_cases()]
+    assert ids == [
+        "alexnet:groups=2",  # the study's baseline: the paper's two towers
+        "alexnet:activation=tanh,groups=2", "alexnet:groups=2,norm=none", "alexnet:groups=2,pool=nonoverlap",
+        "alexnet:dropout=0.0,groups=2",
+        "alexnet:conv_width=0.5",  # towers=one-half; towers=one is plain `alexnet`, augment changes no model
+    ]
+
+
+def test_ablation_cases_follow_the_study_file(tmp_path, monkeypatch):
+    study = (suite.studies_dir() / f"{suite.STUDY}.toml").read_text()
+    study += '\n[factors.wider]\nkey = "knobs.conv_width"\nlevels = [1.0, 1.5]\n'
+    (tmp_path / f"{suite.STUDY}.toml").write_text(study)
+    monkeypatch.setattr(suite, "studies_dir", lambda: tmp_path)
+    assert study_cases()[-1] == Case("alexnet", (("conv_width", 1.5), ("groups", 2)))
+    assert "alexnet:conv_width=1.5,groups=2" in {c.id for c in all_cases()}
+
+    (tmp_path / f"{suite.STUDY}.toml").unlink()
+    with pytest.raises(UserError, match="study file .* is missing"):
+        study_cases()
 
 
 def test_device_id_is_the_device_not_the_threads_or_versions():

@@ -19,6 +19,7 @@ from bench.measure import (
     COLUMNS, Settings, achieved_columns, count_model, count_ops, measure_models, measure_throughput,
 )
 from bench.measure.flops import ACTIVATION_COST, LRN_EXTRA_COST
+from bench.measure.timing import Rounds, Timing, measure, steps_per_round, time_rounds, warm_up
 from bench.models import create_model, list_models, registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,6 +137,34 @@ def test_alexnet_ablations_change_counts():
 
 
 # ------------------------------------------------------------------- speed and memory
+
+
+def test_warm_up_runs_the_steps_one_by_one_for_at_least_the_count():
+    done = []
+    step_s = warm_up(done.append, torch.device("cpu"), Timing(warmup_steps=3, rounds=1))
+    assert done == [1, 1, 1] and len(step_s) == 3 and all(s >= 0 for s in step_s)
+
+
+def test_rounds_are_sized_by_the_fastest_warm_up_step_after_the_first():
+    timed = Timing(warmup_steps=2, rounds=1, min_round_s=0.5)
+    assert steps_per_round([9.0, 0.125, 0.25], timed) == 4  # 0.5 s at 0.125 s a step; the first step ignored
+    assert steps_per_round([9.0, 2.0], timed) == 1  # a slow step: one per round
+    assert steps_per_round([0.001], Timing(warmup_steps=1, rounds=1, round_steps=20)) == 20  # fixed-size rounds
+    assert steps_per_round([0.125, 0.25], Timing(warmup_steps=2, rounds=1, round_steps=8, min_round_s=0.5)) == 8
+    with pytest.raises(ValueError, match="rounds"):
+        Timing(warmup_steps=1, rounds=0)
+
+
+def test_timed_rounds_run_the_sized_steps_and_report_median_and_spread():
+    done = []
+    fake_loop = lambda one_round, k: [one_round() or 2.0, 1.0, 4.0][:k]  # runs one round, reports three
+    rounds = time_rounds(done.append, torch.device("cpu"), steps=5, rounds=3, loop=fake_loop)
+    assert done == [5] and rounds == Rounds(5, (2.0, 1.0, 4.0))
+    rate = rounds.per_s(100)
+    assert (rate.median, rate.min, rate.max) == (50.0, 25.0, 100.0) and rounds.median_s() == 2.0
+    done.clear()
+    rounds = measure(done.append, torch.device("cpu"), Timing(warmup_steps=2, rounds=3, round_steps=4))
+    assert done == [1, 1, 4, 4, 4] and len(rounds.seconds) == 3 and rounds.steps == 4
 
 
 def test_throughput_quick_is_positive_and_finite():

@@ -1,8 +1,12 @@
-"""`python -m bench.gate --save NAME | --compare NAME [--threshold 0.1] [pytest args]`: the throughput gate.
+"""`python -m bench gate --save NAME | --compare NAME [--threshold 0.1] [--bench-* ...] [-- PYTEST ARGS]`.
 
-Runs `tests/benchmarks/test_throughput.py` under pytest-benchmark in a fresh
-process, on the device at hand (CUDA when present). Arguments the gate does not
-know pass to pytest, e.g. `--bench-quick`, `--bench-dtype bf16`, `-x`.
+The throughput gate (`python -m bench.gate ...` is the same command). Runs the
+suite `bench.gate.throughput_suite` under pytest-benchmark in a fresh process,
+on the device at hand (CUDA when present). The suite ships inside the package,
+so an installed package has the gate too; pytest and pytest-benchmark are
+needed only here (`pip install 'alexnet-bench[dev]'`). The suite's `--bench-*`
+options are the gate's own (checked before anything runs); arguments after
+`--` pass to pytest, e.g. `-- -x -k alexnet`.
 
 `--save NAME` stores the run, if the suite passed, as a baseline in
 STORAGE/<device id>/ (pytest-benchmark's numbered files: saving NAME again keeps
@@ -19,6 +23,7 @@ settings, bad option), as one line on stderr.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import re
@@ -28,31 +33,23 @@ import tempfile
 from pathlib import Path
 
 from bench.errors import UserError
+from bench.gate.options import OPTIONS, as_arguments
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[2]  # the checkout: holds bench/ and tests/
-SUITE = ROOT / "tests" / "benchmarks" / "test_throughput.py"
+ROOT = Path(__file__).resolve().parents[2]  # the folder holding the `bench` package: a checkout, or site-packages
+SUITE = Path(__file__).with_name("throughput_suite.py")
+PLUGIN = "bench.gate.plugin"
 STORAGE_ENV = "BENCH_GATE_STORAGE"
 DEFAULT_THRESHOLD = 0.10
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _PYTEST_USAGE_ERROR, _PYTEST_NO_TESTS = 4, 5
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="python -m bench.gate", allow_abbrev=False,
-        description="Throughput regression gate: run the benchmark suite and save it as a baseline, "
-                    "or compare it with one (exit 1 when a benchmark lost more than the threshold).",
-        epilog="Other arguments pass to pytest: --bench-quick, --bench-dtype fp32|bf16|fp16, "
-               "--bench-channels-last, --bench-batch-size N, --bench-width W, --bench-rounds N, "
-               "--bench-models GLOBS (see tests/benchmarks/conftest.py), or pytest's own (-x, -k).",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Throughput regression gate: run the benchmark suite and save it as a baseline, "
+                     "or compare it with one (exit 1 when a benchmark lost more than the threshold).")
+    p.epilog = "Arguments after -- pass to pytest, e.g. -- -x -k alexnet."
     action = p.add_mutually_exclusive_group(required=True)
     action.add_argument("--save", metavar="NAME", help="run the suite and store it as baseline NAME")
     action.add_argument("--compare", metavar="NAME", help="run the suite and compare it with baseline NAME")
@@ -64,9 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stat", default="median", help="round-time statistic compared: median | min (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default %(default)s)")
     p.add_argument("--storage", type=Path, default=None,
-                   help=f"baseline folder (default ${STORAGE_ENV}, else .benchmarks in the checkout)")
+                   help=f"baseline folder (default ${STORAGE_ENV}, else .benchmarks in the checkout, "
+                        f"else in the current folder)")
     p.add_argument("--report", type=Path, default=None, help="also write the comparison as CSV here")
-    return p
+    suite = p.add_argument_group("the suite's options")
+    for flag, spec in OPTIONS.items():
+        if flag == "--bench-device":  # accepted only to be refused with a reason: the gate's --device is it
+            suite.add_argument(flag, default=None, help=argparse.SUPPRESS)
+        else:
+            suite.add_argument(flag, **spec)
+    p.add_argument("pytest_args", nargs="*", metavar="-- PYTEST_ARGS", help=argparse.SUPPRESS)
 
 
 def storage_dir(arg: Path | None) -> Path:
@@ -74,7 +78,9 @@ def storage_dir(arg: Path | None) -> Path:
         return arg.expanduser().resolve()
     if os.environ.get(STORAGE_ENV):
         return Path(os.environ[STORAGE_ENV]).expanduser().resolve()
-    return ROOT / ".benchmarks"
+    if (ROOT / "pyproject.toml").is_file():  # a checkout: baselines beside it, git-ignored
+        return ROOT / ".benchmarks"
+    return Path(".benchmarks").resolve()
 
 
 def _saved(folder: Path, name: str) -> list[Path]:
@@ -110,7 +116,7 @@ def find_baseline(storage: Path, name: str, here_id: str, here: str):
     names = sorted({p.name.split("_", 1)[1][:-5] for p in (storage / here_id).glob("*/[0-9]*_*.json")})
     have = f"; baselines for this device: {', '.join(names)}" if names else ""
     raise UserError(f"no baseline {name!r} for {here} in {storage}{have}; "
-                    f"make one with: python -m bench.gate --save {name}")
+                    f"make one with: python -m bench gate --save {name}")
 
 
 def _check_name(name: str) -> str:
@@ -140,40 +146,42 @@ def store(run_json: Path, folder: Path, name: str) -> Path:
 def run_suite(device: str, json_path: Path, pytest_args: list[str]) -> int:
     """pytest's exit status for the suite on `device`, its results written to `json_path`."""
     cmd = [
-        # A file named on the command line is collected although pyproject's addopts
-        # --ignore tests/benchmarks (that keeps the suite out of the unit tests).
-        sys.executable, "-m", "pytest", str(SUITE),
+        # The suite runs from its place in the package, with no project configuration
+        # (-c devnull) or conftest: the same run in a checkout and in an installation.
+        sys.executable, "-m", "pytest", "-p", PLUGIN, "-p", "no:cacheprovider", "-c", os.devnull,
+        "--noconftest", f"--rootdir={ROOT}", str(SUITE),
         f"--bench-device={device}", "--benchmark-only", f"--benchmark-json={json_path}",
         "--benchmark-disable-gc", "--benchmark-columns=min,median,iqr,rounds", "--benchmark-sort=name",
     ]
     cmd += pytest_args
     log.info("running: %s", " ".join(cmd))
     # pytest's output goes to stderr: stdout carries only the gate's table and verdict.
-    return subprocess.run(cmd, cwd=ROOT, stdout=2).returncode
+    return subprocess.run(cmd, stdout=2).returncode
 
 
-def planned_settings(pytest_args: list[str], device) -> dict | None:
-    """The settings the suite will resolve from these pytest arguments, or None if they do not
-    parse (the suite then reports the bad value itself)."""
-    from bench.gate.suite import OPTIONS, options_from
+def _check_installed() -> None:
+    missing = [m for m in ("pytest", "pytest_benchmark") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"the gate runs its suite with pytest and pytest-benchmark ({', '.join(missing)} not "
+                        f"installed): pip install 'alexnet-bench[dev]'")
 
-    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
-    for flag, spec in OPTIONS.items():
-        p.add_argument(flag, **spec)
+
+def run(args: argparse.Namespace) -> int:
     try:
-        return options_from(p.parse_known_args(pytest_args)[0], device).recorded()
-    except (argparse.ArgumentError, ValueError):
-        return None
+        return _gate(args)
+    except KeyboardInterrupt:
+        print("interrupted; nothing saved", file=sys.stderr)
+        return 130
 
 
-def run(args: argparse.Namespace, pytest_args: list[str]) -> int:
+def _gate(args: argparse.Namespace) -> int:
     from bench.device import pick_device
     from bench.env import environment
     from bench.gate.compare import (
         STATS, check_comparable, check_settings, compare, format_report, format_run, load_run, merge_runs,
         regressed,
     )
-    from bench.gate.suite import describe_device, device_id
+    from bench.gate.suite import cases, describe_device, device_id, options_from
 
     if not 0 < args.threshold < 1:
         raise UserError(f"--threshold must be a fraction between 0 and 1 (0.1 = 10%), got {args.threshold}")
@@ -182,18 +190,26 @@ def run(args: argparse.Namespace, pytest_args: list[str]) -> int:
                         f"got {args.repeat}")
     if args.stat not in STATS:
         raise UserError(f"--stat {args.stat!r} is not valid; choose one of: {', '.join(STATS)}")
-    if any(a.startswith("--bench-device") for a in pytest_args):
+    if args.bench_device is not None or any(a.startswith("--bench-device") for a in args.pytest_args):
         raise UserError("give the device as --device, not --bench-device: the gate checks baselines against it")
-    if not SUITE.is_file():
-        raise UserError(f"the suite {SUITE} is missing: run the gate from a checkout of the project")
+    if any(a.startswith("--bench-") for a in args.pytest_args):
+        raise UserError("give the --bench-* options before --, not after it: the gate checks them against the "
+                        "baseline")
     name = _check_name(args.save or args.compare)
+    _check_installed()
     device = pick_device(args.device)
+    try:
+        options = options_from(args, device)
+        cases(options)  # a --bench-models pattern that matches nothing, or a broken study file, fails now
+    except ValueError as e:
+        raise UserError(str(e)) from None
     env = environment(device)
     here_id, here = device_id(env), describe_device(env)
     storage = storage_dir(args.storage)
     baseline = find_baseline(storage, name, here_id, here) if args.compare else None  # fail before the run
-    if baseline is not None and (planned := planned_settings(pytest_args, device)) is not None:
-        check_settings(baseline, planned, verb="would measure")  # not minutes later, after the suite
+    if baseline is not None:
+        check_settings(baseline, options.recorded(), verb="would measure")  # not minutes later, after the suite
+    pytest_args = as_arguments(args) + args.pytest_args
 
     with tempfile.TemporaryDirectory(prefix="bench-gate-") as tmp:
         runs = []
@@ -235,19 +251,7 @@ def run(args: argparse.Namespace, pytest_args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, pytest_args = build_parser().parse_known_args(argv)
-    if pytest_args[:1] == ["--"]:
-        pytest_args = pytest_args[1:]
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        return run(args, pytest_args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing saved", file=sys.stderr)
-        return 130
+    """`python -m bench.gate ARGS`: the same as `python -m bench gate ARGS`."""
+    from bench.cli import main as bench_main
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return bench_main(["gate", *(sys.argv[1:] if argv is None else argv)])

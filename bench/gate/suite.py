@@ -1,16 +1,22 @@
 """What the gate benchmarks, at what size, and what makes two runs comparable.
 
-Cases: every registered architecture, and the AlexNet ablation variants (each of
-the paper's design choices flipped alone from the default `alexnet`). The
-224/227-input models (`alexnet-paper`, `alexnet-tv`) join only outside quick
-mode: at that input size one CPU step takes seconds.
+Cases: every registered architecture, and the model variants of the AlexNet
+study (`ablations/alexnet.toml`: its baseline and each of the paper's design
+choices flipped alone from it), read from the study file so that the gate
+benchmarks exactly what the study trains. A study case is named by its knobs
+that differ from the registered model's defaults (`alexnet:groups=2`,
+`alexnet:activation=tanh,groups=2`); a variant equal to a registered model
+(the one-tower level: plain `alexnet`) is that model's case, and levels that
+change no model (augmentation) add none. The 224/227-input models
+(`alexnet-paper`, `alexnet-tv`) join only outside quick mode: at that input
+size one CPU step takes seconds.
 
 Each case is timed twice, as a training step (`bench.train.step.train_step`: forward,
-loss, backward, SGD step) and as an inference batch (eval, `inference_mode`).
-Untimed warm-up steps first absorb lazy initialisation, allocator growth,
-kernel selection and clock ramp-up; the fastest of them (after the first) sizes the rounds: a
-timed round is as many steps as last `min_round_s`, followed by a device
-synchronize. The gate compares the median round, in images/s.
+loss, backward, SGD step) and as an inference batch (eval, `inference_mode`),
+by the rule of `bench.measure.timing`: untimed warm-up steps (at least
+`warmup_steps`, for at least `warmup_s`), then `rounds` timed rounds, each as
+many steps as last `min_round_s` at the fastest warm-up pace and ending with a
+device synchronize. The gate compares the median round, in images/s.
 
 A baseline is comparable with a run when both come from the same device (the
 `device_id`: the device type and its model name, e.g. `cuda-nvidia-h100-80gb-hbm3`)
@@ -23,27 +29,29 @@ show, and re-saving the baseline accepts it.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from bench.errors import UserError
 from bench.measure.speed import MEMORY_FORMATS
-from bench.device import DTYPES
+from bench.measure.timing import Timing
 from bench.models import create_model, format_knobs, input_size_of, list_models, model_knobs
+from bench.studies import studies_dir
+from bench.device import DTYPES
 
 
 @dataclass(frozen=True)
 class Preset:
-    """Sizes and repeat counts; the options override batch, width and rounds."""
+    """Sizes and timing; the options override batch, width and rounds."""
 
     batch_size: int  # images per step
     width: float  # channel multiplier, for models with a `width` knob
-    warmup_steps: int  # untimed steps first, at least this many (at least 2) ...
-    warmup_s: float  # ... and for at least this long, seconds: clocks and thread pools settle
-    rounds: int  # timed rounds; the median is compared
-    min_round_s: float  # a round has as many steps as make it last this long (seconds), at least one
+    timing: Timing  # warm-up (at least 2 steps: the first is not used to size rounds) and rounds
 
 
 # Full: the paper's batch at full width, 15 rounds of at least 50 ms. Quick: the
@@ -51,21 +59,15 @@ class Preset:
 # thread count shows (1 thread instead of 2 costs most cases 25-50%). Rounds of
 # at least 50 ms keep the smallest models (LeNet-5: a few milliseconds a step)
 # from timing clock jitter.
-FULL = Preset(batch_size=128, width=1.0, warmup_steps=10, warmup_s=0.5, rounds=15, min_round_s=0.05)
-QUICK = Preset(batch_size=32, width=0.25, warmup_steps=2, warmup_s=0.2, rounds=5, min_round_s=0.05)
+FULL = Preset(batch_size=128, width=1.0, timing=Timing(warmup_steps=10, warmup_s=0.5, rounds=15, min_round_s=0.05))
+QUICK = Preset(batch_size=32, width=0.25, timing=Timing(warmup_steps=2, warmup_s=0.2, rounds=5, min_round_s=0.05))
 
 # Two runs measure the same thing only if these settings agree (besides the device).
 MEASUREMENT_KEYS = ("dtype", "memory_format", "batch_size", "width")
 
-# The AlexNet ablations of ablations/alexnet.toml, each flipped alone from the
-# default `alexnet` (ReLU, LRN, overlapping pools, dropout 0.5, one tower).
-ABLATIONS = (
-    ("activation", "tanh"),  # section 3.1
-    ("norm", "none"),  # section 3.3
-    ("pool", "nonoverlap"),  # section 3.4
-    ("dropout", 0.0),  # section 4.2
-    ("groups", 2),  # section 3.2, the two-GPU split
-)
+# The study whose model variants are benchmarked, and the profile whose cells are
+# read: `gpu`, the paper-scale one (the gate sets the width itself).
+STUDY, STUDY_PROFILE = "alexnet", "gpu"
 LARGE_INPUT = 64  # models built for inputs above this side are left out of quick mode
 
 
@@ -76,10 +78,10 @@ class Case:
 
     @property
     def id(self) -> str:
-        """`alexnet`, `alexnet:norm=none`: the benchmark's name; keep it stable, baselines are keyed on it."""
+        """`alexnet`, `alexnet:groups=2,norm=none`: the benchmark's name; keep it stable, baselines are keyed on it."""
         if not self.knobs:
             return self.model
-        return self.model + ":" + format_knobs(dict(self.knobs))
+        return f"{self.model}:{format_knobs(dict(self.knobs))}"
 
 
 @dataclass(frozen=True)
@@ -122,24 +124,10 @@ class Options:
         """Plain values, stored in the run's machine info."""
         return {**asdict(self), "models": list(self.models)}
 
-
-# The suite's pytest options, declared once: tests/benchmarks/conftest.py adds them to
-# pytest, and the gate reads them before it starts the suite (`options_from`).
-OPTIONS = {
-    "--bench-quick": dict(action="store_true", help="small batch and width, few rounds: a CPU run"),
-    "--bench-device": dict(default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)"),
-    "--bench-dtype": dict(default="fp32", help="fp32 | bf16 | fp16 autocast (default fp32)"),
-    "--bench-channels-last": dict(action="store_true", help="channels_last memory format"),
-    "--bench-batch-size": dict(type=int, default=None, help="images per step (default 128, quick 32)"),
-    "--bench-width": dict(type=float, default=None,
-                          help="channel multiplier for models with a width knob (default 1, quick 0.25)"),
-    "--bench-rounds": dict(type=int, default=None, help="timed rounds per benchmark (default 15, quick 5)"),
-    "--bench-models": dict(default="", metavar="GLOBS",
-                           help="comma-separated wildcards over case ids, e.g. 'alexnet*,vgg11' (default all)"),
-    "--bench-inject-slowdown": dict(type=int, default=1, metavar="K",
-                                    help="test hook: run every timed round K times, counting its images once "
-                                         "(default 1)"),
-}
+    @property
+    def timing(self) -> Timing:
+        return Timing(warmup_steps=self.warmup_steps, warmup_s=self.warmup_s, rounds=self.rounds,
+                      min_round_s=self.min_round_s)
 
 
 def options_from(values, device: torch.device) -> Options:
@@ -172,20 +160,55 @@ def resolve_options(
         memory_format="channels_last" if channels_last else "contiguous",
         batch_size=preset.batch_size if batch_size is None else batch_size,
         width=preset.width if width is None else width,
-        warmup_steps=preset.warmup_steps,
-        warmup_s=preset.warmup_s,
-        rounds=preset.rounds if rounds is None else rounds,
-        min_round_s=preset.min_round_s,
+        warmup_steps=preset.timing.warmup_steps,
+        warmup_s=preset.timing.warmup_s,
+        rounds=preset.timing.rounds if rounds is None else rounds,
+        min_round_s=preset.timing.min_round_s,
         quick=quick,
         models=tuple(p.strip() for p in models.split(",") if p.strip()),
         inject_slowdown=inject_slowdown,
     )
 
 
+def _study_cells(path: Path) -> list[tuple[str, dict]]:
+    """(model, knobs) of every cell of the study at `path`, at `STUDY_PROFILE`, in study order.
+
+    The one place the gate reads a study file.
+    """
+    from bench.sweep.study import load_study
+
+    return [(c.config.model, dict(c.config.knobs)) for c in load_study(str(path)).cells(STUDY_PROFILE, seeds=[0])]
+
+
+@functools.cache
+def _study_cases(path: Path, mtime_ns: int) -> tuple[Case, ...]:
+    """Distinct model variants, by knobs changed from the model's defaults; cached while the file is unchanged."""
+    found: list[Case] = []
+    for model, knobs in _study_cells(path):
+        defaults = model_knobs(model)
+        changed = {k: v for k, v in knobs.items() if k != "width" and (k not in defaults or defaults[k] != v)}
+        case = Case(model, tuple(sorted(changed.items())))
+        if case not in found:
+            found.append(case)
+    return tuple(found)
+
+
+def study_cases() -> list[Case]:
+    """The study's model variants that are not a registered model as it is (`alexnet:groups=2`, ...).
+
+    The width (`--bench-width`) is the gate's, not the study's.
+    """
+    path = studies_dir() / f"{STUDY}.toml"
+    if not path.is_file():
+        raise UserError(f"the study file {path} is missing: the gate benchmarks its model variants; "
+                        f"reinstall the package (it ships ablations/)")
+    return [c for c in _study_cases(path, path.stat().st_mtime_ns) if c.knobs]
+
+
 def all_cases(*, large_inputs: bool = True) -> list[Case]:
-    """Every registered architecture, then the AlexNet ablation variants."""
-    names = [n for n in list_models() if large_inputs or input_size_of(n) <= LARGE_INPUT]
-    return [Case(n) for n in names] + [Case("alexnet", (knob,)) for knob in ABLATIONS]
+    """Every registered architecture, then the study's model variants."""
+    every = [Case(n) for n in list_models()] + study_cases()
+    return [c for c in every if large_inputs or input_size_of(c.model) <= LARGE_INPUT]
 
 
 def cases(options: Options) -> list[Case]:

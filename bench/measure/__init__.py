@@ -3,7 +3,9 @@
 `count_model` and `measure_throughput` measure one built model (the study runner
 calls them per cell); `measure_models` builds registered models by name and
 returns one row per model. See `flops` for the FLOP convention and per-op costs,
-`speed` for what is timed and how memory is metered.
+`speed` for what is timed and how memory is metered, `timing` for how anything
+is timed (warm-up, round sizing, synchronized clocks, statistics; the
+throughput gate times through it too).
 """
 
 from bench.measure.flops import FLOP_CONVENTION, count_model, count_ops, count_params

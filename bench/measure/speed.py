@@ -12,13 +12,13 @@ What is timed, and how:
 * `dtype` is autocast's (`fp32` = none, `bf16`, `fp16`); weights stay fp32, as in
   mixed-precision training. `memory_format='channels_last'` converts the model and
   the batch.
-* `warmup` untimed steps first (allocator growth, cuDNN/oneDNN kernel choice,
-  lazy initialisation), then `repeats` timed repeats of `steps` steps each. The
-  device is synchronised before every clock read (CUDA and MPS run
-  asynchronously; CPU ops return when done). Reported: the median over repeats
-  of images/s, with the min and max as the spread.
+* Timing follows `bench.measure.timing` (the rule the throughput gate uses
+  too): `warmup` untimed steps first (allocator growth, cuDNN/oneDNN kernel
+  choice, lazy initialisation), then `repeats` timed rounds of `steps` steps
+  each, the device synchronised inside every clock. Reported: images/s of the
+  median round, with the slowest and fastest rounds as the spread.
 * Batch-1 latency: median over `latency_iters` single forward passes, each
-  bracketed by synchronisation, in milliseconds.
+  a synchronised round of its own, in milliseconds.
 * Peak memory of training (`peak_mem_mb`, MiB), labelled by `peak_mem_kind`:
   - `cuda_peak_allocated`: `torch.cuda.max_memory_allocated` over the training
     phase (copy of the model, optimizer state, warm-up and timed steps) minus
@@ -49,9 +49,6 @@ hard-coded datasheet number).
 from __future__ import annotations
 
 import copy
-import gc
-import statistics
-import time
 import weakref
 from dataclasses import dataclass
 
@@ -61,6 +58,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from bench.device import DTYPES, is_oom, synchronize
+from bench.measure.timing import Timing, measure, release_memory, steps_per_round, time_rounds, warm_up
 from bench.train.step import autocast, grad_scaler, make_optimizer, train_step
 
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -72,8 +70,8 @@ class Settings:
     """How long to measure. Step counts are per phase (training, inference)."""
 
     warmup: int  # untimed steps before timing
-    repeats: int  # timed repeats; the median and min/max are reported
-    steps: int  # steps per timed repeat
+    repeats: int  # timed rounds; the median and min/max are reported
+    steps: int  # steps per timed round
     latency_iters: int  # timed batch-1 forward passes
     batch_size: int  # batch used when the caller gives none
 
@@ -81,6 +79,11 @@ class Settings:
         # Peak memory is metered over the warm-up steps, so at least one is needed.
         if self.warmup < 1 or self.repeats < 1 or self.steps < 1 or self.latency_iters < 0 or self.batch_size < 1:
             raise ValueError(f"settings need warmup, repeats, steps, batch_size >= 1: {self}")
+
+    @property
+    def timing(self) -> Timing:
+        """Throughput: rounds of a fixed number of steps (no time-based warm-up or sizing)."""
+        return Timing(warmup_steps=self.warmup, rounds=self.repeats, round_steps=self.steps)
 
 
 FULL = Settings(warmup=10, repeats=7, steps=20, latency_iters=50, batch_size=128)  # 128: the paper's batch
@@ -94,27 +97,6 @@ def settings_for(quick: bool) -> Settings:
 def error_text(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".strip()
-
-
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps":
-        torch.mps.empty_cache()
-
-
-def _time_repeats(fn, device: torch.device, settings: Settings, images_per_step: int) -> list[float]:
-    """images/s of each timed repeat of `settings.steps` calls of `fn`."""
-    rates = []
-    for _ in range(settings.repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(settings.steps):
-            fn()
-        synchronize(device)
-        rates.append(settings.steps * images_per_step / (time.perf_counter() - start))
-    return rates
 
 
 # ---------------------------------------------------------------- memory meters
@@ -216,7 +198,7 @@ def _measure_at(
     fmt = MEMORY_FORMATS[memory_format]
     meter.start()
     try:
-        # Training phase (metered): fresh copy, optimizer, fixed batch, warm-up, timed repeats.
+        # Training phase (metered): fresh copy, optimizer, fixed batch, warm-up, timed rounds.
         net = copy.deepcopy(model).to(device=device, memory_format=fmt)
         meter.track(net)
         x = torch.randn(batch_size, 3, input_size, input_size, device=device).contiguous(memory_format=fmt)
@@ -226,13 +208,15 @@ def _measure_at(
         optimizer = make_optimizer(net, lr=0.01)  # the paper's lr; its value does not change the cost
         scaler = grad_scaler(device, dtype)
 
-        def train():
-            train_step(net, optimizer, x, y, dtype=dtype, scaler=scaler)
+        def train(n: int) -> None:
+            for _ in range(n):
+                train_step(net, optimizer, x, y, dtype=dtype, scaler=scaler)
 
-        for _ in range(settings.warmup):
-            train()
+        timing = settings.timing
+        warmup_step_s = warm_up(train, device, timing)
         meter.stop_tracking()
-        train_rates = _time_repeats(train, device, settings, batch_size)
+        train_rounds = time_rounds(train, device, steps=steps_per_round(warmup_step_s, timing),
+                                   rounds=timing.rounds)
         peak_mem_mb = meter.peak_mib()
     finally:
         meter.stop_tracking()
@@ -241,33 +225,30 @@ def _measure_at(
     net.eval()
     optimizer.zero_grad(set_to_none=True)  # gradients are not part of inference
 
-    def infer():
-        with torch.inference_mode(), autocast(device, dtype):
-            net(x)
+    def forward(batch: torch.Tensor):
+        def run(n: int) -> None:
+            for _ in range(n):
+                net(batch)
+        return run
 
-    for _ in range(settings.warmup):
-        infer()
-    infer_rates = _time_repeats(infer, device, settings, batch_size)
-
-    x1 = x[:1].clone()
-    latencies_ms = []
+    latency_ms = None  # latency_iters=0: not measured
     with torch.inference_mode(), autocast(device, dtype):
-        for i in range(settings.warmup + settings.latency_iters if settings.latency_iters else 0):  # 0: skipped
-            synchronize(device)
-            start = time.perf_counter()
-            net(x1)
-            synchronize(device)
-            if i >= settings.warmup:
-                latencies_ms.append((time.perf_counter() - start) * 1e3)
+        infer_rounds = measure(forward(x), device, timing)
+        if settings.latency_iters:
+            latency = measure(forward(x[:1].clone()), device,
+                              Timing(warmup_steps=settings.warmup, rounds=settings.latency_iters))
+            latency_ms = latency.median_s() * 1e3
+    train_rate = train_rounds.per_s(batch_size * train_rounds.steps)
+    infer_rate = infer_rounds.per_s(batch_size * infer_rounds.steps)
 
     return {
-        "train_images_per_s": statistics.median(train_rates),
-        "train_images_per_s_min": min(train_rates),
-        "train_images_per_s_max": max(train_rates),
-        "infer_images_per_s": statistics.median(infer_rates),
-        "infer_images_per_s_min": min(infer_rates),
-        "infer_images_per_s_max": max(infer_rates),
-        "latency_ms_b1": statistics.median(latencies_ms) if latencies_ms else None,  # latency_iters=0: not measured
+        "train_images_per_s": train_rate.median,
+        "train_images_per_s_min": train_rate.min,
+        "train_images_per_s_max": train_rate.max,
+        "infer_images_per_s": infer_rate.median,
+        "infer_images_per_s_min": infer_rate.min,
+        "infer_images_per_s_max": infer_rate.max,
+        "latency_ms_b1": latency_ms,
         "peak_mem_mb": peak_mem_mb,
         "peak_mem_kind": meter.kind,
     }
@@ -333,7 +314,7 @@ def measure_throughput(
                 result = dict.fromkeys(THROUGHPUT_KEYS)
                 break
         finally:
-            _free(device)  # outside the except block, the traceback's tensors can be released
+            release_memory(device)  # outside the except block, the traceback's tensors can be released
         if oom:
             batch_size //= 2
     return {**result, "batch_size": batch_size, "error": error}
@@ -370,9 +351,8 @@ def matmul_flops_per_s(
     matmul precision in force.
     """
     device = torch.device(device)
-    # A CPU matmul at n=2048 takes ~0.1-0.5 s: fewer per repeat there.
-    steps = 2 if device.type == "cpu" else 10
-    settings = Settings(warmup=2, repeats=settings_for(quick).repeats, steps=steps, latency_iters=0, batch_size=1)
+    # A CPU matmul at n=2048 takes ~0.1-0.5 s: fewer per round there.
+    timing = Timing(warmup_steps=2, rounds=settings_for(quick).repeats, round_steps=2 if device.type == "cpu" else 10)
     n = n or matmul_size(device, quick)
     torch_dtype = DTYPES[dtype] or torch.float32
     tf32 = device.type == "cuda" and dtype == "fp32" and torch.backends.cudnn.allow_tf32
@@ -384,15 +364,13 @@ def matmul_flops_per_s(
         b = torch.randn(n, n, device=device, dtype=torch_dtype)
         out = torch.empty(n, n, device=device, dtype=torch_dtype)
 
-        def step():
-            torch.mm(a, b, out=out)
+        def matmuls(k: int) -> None:
+            for _ in range(k):
+                torch.mm(a, b, out=out)
 
-        for _ in range(settings.warmup):
-            step()
-        # _time_repeats counts "images": here one item is one matmul of 2 n^3 FLOPs.
-        rates = _time_repeats(step, device, settings, 1)
+        rounds = measure(matmuls, device, timing)
     finally:
         torch.set_float32_matmul_precision(previous)
     del a, b, out
-    _free(device)  # give the matrices' blocks back before the models are measured
-    return max(rates) * 2 * n**3
+    release_memory(device)  # give the matrices' blocks back before the models are measured
+    return rounds.per_s(rounds.steps).max * 2 * n**3

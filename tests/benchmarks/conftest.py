@@ -1,13 +1,7 @@
-"""Options of the throughput suite, and the device and versions written into every saved run.
+"""Micro-benchmarks kept beside the tests (the throughput gate's suite lives in `bench.gate`).
 
-    --bench-quick             CPU-sized run of the whole suite (batch 32, width 0.25, 5 rounds)
-    --bench-device DEV        auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N
-    --bench-dtype D           fp32 | bf16 | fp16 autocast
-    --bench-channels-last     channels_last model and batch
-    --bench-batch-size N      images per step
-    --bench-width W           channel multiplier for models with a width knob
-    --bench-rounds N          timed rounds per benchmark
-    --bench-models GLOBS      comma-separated wildcards over case ids (alexnet, alexnet:norm=none, ...)
+Run by hand, e.g. `python -m pytest tests/benchmarks/test_lrn_speed.py --benchmark-only`.
+The fixtures below replace those of tests/conftest.py that would distort a timing.
 """
 
 from __future__ import annotations
@@ -15,66 +9,13 @@ from __future__ import annotations
 import gc
 
 import pytest
-import torch
-
-from bench.device import pick_device
-from bench.env import environment
-from bench.errors import UserError
-from bench.gate.suite import OPTIONS, cases, device_id, options_from
-
-_OPTIONS = pytest.StashKey()
-
-
-def pytest_addoption(parser):
-    group = parser.getgroup("bench", "throughput suite (bench.gate)")
-    for flag, spec in OPTIONS.items():
-        group.addoption(flag, **spec)
-
-
-def pytest_configure(config):
-    if not hasattr(config.option, "bench_quick"):  # this conftest is loaded but its options are not
-        return
-    try:
-        config.stash[_OPTIONS] = options_from(config.option, pick_device(config.option.bench_device))
-        cases(config.stash[_OPTIONS])  # a --bench-models pattern that matches nothing fails here
-    except (UserError, ValueError) as exc:  # one line, not a traceback
-        raise pytest.UsageError(str(exc)) from None
-
-
-def suite_options(config):
-    """The resolved `bench.gate.suite.Options` of this session."""
-    return config.stash[_OPTIONS]
-
-
-@pytest.fixture(scope="session")
-def options(pytestconfig):
-    """The resolved `bench.gate.suite.Options`."""
-    return suite_options(pytestconfig)
-
-
-def pytest_generate_tests(metafunc):
-    """Every test taking `case` runs once per case of `bench.gate.suite.cases`, named by its id."""
-    if "case" in metafunc.fixturenames:
-        chosen = cases(suite_options(metafunc.config))
-        metafunc.parametrize("case", chosen, ids=[c.id for c in chosen])
-
-
-def pytest_benchmark_update_machine_info(config, machine_info):
-    """Device, versions (GPU name, driver, CUDA, cuDNN, torch, torchvision) and threads, and the suite's settings.
-
-    `bench.gate` reads `machine_info["bench"]` to refuse a baseline from another
-    device or measured at other settings.
-    """
-    options = suite_options(config)
-    env = environment(options.device)
-    machine_info["bench"] = {"device_id": device_id(env), "environment": env, "settings": options.recorded()}
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """Replaces tests/conftest.py's one-thread fixture: the thread count is part of what is measured.
 
-    It comes from the environment (OMP_NUM_THREADS, else one per core) and is recorded.
+    It comes from the environment (OMP_NUM_THREADS, else one per core).
     """
     yield
 
@@ -86,9 +27,7 @@ def bench_cache():
 
 
 @pytest.fixture(autouse=True)
-def _release_memory(options):
-    """Each benchmark starts with the memory the last one freed returned (CUDA's cache emptied)."""
+def _release_memory():
+    """Each benchmark starts with the memory the last one freed returned."""
     yield
     gc.collect()
-    if torch.device(options.device).type == "cuda":
-        torch.cuda.empty_cache()

@@ -1,0 +1,77 @@
+"""Training-step and inference throughput of every case of `bench.gate.suite`: the regression gate's suite.
+
+Run it through the gate (`python -m bench gate --save NAME | --compare NAME`,
+or `nox -s bench -- ...`); by hand, from anywhere:
+`python -m pytest -p bench.gate.plugin --pyargs bench.gate.throughput_suite --benchmark-only --bench-quick`.
+The cases (the `case` parameter) and the `options` fixture come from
+`bench.gate.plugin`.
+
+A thin adapter over `bench.measure.timing`, the timing rule `python -m bench
+measure` uses too: warm-up and round sizing are timing's; the timed rounds are
+timing's loop run by pytest-benchmark (`benchmark.pedantic`, one call per
+round), so that it records and saves every round. images/s is the round's
+images over the median round.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.gate.suite import build
+from bench.measure.timing import steps_per_round, time_rounds, warm_up
+from bench.train.step import autocast, grad_scaler, make_optimizer, train_step
+
+
+def _pytest_benchmark_loop(benchmark):
+    """timing's round loop, run by pytest-benchmark: the seconds of each round, as it recorded them."""
+
+    def loop(one_round, rounds: int) -> list[float]:
+        benchmark.pedantic(one_round, rounds=rounds, iterations=1)
+        return list(benchmark.stats.stats.data) if benchmark.stats else []  # no stats under --benchmark-disable
+
+    return loop
+
+
+def _time(benchmark, options, case, phase: str, run) -> None:
+    """Warm up, size the rounds, and time `run(n)` (n training steps or inference batches)."""
+    device, timing = torch.device(options.device), options.timing
+    per_round = steps_per_round(warm_up(run, device, timing), timing)
+    images = options.batch_size * per_round
+
+    benchmark.group = phase
+    benchmark.extra_info.update(
+        case=case.id, model=case.model, knobs=dict(case.knobs), phase=phase,
+        batch_size=options.batch_size, steps_per_round=per_round, images_per_round=images,
+    )
+    # --bench-inject-slowdown (a test hook) repeats the work, not the images counted.
+    rounds = time_rounds(run, device, steps=per_round * options.inject_slowdown, rounds=timing.rounds,
+                         loop=_pytest_benchmark_loop(benchmark))
+    if rounds.seconds:
+        benchmark.extra_info["images_per_s"] = rounds.per_s(images).median
+
+
+def test_train(benchmark, options, case):
+    """Forward, loss, backward and SGD step on a fixed batch."""
+    model, x, y = build(case, options)
+    optimizer = make_optimizer(model, lr=0.01)  # its value does not change the cost
+    scaler = grad_scaler(x.device, options.dtype)
+
+    def steps(n: int) -> None:
+        for _ in range(n):
+            train_step(model, optimizer, x, y, dtype=options.dtype, scaler=scaler)
+
+    _time(benchmark, options, case, "train", steps)
+
+
+def test_infer(benchmark, options, case):
+    """Forward only, in eval mode under `inference_mode`."""
+    model, x, _ = build(case, options)
+    model.eval()
+    device = torch.device(options.device)
+
+    def steps(n: int) -> None:
+        with torch.inference_mode(), autocast(device, options.dtype):
+            for _ in range(n):
+                model(x)
+
+    _time(benchmark, options, case, "infer", steps)
