@@ -1,4 +1,4 @@
-"""Sessions: `nox -s tests` (default), `nox -s ablate`, `nox -s figures`, `nox -s bench`.
+"""Sessions: `nox -s tests` (default), `nox -s lint`, `nox -s ablate`, `nox -s figures`, `nox -s bench`.
 
 Arguments after `--` pass through, e.g. `nox -s ablate -- --profile smoke`.
 """
@@ -18,6 +18,14 @@ def tests(session: nox.Session) -> None:
     """Run the unit tests on the CPU (no network, no GPU needed)."""
     _install(session)
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and format check (configured in pyproject.toml)."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
 
 
 @nox.session
