@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
@@ -15,10 +16,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.device import pick_device
 from bench.env import environment
 from bench.errors import UserError
+from bench.flop_convention import FLOP_CONVENTION, upgrade_counts
+from bench.io import read_csv
 from bench.measure import (
     COLUMNS, Settings, achieved_columns, count_model, count_ops, measure_models, measure_throughput,
 )
 from bench.measure.flops import ACTIVATION_COST, LRN_EXTRA_COST
+from bench.measure.table import merge_tables
 from bench.measure.timing import Rounds, Timing, measure, steps_per_round, time_rounds, warm_up
 from bench.models import create_model, list_models, registry
 
@@ -39,11 +43,11 @@ def _grouped() -> nn.Module:
     ), 8)
 
 
-def _core_flops_torch(model: nn.Module, side: int) -> int:
+def _flop_counter_mode_flops(model: nn.Module, side: int) -> int:
     model.eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.randn(1, 3, side, side))
-    return counter.get_total_flops()  # counts conv and matmul only, 2 per multiply-add
+    return counter.get_total_flops()  # counts conv and matmul only, 2 per multiply-add, no bias
 
 
 # ------------------------------------------------------------------- counts
@@ -56,16 +60,33 @@ def test_params_are_the_sum_of_numel_and_frozen_ones_are_not_trainable():
     model.features[0].weight.requires_grad_(False)
     counts = count_model(model, model.input_size)
     assert counts["params_trainable"] == 145_578 - 3 * 32 * 5 * 5
-    assert counts["flops"] == 2 * counts["macs"]
+    assert counts["flops"] == 2 * counts["macs"] + counts["elementwise_ops"]
 
 
-@pytest.mark.parametrize("build", [lambda: create_model("layers-80sec"), _grouped], ids=["layers-80sec", "grouped"])
-def test_core_macs_are_half_of_flop_counter_mode(build):
+@pytest.mark.parametrize("build", [
+    lambda: create_model("layers-80sec"), _grouped, lambda: create_model("alexnet"),
+    lambda: create_model("alexnet", groups=2),
+], ids=["layers-80sec", "grouped", "alexnet", "alexnet-groups2"])
+def test_macs_are_half_of_flop_counter_mode(build):
     model = build()
     counts = count_ops(model, model.input_size)
-    assert counts["core_macs"] > 0
-    assert _core_flops_torch(model, model.input_size) == 2 * counts["core_macs"]
-    assert counts["macs"] > counts["core_macs"]  # activations and pooling are costed on top
+    assert counts["macs"] > 0
+    assert _flop_counter_mode_flops(model, model.input_size) == 2 * counts["macs"]  # conv + linear only
+    assert counts["elementwise_ops"] > 0  # activations and pooling, counted beside the MACs
+    assert counts["flops"] == 2 * counts["macs"] + counts["elementwise_ops"]
+
+
+def test_elementwise_ops_by_hand():
+    """A conv, then one ReLU, a 2x2/2 max-pool and a size-3 LRN, on a 3x6x6 input."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2), nn.LocalResponseNorm(3))
+    counts = count_ops(model, 6)
+    conv = (4 * 6 * 6) * (3 * 3 * 3)  # output elements x (in channels x kernel) multiply-adds
+    relu = 4 * 6 * 6 * 1  # one compare-and-select per element
+    pool = 4 * 3 * 3 * (2 * 2 - 1)  # 3x3 outputs per channel, 3 comparisons each
+    lrn = 4 * 3 * 3 * (3 + 5)  # square, sum of 3, scale, add k, pow, divide
+    assert (counts["macs"], counts["elementwise_ops"]) == (conv, relu + pool + lrn) == (3888, 540)
+    assert counts["flops"] == 2 * 3888 + 540 == 8316
+    assert counts["uncounted_ops"] == ""
 
 
 def test_grouped_conv_macs_by_hand():
@@ -73,7 +94,7 @@ def test_grouped_conv_macs_by_hand():
     conv1 = 8 * 8 * 8 * 3 * 3 * 3  # out positions x out channels x (in channels x kernel)
     conv2 = 6 * 6 * 8 * (8 // 4) * 3 * 3  # each output channel sees in/groups channels
     fc = 8 * 6 * 6 * 10
-    assert counts["core_macs"] == conv1 + conv2 + fc
+    assert counts["macs"] == conv1 + conv2 + fc
 
 
 def test_tanh_costs_more_than_relu_by_the_documented_amount():
@@ -81,8 +102,9 @@ def test_tanh_costs_more_than_relu_by_the_documented_amount():
     tanh = count_ops(create_model("layers-80sec", activation="tanh"), 32)
     # Activation outputs at batch 1: after pool1 32x16x16, conv2 32x16x16, conv3 64x8x8, fc 64.
     elements = 32 * 16 * 16 + 32 * 16 * 16 + 64 * 8 * 8 + 64
-    assert relu["core_macs"] == tanh["core_macs"]
-    assert tanh["macs"] - relu["macs"] == (ACTIVATION_COST["tanh"] - ACTIVATION_COST["relu"]) * elements
+    assert relu["macs"] == tanh["macs"]
+    extra = (ACTIVATION_COST["tanh"] - ACTIVATION_COST["relu"]) * elements
+    assert tanh["elementwise_ops"] - relu["elementwise_ops"] == tanh["flops"] - relu["flops"] == extra
 
 
 def _lrn_modules():
@@ -99,8 +121,8 @@ def test_lrn_adds_size_plus_five_per_element(lrn):
     conv = nn.Conv2d(3, 6, 3, padding=1)
     without = count_ops(nn.Sequential(conv, nn.ReLU()), 7)
     with_lrn = count_ops(nn.Sequential(conv, nn.ReLU(), lrn), 7)
-    assert with_lrn["core_macs"] == without["core_macs"]
-    assert with_lrn["macs"] - without["macs"] == (5 + LRN_EXTRA_COST) * 6 * 7 * 7
+    assert with_lrn["macs"] == without["macs"]
+    assert with_lrn["elementwise_ops"] - without["elementwise_ops"] == (5 + LRN_EXTRA_COST) * 6 * 7 * 7
     assert with_lrn["uncounted_ops"] == ""
 
 
@@ -111,18 +133,21 @@ def test_functional_lrn_costs_the_same_as_the_module():
         def forward(self, x):
             return local_response_norm(x, 3)
 
-    assert count_ops(Functional(), 4)["macs"] == (3 + LRN_EXTRA_COST) * 3 * 4 * 4
+    counts = count_ops(Functional(), 4)
+    assert (counts["macs"], counts["elementwise_ops"]) == (0, (3 + LRN_EXTRA_COST) * 3 * 4 * 4)
 
 
 def test_overlapping_pooling_costs_as_documented():
-    def pool_macs(pool):
-        return count_ops(_with_input_size(nn.Sequential(pool), 9), 9)["macs"]
+    def pool_ops(pool):
+        counts = count_ops(_with_input_size(nn.Sequential(pool), 9), 9)
+        assert counts["macs"] == 0
+        return counts["elementwise_ops"]
 
     # 9x9 input: 3/2 and 2/2 windows both give 4x4 outputs (per channel; 3 channels).
     outputs = 3 * 4 * 4
-    assert pool_macs(nn.MaxPool2d(3, 2)) == outputs * (3 * 3 - 1)
-    assert pool_macs(nn.MaxPool2d(2, 2)) == outputs * (2 * 2 - 1)
-    assert pool_macs(nn.AvgPool2d(3, 2)) == outputs * 3 * 3
+    assert pool_ops(nn.MaxPool2d(3, 2)) == outputs * (3 * 3 - 1)
+    assert pool_ops(nn.MaxPool2d(2, 2)) == outputs * (2 * 2 - 1)
+    assert pool_ops(nn.AvgPool2d(3, 2)) == outputs * 3 * 3
 
 
 @pytest.mark.skipif("alexnet" not in list_models(), reason="alexnet not registered")
@@ -133,7 +158,49 @@ def test_alexnet_ablations_change_counts():
             varied = count_ops(create_model("alexnet", **{knob: value}), 32)
         except UserError:
             pytest.skip(f"alexnet has no {knob}={value}")
-        assert varied["macs"] != base["macs"], knob
+        assert varied["flops"] != base["flops"], knob
+
+
+OLD_CONVENTION = "macs=multiply-adds; flops=2*macs; per image, forward pass"
+
+
+def test_old_tables_convert_exactly_to_the_current_counts():
+    """The committed measure table predates `elementwise_ops`: its alexnet row, converted, is today's count."""
+    path = ROOT / "results" / "measure" / "cpu.csv"
+    if not path.is_file():
+        pytest.skip("no committed results/measure/cpu.csv")
+    saved = read_csv(path, ["knobs"])
+    if "core_macs" not in saved:
+        pytest.skip("results/measure/cpu.csv already has the current columns")
+    row = upgrade_counts(saved).set_index("model").loc["alexnet"]
+    counts = count_ops(create_model("alexnet"), 32)
+    assert (row["macs"], row["elementwise_ops"], row["flops"]) == (
+        counts["macs"], counts["elementwise_ops"], counts["flops"])
+    assert row["flop_convention"].startswith(FLOP_CONVENTION) and OLD_CONVENTION in row["flop_convention"]
+
+
+def test_upgrade_converts_old_rows_and_leaves_current_ones():
+    old = {"model": "a", "knobs": "", "macs": 1100, "core_macs": 1000, "flops": 2200, "flop_convention": OLD_CONVENTION,
+           "train_images_per_s": 10.0, "train_achieved_flops_per_s": 3 * 2200 * 10.0, "train_pct_of_matmul": 66.0}
+    new = {"model": "b", "knobs": "", "macs": 500, "elementwise_ops": 7, "flops": 1007,
+           "flop_convention": FLOP_CONVENTION, "train_images_per_s": 1.0, "train_achieved_flops_per_s": 3021.0,
+           "train_pct_of_matmul": 3.021}
+    failed = {"model": "c", "knobs": "", "flop_convention": OLD_CONVENTION}  # counting failed: nothing to convert
+    frame = upgrade_counts(pd.DataFrame([old, new, failed])).set_index("model")
+    assert "core_macs" not in frame
+    a, b, c = frame.loc["a"], frame.loc["b"], frame.loc["c"]
+    assert (a["macs"], a["elementwise_ops"], a["flops"]) == (1000, 100, 2100)
+    assert a["train_achieved_flops_per_s"] == pytest.approx(3 * 2100 * 10.0)  # a rate of `flops`, rescaled
+    assert a["train_pct_of_matmul"] == pytest.approx(66.0 * 2100 / 2200)
+    assert a["flop_convention"] == f"{FLOP_CONVENTION} (converted from: {OLD_CONVENTION})"
+    assert (b["macs"], b["elementwise_ops"], b["flops"], b["train_pct_of_matmul"]) == (500, 7, 1007, 3.021)
+    assert pd.isna(c["macs"]) and c["flop_convention"] == OLD_CONVENTION
+    # The measure command updates an old table: its old rows come out in the current convention.
+    merged = merge_tables(pd.DataFrame([old]).assign(device_name="x", dtype="fp32", memory_format="contiguous",
+                                                     quick=True),
+                          pd.DataFrame([new]).assign(device_name="x", dtype="fp32", memory_format="contiguous",
+                                                     quick=True))
+    assert merged["macs"].tolist() == [1000, 500] and merged["elementwise_ops"].tolist() == [100, 7]
 
 
 # ------------------------------------------------------------------- speed and memory
@@ -245,7 +312,7 @@ def test_measure_models_one_row_per_model_failures_included(monkeypatch):
     ok, broken, unknown = (frame.iloc[i] for i in range(3))
     assert ok["error"] is None or (isinstance(ok["error"], float) and math.isnan(ok["error"]))
     assert ok["train_images_per_s"] > 0 and ok["matmul_flops_per_s"] > 0 and ok["train_pct_of_matmul"] > 0
-    assert ok["flops"] == 2 * ok["macs"] and ok["flop_convention"].startswith("macs=multiply-adds")
+    assert ok["flops"] == 2 * ok["macs"] + ok["elementwise_ops"] and ok["flop_convention"] == FLOP_CONVENTION
     assert ok["batch_size"] == 16 and ok["device"] == "cpu" and ok["cuda"] is None
     assert broken["error"].startswith("RuntimeError") and broken["params_total"] == 8
     assert "unknown model" in unknown["error"]

@@ -197,7 +197,7 @@ def test_sweep_writes_tidy_tables_and_skips_finished_cells(tmp_path):
     assert all(sorted(epochs) == [1, 2] for epochs in hist.groupby("cell_id")["epoch"].apply(list))
     assert not any(re.search(r"\d$", c) for c in hist.columns)  # no per-epoch columns
     # the tanh net has more counted FLOPs than the ReLU net (documented per-element costs)
-    flops = runs.groupby("activation")["macs"].first()
+    flops = runs.groupby("activation")["flops"].first()
     assert flops["tanh"] > flops["relu"]
     assert (out / "environment.json").exists()
     mtime = (out / "runs.csv").stat().st_mtime_ns

@@ -22,7 +22,7 @@ SHOWN = {
     "model": "model",
     "params_total": "params_M",
     "macs": "GMACs",
-    "core_macs": "core_GMACs",
+    "flops": "GFLOPs",
     "train_images_per_s": "train_img/s",
     "infer_images_per_s": "infer_img/s",
     "latency_ms_b1": "lat_b1_ms",
@@ -89,7 +89,7 @@ def _show(frame) -> str:
         shown[column] = pd.to_numeric(shown[column], errors="coerce").astype(float)  # None -> NaN -> "-"
     shown["params_M"] /= 1e6
     shown["GMACs"] /= 1e9
-    shown["core_GMACs"] /= 1e9
+    shown["GFLOPs"] /= 1e9
     shown["error"] = shown["error"].fillna("").astype(str).str.slice(0, 60)
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
 

@@ -1,28 +1,31 @@
 """Parameter and operation counts, with the FLOP convention stated in every result.
 
+Per image, forward pass (`bench.flop_convention` holds the convention string):
+
+* `macs`: multiply-adds of convolutions and linear layers / matmuls only, as
+  fvcore, torchvision ("GFLOPS") and the paper count them (bias additions not
+  included), so they compare with published numbers (torchvision `alexnet`:
+  0.714 G at 224). Equal to torch's `FlopCounterMode` total / 2.
+* `elementwise_ops`: everything else that is costed: activations, pooling, LRN,
+  batch norm, element-wise arithmetic, at the per-element costs below;
+* `flops`: 2 x `macs` + `elementwise_ops` (one multiply-add = two operations).
+
 Counting is fvcore's `FlopCountAnalysis` (a `torch.jit` trace of one forward
-pass at batch 1, in eval mode), which counts one multiply-add as one "flop":
-its numbers are multiply-adds (MACs). Every result here therefore carries
-
-* `macs`: multiply-adds per image, forward pass, everything costed below;
-* `flops`: 2 x `macs` (one multiply-add = two floating-point operations);
-* `core_macs`: multiply-adds of convolutions and linear layers / matmuls only,
-  which is what fvcore, torchvision ("GFLOPS") and most papers count, so it can
-  be compared with published numbers (torchvision `alexnet`: 0.714 G at 224).
-
-Off the shelf, fvcore counts nothing for ReLU, tanh, max-pooling or LRN, so
-the AlexNet ablations (tanh vs ReLU, LRN on/off, overlapping pooling) would show
-identical counts. This module adds handles so they do not. Costs are per
-element of the op's output, in MAC-equivalents (one elementary arithmetic
-operation or comparison = 1), the same unit as a multiply-add:
+pass at batch 1, in eval mode), which counts one multiply-add as one "flop": its
+conv and matmul numbers are `macs`. Off the shelf it counts nothing for ReLU,
+tanh, max-pooling or LRN, so the AlexNet ablations (tanh vs ReLU, LRN on/off,
+overlapping pooling) would show identical `flops`. This module adds handles so
+they do not. Costs are operations per element of the op's output (one
+elementary arithmetic operation or comparison = 1; exp counted as 1):
 
 | op (aten name in the trace)            | cost per output element | why                                        |
 |----------------------------------------|-------------------------|--------------------------------------------|
-| conv, linear, addmm, (b)mm, matmul     | fvcore's multiply-adds  | also summed into `core_macs`               |
+| conv, linear, addmm, (b)mm, matmul,    | fvcore's multiply-adds  | these, and only these, are `macs`          |
+| einsum                                 |                         |                                            |
 | relu, relu6/hardtanh, leaky_relu,      | 1                       | one compare-and-select                     |
 | threshold                              |                         |                                            |
 | tanh                                   | 5                       | 1 - 2/(exp(2x) + 1): scale, exp, add,      |
-|                                        |                         | divide, subtract (exp counted as 1)        |
+|                                        |                         | divide, subtract                           |
 | sigmoid                                | 4                       | 1/(1 + exp(-x)): negate, exp, add, divide  |
 | silu                                   | 5                       | sigmoid (4) + multiply                     |
 | add, sub, rsub, mul, div, pow, sqrt,   | 1                       | one arithmetic operation                   |
@@ -39,16 +42,18 @@ operation or comparison = 1), the same unit as a multiply-add:
 | bench.models.lrn's _LRNFunction        |                         | pow beta (1), divide (1)                   |
 | dropout, flatten, view, pad, cat, ...  | 0                       | data movement or identity at inference     |
 
-Pooling windows are counted at their full kernel size even where `ceil_mode`
-or padding clips them at the border, so pooling counts are upper bounds by a
-few percent. LRN costs size + 5 per element however it is written: PyTorch's
+Other ops fvcore costs by default (group/layer/instance norm, nearest upsampling,
+grid sampling) are counted at fvcore's cost in `elementwise_ops`. Pooling
+windows are counted at their full kernel size even where `ceil_mode` or padding
+clips them at the border, so pooling counts are upper bounds by a few percent.
+LRN costs size + 5 per element however it is written: PyTorch's
 `nn.LocalResponseNorm` decomposes into exactly the elementwise ops and the
 (size, 1, 1) avg_pool3d of the table, so its trace sums to size + 5;
 `bench.models.lrn`'s autograd Function traces as one
 `prim::PythonOp._LRNFunction`, handled by name with `size` read from its
 scalar arguments; and any module that `is_lrn` is costed as a whole by a
 forward hook, replacing whatever fvcore made of its insides, so that no LRN
-implementation (a conv over channels, say) leaks into `core_macs`. Ops with no
+implementation (a conv over channels, say) leaks into `macs`. Ops with no
 handle cost 0 and are listed in `uncounted_ops`.
 """
 
@@ -69,12 +74,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from fvcore.nn import FlopCountAnalysis
 
-FLOP_CONVENTION = "macs=multiply-adds; flops=2*macs; per image, forward pass"
+# fvcore's operator names (after its own renaming) that are convolution or matmul work: `macs`.
+MAC_OPS = ("conv", "linear", "addmm", "mm", "matmul", "bmm", "einsum")
 
-# fvcore's operator names (after its own renaming) that are convolution or matmul work.
-CORE_OPS = ("conv", "linear", "addmm", "mm", "matmul", "bmm", "einsum")
-
-# MAC-equivalents per output element; see the table in the module docstring.
+# Operations per output element; see the table in the module docstring.
 ACTIVATION_COST = {
     "relu": 1, "relu_": 1, "relu6": 1, "hardtanh": 1, "hardtanh_": 1,
     "leaky_relu": 1, "leaky_relu_": 1, "threshold": 1, "threshold_": 1,
@@ -211,7 +214,7 @@ def _example_input(model: nn.Module, input_size: int, batch: int = 1) -> torch.T
 
 
 def count_ops(model: nn.Module, input_size: int) -> dict:
-    """Per-image forward-pass counts: `macs`, `flops`, `core_macs`, `by_operator`, `uncounted_ops`.
+    """Per-image forward-pass counts: `macs`, `elementwise_ops`, `flops`, `by_operator`, `uncounted_ops`.
 
     Traced at batch 1 in eval mode (so dropout is off and batch norm is the
     inference op); the model's own train/eval modes are restored afterwards.
@@ -219,10 +222,10 @@ def count_ops(model: nn.Module, input_size: int) -> dict:
     x = _example_input(model, input_size)
     modes = {m: m.training for m in model.modules()}
     lrns = _top_level_lrns(model)
-    lrn_macs = Counter()
+    lrn_ops = Counter()
 
     def hook(module, args, output):
-        lrn_macs["lrn"] += lrn_cost_per_element(module) * output.numel()
+        lrn_ops["lrn"] += lrn_cost_per_element(module) * output.numel()
 
     handles = [m.register_forward_hook(hook) for m in lrns.values()]
     try:
@@ -239,17 +242,18 @@ def count_ops(model: nn.Module, input_size: int) -> dict:
         for name in lrns:
             by_op -= analysis.by_operator(name)
             unsupported -= analysis.unsupported_ops(name)
-        by_op += lrn_macs
+        by_op += lrn_ops
     finally:
         for h in handles:
             h.remove()
         for m, training in modes.items():
             m.train(training)
-    macs = int(sum(by_op.values()))
+    macs = int(sum(v for k, v in by_op.items() if k in MAC_OPS))
+    elementwise = int(sum(v for k, v in by_op.items() if k not in MAC_OPS))
     return {
         "macs": macs,
-        "flops": 2 * macs,
-        "core_macs": int(sum(v for k, v in by_op.items() if k in CORE_OPS)),
+        "elementwise_ops": elementwise,
+        "flops": 2 * macs + elementwise,
         "by_operator": dict(by_op),
         "uncounted_ops": ",".join(sorted(unsupported)),
     }
@@ -265,12 +269,12 @@ def count_params(model: nn.Module) -> dict:
 
 
 def count_model(model: nn.Module, input_size: int) -> dict:
-    """`params_total`, `params_trainable`, `macs`, `flops`, `core_macs` (per image), and `uncounted_ops`."""
+    """`params_total`, `params_trainable`, `macs`, `elementwise_ops`, `flops` (per image), and `uncounted_ops`."""
     ops = count_ops(model, input_size)
     return {
         **count_params(model),
         "macs": ops["macs"],
+        "elementwise_ops": ops["elementwise_ops"],
         "flops": ops["flops"],
-        "core_macs": ops["core_macs"],
         "uncounted_ops": ops["uncounted_ops"],
     }

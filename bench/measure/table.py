@@ -25,7 +25,8 @@ import torch
 
 from bench.device import pick_device
 from bench.env import environment
-from bench.measure.flops import FLOP_CONVENTION, count_model, count_params
+from bench.flop_convention import FLOP_CONVENTION, upgrade_counts
+from bench.measure.flops import count_model, count_params
 from bench.measure.speed import (
     matmul_flops_per_s,
     measure_throughput,
@@ -41,7 +42,7 @@ TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (2x forward); see the module d
 
 COLUMNS = [
     "model", "knobs", "params_total", "params_trainable", "input_size",
-    "macs", "flops", "core_macs", "flop_convention", "uncounted_ops",
+    "macs", "elementwise_ops", "flops", "flop_convention", "uncounted_ops",
     "train_images_per_s", "train_images_per_s_min", "train_images_per_s_max",
     "infer_images_per_s", "infer_images_per_s_min", "infer_images_per_s_max",
     "latency_ms_b1", "peak_mem_mb", "peak_mem_kind",
@@ -55,7 +56,7 @@ COLUMNS = [
 ]
 
 
-INT_COLUMNS = ("params_total", "params_trainable", "input_size", "macs", "flops", "core_macs", "batch_size")
+INT_COLUMNS = ("params_total", "params_trainable", "input_size", "macs", "elementwise_ops", "flops", "batch_size")
 
 
 def _rate(flops: float | None, images_per_s: float | None, factor: int = 1) -> float | None:
@@ -118,7 +119,11 @@ ROW_KEY = ["model", "knobs", "device_name", "dtype", "memory_format", "quick"]
 
 
 def merge_tables(saved: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-    """`saved` with `new`'s rows in place of those they measure again; other rows kept, sorted by model."""
+    """`saved` with `new`'s rows in place of those they measure again; other rows kept, sorted by model.
+
+    Rows saved under the earlier FLOP convention are converted to the current one first.
+    """
+    saved = upgrade_counts(saved)
     saved = saved.assign(knobs=saved["knobs"].fillna("") if "knobs" in saved else "")
 
     def key(frame):

@@ -21,6 +21,7 @@ import math
 
 import pandas as pd
 
+from bench.flop_convention import FLOP_CONVENTION
 from bench.report import format as fmt
 from bench.report.claims import claims_for
 from bench.report.load import StudyData
@@ -29,7 +30,6 @@ from bench.train.result import OK
 
 TOP1, TOP5, TRAIN = "final_test_top1_err_pct", "final_test_top5_err_pct", "final_train_err_pct"
 MEASURED_TRAIN, LOOP_TRAIN, MEASURED_INFER = "train_images_per_s", "median_train_images_per_s", "infer_images_per_s"
-KNOWN_CONVENTION = "macs=multiply-adds"
 WELCH_NOTE = ("Δ = configuration mean − baseline mean, in percentage points; its 95% interval is Welch's "
               "(unequal variances, Welch–Satterthwaite degrees of freedom). Error intervals are 95% "
               "t-intervals over seeds, mean ± t(0.975, n−1)·sd/√n.")
@@ -54,10 +54,14 @@ def flop_convention(sd: StudyData) -> str:
     return ""
 
 
-def macs_header(sd: StudyData, what: str = "") -> str:
-    conv = flop_convention(sd)
-    unit = "multiply-adds/image, forward" if KNOWN_CONVENTION in conv else "see FLOP convention"
-    return f"MACs{' ' + what if what else ''} ({unit})"
+def macs_header(sd: StudyData) -> str:
+    known = FLOP_CONVENTION in flop_convention(sd)
+    return f"MACs ({'conv + FC multiply-adds/image, forward' if known else 'see FLOP convention'})"
+
+
+def flops_header(sd: StudyData) -> str:
+    known = FLOP_CONVENTION in flop_convention(sd)
+    return f"FLOPs ({'2 × MACs + elementwise ops/image, forward' if known else 'see FLOP convention'})"
 
 
 def _failed(cells: pd.DataFrame) -> str:
@@ -84,7 +88,7 @@ def config_stats(sd: StudyData, cells: pd.DataFrame) -> dict:
         "top5_mean": top5.mean, "top5_sd": top5.sd, "top5_n": top5.n,
         "train_err_mean": train.mean, "gap_mean": top1.mean - train.mean,
         "params": _value(sd, cells, "params_total"), "macs": _value(sd, cells, "macs"),
-        "core_macs": _value(sd, cells, "core_macs"),
+        "flops": _value(sd, cells, "flops"),
         "train_ips": _value(sd, ok, train_col), "infer_ips": _value(sd, ok, infer_col) if infer_col else math.nan,
         "_summary": top1,
     }

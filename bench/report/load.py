@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import UserError
+from bench.flop_convention import upgrade_counts
 from bench.io import read_csv
 from bench.studies import StudyFile, studies_dir
 from bench.train.result import OK  # a cell whose final numbers count; diverged cells keep their curves only
@@ -213,6 +214,7 @@ def _normalize_runs(runs: pd.DataFrame, notes: Notes) -> pd.DataFrame:
             notes.warn(f"column 'status' missing from {RUNS}; every row taken as ok")
         runs["status"] = OK
     runs["status"] = runs["status"].fillna("unknown").astype(str)
+    runs = upgrade_counts(runs)  # tables written before `macs` meant conv + linear only
     if "seed" not in runs:
         runs["seed"] = 0
     if "cell_id" not in runs:

@@ -15,7 +15,7 @@ from matplotlib.ticker import EngFormatter, NullFormatter
 
 from bench.report import format as fmt
 from bench.report import plot
-from bench.report.effects import (effects, effects_notes, in_level_order, macs_header, missing_reason,
+from bench.report.effects import (effects, effects_notes, flops_header, in_level_order, macs_header, missing_reason,
                                   throughput_sources)
 from bench.report.load import StudyData
 from bench.report.markdown import Section
@@ -50,7 +50,7 @@ def architectures_table(sd: StudyData, eff: pd.DataFrame) -> fmt.Table:
     ref = eff.loc[eff["is_baseline"], "config"]
     ref = ref.iloc[0].split(" = ")[-1] if len(ref) and ref.iloc[0] != "baseline" else (
         next(iter(sd.baseline.values())) if sd.baseline else "baseline")
-    columns = ["architecture", "params", macs_header(sd, "all costed ops"), macs_header(sd, "conv + FC only"),
+    columns = ["architecture", "params", macs_header(sd), flops_header(sd),
                f"train images/s ({train_desc})", "inference images/s (model only)",
                "test top-1 err. % (mean ± sd)", "test top-5 err. % (mean ± sd)",
                f"Δ top-1 vs {ref}, pp [95% Welch CI]"]
@@ -59,7 +59,7 @@ def architectures_table(sd: StudyData, eff: pd.DataFrame) -> fmt.Table:
         n = int(r["n"])
         name = r["level"] or ref
         rows.append([
-            name, fmt.count(r["params"]), fmt.count(r["macs"]), fmt.count(r["core_macs"]),
+            name, fmt.count(r["params"]), fmt.count(r["macs"]), fmt.count(r["flops"]),
             fmt.rate(r["train_ips"]), fmt.rate(r["infer_ips"]) if infer_col else "not measured",
             fmt.mean_sd(r["top1_mean"], r["top1_sd"], n, why_missing=missing_reason(r)),
             fmt.mean_sd(r["top5_mean"], r["top5_sd"], int(r["top5_n"]), why_missing=missing_reason(r)),
@@ -128,7 +128,7 @@ def architectures_cost(sd: StudyData, eff: pd.DataFrame) -> Figure:
     notes = []
     ys = np.concatenate([ok[c].to_numpy(dtype=float) for c in ("top1_mean", "top1_lo", "top1_hi")])
     ys = ys[np.isfinite(ys)]
-    panels = ((axes[0], "macs", "MACs per image (multiply-adds, forward pass; log scale)"),
+    panels = ((axes[0], "macs", "MACs per image (conv + FC multiply-adds, forward pass; log scale)"),
               (axes[1], "params", "parameters (log scale)"))
     for ax, column, xlabel in panels:
         have = ok[ok[column].notna() & (ok[column] > 0)]
