@@ -22,11 +22,13 @@ import pytest
 
 from bench.errors import UserError
 from bench.report import command, report_all, report_study
+from bench.report.claims import CLAIMS
 from bench.report.format import latex_escape, to_latex, to_markdown
 from bench.report.kinds import KINDS, kind_for
 from bench.report.load import load
+from bench.report.markdown import PIPELINE_CHECK
 from bench.report.plot import level_colors, palette
-from bench.report.stats import summarize, t_quantile, welch
+from bench.report.stats import VERDICT_RULE, summarize, t_quantile, welch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,10 +48,17 @@ def cell(levels: dict, seed: int, *, status: str = "ok", top1=None, train=None, 
     return {"levels": levels, "seed": seed, "status": status, "base": base, "curve": curve, "extra": extra}
 
 
+CLEAN_BELOW = 6.0  # the clean training error (no augmentation or dropout) this far below the running one
+
+
 def write_study(folder: Path, study: str, factors: list[str], cells: list[dict], *, profile: str = "cpu",
                 history: bool = True, env: bool = True, drop: tuple[str, ...] = (), target: dict | None = None,
-                study_file: Path | None = None) -> Path:
+                study_file: Path | None = None, old: bool = False) -> Path:
+    """runs.csv, history.csv and environment.json as the runner writes them. old: as older runs did
+    (training error during the epoch as `train_err_pct`, no clean training error, a best test error)."""
     folder.mkdir(parents=True, exist_ok=True)
+    running, final_running = ("train_err_pct", "final_train_err_pct") if old else (
+        "train_running_err_pct", "final_train_running_err_pct")
     runs, hist = [], []
     for c in cells:
         cid = hashlib.sha256(json.dumps([c["levels"], c["seed"]], sort_keys=True).encode()).hexdigest()[:12]
@@ -61,11 +70,15 @@ def write_study(folder: Path, study: str, factors: list[str], cells: list[dict],
                "git_commit": "abc123", "status": c["status"],
                "error": None if c["status"] in ("ok", "diverged") else "RuntimeError: boom",
                "epochs_run": len(c["curve"]) if ok else None,
-               "final_train_err_pct": last[0], "final_test_top1_err_pct": last[1],
+               final_running: last[0], "final_test_top1_err_pct": last[1],
                "final_test_top5_err_pct": None if last[1] is None else last[1] / 4,
                "params_total": 1000, "macs": 50000, "core_macs": 48000, "flop_convention": CONVENTION,
                "median_train_images_per_s": 500.0, "data_source": "synthetic", "train_images": 160,
                "test_images": 80, "wall_seconds": 1.0}
+        if old:
+            row["best_test_top1_err_pct"] = None if last[1] is None else last[1] - 30  # must never be used
+        else:
+            row["final_train_clean_top1_err_pct"] = None if last[0] is None else last[0] - CLEAN_BELOW
         row.update(c["extra"])
         if target:
             reached = next((e + 1 for e, (tr, _) in enumerate(c["curve"]) if tr <= target["value"]), None)
@@ -74,9 +87,10 @@ def write_study(folder: Path, study: str, factors: list[str], cells: list[dict],
         runs.append(row)
         for e, (tr, te) in enumerate(c["curve"] if ok else []):
             hist.append({"study": study, "profile": profile, "cell_id": cid, **c["levels"], "seed": c["seed"],
-                         "epoch": e + 1, "train_loss": 1.0, "train_err_pct": tr, "test_loss": 1.0,
+                         "epoch": e + 1, "train_loss": 1.0, running: tr, "test_loss": 1.0,
                          "test_top1_err_pct": te, "test_top5_err_pct": te / 4, "lr": 0.02, "epoch_seconds": 1.0,
-                         "train_images_per_s": 500.0, "elapsed_seconds": e + 1.0})
+                         "train_images_per_s": 500.0, "elapsed_seconds": e + 1.0,
+                         **({} if old else {"train_clean_top1_err_pct": tr - CLEAN_BELOW})})
     pd.DataFrame(runs).drop(columns=list(drop)).to_csv(folder / "runs.csv", index=False)
     if history:
         pd.DataFrame(hist).to_csv(folder / "history.csv", index=False)
@@ -100,7 +114,7 @@ def decay(start: float, end: float, epochs: int, gap: float) -> list[tuple[float
 BASE = {"activation": "relu", "norm": "lrn", "pool": "overlap", "dropout": "0.5", "towers": "two"}
 TOP1 = {  # configuration -> final test top-1 error per seed
     ("baseline", ""): [20.0, 21.0, 22.0],
-    ("activation", "tanh"): [22.0, 23.0, 24.0],
+    ("activation", "tanh"): [22.0, 23.5, 24.0],
     ("norm", "none"): [23.0, 25.0],  # seed 2 failed
     ("dropout", "0.0"): [21.5, 22.5, 23.5],
     ("pool", "nonoverlap"): [24.0],  # one seed
@@ -194,26 +208,31 @@ def test_ablation_effects_numbers(ablation):
     m, sd, lo, hi = t_interval(tanh)
     r = rows["activation = tanh"]
     assert (r["top1_mean"], r["top1_lo"], r["top1_hi"]) == (pytest.approx(m), pytest.approx(lo), pytest.approx(hi))
-    # Welch: equal sds and n=3 on both sides, so df = 4
-    se = math.sqrt(statistics.variance(base) / 3 + statistics.variance(tanh) / 3)
-    assert r["diff"] == pytest.approx(m - bm) and r["diff_df"] == pytest.approx(4.0)
-    assert (r["diff_lo"], r["diff_hi"]) == (pytest.approx(m - bm - T975[4] * se), pytest.approx(m - bm + T975[4] * se))
+    # paired over seeds 0, 1, 2: a t-interval on the per-seed differences, df = 2
+    per_seed = [t - b for t, b in zip(tanh, base)]
+    se = statistics.stdev(per_seed) / math.sqrt(3)
+    assert r["diff"] == pytest.approx(m - bm) and r["diff_df"] == pytest.approx(2.0)
+    assert (r["diff_method"], r["diff_n"]) == ("paired", 3)
+    assert (r["diff_lo"], r["diff_hi"]) == (pytest.approx(m - bm - T975[2] * se), pytest.approx(m - bm + T975[2] * se))
 
     none = TOP1[("norm", "none")]  # two finished seeds of three: the failed one is counted, not averaged
     m, sd, lo, hi = t_interval(none)
     r = rows["norm = none"]
     assert (r["n"], r["cells"], r["failed"]) == (2, 3, "error×1")
     assert (r["top1_lo"], r["top1_hi"]) == (pytest.approx(lo), pytest.approx(hi))
-    assert r["diff"] == pytest.approx(statistics.mean(none) - bm)
+    # paired over the two seeds both have: the baseline's seed 2 has no partner and is left out
+    assert r["diff"] == pytest.approx(statistics.mean(none) - statistics.mean(base[:2]))
+    assert (r["diff_method"], r["diff_n"]) == ("paired", 2)
 
     r = rows["pool = nonoverlap"]  # one seed: a mean, no interval
     assert r["n"] == 1 and r["top1_mean"] == 24.0 and math.isnan(r["top1_lo"]) and math.isnan(r["diff_lo"])
-    assert r["diff"] == pytest.approx(24.0 - bm)
+    assert r["diff"] == pytest.approx(24.0 - base[0])  # paired with the baseline's seed 0
 
     md = (ablation / "tables" / "ablation_effects.md").read_text()
     assert f"{m:.2f} ± {sd:.2f} (n=2)" in md and "24.00 (n=1)" in md and "one seed: no interval" in md
     d = statistics.mean(tanh) - bm
-    assert f"{d:+.2f} [{d - T975[4] * se:+.2f}, {d + T975[4] * se:+.2f}]" in md
+    assert f"{d:+.2f} [{d - T975[2] * se:+.2f}, {d + T975[2] * se:+.2f}] | paired, 3 seeds |" in md
+    assert "[95% paired CI]" in md and "paired, 1 seed: no interval" in md
     tex = (ablation / "tables" / "ablation_effects.tex").read_text()
     assert r"\toprule" in tex and r"$\pm$" in tex and r"\%" in tex and "±" not in tex
 
@@ -379,7 +398,7 @@ ARCH = {"lenet5": ([40.0, 42.0], 60_000, 400_000), "alexnet": ([20.0, 22.0], 2_0
 def arch(tmp_path_factory) -> Path:
     cells = []
     for name, (errs, params, macs) in ARCH.items():
-        for seed, e in enumerate(errs):
+        for seed, e in enumerate(errs, start=2 if name == "resnet18" else 0):  # resnet18: no seed in common
             cells.append(cell({"architecture": name}, seed, top1=e, base=name == "alexnet", params_total=params,
                               macs=macs, core_macs=macs, train_images_per_s=1e6 / params ** 0.5,
                               infer_images_per_s=3e6 / params ** 0.5))
@@ -400,9 +419,12 @@ def test_architectures_outputs_and_numbers(arch):
     assert r["diff"] == pytest.approx(11.0 - 21.0) and r["params"] == 11_000_000
     se = math.sqrt(2 / 2 + 2 / 2)  # both sides sd = sqrt(2), n = 2: Welch df = 2
     assert (r["diff_lo"], r["diff_hi"]) == (pytest.approx(-10 - T975[2] * se), pytest.approx(-10 + T975[2] * se))
+    assert (r["diff_method"], eff.set_index("level").loc["lenet5", "diff_method"]) == ("welch", "paired")
     assert r["train_ips"] == pytest.approx(1e6 / 11_000_000 ** 0.5)
     md = (arch / "tables" / "architectures.md").read_text()
     assert "| vgg16 |" in md and "oom×2" in md and "Δ top-1 vs alexnet" in md and "550 M" in md
+    assert "[95% paired or Welch CI]" in md and "| Welch, 2 vs 2 seeds |" in md and "| paired, 2 seeds |" in md
+    assert "pipeline check" not in (arch / "report.md").read_text()  # a gpu profile is not one
     assert "model only, median of timed repeats" in md
 
 
@@ -523,3 +545,139 @@ def test_a_study_file_that_no_longer_validates_is_one_warning_not_a_failure(tmp_
     warned = [r.getMessage() for r in caplog.records if "that study file is not used" in r.getMessage()]
     assert len(warned) == 1 and str(toml) in warned[0] and "colour" in warned[0]
     assert "a toy one-at-a-time study" not in report and "that study file is not used" in report
+
+
+# --- verdicts, overfitting and selection ---------------------------------------------------------
+
+CLAIM_BASE = {"norm": "lrn", "pool": "overlap", "augment": "crop+flip", "dropout": "0.5"}
+# configuration -> per seed (test top-1 error, clean training error), %
+CLAIM_CELLS = {
+    ("baseline", ""): [(30.0, 20.0), (31.0, 20.5), (32.0, 22.5)],  # gap 10, 10.5, 9.5
+    ("norm", "none"): [(32.0, 25.0), (33.5, 26.0), (34.2, 27.0)],  # +2, +2.5, +2.2: the paper's side
+    ("augment", "crop+flip+pca"): [(31.5, 21.0), (32.2, 21.0), (33.9, 23.0)],  # +1.5, +1.2, +1.9: not its side
+    ("pool", "nonoverlap"): [(31.0, 20.0)],  # one seed
+    ("dropout", "0.0"): [(33.0, 5.0), (34.0, 6.0), (35.0, 6.5)],  # gap 28, 28, 28.5: wider, and above 0
+    ("augment", "none"): [(34.0, 30.0), (35.0, 31.5), (36.0, 33.0)],  # gap 4, 3.5, 3: narrower
+}
+
+
+def claim_cells() -> list[dict]:
+    return [cell(CLAIM_BASE if f == "baseline" else {**CLAIM_BASE, f: lv}, seed, top1=top1, base=f == "baseline",
+                 final_train_clean_top1_err_pct=clean)
+            for (f, lv), values in CLAIM_CELLS.items() for seed, (top1, clean) in enumerate(values)]
+
+
+def claims_by_subject(folder: Path) -> dict:
+    table = pd.read_csv(folder / "tables" / "paper_claims.csv", keep_default_na=False, na_values=[""])
+    return {r["claim"]: r for _, r in table.iterrows()}
+
+
+def paired_interval(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    d = [y - x for x, y in zip(a, b)]
+    m, half = statistics.mean(d), T975[len(d) - 1] * statistics.stdev(d) / math.sqrt(len(d))
+    return m, m - half, m + half
+
+
+@pytest.fixture(scope="module")
+def claims_study(tmp_path_factory) -> Path:
+    folder = write_study(tmp_path_factory.mktemp("claims") / "toy-claims" / "cpu", "toy-claims", list(CLAIM_BASE),
+                         claim_cells())
+    report_study(folder)
+    return folder
+
+
+def test_claims_table_verdicts_from_paired_seeds(claims_study):
+    rows = claims_by_subject(claims_study)
+    top1 = {k: [t for t, _ in v] for k, v in CLAIM_CELLS.items()}
+    gap = {k: [t - c for t, c in v] for k, v in CLAIM_CELLS.items()}
+    base = ("baseline", "")
+
+    d, lo, hi = paired_interval(top1[base], top1[("norm", "none")])
+    for subject in ("local response normalisation removed", "local response normalisation removed, four-layer CNN"):
+        r = rows[subject]
+        assert (r["effect"], r["lo"], r["hi"]) == (pytest.approx(d), pytest.approx(lo), pytest.approx(hi))
+        assert lo > 0 and (r["verdict"], r["n"], r["method"]) == ("agrees", 3, "paired")
+
+    d, lo, hi = paired_interval(top1[base], top1[("augment", "crop+flip+pca")])
+    r = rows["PCA colour lighting added to crops and mirrors"]  # the paper expects lower error
+    assert lo > 0 and r["lo"] == pytest.approx(lo) and r["verdict"] == "disagrees"
+
+    d, lo, hi = paired_interval(gap[base], gap[("dropout", "0.0")])
+    r = rows["no dropout in the first two FC layers"]
+    assert lo > 0 and r["effect"] == pytest.approx(d) and r["verdict"] == "agrees"
+    d, lo, hi = paired_interval(gap[base], gap[("augment", "none")])
+    assert hi < 0 and rows["no crops or mirrors"]["verdict"] == "disagrees"  # the gap narrows
+
+    for subject in ("non-overlapping 2x2/2 instead of overlapping 3x3/2 pooling",
+                    "non-overlapping 2x2/2 instead of overlapping 3x3/2 pooling: overfitting"):
+        r = rows[subject]  # one seed: a number, never a direction
+        assert (r["n"], r["verdict"]) == (1, "not resolvable") and math.isnan(r["lo"])
+        assert "fewer than two seeds" in r["note"]
+
+    report = (claims_study / "report.md").read_text()
+    assert VERDICT_RULE in report and "| measured effect [95% interval] | n | method | verdict | note |" in report
+    assert PIPELINE_CHECK in report.splitlines()[2]  # the cpu profile: said at the top
+    for word in ("same direction", "opposite direction", "larger gap", "ReLU faster"):
+        assert word not in report
+
+
+def test_overfitting_gap_uses_the_clean_training_error(claims_study):
+    gaps = pd.read_csv(claims_study / "tables" / "overfitting.csv", keep_default_na=False, na_values=[""])
+    r = gaps.set_index("config").loc["dropout = 0.0"]
+    values = CLAIM_CELLS[("dropout", "0.0")]
+    assert r["gap_mean"] == pytest.approx(statistics.mean(t - c for t, c in values))  # not test − running (5 pp)
+    assert r["gap_n"] == 3 and r["diff_method"] == "paired"
+    assert (claims_study / "figures" / "overfitting.png").stat().st_size > 5000
+    md = (claims_study / "tables" / "overfitting.md").read_text()
+    assert "clean train" in md and "| paired, 3 seeds |" in md
+
+
+def test_older_results_map_running_error_and_refuse_overfitting(tmp_path, caplog):
+    folder = write_study(tmp_path / "toy-claims" / "cpu", "toy-claims", list(CLAIM_BASE),
+                         [{**c, "extra": {}} for c in claim_cells()], old=True)
+    sd = load(folder)
+    assert "final_train_running_err_pct" in sd.runs and "final_train_err_pct" not in sd.runs
+    assert "best_test_top1_err_pct" not in sd.runs  # selecting on it would select on test data
+    assert "train_running_err_pct" in sd.history and "train_err_pct" not in sd.history
+    with caplog.at_level(logging.WARNING):
+        report = report_study(folder).read_text()
+    assert "no clean training error recorded (older run): overfitting not resolvable" in report
+    assert not (folder / "figures" / "overfitting.png").exists()
+    assert not (folder / "tables" / "overfitting.csv").exists()
+    rows = claims_by_subject(folder)
+    for subject in ("no dropout in the first two FC layers", "no crops or mirrors"):
+        assert rows[subject]["verdict"] == "not resolvable" and rows[subject]["n"] == 0
+    assert rows["local response normalisation removed"]["verdict"] == "agrees"  # test error is still there
+    for path in (folder / "tables").glob("*.csv"):
+        assert "best_test" not in path.read_text(), path
+
+
+def test_figure1_claim_is_paired_over_seeds_per_setup(fig1):
+    rows = claims_by_subject(fig1)
+    subject = next(c.subject for c in CLAIMS if c.kind == "speedup")
+    modern, paper = rows[f"setup modern: {subject}"], rows[f"setup paper: {subject}"]
+    logs = [math.log(t / r) for r, t in zip([2, 3], [9, 11])]  # tanh / ReLU epochs per seed, chosen rates
+    m, half = statistics.mean(logs), T975[1] * statistics.stdev(logs) / math.sqrt(2)
+    assert (modern["effect"], modern["lo"], modern["hi"]) == (
+        pytest.approx(math.exp(m)), pytest.approx(math.exp(m - half)), pytest.approx(math.exp(m + half)))
+    assert m - half > 0 and (modern["verdict"], modern["n"], modern["method"]) == ("agrees", 2, "paired")
+    assert paper["verdict"] == "not resolvable" and "did not reach the target" in paper["note"]
+    assert "lower bound" in paper["note"]
+
+
+def test_learning_rate_at_the_edge_of_its_grid_is_flagged(tmp_path, caplog):
+    grid = {("relu", "0.01"): [5, 5], ("relu", "0.02"): [3, 3], ("relu", "0.05"): [4, 4],  # fastest inside
+            ("tanh", "0.01"): [9, 9], ("tanh", "0.02"): [8, 8], ("tanh", "0.05"): [6, 6]}  # fastest: the largest
+    cells = [cell({"activation": act, "lr": lr}, seed, curve=fig1_curve(reach, 20.0))
+             for (act, lr), reaches in grid.items() for seed, reach in enumerate(reaches)]
+    folder = write_study(tmp_path / "f" / "cpu", "toy-fig1", ["activation", "lr"], cells, target=TARGET)
+    with caplog.at_level(logging.WARNING):
+        report = report_study(folder).read_text()
+    table = pd.read_csv(folder / "tables" / "figure1_lr_grid.csv", dtype={"lr": str}, keep_default_na=False)
+    flagged = {(r["activation"], r["lr"]): (bool(r["chosen"]), r["edge"]) for _, r in table.iterrows()}
+    assert flagged[("relu", "0.02")] == (True, "") and flagged[("tanh", "0.05")] == (True, "largest")
+    assert sum(c for c, _ in flagged.values()) == 2 and [e for _, e in flagged.values() if e] == ["largest"]
+    assert "lr 0.05 is the largest tried (0.01, 0.02, 0.05): the fastest rate may lie outside the grid" in report
+    assert "lr 0.02 is the" not in report
+    assert "| largest tried |" in (folder / "tables" / "figure1_lr_grid.md").read_text()
+    assert "on training error (what the paper plots)" in report

@@ -10,8 +10,11 @@ What is drawn depends on the kind of study, told from what the tables hold, not
 from the study's name: each kind is one module of `bench.report.kinds`
 (Figure 1 curves, the one-at-a-time ablation, the architecture comparison, and
 a generic fallback), the first in `KINDS` that applies. Every report also has
-every configuration (table `cells`) and the paper's claims beside the
-measurements that re-measure them.
+every configuration (table `cells`) and the paper's claims that the study
+re-measures, each with its measured effect, 95% interval, n, method and verdict
+(table `paper_claims`; `bench.report.claims`, `bench.report.stats`). Nothing is
+selected on test error. A `cpu` or `smoke` profile is a pipeline check, and
+report.md says so at the top.
 
 Missing data is one logging.warning line each and a list in report.md, never a crash.
 """
@@ -21,11 +24,20 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pandas as pd
+
 from bench.io import atomic_write_text
 from bench.report import effects
 from bench.report.kinds import KINDS, kind_for
 from bench.report.load import RUNS, load
-from bench.report.markdown import Section, cell_status_lines, claim_rows, claims_section, render
+from bench.report.markdown import (
+    CLAIMS_TABLE,
+    Section,
+    cell_status_lines,
+    claim_rows,
+    claims_section,
+    render,
+)
 from bench.report.output import TABLE_FORMATS, TABLES, Outcome, Output
 from bench.report.plot import style
 from bench.studies import list_studies
@@ -43,7 +55,7 @@ def report_study(results_dir: Path) -> Path:
     sd = load(Path(results_dir))
     cell_status_lines(sd)
     out = Output(sd, [name for kind in KINDS for name in kind.FIGURES],
-                 [name for kind in KINDS for name in kind.TABLES] + [CELLS])
+                 [name for kind in KINDS for name in kind.TABLES] + [CELLS, CLAIMS_TABLE])
     outcome = Outcome()
     with style():
         if len(sd.runs):
@@ -59,10 +71,13 @@ def report_study(results_dir: Path) -> Path:
                 s.text.append("Every configuration is in the table above; as one flat table with a column per "
                               "factor: " + " · ".join(f"[{x}]({TABLES}/{CELLS}.{x})" for x in TABLE_FORMATS) + ".")
             outcome.sections.append(s)
+        rows = out.guarded("the claims table", claim_rows, sd, outcome.claims) or []
+        claims = claims_section(sd, rows)
+        if claims is not None:
+            section, table = claims
+            out.table(table, pd.DataFrame(rows), section)
+            outcome.sections.insert(min(len(outcome.sections), 1), section)
     sections = outcome.sections
-    claims = claims_section(claim_rows(sd, outcome.effects, outcome.ratios))
-    if claims is not None:
-        sections.insert(1 if len(sections) > 1 else len(sections), claims)
     path = sd.folder / REPORT
     atomic_write_text(path, render(sd, sections, f"python -m bench report {sd.folder}"))
     log.info("%s: report -> %s", sd.label, path)

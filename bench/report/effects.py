@@ -6,9 +6,14 @@ other levels with every other factor at its baseline), with
 
 * test top-1 / top-5 error (%) over the seeds whose cell finished `ok`: mean,
   sample sd, and the 95% t-interval mean ± t(0.975, n-1) sd / sqrt(n);
-* the difference from the baseline (level - baseline, percentage points) with
-  its 95% Welch interval (unequal variances, Welch-Satterthwaite degrees of
-  freedom); both need two or more seeds on each side, otherwise NaN;
+* the difference from the baseline (configuration - baseline, percentage
+  points) with its 95% interval from `stats.compare`: paired over the seeds
+  both have (a seed fixes the data order and initial weights of both cells),
+  Welch's only where they share no seed; `diff_method` and `diff_n` say which
+  and over how many; with fewer than two, no interval (NaN);
+* the last-epoch running training error (during the epoch, through augmentation
+  and dropout), the clean training error where recorded, and the gap test error
+  minus clean training error over seeds (NaN without a clean column);
 * params, MACs, throughput, and which cells failed.
 
 `configurations` is the same statistics for every level combination in runs.csv
@@ -23,16 +28,18 @@ import pandas as pd
 
 from bench.flop_convention import FLOP_CONVENTION
 from bench.report import format as fmt
-from bench.report.claims import claims_for
-from bench.report.load import StudyData
-from bench.report.stats import Summary, summarize, welch
+from bench.report.claims import by_seed
+from bench.report.load import CLEAN_TRAIN, RUNNING_TRAIN, StudyData
+from bench.report.stats import PAIRED, WELCH, Difference, compare, summarize
 from bench.train.result import OK
 
-TOP1, TOP5, TRAIN = "final_test_top1_err_pct", "final_test_top5_err_pct", "final_train_err_pct"
+TOP1, TOP5 = "final_test_top1_err_pct", "final_test_top5_err_pct"
 MEASURED_TRAIN, LOOP_TRAIN, MEASURED_INFER = "train_images_per_s", "median_train_images_per_s", "infer_images_per_s"
-WELCH_NOTE = ("Δ = configuration mean − baseline mean, in percentage points; its 95% interval is Welch's "
-              "(unequal variances, Welch–Satterthwaite degrees of freedom). Error intervals are 95% "
-              "t-intervals over seeds, mean ± t(0.975, n−1)·sd/√n.")
+DIFF_NOTE = ("Δ = configuration − baseline, in percentage points, with its 95% interval: paired over the seeds "
+             "both have (Student t, n − 1 degrees of freedom, on the per-seed differences), Welch's unpaired "
+             "interval only where they share no seed; the method and n are given per row. Error intervals are "
+             "95% t-intervals over seeds, mean ± t(0.975, n−1)·sd/√n.")
+METHOD_NAMES = {PAIRED: "paired", WELCH: "Welch"}
 
 
 def config_label(factor: str | None, level: str | None) -> str:
@@ -75,42 +82,86 @@ def _value(sd: StudyData, cells: pd.DataFrame, column: str) -> float:
     return float(values.astype(float).mean()) if len(values) else math.nan
 
 
+def finished(sd: StudyData, cells: pd.DataFrame) -> pd.DataFrame:
+    """The cells whose final numbers count: status ok and a test error."""
+    return cells[(cells["status"] == OK) & sd.column(TOP1, cells).notna()]
+
+
+def gap_by_seed(sd: StudyData, ok: pd.DataFrame) -> dict:
+    """seed -> test error minus clean training error (pp) of finished cells; {} without a clean column."""
+    if not sd.has(CLEAN_TRAIN):
+        return {}
+    return by_seed(ok, ok[TOP1].astype(float) - ok[CLEAN_TRAIN].astype(float))
+
+
 def config_stats(sd: StudyData, cells: pd.DataFrame) -> dict:
-    ok = cells[(cells["status"] == OK) & sd.column(TOP1, cells).notna()]
+    ok = finished(sd, cells)
     top1 = summarize(ok[TOP1] if len(ok) else [])
     top5 = summarize(sd.column(TOP5, ok))
-    train = summarize(sd.column(TRAIN, ok))
+    running = summarize(sd.column(RUNNING_TRAIN, ok, "training error during the last epoch"))
+    clean = summarize(ok[CLEAN_TRAIN] if sd.has(CLEAN_TRAIN) else [])
+    gap = summarize(gap_by_seed(sd, ok).values())
     train_col, _, infer_col = throughput_sources(sd)
     return {
         "cells": len(cells), "n": top1.n, "seeds": ",".join(str(s) for s in sorted(ok["seed"].tolist())),
         "failed": _failed(cells),
         "top1_mean": top1.mean, "top1_sd": top1.sd, "top1_lo": top1.lo, "top1_hi": top1.hi,
         "top5_mean": top5.mean, "top5_sd": top5.sd, "top5_n": top5.n,
-        "train_err_mean": train.mean, "gap_mean": top1.mean - train.mean,
+        "train_running_err_mean": running.mean, "train_clean_err_mean": clean.mean,
+        "gap_mean": gap.mean, "gap_lo": gap.lo, "gap_hi": gap.hi, "gap_n": gap.n,
         "params": _value(sd, cells, "params_total"), "macs": _value(sd, cells, "macs"),
         "flops": _value(sd, cells, "flops"),
         "train_ips": _value(sd, ok, train_col), "infer_ips": _value(sd, ok, infer_col) if infer_col else math.nan,
-        "_summary": top1,
     }
+
+
+def top1_by_seed(sd: StudyData, cells: pd.DataFrame) -> dict:
+    """seed -> final test top-1 error of the finished cells of one configuration."""
+    ok = finished(sd, cells)
+    return by_seed(ok, ok[TOP1]) if len(ok) else {}
+
+
+def diff_columns(d: Difference | None) -> dict:
+    """The `diff_*` columns of one row of `effects` from `stats.compare`'s result."""
+    if d is None:
+        return {"diff": math.nan, "diff_lo": math.nan, "diff_hi": math.nan, "diff_df": math.nan,
+                "diff_method": "", "diff_n": 0, "base_n": 0}
+    return {"diff": d.diff, "diff_lo": d.lo, "diff_hi": d.hi, "diff_df": d.df, "diff_method": d.method,
+            "diff_n": d.n, "base_n": d.n_a}
+
+
+def method_text(row) -> str:
+    """'paired, 3 seeds' / 'Welch, 3 vs 2 seeds' / 'one seed: no interval' for a row of `effects`."""
+    n, method = int(row["diff_n"]), row["diff_method"]
+    if not method or math.isnan(row["diff"]):
+        return fmt.MISSING
+    if n < 2:
+        return f"{METHOD_NAMES[method]}, {n} seed{'s' * (n != 1)}: no interval"
+    if method == PAIRED:
+        return f"paired, {n} seeds"
+    return f"Welch, {int(row['base_n'])} vs {int(row['n'])} seeds"
+
+
+def diff_header(eff: pd.DataFrame) -> str:
+    """'paired' or 'Welch' where every difference in `eff` is one kind, else 'paired or Welch'."""
+    methods = set(eff.loc[~eff["is_baseline"] & (eff["diff_method"] != ""), "diff_method"]) if len(eff) else set()
+    return METHOD_NAMES[methods.pop()] if len(methods) == 1 else "paired or Welch"
 
 
 def effects(sd: StudyData) -> pd.DataFrame:
     """One row per configuration of the one-at-a-time design; see the module docstring."""
     rows, not_run = [], []
-    base: Summary | None = None
+    base: dict | None = None
     for factor, level, levels in sd.one_at_a_time():
         cells = sd.cells_at(levels)
-        stats = config_stats(sd, cells)
         if factor is None:
-            base = stats["_summary"]
+            base = top1_by_seed(sd, cells)
         if len(cells) == 0:
             not_run.append(config_label(factor, level))
-        d = welch(base, stats.pop("_summary")) if base is not None and base.n else None
+        mine = top1_by_seed(sd, cells)
+        d = compare(base, mine) if base and mine else None
         rows.append({"config": config_label(factor, level), "factor": factor or "", "level": level or "",
-                     "is_baseline": factor is None, **stats,
-                     "diff": d.diff if d else math.nan, "diff_lo": d.lo if d else math.nan,
-                     "diff_hi": d.hi if d else math.nan, "diff_df": d.df if d else math.nan,
-                     "base_n": base.n if base is not None else 0})
+                     "is_baseline": factor is None, **config_stats(sd, cells), **diff_columns(d)})
     if not_run:
         sd.notes.warn(f"{len(not_run)} configuration(s) have no cell in runs.csv (not run at this profile, or "
                       f"not yet), shown as missing: {', '.join(not_run)}")
@@ -141,7 +192,6 @@ def configurations(sd: StudyData) -> pd.DataFrame:
     for _, combo in combos.iterrows():
         levels = {f: combo[f] for f in sd.factors}
         stats = config_stats(sd, sd.cells_at(levels))
-        stats.pop("_summary")
         rows.append({**levels, **stats})
     return pd.DataFrame(rows)
 
@@ -155,24 +205,30 @@ def missing_reason(row) -> str:
 
 
 def configurations_table(sd: StudyData, conf: pd.DataFrame) -> fmt.Table:
+    clean = sd.has(CLEAN_TRAIN)
     columns = [*sd.factors, "seeds ok / cells", "failed", "test top-1 err. % (mean ± sd)",
-               "95% CI (%)", "final train err. %"]
+               "95% CI (%)", "running train err. % (last epoch)"] + (["clean train err. %"] if clean else [])
     rows = []
     for _, r in conf.iterrows():
         n = int(r["n"])
         rows.append([*(str(r[f]) for f in sd.factors), f"{n} / {int(r['cells'])}", r["failed"] or "",
                      fmt.mean_sd(r["top1_mean"], r["top1_sd"], n, why_missing=missing_reason(r)),
-                     fmt.interval(r["top1_lo"], r["top1_hi"], n), fmt.num(r["train_err_mean"])])
-    return fmt.Table("cells", f"{sd.study} ({sd.profile}): every configuration", columns, rows,
-                     ["Errors are the last epoch's, over the seeds whose cell finished ok."])
+                     fmt.interval(r["top1_lo"], r["top1_hi"], n), fmt.num(r["train_running_err_mean"])]
+                    + ([fmt.num(r["train_clean_err_mean"])] if clean else []))
+    notes = ["Errors are the last epoch's, mean over the seeds whose cell finished ok. Running training error: "
+             "measured during the epoch, through augmentation and dropout."]
+    notes.append("Clean training error: the training images evaluated without augmentation or dropout, at the "
+                 "final weights." if clean else "No clean training error recorded (older run).")
+    return fmt.Table("cells", f"{sd.study} ({sd.profile}): every configuration", columns, rows, notes)
 
 
 def effects_notes(sd: StudyData, eff: pd.DataFrame) -> list[str]:
     """The notes under a table of `effects`: the intervals, the FLOP convention, one-seed rows."""
-    notes = [WELCH_NOTE]
+    notes = [DIFF_NOTE]
     conv = flop_convention(sd)
     notes.append(f"FLOP convention (flop_convention column): {conv}." if conv else
                  "FLOP convention unknown (no flop_convention column).")
-    if len(eff) and (eff["n"] == 1).any():
-        notes.append("Configurations with one seed show no interval: one seed says nothing about the spread.")
+    if len(eff) and ((eff["n"] == 1).any() or ((eff["diff_n"] == 1) & ~eff["is_baseline"]).any()):
+        notes.append("Configurations with one seed (or one seed in common with the baseline) show no interval: "
+                     "one seed says nothing about the spread.")
     return notes

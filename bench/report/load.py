@@ -11,6 +11,15 @@ warning line, not the end of the report.
 
 Missing data (no history, a failed cell, a missing column) goes through
 `Notes.warn`: one logging.warning line, also listed in report.md.
+
+Column names are read through one mapping (`RENAMED`): older results call the
+training error measured during the epoch (through augmentation and dropout)
+`train_err_pct` / `final_train_err_pct`; the report knows it only as the running
+error, `train_running_err_pct` / `final_train_running_err_pct`, as newer runs
+name it, and never mistakes it for the clean training error (the training images
+evaluated without augmentation or dropout, `train_clean_top1_err_pct` /
+`final_train_clean_top1_err_pct`), which older runs did not record. Columns in
+`IGNORED` are dropped on reading: the report selects nothing on test error.
 """
 
 from __future__ import annotations
@@ -27,12 +36,41 @@ from bench.errors import UserError
 from bench.flop_convention import upgrade_counts
 from bench.io import read_csv
 from bench.studies import StudyFile, studies_dir
-from bench.train.result import OK  # a cell whose final numbers count; diverged cells keep their curves only
+from bench.train.result import (
+    OK,  # a cell whose final numbers count; diverged cells keep their curves only
+)
 
 log = logging.getLogger(__name__)
 
 RUNS, HISTORY, ENVIRONMENT = "runs.csv", "history.csv", "environment.json"
-DEFAULT_TARGET = {"metric": "train_err_pct", "value": 25.0}  # the paper's Figure 1
+# Training error during the epoch, through augmentation and dropout, in % (per epoch; the last epoch's).
+RUNNING_TRAIN_EPOCH, RUNNING_TRAIN = "train_running_err_pct", "final_train_running_err_pct"
+# Training images evaluated without augmentation or dropout, top-1 error in % (per epoch; final weights).
+CLEAN_TRAIN_EPOCH, CLEAN_TRAIN = "train_clean_top1_err_pct", "final_train_clean_top1_err_pct"
+RENAMED = {"train_err_pct": RUNNING_TRAIN_EPOCH, "final_train_err_pct": RUNNING_TRAIN}  # older name -> name here
+# A column chosen on test error (the best epoch's) would select on the test set: never read.
+IGNORED = ("best_test_top1_err_pct",)
+DEFAULT_TARGET = {"metric": RUNNING_TRAIN_EPOCH, "value": 25.0}  # the paper's Figure 1
+
+
+def canonical(name: str) -> str:
+    """A metric's name as the report knows it ('train_err_pct' -> 'train_running_err_pct')."""
+    return RENAMED.get(name, name)
+
+
+def rename_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with older column names mapped through `RENAMED` and `IGNORED` dropped; where a
+    table has both names (rows of an older and a newer sweep), the newer fills in from the older."""
+    frame = frame.drop(columns=[c for c in IGNORED if c in frame])
+    for old, new in RENAMED.items():
+        if old not in frame:
+            continue
+        if new in frame:
+            frame = frame.assign(**{new: frame[new].where(frame[new].notna(), frame[old])})
+            frame = frame.drop(columns=[old])
+        else:
+            frame = frame.rename(columns={old: new})
+    return frame
 
 
 class Notes:
@@ -190,7 +228,7 @@ def load(folder: Path) -> StudyData:
         target = {"metric": str(runs["target_metric"].dropna().iloc[0]),
                   "value": float(runs["target_value"].dropna().iloc[0]) if "target_value" in runs else 25.0}
     elif spec and spec.target:
-        target = {"metric": spec.target["metric"], "value": float(spec.target["value"])}
+        target = {"metric": canonical(spec.target["metric"]), "value": float(spec.target["value"])}
 
     history = _read_history(folder, runs, factors, notes, superseded)
     return StudyData(folder, study, profile, runs, history, env, factors, levels, baseline, target,
@@ -204,7 +242,9 @@ def _first(frame: pd.DataFrame, column: str) -> str | None:
 
 
 def _normalize_runs(runs: pd.DataFrame, notes: Notes) -> pd.DataFrame:
-    runs = runs.copy()
+    runs = rename_columns(runs)
+    if "target_metric" in runs:
+        runs["target_metric"] = runs["target_metric"].map(lambda m: canonical(m) if isinstance(m, str) else m)
     if "is_baseline" in runs:
         runs["is_baseline"] = _as_bool(runs["is_baseline"])
     else:
@@ -259,7 +299,7 @@ def _read_history(folder: Path, runs: pd.DataFrame, factors: list[str], notes: N
     if "cell_id" not in hist or "epoch" not in hist:
         notes.warn(f"{HISTORY} lacks cell_id or epoch columns; curves over epochs are not drawn")
         return empty
-    hist = hist[~hist["cell_id"].isin(superseded)]  # already reported with runs.csv
+    hist = rename_columns(hist[~hist["cell_id"].isin(superseded)])  # superseded: reported with runs.csv
     keep = [c for c in ["cell_id", *factors, "status", "is_baseline"] if c in runs]
     hist = hist.drop(columns=[c for c in keep if c != "cell_id" and c in hist] + ["seed"] * ("seed" in hist))
     merged = hist.merge(runs[keep + ["seed"]], on="cell_id", how="left", validate="many_to_one")

@@ -3,16 +3,15 @@ beside what was measured."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from bench.report import format as fmt
-from bench.report.claims import CLAIMS, PAPER, Claim
-from bench.report.effects import TOP1
+from bench.report.claims import PAPER, TOP1, claims_table
 from bench.report.load import StudyData
+from bench.report.stats import PAIRED, VERDICT_RULE, WELCH
 from bench.train.result import DIVERGED, FINISHED
 
 
@@ -75,88 +74,50 @@ def provenance(sd: StudyData) -> list[tuple[str, str]]:
 
 # --- the paper's claims beside the measurements --------------------------------------
 
-def _agreement(claim: Claim, diff: float, lo: float, hi: float, n_pair: tuple[int, int]) -> str:
-    if math.isnan(diff):
-        return "not measured"
-    same = (diff > 0) == (claim.paper_diff > 0) and diff != 0
-    if min(n_pair) < 2:
-        return ("same direction" if same else "no difference" if diff == 0 else "opposite direction") + \
-            " (one seed: no interval)"
-    if lo <= 0 <= hi:
-        return "inconclusive: 95% interval includes 0"
-    return "same direction, 95% interval excludes 0" if same else "opposite direction, 95% interval excludes 0"
+CLAIM_COLUMNS = ["§", "claim", "paper", "measured effect [95% interval]", "n", "method", "verdict", "note"]
+CLAIMS_TABLE = "paper_claims"
+METHODS = {PAIRED: "paired t", WELCH: "Welch"}
 
 
-def claim_rows(sd: StudyData, eff: pd.DataFrame | None = None, ratios: dict | None = None) -> list[list[str]]:
-    """One row per paper claim that this study re-measures: section, claim, paper, here, agreement."""
-    rows = []
-    where = f"data: {', '.join(_values(sd, 'data_source')) or 'unknown'}, {sd.profile} profile"
-    for claim in CLAIMS:
-        if claim.factor not in sd.factors:
-            continue
-        paper = f"{claim.quote} ({claim.data})"
-        if claim.kind == "speedup":
-            if not ratios:
-                continue
-            for setup, r in ratios.items():
-                label = f"setup {setup}: " if setup else ""
-                if r.kind == "none":
-                    here, agree = f"{label}{r.text}", "not measured"
-                else:
-                    here = f"{label}{r.text}"
-                    agree = "ReLU faster" if r.ratio > 1 else "ReLU not faster"
-                    agree += f" ({r.ratio / claim.paper_diff:.2g} of the paper's ratio)" if r.kind == "measured" else ""
-                rows.append([claim.section, claim.subject, paper, here, agree])
-            continue
-        if eff is None or not len(eff):
-            continue
-        match = eff[(eff["factor"] == claim.factor) & (eff["level"] == claim.level)]
-        base = eff[eff["is_baseline"]]
-        if not len(match):
-            rows.append([claim.section, claim.subject, paper, "not in this study's levels", "not measured"])
-            continue
-        m = match.iloc[0]
-        n_pair = (int(base.iloc[0]["n"]) if len(base) else 0, int(m["n"]))
-        if claim.kind == "top1_diff":
-            value, _, rest = fmt.diff_with_interval(m["diff"], m["diff_lo"], m["diff_hi"], n_pair).partition(" ")
-            here = f"{value} pp" + (f" {rest}" if rest else "")
-            if math.isnan(m["diff"]):
-                here = f"missing ({'not run' if m['cells'] == 0 else m['failed'] or 'no finished cell'})"
-            agree = _agreement(claim, m["diff"], m["diff_lo"], m["diff_hi"], n_pair)
-            rows.append([claim.section, claim.subject, f"{paper}; as Δ here: {claim.paper_diff:+.1f} pp", here, agree])
-        elif claim.kind == "overfit":
-            if not len(base) or math.isnan(m["gap_mean"]) or math.isnan(base.iloc[0]["gap_mean"]):
-                rows.append([claim.section, claim.subject, paper, "missing", "not measured"])
-                continue
-            gb, gl = base.iloc[0]["gap_mean"], m["gap_mean"]
-            here = (f"last-epoch test − train error: {gl:+.2f} pp with {claim.factor} = {claim.level}, "
-                    f"{gb:+.2f} pp at the baseline")
-            agree = "larger gap, as claimed" if gl > gb else "no larger gap"
-            if min(n_pair) < 2:
-                agree += " (one seed)"
-            rows.append([claim.section, claim.subject, paper, here, agree])
-    return [[*r[:3], f"{r[3]} ({where})" if r[3] and not r[3].startswith(("not", "missing")) else r[3], r[4]]
-            for r in rows]
+def claim_rows(sd: StudyData, extra: list[dict] = ()) -> list[dict]:
+    """One row per paper claim this study re-measures (`claims.Assessment.row`): `extra` (the kind's own,
+    e.g. Figure 1's speed-up per setup) first, then those `claims.claims_table` finds in a study
+    with a baseline."""
+    rows = list(extra)
+    if sd.baseline is not None and len(sd.runs) and sd.factors:
+        rows += claims_table(sd.runs, sd.baseline)
+    return rows
 
 
-def claims_section(rows: list[list[str]]) -> Section | None:
+def claims_section(sd: StudyData, rows: list[dict]) -> tuple[Section, fmt.Table] | None:
+    """The claims section (its table not yet added: `Output.table` writes and adds it) and the table: claim | paper | measured effect [95% interval] | n | method |
+    verdict | note, and the verdict rule under it."""
     if not rows:
         return None
-    notes = []
-    if any("ImageNet" in r[2] for r in rows):
+    data = ", ".join(_values(sd, "data_source")) or "unknown data"
+    notes = [f"Measured on {data}, {sd.profile} profile. Effect: configuration − baseline (pp of top-1 error; "
+             "for the overfitting claims, of the gap test − clean training error); Figure 1: tanh / ReLU epochs, "
+             "geometric mean over seeds.", VERDICT_RULE]
+    if any("ImageNet" in r["data"] for r in rows):
         notes.append("The paper's ImageNet numbers come from full-size AlexNet on 1.2 M images at 224×224; here the "
                      "nets and data are CIFAR-10 sized, so only the direction and rough size of an effect compare.")
-    if any("one seed" in r[4] for r in rows):
-        notes.append("'one seed': no interval, so nothing beyond the sign can be said.")
-    table = fmt.Table("paper_claims", f"The paper's claims ({PAPER}) beside this study's measurements",
-                      ["§", "what is compared", "paper", "measured here", "agreement"], rows, notes)
-    return Section("The paper's claims beside these measurements", tables=[table])
+    table_rows = [[r["section"], r["claim"], f"{r['quote']}; as measured here: {r['paper']}", r["measured"], r["n_text"],
+                   METHODS.get(r["method"], r["method"] or fmt.MISSING), r["verdict"], r["note"]] for r in rows]
+    table = fmt.Table(CLAIMS_TABLE, f"The paper's claims ({PAPER}) re-measured", CLAIM_COLUMNS, table_rows, notes)
+    return Section("The paper's claims: verdicts"), table
 
 
 # --- the document ------------------------------------------------------------------------
 
+PIPELINE_CHECK_PROFILES = ("cpu", "smoke")  # reduced data, one seed: they check the pipeline, not the paper
+PIPELINE_CHECK = ("pipeline check: reduced data and one seed; verdicts are 'not resolvable' where the interval "
+                  "allows no conclusion")
+
+
 def render(sd: StudyData, sections: list[Section], command: str) -> str:
     out = [f"# {sd.study}: {sd.profile} profile", ""]
+    if sd.profile in PIPELINE_CHECK_PROFILES:
+        out += [f"**{PIPELINE_CHECK}.**", ""]
     if sd.description:
         out += [f"> {sd.description}", ""]
     out += [f"Drawn by `{command}` from `runs.csv` and `history.csv` alone (nothing is retrained). "
@@ -172,9 +133,8 @@ def render(sd: StudyData, sections: list[Section], command: str) -> str:
             pdf = Path(path).with_suffix(".pdf").as_posix()
             out += [f"![{caption}]({path})", "", f"*{caption}* ([PDF]({pdf}))", ""]
         for t in s.tables:
-            links = " · ".join(f"[{ext}](tables/{t.name}.{ext})" for ext in ("md", "tex", "csv")) \
-                if t.name != "paper_claims" else ""
-            out += [f"**{t.title}**" + (f" ({links})" if links else ""), "", t.markdown(), ""]
+            links = " · ".join(f"[{ext}](tables/{t.name}.{ext})" for ext in ("md", "tex", "csv"))
+            out += [f"**{t.title}** ({links})", "", t.markdown(), ""]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -27,7 +27,8 @@ class Outcome:
 
     sections: list[Section] = field(default_factory=list)
     effects: pd.DataFrame | None = None  # one row per configuration (`bench.report.effects.effects`)
-    ratios: dict | None = None  # Figure 1's tanh/ReLU speed-up per setup
+    ratios: dict | None = None  # Figure 1's tanh/ReLU speed-up per setup, for its figure and table
+    claims: list[dict] = field(default_factory=list)  # claims-table rows (`claims.Assessment.row`) of the kind
 
 
 class Output:

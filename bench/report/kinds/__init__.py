@@ -8,7 +8,7 @@ A kind module has
     applies(sd)        whether it reports this study (a `StudyData`)
     build(out, outcome)  writes its figures and tables through `out` (an `Output`), appends its
                        sections to `outcome.sections`, and leaves in `outcome` what the paper's
-                       claims are compared with (`effects`, `ratios`)
+                       claims are compared with (`effects`, `ratios`, and its own claims-table rows in `claims`)
 
 The first kind in `KINDS` that applies reports a study; `generic` applies to any.
 A new study of an existing kind is one TOML file under ablations/; a new kind is one

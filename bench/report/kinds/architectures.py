@@ -15,8 +15,17 @@ from matplotlib.ticker import EngFormatter, NullFormatter
 
 from bench.report import format as fmt
 from bench.report import plot
-from bench.report.effects import (effects, effects_notes, flops_header, in_level_order, macs_header, missing_reason,
-                                  throughput_sources)
+from bench.report.effects import (
+    diff_header,
+    effects,
+    effects_notes,
+    flops_header,
+    in_level_order,
+    macs_header,
+    method_text,
+    missing_reason,
+    throughput_sources,
+)
 from bench.report.load import StudyData
 from bench.report.markdown import Section
 from bench.report.output import Outcome, Output
@@ -53,7 +62,7 @@ def architectures_table(sd: StudyData, eff: pd.DataFrame) -> fmt.Table:
     columns = ["architecture", "params", macs_header(sd), flops_header(sd),
                f"train images/s ({train_desc})", "inference images/s (model only)",
                "test top-1 err. % (mean ± sd)", "test top-5 err. % (mean ± sd)",
-               f"Δ top-1 vs {ref}, pp [95% Welch CI]"]
+               f"Δ top-1 vs {ref}, pp [95% {diff_header(eff)} CI]", "Δ: method, n"]
     rows = []
     for _, r in eff.iterrows():
         n = int(r["n"])
@@ -64,7 +73,8 @@ def architectures_table(sd: StudyData, eff: pd.DataFrame) -> fmt.Table:
             fmt.mean_sd(r["top1_mean"], r["top1_sd"], n, why_missing=missing_reason(r)),
             fmt.mean_sd(r["top5_mean"], r["top5_sd"], int(r["top5_n"]), why_missing=missing_reason(r)),
             "(reference)" if r["is_baseline"] else fmt.diff_with_interval(
-                r["diff"], r["diff_lo"], r["diff_hi"], (int(r["base_n"]), n)),
+                r["diff"], r["diff_lo"], r["diff_hi"], (int(r["diff_n"]),) * 2),
+            "" if r["is_baseline"] else method_text(r),
         ])
     notes = effects_notes(sd, eff)
     if not infer_col:
