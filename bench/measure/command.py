@@ -1,4 +1,7 @@
-"""`python -m bench measure`: count params and FLOPs, time training and inference, write one CSV row per model."""
+"""`python -m bench measure`: count params and FLOPs, time training and inference, write one CSV row per model.
+
+With `--modes`, time each model under each speed mode instead (bench.measure.modes): one row per model and mode.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +12,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.device import DTYPES, pick_device
+from bench.device import pick_device
 from bench.errors import UserError
 from bench.io import read_csv, write_csv
+from bench.measure import modes as speed_modes
+from bench.measure.speed import settings_for
 from bench.measure.table import ROW_KEY, measure_models, merge_tables
 from bench.models import create_model, list_models, model_knobs, parse_knobs
+from bench.train.modes import DTYPE_CHOICES, add_backend_arguments, apply_backend_flags, resolve_dtype
 
 log = logging.getLogger(__name__)
+
+ALL_MODES = "default"  # the value of `--modes` given alone: the device's default list
 
 # The columns printed for people; the CSV holds them all.
 SHOWN = {
@@ -42,11 +50,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="training and inference batch (default 128, or 16 with --quick); halved on out-of-memory")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default %(default)s)")
-    p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 autocast (default %(default)s)")
+    p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 autocast | auto (bf16 where the device "
+                                                  "computes it natively, else fp32) (default %(default)s)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format for model and batch")
+    add_backend_arguments(p)
+    p.add_argument("--modes", nargs="?", const=ALL_MODES, default=None, metavar="MODE,MODE",
+                   help="time each model under speed modes instead, e.g. fp32,bf16,bf16+cl,compile+bf16+cl "
+                        f"(alone: {', '.join(speed_modes.DEFAULT_MODES)}, and on CUDA "
+                        f"{', '.join(speed_modes.CUDA_MODES)}); ratios to fp32 eager of the same run")
     p.add_argument("--quick", action="store_true", help="few warm-up and timed steps, small batch: a CPU smoke run")
     p.add_argument("--out", type=Path, default=None,
-                   help="CSV to write (default results/measure/<device>.csv), replaced atomically")
+                   help="CSV to write (default results/measure/<device>.csv, or modes-<device>.csv), "
+                        "replaced atomically")
 
 
 def resolve_names(spec: str) -> list[str]:
@@ -101,46 +116,57 @@ def _check_prefixed(names: list[str]) -> None:
             create_model(name)
 
 
-def _saved_table(out: Path):
+def _saved_table(out: Path, row_key: list[str] = ROW_KEY, what: str = "`python -m bench measure`"):
     """The table already at `out`, which this run updates (see `merge_tables`), or None."""
     if not out.is_file() or out.stat().st_size == 0:
         return None
     try:
-        saved = read_csv(out, [k for k in ROW_KEY if k != "quick"])
+        saved = read_csv(out, [k for k in row_key if k != "quick"])
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise UserError(f"{out} is not a readable table ({type(e).__name__}); "
                         f"move it aside or pass another --out") from None
-    if not {"model", "device_name", "dtype", "memory_format", "quick"} <= set(saved.columns):
-        raise UserError(f"{out} is not a table of `python -m bench measure`; move it aside or pass another --out")
+    if not set(row_key) - {"knobs"} <= set(saved.columns):  # older tables have no knobs column
+        raise UserError(f"{out} is not a table of {what}; move it aside or pass another --out")
     return saved
+
+
+def _check_out(out: Path) -> None:
+    if out.is_dir() or out.suffix.lower() != ".csv":
+        raise UserError(f"--out {out} must name a .csv file (a folder is not accepted), "
+                        f"e.g. --out {out / 'measure.csv' if out.is_dir() else out.with_suffix('.csv')}")
 
 
 def run(args: argparse.Namespace) -> int:
     # Every argument is checked before anything is measured or written.
-    if args.dtype not in DTYPES:
-        raise UserError(f"--dtype {args.dtype!r} is not valid; choose one of: {', '.join(DTYPES)}")
+    if args.dtype not in DTYPE_CHOICES:
+        raise UserError(f"--dtype {args.dtype!r} is not valid; choose one of: {', '.join(DTYPE_CHOICES)}")
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.modes is not None and (args.dtype != "fp32" or args.channels_last):
+        raise UserError("--modes sets the precision and memory format of each mode; "
+                        "drop --dtype and --channels-last, e.g. --modes fp32,bf16+cl")
     device = pick_device(args.device)
     names = resolve_names(args.arch)
     knobs = parse_knobs(args.knob)
     _check_knobs(names, knobs)
     _check_prefixed(names)
+    apply_backend_flags(device, args.cudnn_benchmark, args.tf32)  # each row's provenance records them
+    if args.modes is not None:
+        return _run_modes(args, device, names, knobs)
+    dtype = resolve_dtype(device, args.dtype)
     out = args.out or Path("results") / "measure" / f"{device.type}.csv"
-    if out.is_dir() or out.suffix.lower() != ".csv":
-        raise UserError(f"--out {out} must name a .csv file (a folder is not accepted), "
-                        f"e.g. --out {out / 'measure.csv' if out.is_dir() else out.with_suffix('.csv')}")
+    _check_out(out)
     saved = _saved_table(out)  # an unreadable table fails now, not after measuring
 
     frame = measure_models(
-        names, batch_size=args.batch_size, device=device, dtype=args.dtype,
+        names, batch_size=args.batch_size, device=device, dtype=dtype,
         memory_format="channels_last" if args.channels_last else "contiguous",
         quick=args.quick, knobs=knobs or None,
     )
     write_csv(out, frame if saved is None else merge_tables(saved, frame))
     first = frame.iloc[0]
     kinds = ", ".join(frame["peak_mem_kind"].dropna().unique()) or "-"
-    print(f"{first['device_name']} ({first['device']}), torch {first['torch']}, {args.dtype}, "
+    print(f"{first['device_name']} ({first['device']}), torch {first['torch']}, {dtype}, "
           f"{'channels_last' if args.channels_last else 'contiguous'}; {first['flop_convention']}; "
           f"peak memory: {kinds}")
     print(_show(frame))
@@ -148,4 +174,42 @@ def run(args: argparse.Namespace) -> int:
     failed = int(frame["error"].notna().sum())
     if failed:
         log.warning("%d of %d models failed; see the error column", failed, len(frame))
+    return 1 if failed else 0
+
+
+# The columns `--modes` prints for people; the CSV holds them all.
+MODES_SHOWN = {
+    "model": "model", "mode": "mode",
+    "train_images_per_s": "train_img/s", "train_vs_fp32": "train_x",
+    "infer_images_per_s": "infer_img/s", "infer_vs_fp32": "infer_x",
+    "train_first_call_s": "first_call_s",
+    "train_forward_ms": "fwd_ms", "train_backward_ms": "bwd_ms", "train_optimizer_ms": "opt_ms",
+    "error": "error",
+}
+
+
+def _run_modes(args: argparse.Namespace, device, names: list[str], knobs: dict) -> int:
+    try:
+        modes = speed_modes.parse_modes(None if args.modes == ALL_MODES else args.modes, device)
+    except ValueError as e:
+        raise UserError(f"--modes: {e}") from None
+    out = args.out or Path("results") / "measure" / f"modes-{device.type}.csv"
+    _check_out(out)
+    saved = _saved_table(out, speed_modes.ROW_KEY, "`python -m bench measure --modes`")
+
+    frame = speed_modes.measure_modes_table(
+        names, modes, device=device, settings=settings_for(args.quick), quick=args.quick,
+        batch_size=args.batch_size, knobs=knobs or None,
+    )
+    write_csv(out, frame if saved is None else merge_tables(saved, frame, speed_modes.ROW_KEY))
+    first = frame.iloc[0]
+    print(f"{first['device_name']} ({first['device']}), torch {first['torch']}, batch {first['batch_size']}, "
+          f"{first['rounds']} interleaved rounds; x = images/s over fp32 eager's in this run")
+    shown = frame[list(MODES_SHOWN)].rename(columns=MODES_SHOWN)
+    shown["error"] = shown["error"].fillna("").astype(str).str.slice(0, 60)
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    log.info("wrote %d rows to %s (rows of other models already there are kept)", len(frame), out)
+    failed = int(frame["error"].notna().sum())
+    if failed:
+        log.warning("%d of %d model-mode rows failed; see the error column", failed, len(frame))
     return 1 if failed else 0

@@ -118,8 +118,9 @@ def measure_model(
 ROW_KEY = ["model", "knobs", "device_name", "dtype", "memory_format", "quick"]
 
 
-def merge_tables(saved: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-    """`saved` with `new`'s rows in place of those they measure again; other rows kept, sorted by model.
+def merge_tables(saved: pd.DataFrame, new: pd.DataFrame, row_key: list[str] = ROW_KEY) -> pd.DataFrame:
+    """`saved` with `new`'s rows in place of those they measure again (same `row_key`); other rows kept,
+    sorted by model.
 
     Rows saved under the earlier FLOP convention are converted to the current one first.
     """
@@ -127,7 +128,7 @@ def merge_tables(saved: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     saved = saved.assign(knobs=saved["knobs"].fillna("") if "knobs" in saved else "")
 
     def key(frame):
-        return frame[ROW_KEY].astype(str).agg("|".join, axis=1)
+        return frame[row_key].astype(str).agg("|".join, axis=1)
 
     kept = saved[~key(saved).isin(set(key(new)))]
     merged = pd.concat([kept, new], ignore_index=True) if len(kept) else new

@@ -21,6 +21,13 @@ steps, inference batches, matmuls) on a device:
    the same loop so that it records the rounds.
 4. Statistics (`Rounds`): items per second of the median round (the reported
    rate), of the slowest and of the fastest round (the spread).
+
+Comparing several variants of one workload (speed modes, say), `time_interleaved`
+runs round r of every variant before round r+1 of any, so that the machine's drift
+(clock boost, heat, other load) falls on all of them alike and their ratios hold.
+`time_phases` splits a step into phases (forward, backward, optimizer) timed apart:
+it synchronizes between them, which serialises work the device would overlap, so
+use it to apportion a step's time, not as a throughput.
 """
 
 from __future__ import annotations
@@ -141,3 +148,53 @@ def measure(run: Callable[[int], None], device: torch.device, timing: Timing) ->
     """Warm up, size the rounds and time them: the whole rule in one call."""
     step_s = warm_up(run, device, timing)
     return time_rounds(run, device, steps=steps_per_round(step_s, timing), rounds=timing.rounds)
+
+
+def time_interleaved(
+    runs: Sequence[Callable[[int], None]],
+    device: torch.device,
+    *,
+    steps: Sequence[int],
+    rounds: int,
+) -> list[Rounds]:
+    """Timed rounds of each `runs[i](steps[i])`, round r of every run before round r+1 of any.
+
+    Each round ends with a device synchronize inside its clock, as in `time_rounds`.
+    """
+    if len(steps) != len(runs):
+        raise ValueError(f"{len(runs)} runs but {len(steps)} step counts")
+    seconds: list[list[float]] = [[] for _ in runs]
+    synchronize(device)
+    for _ in range(rounds):
+        for run, n, taken in zip(runs, steps, seconds):
+            start = time.perf_counter()
+            run(n)
+            synchronize(device)
+            taken.append(time.perf_counter() - start)
+    return [Rounds(n, tuple(taken)) for n, taken in zip(steps, seconds)]
+
+
+def time_phases(
+    phases: Sequence[Callable[[], None]],
+    device: torch.device,
+    *,
+    steps: int,
+    rounds: int,
+) -> list[Rounds]:
+    """Per phase, `rounds` rounds of `steps` steps; a step calls every phase in order.
+
+    Each phase is clocked on its own, from its call to the device synchronize after it.
+    """
+    seconds: list[list[float]] = [[] for _ in phases]
+    synchronize(device)
+    for _ in range(rounds):
+        taken = [0.0] * len(phases)
+        for _ in range(steps):
+            for i, phase in enumerate(phases):
+                start = time.perf_counter()
+                phase()
+                synchronize(device)
+                taken[i] += time.perf_counter() - start
+        for per_phase, t in zip(seconds, taken):
+            per_phase.append(t)
+    return [Rounds(steps, tuple(per_phase)) for per_phase in seconds]

@@ -20,7 +20,7 @@ import logging
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol
 
@@ -89,10 +89,15 @@ def _stopper(target: dict | None):
 
 
 def run_cell(cell: Cell, device: str, measure: str, target: dict | None, profile: str,
-             progress: bool = True) -> CellResult:
-    """Train one cell and measure its model; any failure becomes the row's status and error."""
+             progress: bool = True, speeds: dict | None = None) -> CellResult:
+    """Train one cell and measure its model; any failure becomes the row's status and error.
+
+    `speeds` (configuration without seed -> measured row) lets the seeds of a configuration share
+    one measurement: the cost of a step does not depend on the seed's weights.
+    """
     from bench.measure import FLOP_CONVENTION, count_model, measure_throughput
     from bench.train import train
+    from bench.train.modes import resolve_dtype
 
     cfg = cell.config.replace(device=device)
     start = time.perf_counter()
@@ -112,12 +117,19 @@ def run_cell(cell: Cell, device: str, measure: str, target: dict | None, profile
         model = result.model
         row.update(count_model(model, getattr(model, "input_size", 32)), flop_convention=FLOP_CONVENTION)
         if measure != "none" and result.status == OK:
-            speed = measure_throughput(model, batch_size=cfg.batch_size, device=dev, dtype=cfg.dtype,
-                                       memory_format="channels_last" if cfg.channels_last else "contiguous",
-                                       quick=measure == "quick")
-            row.update({k: v for k, v in speed.items() if k != "error"},
-                       measure_batch_size=speed["batch_size"], measure_error=speed["error"])
-            row.pop("batch_size", None)
+            key = json.dumps([cfg.replace(seed=0).to_dict(), measure], sort_keys=True, default=str)
+            measured = (speeds or {}).get(key)
+            if measured is None:
+                speed = measure_throughput(model, batch_size=cfg.batch_size, device=dev,
+                                           dtype=resolve_dtype(dev, cfg.dtype),
+                                           memory_format="channels_last" if cfg.channels_last else "contiguous",
+                                           quick=measure == "quick")
+                measured = {**{k: v for k, v in speed.items() if k not in ("error", "batch_size")},
+                            "measure_batch_size": speed["batch_size"], "measure_error": speed["error"],
+                            "measure_cell_id": cell.id}  # the cell whose model was timed
+                if speeds is not None and speed["error"] is None:  # a failure is measured again, not copied
+                    speeds[key] = measured
+            row.update(measured)
         del model, result
     except Exception as e:  # a failed cell is a row; the sweep goes on
         row["status"] = OOM if is_oom(e) else ERROR
@@ -209,9 +221,10 @@ class _BoundCell:
     target: dict | None
     profile: str
     progress: bool
+    speeds: dict = field(default_factory=dict)  # one sweep's measurements, shared by a configuration's seeds
 
     def __call__(self, cell: Cell, device: str) -> CellResult:
-        return run_cell(cell, device, self.measure, self.target, self.profile, self.progress)
+        return run_cell(cell, device, self.measure, self.target, self.profile, self.progress, self.speeds)
 
 
 def run_study(study: Study, profile: str, *, out_root: Path = Path("results"), seeds: list[int] | None = None,

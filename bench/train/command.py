@@ -13,6 +13,7 @@ from bench.errors import UserError
 from bench.models import create_model, parse_knobs
 from bench.train.config import TrainConfig
 from bench.train.loop import run_training
+from bench.train.modes import COMPILE_MODES, DTYPE_CHOICES, add_backend_arguments
 from bench.train.result import OK
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N | mps (default %(default)s)")
-    p.add_argument("--dtype", default=d.dtype, help="fp32 | bf16 | fp16 autocast (default %(default)s)")
-    p.add_argument("--channels-last", action="store_true")
+    # speed modes (bench.train.modes)
+    p.add_argument("--dtype", default=d.dtype, choices=DTYPE_CHOICES,
+                   help="autocast precision; auto = bf16 where the device computes it natively, else fp32 "
+                        "(default %(default)s)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format for model and batches")
+    p.add_argument("--compile", default=d.compile, choices=COMPILE_MODES,
+                   help="torch.compile mode; reduce-overhead adds CUDA graphs on CUDA (default %(default)s)")
+    add_backend_arguments(p)
     p.add_argument("--out", type=Path, default=None, help="run folder (default results/runs/<time>-<model>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

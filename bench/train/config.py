@@ -36,8 +36,11 @@ class TrainConfig:
     # execution
     seed: int = 0
     device: str = "auto"  # auto = cuda, then mps, then cpu
-    dtype: str = "fp32"  # fp32 | bf16 | fp16 autocast
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 autocast | auto (bf16 where the device computes it natively, else fp32)
     channels_last: bool = False
+    compile: str = "off"  # off | default | max-autotune | reduce-overhead (torch.compile; the last adds CUDA graphs)
+    cudnn_benchmark: bool = True  # CUDA: cuDNN times its convolution algorithms once per shape, keeps the fastest
+    tf32: bool = True  # CUDA: fp32 matmuls and convolutions on TF32 tensor cores (10-bit mantissa)
 
     def __post_init__(self):
         self.validate()
@@ -46,8 +49,9 @@ class TrainConfig:
         # The tables of valid values live beside the code that uses them, which
         # imports torch; the study reader and the report read this class without it.
         from bench.data import PREPROCESS, parse_augment
-        from bench.device import DEVICES, DTYPES
+        from bench.device import DEVICES
         from bench.models.init import INITS
+        from bench.train.modes import COMPILE_MODES, DTYPE_CHOICES
 
         self._check_types()
 
@@ -59,7 +63,8 @@ class TrainConfig:
         choice("schedule", SCHEDULES)
         choice("init", INITS)
         choice("preprocess", PREPROCESS)
-        choice("dtype", tuple(DTYPES))
+        choice("dtype", DTYPE_CHOICES)
+        choice("compile", COMPILE_MODES)
         parse_augment(self.augment)
         if not (self.device in DEVICES or self.device.startswith("cuda:")):
             raise UserError(f"device={self.device!r} is not valid; choose one of: {', '.join(DEVICES)}, cuda:N")

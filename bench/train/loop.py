@@ -23,6 +23,7 @@ from bench.env import environment
 from bench.io import atomic_write_text, write_csv
 from bench.models import create_model, input_size_of
 from bench.train.config import TrainConfig
+from bench.train.modes import apply_backend_flags, compile_model, resolve_dtype
 from bench.train.result import DIVERGED, OK, RunResult, summarize
 from bench.train.step import autocast, grad_scaler, make_optimizer, train_step
 
@@ -83,6 +84,7 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
     `on_epoch(row)` sees each epoch's history row; returning True ends training early.
     """
     device = pick_device(cfg.device)
+    cfg = cfg.replace(dtype=resolve_dtype(device, cfg.dtype))  # `auto` resolved once; all below see the result
     if data is None:
         data = load_data(data_spec(cfg))
     torch.manual_seed(cfg.seed)
@@ -91,6 +93,8 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    modes = {"dtype_resolved": cfg.dtype, **apply_backend_flags(device, cfg.cudnn_benchmark, cfg.tf32)}
+    net = compile_model(model, cfg.compile)  # shares model's weights; evaluation and the checkpoint use model
     optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)
     scaler = grad_scaler(device, cfg.dtype)
     steps_per_epoch = data.num_batches("train", cfg.batch_size)
@@ -116,7 +120,7 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
         for i, (x, y) in enumerate(data.batches("train", cfg.batch_size, augment=augment, generator=g)):
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            batch_loss, batch_correct = train_step(model, optimizer, x, y, dtype=cfg.dtype, scaler=scaler)
+            batch_loss, batch_correct = train_step(net, optimizer, x, y, dtype=cfg.dtype, scaler=scaler)
             scheduler.step()
             loss_sum += batch_loss
             correct += batch_correct
@@ -146,6 +150,7 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
             break  # the caller has seen enough (e.g. a study's target was reached)
     summary = summarize(history, status)
     summary.update(data.provenance)
+    summary.update(modes)
     return RunResult(status, history, summary, model)
 
 

@@ -35,20 +35,43 @@ def train_step(
     detached, so that callers decide when to synchronise.
     """
     model.train()
-    with autocast(x.device, dtype):
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-        optimizer.step()
-    else:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+    logits, loss = forward_loss(model, x, y, dtype)
+    backward(loss, optimizer, scaler)
+    optimizer_step(optimizer, scaler)
     with torch.no_grad():
         correct = (logits.argmax(1) == y).sum()
     return loss.detach() * y.numel(), correct
+
+
+# The step's three phases, apart so that `measure --modes` can time each (timm's --detail).
+
+
+def forward_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 dtype: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and mean cross-entropy loss, under autocast."""
+    with autocast(x.device, dtype):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+    return logits, loss
+
+
+def backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+             scaler: torch.amp.GradScaler | None = None) -> None:
+    """Clear the gradients, then backpropagate `loss` (scaled, with a scaler)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> None:
+    """Apply the gradients; a scaler unscales them first and skips a step whose gradients overflowed."""
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
 
 
 def grad_scaler(device: torch.device, dtype: str) -> torch.amp.GradScaler | None:
