@@ -69,15 +69,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     ray = p.add_argument_group("--executor ray", "Resources default to the study profile's gpus_per_cell "
                                "and cpus_per_cell, when it sets them.")
-    ray.add_argument("--ray-address", default=None,
+    ray.add_argument("--ray-address", default=None, metavar="ADDRESS",
                      help="auto | HOST:PORT | ray://HOST:PORT: the Ray cluster to run on "
                           "(default $RAY_ADDRESS, else a Ray runtime started on this machine)")
-    ray.add_argument("--gpus-per-cell", type=_non_negative(float), default=None,
+    ray.add_argument("--gpus-per-cell", type=_non_negative(float), default=None, metavar="N",
                      help="GPUs each cell reserves; a fraction shares one, e.g. 0.5 (default: 1 when "
                           "the cluster has GPUs, else 0)")
-    ray.add_argument("--cpus-per-cell", type=_non_negative(float), default=None,
+    ray.add_argument("--cpus-per-cell", type=_non_negative(float), default=None, metavar="N",
                      help="CPUs each cell reserves, and its torch threads (default 1)")
-    ray.add_argument("--max-retries", type=_non_negative(int), default=None,
+    ray.add_argument("--max-retries", type=_non_negative(int), default=None, metavar="N",
                      help="runs of a cell after its worker process died, before its row says crashed "
                           f"(default {DEFAULT_MAX_RETRIES})")
 
