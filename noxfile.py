@@ -10,7 +10,7 @@ nox.options.reuse_existing_virtualenvs = True  # torch is a multi-GB install: ke
 
 
 def _install(session: nox.Session) -> None:
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,ray]")  # ray: the tests run --executor ray on a local runtime
 
 
 @nox.session

@@ -45,7 +45,7 @@ MEASURE_MODES = ("quick", "full", "none")
 STUDY_KEYS = {"name", "description", "design", "seeds", "target", "exclude"}
 TARGET_METRICS = ("train_err_pct", "test_top1_err_pct")
 FACTOR_KEYS = {"key", "levels", "baseline", "description"}
-PROFILE_EXTRA_KEYS = {"seeds", "measure", "levels", "only", "description"}
+PROFILE_EXTRA_KEYS = {"seeds", "measure", "levels", "only", "description", "gpus_per_cell", "cpus_per_cell"}
 CONFIG_KEYS = {f.name for f in fields(TrainConfig)}
 
 

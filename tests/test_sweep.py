@@ -272,18 +272,6 @@ def test_smoke_profile_of_every_shipped_study_end_to_end(tmp_path):
         assert runs["params_total"].gt(0).all()
 
 
-def test_multi_device_executor_runs_one_cell_per_device_in_worker_processes(tmp_path):
-    """The several-GPU executor, exercised with two CPU 'devices': every cell once, parent writes."""
-    from bench.sweep.runner import MultiGPUExecutor
-
-    study = load_study(str(write_study(tmp_path, "factorial", epochs=1)))
-    runs = run_study(study, "smoke", out_root=tmp_path / "results", progress=False,
-                     executor=MultiGPUExecutor(["cpu", "cpu"]))
-    assert len(runs) == 4 and runs["cell_id"].is_unique and set(runs["status"]) == {"ok"}
-    hist = pd.read_csv(tmp_path / "results" / "tiny" / "smoke" / "history.csv")
-    assert len(hist) == 4
-
-
 @pytest.mark.skipif(sys.platform == "win32", reason="advisory file locks are POSIX")
 def test_a_second_sweep_on_the_same_folder_is_refused_while_the_first_runs(tmp_path):
     import fcntl
@@ -297,3 +285,83 @@ def test_a_second_sweep_on_the_same_folder_is_refused_while_the_first_runs(tmp_p
             run_study(study, "smoke", out_root=tmp_path / "results", progress=False)
         assert not (out / "runs.csv").exists()
     assert len(run_study(study, "smoke", out_root=tmp_path / "results", progress=False)) == 4  # released: runs
+
+
+# --- the results folder: per-cell records, merged into the tables ------------------------
+
+def test_cells_recorded_but_not_merged_when_the_sweep_died_count_as_finished(tmp_path):
+    """A kill between recording a cell and merging it loses nothing: the next sweep merges it."""
+    from bench.sweep.results import ResultsFolder
+
+    study = load_study(str(write_study(tmp_path, "factorial", epochs=1)))
+    run_study(study, "smoke", out_root=tmp_path / "results", progress=False)
+    out = tmp_path / "results" / "tiny" / "smoke"
+    runs, hist = pd.read_csv(out / "runs.csv", dtype={"cell_id": str}), pd.read_csv(out / "history.csv", dtype={"cell_id": str})
+    # what a sweep killed after recording its first two cells and before any merge leaves behind
+    (out / "runs.csv").unlink()
+    (out / "history.csv").unlink()
+    folder = ResultsFolder(out)
+    for _, row in runs.iloc[:2].iterrows():
+        folder.record(row.to_dict(), hist[hist["cell_id"] == row["cell_id"]].to_dict("records"))
+    assert len(folder.pending()) == 2 and len(folder.read()[0]) == 2  # visible before any merge
+
+    again = run_study(study, "smoke", out_root=tmp_path / "results", progress=False)
+    assert len(again) == 4 and again["cell_id"].is_unique and not folder.pending()
+    kept = again.set_index("cell_id").loc[runs["cell_id"][:2], "finished_at"]
+    assert list(kept) == list(runs["finished_at"][:2])  # merged, not re-run
+    assert len(pd.read_csv(out / "history.csv")) == 4
+
+
+def test_a_merge_killed_half_way_is_redone_without_duplicates(tmp_path):
+    from bench.sweep.results import ResultsFolder
+
+    folder = ResultsFolder(tmp_path, ["level"])
+    row = lambda cid, err: {"cell_id": cid, "level": "none", "status": "ok", "err": err}
+    hist = lambda cid: [{"cell_id": cid, "epoch": e} for e in (1, 2)]
+    folder.record(row("a", 1.0), hist("a"))
+    folder.record(row("b", 2.0), hist("b"))
+    assert folder.merge() == 2 and folder.merge() == 0
+    folder.record(row("a", 3.0), hist("a"))  # cell a again (it had failed, say)
+    # killed after writing history.csv, before runs.csv and before deleting the cell file
+    _, merged_hist = folder.read()
+    merged_hist.to_csv(tmp_path / "history.csv", index=False)
+    assert folder.merge() == 1
+    runs, hist_rows = pd.read_csv(tmp_path / "runs.csv", keep_default_na=False), pd.read_csv(tmp_path / "history.csv")
+    assert sorted(runs["cell_id"]) == ["a", "b"] and runs.set_index("cell_id")["err"].to_dict() == {"a": 3.0, "b": 2.0}
+    assert list(runs["level"]) == ["none", "none"]  # a level named like a missing value stays text
+    assert len(hist_rows) == 4 and not hist_rows.duplicated(["cell_id", "epoch"]).any()
+
+
+def test_a_torn_cell_record_is_a_one_line_error_naming_it(tmp_path):
+    from bench.sweep.results import ResultsFolder
+
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "cells" / "abc.json").write_text('{"row": {"cell_id": "abc"}')
+    with pytest.raises(UserError, match=r"abc\.json is not a cell record"):
+        ResultsFolder(tmp_path).merge()
+
+
+def test_ray_options_need_the_ray_executor_and_profiles_may_set_resources(tmp_path, capsys):
+    study = write_study(tmp_path, "factorial", epochs=1)
+    out = tmp_path / "results"
+    assert main(["ablate", "--study", str(study), "--profile", "smoke", "--out", str(out), "--gpus-per-cell", "0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--gpus-per-cell applies to --executor ray" in err
+    text = TINY_STUDY.format(design="factorial", epochs=1)
+    good = load_study(str(write_study(tmp_path, text=text.replace('measure = "none"', 'measure = "none"\ngpus_per_cell = 0.5'))))
+    assert good.profiles["smoke"]["gpus_per_cell"] == 0.5 and "gpus_per_cell" not in good.cells("smoke")[0].config.to_dict()
+    bad = write_study(tmp_path, text=text.replace('measure = "none"', 'measure = "none"\ncpus_per_cell = "two"'))
+    assert main(["ablate", "--study", str(bad), "--profile", "smoke", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "profiles.smoke.cpus_per_cell must be a non-negative number" in err and str(bad) in err
+    assert not out.exists()
+
+
+def test_executor_ray_without_ray_installed_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    study = write_study(tmp_path, "factorial", epochs=1)
+    out = tmp_path / "results"
+    assert main(["ablate", "--study", str(study), "--profile", "smoke", "--out", str(out), "--executor", "ray"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "alexnet-bench[ray]" in err
+    assert not out.exists()

@@ -18,6 +18,10 @@ from bench.train.result import FINISHED
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MAX_RETRIES = 2
+RAY_OPTIONS = ("ray_address", "gpus_per_cell", "cpus_per_cell", "max_retries")
+PROFILE_RESOURCES = ("gpus_per_cell", "cpus_per_cell")  # per-cell defaults a study profile may set
+
 
 def default_profile() -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
@@ -35,6 +39,19 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def _non_negative(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = -1
+        if not value >= 0:  # NaN too
+            raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative {kind.__name__}")
+        return value
+
+    return parse
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", default="all",
                    help="comma-separated study names from ablations/ or .toml paths (default: all)")
@@ -46,11 +63,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=os.environ.get("BENCH_DATA_ROOT"),
                    help="folder holding cifar-10-batches-py/ (default $BENCH_DATA_ROOT or ./data)")
     p.add_argument("--seeds", type=parse_seeds, default=None, help="override the profile's seeds, e.g. 0,1,2")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto; "
-                                                   "several GPUs run one cell each)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto); "
+                                                   "under --executor ray, cuda means each cell's own GPU(s)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: one cell at a time in this process; ray: cells as Ray tasks, one per GPU "
+                        "(or share of one) on this machine or a Ray cluster (default %(default)s)")
     p.add_argument("--out", type=Path, default=Path("results"), help="results root (default %(default)s)")
     p.add_argument("--no-report", action="store_true", help="do not draw the report after the studies")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ray = p.add_argument_group("--executor ray", "Resources default to the study profile's gpus_per_cell "
+                               "and cpus_per_cell, when it sets them.")
+    ray.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                     help="auto | HOST:PORT | ray://HOST:PORT: the Ray cluster to run on "
+                          "(default $RAY_ADDRESS, else a Ray runtime started on this machine)")
+    ray.add_argument("--gpus-per-cell", type=_non_negative(float), default=None, metavar="N",
+                     help="GPUs each cell reserves; a fraction shares one, e.g. 0.5 (default: 1 when "
+                          "the cluster has GPUs, else 0)")
+    ray.add_argument("--cpus-per-cell", type=_non_negative(float), default=None, metavar="N",
+                     help="CPUs each cell reserves, and its torch threads (default 1)")
+    ray.add_argument("--max-retries", type=_non_negative(int), default=None, metavar="N",
+                     help="runs of a cell after its worker process died, before its row says crashed "
+                          f"(default {DEFAULT_MAX_RETRIES})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,13 +99,23 @@ def run(args: argparse.Namespace) -> int:
         overrides["data_root"] = args.data_root
     for study in studies:
         study.cells(profile, args.seeds, overrides)  # a missing profile fails before anything runs
+        _profile_resources(study, profile)
+    if args.executor == "local":
+        given = [o for o in RAY_OPTIONS if getattr(args, o) is not None]
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} applies to --executor ray only")
+    else:
+        from bench.sweep.ray_executor import connect
+
+        connect(args.ray_address)  # a missing extra or an unreachable cluster fails before anything runs
     if args.data and args.data not in ("cifar10", "synthetic"):
         check_folder(Path(args.data).expanduser())
     status = 0
     for study in studies:
         start = time.perf_counter()
         runs = run_study(study, profile, out_root=args.out, seeds=args.seeds, overrides=overrides,
-                         device=args.device, progress=not args.no_progress)
+                         device=args.device, executor=_executor(args, study, profile),
+                         progress=not args.no_progress)
         failed = int((~runs["status"].isin(FINISHED)).sum()) if len(runs) else 0
         log.info("%s/%s: %d cells in runs.csv, %d failed; this sweep took %.0f s -> %s",
                  study.name, profile, len(runs), failed, time.perf_counter() - start, args.out / study.name / profile)
@@ -80,6 +123,32 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_report:
         _report(args.out, [s.name for s in studies], profile)
     return status
+
+
+def _profile_resources(study, profile: str) -> dict:
+    """The per-cell resources the study's profile sets, checked."""
+    table = study.profiles[profile]
+    found = {}
+    for key in PROFILE_RESOURCES:
+        if key in table:
+            value = table[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise UserError(f"{study.path}: profiles.{profile}.{key} must be a non-negative number, got {value!r}")
+            found[key] = value
+    return found
+
+
+def _executor(args: argparse.Namespace, study, profile: str):
+    """None for the runner's local executor; a RayExecutor with the CLI's, else the profile's, resources."""
+    if args.executor == "local":
+        return None
+    from bench.sweep.ray_executor import RayExecutor
+
+    per_cell = {**_profile_resources(study, profile),
+                **{k: getattr(args, k) for k in PROFILE_RESOURCES if getattr(args, k) is not None}}
+    return RayExecutor(args.device, address=args.ray_address, gpus_per_cell=per_cell.get("gpus_per_cell"),
+                       cpus_per_cell=per_cell.get("cpus_per_cell", 1.0),
+                       max_retries=args.max_retries if args.max_retries is not None else DEFAULT_MAX_RETRIES)
 
 
 def _report(out: Path, studies: list[str], profile: str) -> None:

@@ -4,12 +4,18 @@ results/<study>/<profile>/
     runs.csv          one row per cell: factor levels, config, data source, counts,
                       throughput, errors, time to target, status
     history.csv       one row per cell per epoch
-    environment.json  device, versions, git commit of the latest sweep
+    cells/            finished cells not yet merged into the two tables (bench.sweep.results)
+    environment.json  executor, device, versions, git commit of the latest sweep
 
-Each finished cell rewrites both tables whole through a temporary file and a
-rename, history first: a sweep killed at any moment loses at most the cell in
-flight, and a history row whose cell never reached runs.csv is dropped on resume.
+Each finished cell is recorded at once as its own small file, at a cost that does
+not grow with the tables; the tables are rewritten from those files when the sweep
+starts, when it ends, and in between only as often as keeps that under a tenth of
+the sweep's time. A sweep killed at any moment loses at most the cells in flight.
 Running again skips cells that finished (ok or diverged) and retries failed ones.
+
+Executors place the cells: `LocalExecutor` runs them one at a time in this process;
+`bench.sweep.ray_executor.RayExecutor` runs them as Ray tasks, one per GPU (or per
+share of one) across a machine or a cluster. Only this process writes files.
 """
 
 from __future__ import annotations
@@ -19,12 +25,11 @@ import json
 import logging
 import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Protocol
 
-import multiprocessing
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -33,13 +38,15 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from bench.device import is_oom, pick_device
 from bench.env import environment
 from bench.errors import UserError
-from bench.io import atomic_write_text, read_csv, write_csv
+from bench.io import atomic_write_text
+from bench.sweep.results import ResultsFolder
 from bench.sweep.study import Cell, Study
-from bench.train.result import ERROR, FINISHED, OK, OOM
+from bench.train.result import CRASHED, ERROR, FINISHED, OK, OOM
 
 log = logging.getLogger(__name__)
 
 LOCK = ".sweep.lock"  # in the results folder, held while a sweep writes there
+MERGE_SHARE = 0.1  # the most of a sweep's time that refreshing runs.csv and history.csv may take
 
 
 @dataclass
@@ -88,12 +95,24 @@ def _stopper(target: dict | None):
     return on_epoch
 
 
+def _cell_row(cell: Cell, profile: str) -> dict:
+    """The columns a cell's row has before it runs: study, levels, seed, configuration."""
+    cfg = cell.config
+    row = {"study": cell.study, "profile": profile, "cell_id": cell.id, **cell.levels,
+           "is_baseline": cell.is_baseline, "seed": cfg.seed}
+    row.update({f"cfg_{k}": v for k, v in cfg.to_dict().items() if k not in ("knobs", "seed", "device")})
+    row.update({f"knob_{k}": v for k, v in cfg.knobs.items()})
+    return row
+
+
 def run_cell(cell: Cell, device: str, measure: str, target: dict | None, profile: str,
-             progress: bool = True, speeds: dict | None = None) -> CellResult:
+             progress: bool = True, speeds: dict | None = None, data=None) -> CellResult:
     """Train one cell and measure its model; any failure becomes the row's status and error.
 
     `speeds` (configuration without seed -> measured row) lets the seeds of a configuration share
-    one measurement: the cost of a step does not depend on the seed's weights.
+    one measurement: the cost of a step does not depend on the seed's weights. `data` is the
+    cell's data set when the caller has it (a Ray task gets it from the object store);
+    otherwise it is loaded here, once per study.
     """
     from bench.measure import FLOP_CONVENTION, count_model, measure_throughput
     from bench.train import train
@@ -101,15 +120,12 @@ def run_cell(cell: Cell, device: str, measure: str, target: dict | None, profile
 
     cfg = cell.config.replace(device=device)
     start = time.perf_counter()
-    row = {"study": cell.study, "profile": profile, "cell_id": cell.id, **cell.levels,
-           "is_baseline": cell.is_baseline, "seed": cfg.seed}
-    row.update({f"cfg_{k}": v for k, v in cfg.to_dict().items() if k not in ("knobs", "seed", "device")})
-    row.update({f"knob_{k}": v for k, v in cfg.knobs.items()})
+    row = _cell_row(cell, profile)
     history: list[dict] = []
     try:
         dev = pick_device(device)
         row.update(_env_columns(dev))
-        data = _data_for(cfg)
+        data = data if data is not None else _data_for(cfg)
         result = train(cfg, data, progress=progress, on_epoch=_stopper(target))
         history = result.history
         row["status"], row["error"] = result.status, None
@@ -135,27 +151,52 @@ def run_cell(cell: Cell, device: str, measure: str, target: dict | None, profile
         row["status"] = OOM if is_oom(e) else ERROR
         row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:500]
         log.debug("cell %s failed:\n%s", cell.id, traceback.format_exc())
+    return _finish(cell, profile, target, row, history, time.perf_counter() - start)
+
+
+def failed_result(cell: Cell, profile: str, target: dict | None, status: str, message: str,
+                  wall_seconds: float | None = None) -> CellResult:
+    """The row of a cell that produced none itself: its process died, or its data never reached it."""
+    row = {**_cell_row(cell, profile), "status": status, "error": message.splitlines()[0][:500] if message else None}
+    return _finish(cell, profile, target, row, [], wall_seconds)
+
+
+def _finish(cell: Cell, profile: str, target: dict | None, row: dict, history: list[dict],
+            wall_seconds: float | None) -> CellResult:
     if target is not None:
         row["target_metric"], row["target_value"] = target["metric"], target["value"]
         row["epochs_to_target"], row["seconds_to_target"] = first_reaching(history, target["metric"], target["value"])
-    row["wall_seconds"] = time.perf_counter() - start
+    row["wall_seconds"] = wall_seconds
     row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    keys = {"study": cell.study, "profile": profile, "cell_id": cell.id, **cell.levels, "seed": cfg.seed}
+    keys = {"study": cell.study, "profile": profile, "cell_id": cell.id, **cell.levels, "seed": cell.config.seed}
     return CellResult(row, [{**keys, **h} for h in history])
 
 
 def _env_columns(device: torch.device) -> dict:
     env = environment(device)
-    keep = ("device", "device_name", "torch", "torchvision", "cuda", "cudnn", "git_commit")
+    # hostname: on a cluster, which machine ran the cell
+    keep = ("device", "device_name", "torch", "torchvision", "cuda", "cudnn", "hostname", "git_commit")
     return {k: env.get(k) for k in keep}
 
 
 # --- executors -----------------------------------------------------------------------
 
-class Executor(Protocol):
-    """Runs cells and yields their results as they finish; a cluster engine implements this too."""
+class CellFn(Protocol):
+    """What an executor runs: one cell on one device, and the row for a cell that could not run."""
 
-    def run(self, cells: list[Cell], fn: Callable[[Cell, str], CellResult]) -> Iterator[CellResult]: ...
+    def __call__(self, cell: Cell, device: str, data=None) -> CellResult: ...
+
+    def failed(self, cell: Cell, status: str, message: str, wall_seconds: float | None = None) -> CellResult: ...
+
+
+class Executor(Protocol):
+    """Places cells and yields their results as they finish; only the caller writes files."""
+
+    def environment(self) -> dict:
+        """Where the cells run, for environment.json; an impossible setting fails here, before any cell."""
+        ...
+
+    def run(self, cells: list[Cell], fn: CellFn) -> Iterator[CellResult]: ...
 
 
 class LocalExecutor:
@@ -164,67 +205,38 @@ class LocalExecutor:
     def __init__(self, device: str = "auto"):
         self.device = device
 
+    def environment(self) -> dict:
+        return {"executor": "local", **environment(pick_device(self.device))}
+
     def run(self, cells, fn):
         for cell in cells:
             yield fn(cell, self.device)
 
 
-class MultiGPUExecutor:
-    """One cell per GPU at a time, each in its own spawned process; the parent alone writes files."""
-
-    def __init__(self, devices: list[str]):
-        self.devices = devices
-
-    def run(self, cells, fn):
-        ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-        free = list(self.devices)
-        pending = list(cells)
-        with ProcessPoolExecutor(max_workers=len(self.devices), mp_context=ctx) as pool:
-            running = {}
-            while pending or running:
-                while pending and free:
-                    dev = free.pop()
-                    running[pool.submit(fn, pending.pop(0), dev)] = dev
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    free.append(running.pop(fut))
-                    yield fut.result()
-
-
 def make_executor(device: str) -> Executor:
     if device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1:
-        return MultiGPUExecutor([f"cuda:{i}" for i in range(torch.cuda.device_count())])
+        log.info("%d GPUs visible; this sweep uses one (--executor ray runs one cell per GPU)",
+                 torch.cuda.device_count())
     return LocalExecutor(device)
 
 
 # --- the sweep -----------------------------------------------------------------------
 
-def _read_csv(path: Path, text_columns: Iterable[str] = ()) -> pd.DataFrame:
-    """A table this runner wrote, with its ids and factor levels as text; empty if absent."""
-    if not path.exists() or path.stat().st_size == 0:
-        return pd.DataFrame()
-    try:
-        return read_csv(path, ("cell_id", *text_columns))
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not a table this runner can read ({type(e).__name__}); "
-                        f"move it aside to start the study afresh") from None
-
-
-def _cell_fn(measure, target, profile, progress):
-    # A module-level callable with bound arguments stays picklable for spawned workers.
-    return _BoundCell(measure, target, profile, progress)
-
-
 @dataclass
 class _BoundCell:
+    """`run_cell` with the study's settings bound; plain data, so it travels to worker processes."""
+
     measure: str
     target: dict | None
     profile: str
     progress: bool
     speeds: dict = field(default_factory=dict)  # one sweep's measurements, shared by a configuration's seeds
 
-    def __call__(self, cell: Cell, device: str) -> CellResult:
-        return run_cell(cell, device, self.measure, self.target, self.profile, self.progress, self.speeds)
+    def __call__(self, cell: Cell, device: str, data=None) -> CellResult:
+        return run_cell(cell, device, self.measure, self.target, self.profile, self.progress, self.speeds, data)
+
+    def failed(self, cell: Cell, status: str, message: str, wall_seconds: float | None = None) -> CellResult:
+        return failed_result(cell, self.profile, self.target, status, message, wall_seconds)
 
 
 def run_study(study: Study, profile: str, *, out_root: Path = Path("results"), seeds: list[int] | None = None,
@@ -260,52 +272,58 @@ def _sweep_lock(folder: Path):
 
 def _sweep(study: Study, profile: str, cells: list[Cell], out: Path, device: str,
            executor: Executor | None, progress: bool) -> pd.DataFrame:
-    runs_path, hist_path = out / "runs.csv", out / "history.csv"
-    text = ["study", "profile", "status", *study.factors]
-    runs, hist = _read_csv(runs_path, text), _read_csv(hist_path)
+    results = ResultsFolder(out, ["study", "profile", "status", *study.factors])
+    results.clear_temporary()
+    results.merge()  # cells recorded by a sweep that was killed before it merged them
+    runs = results.runs()
     finished = set(runs.loc[runs["status"].isin(FINISHED), "cell_id"]) if len(runs) else set()
     todo = [c for c in cells if c.id not in finished]
     stale = len(set(runs["cell_id"]) - {c.id for c in cells}) if len(runs) else 0
     if stale:
         log.warning("%s: %d rows are cells this run does not define (other seeds or an older study "
-                    "file); they are kept", runs_path, stale)
+                    "file); they are kept", results.runs_path, stale)
     log.info("%s/%s: %d cells, %d finished, %d to run", study.name, profile, len(cells), len(cells) - len(todo), len(todo))
     if not todo:
         return runs
-    for stale in out.glob(".*.tmp"):  # left by a sweep killed mid-write; the real files are intact
-        stale.unlink(missing_ok=True)
-    pick_device(device)  # an impossible device fails before anything runs
-    atomic_write_text(out / "environment.json", json.dumps(
-        {"study": study.name, "profile": profile, "study_file": str(study.path), **environment(pick_device(device))},
-        indent=2, default=str))
     executor = executor or make_executor(device)
+    env = executor.environment()  # an impossible device fails before anything runs
+    atomic_write_text(out / "environment.json", json.dumps(
+        {"study": study.name, "profile": profile, "study_file": str(study.path), **env}, indent=2, default=str))
     measure = study.profiles[profile].get("measure", "quick")
-    fn = _cell_fn(measure, study.target, profile, progress)
-    with logging_redirect_tqdm():
-        bar = tqdm(total=len(todo), desc=f"{study.name}/{profile} cells", unit="cell", disable=None if progress else True)
-        for result in executor.run(todo, fn):
-            runs, hist = _append(runs, hist, result)
-            write_csv(hist_path, hist)
-            write_csv(runs_path, runs)
-            bar.update()
-            log.info("%s", _one_line(result.row, study))
-        bar.close()
-    return _read_csv(runs_path, text)  # the table as saved, with the types a reader of the file sees
+    fn = _BoundCell(measure, study.target, profile, progress)
+    merges = _MergeClock()
+    try:
+        with logging_redirect_tqdm(), contextlib.closing(executor.run(todo, fn)) as finished_cells:
+            bar = tqdm(total=len(todo), desc=f"{study.name}/{profile} cells", unit="cell", disable=None if progress else True)
+            for result in finished_cells:
+                results.record(result.row, result.history)
+                bar.update()
+                log.info("%s", _one_line(result.row, study))
+                if merges.due():
+                    merges.timed(results.merge)
+            bar.close()
+    finally:  # Ctrl-C included: every recorded cell reaches the tables
+        results.merge()
+    return results.runs()  # the table as saved, with the types a reader of the file sees
 
 
-def _append(runs: pd.DataFrame, hist: pd.DataFrame, result: CellResult) -> tuple[pd.DataFrame, pd.DataFrame]:
-    cid = result.row["cell_id"]
-    if len(runs):
-        runs = runs[runs["cell_id"] != cid]
-        # history rows of cells absent from runs.csv are leftovers of an interrupted cell
-        hist = hist[hist["cell_id"].isin(set(runs["cell_id"]))] if len(hist) else hist
-    else:
-        hist = pd.DataFrame()
-    new_hist = pd.DataFrame(result.history)
-    runs = pd.concat([runs, pd.DataFrame([result.row])], ignore_index=True) if len(runs) else pd.DataFrame([result.row])
-    if len(new_hist):
-        hist = pd.concat([hist, new_hist], ignore_index=True) if len(hist) else new_hist
-    return runs, hist
+class _MergeClock:
+    """Merge often enough that runs.csv stays current, rarely enough that merging (which grows
+    with the tables) stays under MERGE_SHARE of the time: after a merge that took t seconds,
+    the next waits t * (1 - share) / share."""
+
+    def __init__(self):
+        self.last_end = time.perf_counter()
+        self.last_cost = 0.0
+
+    def due(self) -> bool:
+        return time.perf_counter() - self.last_end >= self.last_cost * (1 - MERGE_SHARE) / MERGE_SHARE
+
+    def timed(self, merge) -> None:
+        start = time.perf_counter()
+        merge()
+        self.last_end = time.perf_counter()
+        self.last_cost = self.last_end - start
 
 
 def _one_line(row: dict, study: Study) -> str:

@@ -16,6 +16,7 @@ OK = "ok"  # trained to the end, or until the caller stopped it; its final numbe
 DIVERGED = "diverged"  # the loss became NaN/inf; the history up to then is kept
 OOM = "oom"  # a sweep cell whose run ran out of device memory
 ERROR = "error"  # a sweep cell whose run raised anything else
+CRASHED = "crashed"  # a sweep cell whose worker process died (killed, segfault) and retries ran out
 FINISHED = (OK, DIVERGED)  # a sweep skips these on resume and retries the others
 
 

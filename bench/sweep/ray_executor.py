@@ -1,0 +1,233 @@
+"""Cells as Ray tasks: one machine's GPUs, or a whole cluster's, behind the `Executor` interface.
+
+Ray only places and runs cells; the runner in this process still records every row,
+holds the results-folder lock and writes the tables.
+
+- Each cell is a task asking for `gpus_per_cell` GPUs (a fraction shares one) and
+  `cpus_per_cell` CPUs. Ray sets CUDA_VISIBLE_DEVICES for the task, so it trains on
+  `cuda` (device 0 of what it sees), and OMP_NUM_THREADS to its CPU count.
+- The data set is loaded here, from the cache, once per distinct data spec and put
+  into the object store once; tasks read it from there (without a copy on the same
+  node), so workers need neither the data path nor the cache.
+- A worker process that dies mid-cell (killed, segfault, a node lost) is retried up
+  to `max_retries` times; after that the cell is a `crashed` row with Ray's message and
+  the sweep goes on. An exception inside the cell (CUDA out of memory included) never
+  reaches Ray: `run_cell` makes it the row's status.
+- Leaving early (Ctrl-C, an error here) cancels every task not yet finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bench.device import pick_device
+from bench.env import environment, git_commit
+from bench.errors import UserError
+from bench.sweep.runner import CellFn
+from bench.train.result import CRASHED
+
+log = logging.getLogger(__name__)
+
+# Test hook: "<cell_id>:<marker file>" makes that cell's worker process SIGKILL itself the
+# first time it runs the cell (it creates the marker file first, so a retry runs normally).
+CRASH_HOOK = "BENCH_TEST_CRASH_CELL"
+WAIT_SECONDS = 1.0  # how long one ray.wait may block: Ctrl-C is seen between waits
+
+_connection: str | None = None  # how this process joined Ray, as `connect` returns it
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'alexnet-bench[ray]'") from None
+    return ray
+
+
+def connect(address: str | None = None) -> str:
+    """Join the Ray cluster at `address` ($RAY_ADDRESS when None), or start Ray on this machine
+    when neither is given (it stops when this process exits). Returns "local", "remote", or
+    "existing" for a connection this process already had (a test's local runtime, say).
+    """
+    global _connection
+    ray = import_ray()
+    if ray.is_initialized():
+        return _connection or "existing"
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": False}  # rows carry each cell's outcome
+    if address == "local":
+        ray.init(address="local", include_dashboard=False, **quiet)
+        _connection = "local"
+        return _connection
+    import bench
+
+    try:
+        # The workers run this checkout's bench (torch and the rest must be on every node).
+        ray.init(address=address, runtime_env={"py_modules": [bench]}, **quiet)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise UserError(f"--ray-address {address}: no Ray cluster reached ({str(e).splitlines()[0]}); "
+                        f"start one with `ray start --head`, or leave --ray-address out to run on this machine") from None
+    _connection = "remote"
+    return _connection
+
+
+@dataclass(frozen=True)
+class _ShippedData:
+    """A `bench.data.Dataset` as numpy arrays, which Ray's object store hands out without copying."""
+
+    arrays: dict  # train_x, train_y, test_x, test_y -> np.ndarray
+    classes: list
+    normalizer: object
+    provenance: dict
+
+    @classmethod
+    def of(cls, data) -> _ShippedData:
+        arrays = {k: getattr(data, k).numpy() for k in ("train_x", "train_y", "test_x", "test_y")}
+        return cls(arrays, list(data.classes), data.normalizer, dict(data.provenance))
+
+    def dataset(self):
+        from bench.data import Dataset
+
+        with warnings.catch_warnings():  # read-only shared memory; training never writes into the images
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            tensors = {k: torch.from_numpy(v) for k, v in self.arrays.items()}
+        return Dataset(**tensors, classes=self.classes, normalizer=self.normalizer, provenance=self.provenance)
+
+
+def _run_in_worker(fn: CellFn, cell, device: str, shipped: _ShippedData, crash_marker: str | None):
+    if crash_marker and not Path(crash_marker).exists():
+        Path(crash_marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return fn(cell, device, data=shipped.dataset())
+
+
+def _number(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise UserError(f"{what} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+class RayExecutor:
+    """Every cell a Ray task; results are yielded in the order they finish."""
+
+    def __init__(self, device: str = "auto", *, address: str | None = None, gpus_per_cell: float | None = None,
+                 cpus_per_cell: float = 1.0, max_retries: int = 2):
+        kind, _, index = device.partition(":")
+        if index:
+            raise UserError(f"--device {device}: under --executor ray, Ray picks each cell's GPU; use --device cuda")
+        if kind not in ("auto", "cpu", "cuda", "mps"):
+            pick_device(device)  # its message lists the valid devices
+        if gpus_per_cell is not None:
+            gpus_per_cell = _number(gpus_per_cell, "--gpus-per-cell")
+            if gpus_per_cell > 1 and not gpus_per_cell.is_integer():
+                raise UserError(f"--gpus-per-cell {gpus_per_cell:g}: above 1 it must be a whole number of GPUs")
+            if gpus_per_cell and kind in ("cpu", "mps"):
+                raise UserError(f"--gpus-per-cell {gpus_per_cell:g} with --device {device}: GPUs would be reserved "
+                                f"and left unused; use --device cuda or auto")
+            if not gpus_per_cell and kind == "cuda":
+                raise UserError("--device cuda under --executor ray needs --gpus-per-cell above 0")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise UserError(f"--max-retries must be a non-negative integer, got {max_retries!r}")
+        self.device = kind
+        self.address = address
+        self.gpus_per_cell = gpus_per_cell
+        self.cpus_per_cell = _number(cpus_per_cell, "--cpus-per-cell")
+        self.max_retries = max_retries
+
+    def _resolve(self) -> None:
+        """Connect, and settle GPUs per cell: as given, else none on cpu/mps, else one if the
+        cluster has GPUs (or --device cuda asks for them)."""
+        ray = import_ray()
+        where = connect(self.address)
+        have = ray.cluster_resources().get("GPU", 0)
+        if self.gpus_per_cell is None:
+            self.gpus_per_cell = 0.0 if self.device in ("cpu", "mps") else float(self.device == "cuda" or have > 0)
+        if self.gpus_per_cell > have:
+            if where == "local":  # no autoscaler will ever add one
+                raise UserError(f"each cell asks for {self.gpus_per_cell:g} GPUs and this machine has {have:g} "
+                                f"that Ray can see; lower --gpus-per-cell or use --device cpu")
+            log.warning("the Ray cluster has %g GPUs and each cell asks for %g; cells wait until "
+                        "enough GPUs join (an autoscaler adds them)", have, self.gpus_per_cell)
+
+    def _task_device(self) -> str:
+        if self.gpus_per_cell:
+            return "cuda"  # the GPU(s) Ray gave this task, which are all it sees
+        return "mps" if self.device == "mps" else "cpu"
+
+    def environment(self) -> dict:
+        ray = import_ray()
+        self._resolve()
+        return {"executor": "ray", "ray": ray.__version__,
+                "ray_cluster": {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")},
+                "gpus_per_cell": self.gpus_per_cell, "cpus_per_cell": self.cpus_per_cell,
+                "max_retries": self.max_retries, "driver": environment(torch.device("cpu"))}
+
+    def run(self, cells, fn: CellFn):
+        ray = import_ray()
+        self._resolve()
+        task = ray.remote(_run_in_worker).options(
+            num_gpus=self.gpus_per_cell, num_cpus=self.cpus_per_cell, max_retries=self.max_retries)
+        device = self._task_device()
+        crash_id, _, crash_marker = os.environ.get(CRASH_HOOK, "").partition(":")
+        shipped, failed = _ship(ray, cells)
+        for cell, message in failed:
+            yield fn.failed(cell, "error", message)
+        running = {}  # ObjectRef -> (cell, submitted at)
+        try:
+            for cell in cells:
+                if cell.id in shipped:
+                    ref = task.remote(fn, cell, device, shipped[cell.id],
+                                      crash_marker if cell.id == crash_id else None)
+                    running[ref] = (cell, time.perf_counter())
+            shipped.clear()  # the tasks hold the data now; it leaves the store with the last of them
+            while running:
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_SECONDS)
+                for ref in ready:
+                    cell, submitted = running.pop(ref)
+                    yield self._result(ray, ref, cell, fn, time.perf_counter() - submitted)
+        finally:  # Ctrl-C, or the caller stopped: nothing keeps running after the sweep
+            for ref in running:
+                ray.cancel(ref, force=True)
+
+    def _result(self, ray, ref, cell, fn: CellFn, seconds: float):
+        try:
+            result = ray.get(ref)
+            # bench shipped to a cluster (py_modules) has no .git; it is this checkout's code
+            result.row["git_commit"] = result.row.get("git_commit") or git_commit()
+            return result
+        except ray.exceptions.RayTaskError as e:  # an exception outside run_cell's own handling
+            cause = e.cause if getattr(e, "cause", None) is not None else e
+            return fn.failed(cell, "error", f"{type(cause).__name__}: {cause}", seconds)
+        except ray.exceptions.RayError as e:  # the worker process or its node died, retries used up
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            return fn.failed(cell, CRASHED, f"{type(e).__name__} (retries used up: {self.max_retries}): {first}",
+                             seconds)
+
+
+def _ship(ray, cells) -> tuple[dict, list]:
+    """Load each distinct data set once and put it in the object store: {cell id: ref}, and the
+    cells whose data failed to load with the message (they become error rows, as they do locally)."""
+    from bench.data import load_data
+    from bench.train import data_spec
+
+    refs, by_spec, failed = {}, {}, []
+    for cell in cells:
+        spec = data_spec(cell.config)
+        if spec not in by_spec:
+            try:
+                by_spec[spec] = ray.put(_ShippedData.of(load_data(spec)))
+            except Exception as e:  # noqa: BLE001 - a data error is each of its cells' row, as in run_cell
+                by_spec[spec] = f"{type(e).__name__}: {e}"
+        if isinstance(by_spec[spec], str):
+            failed.append((cell, by_spec[spec]))
+        else:
+            refs[cell.id] = by_spec[spec]
+    return refs, failed

@@ -1,0 +1,124 @@
+"""A sweep's results folder: one small file per finished cell, merged into the tidy tables.
+
+results/<study>/<profile>/
+    cells/<cell_id>.json   one finished cell: its runs row and its history rows, written
+                           whole (temporary file, then rename) the moment the cell ends
+    runs.csv, history.csv  every merged cell; what the report and people read
+
+Recording a cell writes one file and reads nothing, so it costs the same at the
+tenth cell and the ten-thousandth. Merging reads both tables, replaces the rows of
+each recorded cell, writes history.csv then runs.csv (each atomically) and only then
+deletes the cell files it merged. A merge killed at any point is redone whole by the
+next, because a cell file replaces its cell's rows rather than adding to them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from bench.errors import UserError
+from bench.io import atomic_write_text, read_csv, write_csv
+
+CELLS = "cells"
+
+
+class ResultsFolder:
+    """The runs and history tables of one study at one profile, and the cells not yet merged."""
+
+    def __init__(self, folder: Path, text_columns: Iterable[str] = ()):
+        self.folder = Path(folder)
+        self.cells = self.folder / CELLS
+        self.runs_path = self.folder / "runs.csv"
+        self.history_path = self.folder / "history.csv"
+        # ids and factor levels stay text: a level "none" or "1e9" must not become NaN or 1000000000.0
+        self.text_columns = ("cell_id", *text_columns)
+
+    def record(self, row: dict, history: list[dict]) -> None:
+        """Keep one finished cell; constant cost whatever the tables hold."""
+        atomic_write_text(self.cells / f"{row['cell_id']}.json",
+                          json.dumps({"row": row, "history": history}, default=str))
+
+    def pending(self) -> list[Path]:
+        """Recorded cells not yet in the tables, oldest first (the order they finished)."""
+        if not self.cells.is_dir():
+            return []
+        return sorted(self.cells.glob("*.json"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+    def merge(self) -> int:
+        """Fold the recorded cells into runs.csv and history.csv; returns how many were merged."""
+        files = self.pending()
+        if not files:
+            return 0
+        runs, history = self._merged(files)
+        write_csv(self.history_path, history)  # history first: its rows count only once runs.csv has the cell
+        write_csv(self.runs_path, runs)
+        for f in files:
+            f.unlink(missing_ok=True)
+        return len(files)
+
+    def read(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Both tables as they would be after a merge, without writing anything."""
+        return self._merged(self.pending())
+
+    def runs(self) -> pd.DataFrame:
+        """runs.csv as saved, with the types a reader of the file sees; empty if absent."""
+        return self._read_table(self.runs_path)
+
+    def clear_temporary(self) -> None:
+        """Remove the temporary files of a write that a kill interrupted; the real files are intact."""
+        for folder in (self.folder, self.cells):
+            for stale in folder.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
+
+    def _merged(self, files: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        runs, history = self._read_table(self.runs_path), self._read_table(self.history_path)
+        records = [self._load(f) for f in files]
+        if records:
+            ids = {r["row"]["cell_id"] for r in records}
+            new_runs = pd.DataFrame([r["row"] for r in records])
+            new_history = pd.DataFrame([h for r in records for h in r["history"]])
+            if len(runs):
+                runs = runs[~runs["cell_id"].isin(ids)]
+            if len(history):
+                history = history[~history["cell_id"].isin(ids)]
+            runs = _concat(runs, new_runs)
+            history = _concat(history, new_history)
+        if len(history):
+            # history rows of a cell absent from runs.csv are leftovers of an interrupted write
+            history = history[history["cell_id"].isin(set(runs["cell_id"]) if len(runs) else set())]
+        return runs.reset_index(drop=True), history.reset_index(drop=True)
+
+    def _read_table(self, path: Path) -> pd.DataFrame:
+        if not path.exists() or path.stat().st_size == 0:
+            return pd.DataFrame()
+        try:
+            return read_csv(path, self.text_columns)
+        except pd.errors.EmptyDataError:  # no columns: a history with no epochs yet (every cell failed)
+            return pd.DataFrame()
+        except (pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise UserError(f"{path} is not a table this runner can read ({type(e).__name__}); "
+                            f"move it aside to start the study afresh") from None
+
+    @staticmethod
+    def _load(path: Path) -> dict:
+        try:
+            record = json.loads(path.read_text())
+        except (ValueError, OSError) as e:
+            record = {"error": type(e).__name__}
+        if not (isinstance(record, dict) and isinstance(record.get("row"), dict) and "cell_id" in record["row"]
+                and isinstance(record.get("history"), list)):
+            raise UserError(f"{path} is not a cell record this runner wrote; move it aside and run the sweep again")
+        return record
+
+
+def _concat(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    # pandas warns about (and will change) dtype inference when an empty frame takes part
+    if not len(old):
+        return new
+    if not len(new):
+        return old
+    return pd.concat([old, new], ignore_index=True)

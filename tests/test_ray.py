@@ -1,0 +1,175 @@
+"""The Ray executor on a local Ray runtime (two CPUs): same results as the local executor,
+data shipped from the driver, worker crashes retried or recorded as `crashed` rows."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.errors import UserError
+from bench.sweep.ray_executor import CRASH_HOOK, RayExecutor
+from bench.sweep.runner import run_study
+from bench.sweep.study import load_study
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'alexnet-bench[ray]' (CI installs it)")
+
+TINY = """
+[study]
+name = "tiny"
+design = "factorial"
+seeds = [0]
+
+[base]
+model = "layers-80sec"
+data = "synthetic"
+train_per_class = {train}
+test_per_class = {test}
+batch_size = 8
+epochs = 1
+augment = "none"
+
+[factors.activation]
+key = "knobs.activation"
+levels = ["relu", "tanh"]
+
+[factors.lr]
+key = "lr"
+levels = [0.01, 0.02]
+
+[profiles.smoke]
+measure = "none"
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_runtime():
+    """One local Ray runtime for the module: starting one costs seconds."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def tiny_study(tmp_path: Path, train: int = 8, test: int = 4):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY.format(train=train, test=test))
+    return load_study(str(path))
+
+
+def read_runs(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "runs.csv", dtype={"cell_id": str}).set_index("cell_id").sort_index()
+
+
+def test_smoke_study_on_ray_matches_the_local_executor(tmp_path):
+    tiny_study(tmp_path)
+    common = ["ablate", "--study", str(tmp_path / "tiny.toml"), "--profile", "smoke", "--seeds", "0,1",
+              "--no-progress", "--no-report"]
+    assert main([*common, "--out", str(tmp_path / "local")]) == 0
+    assert main([*common, "--out", str(tmp_path / "ray"), "--executor", "ray"]) == 0
+    local, remote = (read_runs(tmp_path / where / "tiny" / "smoke") for where in ("local", "ray"))
+    assert len(local) == 8 and set(local["seed"]) == {0, 1}
+    assert list(remote.index) == list(local.index)  # the same cells, each once
+    assert (remote["status"] == local["status"]).all() and set(local["status"]) == {"ok"}
+    assert (remote["seed"] == local["seed"]).all()
+    pd.testing.assert_series_equal(remote["final_test_top1_err_pct"], local["final_test_top1_err_pct"])
+    folder = tmp_path / "ray" / "tiny" / "smoke"
+    env = json.loads((folder / "environment.json").read_text())
+    assert env["executor"] == "ray" and env["ray"] == ray.__version__ and env["gpus_per_cell"] == 0
+    hist = pd.read_csv(folder / "history.csv")
+    assert len(hist) == len(remote) and not hist.duplicated(["cell_id", "epoch"]).any()
+    assert not list((folder / "cells").glob("*"))  # every recorded cell merged into the tables
+
+
+def test_workers_get_the_data_from_the_driver_not_from_disk(tmp_path, image_tree, bench_cache, monkeypatch):
+    """The folder and its cache are gone once the driver has loaded them: the tasks must train
+    on what the driver put in the object store."""
+    import bench.data
+
+    load = bench.data.load_data
+    loads = []
+
+    def load_then_delete(spec, *args, **kwargs):
+        data = load(spec, *args, **kwargs)
+        loads.append(spec)
+        shutil.rmtree(image_tree.path)
+        shutil.rmtree(bench_cache, ignore_errors=True)
+        return data
+
+    monkeypatch.setattr(bench.data, "load_data", load_then_delete)
+    study = tiny_study(tmp_path, train=4, test=2)
+    runs = run_study(study, "smoke", out_root=tmp_path / "results", overrides={"data": str(image_tree.path)},
+                     executor=RayExecutor("cpu"), progress=False)
+    assert len(loads) == 1  # once for the four cells
+    assert len(runs) == 4 and set(runs["status"]) == {"ok"}, runs[["status", "error"]]
+    assert (runs["data_source"] == "folder:tiny").all() and (runs["train_images"] == 12).all()
+
+
+@pytest.mark.parametrize("retries", [1, 0])
+def test_a_worker_killed_mid_cell_is_retried_or_recorded_as_crashed(tmp_path, monkeypatch, retries):
+    study = tiny_study(tmp_path)
+    victim = study.cells("smoke")[1]
+    marker = tmp_path / "killed-once"
+    monkeypatch.setenv(CRASH_HOOK, f"{victim.id}:{marker}")
+    runs = run_study(study, "smoke", out_root=tmp_path / "results", executor=RayExecutor("cpu", max_retries=retries),
+                     progress=False).set_index("cell_id")
+    assert marker.exists()  # the worker did die in that cell
+    assert len(runs) == 4
+    others = runs.drop(index=victim.id)
+    assert set(others["status"]) == {"ok"}  # the sweep went on
+    if retries:
+        assert runs.loc[victim.id, "status"] == "ok"
+    else:
+        assert runs.loc[victim.id, "status"] == "crashed"
+        assert "retries used up: 0" in runs.loc[victim.id, "error"]
+        assert "WorkerCrashedError" in runs.loc[victim.id, "error"]
+        assert runs.loc[victim.id, "activation"] == victim.levels["activation"]  # a full row, levels included
+        # the crashed cell is not finished: running again retries it alone
+        again = run_study(study, "smoke", out_root=tmp_path / "results", executor=RayExecutor("cpu"),
+                          progress=False).set_index("cell_id")
+        assert again.loc[victim.id, "status"] == "ok"
+        assert (again.loc[others.index, "finished_at"] == others["finished_at"]).all()
+
+
+@pytest.mark.parametrize("device, gpus, needle", [("cuda:1", None, "Ray picks each cell's GPU"),
+                                                  ("cpu", 1, "left unused"),
+                                                  ("auto", 1.5, "whole number")])
+def test_gpu_settings_that_cannot_work_are_refused(device, gpus, needle):
+    with pytest.raises(UserError, match=needle):
+        RayExecutor(device, gpus_per_cell=gpus)
+
+
+def test_ctrl_c_cancels_the_tasks_keeps_finished_rows_and_exits_130(tmp_path, capsys):
+    """SIGINT to this process once the first cell is recorded, as Ctrl-C would send."""
+    study = tmp_path / "tiny.toml"
+    study.write_text(TINY.format(train=8, test=4).replace("epochs = 1", "epochs = 30"))
+    out = tmp_path / "results"
+    folder = out / "tiny" / "smoke"
+
+    def interrupt_after_first_cell():
+        deadline = time.time() + 240
+        while time.time() < deadline and not ((folder / "runs.csv").exists() or list(folder.glob("cells/*.json"))):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_after_first_cell, daemon=True).start()
+    status = main(["ablate", "--study", str(study), "--profile", "smoke", "--out", str(out), "--no-progress",
+                   "--no-report", "--executor", "ray"])
+    assert status == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "interrupted; finished results are kept"
+    assert "Traceback" not in err
+    runs = pd.read_csv(folder / "runs.csv")
+    assert 1 <= len(runs) < 4 and set(runs["status"]) == {"ok"}  # finished rows kept, cancelled ones absent
+    deadline = time.time() + 30  # the cancelled tasks give their CPUs back: nothing goes on running
+    while time.time() < deadline and ray.available_resources().get("CPU", 0) < 2:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == 2
