@@ -27,7 +27,7 @@ from bench.report.load import StudyData
 from bench.report.stats import Summary, summarize, welch
 from bench.train.result import OK
 
-TOP1, TOP5, TRAIN = "final_test_top1_err_pct", "final_test_top5_err_pct", "final_train_err_pct"
+TOP1, TOP5, TRAIN = "final_test_top1_err_pct", "final_test_top5_err_pct", "final_train_running_err_pct"
 MEASURED_TRAIN, LOOP_TRAIN, MEASURED_INFER = "train_images_per_s", "median_train_images_per_s", "infer_images_per_s"
 KNOWN_CONVENTION = "macs=multiply-adds"
 WELCH_NOTE = ("Δ = configuration mean − baseline mean, in percentage points; its 95% interval is Welch's "

@@ -31,7 +31,16 @@ from bench.train.result import OK  # a cell whose final numbers count; diverged 
 log = logging.getLogger(__name__)
 
 RUNS, HISTORY, ENVIRONMENT = "runs.csv", "history.csv", "environment.json"
-DEFAULT_TARGET = {"metric": "train_err_pct", "value": 25.0}  # the paper's Figure 1
+DEFAULT_TARGET = {"metric": "train_running_err_pct", "value": 25.0}  # the paper's Figure 1
+
+# Columns of results swept before the training errors were told apart by name: read under
+# today's names, so that committed results still draw. The running in-epoch error was the
+# only training error then. `best_test_top1_err_pct` (a minimum over test epochs, i.e. selection
+# on the test set) is dropped rather than shown.
+OLD_COLUMNS = {"train_err_pct": "train_running_err_pct", "train_loss": "train_running_loss",
+               "final_train_err_pct": "final_train_running_err_pct",
+               "final_train_loss": "final_train_running_loss"}
+DROPPED_COLUMNS = ("best_test_top1_err_pct",)
 
 
 class Notes:
@@ -167,7 +176,7 @@ def load(folder: Path) -> StudyData:
         notes.warn(f"{RUNS} has no cell_id ... is_baseline columns; factor levels unknown")
     if len(runs) == 0:
         notes.warn(f"{RUNS} has no rows (the study has not finished a cell yet)")
-    runs, superseded = _latest_per_configuration(_normalize_runs(runs, notes), factors, notes)
+    runs, superseded = _latest_per_configuration(_normalize_runs(_current_names(runs), notes), factors, notes)
 
     spec = read_study_file(study, env, notes)
     known = spec.factors if spec else {}
@@ -200,6 +209,16 @@ def _first(frame: pd.DataFrame, column: str) -> str | None:
     if column in frame.columns and frame[column].notna().any():
         return str(frame[column].dropna().iloc[0])
     return None
+
+
+def _current_names(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with old column names (and old target metric names) as today's; see OLD_COLUMNS."""
+    frame = frame.drop(columns=[c for c in DROPPED_COLUMNS if c in frame])
+    frame = frame.rename(columns={old: new for old, new in OLD_COLUMNS.items()
+                                  if old in frame and new not in frame})
+    if "target_metric" in frame:
+        frame["target_metric"] = frame["target_metric"].replace(OLD_COLUMNS)
+    return frame
 
 
 def _normalize_runs(runs: pd.DataFrame, notes: Notes) -> pd.DataFrame:
@@ -257,7 +276,7 @@ def _read_history(folder: Path, runs: pd.DataFrame, factors: list[str], notes: N
     if "cell_id" not in hist or "epoch" not in hist:
         notes.warn(f"{HISTORY} lacks cell_id or epoch columns; curves over epochs are not drawn")
         return empty
-    hist = hist[~hist["cell_id"].isin(superseded)]  # already reported with runs.csv
+    hist = _current_names(hist[~hist["cell_id"].isin(superseded)])  # superseded: already reported with runs.csv
     keep = [c for c in ["cell_id", *factors, "status", "is_baseline"] if c in runs]
     hist = hist.drop(columns=[c for c in keep if c != "cell_id" and c in hist] + ["seed"] * ("seed" in hist))
     merged = hist.merge(runs[keep + ["seed"]], on="cell_id", how="left", validate="many_to_one")

@@ -4,10 +4,16 @@ results/<study>/<profile>/
     runs.csv          one row per cell: factor levels, config, data source, counts,
                       throughput, errors, time to target, status
     history.csv       one row per cell per epoch
+    progress.csv      one row per cell per progress point (LOG_PER_EPOCH per epoch):
+                      step, fractional epoch, running training error and loss, seconds
     environment.json  device, versions, git commit of the latest sweep
 
-Each finished cell rewrites both tables whole through a temporary file and a
-rename, history first: a sweep killed at any moment loses at most the cell in
+Time to a target (steps_to_target, epochs_to_target, seconds_to_target) is
+interpolated between the points where the metric is logged (`bench.train.target`):
+the progress points for the running training error, the epochs otherwise.
+
+Each finished cell rewrites the tables whole through a temporary file and a
+rename, runs.csv last: a sweep killed at any moment loses at most the cell in
 flight, and a history row whose cell never reached runs.csv is dropped on resume.
 Running again skips cells that finished (ok or diverged) and retries failed ones.
 """
@@ -17,10 +23,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol
 
@@ -36,6 +43,7 @@ from bench.errors import UserError
 from bench.io import atomic_write_text, read_csv, write_csv
 from bench.sweep.study import Cell, Study
 from bench.train.result import ERROR, FINISHED, OK, OOM
+from bench.train.target import crossing
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +54,7 @@ LOCK = ".sweep.lock"  # in the results folder, held while a sweep writes there
 class CellResult:
     row: dict
     history: list[dict]
+    progress: list[dict] = field(default_factory=list)
 
 
 # --- one cell ------------------------------------------------------------------------
@@ -64,28 +73,46 @@ def _data_for(cfg):
     return _DATA_MEMO[spec]
 
 
-def first_reaching(history: list[dict], metric: str, value: float) -> tuple[int | None, float | None]:
-    """(epoch, elapsed training seconds) at which `metric` first falls to `value` or below."""
-    seconds = 0.0
-    for h in history:
-        seconds += h.get("epoch_seconds", 0.0)
-        if h.get(metric) is not None and h[metric] <= value:
-            return h["epoch"], seconds
-    return None, None
+PROGRESS_METRICS = ("train_running_err_pct", "train_running_loss")  # logged LOG_PER_EPOCH times per epoch
 
 
-def _stopper(target: dict | None):
-    """An on_epoch callback that ends training `stop_after` epochs after the target is reached."""
-    if target is None or "stop_after" not in target:
-        return None
-    reached: list[int] = []
+def time_to_target(history: list[dict], progress: list[dict], metric: str, value: float) -> dict:
+    """Steps, epochs (fractional) and training seconds at which `metric` first falls to `value`
+    or below, interpolated between the points where it is logged; None where never reached.
 
-    def on_epoch(row: dict) -> bool:
-        if not reached and row[target["metric"]] <= target["value"]:
-            reached.append(row["epoch"])
-        return bool(reached) and row["epoch"] >= reached[0] + target["stop_after"]
+    A metric of the progress points uses them; an evaluated one (val, test, clean training
+    error) uses the epochs, whose positions are the end of each epoch.
+    """
+    if metric in PROGRESS_METRICS:
+        points = progress
+    else:
+        points, seconds = [], 0.0
+        for h in history:
+            seconds += h.get("epoch_seconds", 0.0)
+            points.append({**h, "train_seconds": seconds})
+    at = {"steps_to_target": "step", "epochs_to_target": "epoch", "seconds_to_target": "train_seconds"}
+    return {name: crossing(points, metric, value, pos) if all(pos in p for p in points) else None
+            for name, pos in at.items()}
 
-    return on_epoch
+
+class _Stopper:
+    """Ends training `stop_after` epochs after the epoch in which the target is first reached."""
+
+    def __init__(self, target: dict):
+        self.metric, self.value, self.stop_after = target["metric"], target["value"], target["stop_after"]
+        self.reached: int | None = None
+
+    def _check(self, values: dict, epoch: int) -> None:
+        v = values.get(self.metric)
+        if self.reached is None and v is not None and v <= self.value:
+            self.reached = epoch
+
+    def on_point(self, point: dict) -> None:
+        self._check(point, math.ceil(point["epoch"]))  # a point inside epoch e has e-1 < epoch <= e
+
+    def on_epoch(self, row: dict) -> bool:
+        self._check(row, row["epoch"])
+        return self.reached is not None and row["epoch"] >= self.reached + self.stop_after
 
 
 def run_cell(cell: Cell, device: str, measure: str, target: dict | None, profile: str,
@@ -101,12 +128,15 @@ def run_cell(cell: Cell, device: str, measure: str, target: dict | None, profile
     row.update({f"cfg_{k}": v for k, v in cfg.to_dict().items() if k not in ("knobs", "seed", "device")})
     row.update({f"knob_{k}": v for k, v in cfg.knobs.items()})
     history: list[dict] = []
+    points: list[dict] = []
+    stopper = _Stopper(target) if target is not None and "stop_after" in target else None
     try:
         dev = pick_device(device)
         row.update(_env_columns(dev))
         data = _data_for(cfg)
-        result = train(cfg, data, progress=progress, on_epoch=_stopper(target))
-        history = result.history
+        result = train(cfg, data, progress=progress, on_epoch=stopper and stopper.on_epoch,
+                       on_point=stopper and stopper.on_point)
+        history, points = result.history, result.progress
         row["status"], row["error"] = result.status, None
         row.update({k: v for k, v in result.summary.items() if k not in ("status",)})
         model = result.model
@@ -125,11 +155,11 @@ def run_cell(cell: Cell, device: str, measure: str, target: dict | None, profile
         log.debug("cell %s failed:\n%s", cell.id, traceback.format_exc())
     if target is not None:
         row["target_metric"], row["target_value"] = target["metric"], target["value"]
-        row["epochs_to_target"], row["seconds_to_target"] = first_reaching(history, target["metric"], target["value"])
+        row.update(time_to_target(history, points, target["metric"], target["value"]))
     row["wall_seconds"] = time.perf_counter() - start
     row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     keys = {"study": cell.study, "profile": profile, "cell_id": cell.id, **cell.levels, "seed": cfg.seed}
-    return CellResult(row, [{**keys, **h} for h in history])
+    return CellResult(row, [{**keys, **h} for h in history], [{**keys, **p} for p in points])
 
 
 def _env_columns(device: torch.device) -> dict:
@@ -247,9 +277,9 @@ def _sweep_lock(folder: Path):
 
 def _sweep(study: Study, profile: str, cells: list[Cell], out: Path, device: str,
            executor: Executor | None, progress: bool) -> pd.DataFrame:
-    runs_path, hist_path = out / "runs.csv", out / "history.csv"
+    runs_path, hist_path, prog_path = out / "runs.csv", out / "history.csv", out / "progress.csv"
     text = ["study", "profile", "status", *study.factors]
-    runs, hist = _read_csv(runs_path, text), _read_csv(hist_path)
+    runs, hist, prog = _read_csv(runs_path, text), _read_csv(hist_path), _read_csv(prog_path)
     finished = set(runs.loc[runs["status"].isin(FINISHED), "cell_id"]) if len(runs) else set()
     todo = [c for c in cells if c.id not in finished]
     stale = len(set(runs["cell_id"]) - {c.id for c in cells}) if len(runs) else 0
@@ -271,8 +301,10 @@ def _sweep(study: Study, profile: str, cells: list[Cell], out: Path, device: str
     with logging_redirect_tqdm():
         bar = tqdm(total=len(todo), desc=f"{study.name}/{profile} cells", unit="cell", disable=None if progress else True)
         for result in executor.run(todo, fn):
+            prog = _append_points(prog, runs, result)
             runs, hist = _append(runs, hist, result)
             write_csv(hist_path, hist)
+            write_csv(prog_path, prog)
             write_csv(runs_path, runs)
             bar.update()
             log.info("%s", _one_line(result.row, study))
@@ -295,6 +327,18 @@ def _append(runs: pd.DataFrame, hist: pd.DataFrame, result: CellResult) -> tuple
     return runs, hist
 
 
+def _append_points(prog: pd.DataFrame, runs: pd.DataFrame, result: CellResult) -> pd.DataFrame:
+    """progress.csv with `result`'s points: rows of cells not finished in runs.csv (an interrupted
+    cell, or this cell's earlier try) are dropped, as in history.csv."""
+    if len(prog):
+        done = set(runs["cell_id"]) - {result.row["cell_id"]} if len(runs) else set()
+        prog = prog[prog["cell_id"].isin(done)]
+    new = pd.DataFrame(result.progress)
+    if not len(new):
+        return prog
+    return pd.concat([prog, new], ignore_index=True) if len(prog) else new
+
+
 def _one_line(row: dict, study: Study) -> str:
     levels = " ".join(f"{f}={row.get(f)}" for f in study.factors)
     if row["status"] not in FINISHED:
@@ -302,5 +346,5 @@ def _one_line(row: dict, study: Study) -> str:
     err = row.get("final_test_top1_err_pct")
     text = f"[{row['status']}] {levels} seed={row['seed']}: test err {err:.2f}%" if err is not None else f"[{row['status']}] {levels}"
     if row.get("epochs_to_target") is not None:
-        text += f", {row['target_metric']}<={row['target_value']} at epoch {int(row['epochs_to_target'])}"
+        text += f", {row['target_metric']}<={row['target_value']} at epoch {row['epochs_to_target']:.2f}"
     return text + f" ({row['wall_seconds']:.0f} s)"

@@ -200,12 +200,12 @@ def overfitting(sd: StudyData) -> Figure | None:
                         color="0.4", style="italic")
                 ax.set_title(title, fontsize=11)
                 continue
-            plot.line(ax, h, "train_err_pct", c, "--")
+            plot.line(ax, h, "train_running_err_pct", c, "--")
             plot.line(ax, h, "test_top1_err_pct", c, "-")
-            mean = h.groupby("epoch")[["train_err_pct", "test_top1_err_pct"]].mean()
-            ax.fill_between(mean.index, mean["train_err_pct"], mean["test_top1_err_pct"], color=c, alpha=0.15,
+            mean = h.groupby("epoch")[["train_running_err_pct", "test_top1_err_pct"]].mean()
+            ax.fill_between(mean.index, mean["train_running_err_pct"], mean["test_top1_err_pct"], color=c, alpha=0.15,
                             linewidth=0)
-            gap = mean["test_top1_err_pct"].iloc[-1] - mean["train_err_pct"].iloc[-1]
+            gap = mean["test_top1_err_pct"].iloc[-1] - mean["train_running_err_pct"].iloc[-1]
             ax.set_title(f"{title}\nlast epoch: test − train = {gap:+.1f} pp", fontsize=11)
             top = max(top, float(np.nanmax(mean.to_numpy())))
             last = max(last, float(mean.index.max()))
