@@ -7,8 +7,9 @@ module, so the two cannot disagree on what a file means.
 A study file has four parts:
 
     [study]      name, description, design ("one-at-a-time" | "factorial"), seeds,
-                 optional target = { metric = "train_err_pct", value = 25.0, stop_after = 2 }
-                 (a cell stops `stop_after` epochs after reaching it; absent: runs all epochs)
+                 optional target = { metric = "train_running_err_pct", value = 25.0, stop_after = 2 }
+                 (a cell stops `stop_after` epochs after reaching it; absent: runs all epochs;
+                 a test-set metric cannot stop a cell: that would select on the test set)
     [base]       a TrainConfig (any of its fields; knobs as a table)
     [factors.X]  either key = "knobs.activation" with levels = ["relu", "tanh"], or
                  levels = { name = { <config overrides> }, ... }; `baseline` names the
@@ -43,7 +44,8 @@ PROFILES = ("smoke", "cpu", "gpu")
 DESIGNS = ("one-at-a-time", "factorial")
 MEASURE_MODES = ("quick", "full", "none")
 STUDY_KEYS = {"name", "description", "design", "seeds", "target", "exclude"}
-TARGET_METRICS = ("train_err_pct", "test_top1_err_pct")
+TARGET_METRICS = ("train_running_err_pct", "train_clean_top1_err_pct", "val_top1_err_pct", "test_top1_err_pct")
+RENAMED_METRICS = {"train_err_pct": "train_running_err_pct"}  # old name -> new, for a one-line hint
 FACTOR_KEYS = {"key", "levels", "baseline", "description"}
 PROFILE_EXTRA_KEYS = {"seeds", "measure", "levels", "only", "description", "gpus_per_cell", "cpus_per_cell"}
 CONFIG_KEYS = {f.name for f in fields(TrainConfig)}
@@ -107,8 +109,7 @@ class StudyFile:
         if design not in DESIGNS:
             raise UserError(f"{path}: study.design={design!r} is not valid; choose one of: {', '.join(DESIGNS)}")
         seeds = meta.get("seeds", [0])
-        if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
-            raise UserError(f"{path}: study.seeds must be a non-empty list of integers, got {seeds!r}")
+        _check_seeds(path, "study.seeds", seeds)
         target = _target(path, meta.get("target"))
         base = doc.get("base", {})
         _check_overrides(path, "base.", base)
@@ -207,11 +208,26 @@ def _target(path: Path, target) -> dict | None:
     if target is None:
         return None
     _check_keys(path, "study.target.", target, {"metric", "value", "stop_after"})
+    if target.get("metric") in RENAMED_METRICS:
+        raise UserError(f"{path}: study.target.metric {target['metric']!r} is now called "
+                        f"{RENAMED_METRICS[target['metric']]!r} (the running in-epoch training error)")
     if target.get("metric") not in TARGET_METRICS or not isinstance(target.get("value"), (int, float)):
         raise UserError(f"{path}: study.target needs metric (one of {', '.join(TARGET_METRICS)}) and a numeric value")
     if not isinstance(target.get("stop_after", 0), int) or target.get("stop_after", 0) < 0:
         raise UserError(f"{path}: study.target.stop_after must be a non-negative integer (epochs to go on after the target)")
+    if "stop_after" in target and target["metric"].startswith("test_"):
+        raise UserError(f"{path}: study.target.stop_after with metric {target['metric']!r} would stop on the "
+                        f"test set; stop on val_top1_err_pct, or drop stop_after to only record the time to it")
     return target
+
+
+def _check_seeds(path: Path, where: str, seeds) -> None:
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise UserError(f"{path}: {where} must be a non-empty list of integers, got {seeds!r}")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise UserError(f"{path}: {where} repeats seed {repeated[0]}; each seed must appear once "
+                        f"(a repeat would be the same run counted twice), got {seeds!r}")
 
 
 def _factor(path: Path, fname: str, spec) -> dict:
@@ -254,6 +270,8 @@ def _check_profile(path: Path, pname: str, prof, factors: dict) -> None:
     if pname not in PROFILES:
         raise UserError(f"{path}: unknown profile {pname!r}; valid profiles: {', '.join(PROFILES)}")
     _check_overrides(path, f"profiles.{pname}.", prof, PROFILE_EXTRA_KEYS)
+    if "seeds" in prof:
+        _check_seeds(path, f"profiles.{pname}.seeds", prof["seeds"])
     if prof.get("measure", "quick") not in MEASURE_MODES:
         raise UserError(f"{path}: profiles.{pname}.measure must be one of: {', '.join(MEASURE_MODES)}")
     only = prof.get("only", {})

@@ -16,8 +16,8 @@ from bench.cli import main
 REPO = Path(__file__).resolve().parents[1]
 PROG = "python -m bench"
 # Fast settings for a run that gets as far as training.
-TINY = ["--data", "synthetic", "--train-per-class", "2", "--test-per-class", "1", "--epochs", "1",
-        "--batch-size", "10", "--augment", "none", "--device", "cpu", "--no-progress"]
+TINY = ["--data", "synthetic", "--train-per-class", "2", "--test-per-class", "1", "--val-size", "20",
+        "--epochs", "1", "--batch-size", "10", "--augment", "none", "--device", "cpu", "--no-progress"]
 
 
 def run_bench(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess:
@@ -100,7 +100,9 @@ def test_train_help(cli_runs):
     r, _ = cli_runs["train help"]
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"usage: {PROG} train")
-    for flag in ("--model", "--knob", "--data", "--data-root", "--augment", "--schedule", "--out"):
+    for flag in ("--model", "--knob", "--data", "--data-root", "--augment", "--schedule", "--out", "--val-size",
+                 "--train-eval-size", "--data-seed", "--image-size", "--plateau-patience", "--plateau-max-drops",
+                 "--decay"):
         assert flag in r.stdout, flag
 
 
@@ -126,6 +128,11 @@ IN_PROCESS_ERRORS = {
     "bad activation": (["--knob", "activation=swish"], ["swish", "relu, tanh"]),
     "absent cuda device": (["--device", "cuda:99"], ["cuda:99", "visible"]),
     "subset of zero": (["--train-per-class", "0"], ["at least 1"]),
+    "plateau without validation": (["--schedule", "plateau", "--val-size", "0"], ["plateau", "val_size"]),
+    "bad decay": (["--decay", "biases"], ["decay='biases'", "weights, all"]),
+    "negative val size": (["--val-size=-1"], ["val_size must be 0 or more"]),
+    "negative patience": (["--plateau-patience=-1"], ["plateau_patience must be 0 or more"]),
+    "image size not the model's": (["--image-size", "64"], ["--image-size 64", "32x32"]),
 }
 
 
@@ -170,14 +177,22 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
 
 def test_tiny_synthetic_run_writes_the_run_folder(tmp_path, bench_cache):
     out = tmp_path / "results" / "runs" / "tiny"
-    r = run_bench(["train", *TINY, "--epochs", "2", "--seed", "3", "--out", str(out)], tmp_path, bench_cache)
+    r = run_bench(["train", *TINY, "--epochs", "2", "--seed", "3", "--data-seed", "4", "--decay", "all",
+                   "--schedule", "plateau", "--plateau-patience", "1", "--plateau-max-drops", "2",
+                   "--train-eval-size", "10", "--out", str(out)], tmp_path, bench_cache)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
-    assert {p.name for p in out.iterdir()} == {"config.json", "history.csv", "summary.json", "checkpoint.pt"}
+    assert {p.name for p in out.iterdir()} == {"config.json", "history.csv", "progress.csv", "summary.json",
+                                               "checkpoint.pt"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["epochs_run"] == 2 and summary["seed"] == 3
+    assert summary["val_images"] == 20 and summary["train_eval_images"] == 10 and summary["data_seed"] == 4
+    assert summary["best_epoch"] in (1, 2) and "best validation error" in r.stderr
     config = json.loads((out / "config.json").read_text())["config"]
     assert config["data"] == "synthetic" and config["epochs"] == 2 and config["train_per_class"] == 2
+    assert (config["val_size"], config["train_eval_size"], config["data_seed"], config["image_size"]) == (20, 10, 4, None)
+    assert (config["decay"], config["schedule"], config["plateau_patience"], config["plateau_max_drops"]) == (
+        "all", "plateau", 1, 2)
     assert r.stdout == ""  # people read stderr (logging); programs read the files
 
 

@@ -37,6 +37,7 @@ test_per_class = {test}
 batch_size = 8
 epochs = 1
 augment = "none"
+val_size = 0
 
 [factors.activation]
 key = "knobs.activation"

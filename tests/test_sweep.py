@@ -15,7 +15,7 @@ import pytest
 
 from bench.cli import main
 from bench.errors import UserError
-from bench.sweep.runner import first_reaching, run_study
+from bench.sweep.runner import run_study, time_to_target
 from bench import studies
 from bench.sweep.study import list_studies, load_study
 
@@ -26,13 +26,14 @@ TINY_STUDY = """
 name = "tiny"
 design = "{design}"
 seeds = [0]
-target = {{ metric = "train_err_pct", value = 95.0 }}
+target = {{ metric = "train_running_err_pct", value = 95.0 }}
 
 [base]
 model = "layers-80sec"
 data = "synthetic"
 train_per_class = 8
 test_per_class = 4
+val_size = 20
 batch_size = 16
 epochs = {epochs}
 augment = "none"
@@ -87,8 +88,10 @@ def test_figure1_grid_differs_per_setup():
     lrs = {(c.levels["setup"], c.levels["activation"]): set() for c in cells}
     for c in cells:
         lrs[(c.levels["setup"], c.levels["activation"])].add(c.config.lr)
-    assert lrs[("modern", "relu")] == {0.02, 0.05}
-    assert lrs[("paper", "tanh")] == {0.005, 0.01}
+    # four rates in factor-2 steps per setup and activation, so an edge choice shows
+    assert lrs[("modern", "relu")] == lrs[("modern", "tanh")] == {0.0125, 0.025, 0.05, 0.1}
+    assert lrs[("paper", "relu")] == lrs[("paper", "tanh")] == {0.0025, 0.005, 0.01, 0.02}
+    assert all(c.config.val_size == 5000 for c in cells)  # held out of the full training split
     paper = next(c for c in cells if c.levels["setup"] == "paper")
     assert (paper.config.init, paper.config.preprocess) == ("paper", "meanonly")
     assert all(c.config.weight_decay == 0 and c.config.augment == "none" for c in cells)
@@ -141,7 +144,7 @@ def test_the_study_reader_imports_no_torch_and_matches_the_sweep():
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     sweep = load_study("figure1")
-    assert done.stdout.split() == [str(len({tuple(c.levels.values()) for c in sweep.cells("cpu")})), "0.001", "modern"]
+    assert done.stdout.split() == [str(len({tuple(c.levels.values()) for c in sweep.cells("cpu")})), "0.0025", "modern"]
 
 
 def test_shipped_studies_install_as_package_data():
@@ -186,10 +189,17 @@ def test_sweep_writes_tidy_tables_and_skips_finished_cells(tmp_path):
     assert len(runs) == 4 and runs["cell_id"].is_unique
     assert set(runs["status"]) == {"ok"}
     for column in ("activation", "lr", "seed", "data_source", "params_total", "macs", "flops",
-                   "final_train_err_pct", "final_test_top1_err_pct", "final_test_top5_err_pct",
-                   "best_test_top1_err_pct", "epochs_to_target", "seconds_to_target", "wall_seconds",
-                   "device", "torch", "git_commit", "cfg_lr", "knob_activation"):
+                   "final_train_running_err_pct", "final_train_clean_top1_err_pct", "final_val_top1_err_pct",
+                   "final_test_top1_err_pct", "final_test_top5_err_pct", "best_val_top1_err_pct", "best_epoch",
+                   "test_top1_err_pct_at_best_val", "steps_to_target", "epochs_to_target", "seconds_to_target",
+                   "wall_seconds", "device", "torch", "git_commit", "cfg_lr", "cfg_val_size", "cfg_decay",
+                   "knob_activation"):
         assert column in runs.columns, column
+    assert "best_test_top1_err_pct" not in runs.columns  # selection on the test set
+    # progress points beside the history: 80 images in batches of 16 = 5 steps, a point after each
+    prog = pd.read_csv(out / "progress.csv")
+    assert len(prog) == 4 * 2 * 5 and not prog.duplicated(["cell_id", "step"]).any()
+    assert {"cell_id", "activation", "lr", "seed", "step", "epoch", "train_running_err_pct"} <= set(prog.columns)
     assert set(runs["activation"]) == {"relu", "tanh"} and set(runs["lr"]) == {0.01, 0.02}
     assert (runs["data_source"] == "synthetic").all()
     # tidy history: one row per cell per epoch, no wide pivoting
@@ -217,11 +227,15 @@ def test_failed_cell_is_a_row_and_the_sweep_goes_on(tmp_path):
     assert statuses[("relu", 1e9)] == "diverged"
 
 
-def test_first_reaching():
+def test_time_to_target_of_an_evaluated_metric_interpolates_between_epochs():
     hist = [{"epoch": 1, "epoch_seconds": 2.0, "e": 40.0}, {"epoch": 2, "epoch_seconds": 3.0, "e": 24.0},
             {"epoch": 3, "epoch_seconds": 3.0, "e": 20.0}]
-    assert first_reaching(hist, "e", 25.0) == (2, 5.0)
-    assert first_reaching(hist, "e", 10.0) == (None, None)
+    # 40 -> 24 crosses 25 at 15/16 of the way from the end of epoch 1 (2 s) to the end of epoch 2 (5 s)
+    assert time_to_target(hist, [], "e", 25.0) == {
+        "steps_to_target": None, "epochs_to_target": pytest.approx(1 + 15 / 16),
+        "seconds_to_target": pytest.approx(2.0 + 3.0 * 15 / 16)}  # these rows have no step column
+    assert time_to_target(hist, [], "e", 10.0) == dict.fromkeys(
+        ("steps_to_target", "epochs_to_target", "seconds_to_target"))
 
 
 def test_resume_after_kill_loses_nothing_and_duplicates_nothing(tmp_path):
@@ -259,6 +273,9 @@ def test_resume_after_kill_loses_nothing_and_duplicates_nothing(tmp_path):
     assert (kept.values == before.set_index("cell_id").loc[sorted(done_before), "finished_at"].values).all()
     assert len(hist) == 4 * 6 and not hist.duplicated(["cell_id", "epoch"]).any()
     assert set(hist["cell_id"]) == set(runs["cell_id"])
+    prog = pd.read_csv(out / "progress.csv")
+    assert len(prog) == 4 * 6 * 5 and not prog.duplicated(["cell_id", "step"]).any()
+    assert set(prog["cell_id"]) == set(runs["cell_id"])
     assert not list(out.glob(".*.tmp"))
 
 
@@ -323,7 +340,7 @@ def test_a_merge_killed_half_way_is_redone_without_duplicates(tmp_path):
     assert folder.merge() == 2 and folder.merge() == 0
     folder.record(row("a", 3.0), hist("a"))  # cell a again (it had failed, say)
     # killed after writing history.csv, before runs.csv and before deleting the cell file
-    _, merged_hist = folder.read()
+    _, merged_hist, _ = folder.read()
     merged_hist.to_csv(tmp_path / "history.csv", index=False)
     assert folder.merge() == 1
     runs, hist_rows = pd.read_csv(tmp_path / "runs.csv", keep_default_na=False), pd.read_csv(tmp_path / "history.csv")

@@ -16,18 +16,22 @@ from bench.errors import UserError
 from bench.models import create_model
 from bench.train import TrainConfig, data_spec, evaluate, lr_factor, run_training, train
 
-# The columns of every completed epoch's history row.
+# The columns of every completed epoch's history row (with a validation split).
 HISTORY_COLUMNS = {
-    "epoch", "train_loss", "train_err_pct", "test_loss", "test_top1_err_pct", "test_top5_err_pct",
+    "epoch", "step", "train_running_loss", "train_running_err_pct",
+    "train_clean_loss", "train_clean_top1_err_pct", "train_clean_top5_err_pct",
+    "val_loss", "val_top1_err_pct", "val_top5_err_pct", "test_loss", "test_top1_err_pct", "test_top5_err_pct",
     "lr", "epoch_seconds", "train_images_per_s", "elapsed_seconds",
 }
-RUN_FILES = {"config.json", "history.csv", "summary.json", "checkpoint.pt"}
+PROGRESS_COLUMNS = {"step", "epoch", "train_running_err_pct", "train_running_loss", "train_seconds"}
+RUN_FILES = {"config.json", "history.csv", "progress.csv", "summary.json", "checkpoint.pt"}
 
 
 def tiny_config(**changes) -> TrainConfig:
-    """200 training images (20 per class), batch 10, plain SGD at a rate checked to learn in 4 epochs."""
-    base = dict(data="synthetic", train_per_class=20, test_per_class=5, epochs=4, batch_size=10, lr=0.01,
-                schedule="constant", augment="none", device="cpu", seed=0)
+    """200 training images (20 per class), batch 10, plain SGD at a rate checked to learn in 4 epochs;
+    50 validation images (held out on top of the 200)."""
+    base = dict(data="synthetic", train_per_class=20, test_per_class=5, val_size=50, epochs=4, batch_size=10,
+                lr=0.01, schedule="constant", augment="none", device="cpu", seed=0)
     return TrainConfig(**{**base, **changes})
 
 
@@ -39,14 +43,18 @@ def synthetic():
 
 def test_loss_falls_on_synthetic_data(synthetic):
     result = train(tiny_config(), synthetic, progress=False)
-    losses = [h["train_loss"] for h in result.history]
+    losses = [h["train_running_loss"] for h in result.history]
     assert result.status == "ok" and len(losses) == 4
     assert losses[0] == pytest.approx(math.log(10), abs=0.1)  # starts at chance
     assert losses[-1] < 0.75 * losses[0], losses
     assert result.history[-1]["test_top1_err_pct"] < 50, result.history  # chance is 90
     assert result.summary["status"] == "ok" and result.summary["epochs_run"] == 4
-    assert result.summary["final_train_loss"] == losses[-1]
-    assert result.summary["best_test_top1_err_pct"] == min(h["test_top1_err_pct"] for h in result.history)
+    assert result.summary["final_train_running_loss"] == losses[-1]
+    best = min(result.history, key=lambda h: h["val_top1_err_pct"])
+    assert result.summary["best_val_top1_err_pct"] == best["val_top1_err_pct"]
+    assert result.summary["best_epoch"] == best["epoch"]
+    assert result.summary["test_top1_err_pct_at_best_val"] == best["test_top1_err_pct"]
+    assert "best_test_top1_err_pct" not in result.summary  # a minimum over test epochs selects on test
 
 
 def test_history_rows_have_the_documented_columns():
@@ -54,11 +62,19 @@ def test_history_rows_have_the_documented_columns():
     assert [h["epoch"] for h in result.history] == [1, 2]
     for row in result.history:
         assert set(row) == HISTORY_COLUMNS
-        assert 0 <= row["train_err_pct"] <= 100 and 0 <= row["test_top1_err_pct"] <= 100
+        assert 0 <= row["train_running_err_pct"] <= 100 and 0 <= row["test_top1_err_pct"] <= 100
         assert row["test_top5_err_pct"] <= row["test_top1_err_pct"]
         assert row["epoch_seconds"] > 0 and row["train_images_per_s"] > 0
     assert result.history[1]["elapsed_seconds"] > result.history[0]["elapsed_seconds"]
     assert result.summary["train_images"] == 30 and result.summary["data_source"] == "synthetic"
+    assert result.summary["val_images"] == 50 and result.summary["train_eval_images"] == 30
+    # 30 images in batches of 10: 3 steps an epoch, so a progress point after every step
+    assert [p["step"] for p in result.progress] == [1, 2, 3, 4, 5, 6]
+    assert [p["epoch"] for p in result.progress] == pytest.approx([1 / 3, 2 / 3, 1, 4 / 3, 5 / 3, 2])
+    assert all(set(p) == PROGRESS_COLUMNS for p in result.progress)
+    # the epoch's running error is the image-weighted mean of its points' (equal batches here)
+    first = sum(p["train_running_err_pct"] for p in result.progress[:3]) / 3
+    assert result.history[0]["train_running_err_pct"] == pytest.approx(first)
 
 
 def test_same_seed_same_history_different_seed_differs(synthetic):
@@ -69,7 +85,7 @@ def test_same_seed_same_history_different_seed_differs(synthetic):
     c = train(cfg.replace(seed=1), synthetic, progress=False)
 
     def losses(r):
-        return [(h["train_loss"], h["test_loss"], h["train_err_pct"]) for h in r.history]
+        return [(h["train_running_loss"], h["test_loss"], h["train_running_err_pct"]) for h in r.history]
 
     assert losses(a) == losses(b)
     assert losses(a) != losses(c)
@@ -81,7 +97,7 @@ def test_absurd_learning_rate_ends_as_diverged(synthetic):
     assert result.status == "diverged"
     assert result.summary["status"] == "diverged"
     last = result.history[-1]
-    assert math.isnan(last["train_loss"]) and "test_top1_err_pct" not in last
+    assert math.isnan(last["train_running_loss"]) and "test_top1_err_pct" not in last
     assert len(result.history) < 6  # it stops at the first non-finite epoch
     assert result.summary["epochs_run"] == len(result.history) - 1
 
@@ -102,7 +118,7 @@ def test_nan_model_ends_as_diverged_and_the_run_folder_says_so(monkeypatch, tmp_
     out = tmp_path / "run"
     result = run_training(tiny_config(epochs=3, train_per_class=3), out, progress=False)
     assert result.status == "diverged"
-    assert len(result.history) == 1 and math.isnan(result.history[0]["train_loss"])
+    assert len(result.history) == 1 and math.isnan(result.history[0]["train_running_loss"])
     assert {p.name for p in out.iterdir()} == RUN_FILES
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["epochs_run"] == 0
@@ -123,7 +139,11 @@ def test_run_training_writes_the_run_folder(tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert set(rows[0]) == HISTORY_COLUMNS
-    assert float(rows[-1]["train_loss"]) == pytest.approx(result.history[-1]["train_loss"])
+    assert float(rows[-1]["train_running_loss"]) == pytest.approx(result.history[-1]["train_running_loss"])
+    with open(out / "progress.csv", newline="") as f:
+        points = list(csv.DictReader(f))
+    assert len(points) == len(result.progress) == 2 * 3 and set(points[0]) == PROGRESS_COLUMNS
+    assert float(points[-1]["epoch"]) == pytest.approx(2.0)
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["epochs_run"] == 2 and summary["seed"] == 0

@@ -47,7 +47,8 @@ RUNS, HISTORY, ENVIRONMENT = "runs.csv", "history.csv", "environment.json"
 RUNNING_TRAIN_EPOCH, RUNNING_TRAIN = "train_running_err_pct", "final_train_running_err_pct"
 # Training images evaluated without augmentation or dropout, top-1 error in % (per epoch; final weights).
 CLEAN_TRAIN_EPOCH, CLEAN_TRAIN = "train_clean_top1_err_pct", "final_train_clean_top1_err_pct"
-RENAMED = {"train_err_pct": RUNNING_TRAIN_EPOCH, "final_train_err_pct": RUNNING_TRAIN}  # older name -> name here
+RENAMED = {"train_err_pct": RUNNING_TRAIN_EPOCH, "final_train_err_pct": RUNNING_TRAIN,  # older name -> name here
+           "train_loss": "train_running_loss", "final_train_loss": "final_train_running_loss"}
 # A column chosen on test error (the best epoch's) would select on the test set: never read.
 IGNORED = ("best_test_top1_err_pct",)
 DEFAULT_TARGET = {"metric": RUNNING_TRAIN_EPOCH, "value": 25.0}  # the paper's Figure 1

@@ -29,13 +29,20 @@ def default_profile() -> str:
 
 def parse_seeds(text: str) -> list[int]:
     # ArgumentTypeError: argparse prints its message as is (a ValueError it would replace)
+    parts = [s.strip() for s in text.split(",")]
+    if not any(parts):
+        raise argparse.ArgumentTypeError("needs at least one integer, e.g. --seeds 0")
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty item; give each seed once, e.g. --seeds 0,1,2")
     try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, "
                                          f"e.g. --seeds 0,1,2") from None
-    if not seeds:
-        raise argparse.ArgumentTypeError("needs at least one integer, e.g. --seeds 0")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"{text!r} repeats seed {repeated[0]} (the same run counted twice); "
+                                         f"give each seed once, e.g. --seeds 0,1,2")
     return seeds
 
 

@@ -3,11 +3,14 @@
 results/<study>/<profile>/
     cells/<cell_id>.json   one finished cell: its runs row and its history rows, written
                            whole (temporary file, then rename) the moment the cell ends
-    runs.csv, history.csv  every merged cell; what the report and people read
+    runs.csv, history.csv, progress.csv
+                           every merged cell (one row; one per epoch; one per progress
+                           point); what the report and people read
 
 Recording a cell writes one file and reads nothing, so it costs the same at the
 tenth cell and the ten-thousandth. Merging reads both tables, replaces the rows of
-each recorded cell, writes history.csv then runs.csv (each atomically) and only then
+each recorded cell, writes history.csv and progress.csv, then runs.csv (each
+atomically), and only then
 deletes the cell files it merged. A merge killed at any point is redone whole by the
 next, because a cell file replaces its cell's rows rather than adding to them.
 """
@@ -34,13 +37,14 @@ class ResultsFolder:
         self.cells = self.folder / CELLS
         self.runs_path = self.folder / "runs.csv"
         self.history_path = self.folder / "history.csv"
+        self.progress_path = self.folder / "progress.csv"
         # ids and factor levels stay text: a level "none" or "1e9" must not become NaN or 1000000000.0
         self.text_columns = ("cell_id", *text_columns)
 
-    def record(self, row: dict, history: list[dict]) -> None:
+    def record(self, row: dict, history: list[dict], progress: list[dict] = ()) -> None:
         """Keep one finished cell; constant cost whatever the tables hold."""
         atomic_write_text(self.cells / f"{row['cell_id']}.json",
-                          json.dumps({"row": row, "history": history}, default=str))
+                          json.dumps({"row": row, "history": history, "progress": list(progress)}, default=str))
 
     def pending(self) -> list[Path]:
         """Recorded cells not yet in the tables, oldest first (the order they finished)."""
@@ -53,15 +57,18 @@ class ResultsFolder:
         files = self.pending()
         if not files:
             return 0
-        runs, history = self._merged(files)
-        write_csv(self.history_path, history)  # history first: its rows count only once runs.csv has the cell
+        runs, history, progress = self._merged(files)
+        # the per-epoch and per-point rows first: they count only once runs.csv has their cell
+        write_csv(self.history_path, history)
+        if len(progress) or self.progress_path.exists():
+            write_csv(self.progress_path, progress)
         write_csv(self.runs_path, runs)
         for f in files:
             f.unlink(missing_ok=True)
         return len(files)
 
-    def read(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Both tables as they would be after a merge, without writing anything."""
+    def read(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """runs, history and progress as they would be after a merge, without writing anything."""
         return self._merged(self.pending())
 
     def runs(self) -> pd.DataFrame:
@@ -74,23 +81,25 @@ class ResultsFolder:
             for stale in folder.glob(".*.tmp"):
                 stale.unlink(missing_ok=True)
 
-    def _merged(self, files: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-        runs, history = self._read_table(self.runs_path), self._read_table(self.history_path)
+    def _merged(self, files: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        runs = self._read_table(self.runs_path)
+        per_cell = {"history": self._read_table(self.history_path), "progress": self._read_table(self.progress_path)}
         records = [self._load(f) for f in files]
         if records:
             ids = {r["row"]["cell_id"] for r in records}
-            new_runs = pd.DataFrame([r["row"] for r in records])
-            new_history = pd.DataFrame([h for r in records for h in r["history"]])
             if len(runs):
                 runs = runs[~runs["cell_id"].isin(ids)]
-            if len(history):
-                history = history[~history["cell_id"].isin(ids)]
-            runs = _concat(runs, new_runs)
-            history = _concat(history, new_history)
-        if len(history):
-            # history rows of a cell absent from runs.csv are leftovers of an interrupted write
-            history = history[history["cell_id"].isin(set(runs["cell_id"]) if len(runs) else set())]
-        return runs.reset_index(drop=True), history.reset_index(drop=True)
+            runs = _concat(runs, pd.DataFrame([r["row"] for r in records]))
+            for name, table in per_cell.items():
+                if len(table):
+                    table = table[~table["cell_id"].isin(ids)]
+                per_cell[name] = _concat(table, pd.DataFrame([h for r in records for h in r.get(name, [])]))
+        known = set(runs["cell_id"]) if len(runs) else set()
+        for name, table in per_cell.items():
+            if len(table):
+                # rows of a cell absent from runs.csv are leftovers of an interrupted write
+                per_cell[name] = table[table["cell_id"].isin(known)].reset_index(drop=True)
+        return runs.reset_index(drop=True), per_cell["history"], per_cell["progress"]
 
     def _read_table(self, path: Path) -> pd.DataFrame:
         if not path.exists() or path.stat().st_size == 0:

@@ -4,8 +4,14 @@ results/<study>/<profile>/
     runs.csv          one row per cell: factor levels, config, data source, counts,
                       throughput, errors, time to target, status
     history.csv       one row per cell per epoch
-    cells/            finished cells not yet merged into the two tables (bench.sweep.results)
+    progress.csv      one row per cell per progress point (LOG_PER_EPOCH per epoch):
+                      step, fractional epoch, running training error and loss, seconds
+    cells/            finished cells not yet merged into the tables (bench.sweep.results)
     environment.json  executor, device, versions, git commit of the latest sweep
+
+Time to a target (steps_to_target, epochs_to_target, seconds_to_target) is
+interpolated between the points where the metric is logged (`bench.train.target`):
+the progress points for the running training error, the epochs otherwise.
 
 Each finished cell is recorded at once as its own small file, at a cost that does
 not grow with the tables; the tables are rewritten from those files when the sweep
@@ -23,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 import traceback
 from collections.abc import Iterator
@@ -41,7 +48,8 @@ from bench.errors import UserError
 from bench.io import atomic_write_text
 from bench.sweep.results import ResultsFolder
 from bench.sweep.study import Cell, Study
-from bench.train.result import CRASHED, ERROR, FINISHED, OK, OOM
+from bench.train.result import ERROR, FINISHED, OK, OOM
+from bench.train.target import crossing
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +61,7 @@ MERGE_SHARE = 0.1  # the most of a sweep's time that refreshing runs.csv and his
 class CellResult:
     row: dict
     history: list[dict]
+    progress: list[dict] = field(default_factory=list)
 
 
 # --- one cell ------------------------------------------------------------------------
@@ -71,28 +80,46 @@ def _data_for(cfg):
     return _DATA_MEMO[spec]
 
 
-def first_reaching(history: list[dict], metric: str, value: float) -> tuple[int | None, float | None]:
-    """(epoch, elapsed training seconds) at which `metric` first falls to `value` or below."""
-    seconds = 0.0
-    for h in history:
-        seconds += h.get("epoch_seconds", 0.0)
-        if h.get(metric) is not None and h[metric] <= value:
-            return h["epoch"], seconds
-    return None, None
+PROGRESS_METRICS = ("train_running_err_pct", "train_running_loss")  # logged LOG_PER_EPOCH times per epoch
 
 
-def _stopper(target: dict | None):
-    """An on_epoch callback that ends training `stop_after` epochs after the target is reached."""
-    if target is None or "stop_after" not in target:
-        return None
-    reached: list[int] = []
+def time_to_target(history: list[dict], progress: list[dict], metric: str, value: float) -> dict:
+    """Steps, epochs (fractional) and training seconds at which `metric` first falls to `value`
+    or below, interpolated between the points where it is logged; None where never reached.
 
-    def on_epoch(row: dict) -> bool:
-        if not reached and row[target["metric"]] <= target["value"]:
-            reached.append(row["epoch"])
-        return bool(reached) and row["epoch"] >= reached[0] + target["stop_after"]
+    A metric of the progress points uses them; an evaluated one (val, test, clean training
+    error) uses the epochs, whose positions are the end of each epoch.
+    """
+    if metric in PROGRESS_METRICS:
+        points = progress
+    else:
+        points, seconds = [], 0.0
+        for h in history:
+            seconds += h.get("epoch_seconds", 0.0)
+            points.append({**h, "train_seconds": seconds})
+    at = {"steps_to_target": "step", "epochs_to_target": "epoch", "seconds_to_target": "train_seconds"}
+    return {name: crossing(points, metric, value, pos) if all(pos in p for p in points) else None
+            for name, pos in at.items()}
 
-    return on_epoch
+
+class _Stopper:
+    """Ends training `stop_after` epochs after the epoch in which the target is first reached."""
+
+    def __init__(self, target: dict):
+        self.metric, self.value, self.stop_after = target["metric"], target["value"], target["stop_after"]
+        self.reached: int | None = None
+
+    def _check(self, values: dict, epoch: int) -> None:
+        v = values.get(self.metric)
+        if self.reached is None and v is not None and v <= self.value:
+            self.reached = epoch
+
+    def on_point(self, point: dict) -> None:
+        self._check(point, math.ceil(point["epoch"]))  # a point inside epoch e has e-1 < epoch <= e
+
+    def on_epoch(self, row: dict) -> bool:
+        self._check(row, row["epoch"])
+        return self.reached is not None and row["epoch"] >= self.reached + self.stop_after
 
 
 def _cell_row(cell: Cell, profile: str) -> dict:
@@ -122,12 +149,15 @@ def run_cell(cell: Cell, device: str, measure: str, target: dict | None, profile
     start = time.perf_counter()
     row = _cell_row(cell, profile)
     history: list[dict] = []
+    points: list[dict] = []
+    stopper = _Stopper(target) if target is not None and "stop_after" in target else None
     try:
         dev = pick_device(device)
         row.update(_env_columns(dev))
         data = data if data is not None else _data_for(cfg)
-        result = train(cfg, data, progress=progress, on_epoch=_stopper(target))
-        history = result.history
+        result = train(cfg, data, progress=progress, on_epoch=stopper and stopper.on_epoch,
+                       on_point=stopper and stopper.on_point)
+        history, points = result.history, result.progress
         row["status"], row["error"] = result.status, None
         row.update({k: v for k, v in result.summary.items() if k not in ("status",)})
         model = result.model
@@ -151,7 +181,7 @@ def run_cell(cell: Cell, device: str, measure: str, target: dict | None, profile
         row["status"] = OOM if is_oom(e) else ERROR
         row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:500]
         log.debug("cell %s failed:\n%s", cell.id, traceback.format_exc())
-    return _finish(cell, profile, target, row, history, time.perf_counter() - start)
+    return _finish(cell, profile, target, row, history, time.perf_counter() - start, points)
 
 
 def failed_result(cell: Cell, profile: str, target: dict | None, status: str, message: str,
@@ -162,14 +192,14 @@ def failed_result(cell: Cell, profile: str, target: dict | None, status: str, me
 
 
 def _finish(cell: Cell, profile: str, target: dict | None, row: dict, history: list[dict],
-            wall_seconds: float | None) -> CellResult:
+            wall_seconds: float | None, points: list[dict] = ()) -> CellResult:
     if target is not None:
         row["target_metric"], row["target_value"] = target["metric"], target["value"]
-        row["epochs_to_target"], row["seconds_to_target"] = first_reaching(history, target["metric"], target["value"])
+        row.update(time_to_target(history, points, target["metric"], target["value"]))
     row["wall_seconds"] = wall_seconds
     row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     keys = {"study": cell.study, "profile": profile, "cell_id": cell.id, **cell.levels, "seed": cell.config.seed}
-    return CellResult(row, [{**keys, **h} for h in history])
+    return CellResult(row, [{**keys, **h} for h in history], [{**keys, **p} for p in points])
 
 
 def _env_columns(device: torch.device) -> dict:
@@ -296,7 +326,7 @@ def _sweep(study: Study, profile: str, cells: list[Cell], out: Path, device: str
         with logging_redirect_tqdm(), contextlib.closing(executor.run(todo, fn)) as finished_cells:
             bar = tqdm(total=len(todo), desc=f"{study.name}/{profile} cells", unit="cell", disable=None if progress else True)
             for result in finished_cells:
-                results.record(result.row, result.history)
+                results.record(result.row, result.history, result.progress)
                 bar.update()
                 log.info("%s", _one_line(result.row, study))
                 if merges.due():
@@ -333,5 +363,5 @@ def _one_line(row: dict, study: Study) -> str:
     err = row.get("final_test_top1_err_pct")
     text = f"[{row['status']}] {levels} seed={row['seed']}: test err {err:.2f}%" if err is not None else f"[{row['status']}] {levels}"
     if row.get("epochs_to_target") is not None:
-        text += f", {row['target_metric']}<={row['target_value']} at epoch {int(row['epochs_to_target'])}"
+        text += f", {row['target_metric']}<={row['target_value']} at epoch {row['epochs_to_target']:.2f}"
     return text + f" ({row['wall_seconds']:.0f} s)"

@@ -1,7 +1,9 @@
 """Training: the run configuration, the one training step, the one loop, and the `train` command.
 
     config.py   TrainConfig: one frozen dataclass, validated, saved with every run
-    step.py     train_step, the optimizer, the fp16 loss scaler, autocast
+    step.py     train_step, the optimizer (weight decay on weights only, or on all), the fp16 loss scaler, autocast
+    schedule.py learning-rate schedules, the paper's plateau rule
+    target.py   progress points per epoch, the interpolated crossing of a target
     loop.py     train (in memory) and run_training (into a run folder)
     result.py   RunResult, its summary, and the run and sweep-cell statuses
     command.py  `python -m bench train`
@@ -17,7 +19,8 @@ import importlib
 
 _HOME = {
     "TrainConfig": "config",
-    "SCHEDULES": "config",
+    "SCHEDULES": "schedule",
+    "DECAYS": "config",
     "RunResult": "result",
     "summarize": "result",
     "OK": "result",
@@ -33,7 +36,10 @@ _HOME = {
     "run_training": "loop",
     "evaluate": "loop",
     "data_spec": "loop",
-    "lr_factor": "loop",
+    "lr_factor": "schedule",
+    "plateau_scheduler": "schedule",
+    "crossing": "target",
+    "LOG_PER_EPOCH": "target",
 }
 
 __all__ = sorted(_HOME)

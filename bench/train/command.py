@@ -34,13 +34,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-per-class", type=int, default=None, help="stratified test subset, images per class")
     p.add_argument("--preprocess", default=d.preprocess, help="standardize | meanonly (default %(default)s)")
     p.add_argument("--augment", default=d.augment, help="none or '+'-joined crop, flip, pca (default %(default)s)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="resize a folder of mixed image sizes to this side (must be the model's input size)")
+    p.add_argument("--val-size", type=int, default=d.val_size,
+                   help="images held out of the full training split for validation; 0: none (default %(default)s)")
+    p.add_argument("--train-eval-size", type=int, default=d.train_eval_size,
+                   help="training images evaluated un-augmented after each epoch, for the clean training error "
+                        "(default %(default)s)")
+    p.add_argument("--data-seed", type=int, default=d.data_seed,
+                   help="seed of the validation hold-out and the subsets (default %(default)s)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr, help="base learning rate (default %(default)s)")
     p.add_argument("--momentum", type=float, default=d.momentum)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--schedule", default=d.schedule, help="constant | cosine | step (default %(default)s)")
+    p.add_argument("--decay", default=d.decay,
+                   help="weights (weight decay on weight matrices and kernels only) | all (biases and norm "
+                        "parameters too, the paper read literally) (default %(default)s)")
+    p.add_argument("--schedule", default=d.schedule,
+                   help="constant | cosine | step | plateau (x0.1 when the validation error stalls) (default %(default)s)")
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    p.add_argument("--plateau-patience", type=int, default=d.plateau_patience,
+                   help="plateau: epochs without a better validation error before a drop (default %(default)s)")
+    p.add_argument("--plateau-max-drops", type=int, default=d.plateau_max_drops,
+                   help="plateau: drops at most (default %(default)s, as in the paper)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N | mps (default %(default)s)")
     # speed modes (bench.train.modes)
@@ -78,7 +95,10 @@ def run(args: argparse.Namespace) -> int:
     def number(key: str) -> float:  # None (no epoch finished) prints as nan; 0.0 stays 0.0
         return float("nan") if s[key] is None else s[key]
 
-    log.info("%s: %d epochs, final test error %.2f%% (top-5 %.2f%%), %.0f train img/s; wrote %s",
+    best = (f"; best validation error {number('best_val_top1_err_pct'):.2f}% at epoch {s['best_epoch']} "
+            f"(test error there {number('test_top1_err_pct_at_best_val'):.2f}%)"
+            if s.get("best_epoch") is not None else "")
+    log.info("%s: %d epochs, final test error %.2f%% (top-5 %.2f%%), %.0f train img/s%s; wrote %s",
              result.status, s["epochs_run"], number("final_test_top1_err_pct"),
-             number("final_test_top5_err_pct"), number("median_train_images_per_s"), out)
+             number("final_test_top5_err_pct"), number("median_train_images_per_s"), best, out)
     return 0 if result.status == OK else 1

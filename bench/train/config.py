@@ -9,7 +9,7 @@ from typing import get_args, get_type_hints
 
 from bench.errors import UserError
 
-SCHEDULES = ("constant", "cosine", "step")
+DECAYS = ("weights", "all")
 
 
 @dataclass(frozen=True)
@@ -25,14 +25,21 @@ class TrainConfig:
     test_per_class: int | None = None
     preprocess: str = "standardize"  # standardize | meanonly (the paper's mean-image subtraction)
     augment: str = "crop+flip"  # none | '+'-joined subset of crop, flip, pca
+    image_size: int | None = None  # side to resize a folder of mixed sizes to (must be the model's input)
+    val_size: int = 5000  # images held out of the full training split for validation (0: none)
+    train_eval_size: int = 5000  # training images evaluated un-augmented each epoch (clean training error)
+    data_seed: int = 0  # seeds the hold-out and the subsets, apart from the training seed
     # optimisation (paper section 5: SGD, momentum 0.9, weight decay 5e-4, batch 128)
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # constant | cosine | step (x0.1 at 50% and 75% of training)
+    decay: str = "weights"  # weights: decay only weight matrices and kernels | all: biases and norm params too
+    schedule: str = "cosine"  # constant | cosine | step (x0.1 at 50% and 75%) | plateau (x0.1 when val stalls)
     warmup_epochs: float = 0.0  # linear warm-up from 0, in epochs
+    plateau_patience: int = 3  # plateau: epochs without a better validation error before a drop (the paper gives none)
+    plateau_max_drops: int = 3  # plateau: drops at most (the paper: three)
     # execution
     seed: int = 0
     device: str = "auto"  # auto = cuda, then mps, then cpu
@@ -52,6 +59,7 @@ class TrainConfig:
         from bench.device import DEVICES
         from bench.models.init import INITS
         from bench.train.modes import COMPILE_MODES, DTYPE_CHOICES
+        from bench.train.schedule import SCHEDULES
 
         self._check_types()
 
@@ -61,6 +69,7 @@ class TrainConfig:
                 raise UserError(f"{name}={value!r} is not valid; choose one of: {', '.join(valid)}")
 
         choice("schedule", SCHEDULES)
+        choice("decay", DECAYS)
         choice("init", INITS)
         choice("preprocess", PREPROCESS)
         choice("dtype", DTYPE_CHOICES)
@@ -73,6 +82,14 @@ class TrainConfig:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise UserError(f"lr must be positive, got {self.lr}")
+        for name in ("val_size", "train_eval_size", "data_seed", "plateau_patience", "plateau_max_drops"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.image_size is not None and self.image_size < 1:
+            raise UserError(f"image_size must be at least 1 pixel, got {self.image_size}")
+        if self.schedule == "plateau" and self.val_size == 0:
+            raise UserError("schedule='plateau' steps on the validation error; set val_size above 0 "
+                            "(e.g. --val-size 5000) or choose another schedule")
         for name in ("momentum", "weight_decay", "warmup_epochs"):
             if not getattr(self, name) >= 0:
                 raise UserError(f"{name} must be 0 or more, got {getattr(self, name)}")

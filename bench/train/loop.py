@@ -1,8 +1,15 @@
 """The one training loop: train a model on a data set, evaluating after every epoch.
 
 `train(cfg)` returns the history and summary in memory; `run_training(cfg, out)`
-also writes the run folder (config.json, history.csv, summary.json, checkpoint.pt).
-Sweeps and the CLI both go through `train`.
+also writes the run folder (config.json, history.csv, progress.csv, summary.json,
+checkpoint.pt). Sweeps and the CLI both go through `train`.
+
+Each epoch's history row has three training errors, kept apart by name:
+`train_running_*` (the in-epoch average while the weights move, dropout and
+augmentation on: what the paper's Figure 1 plots), `train_clean_*` (the
+`train_eval` images in eval mode, un-augmented, after the epoch: what a gap to
+the test error is measured against) and the `val_*` / `test_*` errors. The best
+epoch is chosen on the validation error alone (`bench.train.result.summarize`).
 """
 
 from __future__ import annotations
@@ -20,47 +27,52 @@ from tqdm.auto import tqdm
 from bench.data import Dataset, DataSpec, load_data, parse_augment
 from bench.device import pick_device, synchronize
 from bench.env import environment
+from bench.errors import UserError
 from bench.io import atomic_write_text, write_csv
 from bench.models import create_model, input_size_of
 from bench.train.config import TrainConfig
 from bench.train.modes import apply_backend_flags, compile_model, resolve_dtype
 from bench.train.result import DIVERGED, OK, RunResult, summarize
+from bench.train.schedule import lr_factor, plateau_scheduler
 from bench.train.step import autocast, grad_scaler, make_optimizer, train_step
+from bench.train.target import LOG_PER_EPOCH
 
 log = logging.getLogger(__name__)
 
-# How often (in steps) the loss is checked for NaN/inf: each check synchronises the device.
-DIVERGENCE_CHECK_EVERY = 20
+# The history columns of each evaluated split: test_*, val_*, and train_clean_* for train_eval.
+EVAL_PREFIX = {"train_eval": "train_clean"}
 
 
 def data_spec(cfg: TrainConfig) -> DataSpec:
     return DataSpec(
         source=cfg.data, root=cfg.data_root, image_size=input_size_of(cfg.model),
         train_per_class=cfg.train_per_class, test_per_class=cfg.test_per_class, preprocess=cfg.preprocess,
+        explicit_image_size=cfg.image_size, val_size=cfg.val_size, train_eval_size=cfg.train_eval_size,
+        data_seed=cfg.data_seed,
     )
 
 
-def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
-    """Multiplier on the base learning rate at optimizer step `step` of `total`."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    t = step / max(total, 1)
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * t))
-    if schedule == "step":
-        return 0.1 ** ((t >= 0.5) + (t >= 0.75))
-    return 1.0
+def log_steps(steps_per_epoch: int) -> set[int]:
+    """The steps of an epoch (1-based) that end a progress point: `LOG_PER_EPOCH` evenly
+    spaced, the last at the epoch's end; every step when an epoch has fewer."""
+    return {math.ceil(k * steps_per_epoch / LOG_PER_EPOCH) for k in range(1, LOG_PER_EPOCH + 1)}
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: Dataset, batch_size: int = 1000, dtype: str = "fp32",
+def evaluate(model: nn.Module, data: Dataset, split: str = "test", batch_size: int = 1000, dtype: str = "fp32",
              channels_last: bool = False) -> dict:
-    """Top-1 and top-5 error (percent) and mean loss on the test split."""
+    """Top-1 and top-5 error (percent) and mean loss on `split`, in eval mode, never augmented.
+
+    Keys are `<prefix>_loss`, `<prefix>_top1_err_pct`, `<prefix>_top5_err_pct` with the
+    split's name as prefix, `train_clean` for `train_eval`. The model is left in eval mode.
+    """
+    if not data.has(split):
+        raise ValueError(f"the {split} split of this data set is empty")
     model.eval()
     correct1 = correct5 = torch.zeros((), device=data.device, dtype=torch.long)
     loss_sum = torch.zeros((), device=data.device)
     k = min(5, len(data.classes))
-    for x, y in data.batches("test", batch_size):
+    for x, y in data.batches(split, batch_size):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(x.device, dtype):
@@ -69,24 +81,26 @@ def evaluate(model: nn.Module, data: Dataset, batch_size: int = 1000, dtype: str
         topk = logits.topk(k, dim=1).indices
         correct1 = correct1 + (topk[:, 0] == y).sum()
         correct5 = correct5 + (topk == y[:, None]).any(1).sum()
-    n = len(data.test_y)
-    return {
-        "test_loss": loss_sum.item() / n,
-        "test_top1_err_pct": 100.0 * (1 - correct1.item() / n),
-        "test_top5_err_pct": 100.0 * (1 - correct5.item() / n),
-    }
+    n = data.size(split)
+    loss, c1, c5 = torch.stack([loss_sum, correct1.to(loss_sum.dtype), correct5.to(loss_sum.dtype)]).tolist()
+    p = EVAL_PREFIX.get(split, split)
+    return {f"{p}_loss": loss / n, f"{p}_top1_err_pct": 100.0 * (1 - c1 / n), f"{p}_top5_err_pct": 100.0 * (1 - c5 / n)}
 
 
 def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = True,
-          on_epoch=None) -> RunResult:
+          on_epoch=None, on_point=None) -> RunResult:
     """Train `cfg.model` for `cfg.epochs` epochs; a NaN/inf loss ends the run as `diverged`.
 
     `on_epoch(row)` sees each epoch's history row; returning True ends training early.
+    `on_point(point)` sees each sub-epoch progress point as it is logged.
     """
     device = pick_device(cfg.device)
     cfg = cfg.replace(dtype=resolve_dtype(device, cfg.dtype))  # `auto` resolved once; all below see the result
     if data is None:
         data = load_data(data_spec(cfg))
+    if cfg.schedule == "plateau" and not data.has("val"):
+        raise UserError("schedule='plateau' steps on the validation error, and this data set has no "
+                        "validation split; set val_size above 0 or choose another schedule")
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, num_classes=len(data.classes), init=cfg.init, **cfg.knobs)
     data = data.to(device)
@@ -95,24 +109,36 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
         model = model.to(memory_format=torch.channels_last)
     modes = {"dtype_resolved": cfg.dtype, **apply_backend_flags(device, cfg.cudnn_benchmark, cfg.tf32)}
     net = compile_model(model, cfg.compile)  # shares model's weights; evaluation and the checkpoint use model
-    optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.decay)
     scaler = grad_scaler(device, cfg.dtype)
     steps_per_epoch = data.num_batches("train", cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(cfg.schedule, s, total, warmup))
+    # The plateau rule takes over from the per-step schedule once warm-up is done:
+    # stepping both would have the per-step one undo its drops.
+    plateau = (plateau_scheduler(optimizer, cfg.lr, cfg.plateau_patience, cfg.plateau_max_drops)
+               if cfg.schedule == "plateau" else None)
+    log_at = log_steps(steps_per_epoch)
+    evaluated = [s for s in ("train_eval", "val", "test") if data.has(s)]
     augment = parse_augment(cfg.augment)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
 
     history: list[dict] = []
+    points: list[dict] = []
     status = OK
     n_train = len(data.train_y)
+    step = 0
+    train_seconds = 0.0  # training only: evaluation left out
     run_start = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
+        epoch_loss = epoch_correct = 0.0
+        interval_loss = torch.zeros((), device=device)
+        interval_correct = torch.zeros((), device=device, dtype=torch.long)
+        interval_images = 0
+        finite = True
         synchronize(device)
         t0 = time.perf_counter()
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
@@ -121,37 +147,57 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             batch_loss, batch_correct = train_step(net, optimizer, x, y, dtype=cfg.dtype, scaler=scaler)
-            scheduler.step()
-            loss_sum += batch_loss
-            correct += batch_correct
-            if (i + 1) % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
-                break
+            if plateau is None or step < warmup:
+                scheduler.step()
+            step += 1
+            interval_loss += batch_loss
+            interval_correct += batch_correct
+            interval_images += len(y)
             bar.update()
+            if i + 1 not in log_at:
+                continue
+            # A progress point: the one host sync since the last one, which also checks for NaN/inf.
+            loss_sum, correct = torch.stack([interval_loss, interval_correct.to(interval_loss.dtype)]).tolist()
+            point = {"step": step, "epoch": epoch - 1 + (i + 1) / steps_per_epoch,
+                     "train_running_err_pct": 100.0 * (1 - correct / interval_images),
+                     "train_running_loss": loss_sum / interval_images,
+                     "train_seconds": train_seconds + time.perf_counter() - t0}
+            points.append(point)
+            if on_point is not None:
+                on_point(point)
+            epoch_loss += loss_sum
+            epoch_correct += correct
+            interval_loss.zero_()
+            interval_correct.zero_()
+            interval_images = 0
+            if not math.isfinite(loss_sum):
+                finite = False
+                break
         bar.close()
         synchronize(device)
         seconds = time.perf_counter() - t0
-        if not torch.isfinite(loss_sum):
+        train_seconds += seconds
+        if not finite:
             status = DIVERGED
-            history.append({"epoch": epoch, "train_loss": float("nan"), "lr": lr, "epoch_seconds": seconds})
+            history.append({"epoch": epoch, "step": step, "train_running_loss": float("nan"), "lr": lr,
+                            "epoch_seconds": seconds})
             log.warning("loss became NaN/inf in epoch %d; run ends as diverged", epoch)
             break
-        row = {
-            "epoch": epoch,
-            "train_loss": loss_sum.item() / n_train,
-            "train_err_pct": 100.0 * (1 - correct.item() / n_train),
-            **evaluate(model, data, dtype=cfg.dtype, channels_last=cfg.channels_last),
-            "lr": lr,
-            "epoch_seconds": seconds,
-            "train_images_per_s": n_train / seconds,
-            "elapsed_seconds": time.perf_counter() - run_start,
-        }
+        row = {"epoch": epoch, "step": step, "train_running_loss": epoch_loss / n_train,
+               "train_running_err_pct": 100.0 * (1 - epoch_correct / n_train)}
+        for split in evaluated:
+            row.update(evaluate(model, data, split, dtype=cfg.dtype, channels_last=cfg.channels_last))
+        row.update(lr=lr, epoch_seconds=seconds, train_images_per_s=n_train / seconds,
+                   elapsed_seconds=time.perf_counter() - run_start)
         history.append(row)
+        if plateau is not None and step >= warmup:
+            plateau.step(row["val_top1_err_pct"])
         if on_epoch is not None and on_epoch(row):
             break  # the caller has seen enough (e.g. a study's target was reached)
-    summary = summarize(history, status)
+    summary = summarize(history, status, has_val=data.has("val"))
     summary.update(data.provenance)
     summary.update(modes)
-    return RunResult(status, history, summary, model)
+    return RunResult(status, history, summary, model, points)
 
 
 def run_training(cfg: TrainConfig, out_dir: Path, *, progress: bool = True) -> RunResult:
@@ -166,15 +212,19 @@ def run_training(cfg: TrainConfig, out_dir: Path, *, progress: bool = True) -> R
         {"config": cfg.to_dict(), "environment": environment(device)}, indent=2, default=str))
 
     def on_epoch(row):
-        log.info("epoch %d: train loss %.4f, train err %.2f%%, test err %.2f%% (top-5 %.2f%%), %.1f s, %.0f img/s",
-                 row["epoch"], row["train_loss"], row["train_err_pct"], row["test_top1_err_pct"],
-                 row["test_top5_err_pct"], row["epoch_seconds"], row["train_images_per_s"])
+        val = f", val err {row['val_top1_err_pct']:.2f}%" if "val_top1_err_pct" in row else ""
+        log.info("epoch %d: running train loss %.4f, running train err %.2f%%%s, test err %.2f%% (top-5 %.2f%%), "
+                 "%.1f s, %.0f img/s", row["epoch"], row["train_running_loss"], row["train_running_err_pct"], val,
+                 row["test_top1_err_pct"], row["test_top5_err_pct"], row["epoch_seconds"], row["train_images_per_s"])
         write_csv(out_dir / "history.csv", result_rows + [row])
+        write_csv(out_dir / "progress.csv", points)
         result_rows.append(row)
 
     result_rows: list[dict] = []
-    result = train(cfg, data, progress=progress, on_epoch=on_epoch)
+    points: list[dict] = []
+    result = train(cfg, data, progress=progress, on_epoch=on_epoch, on_point=points.append)
     write_csv(out_dir / "history.csv", result.history)
+    write_csv(out_dir / "progress.csv", result.progress)
     result.summary.update(data_load_seconds=startup, wall_seconds=time.perf_counter() - start, seed=cfg.seed)
     atomic_write_text(out_dir / "summary.json", json.dumps(result.summary, indent=2, default=str))
     tmp = out_dir / "checkpoint.pt.tmp"

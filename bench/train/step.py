@@ -80,7 +80,21 @@ def grad_scaler(device: torch.device, dtype: str) -> torch.amp.GradScaler | None
 
 
 def make_optimizer(
-    model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4
+    model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4, decay: str = "weights"
 ) -> torch.optim.SGD:
-    """SGD with momentum and weight decay, as in the paper (section 5)."""
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    """SGD with momentum and weight decay, as in the paper (section 5).
+
+    `decay="weights"` decays only parameters with more than one dimension (weight
+    matrices and kernels): decaying biases and normalisation scales pulls them to
+    zero for no regularising gain, the common practice since. `decay="all"` is the
+    paper read literally: every parameter. The decayed group comes first; an
+    empty group is left out.
+    """
+    if decay not in ("weights", "all"):
+        raise ValueError(f"decay={decay!r} is not valid; choose one of: weights, all")
+    params = list(model.parameters())
+    decayed = [p for p in params if decay == "all" or p.ndim > 1]
+    ids = {id(p) for p in decayed}
+    groups = [{"params": decayed, "weight_decay": weight_decay},
+              {"params": [p for p in params if id(p) not in ids], "weight_decay": 0.0}]
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum)

@@ -31,7 +31,7 @@ def cell(i: int) -> tuple[dict, list[dict]]:
     keys = {"study": "bench", "profile": "gpu", "cell_id": cid, "activation": ("relu", "tanh")[i % 2], "seed": i % 3}
     row = {**keys, "is_baseline": False, "status": "ok", "error": None, "device": "cuda", "torch": "2.14.1",
            **{f"cfg_{k}": 0.01 * k for k in range(20)}, **{f"metric_{k}": i / (k + 1) for k in range(30)}}
-    history = [{**keys, "epoch": e, "train_loss": 2.3 / e, "train_err_pct": 90.0 / e, "test_loss": 2.2 / e,
+    history = [{**keys, "epoch": e, "train_running_loss": 2.3 / e, "train_running_err_pct": 90.0 / e, "test_loss": 2.2 / e,
                 "test_top1_err_pct": 88.0 / e, "test_top5_err_pct": 50.0 / e, "lr": 0.01, "epoch_seconds": 12.5,
                 "train_images_per_s": 4000.0 + e, "elapsed_seconds": 12.5 * e} for e in range(1, EPOCHS + 1)]
     return row, history

@@ -19,14 +19,15 @@ on training error (what the paper's Figure 1 plots), never on test error:
 A chosen rate that is the largest or smallest of its grid is flagged (`edge`):
 the fastest rate may lie outside the grid, and report.md says so.
 
-"Epochs to 25%" is the first epoch (1-based) whose training error, averaged over
-that epoch as the training loop reports it, is at or below the target. The
-speed-up in the figure and its table is tanh epochs / ReLU epochs (means over
-seeds). Nothing is extrapolated: where tanh never reached the target, the ratio
-is given only as a lower bound, labelled so, counting each seed that did not
-reach it as reaching it one epoch after its last. The paper's claim is judged
-in the claims table (`claims.assess_speedup`: paired over seeds, the geometric
-mean ratio with its 95% interval).
+"Epochs to 25%" is the fractional epoch where the running training error, logged
+ten times per epoch, first falls to the target, interpolated between log points
+(results swept before progress points: the first epoch whose epoch-averaged
+training error is at or below it). The speed-up in the figure and its table is
+tanh epochs / ReLU epochs (means over seeds). Nothing is extrapolated: where tanh
+never reached the target, the ratio is given only as a lower bound, labelled so,
+counting each seed that did not reach it as reaching it one epoch after its last.
+The paper's claim is judged in the claims table (`claims.assess_speedup`: paired
+over seeds, the geometric mean ratio with its 95% interval).
 """
 
 from __future__ import annotations
@@ -284,7 +285,7 @@ def reached_text(row, sd: StudyData) -> str:
         return text + (" (diverged)" if row["diverged"] else "")
     if row["n"] > 1:
         return f"{row['epochs_mean']:.3g} ± {row['epochs_sd']:.2g} epochs (seeds: {row['epochs_per_seed']})"
-    return f"{row['epochs_mean']:.0f} epochs"
+    return f"{row['epochs_mean']:.3g} epochs"
 
 
 def figure1_table(sd: StudyData, chosen: pd.DataFrame, ratios: dict[str, Speedup]) -> fmt.Table:
@@ -302,13 +303,19 @@ def figure1_table(sd: StudyData, chosen: pd.DataFrame, ratios: dict[str, Speedup
     notes = ["Learning rate per setup and activation, chosen on training error (never on test error): the one "
              "that reaches the target in the fewest epochs (mean over seeds; ties: lower final running training "
              "error, then the lower rate); if none does, the lowest final running training error.",
-             "Epochs to the target: the first epoch whose training error (averaged over the epoch) is at or "
-             "below it. No extrapolation; a ratio marked 'lower bound' counts a run that never reached the "
-             "target as reaching it one epoch after its last.",
+             _epochs_note(sd) + " No extrapolation; a ratio marked 'lower bound' counts a run that never "
+             "reached the target as reaching it one epoch after its last.",
              "The speed-up here is the ratio of the mean epochs; the claims table judges the paper's claim from "
              "the paired per-seed ratios (geometric mean, 95% interval)."]
     return fmt.Table("figure1", f"{sd.study} ({sd.profile}): epochs to {target_label(sd)}, ReLU vs tanh",
                      columns, rows, notes)
+
+
+def _epochs_note(sd: StudyData) -> str:
+    if "steps_to_target" in sd.runs:  # swept with progress points (ten per epoch)
+        return ("Epochs to the target: where the running training error (over the steps since the last of "
+                "ten log points per epoch) first falls to it, interpolated linearly between log points.")
+    return "Epochs to the target: the first epoch whose training error (averaged over the epoch) is at or below it."
 
 
 def lr_grid_table(sd: StudyData, grid: pd.DataFrame) -> fmt.Table:
