@@ -10,6 +10,7 @@ from typing import get_args, get_type_hints
 from bench.errors import UserError
 
 SCHEDULES = ("constant", "cosine", "step")
+FREEZES = ("none", "features")  # what --freeze keeps fixed; features: all but the classifier head
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class TrainConfig:
     device: str = "auto"  # auto = cuda, then mps, then cpu
     dtype: str = "fp32"  # fp32 | bf16 | fp16 autocast
     channels_last: bool = False
+    # fine-tuning (bench.train.finetune)
+    init_from: str | None = None  # checkpoint, or run folder, whose weights start this run
+    freeze: str = "none"  # none | features (train only the classifier head, the last Linear layer)
+    reinit_head: bool = False  # start the classifier head afresh: needed when the class count differs
 
     def __post_init__(self):
         self.validate()
@@ -73,6 +78,9 @@ class TrainConfig:
                 raise UserError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.momentum >= 1:
             raise UserError(f"momentum must be below 1 (the paper's is 0.9), got {self.momentum}")
+        choice("freeze", FREEZES)
+        if self.reinit_head and self.init_from is None:
+            raise UserError("reinit_head re-initialises the head of loaded weights: it needs init_from (--init-from)")
 
     def _check_types(self) -> None:
         for f in fields(self):
