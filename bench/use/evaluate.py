@@ -62,16 +62,17 @@ def per_class_table(logits: torch.Tensor, y: torch.Tensor, classes: list[str]) -
     confusion = torch.bincount(y * n + idx[:, 0], minlength=n * n).view(n, n).cpu()
     in_top5 = torch.bincount(y[(idx == y[:, None]).any(1)], minlength=n).cpu()
     images = confusion.sum(1)
+    per = images.clamp(min=1).double()  # 100 * 14 / 100 is 14.0; 100 * (1 - 0.86) is not
     off = confusion.clone().fill_diagonal_(-1)
     worst = off.argmax(1)
     confused = off.gather(1, worst[:, None]).squeeze(1).clamp(min=0)
     frame = pd.DataFrame({
         "class": classes,
         "images": images.tolist(),
-        "top1_err_pct": (100 * (1 - confusion.diagonal() / images.clamp(min=1))).tolist(),
-        "top5_err_pct": (100 * (1 - in_top5 / images.clamp(min=1))).tolist(),
+        "top1_err_pct": (100 * (images - confusion.diagonal()) / per).tolist(),
+        "top5_err_pct": (100 * (images - in_top5) / per).tolist(),
         "most_confused_with": [classes[j] if k else None for j, k in zip(worst.tolist(), confused.tolist())],
-        "most_confused_pct": (100 * confused / images.clamp(min=1)).tolist(),
+        "most_confused_pct": (100 * confused / per).tolist(),
     })
     return frame, confusion
 
