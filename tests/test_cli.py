@@ -203,7 +203,7 @@ def test_end_of_run_line_prints_a_zero_error_as_zero(tmp_path, monkeypatch, capl
     summary = {"epochs_run": 3, "final_test_top1_err_pct": 0.0, "final_test_top5_err_pct": 0.0,
                "median_train_images_per_s": 1800.0}
     monkeypatch.setattr(train_command, "run_training",
-                        lambda cfg, out, progress: RunResult("ok", [], summary, None))
+                        lambda cfg, out, progress, **hooks: RunResult("ok", [], summary, None))
     with caplog.at_level("INFO", logger="bench"):
         assert main(["train", *TINY, "--out", str(tmp_path / "run")]) == 0
     assert "final test error 0.00% (top-5 0.00%), 1800 train img/s" in caplog.text

@@ -154,7 +154,7 @@ def test_run_training_writes_the_run_folder(tmp_path):
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["config"] == cfg.to_dict()
     model = create_model(cfg.model)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(ckpt["state_dict"])
     again = evaluate(model, load_data(data_spec(cfg), cache_dir=None))
     assert again["test_top1_err_pct"] == pytest.approx(summary["final_test_top1_err_pct"])
 

@@ -15,6 +15,7 @@ from bench.train.config import TrainConfig
 from bench.train.loop import run_training
 from bench.train.modes import COMPILE_MODES, DTYPE_CHOICES, add_backend_arguments
 from bench.train.result import OK
+from bench.train.tensorboard import EpochScalars
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", default=d.compile, choices=COMPILE_MODES,
                    help="torch.compile mode; reduce-overhead adds CUDA graphs on CUDA (default %(default)s)")
     add_backend_arguments(p)
+    # fine-tuning (bench.train.finetune)
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start from these weights: a checkpoint.pt or the run folder holding it (same model and knobs)")
+    p.add_argument("--freeze", default=d.freeze,
+                   help="none | features: train only the classifier head, the last Linear layer (default %(default)s)")
+    p.add_argument("--reinit-head", action="store_true",
+                   help="with --init-from: start the classifier head afresh (needed when the class count differs)")
+    p.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",
+                   help="also write the per-epoch history as TensorBoard scalars to DIR/<run folder name>")
     p.add_argument("--out", type=Path, default=None, help="run folder (default results/runs/<time>-<model>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -89,7 +99,12 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("results/runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace(':', '_')}"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"run folder {out} already exists and is not an empty folder; pass another --out")
-    result = run_training(cfg, out, progress=not args.no_progress)
+    hook = EpochScalars(args.tensorboard, out.name, cfg.to_json()) if args.tensorboard else None
+    try:
+        result = run_training(cfg, out, progress=not args.no_progress, epoch_hook=hook)
+    finally:
+        if hook is not None:
+            hook.close()
     s = result.summary
 
     def number(key: str) -> float:  # None (no epoch finished) prints as nan; 0.0 stays 0.0

@@ -10,6 +10,7 @@ from typing import get_args, get_type_hints
 from bench.errors import UserError
 
 DECAYS = ("weights", "all")
+FREEZES = ("none", "features")  # what --freeze keeps fixed; features: all but the classifier head
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class TrainConfig:
     compile: str = "off"  # off | default | max-autotune | reduce-overhead (torch.compile; the last adds CUDA graphs)
     cudnn_benchmark: bool = True  # CUDA: cuDNN times its convolution algorithms once per shape, keeps the fastest
     tf32: bool = True  # CUDA: fp32 matmuls and convolutions on TF32 tensor cores (10-bit mantissa)
+    # fine-tuning (bench.train.finetune)
+    init_from: str | None = None  # checkpoint, or run folder, whose weights start this run
+    freeze: str = "none"  # none | features (train only the classifier head, the last Linear layer)
+    reinit_head: bool = False  # start the classifier head afresh: needed when the class count differs
 
     def __post_init__(self):
         self.validate()
@@ -95,6 +100,9 @@ class TrainConfig:
                 raise UserError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.momentum >= 1:
             raise UserError(f"momentum must be below 1 (the paper's is 0.9), got {self.momentum}")
+        choice("freeze", FREEZES)
+        if self.reinit_head and self.init_from is None:
+            raise UserError("reinit_head re-initialises the head of loaded weights: it needs init_from (--init-from)")
 
     def _check_types(self) -> None:
         for f in fields(self):

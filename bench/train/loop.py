@@ -30,8 +30,10 @@ from bench.env import environment
 from bench.errors import UserError
 from bench.io import atomic_write_text, write_csv
 from bench.models import create_model, input_size_of
+from bench.train.checkpoint import save_checkpoint
 from bench.train.config import TrainConfig
 from bench.train.modes import apply_backend_flags, compile_model, resolve_dtype
+from bench.train.finetune import apply_finetune, check_fits
 from bench.train.result import DIVERGED, OK, RunResult, summarize
 from bench.train.schedule import lr_factor, plateau_scheduler
 from bench.train.step import autocast, grad_scaler, make_optimizer, train_step
@@ -103,6 +105,7 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
                         "validation split; set val_size above 0 or choose another schedule")
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, num_classes=len(data.classes), init=cfg.init, **cfg.knobs)
+    model = apply_finetune(model, cfg, data.classes)  # --init-from, --reinit-head, --freeze
     data = data.to(device)
     model = model.to(device)
     if cfg.channels_last:
@@ -200,13 +203,17 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
     return RunResult(status, history, summary, model, points)
 
 
-def run_training(cfg: TrainConfig, out_dir: Path, *, progress: bool = True) -> RunResult:
-    """Train and write the run folder; each file is written whole (temp file, then rename)."""
+def run_training(cfg: TrainConfig, out_dir: Path, *, progress: bool = True, epoch_hook=None) -> RunResult:
+    """Train and write the run folder; each file is written whole (temp file, then rename).
+
+    `epoch_hook(row)` also sees each epoch's history row (e.g. a TensorBoard writer).
+    """
     out_dir = Path(out_dir)
     device = pick_device(cfg.device)  # an absent device fails before data loading and before any file
     start = time.perf_counter()
     data = load_data(data_spec(cfg))
     startup = time.perf_counter() - start
+    check_fits(cfg, len(data.classes))  # --init-from weights that do not fit fail before any file
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.json", json.dumps(
         {"config": cfg.to_dict(), "environment": environment(device)}, indent=2, default=str))
@@ -219,6 +226,8 @@ def run_training(cfg: TrainConfig, out_dir: Path, *, progress: bool = True) -> R
         write_csv(out_dir / "history.csv", result_rows + [row])
         write_csv(out_dir / "progress.csv", points)
         result_rows.append(row)
+        if epoch_hook is not None:
+            epoch_hook(row)
 
     result_rows: list[dict] = []
     points: list[dict] = []
@@ -227,7 +236,5 @@ def run_training(cfg: TrainConfig, out_dir: Path, *, progress: bool = True) -> R
     write_csv(out_dir / "progress.csv", result.progress)
     result.summary.update(data_load_seconds=startup, wall_seconds=time.perf_counter() - start, seed=cfg.seed)
     atomic_write_text(out_dir / "summary.json", json.dumps(result.summary, indent=2, default=str))
-    tmp = out_dir / "checkpoint.pt.tmp"
-    torch.save({"model": result.model.state_dict(), "config": cfg.to_dict()}, tmp)
-    tmp.replace(out_dir / "checkpoint.pt")
+    save_checkpoint(out_dir / "checkpoint.pt", result.model, cfg, data, result.summary)
     return result
