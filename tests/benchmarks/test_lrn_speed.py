@@ -6,8 +6,8 @@ Run: python -m pytest tests/benchmarks/test_lrn_speed.py -p no:cacheprovider
 - `lrn`: forward+backward at AlexNet-CIFAR's conv1 output at batch 128
   (128 x 96 x 32 x 32): bench's LRN at least `MIN_SPEEDUP["lrn"]` times faster
   than `nn.LocalResponseNorm`. Group `lrn-55x55`, the paper's conv1 output
-  (96 x 55 x 55) at batch 8, has a lower goal: there the tensors nearly fit in
-  cache, so torch's extra passes over memory cost less.
+  (96 x 55 x 55) at batch 8, has no goal of its own: it is held to 4x, about
+  what the eager path alone reaches.
 - `alexnet-lrn`: an AlexNet-CIFAR training step at batch 128 with LRN at most
   `MAX_LRN_OVERHEAD` times as long as one without.
 - `test_compiled_lrn_matches_torch`: the compiled kernels themselves (the unit
@@ -106,6 +106,7 @@ def test_lrn_forward_backward_speedup(benchmark, fused_cpu, group):
     (out_t, grad_t), (out_b, grad_b) = fwd_bwd("torch"), fwd_bwd("bench")
     torch.testing.assert_close(out_b, out_t, rtol=0, atol=1e-5)
     torch.testing.assert_close(grad_b, grad_t, rtol=0, atol=1e-5)
+    assert fused_unavailable_reason("cpu") is None  # it compiled: what follows times the fused path
     del out_t, grad_t, out_b, grad_b
 
     medians = interleaved(benchmark, {name: lambda name=name: fwd_bwd(name) for name in layers})
@@ -114,10 +115,10 @@ def test_lrn_forward_backward_speedup(benchmark, fused_cpu, group):
     assert speedup >= MIN_SPEEDUP[group], f"bench's LRN is {speedup:.2f}x torch's, the goal is {MIN_SPEEDUP[group]}x"
 
 
-@pytest.mark.parametrize("case", COMPILED_CASES)
-def test_compiled_lrn_matches_torch(fused_cpu, case):
+@pytest.mark.parametrize("variant", COMPILED_CASES)  # not `case`: conftest.py parametrizes that
+def test_compiled_lrn_matches_torch(fused_cpu, variant):
     """Forward and gradient within 1e-5 of torch's in float32; half inputs computed in float32, rounded once."""
-    constants, dtype, channels_last = COMPILED_CASES[case]
+    constants, dtype, channels_last = COMPILED_CASES[variant]
     torch.manual_seed(0)
     x = torch.relu(torch.randn(2, 32, 9, 9) * 3)
     if channels_last:
