@@ -18,6 +18,9 @@ from bench.train.config import TrainConfig
 __all__ = ["PROFILES", "Cell", "Study", "find_study", "list_studies", "load_study"]
 
 
+_ABSENT = object()
+
+
 @dataclass(frozen=True)
 class Cell:
     """One training run of a study: its factor levels, seed and resolved configuration."""
@@ -29,7 +32,11 @@ class Cell:
 
     @property
     def id(self) -> str:
-        blob = json.dumps(self.config.to_dict(), sort_keys=True, default=str)
+        """A hash of the configuration's non-default fields: a field added to TrainConfig later
+        (with a default that keeps today's behaviour) leaves every existing cell's id alone."""
+        defaults = TrainConfig().to_dict()
+        changed = {k: v for k, v in self.config.to_dict().items() if defaults.get(k, _ABSENT) != v}
+        blob = json.dumps(changed, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
