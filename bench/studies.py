@@ -37,8 +37,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from bench.train.config import TrainConfig  # a plain dataclass: importing it imports no torch
 from bench.errors import UserError
+from bench.train.config import TrainConfig  # a plain dataclass: importing it imports no torch
 
 PROFILES = ("smoke", "cpu", "gpu")
 DESIGNS = ("one-at-a-time", "factorial")

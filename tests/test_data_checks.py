@@ -185,17 +185,17 @@ def correlated_images(n: int = 40, side: int = 8, seed: int = 0) -> torch.Tensor
 
 @pytest.mark.parametrize("mode", ["standardize", "meanonly"])
 def test_pca_shift_covariance_matches_an_independent_eigendecomposition(mode):
-    """Cov(shift) = P diag(0.01 l^2) P^T, with (l, P) from numpy on the [0, 1]-scale pixels.
+    """Cov(shift) = P diag(0.01 lam^2) P^T, with (lam, P) from numpy on the [0, 1]-scale pixels.
 
     200,000 draws: a covariance entry's sampling error is about sqrt(2/n) = 0.3% of the
     largest variance, so a tolerance of 3% of it is ~10 standard errors.
     """
     raw = correlated_images()
     pixels = raw.permute(0, 2, 3, 1).reshape(-1, 3).double().numpy() / 255.0
-    l, p = np.linalg.eigh(np.cov(pixels.T, bias=True))
-    expected = p @ np.diag(0.01 * l**2) @ p.T
+    lam, p = np.linalg.eigh(np.cov(pixels.T, bias=True))
+    expected = p @ np.diag(0.01 * lam**2) @ p.T
     norm = Normalizer.fit(raw, mode)
-    np.testing.assert_allclose(norm.pca_eigval.double().numpy(), l, rtol=1e-4)
+    np.testing.assert_allclose(norm.pca_eigval.double().numpy(), lam, rtol=1e-4)
 
     n = 200_000
     base = raw[:1].expand(n, -1, -1, -1)[:, :, :1, :1]  # one pixel is enough: the shift is per image
@@ -216,8 +216,8 @@ def test_pca_shift_is_p_times_alpha_l_added_on_the_0_1_scale():
     norm = Normalizer.fit(raw, "standardize")
     out = pca_lighting(norm(raw), norm, torch.Generator().manual_seed(5))
     alpha = torch.randn(16, 3, generator=torch.Generator().manual_seed(5)).double() * 0.1
-    l, p = norm.pca_eigval.double(), norm.pca_eigvec.double()
-    delta = (p @ (alpha * l).T).T  # 16 x 3, [0, 1] units
+    lam, p = norm.pca_eigval.double(), norm.pca_eigvec.double()
+    delta = (p @ (alpha * lam).T).T  # 16 x 3, [0, 1] units
     expect = ((raw.double() / 255 + delta[:, :, None, None]) * 255 - norm.mean.double()) / norm.std.double()
     assert torch.allclose(out.double(), expect, atol=1e-4)
 

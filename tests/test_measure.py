@@ -19,7 +19,13 @@ from bench.errors import UserError
 from bench.flop_convention import FLOP_CONVENTION, upgrade_counts
 from bench.io import read_csv
 from bench.measure import (
-    COLUMNS, Settings, achieved_columns, count_model, count_ops, measure_models, measure_throughput,
+    COLUMNS,
+    Settings,
+    achieved_columns,
+    count_model,
+    count_ops,
+    measure_models,
+    measure_throughput,
 )
 from bench.measure.flops import ACTIVATION_COST, LRN_EXTRA_COST
 from bench.measure.table import merge_tables
@@ -224,7 +230,9 @@ def test_rounds_are_sized_by_the_fastest_warm_up_step_after_the_first():
 
 def test_timed_rounds_run_the_sized_steps_and_report_median_and_spread():
     done = []
-    fake_loop = lambda one_round, k: [one_round() or 2.0, 1.0, 4.0][:k]  # runs one round, reports three
+    def fake_loop(one_round, k):  # runs one round, reports three
+        return [one_round() or 2.0, 1.0, 4.0][:k]
+
     rounds = time_rounds(done.append, torch.device("cpu"), steps=5, rounds=3, loop=fake_loop)
     assert done == [5] and rounds == Rounds(5, (2.0, 1.0, 4.0))
     rate = rounds.per_s(100)
@@ -336,8 +344,9 @@ def test_measure_command_writes_the_csv(tmp_path, capsys):
 
 
 def test_measure_command_updates_the_table_instead_of_replacing_it(tmp_path, capsys):
-    from bench.cli import main
     import pandas as pd
+
+    from bench.cli import main
 
     out = tmp_path / "m.csv"
     tiny = ["--quick", "--device", "cpu", "--batch-size", "2", "--out", str(out)]

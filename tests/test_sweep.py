@@ -13,10 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from bench import studies
 from bench.cli import main
 from bench.errors import UserError
 from bench.sweep.runner import run_study, time_to_target
-from bench import studies
 from bench.sweep.study import list_studies, load_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -333,8 +333,12 @@ def test_a_merge_killed_half_way_is_redone_without_duplicates(tmp_path):
     from bench.sweep.results import ResultsFolder
 
     folder = ResultsFolder(tmp_path, ["level"])
-    row = lambda cid, err: {"cell_id": cid, "level": "none", "status": "ok", "err": err}
-    hist = lambda cid: [{"cell_id": cid, "epoch": e} for e in (1, 2)]
+    def row(cid, err):
+        return {"cell_id": cid, "level": "none", "status": "ok", "err": err}
+
+    def hist(cid):
+        return [{"cell_id": cid, "epoch": e} for e in (1, 2)]
+
     folder.record(row("a", 1.0), hist("a"))
     folder.record(row("b", 2.0), hist("b"))
     assert folder.merge() == 2 and folder.merge() == 0

@@ -101,7 +101,7 @@ class Dataset:
     def device(self) -> torch.device:
         return self.train_x.device
 
-    def to(self, device) -> "Dataset":
+    def to(self, device) -> Dataset:
         def move(t):
             return None if t is None else t.to(device)
         return Dataset(

@@ -45,7 +45,7 @@ class Normalizer:
     pca_eigvec: torch.Tensor  # 3x3, columns are the unit principal axes p_i of RGB
 
     @classmethod
-    def fit(cls, train_x: torch.Tensor, mode: str = "standardize", chunk: int = 4096) -> "Normalizer":
+    def fit(cls, train_x: torch.Tensor, mode: str = "standardize", chunk: int = 4096) -> Normalizer:
         if mode not in PREPROCESS:
             raise UserError(f"unknown preprocessing {mode!r}; choose one of: {', '.join(PREPROCESS)}")
         # One chunked pass of float32 batched matmuls for the channel sums and
@@ -75,7 +75,7 @@ class Normalizer:
         eigval, eigvec = torch.linalg.eigh(cov / 255.0**2)
         return cls(mode, mean.float(), std.view(c, 1, 1).float(), eigval.clamp(min=0).float(), eigvec.float())
 
-    def to(self, device) -> "Normalizer":
+    def to(self, device) -> Normalizer:
         return Normalizer(self.mode, *(t.to(device) for t in (self.mean, self.std, self.pca_eigval, self.pca_eigvec)))
 
     def __call__(self, x_u8: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,8 @@ import logging
 import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -70,7 +70,7 @@ def cached(kind: str, fingerprint, build: Callable[[], RawData], cache_dir: Path
     if path.exists():
         try:
             return RawData(**torch.load(path, weights_only=True)), key
-        except Exception as e:  # a torn cache file is rebuilt, never trusted
+        except Exception as e:  # noqa: BLE001 -- a torn cache file is rebuilt, never trusted
             log.warning("cache %s unreadable (%s); decoding the source again", path, _reason(e))
     data = build()
     path.parent.mkdir(parents=True, exist_ok=True)

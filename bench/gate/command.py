@@ -178,7 +178,14 @@ def _gate(args: argparse.Namespace) -> int:
     from bench.device import pick_device
     from bench.env import environment
     from bench.gate.compare import (
-        STATS, check_comparable, check_settings, compare, format_report, format_run, load_run, merge_runs,
+        STATS,
+        check_comparable,
+        check_settings,
+        compare,
+        format_report,
+        format_run,
+        load_run,
+        merge_runs,
         regressed,
     )
     from bench.gate.suite import cases, describe_device, device_id, options_from

@@ -37,12 +37,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from bench.device import DTYPES
 from bench.errors import UserError
 from bench.measure.speed import MEMORY_FORMATS
 from bench.measure.timing import Timing
 from bench.models import create_model, format_knobs, input_size_of, list_models, model_knobs
 from bench.studies import studies_dir
-from bench.device import DTYPES
 
 
 @dataclass(frozen=True)

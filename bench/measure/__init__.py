@@ -10,7 +10,7 @@ throughput gate times through it too).
 
 from bench.flop_convention import FLOP_CONVENTION
 from bench.measure.flops import count_model, count_ops, count_params
-from bench.measure.speed import QUICK, FULL, Settings, matmul_flops_per_s, measure_throughput
+from bench.measure.speed import FULL, QUICK, Settings, matmul_flops_per_s, measure_throughput
 from bench.measure.table import COLUMNS, achieved_columns, measure_models
 
 __all__ = [

@@ -45,7 +45,13 @@ from bench.measure.timing import release_memory, steps_per_round, time_interleav
 from bench.models import create_model, format_knobs
 from bench.train.modes import compile_model
 from bench.train.step import (
-    autocast, backward, forward_loss, grad_scaler, make_optimizer, optimizer_step, train_step,
+    autocast,
+    backward,
+    forward_loss,
+    grad_scaler,
+    make_optimizer,
+    optimizer_step,
+    train_step,
 )
 
 log = logging.getLogger(__name__)
@@ -162,7 +168,7 @@ class _Subject:
             if self.error is None:
                 try:
                     fn(*args)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 -- the failure becomes this mode's row
                     self.error = error_text(exc)
         return run
 
@@ -180,7 +186,7 @@ def _phase(subjects: list[_Subject], warmups: dict, settings: Settings, device: 
             continue
         try:
             step_s = warm_up(getattr(s, phase), device, warmups[s.mode])
-        except Exception as exc:  # this mode's row records it; the others go on
+        except Exception as exc:  # noqa: BLE001 -- this mode's row records it; the others go on
             s.error = error_text(exc)
             continue
         rows[s.mode][f"{phase}_first_call_s"] = step_s[0]
@@ -223,7 +229,7 @@ def measure_modes(
     for m in modes:
         try:
             subjects.append(_Subject(model, m, device, input_size, batch_size, compile_backend))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 -- the failure becomes this mode's row
             rows[m]["error"] = error_text(exc)
     timing = settings.timing
     compiled = dataclasses.replace(timing, warmup_steps=max(timing.warmup_steps, COMPILED_WARMUP_STEPS))
@@ -273,7 +279,7 @@ def measure_modes_table(
             model = create_model(name, **(knobs or {}))
             measured = measure_modes(model, modes, device=device, settings=settings, batch_size=batch_size,
                                      compile_backend=compile_backend)
-        except Exception as exc:  # a model that cannot be built is a row per mode, never an aborted bulk run
+        except Exception as exc:  # noqa: BLE001 -- a model that cannot be built is a row per mode, never an aborted bulk run
             measured = [{"mode": m.name, "error": error_text(exc)} for m in modes]
         for row in measured:
             if row.get("error"):

@@ -304,7 +304,7 @@ def measure_throughput(
                 dtype=dtype, memory_format=memory_format, settings=settings,
             )
             break
-        except Exception as exc:  # a failing model is a row, never an aborted bulk run
+        except Exception as exc:  # noqa: BLE001 -- a failing model is a row, never an aborted bulk run
             if is_oom(exc) and batch_size > 1:
                 oom = True
             else:
@@ -371,6 +371,6 @@ def matmul_flops_per_s(
         rounds = measure(matmuls, device, timing)
     finally:
         torch.set_float32_matmul_precision(previous)
-    del a, b, out
+    a = b = out = None  # drop the matrices (the closure holds them too) before the models are measured
     release_memory(device)  # give the matrices' blocks back before the models are measured
     return rounds.per_s(rounds.steps).max * 2 * n**3

@@ -28,9 +28,9 @@ from bench.env import environment
 from bench.flop_convention import FLOP_CONVENTION, upgrade_counts
 from bench.measure.flops import count_model, count_params
 from bench.measure.speed import (
+    error_text,
     matmul_flops_per_s,
     measure_throughput,
-    error_text,
     settings_for,
     validate,
 )
@@ -102,7 +102,7 @@ def measure_model(
         row["params_total"] = count_params(model)["params_total"]  # known even if counting fails
         row["input_size"] = model.input_size
         row.update(count_model(model, model.input_size))
-    except Exception as exc:  # the row records the failure; the bulk run goes on
+    except Exception as exc:  # noqa: BLE001 -- the row records the failure; the bulk run goes on
         log.warning("%s: %s", name, error_text(exc))
         return {**row, "error": error_text(exc)}
     speed = measure_throughput(

@@ -1,5 +1,15 @@
 """The model zoo: importing this package registers every architecture."""
 
+from bench.models import (  # noqa: F401  (register)
+    alexnet,
+    googlenet,
+    layers80sec,
+    lenet,
+    resnet,
+    torchvision_models,
+    vgg,
+    zfnet,
+)
 from bench.models.knobs import format_knobs, parse_knobs
 from bench.models.registry import (
     create_model,
@@ -8,16 +18,6 @@ from bench.models.registry import (
     model_knobs,
     register_model,
     register_prefix,
-)
-from bench.models import layers80sec  # noqa: F401  (registers)
-from bench.models import (  # noqa: F401  (register)
-    alexnet,
-    googlenet,
-    lenet,
-    resnet,
-    torchvision_models,
-    vgg,
-    zfnet,
 )
 
 __all__ = [

@@ -145,7 +145,7 @@ def _call_fused(index: int, constants: tuple, *tensors: torch.Tensor) -> torch.T
     if device not in _compile_failed:
         try:
             return _compiled(*constants)[index](*tensors)
-        except Exception as exc:  # a broken compiler or toolchain: the same math, unfused, from now on
+        except Exception as exc:  # noqa: BLE001 -- a broken compiler or toolchain: the same math, unfused, from now on
             _compile_failed[device] = f"building the fused LRN failed: {type(exc).__name__}: {exc}"[:300]
             log.warning("%s; running unfused on %s from now on", _compile_failed[device], device)
     math = (_math_forward, _math_backward_terms, _math_backward)[index]
@@ -163,7 +163,7 @@ def _toolchain_missing(device_type: str) -> str | None:
 
         try:
             get_cpp_compiler()
-        except Exception as exc:  # inductor's own InvalidCxxCompiler, or whatever the probe raised
+        except Exception as exc:  # noqa: BLE001 -- inductor's own InvalidCxxCompiler, or whatever the probe raised
             return f"no C++ compiler for torch.compile on CPU (g++, or $CXX): {type(exc).__name__}"
         return None
     if device_type == "cuda":

@@ -177,7 +177,7 @@ def run_cell(cell: Cell, device: str, measure: str, target: dict | None, profile
                     speeds[key] = measured
             row.update(measured)
         del model, result
-    except Exception as e:  # a failed cell is a row; the sweep goes on
+    except Exception as e:  # noqa: BLE001 -- a failed cell is a row; the sweep goes on
         row["status"] = OOM if is_oom(e) else ERROR
         row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:500]
         log.debug("cell %s failed:\n%s", cell.id, traceback.format_exc())

@@ -112,7 +112,7 @@ class TrainConfig:
                 names = " or ".join("null" if t is type(None) else t.__name__ for t in hint)
                 raise UserError(f"{f.name}={value!r} has the wrong type; expected {names}")
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -122,7 +122,7 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "config") -> "TrainConfig":
+    def from_dict(cls, d: dict, where: str = "config") -> TrainConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:

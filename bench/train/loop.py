@@ -32,8 +32,8 @@ from bench.io import atomic_write_text, write_csv
 from bench.models import create_model, input_size_of
 from bench.train.checkpoint import save_checkpoint
 from bench.train.config import TrainConfig
-from bench.train.modes import apply_backend_flags, compile_model, resolve_dtype
 from bench.train.finetune import apply_finetune, check_fits
+from bench.train.modes import apply_backend_flags, compile_model, resolve_dtype
 from bench.train.result import DIVERGED, OK, RunResult, summarize
 from bench.train.schedule import lr_factor, plateau_scheduler
 from bench.train.step import autocast, grad_scaler, make_optimizer, train_step
