@@ -13,7 +13,6 @@ configuration has the same colour in every figure of its study.
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, MultipleLocator
 
+from bench.io import atomic_write
 from bench.report.load import StudyData
 from bench.train.result import DIVERGED, OK
 
@@ -81,10 +81,9 @@ def save(fig: Figure, folder: Path, name: str) -> list[Path]:
 
 def _save_one(fig: Figure, folder: Path, name: str, ext: str) -> Path:
     path = folder / f"{name}.{ext}"
-    tmp = folder / f".{name}.{ext}.tmp"
     metadata = {"CreationDate": None} if ext == "pdf" else {}  # the same tables give the same PDF
-    fig.savefig(tmp, format=ext, bbox_inches="tight", metadata=metadata, dpi=DPI)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: fig.savefig(f, format=ext, bbox_inches="tight", metadata=metadata, dpi=DPI),
+                 binary=True)
     return path
 
 

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ from bench.data import Dataset
 from bench.data.augment import Normalizer
 from bench.env import git_commit
 from bench.errors import UserError
+from bench.io import atomic_write
 from bench.models import create_model
 from bench.train.config import TrainConfig
 
@@ -157,18 +156,7 @@ def _plain(obj):
 
 
 def _atomic_save(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be shared
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(payload, f), binary=True)
 
 
 # --- re-saving a checkpoint written before this format --------------------------------

@@ -24,7 +24,7 @@ import torch
 
 from bench.data import load_data
 from bench.errors import UserError
-from bench.io import atomic_write_text, write_csv
+from bench.io import atomic_write, atomic_write_text, write_csv
 from bench.train.loop import data_spec, evaluate
 from bench.train.step import autocast
 from bench.use.model import load_model, top_k
@@ -145,9 +145,7 @@ def _pct(value) -> str:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    atomic_write(path, lambda f: f.write(data), binary=True)
 
 
 def run(args: argparse.Namespace) -> int:
