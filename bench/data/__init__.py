@@ -134,27 +134,45 @@ class Dataset:
         raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
 
     def batches(self, split: str, batch_size: int, *, augment: frozenset[str] = frozenset(),
-                generator: torch.Generator | None = None):
+                generator: torch.Generator | None = None, shard: tuple[int, int] | None = None):
         """Yield normalised (x, y) batches; shuffled when a generator is given, augmented only in `train`.
 
         `val`, `test` and `train_eval` are evaluation splits: never augmented, so that
-        train_eval gives the clean training error.
+        train_eval gives the clean training error. `shard=(rank, world)` yields only
+        that rank's contiguous 1/world slice of each batch (possibly empty when a
+        batch has fewer images than ranks); the order, and each image's augmentation,
+        are the unsharded ones.
         """
         if augment and split != "train":
             raise ValueError(f"the {split} split is for evaluation and is never augmented")
         x_all, y_all, index = self._split(split)
         n = len(y_all)
         order = torch.randperm(n, generator=generator, device=self.device) if generator is not None else None
+        augmenting = bool(augment) and generator is not None  # unseeded draws would make runs irreproducible
         for start in range(0, n, batch_size):
-            pick = order[start:start + batch_size] if order is not None else slice(start, start + batch_size)
+            stop = min(start + batch_size, n)
+            mine = slice(None) if shard is None else _shard_slice(stop - start, *shard)
+            if order is None:  # a slice, so that the batch is a view
+                r = range(start, stop)[mine]
+                pick = slice(r.start, r.stop)
+            else:
+                pick = order[start:stop] if augmenting else order[start:stop][mine]
             rows = index[pick] if index is not None else pick
             x = self.normalizer(x_all[rows])
-            if augment and generator is not None:  # unseeded draws would make runs irreproducible
-                x = augment_batch(x, augment, self.normalizer, generator)
+            if augmenting:
+                # The draws are made for the whole batch, then sliced: the generator
+                # stays in step with every other rank and with a single process.
+                x = augment_batch(x, augment, self.normalizer, generator)[mine]
+                pick = pick[mine]
             yield x, y_all[pick]
 
     def num_batches(self, split: str, batch_size: int) -> int:
         return -(-self.size(split) // batch_size)
+
+
+def _shard_slice(n: int, rank: int, world: int) -> slice:
+    """Rank `rank`'s contiguous part of `n` items split `world` ways, sizes differing by at most one."""
+    return slice(n * rank // world, n * (rank + 1) // world)
 
 
 def _subset(x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None):

@@ -5,6 +5,7 @@
     schedule.py learning-rate schedules, the paper's plateau rule
     target.py   progress points per epoch, the interpolated crossing of a target
     loop.py     train (in memory) and run_training (into a run folder)
+    distributed.py  data-parallel training under torchrun: process group, shards, DDP, rank-0 writes
     result.py   RunResult, its summary, and the run and sweep-cell statuses
     command.py  `python -m bench train`
 

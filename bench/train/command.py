@@ -9,8 +9,10 @@ from dataclasses import fields
 from pathlib import Path
 
 from bench.data import default_data_root, default_data_source
+from bench.device import pick_device
 from bench.errors import UserError
 from bench.models import create_model, parse_knobs
+from bench.train import distributed as ddp
 from bench.train.config import TrainConfig
 from bench.train.loop import run_training
 from bench.train.modes import COMPILE_MODES, DTYPE_CHOICES, add_backend_arguments
@@ -96,10 +98,21 @@ def run(args: argparse.Namespace) -> int:
         raise
     except ValueError as e:  # a builder rejecting a knob's value, e.g. activation=swish
         raise UserError(f"model {cfg.model!r} with knobs {cfg.knobs}: {e}") from None
+    # Under torchrun: join the other processes (bench.train.distributed); alone, nothing.
+    ddp.init(pick_device(cfg.device), cfg.batch_size)
+    try:
+        return _train(cfg, args)
+    finally:
+        ddp.teardown()
+
+
+def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     out = args.out or Path("results/runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace(':', '_')}"
+    out = ddp.broadcast_object(out)  # DDP: rank 0's clock names the one run folder
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"run folder {out} already exists and is not an empty folder; pass another --out")
-    hook = EpochScalars(args.tensorboard, out.name, cfg.to_json()) if args.tensorboard else None
+    ddp.barrier()  # DDP: every rank has checked the folder before rank 0 writes into it
+    hook = EpochScalars(args.tensorboard, out.name, cfg.to_json()) if args.tensorboard and ddp.is_main() else None
     try:
         result = run_training(cfg, out, progress=not args.no_progress, epoch_hook=hook)
     finally:

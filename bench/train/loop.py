@@ -2,7 +2,9 @@
 
 `train(cfg)` returns the history and summary in memory; `run_training(cfg, out)`
 also writes the run folder (config.json, history.csv, progress.csv, summary.json,
-checkpoint.pt). Sweeps and the CLI both go through `train`.
+checkpoint.pt). Sweeps and the CLI both go through `train`. Under torchrun the same
+loop trains data-parallel; the lines marked `DDP:` are what that takes
+(bench.train.distributed), and each is a no-op in a single process.
 
 Each epoch's history row has three training errors, kept apart by name:
 `train_running_*` (the in-epoch average while the weights move, dropout and
@@ -30,6 +32,7 @@ from bench.env import environment
 from bench.errors import UserError
 from bench.io import atomic_write_text, write_csv
 from bench.models import create_model, input_size_of
+from bench.train import distributed as ddp
 from bench.train.checkpoint import save_checkpoint
 from bench.train.config import TrainConfig
 from bench.train.finetune import apply_finetune, check_fits
@@ -62,11 +65,13 @@ def log_steps(steps_per_epoch: int) -> set[int]:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: Dataset, split: str = "test", batch_size: int = 1000, dtype: str = "fp32",
-             channels_last: bool = False) -> dict:
+             channels_last: bool = False, shard: tuple[int, int] | None = None) -> dict:
     """Top-1 and top-5 error (percent) and mean loss on `split`, in eval mode, never augmented.
 
     Keys are `<prefix>_loss`, `<prefix>_top1_err_pct`, `<prefix>_top5_err_pct` with the
     split's name as prefix, `train_clean` for `train_eval`. The model is left in eval mode.
+    `shard` (`bench.train.distributed.shard()`): this rank evaluates its slice of each
+    batch and the sums are all-reduced, so every rank returns the same numbers.
     """
     if not data.has(split):
         raise ValueError(f"the {split} split of this data set is empty")
@@ -74,7 +79,9 @@ def evaluate(model: nn.Module, data: Dataset, split: str = "test", batch_size: i
     correct1 = correct5 = torch.zeros((), device=data.device, dtype=torch.long)
     loss_sum = torch.zeros((), device=data.device)
     k = min(5, len(data.classes))
-    for x, y in data.batches(split, batch_size):
+    for x, y in data.batches(split, batch_size, shard=shard):
+        if len(y) == 0:  # DDP: a short last batch leaves some ranks nothing
+            continue
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(x.device, dtype):
@@ -84,7 +91,10 @@ def evaluate(model: nn.Module, data: Dataset, split: str = "test", batch_size: i
         correct1 = correct1 + (topk[:, 0] == y).sum()
         correct5 = correct5 + (topk == y[:, None]).any(1).sum()
     n = data.size(split)
-    loss, c1, c5 = torch.stack([loss_sum, correct1.to(loss_sum.dtype), correct5.to(loss_sum.dtype)]).tolist()
+    totals = torch.stack([loss_sum, correct1.to(loss_sum.dtype), correct5.to(loss_sum.dtype)])
+    if shard is not None:
+        ddp.all_reduce_sum(totals)  # DDP: the sums over every rank's slices
+    loss, c1, c5 = totals.tolist()
     p = EVAL_PREFIX.get(split, split)
     return {f"{p}_loss": loss / n, f"{p}_top1_err_pct": 100.0 * (1 - c1 / n), f"{p}_top5_err_pct": 100.0 * (1 - c5 / n)}
 
@@ -96,7 +106,7 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
     `on_epoch(row)` sees each epoch's history row; returning True ends training early.
     `on_point(point)` sees each sub-epoch progress point as it is logged.
     """
-    device = pick_device(cfg.device)
+    device = ddp.place(pick_device(cfg.device))  # DDP: the GPU of this process's local rank
     cfg = cfg.replace(dtype=resolve_dtype(device, cfg.dtype))  # `auto` resolved once; all below see the result
     if data is None:
         data = load_data(data_spec(cfg))
@@ -111,10 +121,12 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     modes = {"dtype_resolved": cfg.dtype, **apply_backend_flags(device, cfg.cudnn_benchmark, cfg.tf32)}
-    net = compile_model(model, cfg.compile)  # shares model's weights; evaluation and the checkpoint use model
+    # Shares model's weights; evaluation and the checkpoint use model. DDP: net all-reduces the gradients.
+    net = compile_model(ddp.wrap(model, device), cfg.compile)
     optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.decay)
     scaler = grad_scaler(device, cfg.dtype)
     steps_per_epoch = data.num_batches("train", cfg.batch_size)
+    ddp.check_split(data.size("train"), cfg.batch_size)  # DDP: every rank needs images in every step
     total = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -127,6 +139,7 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
     evaluated = [s for s in ("train_eval", "val", "test") if data.has(s)]
     augment = parse_augment(cfg.augment)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
+    shard = ddp.shard()  # DDP: this rank's slice of each (global) batch; None in a single process
 
     history: list[dict] = []
     points: list[dict] = []
@@ -145,8 +158,9 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
         synchronize(device)
         t0 = time.perf_counter()
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
-                   disable=None if progress else True, unit="step")
-        for i, (x, y) in enumerate(data.batches("train", cfg.batch_size, augment=augment, generator=g)):
+                   disable=None if progress and ddp.is_main() else True, unit="step")
+        for i, (x, y) in enumerate(data.batches("train", cfg.batch_size, augment=augment, generator=g, shard=shard)):
+            ddp.set_share(len(y), min(cfg.batch_size, n_train - i * cfg.batch_size))  # DDP: weights the gradient
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             batch_loss, batch_correct = train_step(net, optimizer, x, y, dtype=cfg.dtype, scaler=scaler)
@@ -160,10 +174,12 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
             if i + 1 not in log_at:
                 continue
             # A progress point: the one host sync since the last one, which also checks for NaN/inf.
-            loss_sum, correct = torch.stack([interval_loss, interval_correct.to(interval_loss.dtype)]).tolist()
+            counts = torch.stack([interval_loss, interval_correct.to(interval_loss.dtype),
+                                  interval_loss.new_tensor(interval_images)])
+            loss_sum, correct, images = ddp.all_reduce_sum(counts).tolist()  # DDP: over all ranks
             point = {"step": step, "epoch": epoch - 1 + (i + 1) / steps_per_epoch,
-                     "train_running_err_pct": 100.0 * (1 - correct / interval_images),
-                     "train_running_loss": loss_sum / interval_images,
+                     "train_running_err_pct": 100.0 * (1 - correct / images),
+                     "train_running_loss": loss_sum / images,
                      "train_seconds": train_seconds + time.perf_counter() - t0}
             points.append(point)
             if on_point is not None:
@@ -188,18 +204,20 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
             break
         row = {"epoch": epoch, "step": step, "train_running_loss": epoch_loss / n_train,
                "train_running_err_pct": 100.0 * (1 - epoch_correct / n_train)}
+        ddp.sync_buffers(model)  # DDP: every rank evaluates rank 0's model, the one the checkpoint holds
         for split in evaluated:
-            row.update(evaluate(model, data, split, dtype=cfg.dtype, channels_last=cfg.channels_last))
+            row.update(evaluate(model, data, split, dtype=cfg.dtype, channels_last=cfg.channels_last, shard=shard))
         row.update(lr=lr, epoch_seconds=seconds, train_images_per_s=n_train / seconds,
                    elapsed_seconds=time.perf_counter() - run_start)
+        row = ddp.broadcast_object(row)  # DDP: rank 0's row (its timings), so every rank decides alike
         history.append(row)
         if plateau is not None and step >= warmup:
             plateau.step(row["val_top1_err_pct"])
-        if on_epoch is not None and on_epoch(row):
+        if ddp.broadcast_object(on_epoch is not None and on_epoch(row)):  # DDP: rank 0's decision
             break  # the caller has seen enough (e.g. a study's target was reached)
     summary = summarize(history, status, has_val=data.has("val"))
     summary.update(data.provenance)
-    summary.update(modes)
+    summary.update(modes, **ddp.describe())
     return RunResult(status, history, summary, model, points)
 
 
@@ -209,16 +227,23 @@ def run_training(cfg: TrainConfig, out_dir: Path, *, progress: bool = True, epoc
     `epoch_hook(row)` also sees each epoch's history row (e.g. a TensorBoard writer).
     """
     out_dir = Path(out_dir)
-    device = pick_device(cfg.device)  # an absent device fails before data loading and before any file
+    device = ddp.place(pick_device(cfg.device))  # an absent device fails before data loading and before any file
+    main = ddp.is_main()  # DDP: only rank 0 writes and logs
     start = time.perf_counter()
-    data = load_data(data_spec(cfg))
+    with ddp.main_first():  # DDP: one process decodes a folder into the cache, the others read it
+        data = load_data(data_spec(cfg))
     startup = time.perf_counter() - start
     check_fits(cfg, len(data.classes))  # --init-from weights that do not fit fail before any file
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.json", json.dumps(
-        {"config": cfg.to_dict(), "environment": environment(device)}, indent=2, default=str))
+    ddp.check_split(data.size("train"), cfg.batch_size)  # DDP: so does a last batch too short to split
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "config.json", json.dumps(
+            {"config": cfg.to_dict(), "environment": {**environment(device), **ddp.describe()}},
+            indent=2, default=str))
 
     def on_epoch(row):
+        if not main:
+            return
         val = f", val err {row['val_top1_err_pct']:.2f}%" if "val_top1_err_pct" in row else ""
         log.info("epoch %d: running train loss %.4f, running train err %.2f%%%s, test err %.2f%% (top-5 %.2f%%), "
                  "%.1f s, %.0f img/s", row["epoch"], row["train_running_loss"], row["train_running_err_pct"], val,
@@ -232,9 +257,10 @@ def run_training(cfg: TrainConfig, out_dir: Path, *, progress: bool = True, epoc
     result_rows: list[dict] = []
     points: list[dict] = []
     result = train(cfg, data, progress=progress, on_epoch=on_epoch, on_point=points.append)
-    write_csv(out_dir / "history.csv", result.history)
-    write_csv(out_dir / "progress.csv", result.progress)
     result.summary.update(data_load_seconds=startup, wall_seconds=time.perf_counter() - start, seed=cfg.seed)
-    atomic_write_text(out_dir / "summary.json", json.dumps(result.summary, indent=2, default=str))
-    save_checkpoint(out_dir / "checkpoint.pt", result.model, cfg, data, result.summary)
+    if main:
+        write_csv(out_dir / "history.csv", result.history)
+        write_csv(out_dir / "progress.csv", result.progress)
+        atomic_write_text(out_dir / "summary.json", json.dumps(result.summary, indent=2, default=str))
+        save_checkpoint(out_dir / "checkpoint.pt", result.model, cfg, data, result.summary)
     return result
