@@ -148,3 +148,22 @@ def test_fused_on_a_device_without_a_compiler_backend_is_refused():
 def test_repr_names_the_path_only_when_forced():
     assert "fused" not in repr(LocalResponseNorm())
     assert "fused=False" in repr(LocalResponseNorm(fused=False))
+
+
+def test_a_python_dispatch_mode_runs_eager_and_leaves_the_fused_path_alone(monkeypatch):
+    """torch.compile refuses to run under a TorchDispatchMode (the memory tracker of measure):
+    such a call must take the eager path, not record a failed build for the rest of the process."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from bench.models import lrn
+
+    class Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(lrn, "FUSED_MIN_NUMEL", 1)
+    monkeypatch.setattr(lrn, "fused_unavailable_reason", lambda device: None)
+    x = torch.randn(2, 8, 4, 4)
+    with Passthrough():
+        assert lrn._mode(x, None) == "eager"
+    assert lrn._mode(x, None) == "fused"

@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,11 @@ def _mode(x: torch.Tensor, fused: bool | None) -> str:
     if torch.compiler.is_compiling():
         return "traced"
     if fused is False or torch.jit.is_tracing():
+        return "eager"
+    if _get_current_dispatch_mode() is not None:
+        # A Python dispatch mode (the memory tracker of bench.measure, a FLOP counter) is
+        # active: torch.compile refuses to run under one, so this call runs eager and the
+        # fused path stays available for the calls after it.
         return "eager"
     if fused is None:  # the size test first: it spares small tensors the toolchain probe's imports
         worth_it = x.numel() >= FUSED_MIN_NUMEL and fused_unavailable_reason(x.device) is None
