@@ -20,9 +20,17 @@ def check_choice(knob: str, value: object, valid: Sequence) -> None:
         raise UserError(f"{knob}={value!r} is not valid; choose one of: {', '.join(map(str, valid))}")
 
 
-def check_positive(knob: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise UserError(f"{knob}={value!r} is not valid; it must be a number > 0")
+# Channel multipliers outside this range are typos, not experiments: below it layers shrink to
+# a channel or two (1e-4 builds 1-channel layers); above it a model outgrows any GPU's memory.
+WIDTH_RANGE = (0.01, 16.0)
+
+
+def check_width(knob: str, value: object) -> float:
+    """A channel multiplier (`width`, `conv_width`) within `WIDTH_RANGE`."""
+    low, high = WIDTH_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise UserError(f"{knob}={value!r} is not valid; it must be a number from {low:g} to {high:g} "
+                        f"(below, layers shrink to a channel or two; above, the model outgrows any GPU's memory)")
     return float(value)
 
 

@@ -71,6 +71,34 @@ def _data_for(cfg):
     return _DATA_MEMO[spec]
 
 
+def check_data(study: Study, profile: str, *, out_root: Path = Path("results"), seeds: list[int] | None = None,
+               overrides: dict | None = None, keep: bool = True) -> int:
+    """Load the data of every cell of `study` still to run, once per distinct data set; how many cells.
+
+    Called before any cell runs, and before the results folder is made or locked, so that a
+    corrupt image or an absent data set is one error (`UserError`) instead of an error row per
+    cell. Reads the results folder without writing it (a damaged table fails here too). With
+    `keep`, the last data set stays loaded for the cells (the local executor's).
+    """
+    from bench.train import data_spec
+
+    folder = Path(out_root) / study.name / profile
+    runs = pd.DataFrame()
+    if folder.is_dir():
+        runs, _ = ResultsFolder(folder, ["study", "profile", "status", *study.factors]).read()
+    finished = set(runs.loc[runs["status"].isin(FINISHED), "cell_id"]) if len(runs) else set()
+    todo = [c for c in study.cells(profile, seeds, overrides) if c.id not in finished]
+    firsts: dict = {}  # data set -> the first cell to use it
+    for cell in todo:
+        firsts.setdefault(data_spec(cell.config), cell)
+    order = list(firsts.values())
+    for cell in order[1:] + order[:1]:  # the first cell's data set last: it stays loaded for that cell
+        _data_for(cell.config)
+    if not keep:
+        _DATA_MEMO.clear()
+    return len(todo)
+
+
 def first_reaching(history: list[dict], metric: str, value: float) -> tuple[int | None, float | None]:
     """(epoch, elapsed training seconds) at which `metric` first falls to `value` or below."""
     seconds = 0.0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bench.data import default_data_root, default_data_source
 from bench.errors import UserError
+from bench.io import check_writable
 from bench.models import create_model, parse_knobs
 from bench.train.config import TrainConfig
 from bench.train.loop import run_training
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("results/runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace(':', '_')}"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"run folder {out} already exists and is not an empty folder; pass another --out")
+    check_writable(out, "--out", folder=True)  # not after the data has loaded
     result = run_training(cfg, out, progress=not args.no_progress)
     s = result.summary
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import get_args, get_type_hints
 
 from bench.errors import UserError
 
 SCHEDULES = ("constant", "cosine", "step")
+MAX_EPOCHS = 10_000  # more is a typo (1e12 would run for ever), not an experiment
+MAX_SEED = 2**63 - 1  # torch.manual_seed overflows above; negative seeds are refused too, for one range
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,17 @@ class TrainConfig:
                 raise UserError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.momentum >= 1:
             raise UserError(f"momentum must be below 1 (the paper's is 0.9), got {self.momentum}")
+        for name in ("lr", "weight_decay"):
+            if not math.isfinite(getattr(self, name)):
+                raise UserError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.epochs > MAX_EPOCHS:
+            raise UserError(f"epochs must be at most {MAX_EPOCHS} (a sanity bound: the paper trains ~90), "
+                            f"got {self.epochs}")
+        if self.warmup_epochs > self.epochs:
+            raise UserError(f"warmup_epochs={self.warmup_epochs} is longer than the run (epochs={self.epochs}): "
+                            f"the rate would never reach lr; use at most {self.epochs}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"seed must be from 0 to 2**63-1 (what torch.manual_seed takes), got {self.seed}")
 
     def _check_types(self) -> None:
         for f in fields(self):
