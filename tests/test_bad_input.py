@@ -420,3 +420,19 @@ def test_forked_runs_match_fresh_interpreters(outcomes, tmp_path):
         assert err.replace(str(tmp_path), "BASE") == forked["stderr"].replace(forked["base"], "BASE"), name
         assert out == forked["stdout"] == ""
         assert snapshot(Path(specs[name]["cwd"])) == before[name]
+
+
+def test_measure_prints_its_table_before_writing_it(tmp_path, monkeypatch, capsys):
+    """A write that fails after the measuring (a disk that filled meanwhile) still shows what was measured."""
+    import bench.measure.command
+    from bench.cli import main
+
+    def disk_full(path, frame):
+        print("-- write_csv called --")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bench.measure.command, "write_csv", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        main(["measure", *QUICK_MEASURE, "--batch-size", "2", "--out", str(tmp_path / "m.csv")])
+    out = capsys.readouterr().out
+    assert "lenet5" in out and out.index("lenet5") < out.index("-- write_csv called --")

@@ -20,6 +20,12 @@ def check_choice(knob: str, value: object, valid: Sequence) -> None:
         raise UserError(f"{knob}={value!r} is not valid; choose one of: {', '.join(map(str, valid))}")
 
 
+def check_positive(knob: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise UserError(f"{knob}={value!r} is not valid; it must be a number > 0")
+    return float(value)
+
+
 # Channel multipliers outside this range are typos, not experiments: below it layers shrink to
 # a channel or two (1e-4 builds 1-channel layers); above it a model outgrows any GPU's memory.
 WIDTH_RANGE = (0.01, 16.0)
