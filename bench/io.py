@@ -2,15 +2,21 @@
 
 A run killed at any moment (Ctrl-C, kill -9) leaves either the old file or the
 new one, never a torn one; os.replace is atomic on POSIX within one file system.
+What can still arrive torn (a copy cut short, a bad edit) `check_table` refuses, and
+`check_writable` tells before the work whether its results could be written.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from bench.errors import UserError
 
 
 def atomic_write(path: Path, write, binary: bool = False) -> None:
@@ -43,3 +49,65 @@ def read_csv(path: Path, text_columns=()) -> pd.DataFrame:
     """A tidy table as written by `write_csv`: `text_columns` stay text (a level "none" or
     "NA", an all-digit id), and only an empty field is missing. pandas' errors pass through."""
     return pd.read_csv(path, dtype={c: str for c in text_columns}, keep_default_na=False, na_values=[""])
+
+
+def check_table(path: Path, required: tuple[str, ...] = (),
+                fix: str = "restore it from git or re-run the study") -> None:
+    """Refuse a table that was cut short or garbled, naming the damage (`UserError`).
+
+    Tables are written whole (`write_csv`), but a copy cut short or a bad edit is read by
+    pandas without complaint: a torn last row of runs.csv becomes a cell with its last
+    numbers missing, still marked `ok`. Damage is: no bytes at all; a row whose field
+    count is not the header's; a header cut short (no line end, no rows, a `required`
+    column missing); a row with a `required` field empty. The text pandas writes for a
+    table with no columns ("\\n") is a table, not damage.
+    """
+    def refuse(detail: str):
+        raise UserError(f"{path} is not a readable table ({detail}); {fix}")
+
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as e:
+        refuse(f"UnicodeDecodeError: {e.reason} at byte {e.start}")
+    if not text:
+        refuse("it is empty: 0 bytes, not even a header")
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, [])
+    rows = [(reader.line_num, row) for row in reader if row]
+    width = len(header)
+    if not rows and not text.endswith("\n") and not set(required) <= set(header):
+        refuse(f"the header, line 1, is cut short: {header[-1]!r} ends it, and it has no line end")
+    if rows and all(len(row) > width for _, row in rows):
+        refuse(f"the header, line 1, is torn: it has {width} fields, line {rows[0][0]} has {len(rows[0][1])}")
+    for line, row in rows:
+        if len(row) < width:
+            refuse(f"line {line} is torn: {len(row)} of the header's {width} fields")
+        if len(row) > width:
+            refuse(f"line {line} has {len(row)} fields, the header {width}")
+        for name in required:
+            if name in header and not row[header.index(name)].strip():
+                refuse(f"line {line} has no {name}")
+
+
+def check_writable(path: Path, flag: str, *, folder: bool) -> None:
+    """Fail now, naming `flag`, if `path` cannot be written: before minutes of work, not after it.
+
+    `path` is a folder to create or fill (`folder=True`) or a file to create or replace.
+    The deepest part of it that exists must be a folder in which this process can create
+    entries; that is tried for real (a folder made and removed at once), because
+    permission bits do not stop root, and /proc or a read-only mount pass them.
+    """
+    path = Path(path).expanduser()
+    if os.path.exists(path) and path.is_dir() != folder:
+        kind, fix = ("a file", "a folder") if folder else ("a folder", "a file path")
+        raise UserError(f"{flag} {path} is {kind}; pass {fix}")
+    probe = path if folder else path.parent
+    while not os.path.exists(probe) and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{flag} {path}: {probe} is a file, not a folder; pass {flag} in a writable folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".bench-write-check-", dir=probe))
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot create anything in {probe} ({e.strerror or type(e).__name__}); "
+                        f"pass {flag} in a writable folder") from None

@@ -303,8 +303,11 @@ def test_a_study_or_cell_not_run_is_shown_missing(tmp_path, caplog):
 def test_empty_runs_table_writes_a_report(tmp_path):
     folder = tmp_path / "x" / "cpu"
     folder.mkdir(parents=True)
-    (folder / "runs.csv").write_text("")
+    (folder / "runs.csv").write_text("\n")  # what write_csv writes for a table with no rows
     assert report_study(folder).read_text().startswith("# ")
+    (folder / "runs.csv").write_text("")  # no bytes at all: a copy cut short, not a table
+    with pytest.raises(UserError, match=r"runs\.csv is not a readable table \(it is empty: 0 bytes"):
+        report_study(folder)
 
 
 # --- Figure 1 -----------------------------------------------------------------------------

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +14,7 @@ import pytest
 from bench import studies
 from bench.cli import main
 from bench.errors import UserError
-from bench.sweep.runner import run_study, time_to_target
+from bench.sweep.runner import check_data, run_study, time_to_target
 from bench.sweep.study import list_studies, load_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -238,45 +236,138 @@ def test_time_to_target_of_an_evaluated_metric_interpolates_between_epochs():
         ("steps_to_target", "epochs_to_target", "seconds_to_target"))
 
 
-def test_resume_after_kill_loses_nothing_and_duplicates_nothing(tmp_path):
-    """Kill -9 the sweep mid-cell, then run it again: every cell exactly once, no torn files."""
-    study_path = write_study(tmp_path, "factorial", epochs=6)
+def _spy_cells(monkeypatch) -> list[str]:
+    """The ids of the cells the sweep trains from now on (finished ones are skipped, not run)."""
+    import bench.sweep.runner as runner
+
+    ran, real = [], runner.run_cell
+    monkeypatch.setattr(runner, "run_cell", lambda cell, *a, **kw: ran.append(cell.id) or real(cell, *a, **kw))
+    return ran
+
+
+def test_resume_after_kill_loses_nothing_and_duplicates_nothing(tmp_path, monkeypatch):
+    """What a sweep killed mid-cell leaves behind, built exactly, then the sweep run again."""
+    from bench.sweep.results import ResultsFolder
+
+    study = load_study(str(write_study(tmp_path, "factorial", epochs=2)))
     out_root = tmp_path / "results"
     out = out_root / "tiny" / "smoke"
-    cmd = [sys.executable, "-m", "bench", "ablate", "--study", str(study_path), "--profile", "smoke",
-           "--out", str(out_root), "--no-progress", "--no-report"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if (out / "runs.csv").exists() and len(pd.read_csv(out / "runs.csv")) >= 1:
-            break
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("the sweep finished no cell within 120 s: " + proc.stderr.read().decode()[-500:])
-    time.sleep(0.3)  # into the next cell
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    before = pd.read_csv(out / "runs.csv")
-    assert 1 <= len(before) < 4, "the kill should land mid-sweep"
-    done_before = set(before["cell_id"])
+    run_study(study, "smoke", out_root=out_root, progress=False)
+    runs = pd.read_csv(out / "runs.csv", dtype={"cell_id": str})
+    hist = pd.read_csv(out / "history.csv", dtype={"cell_id": str})
+    a, b, c, d = runs["cell_id"]
+    # The state of the kill: a and b merged into the tables; c finished and recorded in cells/ but
+    # not merged; d in flight, its history rows left in history.csv by an older merge (marked with a
+    # loss of -1) and its record torn as a temporary file; a temporary runs.csv from a torn write.
 
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-1000:]
-    runs = pd.read_csv(out / "runs.csv")
-    hist = pd.read_csv(out / "history.csv")
-    assert len(runs) == 4 and runs["cell_id"].is_unique
-    assert done_before <= set(runs["cell_id"])
-    # the rows finished before the kill are kept as they were, not re-run
-    kept = runs.set_index("cell_id").loc[sorted(done_before), "finished_at"]
-    assert (kept.values == before.set_index("cell_id").loc[sorted(done_before), "finished_at"].values).all()
-    assert len(hist) == 4 * 6 and not hist.duplicated(["cell_id", "epoch"]).any()
-    assert set(hist["cell_id"]) == set(runs["cell_id"])
-    prog = pd.read_csv(out / "progress.csv")
-    assert len(prog) == 4 * 6 * 5 and not prog.duplicated(["cell_id", "step"]).any()
-    assert set(prog["cell_id"]) == set(runs["cell_id"])
-    assert not list(out.glob(".*.tmp"))
+    def rows(*ids):
+        return runs[runs["cell_id"].isin(ids)]
+
+    def epochs(*ids):
+        return hist[hist["cell_id"].isin(ids)]
+
+    rows(a, b).to_csv(out / "runs.csv", index=False)
+    pd.concat([epochs(a, b), epochs(d).assign(train_running_loss=-1.0)]).to_csv(out / "history.csv", index=False)
+    ResultsFolder(out).record(rows(c).iloc[0].to_dict(), epochs(c).to_dict("records"))
+    (out / "cells" / f".{d}.json.x1.tmp").write_text('{"row": {"cell_id": "')
+    (out / ".runs.csv.x2.tmp").write_text("study,profile,cell_id\ntiny,smo")
+    before = pd.read_csv(out / "runs.csv", dtype={"cell_id": str})
+    assert len(before) == 2 and set(before["cell_id"]) == {a, b}
+
+    ran = _spy_cells(monkeypatch)
+    assert check_data(study, "smoke", out_root=out_root) == 1  # what `ablate` loads data for first: d alone
+    again = run_study(study, "smoke", out_root=out_root, progress=False)
+    assert ran == [d]  # only the cell in flight runs again; c is merged from its record
+    after = pd.read_csv(out / "runs.csv", dtype={"cell_id": str})
+    after_hist = pd.read_csv(out / "history.csv", dtype={"cell_id": str})
+    assert len(again) == len(after) == 4 and after["cell_id"].is_unique and set(after["cell_id"]) == {a, b, c, d}
+    finished_at = after.set_index("cell_id")["finished_at"]
+    assert finished_at[[a, b, c]].tolist() == runs.set_index("cell_id").loc[[a, b, c], "finished_at"].tolist()
+    assert finished_at[d] >= runs.set_index("cell_id").loc[d, "finished_at"]  # d's row is new
+    assert len(after_hist) == 4 * 2 and not after_hist.duplicated(["cell_id", "epoch"]).any()
+    assert set(after_hist["cell_id"]) == set(after["cell_id"])
+    assert (after_hist["train_running_loss"] > 0).all()  # d's leftover rows were replaced, not kept beside the new
+    assert not list(out.glob(".*.tmp")) and not list(out.glob("cells/*"))  # temporary files and records gone
+
+
+@pytest.mark.parametrize("failure, status", [(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), "oom"),
+                                             (ValueError("a bug"), "error")])
+def test_a_failed_cell_is_retried_on_resume_and_only_it(tmp_path, monkeypatch, failure, status):
+    import bench.train
+
+    study = load_study(str(write_study(tmp_path, "factorial", epochs=1)))
+    real, failed = bench.train.train, []
+
+    def fail_once(cfg, *args, **kwargs):
+        if not failed and cfg.knobs["activation"] == "tanh":
+            failed.append(cfg)
+            raise failure
+        return real(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(bench.train, "train", fail_once)
+    first = run_study(study, "smoke", out_root=tmp_path / "results", progress=False).set_index("cell_id")
+    (bad,) = first.index[first["status"] == status]
+    assert first.loc[bad, "error"].startswith(type(failure).__name__) and (first["status"] == "ok").sum() == 3
+    ran = _spy_cells(monkeypatch)
+    second = run_study(study, "smoke", out_root=tmp_path / "results", progress=False).set_index("cell_id")
+    assert ran == [bad] and second.loc[bad, "status"] == "ok" and pd.isna(second.loc[bad, "error"])
+    others = first.index.drop(bad)
+    assert second.loc[others, "finished_at"].tolist() == first.loc[others, "finished_at"].tolist()
+    hist = pd.read_csv(tmp_path / "results" / "tiny" / "smoke" / "history.csv", dtype={"cell_id": str})
+    assert sorted(hist["cell_id"]) == sorted(first.index)  # one epoch each, the retried cell's included
+
+
+def test_stop_after_ends_a_cell_that_many_epochs_after_its_target(tmp_path):
+    text = TINY_STUDY.format(design="factorial", epochs=5).replace("levels = [0.01, 0.02]", "levels = [0.01]")
+    text = text.replace("value = 95.0 }", "value = 100.0, stop_after = 1 }")  # reached at epoch 1, always
+    runs = run_study(load_study(str(write_study(tmp_path, text=text))), "smoke", out_root=tmp_path / "results",
+                     progress=False)
+    hist = pd.read_csv(tmp_path / "results" / "tiny" / "smoke" / "history.csv")
+    assert len(runs) == 2 and (runs["epochs_to_target"] == 1).all() and (runs["epochs_run"] == 2).all()
+    assert hist.groupby("cell_id")["epoch"].apply(list).tolist() == [[1, 2], [1, 2]]  # not 5 epochs
+
+
+def test_a_quick_measure_profile_times_each_configuration_once_for_its_seeds(tmp_path):
+    text = TINY_STUDY.format(design="factorial", epochs=1).replace("levels = [0.01, 0.02]", "levels = [0.01]")
+    text = text.replace('levels = ["relu", "tanh"]', 'levels = ["relu"]').replace('measure = "none"',
+                                                                                 'measure = "quick"\nseeds = [0, 1]')
+    runs = run_study(load_study(str(write_study(tmp_path, text=text))), "smoke", out_root=tmp_path / "results",
+                     progress=False)
+    assert len(runs) == 2 and list(runs["seed"]) == [0, 1]
+    for column in ("train_images_per_s", "infer_images_per_s", "latency_ms_b1", "peak_mem_mb"):
+        assert (runs[column] > 0).all(), column
+    assert runs["measure_error"].isna().all() and (runs["measure_batch_size"] == 16).all()
+    # measured once, on seed 0's model; seed 1's row carries that measurement
+    assert list(runs["measure_cell_id"]) == [runs["cell_id"][0]] * 2
+    assert runs["train_images_per_s"].nunique() == 1
+
+
+def test_ctrl_c_keeps_finished_cells_and_exits_130_with_the_local_executor(tmp_path, monkeypatch, capsys):
+    """The second cell is interrupted as Ctrl-C would interrupt it: the first cell's row stays."""
+    import bench.sweep.runner as runner
+
+    real, started = runner.run_cell, []
+
+    def interrupt_the_second(cell, *args, **kwargs):
+        started.append(cell.id)
+        if len(started) == 2:
+            raise KeyboardInterrupt
+        return real(cell, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_cell", interrupt_the_second)
+    study = write_study(tmp_path, "factorial", epochs=1)
+    out = tmp_path / "results"
+    status = main(["ablate", "--study", str(study), "--profile", "smoke", "--out", str(out), "--no-progress",
+                   "--no-report"])
+    assert status == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "interrupted; finished results are kept" and "Traceback" not in err
+    runs = pd.read_csv(out / "tiny" / "smoke" / "runs.csv", dtype={"cell_id": str})
+    assert list(runs["cell_id"]) == started[:1] and list(runs["status"]) == ["ok"]
+    assert not list((out / "tiny" / "smoke").glob("cells/*.json"))  # merged on the way out
+    assert main(["ablate", "--study", str(study), "--profile", "smoke", "--out", str(out), "--no-progress",
+                 "--no-report"]) == 0  # and the next run finishes the rest
+    assert len(pd.read_csv(out / "tiny" / "smoke" / "runs.csv")) == 4
 
 
 def test_smoke_profile_of_every_shipped_study_end_to_end(tmp_path):

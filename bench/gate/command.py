@@ -189,6 +189,7 @@ def _gate(args: argparse.Namespace) -> int:
         regressed,
     )
     from bench.gate.suite import cases, describe_device, device_id, options_from
+    from bench.io import check_writable
 
     if not 0 < args.threshold < 1:
         raise UserError(f"--threshold must be a fraction between 0 and 1 (0.1 = 10%), got {args.threshold}")
@@ -203,6 +204,11 @@ def _gate(args: argparse.Namespace) -> int:
         raise UserError("give the --bench-* options before --, not after it: the gate checks them against the "
                         "baseline")
     name = _check_name(args.save or args.compare)
+    if args.save:  # the baseline is stored after minutes of suite: its folder must take it
+        check_writable(storage_dir(args.storage), "--storage" if args.storage is not None or
+                       not os.environ.get(STORAGE_ENV) else f"${STORAGE_ENV}", folder=True)
+    if args.report is not None:
+        check_writable(args.report, "--report", folder=False)
     _check_installed()
     device = pick_device(args.device)
     try:

@@ -42,6 +42,7 @@ from bench.errors import UserError
 from bench.measure.speed import MEMORY_FORMATS
 from bench.measure.timing import Timing
 from bench.models import create_model, format_knobs, input_size_of, list_models, model_knobs
+from bench.models.common import WIDTH_RANGE
 from bench.studies import studies_dir
 
 
@@ -111,8 +112,8 @@ class Options:
             raise ValueError(f"memory format {self.memory_format!r} is not one of: {', '.join(MEMORY_FORMATS)}")
         if self.batch_size < 1:
             raise ValueError(f"--bench-batch-size must be at least 1, got {self.batch_size}")
-        if not self.width > 0:
-            raise ValueError(f"--bench-width must be > 0, got {self.width}")
+        if not WIDTH_RANGE[0] <= self.width <= WIDTH_RANGE[1]:
+            raise ValueError(f"--bench-width must be from {WIDTH_RANGE[0]:g} to {WIDTH_RANGE[1]:g}, got {self.width}")
         if self.rounds < 1:
             raise ValueError(f"--bench-rounds must be at least 1, got {self.rounds}")
         if self.warmup_steps < 2 or self.warmup_s < 0 or self.min_round_s < 0:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from bench.device import pick_device
 from bench.errors import UserError
-from bench.io import read_csv, write_csv
+from bench.io import check_writable, read_csv, write_csv
 from bench.measure import modes as speed_modes
 from bench.measure.speed import settings_for
 from bench.measure.table import ROW_KEY, measure_models, merge_tables
@@ -116,6 +116,21 @@ def _check_prefixed(names: list[str]) -> None:
             create_model(name)
 
 
+def _check_knob_values(names: list[str], knobs: dict) -> None:
+    """Build each model with the knobs on the meta device (no memory, no compute), so that a bad
+    value (activation=swish, width=1e-4) is a usage error now, not a failed row after the others."""
+    import torch
+
+    for name in names if knobs else []:
+        try:
+            with torch.device("meta"):
+                create_model(name, **knobs)
+        except UserError:
+            raise
+        except (ValueError, TypeError) as e:  # a builder's own check of a value
+            raise UserError(f"model {name!r} with knobs {knobs}: {e}") from None
+
+
 def _saved_table(out: Path, row_key: list[str] = ROW_KEY, what: str = "`python -m bench measure`"):
     """The table already at `out`, which this run updates (see `merge_tables`), or None."""
     if not out.is_file() or out.stat().st_size == 0:
@@ -150,12 +165,14 @@ def run(args: argparse.Namespace) -> int:
     knobs = parse_knobs(args.knob)
     _check_knobs(names, knobs)
     _check_prefixed(names)
+    _check_knob_values(names, knobs)
     apply_backend_flags(device, args.cudnn_benchmark, args.tf32)  # each row's provenance records them
     if args.modes is not None:
         return _run_modes(args, device, names, knobs)
     dtype = resolve_dtype(device, args.dtype)
     out = args.out or Path("results") / "measure" / f"{device.type}.csv"
     _check_out(out)
+    check_writable(out, "--out", folder=False)
     saved = _saved_table(out)  # an unreadable table fails now, not after measuring
 
     frame = measure_models(
@@ -163,13 +180,13 @@ def run(args: argparse.Namespace) -> int:
         memory_format="channels_last" if args.channels_last else "contiguous",
         quick=args.quick, knobs=knobs or None,
     )
-    write_csv(out, frame if saved is None else merge_tables(saved, frame))
     first = frame.iloc[0]
     kinds = ", ".join(frame["peak_mem_kind"].dropna().unique()) or "-"
     print(f"{first['device_name']} ({first['device']}), torch {first['torch']}, {dtype}, "
           f"{'channels_last' if args.channels_last else 'contiguous'}; {first['flop_convention']}; "
           f"peak memory: {kinds}")
-    print(_show(frame))
+    print(_show(frame))  # before writing: a failed write (disk full) still shows what was measured
+    write_csv(out, frame if saved is None else merge_tables(saved, frame))
     log.info("wrote %d rows to %s (rows of other models or settings already there are kept)", len(frame), out)
     failed = int(frame["error"].notna().sum())
     if failed:
@@ -195,19 +212,20 @@ def _run_modes(args: argparse.Namespace, device, names: list[str], knobs: dict) 
         raise UserError(f"--modes: {e}") from None
     out = args.out or Path("results") / "measure" / f"modes-{device.type}.csv"
     _check_out(out)
+    check_writable(out, "--out", folder=False)
     saved = _saved_table(out, speed_modes.ROW_KEY, "`python -m bench measure --modes`")
 
     frame = speed_modes.measure_modes_table(
         names, modes, device=device, settings=settings_for(args.quick), quick=args.quick,
         batch_size=args.batch_size, knobs=knobs or None,
     )
-    write_csv(out, frame if saved is None else merge_tables(saved, frame, speed_modes.ROW_KEY))
     first = frame.iloc[0]
     print(f"{first['device_name']} ({first['device']}), torch {first['torch']}, batch {first['batch_size']}, "
           f"{first['rounds']} interleaved rounds; x = images/s over fp32 eager's in this run")
     shown = frame[list(MODES_SHOWN)].rename(columns=MODES_SHOWN)
     shown["error"] = shown["error"].fillna("").astype(str).str.slice(0, 60)
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+    write_csv(out, frame if saved is None else merge_tables(saved, frame, speed_modes.ROW_KEY))
     log.info("wrote %d rows to %s (rows of other models already there are kept)", len(frame), out)
     failed = int(frame["error"].notna().sum())
     if failed:

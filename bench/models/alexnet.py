@@ -54,8 +54,8 @@ from bench.models.common import (
     ACTIVATIONS,
     activation_layer,
     check_choice,
-    check_positive,
     check_probability,
+    check_width,
     scale_channels,
 )
 from bench.models.init import mark_paper_bias
@@ -87,8 +87,8 @@ class AlexNet(nn.Module):
         check_choice("pool", pool, POOLS)
         check_choice("groups", groups, GROUPS)
         dropout = check_probability("dropout", dropout)
-        width = check_positive("width", width)
-        conv_width = check_positive("conv_width", conv_width)
+        width = check_width("width", width)
+        conv_width = check_width("conv_width", conv_width)
 
         multipliers = (conv_width,) * 4 + (1.0,)
         c1, c2, c3, c4, c5 = (scale_channels(c, width * m, groups)

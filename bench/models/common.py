@@ -26,6 +26,20 @@ def check_positive(knob: str, value: object) -> float:
     return float(value)
 
 
+# Channel multipliers outside this range are typos, not experiments: below it layers shrink to
+# a channel or two (1e-4 builds 1-channel layers); above it a model outgrows any GPU's memory.
+WIDTH_RANGE = (0.01, 16.0)
+
+
+def check_width(knob: str, value: object) -> float:
+    """A channel multiplier (`width`, `conv_width`) within `WIDTH_RANGE`."""
+    low, high = WIDTH_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise UserError(f"{knob}={value!r} is not valid; it must be a number from {low:g} to {high:g} "
+                        f"(below, layers shrink to a channel or two; above, the model outgrows any GPU's memory)")
+    return float(value)
+
+
 def check_probability(knob: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
         raise UserError(f"{knob}={value!r} is not valid; it must be a number in [0, 1)")

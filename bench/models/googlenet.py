@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bench.models.common import check_positive, scale_channels
+from bench.models.common import check_width, scale_channels
 from bench.models.registry import register_model
 
 # Per module: 1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool projection (the paper's Table 1).
@@ -72,4 +72,4 @@ class GoogLeNet(nn.Module):
 @register_model("googlenet", input_size=32)
 def googlenet(*, num_classes: int = 10, width: float = 1.0) -> nn.Module:
     """GoogLeNet (Inception v1) for CIFAR-10: 3x3 stem, nine Inception modules, no auxiliary heads."""
-    return GoogLeNet(num_classes, check_positive("width", width))
+    return GoogLeNet(num_classes, check_width("width", width))

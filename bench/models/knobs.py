@@ -9,12 +9,14 @@ from bench.errors import UserError
 
 
 def parse_knobs(items: Iterable[str]) -> dict:
-    """`key=value` pairs; values read as JSON when they parse (numbers, true/false), else strings."""
+    """`key=value` pairs, each key once; values read as JSON when they parse (numbers, true/false), else strings."""
     knobs = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"--knob {item!r} is not key=value; e.g. --knob activation=tanh")
+        if key in knobs:  # the later would silently win: a typo in a long command line
+            raise UserError(f"--knob {key} given twice ({key}={knobs[key]!r}, then {item}); give each knob once")
         try:
             knobs[key] = json.loads(value)
         except json.JSONDecodeError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bench.models.common import check_positive, scale_channels
+from bench.models.common import check_width, scale_channels
 from bench.models.registry import register_model
 
 
@@ -57,10 +57,10 @@ class ResNet(nn.Module):
 @register_model("resnet18", input_size=32)
 def resnet18(*, num_classes: int = 10, width: float = 1.0) -> nn.Module:
     """ResNet-18 for CIFAR-10 (3x3 stem, no max-pool): 2-2-2-2 basic blocks."""
-    return ResNet((2, 2, 2, 2), num_classes, check_positive("width", width))
+    return ResNet((2, 2, 2, 2), num_classes, check_width("width", width))
 
 
 @register_model("resnet34", input_size=32)
 def resnet34(*, num_classes: int = 10, width: float = 1.0) -> nn.Module:
     """ResNet-34 for CIFAR-10 (3x3 stem, no max-pool): 3-4-6-3 basic blocks."""
-    return ResNet((3, 4, 6, 3), num_classes, check_positive("width", width))
+    return ResNet((3, 4, 6, 3), num_classes, check_width("width", width))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from bench.models.common import check_choice, check_positive, scale_channels
+from bench.models.common import check_choice, check_width, scale_channels
 from bench.models.registry import register_model
 
 POOL = "M"
@@ -24,7 +24,7 @@ CONFIGS = {
 
 def _vgg(config: list, num_classes: int, batchnorm: bool, width: float) -> nn.Module:
     check_choice("batchnorm", batchnorm, (True, False))
-    width = check_positive("width", width)
+    width = check_width("width", width)
     layers: list[nn.Module] = []
     channels = 3
     for entry in config:

@@ -21,7 +21,7 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from bench.models.common import check_positive, check_probability, scale_channels
+from bench.models.common import check_probability, check_width, scale_channels
 from bench.models.lrn import LocalResponseNorm
 from bench.models.registry import register_model
 
@@ -55,4 +55,4 @@ class ZFNet(nn.Module):
 @register_model("zfnet", input_size=32)
 def zfnet(*, num_classes: int = 10, width: float = 1.0, dropout: float = 0.5) -> nn.Module:
     """ZFNet for 32x32: 3x3 stride-1 conv1, LRN after pools 1 and 2; `width` scales every layer."""
-    return ZFNet(num_classes, check_positive("width", width), check_probability("dropout", dropout))
+    return ZFNet(num_classes, check_width("width", width), check_probability("dropout", dropout))

@@ -34,7 +34,7 @@ import pandas as pd
 
 from bench.errors import UserError
 from bench.flop_convention import upgrade_counts
-from bench.io import read_csv
+from bench.io import check_table, read_csv
 from bench.studies import StudyFile, studies_dir
 from bench.train.result import (
     OK,  # a cell whose final numbers count; diverged cells keep their curves only
@@ -181,6 +181,7 @@ def load(folder: Path) -> StudyData:
     if not runs_path.is_file():
         raise UserError(f"{folder}: no {RUNS} here; pass a folder written by `python -m bench ablate` "
                         f"(results/<study>/<profile>), or run `python -m bench ablate --study NAME` first")
+    check_table(runs_path, ("cell_id", "status"))  # before any warning: the damage is the one thing to say
     notes = Notes(str(folder))
     env = {}
     if (folder / ENVIRONMENT).is_file():

@@ -11,8 +11,10 @@ from pathlib import Path
 import torch
 
 from bench.data.sources import check_folder
+from bench.device import pick_device
 from bench.errors import UserError
-from bench.sweep.runner import run_study
+from bench.io import check_writable
+from bench.sweep.runner import check_data, run_study
 from bench.sweep.study import PROFILES, list_studies, load_study
 from bench.train.result import FINISHED
 
@@ -117,6 +119,13 @@ def run(args: argparse.Namespace) -> int:
         connect(args.ray_address)  # a missing extra or an unreachable cluster fails before anything runs
     if args.data and args.data not in ("cifar10", "synthetic"):
         check_folder(Path(args.data).expanduser())
+    # Before any folder is made or locked: where results go, the device, every unfinished cell's data.
+    check_writable(args.out, "--out", folder=True)
+    if args.executor == "local":
+        pick_device(args.device)
+    for study in studies:
+        check_data(study, profile, out_root=args.out, seeds=args.seeds, overrides=overrides,
+                   keep=args.executor == "local")
     status = 0
     for study in studies:
         start = time.perf_counter()

@@ -24,9 +24,10 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import UserError
-from bench.io import atomic_write_text, read_csv, write_csv
+from bench.io import atomic_write_text, check_table, read_csv, write_csv
 
 CELLS = "cells"
+RUNS_REQUIRED = ("cell_id", "status")  # what every row of runs.csv has
 
 
 class ResultsFolder:
@@ -73,7 +74,7 @@ class ResultsFolder:
 
     def runs(self) -> pd.DataFrame:
         """runs.csv as saved, with the types a reader of the file sees; empty if absent."""
-        return self._read_table(self.runs_path)
+        return self._read_table(self.runs_path, RUNS_REQUIRED)
 
     def clear_temporary(self) -> None:
         """Remove the temporary files of a write that a kill interrupted; the real files are intact."""
@@ -82,7 +83,7 @@ class ResultsFolder:
                 stale.unlink(missing_ok=True)
 
     def _merged(self, files: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-        runs = self._read_table(self.runs_path)
+        runs = self._read_table(self.runs_path, RUNS_REQUIRED)
         per_cell = {"history": self._read_table(self.history_path), "progress": self._read_table(self.progress_path)}
         records = [self._load(f) for f in files]
         if records:
@@ -101,9 +102,11 @@ class ResultsFolder:
                 per_cell[name] = table[table["cell_id"].isin(known)].reset_index(drop=True)
         return runs.reset_index(drop=True), per_cell["history"], per_cell["progress"]
 
-    def _read_table(self, path: Path) -> pd.DataFrame:
+    def _read_table(self, path: Path, required: tuple[str, ...] = ("cell_id",)) -> pd.DataFrame:
         if not path.exists() or path.stat().st_size == 0:
             return pd.DataFrame()
+        # a torn last row would read as a finished cell, and never be run again
+        check_table(path, required, fix="move it aside to start the study afresh")
         try:
             return read_csv(path, self.text_columns)
         except pd.errors.EmptyDataError:  # no columns: a history with no epochs yet (every cell failed)

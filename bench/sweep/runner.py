@@ -83,6 +83,34 @@ def _data_for(cfg):
 PROGRESS_METRICS = ("train_running_err_pct", "train_running_loss")  # logged LOG_PER_EPOCH times per epoch
 
 
+def check_data(study: Study, profile: str, *, out_root: Path = Path("results"), seeds: list[int] | None = None,
+               overrides: dict | None = None, keep: bool = True) -> int:
+    """Load the data of every cell of `study` still to run, once per distinct data set; how many cells.
+
+    Called before any cell runs, and before the results folder is made or locked, so that a
+    corrupt image or an absent data set is one error (`UserError`) instead of an error row per
+    cell. Reads the results folder without writing it (a damaged table fails here too). With
+    `keep`, the last data set stays loaded for the cells (the local executor's).
+    """
+    from bench.train import data_spec
+
+    folder = Path(out_root) / study.name / profile
+    runs = pd.DataFrame()
+    if folder.is_dir():
+        runs, _, _ = ResultsFolder(folder, ["study", "profile", "status", *study.factors]).read()
+    finished = set(runs.loc[runs["status"].isin(FINISHED), "cell_id"]) if len(runs) else set()
+    todo = [c for c in study.cells(profile, seeds, overrides) if c.id not in finished]
+    firsts: dict = {}  # data set -> the first cell to use it
+    for cell in todo:
+        firsts.setdefault(data_spec(cell.config), cell)
+    order = list(firsts.values())
+    for cell in order[1:] + order[:1]:  # the first cell's data set last: it stays loaded for that cell
+        _data_for(cell.config)
+    if not keep:
+        _DATA_MEMO.clear()
+    return len(todo)
+
+
 def time_to_target(history: list[dict], progress: list[dict], metric: str, value: float) -> dict:
     """Steps, epochs (fractional) and training seconds at which `metric` first falls to `value`
     or below, interpolated between the points where it is logged; None where never reached.

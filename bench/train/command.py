@@ -11,6 +11,7 @@ from pathlib import Path
 from bench.data import default_data_root, default_data_source
 from bench.device import pick_device
 from bench.errors import UserError
+from bench.io import check_writable
 from bench.models import create_model, parse_knobs
 from bench.train import distributed as ddp
 from bench.train.config import TrainConfig
@@ -111,6 +112,8 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     out = ddp.broadcast_object(out)  # DDP: rank 0's clock names the one run folder
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"run folder {out} already exists and is not an empty folder; pass another --out")
+    if ddp.is_main():
+        check_writable(out, "--out", folder=True)  # not after the data has loaded
     ddp.barrier()  # DDP: every rank has checked the folder before rank 0 writes into it
     hook = EpochScalars(args.tensorboard, out.name, cfg.to_json()) if args.tensorboard and ddp.is_main() else None
     try:

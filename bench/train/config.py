@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import get_args, get_type_hints
 
@@ -11,6 +12,8 @@ from bench.errors import UserError
 
 DECAYS = ("weights", "all")
 FREEZES = ("none", "features")  # what --freeze keeps fixed; features: all but the classifier head
+MAX_EPOCHS = 10_000  # more is a typo (1e12 would run for ever), not an experiment
+MAX_SEED = 2**63 - 1  # torch.manual_seed overflows above; negative seeds are refused too, for one range
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,19 @@ class TrainConfig:
         choice("freeze", FREEZES)
         if self.reinit_head and self.init_from is None:
             raise UserError("reinit_head re-initialises the head of loaded weights: it needs init_from (--init-from)")
+        for name in ("lr", "weight_decay"):
+            if not math.isfinite(getattr(self, name)):
+                raise UserError(f"{name} must be a finite number, got {getattr(self, name)}")
+        if self.epochs > MAX_EPOCHS:
+            raise UserError(f"epochs must be at most {MAX_EPOCHS} (a sanity bound: the paper trains ~90), "
+                            f"got {self.epochs}")
+        if self.warmup_epochs > self.epochs:
+            raise UserError(f"warmup_epochs={self.warmup_epochs} is longer than the run (epochs={self.epochs}): "
+                            f"the rate would never reach lr; use at most {self.epochs}")
+        for name in ("seed", "data_seed"):
+            if not 0 <= getattr(self, name) <= MAX_SEED:
+                raise UserError(f"{name} must be from 0 to 2**63-1 (what torch.manual_seed takes), "
+                                f"got {getattr(self, name)}")
 
     def _check_types(self) -> None:
         for f in fields(self):
