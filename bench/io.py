@@ -51,8 +51,9 @@ def read_csv(path: Path, text_columns=()) -> pd.DataFrame:
     return pd.read_csv(path, dtype={c: str for c in text_columns}, keep_default_na=False, na_values=[""])
 
 
-def check_table(path: Path, required: tuple[str, ...] = (),
-                fix: str = "restore it from git or re-run the study") -> None:
+def check_table(
+    path: Path, required: tuple[str, ...] = (), fix: str = "restore it from git or re-run the study"
+) -> None:
     """Refuse a table that was cut short or garbled, naming the damage (`UserError`).
 
     Tables are written whole (`write_csv`), but a copy cut short or a bad edit is read by
@@ -62,6 +63,7 @@ def check_table(path: Path, required: tuple[str, ...] = (),
     column missing); a row with a `required` field empty. The text pandas writes for a
     table with no columns ("\\n") is a table, not damage.
     """
+
     def refuse(detail: str):
         raise UserError(f"{path} is not a readable table ({detail}); {fix}")
 
@@ -109,5 +111,7 @@ def check_writable(path: Path, flag: str, *, folder: bool) -> None:
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".bench-write-check-", dir=probe))
     except OSError as e:
-        raise UserError(f"{flag} {path}: cannot create anything in {probe} ({e.strerror or type(e).__name__}); "
-                        f"pass {flag} in a writable folder") from None
+        raise UserError(
+            f"{flag} {path}: cannot create anything in {probe} ({e.strerror or type(e).__name__}); "
+            f"pass {flag} in a writable folder"
+        ) from None

@@ -70,8 +70,9 @@ def find_study(name_or_path: str) -> Path:
         return path
     candidate = studies_dir() / f"{name_or_path}.toml"
     if not candidate.exists():
-        raise UserError(f"unknown study {name_or_path!r}; choose one of: {', '.join(list_studies())}, "
-                        "or a path to a .toml file")
+        raise UserError(
+            f"unknown study {name_or_path!r}; choose one of: {', '.join(list_studies())}, or a path to a .toml file"
+        )
     return candidate
 
 
@@ -118,16 +119,27 @@ class StudyFile:
         profiles = doc.get("profiles", {})
         for pname, prof in profiles.items():
             _check_profile(path, pname, prof, factors)
-        return cls(meta.get("name", path.stem), path, meta.get("description", ""), design,
-                   factors, base, profiles, seeds, target, exclude)
+        return cls(
+            meta.get("name", path.stem),
+            path,
+            meta.get("description", ""),
+            design,
+            factors,
+            base,
+            profiles,
+            seeds,
+            target,
+            exclude,
+        )
 
     def levels(self, factor: str) -> list[str]:
         return list(self.factors[factor]["levels"])
 
     def profile(self, name: str) -> dict:
         if name not in self.profiles:
-            raise UserError(f"{self.path}: no [profiles.{name}] section; this study has: "
-                            f"{', '.join(self.profiles) or 'none'}")
+            raise UserError(
+                f"{self.path}: no [profiles.{name}] section; this study has: {', '.join(self.profiles) or 'none'}"
+            )
         return self.profiles[name]
 
     def is_baseline(self, combo: dict) -> bool:
@@ -137,9 +149,12 @@ class StudyFile:
         """The level combinations (factor -> level) run at `profile`: the design's, less the
         profile's `only` and the study's `exclude`."""
         only = self.profile(profile).get("only", {})
-        return [combo for combo in self._design()
-                if not any(combo[f] not in levels for f, levels in only.items())
-                and not any(all(combo[f] == lv for f, lv in ex.items()) for ex in self.exclude)]
+        return [
+            combo
+            for combo in self._design()
+            if not any(combo[f] not in levels for f, levels in only.items())
+            and not any(all(combo[f] == lv for f, lv in ex.items()) for ex in self.exclude)
+        ]
 
     def settings(self, combo: dict, profile: str, overrides: dict | None = None) -> dict:
         """The configuration keys of one combination at `profile` (all but the seed); see the
@@ -186,7 +201,7 @@ def _check_overrides(path: Path, where: str, overrides, allow_extra: set[str] = 
         raise UserError(f"{path}: {where} must be a table of configuration keys, got {overrides!r}")
     _check_keys(path, where, overrides, CONFIG_KEYS | allow_extra)
     if "knobs" in overrides and not isinstance(overrides["knobs"], dict):
-        raise UserError(f"{path}: {where}knobs must be a table, e.g. knobs = {{ activation = \"tanh\" }}")
+        raise UserError(f'{path}: {where}knobs must be a table, e.g. knobs = {{ activation = "tanh" }}')
 
 
 def _set_path(dotted: str, value) -> dict:
@@ -201,7 +216,9 @@ def _check_levels(path: Path, where: str, factors: dict, chosen: dict) -> None:
             raise UserError(f"{path}: {where}: no factor {fname!r}; factors: {', '.join(factors)}")
         for lv in levels:
             if lv not in factors[fname]["levels"]:
-                raise UserError(f"{path}: {where}: {fname} has no level {lv!r}; levels: {', '.join(factors[fname]['levels'])}")
+                raise UserError(
+                    f"{path}: {where}: {fname} has no level {lv!r}; levels: {', '.join(factors[fname]['levels'])}"
+                )
 
 
 def _target(path: Path, target) -> dict | None:
@@ -209,15 +226,21 @@ def _target(path: Path, target) -> dict | None:
         return None
     _check_keys(path, "study.target.", target, {"metric", "value", "stop_after"})
     if target.get("metric") in RENAMED_METRICS:
-        raise UserError(f"{path}: study.target.metric {target['metric']!r} is now called "
-                        f"{RENAMED_METRICS[target['metric']]!r} (the running in-epoch training error)")
+        raise UserError(
+            f"{path}: study.target.metric {target['metric']!r} is now called "
+            f"{RENAMED_METRICS[target['metric']]!r} (the running in-epoch training error)"
+        )
     if target.get("metric") not in TARGET_METRICS or not isinstance(target.get("value"), (int, float)):
         raise UserError(f"{path}: study.target needs metric (one of {', '.join(TARGET_METRICS)}) and a numeric value")
     if not isinstance(target.get("stop_after", 0), int) or target.get("stop_after", 0) < 0:
-        raise UserError(f"{path}: study.target.stop_after must be a non-negative integer (epochs to go on after the target)")
+        raise UserError(
+            f"{path}: study.target.stop_after must be a non-negative integer (epochs to go on after the target)"
+        )
     if "stop_after" in target and target["metric"].startswith("test_"):
-        raise UserError(f"{path}: study.target.stop_after with metric {target['metric']!r} would stop on the "
-                        f"test set; stop on val_top1_err_pct, or drop stop_after to only record the time to it")
+        raise UserError(
+            f"{path}: study.target.stop_after with metric {target['metric']!r} would stop on the "
+            f"test set; stop on val_top1_err_pct, or drop stop_after to only record the time to it"
+        )
     return target
 
 
@@ -226,8 +249,10 @@ def _check_seeds(path: Path, where: str, seeds) -> None:
         raise UserError(f"{path}: {where} must be a non-empty list of integers, got {seeds!r}")
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:
-        raise UserError(f"{path}: {where} repeats seed {repeated[0]}; each seed must appear once "
-                        f"(a repeat would be the same run counted twice), got {seeds!r}")
+        raise UserError(
+            f"{path}: {where} repeats seed {repeated[0]}; each seed must appear once "
+            f"(a repeat would be the same run counted twice), got {seeds!r}"
+        )
 
 
 def _factor(path: Path, fname: str, spec) -> dict:
@@ -240,10 +265,14 @@ def _factor(path: Path, fname: str, spec) -> dict:
     levels = spec.get("levels")
     if isinstance(levels, list) and levels:
         if "key" not in spec:
-            raise UserError(f"{path}: {where}levels is a list, so {where}key must name the setting it varies (e.g. \"knobs.activation\")")
+            raise UserError(
+                f'{path}: {where}levels is a list, so {where}key must name the setting it varies (e.g. "knobs.activation")'
+            )
         key = spec["key"]
         if key.split(".")[0] not in CONFIG_KEYS:
-            raise UserError(f"{path}: {where}key={key!r} is not a configuration key; valid: {', '.join(sorted(CONFIG_KEYS))}")
+            raise UserError(
+                f"{path}: {where}key={key!r} is not a configuration key; valid: {', '.join(sorted(CONFIG_KEYS))}"
+            )
         levels = {str(v): _set_path(key, v) for v in levels}
     elif isinstance(levels, dict) and levels:
         for lname, ov in levels.items():
@@ -284,5 +313,7 @@ def _check_profile(path: Path, pname: str, prof, factors: dict) -> None:
             raise UserError(f"{path}: profiles.{pname}.levels.{fname}: no such factor; factors: {', '.join(factors)}")
         for lname, ov in lv.items():
             if lname not in factors[fname]["levels"]:
-                raise UserError(f"{path}: profiles.{pname}.levels.{fname}.{lname}: no such level; levels: {', '.join(factors[fname]['levels'])}")
+                raise UserError(
+                    f"{path}: profiles.{pname}.levels.{fname}.{lname}: no such level; levels: {', '.join(factors[fname]['levels'])}"
+                )
             _check_overrides(path, f"profiles.{pname}.levels.{fname}.{lname}.", ov)

@@ -53,6 +53,7 @@ def bench_cache(tmp_path, monkeypatch) -> Path:
 
 # --- official-format CIFAR-10 ------------------------------------------------------
 
+
 @dataclass
 class CifarFixture:
     root: Path  # pass as DataSpec.root / --data-root; holds cifar-10-batches-py/
@@ -87,8 +88,9 @@ def write_cifar10(root: Path, per_batch: int = CIFAR_PER_BATCH, seed: int = 0) -
         labels = [int(v) for v in rng.permutation(np.arange(per_batch) % 10)]
         _dump(folder / name, {"batch_label": name, "data": data, "labels": labels, "filenames": []})
         batches[name] = (data, labels)
-    _dump(folder / "batches.meta", {"label_names": CIFAR_LABEL_NAMES, "num_cases_per_batch": per_batch,
-                                    "num_vis": 3072})
+    _dump(
+        folder / "batches.meta", {"label_names": CIFAR_LABEL_NAMES, "num_cases_per_batch": per_batch, "num_vis": 3072}
+    )
     train = [batches[f"data_batch_{i}"] for i in range(1, 6)]
     return CifarFixture(
         root=root,
@@ -138,6 +140,7 @@ def no_download(monkeypatch):
 
 
 # --- ImageFolder tree and its archive ------------------------------------------------
+
 
 @dataclass
 class TreeFixture:

@@ -28,9 +28,21 @@ from pathlib import Path
 
 # Every command module and what they import late, so that no child pays for an import
 # (torchvision.models alone is ~1,000 modules, for `tv:` models and the gate's cases).
-PRELOAD = ("bench.cli", "bench.train.command", "bench.measure.command", "bench.sweep.command",
-           "bench.report.command", "bench.gate.command", "bench.report", "bench.gate.suite",
-           "bench.gate.compare", "bench.sweep.runner", "bench.env", "torchvision.models", "torchvision.datasets")
+PRELOAD = (
+    "bench.cli",
+    "bench.train.command",
+    "bench.measure.command",
+    "bench.sweep.command",
+    "bench.report.command",
+    "bench.gate.command",
+    "bench.report",
+    "bench.gate.suite",
+    "bench.gate.compare",
+    "bench.sweep.runner",
+    "bench.env",
+    "torchvision.models",
+    "torchvision.datasets",
+)
 
 
 def _child(case: dict, stdout: str, stderr: str) -> None:
@@ -87,10 +99,12 @@ def run_cases(cases: dict, jobs: int = 2) -> dict:
                 time.sleep(0.01)
                 continue
             name, start, out, err = running.pop(pid)
-            results[name] = {"returncode": os.waitstatus_to_exitcode(status),
-                             "stdout": Path(out).read_text(errors="replace"),
-                             "stderr": Path(err).read_text(errors="replace"),
-                             "seconds": time.monotonic() - start}
+            results[name] = {
+                "returncode": os.waitstatus_to_exitcode(status),
+                "stdout": Path(out).read_text(errors="replace"),
+                "stderr": Path(err).read_text(errors="replace"),
+                "seconds": time.monotonic() - start,
+            }
     return results
 
 

@@ -29,8 +29,23 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 PROG = "python -m bench"
 NOWHERE = "/proc/bench-nowhere"  # no one, root included, can create anything under /proc
-TINY = ["--data", "synthetic", "--train-per-class", "2", "--test-per-class", "1", "--epochs", "1",
-        "--batch-size", "10", "--augment", "none", "--device", "cpu", "--no-progress"]
+TINY = [
+    "--data",
+    "synthetic",
+    "--train-per-class",
+    "2",
+    "--test-per-class",
+    "1",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "10",
+    "--augment",
+    "none",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 QUICK_MEASURE = ["--arch", "lenet5", "--quick", "--device", "cpu"]
 STUDY = """
 [study]
@@ -56,10 +71,14 @@ measure = "none"
 """
 ABLATE = ["--study", "{shared}/tiny.toml", "--profile", "smoke", "--no-progress", "--no-report"]
 # runs.csv as a sweep writes it (levels between cell_id and is_baseline; status mid-row), two cells
-RUNS_HEADER = ("study,profile,cell_id,activation,is_baseline,seed,cfg_model,cfg_epochs,device,status,error,"
-               "final_test_top1_err_pct,final_train_running_err_pct,epochs_run,params_total,finished_at")
-RUNS_ROWS = ["tiny,smoke,aaaaaaaaaaaa,relu,True,0,layers-80sec,1,cpu,ok,,71.5,80.25,1,79510,2024-01-01T00:00:00",
-             "tiny,smoke,bbbbbbbbbbbb,tanh,False,0,layers-80sec,1,cpu,ok,,73.5,82.5,1,79510,2024-01-01T00:01:00"]
+RUNS_HEADER = (
+    "study,profile,cell_id,activation,is_baseline,seed,cfg_model,cfg_epochs,device,status,error,"
+    "final_test_top1_err_pct,final_train_running_err_pct,epochs_run,params_total,finished_at"
+)
+RUNS_ROWS = [
+    "tiny,smoke,aaaaaaaaaaaa,relu,True,0,layers-80sec,1,cpu,ok,,71.5,80.25,1,79510,2024-01-01T00:00:00",
+    "tiny,smoke,bbbbbbbbbbbb,tanh,False,0,layers-80sec,1,cpu,ok,,73.5,82.5,1,79510,2024-01-01T00:01:00",
+]
 
 
 @dataclass
@@ -88,10 +107,12 @@ def _ablate(*args: str, needles, **kw) -> Case:
 
 def _write(path: Path, text: str | bytes) -> Callable[[Path], None]:
     """A setup that writes `text` at `path` (relative to the case's folder)."""
+
     def setup(case: Path) -> None:
         target = case / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(text) if isinstance(text, bytes) else target.write_text(text)
+
     return setup
 
 
@@ -124,25 +145,33 @@ CASES: dict[str, Case] = {
     "train bad activation": _train("--knob", "activation=swish", needles=("swish", "relu, tanh")),
     "train absent cuda device": _train("--device", "cuda:99", needles=("cuda:99",)),
     "train subset of zero": _train("--train-per-class", "0", needles=("at least 1",)),
-    "train offline cifar10": _train("--data", "cifar10", "--data-root", "{case}/empty-root",
-                                    needles=("could not be downloaded", "--data-root")),
-    "train out folder not empty": _train("--out", "results/taken", needles=("already exists", "--out"),
-                                         setup=_write(Path("work/results/taken/summary.json"), "{}")),
+    "train offline cifar10": _train(
+        "--data", "cifar10", "--data-root", "{case}/empty-root", needles=("could not be downloaded", "--data-root")
+    ),
+    "train out folder not empty": _train(
+        "--out",
+        "results/taken",
+        needles=("already exists", "--out"),
+        setup=_write(Path("work/results/taken/summary.json"), "{}"),
+    ),
     "train out is a file": _train("--out", "a-file", needles=("--out",), setup=_write(Path("work/a-file"), "keep")),
     # --- train: the probe's cases ---
     "train out under /proc": _train("--out", f"{NOWHERE}/run", needles=("--out", NOWHERE)),
-    "train out under a file": _train("--out", "a-file/run", needles=("--out", "a-file", "not a folder"),
-                                     setup=_write(Path("work/a-file"), "keep")),
-    "train out in a read-only folder": _train("--out", "{case}/locked/run", needles=("--out", "locked"),
-                                              setup=_locked, skip_as_root=True),
+    "train out under a file": _train(
+        "--out", "a-file/run", needles=("--out", "a-file", "not a folder"), setup=_write(Path("work/a-file"), "keep")
+    ),
+    "train out in a read-only folder": _train(
+        "--out", "{case}/locked/run", needles=("--out", "locked"), setup=_locked, skip_as_root=True
+    ),
     "train seed overflow": _train("--seed", "99999999999999999999", needles=("seed", "99999999999999999999")),
     "train negative seed": _train("--seed", "-1", needles=("seed", "-1")),
     "train warm-up longer than the run": _train("--warmup-epochs", "5", needles=("warmup_epochs", "5")),
     "train width 1e-4": _train("--model", "alexnet", "--knob", "width=1e-4", needles=("width=0.0001",)),
     "train width 1e6": _train("--model", "alexnet", "--knob", "width=1e6", needles=("width=1000000",)),
     "train conv_width 1e-4": _train("--model", "alexnet", "--knob", "conv_width=1e-4", needles=("conv_width",)),
-    "train same knob twice": _train("--knob", "activation=tanh", "--knob", "activation=relu",
-                                    needles=("activation", "twice")),
+    "train same knob twice": _train(
+        "--knob", "activation=tanh", "--knob", "activation=relu", needles=("activation", "twice")
+    ),
     "train epochs 1e12": _train("--epochs", "1000000000000", needles=("epochs", "10000")),
     "train lr inf": _train("--lr", "inf", needles=("lr", "inf")),
     "train lr nan": _train("--lr", "nan", needles=("lr", "nan")),
@@ -151,23 +180,36 @@ CASES: dict[str, Case] = {
     "train one-class data set": _train("--data", "{shared}/one-class", needles=("1 class", "at least 2 classes")),
     "train mixed image sizes": _train("--data", "{shared}/mixed", needles=("differ in size", "--image-size 32")),
     "train corrupt jpeg": _train("--data", "{shared}/corrupt", needles=("cannot read image", "0001.jpg")),
-    "train BENCH_CACHE is a file": _train("--data", "{shared}/good", needles=("BENCH_CACHE", "is a file"),
-                                          env={"BENCH_CACHE": "{case}/cache-file"},
-                                          setup=_write(Path("cache-file"), "")),
-    "train BENCH_CACHE under /proc": _train("--data", "{shared}/good", needles=("BENCH_CACHE", "not writable"),
-                                            env={"BENCH_CACHE": f"{NOWHERE}/cache"}),
-    "train offline cifar10 into a new folder": _train("--data", "cifar10", "--data-root", "new/data",
-                                                      needles=("could not be downloaded",)),
+    "train BENCH_CACHE is a file": _train(
+        "--data",
+        "{shared}/good",
+        needles=("BENCH_CACHE", "is a file"),
+        env={"BENCH_CACHE": "{case}/cache-file"},
+        setup=_write(Path("cache-file"), ""),
+    ),
+    "train BENCH_CACHE under /proc": _train(
+        "--data", "{shared}/good", needles=("BENCH_CACHE", "not writable"), env={"BENCH_CACHE": f"{NOWHERE}/cache"}
+    ),
+    "train offline cifar10 into a new folder": _train(
+        "--data", "cifar10", "--data-root", "new/data", needles=("could not be downloaded",)
+    ),
     # --- measure ---
     "measure out under /proc": _measure("--out", f"{NOWHERE}/m.csv", needles=("--out", NOWHERE)),
-    "measure out under a file": _measure("--out", "a-file/m.csv", needles=("--out", "a-file"),
-                                         setup=_write(Path("work/a-file"), "keep")),
-    "measure out in a read-only folder": _measure("--out", "{case}/locked/m.csv", needles=("--out", "locked"),
-                                                  setup=_locked, skip_as_root=True),
-    "measure out is a folder": _measure("--out", "results", needles=("--out", ".csv"),
-                                        setup=_write(Path("work/results/keep.txt"), "")),
-    "measure unreadable saved table": _measure("--out", "results/m.csv", needles=("results/m.csv", "readable"),
-                                               setup=_write(Path("work/results/m.csv"), b"\xff\xfe\x00garbage\n")),
+    "measure out under a file": _measure(
+        "--out", "a-file/m.csv", needles=("--out", "a-file"), setup=_write(Path("work/a-file"), "keep")
+    ),
+    "measure out in a read-only folder": _measure(
+        "--out", "{case}/locked/m.csv", needles=("--out", "locked"), setup=_locked, skip_as_root=True
+    ),
+    "measure out is a folder": _measure(
+        "--out", "results", needles=("--out", ".csv"), setup=_write(Path("work/results/keep.txt"), "")
+    ),
+    "measure unreadable saved table": _measure(
+        "--out",
+        "results/m.csv",
+        needles=("results/m.csv", "readable"),
+        setup=_write(Path("work/results/m.csv"), b"\xff\xfe\x00garbage\n"),
+    ),
     "measure unknown arch": _measure("--arch", "nope", needles=("--arch 'nope' matches no model",)),
     "measure bad dtype": _measure("--dtype", "fp64", needles=("--dtype 'fp64'",)),
     "measure zero batch": _measure("--batch-size", "0", needles=("--batch-size must be at least 1",)),
@@ -177,16 +219,20 @@ CASES: dict[str, Case] = {
     "measure unknown knob": _measure("--arch", "alexnet", "--knob", "widht=2", needles=("no knob widht",)),
     "measure bad knob value": _measure("--arch", "alexnet", "--knob", "activation=swish", needles=("swish",)),
     "measure width 1e-4": _measure("--arch", "alexnet", "--knob", "width=1e-4", needles=("width=0.0001",)),
-    "measure same knob twice": _measure("--arch", "alexnet", "--knob", "width=0.5", "--knob", "width=0.25",
-                                        needles=("width", "twice")),
+    "measure same knob twice": _measure(
+        "--arch", "alexnet", "--knob", "width=0.5", "--knob", "width=0.25", needles=("width", "twice")
+    ),
     # --- ablate ---
     "ablate out under /proc": _ablate("--out", f"{NOWHERE}/results", needles=("--out", NOWHERE)),
-    "ablate out is a file": _ablate("--out", "a-file", needles=("--out", "a-file"),
-                                    setup=_write(Path("work/a-file"), "keep")),
-    "ablate out under a file": _ablate("--out", "a-file/results", needles=("--out", "a-file"),
-                                       setup=_write(Path("work/a-file"), "keep")),
-    "ablate out in a read-only folder": _ablate("--out", "{case}/locked/results", needles=("--out", "locked"),
-                                                setup=_locked, skip_as_root=True),
+    "ablate out is a file": _ablate(
+        "--out", "a-file", needles=("--out", "a-file"), setup=_write(Path("work/a-file"), "keep")
+    ),
+    "ablate out under a file": _ablate(
+        "--out", "a-file/results", needles=("--out", "a-file"), setup=_write(Path("work/a-file"), "keep")
+    ),
+    "ablate out in a read-only folder": _ablate(
+        "--out", "{case}/locked/results", needles=("--out", "locked"), setup=_locked, skip_as_root=True
+    ),
     "ablate seed overflow": _ablate("--seeds", "99999999999999999999", needles=("seed", "99999999999999999999")),
     "ablate corrupt jpeg in the data": _ablate("--data", "{shared}/corrupt", needles=("cannot read image",)),
     "ablate absent cuda device": _ablate("--device", "cuda:7", needles=("cuda:7",)),
@@ -194,43 +240,68 @@ CASES: dict[str, Case] = {
     "ablate empty seeds": _ablate("--seeds", ",", needles=("--seeds", "at least one integer")),
     "ablate unknown profile": _ablate("--profile", "huge", needles=("huge",)),
     "ablate unknown study": Case(["ablate", "--study", "nope", "--profile", "smoke"], ("unknown study 'nope'",)),
-    "ablate study with a bad key": Case(["ablate", "--study", "{case}/bad.toml", "--profile", "smoke"], ("lrr",),
-                                        setup=_write(Path("bad.toml"), STUDY.replace("[base]", "[base]\nlrr = 1"))),
+    "ablate study with a bad key": Case(
+        ["ablate", "--study", "{case}/bad.toml", "--profile", "smoke"],
+        ("lrr",),
+        setup=_write(Path("bad.toml"), STUDY.replace("[base]", "[base]\nlrr = 1")),
+    ),
     "ablate ray option without ray": _ablate("--gpus-per-cell", "0.5", needles=("--gpus-per-cell applies to",)),
     "ablate missing data path": _ablate("--data", "{case}/nowhere", needles=("does not exist",)),
     "ablate unreadable runs.csv": _ablate(needles=("runs.csv",), setup=_runs(b"\xff\xfe\x00\x01garbage\n")),
-    "ablate torn runs.csv": _ablate(needles=("runs.csv", "line 4", "torn"),
-                                    setup=_runs("\n".join([RUNS_HEADER, *RUNS_ROWS, RUNS_ROWS[1][:60]]))),
+    "ablate torn runs.csv": _ablate(
+        needles=("runs.csv", "line 4", "torn"), setup=_runs("\n".join([RUNS_HEADER, *RUNS_ROWS, RUNS_ROWS[1][:60]]))
+    ),
     # --- report ---
     "report missing path": Case(["report", "{case}/nowhere"], ("does not exist",)),
-    "report folder without runs.csv": Case(["report", "results"], ("no runs.csv",),
-                                           setup=_write(Path("work/results/notes.txt"), "")),
-    "report unreadable runs.csv": Case(["report", "results/tiny/smoke"], ("runs.csv",),
-                                       setup=_runs(b"\xff\xfe\x00\x01garbage\n")),
+    "report folder without runs.csv": Case(
+        ["report", "results"], ("no runs.csv",), setup=_write(Path("work/results/notes.txt"), "")
+    ),
+    "report unreadable runs.csv": Case(
+        ["report", "results/tiny/smoke"], ("runs.csv",), setup=_runs(b"\xff\xfe\x00\x01garbage\n")
+    ),
     "report zero-byte runs.csv": Case(["report", "results/tiny/smoke"], ("runs.csv", "empty"), setup=_runs("")),
-    "report header-torn runs.csv": Case(["report", "results/tiny/smoke"], ("runs.csv", "header"),
-                                        setup=_runs(RUNS_HEADER[:23])),
-    "report header torn above rows": Case(["report", "results/tiny/smoke"], ("runs.csv", "line 2"),
-                                          setup=_runs(RUNS_HEADER[:40] + "\n" + "\n".join(RUNS_ROWS) + "\n")),
-    "report torn last row": Case(["report", "results/tiny/smoke"], ("runs.csv", "line 4", "torn"),
-                                 setup=_runs("\n".join([RUNS_HEADER, *RUNS_ROWS, RUNS_ROWS[1][:60]]))),
-    "report row without status": Case(["report", "results/tiny/smoke"], ("runs.csv", "line 3", "status"),
-                                      setup=_runs("\n".join([RUNS_HEADER, RUNS_ROWS[0],
-                                                             RUNS_ROWS[1].replace(",ok,", ",,")]) + "\n")),
-    "report row with extra fields": Case(["report", "results/tiny/smoke"], ("runs.csv", "line 3"),
-                                         setup=_runs("\n".join([RUNS_HEADER, RUNS_ROWS[0],
-                                                                RUNS_ROWS[1] + ",x,y"]) + "\n")),
+    "report header-torn runs.csv": Case(
+        ["report", "results/tiny/smoke"], ("runs.csv", "header"), setup=_runs(RUNS_HEADER[:23])
+    ),
+    "report header torn above rows": Case(
+        ["report", "results/tiny/smoke"],
+        ("runs.csv", "line 2"),
+        setup=_runs(RUNS_HEADER[:40] + "\n" + "\n".join(RUNS_ROWS) + "\n"),
+    ),
+    "report torn last row": Case(
+        ["report", "results/tiny/smoke"],
+        ("runs.csv", "line 4", "torn"),
+        setup=_runs("\n".join([RUNS_HEADER, *RUNS_ROWS, RUNS_ROWS[1][:60]])),
+    ),
+    "report row without status": Case(
+        ["report", "results/tiny/smoke"],
+        ("runs.csv", "line 3", "status"),
+        setup=_runs("\n".join([RUNS_HEADER, RUNS_ROWS[0], RUNS_ROWS[1].replace(",ok,", ",,")]) + "\n"),
+    ),
+    "report row with extra fields": Case(
+        ["report", "results/tiny/smoke"],
+        ("runs.csv", "line 3"),
+        setup=_runs("\n".join([RUNS_HEADER, RUNS_ROWS[0], RUNS_ROWS[1] + ",x,y"]) + "\n"),
+    ),
     # --- gate ---
-    "gate storage under /proc": Case(["gate", "--save", "base", "--storage", f"{NOWHERE}/gate", "--bench-quick",
-                                      "--bench-models", "lenet5"], ("--storage", NOWHERE)),
-    "gate storage is a file": Case(["gate", "--save", "base", "--storage", "a-file", "--bench-quick",
-                                    "--bench-models", "lenet5"], ("--storage", "a-file"),
-                                   setup=_write(Path("work/a-file"), "keep")),
-    "gate storage in a read-only folder": Case(["gate", "--save", "base", "--storage", "{case}/locked/gate",
-                                                "--bench-quick", "--bench-models", "lenet5"],
-                                               ("--storage", "locked"), setup=_locked, skip_as_root=True),
-    "gate report under /proc": Case(["gate", "--compare", "base", "--storage", "{case}", "--report",
-                                     f"{NOWHERE}/r.csv"], ("--report", NOWHERE)),
+    "gate storage under /proc": Case(
+        ["gate", "--save", "base", "--storage", f"{NOWHERE}/gate", "--bench-quick", "--bench-models", "lenet5"],
+        ("--storage", NOWHERE),
+    ),
+    "gate storage is a file": Case(
+        ["gate", "--save", "base", "--storage", "a-file", "--bench-quick", "--bench-models", "lenet5"],
+        ("--storage", "a-file"),
+        setup=_write(Path("work/a-file"), "keep"),
+    ),
+    "gate storage in a read-only folder": Case(
+        ["gate", "--save", "base", "--storage", "{case}/locked/gate", "--bench-quick", "--bench-models", "lenet5"],
+        ("--storage", "locked"),
+        setup=_locked,
+        skip_as_root=True,
+    ),
+    "gate report under /proc": Case(
+        ["gate", "--compare", "base", "--storage", "{case}", "--report", f"{NOWHERE}/r.csv"], ("--report", NOWHERE)
+    ),
     "gate no baseline": Case(["gate", "--compare", "nope", "--storage", "{case}"], ("no baseline 'nope'",)),
     "gate bad threshold": Case(["gate", "--compare", "x", "--threshold", "2"], ("--threshold",)),
     "gate even repeat": Case(["gate", "--compare", "x", "--repeat", "2"], ("--repeat must be an odd number",)),
@@ -259,8 +330,10 @@ def _unreadable_cache(case: Path) -> None:
 # Inputs that must work, with one warning line: (case, what the warning must say, what it must not).
 GOOD_CASES = {
     "train with an unreadable data cache": (
-        _train("--data", "{shared}/good", needles=(), setup=_unreadable_cache),
-        ("unreadable", "objects other than tensors", "decoding the source again"), "weights_only"),
+        _train("--data", "{shared}/good", "--val-size", "0", needles=(), setup=_unreadable_cache),
+        ("unreadable", "objects other than tensors", "decoding the source again"),
+        "weights_only",
+    ),
 }
 
 
@@ -280,7 +353,7 @@ def _shared_inputs(folder: Path) -> None:
     image(folder / "mixed" / "train" / "dog" / "0001.png", size=(20, 24))
     jpeg = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(jpeg, format="JPEG")
-    (folder / "corrupt" / "train" / "dog" / "0001.jpg").write_bytes(jpeg.getvalue()[:len(jpeg.getvalue()) // 2])
+    (folder / "corrupt" / "train" / "dog" / "0001.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
     for split in ("train", "test"):
         image(folder / "one-class" / split / "cat" / "0000.png")
         image(folder / "one-class" / split / "cat" / "0001.png")
@@ -290,12 +363,17 @@ def _shared_inputs(folder: Path) -> None:
 
 def case_env(cache: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BENCH_", "RAY_"))}
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-               BENCH_CACHE=str(cache), OMP_NUM_THREADS="1",
-               # A download fails at once, network or not: nothing listens on port 9.
-               https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9",
-               http_proxy="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9",
-               BENCH_GATE_STORAGE=str(cache / "gate"))
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        BENCH_CACHE=str(cache),
+        OMP_NUM_THREADS="1",
+        # A download fails at once, network or not: nothing listens on port 9.
+        https_proxy="http://127.0.0.1:9",
+        HTTPS_PROXY="http://127.0.0.1:9",
+        http_proxy="http://127.0.0.1:9",
+        HTTP_PROXY="http://127.0.0.1:9",
+        BENCH_GATE_STORAGE=str(cache / "gate"),
+    )
     return env
 
 
@@ -303,8 +381,10 @@ def snapshot(folder: Path) -> dict:
     """Every path under `folder`, with a file's content hash: what must not change."""
     if not folder.exists():
         return {}
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 def prepare(base: Path, names) -> tuple[dict, dict]:
@@ -321,8 +401,12 @@ def prepare(base: Path, names) -> tuple[dict, dict]:
         fill = {"case": where, "work": where / "work", "shared": shared}
         env = case_env(where / "cache")
         env.update({k: v.format(**fill) for k, v in case.env.items()})
-        specs[name] = {"argv": [a.format(**fill) for a in case.argv], "cwd": str(where / "work"), "env": env,
-                       "timeout": 120}
+        specs[name] = {
+            "argv": [a.format(**fill) for a in case.argv],
+            "cwd": str(where / "work"),
+            "env": env,
+            "timeout": 120,
+        }
         before[name] = snapshot(where / "work")
     return specs, before
 
@@ -338,9 +422,13 @@ def outcomes(tmp_path_factory):
     names = [n for n in [*CASES, *GOOD_CASES] if runnable(n)]
     specs, before = prepare(base, names)
     (base / "cases.json").write_text(json.dumps(specs))
-    done = subprocess.run([sys.executable, str(REPO / "tests" / "forked_cli.py"), str(base / "cases.json"),
-                           str(base / "results.json")], env=case_env(base / "runner-cache"),
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "forked_cli.py"), str(base / "cases.json"), str(base / "results.json")],
+        env=case_env(base / "runner-cache"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((base / "results.json").read_text())
     for result in results.values():
@@ -409,9 +497,17 @@ FRESH = ("train seed overflow", "report torn last row")
 def test_forked_runs_match_fresh_interpreters(outcomes, tmp_path):
     """The same cases as plain `python -m bench` processes: the same status, message and (no) files."""
     specs, before = prepare(tmp_path, FRESH)
-    procs = {name: subprocess.Popen([sys.executable, "-m", "bench", *specs[name]["argv"]], cwd=specs[name]["cwd"],
-                                    env=specs[name]["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name in FRESH}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "bench", *specs[name]["argv"]],
+            cwd=specs[name]["cwd"],
+            env=specs[name]["env"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in FRESH
+    }
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=300)
         forked, _, _ = outcomes[name]

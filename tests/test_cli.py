@@ -16,16 +16,37 @@ from bench.cli import main
 REPO = Path(__file__).resolve().parents[1]
 PROG = "python -m bench"
 # Fast settings for a run that gets as far as training.
-TINY = ["--data", "synthetic", "--train-per-class", "2", "--test-per-class", "1", "--val-size", "20",
-        "--epochs", "1", "--batch-size", "10", "--augment", "none", "--device", "cpu", "--no-progress"]
+TINY = [
+    "--data",
+    "synthetic",
+    "--train-per-class",
+    "2",
+    "--test-per-class",
+    "1",
+    "--val-size",
+    "20",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "10",
+    "--augment",
+    "none",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 
 
 def run_bench(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-               BENCH_CACHE=str(cache), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        BENCH_CACHE=str(cache),
+        OMP_NUM_THREADS="1",
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def assert_user_error(stderr: str, *needles: str) -> None:
@@ -86,12 +107,17 @@ def test_top_level_help(cli_runs):
 
 def test_only_the_chosen_command_is_imported():
     """`--help` lists every command from the table alone; a command imports its own module and no other's."""
-    code = ("import sys; from bench.cli import COMMANDS, build_parser; build_parser(sys.argv[1] or None)\n"
-            "print(' '.join(n for n, (m, _) in COMMANDS.items() if m in sys.modules) or '-', 'torch' in sys.modules)")
+    code = (
+        "import sys; from bench.cli import COMMANDS, build_parser; build_parser(sys.argv[1] or None)\n"
+        "print(' '.join(n for n, (m, _) in COMMANDS.items() if m in sys.modules) or '-', 'torch' in sys.modules)"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    out = {command: subprocess.run([sys.executable, "-c", code, command], env=env, capture_output=True,
-                                   text=True, timeout=300, check=True).stdout.split()
-           for command in ("", "report")}
+    out = {
+        command: subprocess.run(
+            [sys.executable, "-c", code, command], env=env, capture_output=True, text=True, timeout=300, check=True
+        ).stdout.split()
+        for command in ("", "report")
+    }
     assert out[""] == ["-", "False"]
     assert out["report"] == ["report", "False"]
 
@@ -100,9 +126,22 @@ def test_train_help(cli_runs):
     r, _ = cli_runs["train help"]
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"usage: {PROG} train")
-    for flag in ("--model", "--knob", "--data", "--data-root", "--augment", "--schedule", "--out", "--val-size",
-                 "--train-eval-size", "--data-seed", "--image-size", "--plateau-patience", "--plateau-max-drops",
-                 "--decay"):
+    for flag in (
+        "--model",
+        "--knob",
+        "--data",
+        "--data-root",
+        "--augment",
+        "--schedule",
+        "--out",
+        "--val-size",
+        "--train-eval-size",
+        "--data-seed",
+        "--image-size",
+        "--plateau-patience",
+        "--plateau-max-drops",
+        "--decay",
+    ):
         assert flag in r.stdout, flag
 
 
@@ -149,8 +188,22 @@ def test_missing_cifar10_without_network_says_how_to_fix(tmp_path, no_download, 
     """In-process, so that the download can fail here whether or not this machine has a network."""
     root = tmp_path / "empty-root"
     out = tmp_path / "results" / "run"
-    code = main(["train", "--data", "cifar10", "--data-root", str(root), "--epochs", "1",
-                 "--device", "cpu", "--no-progress", "--out", str(out)])
+    code = main(
+        [
+            "train",
+            "--data",
+            "cifar10",
+            "--data-root",
+            str(root),
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert len(no_download) == 1  # it tried to download, and that failed
@@ -177,22 +230,59 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
 
 def test_tiny_synthetic_run_writes_the_run_folder(tmp_path, bench_cache):
     out = tmp_path / "results" / "runs" / "tiny"
-    r = run_bench(["train", *TINY, "--epochs", "2", "--seed", "3", "--data-seed", "4", "--decay", "all",
-                   "--schedule", "plateau", "--plateau-patience", "1", "--plateau-max-drops", "2",
-                   "--train-eval-size", "10", "--out", str(out)], tmp_path, bench_cache)
+    r = run_bench(
+        [
+            "train",
+            *TINY,
+            "--epochs",
+            "2",
+            "--seed",
+            "3",
+            "--data-seed",
+            "4",
+            "--decay",
+            "all",
+            "--schedule",
+            "plateau",
+            "--plateau-patience",
+            "1",
+            "--plateau-max-drops",
+            "2",
+            "--train-eval-size",
+            "10",
+            "--out",
+            str(out),
+        ],
+        tmp_path,
+        bench_cache,
+    )
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
-    assert {p.name for p in out.iterdir()} == {"config.json", "history.csv", "progress.csv", "summary.json",
-                                               "checkpoint.pt"}
+    assert {p.name for p in out.iterdir()} == {
+        "config.json",
+        "history.csv",
+        "progress.csv",
+        "summary.json",
+        "checkpoint.pt",
+    }
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["epochs_run"] == 2 and summary["seed"] == 3
     assert summary["val_images"] == 20 and summary["train_eval_images"] == 10 and summary["data_seed"] == 4
     assert summary["best_epoch"] in (1, 2) and "best validation error" in r.stderr
     config = json.loads((out / "config.json").read_text())["config"]
     assert config["data"] == "synthetic" and config["epochs"] == 2 and config["train_per_class"] == 2
-    assert (config["val_size"], config["train_eval_size"], config["data_seed"], config["image_size"]) == (20, 10, 4, None)
+    assert (config["val_size"], config["train_eval_size"], config["data_seed"], config["image_size"]) == (
+        20,
+        10,
+        4,
+        None,
+    )
     assert (config["decay"], config["schedule"], config["plateau_patience"], config["plateau_max_drops"]) == (
-        "all", "plateau", 1, 2)
+        "all",
+        "plateau",
+        1,
+        2,
+    )
     assert r.stdout == ""  # people read stderr (logging); programs read the files
 
 
@@ -200,10 +290,15 @@ def test_end_of_run_line_prints_a_zero_error_as_zero(tmp_path, monkeypatch, capl
     import bench.train.command as train_command
     from bench.train import RunResult
 
-    summary = {"epochs_run": 3, "final_test_top1_err_pct": 0.0, "final_test_top5_err_pct": 0.0,
-               "median_train_images_per_s": 1800.0}
-    monkeypatch.setattr(train_command, "run_training",
-                        lambda cfg, out, progress, **hooks: RunResult("ok", [], summary, None))
+    summary = {
+        "epochs_run": 3,
+        "final_test_top1_err_pct": 0.0,
+        "final_test_top5_err_pct": 0.0,
+        "median_train_images_per_s": 1800.0,
+    }
+    monkeypatch.setattr(
+        train_command, "run_training", lambda cfg, out, progress, **hooks: RunResult("ok", [], summary, None)
+    )
     with caplog.at_level("INFO", logger="bench"):
         assert main(["train", *TINY, "--out", str(tmp_path / "run")]) == 0
     assert "final test error 0.00% (top-5 0.00%), 1800 train img/s" in caplog.text

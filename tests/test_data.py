@@ -31,8 +31,10 @@ def cache_files(cache: Path) -> list[Path]:
 
 def forbid(monkeypatch, name: str) -> None:
     """Make the reader `bench.data.<name>` fail if called: the data must come from the cache."""
+
     def fail(*args, **kwargs):
         raise AssertionError(f"{name} called although the cache holds this source")
+
     monkeypatch.setattr(bench.data, name, fail)
 
 
@@ -43,11 +45,13 @@ def count_calls(monkeypatch, name: str) -> list:
     def spy(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
+
     monkeypatch.setattr(bench.data, name, spy)
     return calls
 
 
 # --- official CIFAR-10 pickles -----------------------------------------------------------
+
 
 def test_cifar10_pickles_shapes_labels_and_pixel_layout(cifar10_root, cifar10_md5_bypass):
     fx = cifar10_root
@@ -128,6 +132,7 @@ def test_cifar10_missing_and_download_fails_says_how_to_fix(tmp_path, no_downloa
 
 
 # --- ImageFolder trees and archives ------------------------------------------------
+
 
 def test_folder_tree_reads_images_labels_and_sorted_classes(image_tree):
     data = load_data(DataSpec(source=str(image_tree.path)))
@@ -258,6 +263,7 @@ def test_images_of_different_sizes_name_the_fix(image_tree):
 
 # --- synthetic source and stratified subsets -------------------------------------------
 
+
 @pytest.mark.parametrize("size", [32, 24])
 def test_synthetic_shapes(size):
     data = load_data(DataSpec(source="synthetic", synthetic_train=50, synthetic_test=20, image_size=size))
@@ -296,8 +302,11 @@ def test_stratified_subset_of_cifar10_fixture(cifar10_root, cifar10_md5_bypass):
 
 def test_subset_larger_than_a_class_is_a_user_error_naming_class_and_fix(image_tree):
     # the tree has 4 training images per class (3 classes) and 2 test images per class
-    with pytest.raises(UserError, match=r"the train split has 4 images of class 'apple', fewer than the 5 per "
-                                        r"class asked for; pass --train-per-class 4 or less"):
+    with pytest.raises(
+        UserError,
+        match=r"the train split has 4 images of class 'apple', fewer than the 5 per "
+        r"class asked for; pass --train-per-class 4 or less",
+    ):
         load_data(DataSpec(source=str(image_tree.path), train_per_class=5))
 
 
@@ -319,6 +328,7 @@ def test_subset_below_one_is_a_user_error():
 
 
 # --- normalisation ----------------------------------------------------------------
+
 
 def test_standardize_gives_zero_mean_unit_std_per_channel_on_train():
     # Fitted on the subset actually used for training, not on the full split.
@@ -353,6 +363,7 @@ def test_unknown_preprocess_is_a_user_error():
 
 
 # --- augmentation ---------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def small_data():
@@ -402,7 +413,7 @@ def test_crop_is_a_window_of_the_zero_padded_image():
     out = augment_batch(x, frozenset({"crop"}), None, torch.Generator().manual_seed(3))
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     for i in range(len(x)):
-        windows = [padded[i, :, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
+        windows = [padded[i, :, dy : dy + 32, dx : dx + 32] for dy in range(9) for dx in range(9)]
         assert any(torch.equal(out[i], w) for w in windows), i
 
 
@@ -442,6 +453,7 @@ def test_parse_augment_rejects_unknown_names_with_the_choices():
 
 
 # --- the real CIFAR-10 JPEG copy --------------------------------------------------
+
 
 @pytest.mark.skipif(not REAL_CIFAR_JPEG.exists(), reason=f"{REAL_CIFAR_JPEG} not present")
 def test_real_cifar10_jpeg_archive(bench_cache):

@@ -38,6 +38,7 @@ def counts(y: torch.Tensor) -> list[int]:
 
 # --- the validation split ----------------------------------------------------------
 
+
 def test_val_split_is_a_disjoint_stratified_hold_out_of_train(cifar10_root, cifar10_md5_bypass):
     # the fixture: 100 training images, 10 per class, random pixels (so rows are unique)
     full = load_data(cifar_spec(cifar10_root))
@@ -78,8 +79,10 @@ def test_val_split_follows_the_data_seed_only(cifar10_root, cifar10_md5_bypass):
 
 def test_val_split_is_the_same_in_another_process():
     y = torch.arange(1000) % 10
-    code = ("import torch; from bench.data.splits import hold_out; torch.manual_seed(123); "
-            "print(hold_out(torch.arange(1000) % 10, 100, [str(i) for i in range(10)], 5)[1].tolist())")
+    code = (
+        "import torch; from bench.data.splits import hold_out; torch.manual_seed(123); "
+        "print(hold_out(torch.arange(1000) % 10, 100, [str(i) for i in range(10)], 5)[1].tolist())"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert eval(out) == hold_out(y, 100, [str(i) for i in range(10)], 5)[1].tolist()
@@ -110,8 +113,11 @@ def test_val_size_that_divides_unevenly_is_as_equal_as_it_can_be(cifar10_root, c
 
 
 def test_val_size_too_large_names_a_size_that_works(cifar10_root, cifar10_md5_bypass):
-    with pytest.raises(UserError, match=r"val_size 100 would hold out all 10 training images of class 'airplane'; "
-                                        r"pass --val-size 90 or less \(0 for no validation split\)"):
+    with pytest.raises(
+        UserError,
+        match=r"val_size 100 would hold out all 10 training images of class 'airplane'; "
+        r"pass --val-size 90 or less \(0 for no validation split\)",
+    ):
         load_data(cifar_spec(cifar10_root, val_size=100))
     assert counts(load_data(cifar_spec(cifar10_root, val_size=90)).train_y) == [1] * 10
     with pytest.raises(UserError, match="val_size must be a whole number of images, 0 or more, got -1"):
@@ -119,13 +125,17 @@ def test_val_size_too_large_names_a_size_that_works(cifar10_root, cifar10_md5_by
 
 
 def test_train_subset_short_after_hold_out_says_so(cifar10_root, cifar10_md5_bypass):
-    with pytest.raises(UserError, match=r"the train split has 8 images of class 'airplane' left after the 20-image "
-                                        r"validation hold-out, fewer than the 9 per class asked for; "
-                                        r"pass --train-per-class 8 or less"):
+    with pytest.raises(
+        UserError,
+        match=r"the train split has 8 images of class 'airplane' left after the 20-image "
+        r"validation hold-out, fewer than the 9 per class asked for; "
+        r"pass --train-per-class 8 or less",
+    ):
         load_data(cifar_spec(cifar10_root, val_size=20, train_per_class=9))
 
 
 # --- per-class subsets and the data seed -----------------------------------------------
+
 
 def test_per_class_subsets_follow_the_data_seed_and_seed_0_is_unchanged(cifar10_root, cifar10_md5_bypass):
     full = load_data(cifar_spec(cifar10_root))
@@ -141,6 +151,7 @@ def test_per_class_subsets_follow_the_data_seed_and_seed_0_is_unchanged(cifar10_
 
 
 # --- train_eval: the clean training error --------------------------------------------
+
 
 def test_train_eval_is_a_fixed_stratified_unaugmented_subset_of_train(cifar10_root, cifar10_md5_bypass):
     data = load_data(cifar_spec(cifar10_root, val_size=20, train_eval_size=40))
@@ -174,6 +185,7 @@ def test_every_split_moves_with_to(cifar10_root, cifar10_md5_bypass):
 
 
 # --- PCA lighting -----------------------------------------------------------------
+
 
 def correlated_images(n: int = 40, side: int = 8, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
@@ -224,6 +236,7 @@ def test_pca_shift_is_p_times_alpha_l_added_on_the_0_1_scale():
 
 # --- bad input ------------------------------------------------------------------
 
+
 def save(path: pathlib.Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
@@ -239,8 +252,11 @@ def test_one_class_data_set_is_a_user_error(tmp_path):
 
 def test_mixed_sizes_are_an_error_unless_an_image_size_is_given(image_tree, bench_cache, monkeypatch):
     save(image_tree.path / "train" / "apple" / "0004.png", np.zeros((20, 24, 3), np.uint8))  # 24 wide, 20 high
-    with pytest.raises(UserError, match=r"differ in size \(32x32 in .*0000.png, 24x20 in .*0004.png\); they are "
-                                        r"not stretched to one size unless asked: pass --image-size 32"):
+    with pytest.raises(
+        UserError,
+        match=r"differ in size \(32x32 in .*0000.png, 24x20 in .*0004.png\); they are "
+        r"not stretched to one size unless asked: pass --image-size 32",
+    ):
         load_data(DataSpec(source=str(image_tree.path)))
     assert not list(bench_cache.glob("*.pt"))
     data = load_data(DataSpec(source=str(image_tree.path), explicit_image_size=32))
@@ -277,8 +293,11 @@ def test_bench_cache_that_is_a_file_fails_before_decoding(image_tree, tmp_path, 
     blocker = tmp_path / "cache-file"
     blocker.write_text("")
     monkeypatch.setenv("BENCH_CACHE", str(blocker))
-    with pytest.raises(UserError, match=r"the data cache .*cache-file \(from BENCH_CACHE\) is a file, not a folder; "
-                                        r"point BENCH_CACHE at a writable folder"):
+    with pytest.raises(
+        UserError,
+        match=r"the data cache .*cache-file \(from BENCH_CACHE\) is a file, not a folder; "
+        r"point BENCH_CACHE at a writable folder",
+    ):
         load_data(DataSpec(source=str(image_tree.path)))
     monkeypatch.setenv("BENCH_CACHE", str(blocker / "below"))  # a folder that cannot be made
     with pytest.raises(UserError, match=r"below \(from BENCH_CACHE\) is not writable"):
@@ -326,6 +345,7 @@ def test_synthetic_data_is_sized_to_what_was_asked(monkeypatch):
     def spy(n_train, n_test, size, *a):
         made.append((n_train, n_test, size))
         return real(n_train, n_test, size, *a)
+
     monkeypatch.setattr(bench.data, "make_synthetic", spy)
     data = load_data(DataSpec(source="synthetic", image_size=227, train_per_class=2, test_per_class=1))
     assert made == [(20, 10, 227)] and data.train_x.shape == (20, 3, 227, 227)

@@ -40,17 +40,50 @@ def column(rows: list[dict], name: str) -> list[float]:
 
 def torchrun(args: list[str], cwd) -> subprocess.CompletedProcess:
     # --standalone: torchrun finds a free port itself (no race with a port picked here).
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "bench", "train", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "bench",
+            "train",
+            *args,
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def case_args(name: str, tmp_path) -> list[str]:
     if name == "synthetic, augment none":
-        return ["--data", "synthetic", "--train-per-class", "20", "--test-per-class", "2", "--val-size", "10",
-                "--train-eval-size", "20", "--batch-size", "20", "--augment", "none"]
+        return [
+            "--data",
+            "synthetic",
+            "--train-per-class",
+            "20",
+            "--test-per-class",
+            "2",
+            "--val-size",
+            "10",
+            "--train-eval-size",
+            "20",
+            "--batch-size",
+            "20",
+            "--augment",
+            "none",
+        ]
     # 12 folder images less 1 held out: batches of 4, 4 and 3, the last split 1 and 2 over
     # the ranks; the folder is decoded into the cache by rank 0 before rank 1 reads it.
     tree = write_tree(tmp_path / "tree")
@@ -70,15 +103,18 @@ def test_torchrun_matches_one_process(name, tmp_path, capsys):
     (run,) = (cwd / "results" / "runs").iterdir()
     assert {p.name for p in run.iterdir()} == RUN_FILES
     assert sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*") if p.is_file()) == sorted(
-        str((run / f).relative_to(cwd)) for f in RUN_FILES)
+        str((run / f).relative_to(cwd)) for f in RUN_FILES
+    )
     assert done.stderr.count("epoch 1: running train loss") == 1  # rank 0 logs, rank 1 does not
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["status"] == "ok"
     assert json.loads((run / "config.json").read_text())["environment"]["world_size"] == 2
 
     single = tmp_path / "single"
-    for table, names in (("progress.csv", ["train_running_loss"]),
-                         ("history.csv", ["train_running_loss", "test_loss", "val_loss", "train_clean_loss"])):
+    for table, names in (
+        ("progress.csv", ["train_running_loss"]),
+        ("history.csv", ["train_running_loss", "test_loss", "val_loss", "train_clean_loss"]),
+    ):
         want, got = read_csv(single / table), read_csv(run / table)
         assert len(got) == len(want)
         for c in names:
@@ -93,8 +129,9 @@ def test_batch_size_must_split_over_the_processes(tmp_path, monkeypatch, capsys)
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")
     out = tmp_path / "run"
-    code = main(["train", *COMMON, "--data", "synthetic", "--train-per-class", "2", "--batch-size", "15",
-                 "--out", str(out)])
+    code = main(
+        ["train", *COMMON, "--data", "synthetic", "--train-per-class", "2", "--batch-size", "15", "--out", str(out)]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.count("\n") == 0 and "batch_size 15 does not split over 2 processes" in err

@@ -30,8 +30,17 @@ from bench.models import input_size_of, list_models
 
 # One tiny case (AlexNet at 1/8 width, batch 16: about 15 ms a training step on one
 # CPU thread), quick mode, 3 rounds of 50 ms: a run is a few seconds, most of it imports.
-SUITE_ARGS = ["--bench-quick", "--bench-models", "alexnet", "--bench-width", "0.125", "--bench-batch-size", "16",
-              "--bench-rounds", "3"]
+SUITE_ARGS = [
+    "--bench-quick",
+    "--bench-models",
+    "alexnet",
+    "--bench-width",
+    "0.125",
+    "--bench-batch-size",
+    "16",
+    "--bench-rounds",
+    "3",
+]
 TOLERANT = ["--threshold", "0.75"]  # see the module docstring
 
 
@@ -103,8 +112,18 @@ def test_identical_rerun_passes(saved, one_thread, capfd):
 
 def test_slower_run_fails_naming_the_regressed(saved, one_thread, capfd, tmp_path):
     report = tmp_path / "comparison.csv"
-    status = _gate("--compare", "base", "--storage", str(saved), *TOLERANT, "--report", str(report),
-                   *SUITE_ARGS, "--bench-inject-slowdown", "8")
+    status = _gate(
+        "--compare",
+        "base",
+        "--storage",
+        str(saved),
+        *TOLERANT,
+        "--report",
+        str(report),
+        *SUITE_ARGS,
+        "--bench-inject-slowdown",
+        "8",
+    )
     out = capfd.readouterr().out
     assert status == 1, out
     verdict = next(line for line in out.splitlines() if line.startswith("FAILED"))
@@ -119,16 +138,19 @@ def test_missing_baseline_is_one_line_exit_2(tmp_path, no_suite_run, capfd):
     assert "no baseline 'nothing-here'" in err and "--save nothing-here" in err
 
 
-@pytest.mark.parametrize("change, message", [
-    (["--bench-width", "0.25"], "width=0.125; this run would measure width=0.25"),
-    (["--bench-batch-size=8"], "batch_size=16; this run would measure batch_size=8"),
-    (["--bench-dtype", "bf16"], "dtype=fp32; this run would measure dtype=bf16"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--bench-width", "0.25"], "width=0.125; this run would measure width=0.25"),
+        (["--bench-batch-size=8"], "batch_size=16; this run would measure batch_size=8"),
+        (["--bench-dtype", "bf16"], "dtype=fp32; this run would measure dtype=bf16"),
+    ],
+)
 def test_baseline_with_other_settings_is_refused_before_the_suite_runs(saved, no_suite_run, capfd, change, message):
     args = [a for a in SUITE_ARGS]
     for option in {c.split("=")[0] for c in change} & set(args):  # replace, not repeat, what SUITE_ARGS sets
         i = args.index(option)
-        del args[i:i + 2]
+        del args[i : i + 2]
     assert _gate("--compare", "base", "--storage", str(saved), *args, *change) == 2
     err = _one_line_error(capfd)
     assert message in err and "pass the same --bench-* options, or save a new baseline" in err
@@ -154,14 +176,17 @@ def test_baseline_from_another_device_is_one_line_exit_2(saved, tmp_path, no_sui
     assert f"cpu {environment('cpu')['device_name']!r}" in err  # and where this run is
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--compare", "base", "--threshold", "10"], "--threshold must be a fraction"),
-    (["--compare", "base", "--bench-device", "cpu"], "give the device as --device"),
-    (["--save", "../up"], "baseline name '../up' is not valid"),
-    (["--compare", "base", "--stat", "mean"], "--stat 'mean' is not valid"),
-    (["--compare", "base", "--repeat", "0"], "--repeat must be an odd number"),
-    (["--save", "base", "--repeat", "2"], "--repeat must be an odd number (1, 3, 5"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--compare", "base", "--threshold", "10"], "--threshold must be a fraction"),
+        (["--compare", "base", "--bench-device", "cpu"], "give the device as --device"),
+        (["--save", "../up"], "baseline name '../up' is not valid"),
+        (["--compare", "base", "--stat", "mean"], "--stat 'mean' is not valid"),
+        (["--compare", "base", "--repeat", "0"], "--repeat must be an odd number"),
+        (["--save", "base", "--repeat", "2"], "--repeat must be an odd number (1, 3, 5"),
+    ],
+)
 def test_bad_arguments_are_one_line_exit_2(tmp_path, no_suite_run, capfd, args, message):
     assert _gate(*args, "--storage", str(tmp_path)) == 2
     assert message in _one_line_error(capfd)
@@ -183,8 +208,9 @@ def test_missing_pytest_benchmark_is_one_line_naming_the_extra(tmp_path, monkeyp
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "pytest_benchmark" else find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "pytest_benchmark" else find_spec(name, *a)
+    )
     assert _gate("--save", "base", "--storage", str(tmp_path)) == 2
     assert "pip install 'alexnet-bench[dev]'" in _one_line_error(capfd)
 
@@ -209,7 +235,8 @@ def _run(rates: dict[str, float], *, device_name="Some CPU", threads=2, **settin
     """A run whose benchmarks have these images/s (100 images per round)."""
     benchmarks = {
         f"test_train[{case}]": {
-            "name": f"test_train[{case}]", "group": "train",
+            "name": f"test_train[{case}]",
+            "group": "train",
             "extra_info": {"phase": "train", "case": case, "images_per_round": 100},
             "stats": {"median": 100 / rate, "min": 90 / rate, "iqr": 3 / rate},
         }
@@ -225,7 +252,12 @@ def test_compare_fails_beyond_the_threshold_only():
     new = _run({"a": 910, "b": 890, "c": 1200, "added": 1000}, threads=1)
     rows = {r["case"]: r for r in compare(old, new, threshold=0.10)}
     assert {k: r["status"] for k, r in rows.items()} == {
-        "a": "ok", "b": "regressed", "c": "faster", "gone": "missing", "added": "new"}
+        "a": "ok",
+        "b": "regressed",
+        "c": "faster",
+        "gone": "missing",
+        "added": "new",
+    }
     assert rows["b"]["change"] == pytest.approx(-0.11)
     assert rows["b"]["baseline_images_per_s"] == pytest.approx(1000)
     assert [r["status"] for r in compare(old, new, threshold=0.12)][:2] == ["ok", "ok"]
@@ -245,8 +277,11 @@ def test_repeated_runs_merge_to_the_median_run_per_benchmark(tmp_path):
     paths = []
     for i, rates in enumerate([{"a": 100, "b": 900}, {"a": 300, "b": 700}, {"a": 200, "b": 800}]):
         run = _run(rates)
-        data = {"machine_info": {"bench": {"environment": run.environment, "settings": run.settings}},
-                "benchmarks": list(run.benchmarks.values()), "datetime": f"2026-01-0{i + 1}"}
+        data = {
+            "machine_info": {"bench": {"environment": run.environment, "settings": run.settings}},
+            "benchmarks": list(run.benchmarks.values()),
+            "datetime": f"2026-01-0{i + 1}",
+        }
         paths.append(tmp_path / f"run{i}.json")
         paths[-1].write_text(json.dumps(data))
     merged = load_run(merge_runs(paths, tmp_path / "merged.json"))
@@ -287,7 +322,9 @@ def test_ablation_cases_are_the_study_files_model_variants():
     ids = [c.id for c in study_cases()]
     assert ids == [
         "alexnet:groups=2",  # the study's baseline: the paper's two towers
-        "alexnet:activation=tanh,groups=2", "alexnet:groups=2,norm=none", "alexnet:groups=2,pool=nonoverlap",
+        "alexnet:activation=tanh,groups=2",
+        "alexnet:groups=2,norm=none",
+        "alexnet:groups=2,pool=nonoverlap",
         "alexnet:dropout=0.0,groups=2",
         "alexnet:conv_width=0.5",  # towers=one-half; towers=one is plain `alexnet`, augment changes no model
     ]

@@ -31,8 +31,14 @@ class SmallAlexNet(nn.Module):
     def __init__(self, norm):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), norm(*CONSTANTS[0]), nn.MaxPool2d(2),
-            nn.Conv2d(16, 12, 3, padding=1), nn.ReLU(), norm(*CONSTANTS[1]), nn.MaxPool2d(2),
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.ReLU(),
+            norm(*CONSTANTS[0]),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 12, 3, padding=1),
+            nn.ReLU(),
+            norm(*CONSTANTS[1]),
+            nn.MaxPool2d(2),
         )
         self.classifier = nn.Linear(12 * 4 * 4, 10)
 
@@ -85,8 +91,9 @@ def uncompiled_fused(monkeypatch):
 
     def passes(*constants):
         calls.append(constants)
-        return tuple(lambda *t, f=f: f(*t, *constants)
-                     for f in (lrn._math_forward, lrn._math_backward_terms, lrn._math_backward))
+        return tuple(
+            lambda *t, f=f: f(*t, *constants) for f in (lrn._math_forward, lrn._math_backward_terms, lrn._math_backward)
+        )
 
     monkeypatch.setattr(lrn, "_compiled", passes)
     monkeypatch.setattr(lrn, "_toolchain_missing", lambda device_type: None)

@@ -42,11 +42,17 @@ def _with_input_size(model: nn.Module, side: int) -> nn.Module:
 
 
 def _grouped() -> nn.Module:
-    return _with_input_size(nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, groups=4), nn.ReLU(),
-        nn.Flatten(), nn.Linear(8 * 6 * 6, 10),
-    ), 8)
+    return _with_input_size(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, groups=4),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(8 * 6 * 6, 10),
+        ),
+        8,
+    )
 
 
 def _flop_counter_mode_flops(model: nn.Module, side: int) -> int:
@@ -69,10 +75,16 @@ def test_params_are_the_sum_of_numel_and_frozen_ones_are_not_trainable():
     assert counts["flops"] == 2 * counts["macs"] + counts["elementwise_ops"]
 
 
-@pytest.mark.parametrize("build", [
-    lambda: create_model("layers-80sec"), _grouped, lambda: create_model("alexnet"),
-    lambda: create_model("alexnet", groups=2),
-], ids=["layers-80sec", "grouped", "alexnet", "alexnet-groups2"])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: create_model("layers-80sec"),
+        _grouped,
+        lambda: create_model("alexnet"),
+        lambda: create_model("alexnet", groups=2),
+    ],
+    ids=["layers-80sec", "grouped", "alexnet", "alexnet-groups2"],
+)
 def test_macs_are_half_of_flop_counter_mode(build):
     model = build()
     counts = count_ops(model, model.input_size)
@@ -181,16 +193,36 @@ def test_old_tables_convert_exactly_to_the_current_counts():
     row = upgrade_counts(saved).set_index("model").loc["alexnet"]
     counts = count_ops(create_model("alexnet"), 32)
     assert (row["macs"], row["elementwise_ops"], row["flops"]) == (
-        counts["macs"], counts["elementwise_ops"], counts["flops"])
+        counts["macs"],
+        counts["elementwise_ops"],
+        counts["flops"],
+    )
     assert row["flop_convention"].startswith(FLOP_CONVENTION) and OLD_CONVENTION in row["flop_convention"]
 
 
 def test_upgrade_converts_old_rows_and_leaves_current_ones():
-    old = {"model": "a", "knobs": "", "macs": 1100, "core_macs": 1000, "flops": 2200, "flop_convention": OLD_CONVENTION,
-           "train_images_per_s": 10.0, "train_achieved_flops_per_s": 3 * 2200 * 10.0, "train_pct_of_matmul": 66.0}
-    new = {"model": "b", "knobs": "", "macs": 500, "elementwise_ops": 7, "flops": 1007,
-           "flop_convention": FLOP_CONVENTION, "train_images_per_s": 1.0, "train_achieved_flops_per_s": 3021.0,
-           "train_pct_of_matmul": 3.021}
+    old = {
+        "model": "a",
+        "knobs": "",
+        "macs": 1100,
+        "core_macs": 1000,
+        "flops": 2200,
+        "flop_convention": OLD_CONVENTION,
+        "train_images_per_s": 10.0,
+        "train_achieved_flops_per_s": 3 * 2200 * 10.0,
+        "train_pct_of_matmul": 66.0,
+    }
+    new = {
+        "model": "b",
+        "knobs": "",
+        "macs": 500,
+        "elementwise_ops": 7,
+        "flops": 1007,
+        "flop_convention": FLOP_CONVENTION,
+        "train_images_per_s": 1.0,
+        "train_achieved_flops_per_s": 3021.0,
+        "train_pct_of_matmul": 3.021,
+    }
     failed = {"model": "c", "knobs": "", "flop_convention": OLD_CONVENTION}  # counting failed: nothing to convert
     frame = upgrade_counts(pd.DataFrame([old, new, failed])).set_index("model")
     assert "core_macs" not in frame
@@ -202,10 +234,10 @@ def test_upgrade_converts_old_rows_and_leaves_current_ones():
     assert (b["macs"], b["elementwise_ops"], b["flops"], b["train_pct_of_matmul"]) == (500, 7, 1007, 3.021)
     assert pd.isna(c["macs"]) and c["flop_convention"] == OLD_CONVENTION
     # The measure command updates an old table: its old rows come out in the current convention.
-    merged = merge_tables(pd.DataFrame([old]).assign(device_name="x", dtype="fp32", memory_format="contiguous",
-                                                     quick=True),
-                          pd.DataFrame([new]).assign(device_name="x", dtype="fp32", memory_format="contiguous",
-                                                     quick=True))
+    merged = merge_tables(
+        pd.DataFrame([old]).assign(device_name="x", dtype="fp32", memory_format="contiguous", quick=True),
+        pd.DataFrame([new]).assign(device_name="x", dtype="fp32", memory_format="contiguous", quick=True),
+    )
     assert merged["macs"].tolist() == [1000, 500] and merged["elementwise_ops"].tolist() == [100, 7]
 
 
@@ -230,6 +262,7 @@ def test_rounds_are_sized_by_the_fastest_warm_up_step_after_the_first():
 
 def test_timed_rounds_run_the_sized_steps_and_report_median_and_spread():
     done = []
+
     def fake_loop(one_round, k):  # runs one round, reports three
         return [one_round() or 2.0, 1.0, 4.0][:k]
 
@@ -247,8 +280,14 @@ def test_throughput_quick_is_positive_and_finite():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     row = measure_throughput(model, device="cpu", settings=TINY)
     assert row["error"] is None and row["batch_size"] == 4
-    for key in ("train_images_per_s", "train_images_per_s_min", "train_images_per_s_max",
-                "infer_images_per_s", "latency_ms_b1", "peak_mem_mb"):
+    for key in (
+        "train_images_per_s",
+        "train_images_per_s_min",
+        "train_images_per_s_max",
+        "infer_images_per_s",
+        "latency_ms_b1",
+        "peak_mem_mb",
+    ):
         assert math.isfinite(row[key]) and row[key] > 0, key
     assert row["train_images_per_s_min"] <= row["train_images_per_s"] <= row["train_images_per_s_max"]
     # Weights, gradients and momentum are at least three copies of the parameters.
@@ -330,8 +369,10 @@ def test_measure_command_writes_the_csv(tmp_path, capsys):
     from bench.cli import main
 
     out = tmp_path / "m.csv"
-    assert main(["measure", "--arch", "layers-8*", "--quick", "--device", "cpu", "--batch-size", "4",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["measure", "--arch", "layers-8*", "--quick", "--device", "cpu", "--batch-size", "4", "--out", str(out)])
+        == 0
+    )
     import pandas as pd
 
     frame = pd.read_csv(out)
@@ -358,8 +399,12 @@ def test_measure_command_updates_the_table_instead_of_replacing_it(tmp_path, cap
     assert frame["model"].tolist() == ["lenet5", "lenet5-1998"] and frame["knobs"].tolist() == ["", ""]
     assert main(["measure", "--arch", "alexnet", "--knob", "width=0.125", *tiny]) == 0
     frame = pd.read_csv(out, keep_default_na=False)
-    assert frame[["model", "knobs"]].values.tolist() == [["alexnet", "width=0.125"], ["lenet5", ""], ["lenet5-1998", ""]]
-    out.write_text("model,params\n\"lenet5,1\n")  # torn
+    assert frame[["model", "knobs"]].values.tolist() == [
+        ["alexnet", "width=0.125"],
+        ["lenet5", ""],
+        ["lenet5-1998", ""],
+    ]
+    out.write_text('model,params\n"lenet5,1\n')  # torn
     capsys.readouterr()
     assert main(["measure", "--arch", "lenet5", *tiny]) == 2
     assert "is not a readable table" in capsys.readouterr().err
@@ -387,6 +432,11 @@ def test_environment_on_cpu():
 
 
 def test_import_prints_no_warnings():
-    done = subprocess.run([sys.executable, "-W", "default", "-c", "import bench.measure"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", "import bench.measure"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0 and done.stderr == ""

@@ -25,9 +25,17 @@ N_CLASSES = 4
 
 # --- best epoch: chosen on validation, never on test --------------------------------------
 
+
 def _row(epoch: int, val: float | None, test: float) -> dict:
-    row = {"epoch": epoch, "train_running_loss": 1.0, "train_running_err_pct": 30.0, "test_top1_err_pct": test,
-           "test_top5_err_pct": test / 4, "epoch_seconds": 1.0, "train_images_per_s": 100.0}
+    row = {
+        "epoch": epoch,
+        "train_running_loss": 1.0,
+        "train_running_err_pct": 30.0,
+        "test_top1_err_pct": test,
+        "test_top5_err_pct": test / 4,
+        "epoch_seconds": 1.0,
+        "train_images_per_s": 100.0,
+    }
     if val is not None:
         row["val_top1_err_pct"] = val
     return row
@@ -55,12 +63,19 @@ def test_plateau_needs_a_validation_split():
         TrainConfig(schedule="plateau", val_size=0)
 
 
-@pytest.mark.parametrize("changes, needle", [
-    ({"val_size": -1}, "val_size must be 0 or more"), ({"train_eval_size": -5}, "train_eval_size must be"),
-    ({"data_seed": -1}, "data_seed must be"), ({"plateau_patience": -1}, "plateau_patience must be"),
-    ({"plateau_max_drops": -1}, "plateau_max_drops must be"), ({"image_size": 0}, "image_size must be"),
-    ({"decay": "bias"}, "decay='bias'.*weights, all"), ({"val_size": 1.5}, "val_size=1.5 has the wrong type"),
-])
+@pytest.mark.parametrize(
+    "changes, needle",
+    [
+        ({"val_size": -1}, "val_size must be 0 or more"),
+        ({"train_eval_size": -5}, "train_eval_size must be"),
+        ({"data_seed": -1}, "data_seed must be"),
+        ({"plateau_patience": -1}, "plateau_patience must be"),
+        ({"plateau_max_drops": -1}, "plateau_max_drops must be"),
+        ({"image_size": 0}, "image_size must be"),
+        ({"decay": "bias"}, "decay='bias'.*weights, all"),
+        ({"val_size": 1.5}, "val_size=1.5 has the wrong type"),
+    ],
+)
 def test_new_config_fields_are_validated_in_one_line(changes, needle):
     with pytest.raises(UserError, match=needle) as err:
         TrainConfig(**changes)
@@ -68,6 +83,7 @@ def test_new_config_fields_are_validated_in_one_line(changes, needle):
 
 
 # --- a mock data set: the class is the image's brightness ---------------------------------
+
 
 def _images(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
     y = torch.arange(N_CLASSES).repeat_interleave(per_class)
@@ -80,8 +96,18 @@ def mock_data(val: bool = True) -> Dataset:
     test_x, test_y = _images(2)
     val_x, val_y = _images(2) if val else (None, None)
     norm = Normalizer.fit(train_x, "standardize")
-    return Dataset(train_x, train_y, test_x, test_y, [str(c) for c in range(N_CLASSES)], norm,
-                   {"data_source": "mock"}, val_x, val_y, torch.arange(0, 24, 2))
+    return Dataset(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        [str(c) for c in range(N_CLASSES)],
+        norm,
+        {"data_source": "mock"},
+        val_x,
+        val_y,
+        torch.arange(0, 24, 2),
+    )
 
 
 class ModeNet(nn.Module):
@@ -110,8 +136,16 @@ def _mode_net(monkeypatch, data: Dataset) -> None:
 
 
 def mock_config(**changes) -> TrainConfig:
-    base = {"data": "synthetic", "epochs": 2, "batch_size": 4, "lr": 0.1, "schedule": "constant",
-            "augment": "none", "device": "cpu", "val_size": 8}
+    base = {
+        "data": "synthetic",
+        "epochs": 2,
+        "batch_size": 4,
+        "lr": 0.1,
+        "schedule": "constant",
+        "augment": "none",
+        "device": "cpu",
+        "val_size": 8,
+    }
     return TrainConfig(**{**base, **changes})
 
 
@@ -128,8 +162,10 @@ def test_clean_training_error_is_measured_in_eval_mode_without_augmentation(monk
     # the same eval-mode model on cropped training images errs: so the clean pass was not cropped
     model = result.model.eval()
     g = torch.Generator().manual_seed(0)
-    crops = [(model(x).argmax(1) != y).sum().item()
-             for x, y in data.batches("train", 24, augment=frozenset({"crop"}), generator=g)]
+    crops = [
+        (model(x).argmax(1) != y).sum().item()
+        for x, y in data.batches("train", 24, augment=frozenset({"crop"}), generator=g)
+    ]
     assert sum(crops) > 0
 
 
@@ -163,27 +199,36 @@ def test_plateau_waits_for_warmup(monkeypatch):
 
 # --- progress points and the interpolated time to target ---------------------------------
 
+
 def test_progress_points_ten_per_epoch_one_per_tenth(monkeypatch):
     data = mock_data()
     _mode_net(monkeypatch, data)
     result = train(mock_config(batch_size=1, epochs=1), data, progress=False)  # 24 steps
     assert [p["step"] for p in result.progress] == [3, 5, 8, 10, 12, 15, 17, 20, 22, 24]
-    assert [p["epoch"] for p in result.progress] == pytest.approx([s / 24 for s in (3, 5, 8, 10, 12, 15, 17, 20,
-                                                                                    22, 24)])
+    assert [p["epoch"] for p in result.progress] == pytest.approx(
+        [s / 24 for s in (3, 5, 8, 10, 12, 15, 17, 20, 22, 24)]
+    )
     seconds = [p["train_seconds"] for p in result.progress]
     assert seconds == sorted(seconds) and seconds[-1] <= result.history[0]["epoch_seconds"] + 1e-9
 
 
 def test_time_to_target_interpolates_between_progress_points():
-    points = [{"step": 10, "epoch": 0.5, "train_seconds": 4.0, "train_running_err_pct": 60.0},
-              {"step": 20, "epoch": 1.0, "train_seconds": 8.0, "train_running_err_pct": 30.0},
-              {"step": 30, "epoch": 1.5, "train_seconds": 13.0, "train_running_err_pct": 20.0}]
-    history = [{"epoch": 1, "step": 20, "epoch_seconds": 8.0, "train_running_err_pct": 45.0},
-               {"epoch": 2, "step": 40, "epoch_seconds": 10.0, "train_running_err_pct": 22.0}]
+    points = [
+        {"step": 10, "epoch": 0.5, "train_seconds": 4.0, "train_running_err_pct": 60.0},
+        {"step": 20, "epoch": 1.0, "train_seconds": 8.0, "train_running_err_pct": 30.0},
+        {"step": 30, "epoch": 1.5, "train_seconds": 13.0, "train_running_err_pct": 20.0},
+    ]
+    history = [
+        {"epoch": 1, "step": 20, "epoch_seconds": 8.0, "train_running_err_pct": 45.0},
+        {"epoch": 2, "step": 40, "epoch_seconds": 10.0, "train_running_err_pct": 22.0},
+    ]
     # 30 -> 20 crosses 25 halfway between the second and third points: not "epoch 2"
     got = time_to_target(history, points, "train_running_err_pct", 25.0)
-    assert got == {"steps_to_target": pytest.approx(25.0), "epochs_to_target": pytest.approx(1.25),
-                   "seconds_to_target": pytest.approx(10.5)}
+    assert got == {
+        "steps_to_target": pytest.approx(25.0),
+        "epochs_to_target": pytest.approx(1.25),
+        "seconds_to_target": pytest.approx(10.5),
+    }
     assert time_to_target(history, points, "train_running_err_pct", 5.0)["epochs_to_target"] is None
 
 
@@ -196,13 +241,18 @@ def test_stop_after_counts_from_the_epoch_a_progress_point_reaches_the_target():
 
 # --- weight decay ---------------------------------------------------------------------------
 
+
 def _net() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
 
 
-@pytest.mark.parametrize("decay, decayed", [("weights", {"0.weight", "3.weight"}),
-                                            ("all", {"0.weight", "0.bias", "1.weight", "1.bias",
-                                                     "3.weight", "3.bias"})])
+@pytest.mark.parametrize(
+    "decay, decayed",
+    [
+        ("weights", {"0.weight", "3.weight"}),
+        ("all", {"0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias"}),
+    ],
+)
 def test_weight_decay_on_weights_only_or_on_all(decay, decayed):
     torch.manual_seed(0)
     net = _net()
@@ -225,17 +275,23 @@ def test_weight_decay_on_weights_only_or_on_all(decay, decayed):
 
 # --- distinct seeds ----------------------------------------------------------------------
 
+
 def _study(tmp_path, seeds_line: str, profile_line: str = "") -> str:
     path = tmp_path / "dup.toml"
-    path.write_text(f'[study]\nname = "dup"\n{seeds_line}\n[base]\ndata = "synthetic"\n'
-                    f'[factors.lr]\nkey = "lr"\nlevels = [0.01]\n[profiles.smoke]\n{profile_line}\n')
+    path.write_text(
+        f'[study]\nname = "dup"\n{seeds_line}\n[base]\ndata = "synthetic"\n'
+        f'[factors.lr]\nkey = "lr"\nlevels = [0.01]\n[profiles.smoke]\n{profile_line}\n'
+    )
     return str(path)
 
 
-@pytest.mark.parametrize("seeds_line, profile_line, where", [
-    ("seeds = [0, 0]", "", "study.seeds repeats seed 0"),
-    ("seeds = [0]", "seeds = [1, 2, 1]", "profiles.smoke.seeds repeats seed 1"),
-])
+@pytest.mark.parametrize(
+    "seeds_line, profile_line, where",
+    [
+        ("seeds = [0, 0]", "", "study.seeds repeats seed 0"),
+        ("seeds = [0]", "seeds = [1, 2, 1]", "profiles.smoke.seeds repeats seed 1"),
+    ],
+)
 def test_a_repeated_seed_in_a_study_is_a_one_line_error(tmp_path, seeds_line, profile_line, where):
     path = _study(tmp_path, seeds_line, profile_line)
     with pytest.raises(UserError, match=where) as err:
@@ -243,8 +299,9 @@ def test_a_repeated_seed_in_a_study_is_a_one_line_error(tmp_path, seeds_line, pr
     assert "\n" not in str(err.value) and path in str(err.value)
 
 
-@pytest.mark.parametrize("seeds, needle", [("0,0", "repeats seed 0"), ("1,,2", "empty item"),
-                                           ("2,1,2", "repeats seed 2")])
+@pytest.mark.parametrize(
+    "seeds, needle", [("0,0", "repeats seed 0"), ("1,,2", "empty item"), ("2,1,2", "repeats seed 2")]
+)
 def test_repeated_or_empty_seeds_on_the_command_line(tmp_path, capsys, seeds, needle):
     with pytest.raises(SystemExit) as exit_:
         main(["ablate", "--seeds", seeds, "--out", str(tmp_path / "results")])
@@ -269,16 +326,33 @@ def test_a_study_target_on_the_old_metric_name_or_stopping_on_test_is_refused(tm
 
 # --- results swept before the rename still load ----------------------------------------------
 
+
 def test_old_column_names_load_as_todays(tmp_path):
     folder = tmp_path / "old" / "cpu"
     folder.mkdir(parents=True)
-    pd.DataFrame([{"study": "old", "profile": "cpu", "cell_id": "a", "activation": "relu", "is_baseline": True,
-                   "seed": 0, "status": "ok", "final_train_err_pct": 20.0, "final_train_loss": 0.5,
-                   "final_test_top1_err_pct": 30.0, "best_test_top1_err_pct": 28.0,
-                   "target_metric": "train_err_pct", "target_value": 25.0, "epochs_to_target": 3}]
-                 ).to_csv(folder / "runs.csv", index=False)
-    pd.DataFrame([{"cell_id": "a", "epoch": 1, "train_loss": 0.5, "train_err_pct": 20.0,
-                   "test_top1_err_pct": 30.0}]).to_csv(folder / "history.csv", index=False)
+    pd.DataFrame(
+        [
+            {
+                "study": "old",
+                "profile": "cpu",
+                "cell_id": "a",
+                "activation": "relu",
+                "is_baseline": True,
+                "seed": 0,
+                "status": "ok",
+                "final_train_err_pct": 20.0,
+                "final_train_loss": 0.5,
+                "final_test_top1_err_pct": 30.0,
+                "best_test_top1_err_pct": 28.0,
+                "target_metric": "train_err_pct",
+                "target_value": 25.0,
+                "epochs_to_target": 3,
+            }
+        ]
+    ).to_csv(folder / "runs.csv", index=False)
+    pd.DataFrame(
+        [{"cell_id": "a", "epoch": 1, "train_loss": 0.5, "train_err_pct": 20.0, "test_top1_err_pct": 30.0}]
+    ).to_csv(folder / "history.csv", index=False)
     sd = load(folder)
     assert sd.runs.loc[0, "final_train_running_err_pct"] == 20.0
     assert sd.runs.loc[0, "final_train_running_loss"] == 0.5

@@ -33,8 +33,10 @@ def small(name: str) -> dict:
 
 def layer_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple]:
     shapes = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape)))
-             for name, m in model.features.named_children()]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape)))
+        for name, m in model.features.named_children()
+    ]
     model(x)
     for h in hooks:
         h.remove()
@@ -42,6 +44,7 @@ def layer_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple]:
 
 
 # --- every registered model -------------------------------------------------
+
 
 @pytest.mark.parametrize("name", list_models())
 def test_model_builds_runs_and_backpropagates(name):
@@ -66,6 +69,7 @@ def test_full_width_cifar_alexnet_runs():
 
 # --- exact parameter counts --------------------------------------------------
 
+
 def test_alexnet_paper_has_the_papers_parameter_count():
     assert n_params(create_model("alexnet-paper", num_classes=1000, groups=2)) == 60_965_224
 
@@ -82,10 +86,20 @@ def conv_weight_counts(model: nn.Module) -> dict[str, int]:
 def test_groups_halve_conv2_conv4_conv5_weights():
     one = conv_weight_counts(create_model("alexnet", groups=1))
     two = conv_weight_counts(create_model("alexnet", groups=2))
-    assert one == {"conv1": 96 * 3 * 5 * 5, "conv2": 256 * 96 * 5 * 5, "conv3": 384 * 256 * 3 * 3,
-                   "conv4": 384 * 384 * 3 * 3, "conv5": 256 * 384 * 3 * 3}
-    assert two == {"conv1": 96 * 3 * 5 * 5, "conv2": 256 * 48 * 5 * 5, "conv3": 384 * 256 * 3 * 3,
-                   "conv4": 384 * 192 * 3 * 3, "conv5": 256 * 192 * 3 * 3}
+    assert one == {
+        "conv1": 96 * 3 * 5 * 5,
+        "conv2": 256 * 96 * 5 * 5,
+        "conv3": 384 * 256 * 3 * 3,
+        "conv4": 384 * 384 * 3 * 3,
+        "conv5": 256 * 384 * 3 * 3,
+    }
+    assert two == {
+        "conv1": 96 * 3 * 5 * 5,
+        "conv2": 256 * 48 * 5 * 5,
+        "conv3": 384 * 256 * 3 * 3,
+        "conv4": 384 * 192 * 3 * 3,
+        "conv5": 256 * 192 * 3 * 3,
+    }
 
 
 def conv_channels(model: nn.Module) -> list[int]:
@@ -106,6 +120,7 @@ def test_width_rounds_conv_channels_to_a_multiple_of_groups():
 
 
 # --- AlexNet knobs ----------------------------------------------------------
+
 
 @pytest.mark.parametrize("name, pools", [("alexnet", [16, 8, 4]), ("alexnet-paper", [27, 13, 6])])
 def test_overlapping_and_non_overlapping_pools_give_equal_map_sizes(name, pools):
@@ -153,21 +168,25 @@ def test_paper_init_sets_weights_and_marked_biases():
 
 # --- errors ------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, knobs, bad", [
-    ("alexnet", {"activation": "gelu"}, "gelu"),
-    ("alexnet", {"norm": "bn"}, "bn"),
-    ("alexnet", {"pool": "avg"}, "avg"),
-    ("alexnet", {"groups": 3}, "3"),
-    ("alexnet", {"groups": True}, "True"),
-    ("alexnet", {"dropout": 1.0}, "1.0"),
-    ("alexnet", {"width": 0}, "0"),
-    ("alexnet-paper", {"conv_width": -1}, "-1"),
-    ("lenet5-1998", {"activation": "relu"}, "relu"),
-    ("vgg11", {"batchnorm": "yes"}, "yes"),
-    ("resnet18", {"width": "big"}, "big"),
-    ("zfnet", {"dropout": -0.1}, "-0.1"),
-    ("alexnet-tv", {"dropout": 2}, "2"),
-])
+
+@pytest.mark.parametrize(
+    "name, knobs, bad",
+    [
+        ("alexnet", {"activation": "gelu"}, "gelu"),
+        ("alexnet", {"norm": "bn"}, "bn"),
+        ("alexnet", {"pool": "avg"}, "avg"),
+        ("alexnet", {"groups": 3}, "3"),
+        ("alexnet", {"groups": True}, "True"),
+        ("alexnet", {"dropout": 1.0}, "1.0"),
+        ("alexnet", {"width": 0}, "0"),
+        ("alexnet-paper", {"conv_width": -1}, "-1"),
+        ("lenet5-1998", {"activation": "relu"}, "relu"),
+        ("vgg11", {"batchnorm": "yes"}, "yes"),
+        ("resnet18", {"width": "big"}, "big"),
+        ("zfnet", {"dropout": -0.1}, "-0.1"),
+        ("alexnet-tv", {"dropout": 2}, "2"),
+    ],
+)
 def test_bad_knob_value_is_a_user_error_naming_it(name, knobs, bad):
     with pytest.raises(UserError, match=rf"{list(knobs)[0]}=.*{bad}"):
         create_model(name, **knobs)
@@ -197,6 +216,7 @@ def test_knob_strings_parse_to_typed_values_and_format_sorted():
 
 # --- torchvision by name -------------------------------------------------------
 
+
 def test_torchvision_model_runs_on_cifar_sized_input():
     model = create_model("tv:mobilenet_v3_small")
     assert model.input_size == 32
@@ -217,6 +237,7 @@ def test_torchvision_models_upsample_to_their_minimum_side():
 
 
 # --- LRN: ours equals torch's with alpha scaled by size ---------------------------
+
 
 @pytest.mark.parametrize("size", [5, 3, 4, 9])
 def test_lrn_matches_torch_forward_and_gradient(size):

@@ -36,8 +36,18 @@ CPU = torch.device("cpu")
 
 
 def tiny_config(**changes) -> TrainConfig:
-    base = dict(data="synthetic", train_per_class=3, test_per_class=2, epochs=2, batch_size=10, lr=0.01,
-                schedule="constant", augment="none", device="cpu", seed=0)
+    base = dict(
+        data="synthetic",
+        train_per_class=3,
+        test_per_class=2,
+        epochs=2,
+        batch_size=10,
+        lr=0.01,
+        schedule="constant",
+        augment="none",
+        device="cpu",
+        seed=0,
+    )
     return TrainConfig(**{**base, **changes})
 
 
@@ -70,8 +80,9 @@ class _NoAutocast(nn.Module):
 # ------------------------------------------------------------------- dtype
 
 
-@pytest.mark.parametrize("amx, avx512_bf16, expected", [(True, False, "bf16"), (False, True, "bf16"),
-                                                        (False, False, "fp32")])
+@pytest.mark.parametrize(
+    "amx, avx512_bf16, expected", [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")]
+)
 def test_auto_dtype_on_cpu_follows_torchs_bf16_detection(monkeypatch, amx, avx512_bf16, expected):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
@@ -118,7 +129,9 @@ def restore_backend_flags():
 
 def test_backend_flags_are_set_on_cuda_and_read_back_by_the_provenance(restore_backend_flags):
     assert apply_backend_flags(torch.device("cuda"), cudnn_benchmark=True, tf32=False) == {
-        "cudnn_benchmark": True, "tf32": False}
+        "cudnn_benchmark": True,
+        "tf32": False,
+    }
     assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.allow_tf32
     assert environment(CPU)["float32_matmul_precision"] == "highest"
     apply_backend_flags(torch.device("cuda:1"), cudnn_benchmark=False, tf32=True)
@@ -139,8 +152,13 @@ def test_train_command_takes_the_modes_as_one_consistent_set_of_options():
     d = config()
     assert (d.dtype, d.compile, d.cudnn_benchmark, d.tf32, d.channels_last) == ("fp32", "off", True, True, False)
     c = config("--dtype", "auto", "--compile", "max-autotune", "--no-cudnn-benchmark", "--no-tf32", "--channels-last")
-    assert (c.dtype, c.compile, c.cudnn_benchmark, c.tf32, c.channels_last) == ("auto", "max-autotune", False,
-                                                                                 False, True)
+    assert (c.dtype, c.compile, c.cudnn_benchmark, c.tf32, c.channels_last) == (
+        "auto",
+        "max-autotune",
+        False,
+        False,
+        True,
+    )
     with pytest.raises(SystemExit):
         config("--compile", "fast")
 
@@ -175,14 +193,18 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(monkeypatch, tm
     # The eager backend traces with dynamo as inductor would, without generating code (seconds, not minutes).
     monkeypatch.setattr(bench.train.loop, "compile_model", functools.partial(compile_model, backend="eager"))
     result = run_training(tiny_config(compile="default"), tmp_path / "run", progress=False)
-    assert [h["train_running_loss"] for h in result.history] == pytest.approx([h["train_running_loss"] for h in eager.history])
-    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    assert [h["train_running_loss"] for h in result.history] == pytest.approx(
+        [h["train_running_loss"] for h in eager.history]
+    )
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["state_dict"]
     assert set(saved) == set(create_model("layers-80sec").state_dict())  # no _orig_mod. prefix
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("BENCH_INDUCTOR_TESTS"),
-                    reason="inductor compiles C++ with gcc (tens of seconds); set BENCH_INDUCTOR_TESTS=1")
+@pytest.mark.skipif(
+    not os.environ.get("BENCH_INDUCTOR_TESTS"),
+    reason="inductor compiles C++ with gcc (tens of seconds); set BENCH_INDUCTOR_TESTS=1",
+)
 def test_inductor_compiles_a_training_step(monkeypatch):
     from bench.train.step import make_optimizer, train_step
 
@@ -245,6 +267,7 @@ def test_modes_are_timed_interleaved_with_ratios_to_fp32(monkeypatch):
     def spy(runs, device, *, steps, rounds):
         def recorded(i, run):
             return lambda n: (order.append(i), run(n))
+
         return real([recorded(i, r) for i, r in enumerate(runs)], device, steps=steps, rounds=rounds)
 
     monkeypatch.setattr(bench.measure.modes, "time_interleaved", spy)
@@ -258,9 +281,17 @@ def test_modes_are_timed_interleaved_with_ratios_to_fp32(monkeypatch):
     assert rows[0]["train_vs_fp32"] == 1.0 and rows[0]["infer_vs_fp32"] == 1.0
     for row in rows:
         assert row.get("error") is None and row["rounds"] == 2 and row["batch_size"] == 4
-        for key in ("train_images_per_s", "infer_images_per_s", "train_vs_fp32", "infer_vs_fp32",
-                    "train_first_call_s", "infer_first_call_s", "train_forward_ms", "train_backward_ms",
-                    "train_optimizer_ms"):
+        for key in (
+            "train_images_per_s",
+            "infer_images_per_s",
+            "train_vs_fp32",
+            "infer_vs_fp32",
+            "train_first_call_s",
+            "infer_first_call_s",
+            "train_forward_ms",
+            "train_backward_ms",
+            "train_optimizer_ms",
+        ):
             assert math.isfinite(row[key]) and row[key] > 0, key
         assert row["train_vs_fp32"] == pytest.approx(row["train_images_per_s"] / rows[0]["train_images_per_s"])
         assert row["train_images_per_s_min"] <= row["train_images_per_s"] <= row["train_images_per_s_max"]
@@ -276,8 +307,9 @@ def test_a_failing_mode_is_a_row_and_the_others_go_on():
 
 
 def test_compiled_mode_is_measured_with_its_first_call():
-    rows = measure_modes(_tiny_net(), [Mode(), parse_mode("compile")], device=CPU, settings=TINY,
-                         compile_backend="eager")
+    rows = measure_modes(
+        _tiny_net(), [Mode(), parse_mode("compile")], device=CPU, settings=TINY, compile_backend="eager"
+    )
     compiled = rows[1]
     assert compiled.get("error") is None and compiled["compile"] == "default"
     assert compiled["compile_backend"] == "eager" and rows[0]["compile_backend"] is None
@@ -305,8 +337,25 @@ def test_measure_resolves_auto_dtype(monkeypatch, tmp_path):
     # This CPU emulates bf16: its reference matmul would take most of a minute.
     monkeypatch.setattr(bench.measure.table, "matmul_flops_per_s", lambda *args, **kwargs: 1e9)
     out = tmp_path / "m.csv"
-    assert main(["measure", "--arch", "lenet5", "--dtype", "auto", "--quick", "--device", "cpu",
-                 "--batch-size", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "measure",
+                "--arch",
+                "lenet5",
+                "--dtype",
+                "auto",
+                "--quick",
+                "--device",
+                "cpu",
+                "--batch-size",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert pd.read_csv(out)["dtype"].tolist() == ["bf16"]
 
 
@@ -314,7 +363,7 @@ def test_measure_resolves_auto_dtype(monkeypatch, tmp_path):
 
 
 def test_a_sweep_measures_a_configuration_once_for_all_its_seeds(monkeypatch):
-    from bench.sweep.runner import _cell_fn
+    from bench.sweep.runner import _BoundCell
     from bench.sweep.study import Cell
 
     calls = []
@@ -326,12 +375,12 @@ def test_a_sweep_measures_a_configuration_once_for_all_its_seeds(monkeypatch):
     monkeypatch.setattr(bench.measure, "measure_throughput", fake_speed)
     config = tiny_config(epochs=1, dtype="auto")
     cells = [Cell("s", {}, config), Cell("s", {}, config.replace(seed=1)), Cell("s", {}, config.replace(lr=0.02))]
-    fn = _cell_fn("quick", None, "smoke", False)
+    fn = _BoundCell("quick", None, "smoke", False)
     rows = [fn(cell, "cpu").row for cell in cells]
     assert [r["status"] for r in rows] == ["ok"] * 3
     assert calls == [resolve_dtype(CPU, "auto")] * 2  # seeds 0 and 1 share one measurement; lr=0.02 has its own
     assert rows[0]["train_images_per_s"] == rows[1]["train_images_per_s"] == 101.0
     assert rows[0]["measure_cell_id"] == rows[1]["measure_cell_id"] == cells[0].id
     assert rows[2]["measure_cell_id"] == cells[2].id and rows[2]["train_images_per_s"] == 102.0
-    _cell_fn("quick", None, "smoke", False)(cells[1], "cpu")  # another sweep measures afresh
+    _BoundCell("quick", None, "smoke", False)(cells[1], "cpu")  # another sweep measures afresh
     assert len(calls) == 3

@@ -72,8 +72,17 @@ def read_runs(out: Path) -> pd.DataFrame:
 
 def test_smoke_study_on_ray_matches_the_local_executor(tmp_path):
     tiny_study(tmp_path)
-    common = ["ablate", "--study", str(tmp_path / "tiny.toml"), "--profile", "smoke", "--seeds", "0,1",
-              "--no-progress", "--no-report"]
+    common = [
+        "ablate",
+        "--study",
+        str(tmp_path / "tiny.toml"),
+        "--profile",
+        "smoke",
+        "--seeds",
+        "0,1",
+        "--no-progress",
+        "--no-report",
+    ]
     assert main([*common, "--out", str(tmp_path / "local")]) == 0
     assert main([*common, "--out", str(tmp_path / "ray"), "--executor", "ray"]) == 0
     local, remote = (read_runs(tmp_path / where / "tiny" / "smoke") for where in ("local", "ray"))
@@ -107,8 +116,14 @@ def test_workers_get_the_data_from_the_driver_not_from_disk(tmp_path, image_tree
 
     monkeypatch.setattr(bench.data, "load_data", load_then_delete)
     study = tiny_study(tmp_path, train=4, test=2)
-    runs = run_study(study, "smoke", out_root=tmp_path / "results", overrides={"data": str(image_tree.path)},
-                     executor=RayExecutor("cpu"), progress=False)
+    runs = run_study(
+        study,
+        "smoke",
+        out_root=tmp_path / "results",
+        overrides={"data": str(image_tree.path)},
+        executor=RayExecutor("cpu"),
+        progress=False,
+    )
     assert len(loads) == 1  # once for the four cells
     assert len(runs) == 4 and set(runs["status"]) == {"ok"}, runs[["status", "error"]]
     assert (runs["data_source"] == "folder:tiny").all() and (runs["train_images"] == 12).all()
@@ -120,8 +135,9 @@ def test_a_worker_killed_mid_cell_is_retried_or_recorded_as_crashed(tmp_path, mo
     victim = study.cells("smoke")[1]
     marker = tmp_path / "killed-once"
     monkeypatch.setenv(CRASH_HOOK, f"{victim.id}:{marker}")
-    runs = run_study(study, "smoke", out_root=tmp_path / "results", executor=RayExecutor("cpu", max_retries=retries),
-                     progress=False).set_index("cell_id")
+    runs = run_study(
+        study, "smoke", out_root=tmp_path / "results", executor=RayExecutor("cpu", max_retries=retries), progress=False
+    ).set_index("cell_id")
     assert marker.exists()  # the worker did die in that cell
     assert len(runs) == 4
     others = runs.drop(index=victim.id)
@@ -134,15 +150,17 @@ def test_a_worker_killed_mid_cell_is_retried_or_recorded_as_crashed(tmp_path, mo
         assert "WorkerCrashedError" in runs.loc[victim.id, "error"]
         assert runs.loc[victim.id, "activation"] == victim.levels["activation"]  # a full row, levels included
         # the crashed cell is not finished: running again retries it alone
-        again = run_study(study, "smoke", out_root=tmp_path / "results", executor=RayExecutor("cpu"),
-                          progress=False).set_index("cell_id")
+        again = run_study(
+            study, "smoke", out_root=tmp_path / "results", executor=RayExecutor("cpu"), progress=False
+        ).set_index("cell_id")
         assert again.loc[victim.id, "status"] == "ok"
         assert (again.loc[others.index, "finished_at"] == others["finished_at"]).all()
 
 
-@pytest.mark.parametrize("device, gpus, needle", [("cuda:1", None, "Ray picks each cell's GPU"),
-                                                  ("cpu", 1, "left unused"),
-                                                  ("auto", 1.5, "whole number")])
+@pytest.mark.parametrize(
+    "device, gpus, needle",
+    [("cuda:1", None, "Ray picks each cell's GPU"), ("cpu", 1, "left unused"), ("auto", 1.5, "whole number")],
+)
 def test_gpu_settings_that_cannot_work_are_refused(device, gpus, needle):
     with pytest.raises(UserError, match=needle):
         RayExecutor(device, gpus_per_cell=gpus)
@@ -162,8 +180,21 @@ def test_ctrl_c_cancels_the_tasks_keeps_finished_rows_and_exits_130(tmp_path, ca
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt_after_first_cell, daemon=True).start()
-    status = main(["ablate", "--study", str(study), "--profile", "smoke", "--out", str(out), "--no-progress",
-                   "--no-report", "--executor", "ray"])
+    status = main(
+        [
+            "ablate",
+            "--study",
+            str(study),
+            "--profile",
+            "smoke",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--no-report",
+            "--executor",
+            "ray",
+        ]
+    )
     assert status == 130
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1] == "interrupted; finished results are kept"

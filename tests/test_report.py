@@ -39,8 +39,10 @@ CONVENTION = "macs=multiply-adds; flops=2*macs; per image, forward pass"
 
 # --- writing tidy tables as the study runner does ----------------------------------------
 
-def cell(levels: dict, seed: int, *, status: str = "ok", top1=None, train=None, curve=None, base=False,
-         **extra) -> dict:
+
+def cell(
+    levels: dict, seed: int, *, status: str = "ok", top1=None, train=None, curve=None, base=False, **extra
+) -> dict:
     """One runs.csv row plus its history. `curve`: [(train_err, test_err), ...] per epoch."""
     curve = curve or []
     if top1 is not None and not curve:
@@ -51,30 +53,64 @@ def cell(levels: dict, seed: int, *, status: str = "ok", top1=None, train=None, 
 CLEAN_BELOW = 6.0  # the clean training error (no augmentation or dropout) this far below the running one
 
 
-def write_study(folder: Path, study: str, factors: list[str], cells: list[dict], *, profile: str = "cpu",
-                history: bool = True, env: bool = True, drop: tuple[str, ...] = (), target: dict | None = None,
-                study_file: Path | None = None, old: bool = False) -> Path:
+def write_study(
+    folder: Path,
+    study: str,
+    factors: list[str],
+    cells: list[dict],
+    *,
+    profile: str = "cpu",
+    history: bool = True,
+    env: bool = True,
+    drop: tuple[str, ...] = (),
+    target: dict | None = None,
+    study_file: Path | None = None,
+    old: bool = False,
+) -> Path:
     """runs.csv, history.csv and environment.json as the runner writes them. old: as older runs did
     (training error during the epoch as `train_err_pct`, no clean training error, a best test error)."""
     folder.mkdir(parents=True, exist_ok=True)
-    running, final_running = ("train_err_pct", "final_train_err_pct") if old else (
-        "train_running_err_pct", "final_train_running_err_pct")
+    running, final_running = (
+        ("train_err_pct", "final_train_err_pct") if old else ("train_running_err_pct", "final_train_running_err_pct")
+    )
     runs, hist = [], []
     for c in cells:
         cid = hashlib.sha256(json.dumps([c["levels"], c["seed"]], sort_keys=True).encode()).hexdigest()[:12]
         ok = c["status"] in ("ok", "diverged") and c["curve"]
         last = c["curve"][-1] if ok else (None, None)
-        row = {"study": study, "profile": profile, "cell_id": cid, **c["levels"], "is_baseline": c["base"],
-               "seed": c["seed"], "cfg_model": "toy", "cfg_epochs": 12, "cfg_lr": 0.02, "cfg_batch_size": 128,
-               "device": "cpu", "device_name": "Test CPU", "torch": "2.0", "torchvision": "0.15", "cuda": None,
-               "git_commit": "abc123", "status": c["status"],
-               "error": None if c["status"] in ("ok", "diverged") else "RuntimeError: boom",
-               "epochs_run": len(c["curve"]) if ok else None,
-               final_running: last[0], "final_test_top1_err_pct": last[1],
-               "final_test_top5_err_pct": None if last[1] is None else last[1] / 4,
-               "params_total": 1000, "macs": 50000, "core_macs": 48000, "flop_convention": CONVENTION,
-               "median_train_images_per_s": 500.0, "data_source": "synthetic", "train_images": 160,
-               "test_images": 80, "wall_seconds": 1.0}
+        row = {
+            "study": study,
+            "profile": profile,
+            "cell_id": cid,
+            **c["levels"],
+            "is_baseline": c["base"],
+            "seed": c["seed"],
+            "cfg_model": "toy",
+            "cfg_epochs": 12,
+            "cfg_lr": 0.02,
+            "cfg_batch_size": 128,
+            "device": "cpu",
+            "device_name": "Test CPU",
+            "torch": "2.0",
+            "torchvision": "0.15",
+            "cuda": None,
+            "git_commit": "abc123",
+            "status": c["status"],
+            "error": None if c["status"] in ("ok", "diverged") else "RuntimeError: boom",
+            "epochs_run": len(c["curve"]) if ok else None,
+            final_running: last[0],
+            "final_test_top1_err_pct": last[1],
+            "final_test_top5_err_pct": None if last[1] is None else last[1] / 4,
+            "params_total": 1000,
+            "macs": 50000,
+            "core_macs": 48000,
+            "flop_convention": CONVENTION,
+            "median_train_images_per_s": 500.0,
+            "data_source": "synthetic",
+            "train_images": 160,
+            "test_images": 80,
+            "wall_seconds": 1.0,
+        }
         if old:
             row["best_test_top1_err_pct"] = None if last[1] is None else last[1] - 30  # must never be used
         else:
@@ -82,21 +118,49 @@ def write_study(folder: Path, study: str, factors: list[str], cells: list[dict],
         row.update(c["extra"])
         if target:
             reached = next((e + 1 for e, (tr, _) in enumerate(c["curve"]) if tr <= target["value"]), None)
-            row.update(target_metric=target["metric"], target_value=target["value"], epochs_to_target=reached,
-                       seconds_to_target=reached)
+            row.update(
+                target_metric=target["metric"],
+                target_value=target["value"],
+                epochs_to_target=reached,
+                seconds_to_target=reached,
+            )
         runs.append(row)
         for e, (tr, te) in enumerate(c["curve"] if ok else []):
-            hist.append({"study": study, "profile": profile, "cell_id": cid, **c["levels"], "seed": c["seed"],
-                         "epoch": e + 1, "train_loss": 1.0, running: tr, "test_loss": 1.0,
-                         "test_top1_err_pct": te, "test_top5_err_pct": te / 4, "lr": 0.02, "epoch_seconds": 1.0,
-                         "train_images_per_s": 500.0, "elapsed_seconds": e + 1.0,
-                         **({} if old else {"train_clean_top1_err_pct": tr - CLEAN_BELOW})})
+            hist.append(
+                {
+                    "study": study,
+                    "profile": profile,
+                    "cell_id": cid,
+                    **c["levels"],
+                    "seed": c["seed"],
+                    "epoch": e + 1,
+                    "train_loss": 1.0,
+                    running: tr,
+                    "test_loss": 1.0,
+                    "test_top1_err_pct": te,
+                    "test_top5_err_pct": te / 4,
+                    "lr": 0.02,
+                    "epoch_seconds": 1.0,
+                    "train_images_per_s": 500.0,
+                    "elapsed_seconds": e + 1.0,
+                    **({} if old else {"train_clean_top1_err_pct": tr - CLEAN_BELOW}),
+                }
+            )
     pd.DataFrame(runs).drop(columns=list(drop)).to_csv(folder / "runs.csv", index=False)
     if history:
         pd.DataFrame(hist).to_csv(folder / "history.csv", index=False)
     if env:
-        (folder / "environment.json").write_text(json.dumps({"study": study, "profile": profile, "device": "cpu",
-                                                             "python": "3.11", "study_file": str(study_file or "")}))
+        (folder / "environment.json").write_text(
+            json.dumps(
+                {
+                    "study": study,
+                    "profile": profile,
+                    "device": "cpu",
+                    "python": "3.11",
+                    "study_file": str(study_file or ""),
+                }
+            )
+        )
     return folder
 
 
@@ -147,8 +211,9 @@ class Lines(logging.Handler):
 @pytest.fixture(scope="module")
 def ablation(tmp_path_factory) -> tuple[Path, list[str]]:
     """A one-at-a-time study's report, and the warning lines it logged."""
-    folder = write_study(tmp_path_factory.mktemp("abl") / "toy-ablation" / "cpu", "toy-ablation",
-                         list(BASE), ablation_cells())
+    folder = write_study(
+        tmp_path_factory.mktemp("abl") / "toy-ablation" / "cpu", "toy-ablation", list(BASE), ablation_cells()
+    )
     handler, logger = Lines(), logging.getLogger("bench.report")
     logger.addHandler(handler)
     try:
@@ -189,8 +254,15 @@ def test_ablation_writes_figures_tables_and_report(ablation):
         assert (ablation / "tables" / f"ablation_effects.{ext}").stat().st_size > 100
     report = (ablation / "report.md").read_text()
     assert "![" in report and "(figures/ablation_effects.png)" in report and "(figures/overfitting.png)" in report
-    for needle in ("synthetic", "Test CPU", "0, 1, 2 (3 seeds)", "Welch", CONVENTION,
-                   "13% test error without normalisation, 11% with", "top-1 / top-5 error down 0.4% / 0.3%"):
+    for needle in (
+        "synthetic",
+        "Test CPU",
+        "0, 1, 2 (3 seeds)",
+        "Welch",
+        CONVENTION,
+        "13% test error without normalisation, 11% with",
+        "top-1 / top-5 error down 0.4% / 0.3%",
+    ):
         assert needle in report, needle
 
 
@@ -250,8 +322,15 @@ def test_failed_cells_are_one_warning_line_and_shown_missing(ablation):
 
 
 def test_missing_history_and_column_still_write_what_they_can(tmp_path, caplog):
-    folder = write_study(tmp_path / "toy-ablation" / "cpu", "toy-ablation", list(BASE), ablation_cells(),
-                         history=False, env=False, drop=("macs",))
+    folder = write_study(
+        tmp_path / "toy-ablation" / "cpu",
+        "toy-ablation",
+        list(BASE),
+        ablation_cells(),
+        history=False,
+        env=False,
+        drop=("macs",),
+    )
     with caplog.at_level(logging.WARNING):
         report_study(folder)
     messages = " | ".join(r.getMessage() for r in caplog.records)
@@ -286,14 +365,21 @@ def test_a_study_or_cell_not_run_is_shown_missing(tmp_path, caplog):
     root = tmp_path / "results"
     toml = tmp_path / "toy-ablation.toml"
     toml.write_text(STUDY_TOML)
-    write_study(root / "toy-ablation" / "smoke", "toy-ablation", list(BASE)[:4],
-                [{**c, "levels": {k: c["levels"][k] for k in list(BASE)[:4]}} for c in ablation_cells()[:2]],
-                profile="smoke", study_file=toml)
+    write_study(
+        root / "toy-ablation" / "smoke",
+        "toy-ablation",
+        list(BASE)[:4],
+        [{**c, "levels": {k: c["levels"][k] for k in list(BASE)[:4]}} for c in ablation_cells()[:2]],
+        profile="smoke",
+        study_file=toml,
+    )
     with caplog.at_level(logging.WARNING):
         reports = report_all(root)
     assert [r.parent.name for r in reports] == ["smoke"]
     not_run = [r.getMessage() for r in caplog.records if "study not run" in r.getMessage()]
-    assert any(m.startswith("figure1:") for m in not_run) and not any("toy-ablation" in m.split(":")[0] for m in not_run)
+    assert any(m.startswith("figure1:") for m in not_run) and not any(
+        "toy-ablation" in m.split(":")[0] for m in not_run
+    )
     # levels the study file lists but the tables lack: shown as not run, not dropped
     table = (root / "toy-ablation" / "smoke" / "tables" / "ablation_effects.md").read_text()
     assert "| pool = nonoverlap |" in table and "— (not run)" in table
@@ -348,8 +434,13 @@ def figure1_cells(setups=("modern", "paper")) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def fig1(tmp_path_factory) -> Path:
-    folder = write_study(tmp_path_factory.mktemp("f1") / "toy-fig1" / "cpu", "toy-fig1",
-                         ["setup", "activation", "lr"], figure1_cells(), target=TARGET)
+    folder = write_study(
+        tmp_path_factory.mktemp("f1") / "toy-fig1" / "cpu",
+        "toy-fig1",
+        ["setup", "activation", "lr"],
+        figure1_cells(),
+        target=TARGET,
+    )
     report_study(folder)
     return folder
 
@@ -365,7 +456,11 @@ def test_figure1_chosen_learning_rates_and_ratio(fig1):
     chosen = pd.read_csv(fig1 / "tables" / "figure1.csv", dtype={"lr": str})
     got = {(r["setup"], r["activation"]): r for _, r in chosen.iterrows()}
     assert {k: v["lr"] for k, v in got.items()} == {
-        ("modern", "relu"): "0.02", ("modern", "tanh"): "0.01", ("paper", "relu"): "0.02", ("paper", "tanh"): "0.02"}
+        ("modern", "relu"): "0.02",
+        ("modern", "tanh"): "0.01",
+        ("paper", "relu"): "0.02",
+        ("paper", "tanh"): "0.02",
+    }
     relu, tanh = statistics.mean([2, 3]), statistics.mean([9, 11])
     assert got[("modern", "relu")]["epochs_mean"] == pytest.approx(relu)
     assert got[("modern", "tanh")]["epochs_mean"] == pytest.approx(tanh)
@@ -381,8 +476,14 @@ def test_figure1_chosen_learning_rates_and_ratio(fig1):
 
 def test_figure1_from_history_alone_and_without_setup(tmp_path):
     """No epochs_to_target column: recomputed from history.csv; no setup factor: one panel."""
-    folder = write_study(tmp_path / "f" / "cpu", "toy-fig1", ["activation", "lr"], figure1_cells(("modern",)),
-                         target=TARGET, drop=("epochs_to_target",))
+    folder = write_study(
+        tmp_path / "f" / "cpu",
+        "toy-fig1",
+        ["activation", "lr"],
+        figure1_cells(("modern",)),
+        target=TARGET,
+        drop=("epochs_to_target",),
+    )
     report_study(folder)
     chosen = pd.read_csv(folder / "tables" / "figure1.csv", dtype={"lr": str}, keep_default_na=False)
     assert chosen["lr"].tolist() == ["0.02", "0.01"]
@@ -393,8 +494,11 @@ def test_figure1_from_history_alone_and_without_setup(tmp_path):
 
 # --- architectures ----------------------------------------------------------------------------
 
-ARCH = {"lenet5": ([40.0, 42.0], 60_000, 400_000), "alexnet": ([20.0, 22.0], 2_000_000, 40_000_000),
-        "resnet18": ([10.0, 12.0], 11_000_000, 550_000_000)}
+ARCH = {
+    "lenet5": ([40.0, 42.0], 60_000, 400_000),
+    "alexnet": ([20.0, 22.0], 2_000_000, 40_000_000),
+    "resnet18": ([10.0, 12.0], 11_000_000, 550_000_000),
+}
 
 
 @pytest.fixture(scope="module")
@@ -402,12 +506,23 @@ def arch(tmp_path_factory) -> Path:
     cells = []
     for name, (errs, params, macs) in ARCH.items():
         for seed, e in enumerate(errs, start=2 if name == "resnet18" else 0):  # resnet18: no seed in common
-            cells.append(cell({"architecture": name}, seed, top1=e, base=name == "alexnet", params_total=params,
-                              macs=macs, core_macs=macs, train_images_per_s=1e6 / params ** 0.5,
-                              infer_images_per_s=3e6 / params ** 0.5))
+            cells.append(
+                cell(
+                    {"architecture": name},
+                    seed,
+                    top1=e,
+                    base=name == "alexnet",
+                    params_total=params,
+                    macs=macs,
+                    core_macs=macs,
+                    train_images_per_s=1e6 / params**0.5,
+                    infer_images_per_s=3e6 / params**0.5,
+                )
+            )
     cells += [cell({"architecture": "vgg16"}, s, status="oom") for s in (0, 1)]
-    folder = write_study(tmp_path_factory.mktemp("arch") / "toy-arch" / "gpu", "toy-arch", ["architecture"], cells,
-                         profile="gpu")
+    folder = write_study(
+        tmp_path_factory.mktemp("arch") / "toy-arch" / "gpu", "toy-arch", ["architecture"], cells, profile="gpu"
+    )
     report_study(folder)
     return folder
 
@@ -423,7 +538,7 @@ def test_architectures_outputs_and_numbers(arch):
     se = math.sqrt(2 / 2 + 2 / 2)  # both sides sd = sqrt(2), n = 2: Welch df = 2
     assert (r["diff_lo"], r["diff_hi"]) == (pytest.approx(-10 - T975[2] * se), pytest.approx(-10 + T975[2] * se))
     assert (r["diff_method"], eff.set_index("level").loc["lenet5", "diff_method"]) == ("welch", "paired")
-    assert r["train_ips"] == pytest.approx(1e6 / 11_000_000 ** 0.5)
+    assert r["train_ips"] == pytest.approx(1e6 / 11_000_000**0.5)
     md = (arch / "tables" / "architectures.md").read_text()
     assert "| vgg16 |" in md and "oom×2" in md and "Δ top-1 vs alexnet" in md and "550 M" in md
     assert "[95% paired or Welch CI]" in md and "| Welch, 2 vs 2 seeds |" in md and "| paired, 2 seeds |" in md
@@ -432,6 +547,7 @@ def test_architectures_outputs_and_numbers(arch):
 
 
 # --- the command ------------------------------------------------------------------------------
+
 
 def test_command_reports_a_root_and_rejects_a_folder_without_runs(tmp_path):
     parser = argparse.ArgumentParser()
@@ -459,10 +575,13 @@ def test_markdown_and_latex_writers():
 
 def test_rows_repeating_a_configuration_and_seed_count_once_the_latest(tmp_path, caplog):
     # The older row comes last in the file: "latest" is by finished_at, not by position.
-    cells = [cell({"activation": "relu"}, 0, top1=50.0, base=True, finished_at="2026-02-01T10:00:00"),
-             cell({"activation": "tanh"}, 0, top1=60.0, finished_at="2026-02-01T11:00:00"),
-             cell({"activation": "relu"}, 0, top1=90.0, base=True, cell_id="0ld0ld0ld0ld",
-                  finished_at="2026-01-01T10:00:00")]
+    cells = [
+        cell({"activation": "relu"}, 0, top1=50.0, base=True, finished_at="2026-02-01T10:00:00"),
+        cell({"activation": "tanh"}, 0, top1=60.0, finished_at="2026-02-01T11:00:00"),
+        cell(
+            {"activation": "relu"}, 0, top1=90.0, base=True, cell_id="0ld0ld0ld0ld", finished_at="2026-01-01T10:00:00"
+        ),
+    ]
     folder = write_study(tmp_path / "toy" / "cpu", "toy", ["activation"], cells, history=False)
     with caplog.at_level(logging.WARNING):
         report_study(folder)
@@ -482,22 +601,35 @@ def test_a_torn_runs_table_is_a_one_line_error(tmp_path):
 def test_figure1_lower_bound_holds_over_every_learning_rate_tried(tmp_path):
     # tanh: lr 0.01 has one seed reach at epoch 8 (bound (8 + 13) / 2 = 10.5); lr 0.02 reaches
     # with no seed but ends lower, so it is the one drawn. The ratio's bound must use 10.5, not 13.
-    grid = {("relu", "0.01"): ([4, 4], 20.0), ("tanh", "0.01"): ([8, None], 30.0), ("tanh", "0.02"): ([None, None], 26.0)}
-    cells = [cell({"activation": act, "lr": lr}, seed, curve=fig1_curve(reach, final))
-             for (act, lr), (reaches, final) in grid.items() for seed, reach in enumerate(reaches)]
+    grid = {
+        ("relu", "0.01"): ([4, 4], 20.0),
+        ("tanh", "0.01"): ([8, None], 30.0),
+        ("tanh", "0.02"): ([None, None], 26.0),
+    }
+    cells = [
+        cell({"activation": act, "lr": lr}, seed, curve=fig1_curve(reach, final))
+        for (act, lr), (reaches, final) in grid.items()
+        for seed, reach in enumerate(reaches)
+    ]
     folder = write_study(tmp_path / "f" / "cpu", "toy-fig1", ["activation", "lr"], cells, target=TARGET)
     report_study(folder)
     chosen = pd.read_csv(folder / "tables" / "figure1.csv", dtype={"lr": str}, keep_default_na=False)
     assert chosen.set_index("activation").loc["tanh", "lr"] == "0.02"
-    assert f"tanh/relu ≥ {math.floor(10.5 / 4 * 10) / 10:.1f}× (lower bound" in (folder / "tables" / "figure1.md").read_text()
+    assert (
+        f"tanh/relu ≥ {math.floor(10.5 / 4 * 10) / 10:.1f}× (lower bound"
+        in (folder / "tables" / "figure1.md").read_text()
+    )
 
 
 # --- kinds of study, colours, and what the report imports --------------------------------------
 
+
 def test_a_study_of_no_known_kind_gets_every_configuration_and_one_warning(tmp_path, caplog):
     # a factorial study with no baseline cell and no study file: the generic kind
-    cells = [cell({"opt": opt, "bs": bs}, 0, top1=30.0 + i) for i, (opt, bs) in
-             enumerate([("sgd", "64"), ("sgd", "128"), ("adam", "64"), ("adam", "128")])]
+    cells = [
+        cell({"opt": opt, "bs": bs}, 0, top1=30.0 + i)
+        for i, (opt, bs) in enumerate([("sgd", "64"), ("sgd", "128"), ("adam", "64"), ("adam", "128")])
+    ]
     folder = write_study(tmp_path / "toy-grid" / "cpu", "toy-grid", ["opt", "bs"], cells)
     with caplog.at_level(logging.WARNING):
         report_study(folder)
@@ -525,12 +657,14 @@ def test_colours_follow_the_study_level_order_and_an_eleventh_level_gets_its_own
 def test_the_report_imports_no_torch(tmp_path):
     cells = [cell({"activation": "relu"}, 0, top1=30.0, base=True), cell({"activation": "tanh"}, 0, top1=32.0)]
     folder = write_study(tmp_path / "toy" / "cpu", "toy", ["activation"], cells)
-    code = ("import argparse, sys\n"
-            "from bench.report import command\n"
-            "parser = argparse.ArgumentParser()\n"
-            "command.add_arguments(parser)\n"
-            f"assert command.run(parser.parse_args([{str(folder)!r}])) == 0\n"
-            "assert 'torch' not in sys.modules, 'the report imported torch'\n")
+    code = (
+        "import argparse, sys\n"
+        "from bench.report import command\n"
+        "parser = argparse.ArgumentParser()\n"
+        "command.add_arguments(parser)\n"
+        f"assert command.run(parser.parse_args([{str(folder)!r}])) == 0\n"
+        "assert 'torch' not in sys.modules, 'the report imported torch'\n"
+    )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -540,9 +674,13 @@ def test_the_report_imports_no_torch(tmp_path):
 def test_a_study_file_that_no_longer_validates_is_one_warning_not_a_failure(tmp_path, caplog):
     toml = tmp_path / "toy-ablation.toml"
     toml.write_text(STUDY_TOML.replace("[factors.activation]", "[factors.activation]\ncolour = 1"))
-    folder = write_study(tmp_path / "toy-ablation" / "cpu", "toy-ablation", list(BASE)[:4],
-                         [{**c, "levels": {k: c["levels"][k] for k in list(BASE)[:4]}} for c in ablation_cells()[:2]],
-                         study_file=toml)
+    folder = write_study(
+        tmp_path / "toy-ablation" / "cpu",
+        "toy-ablation",
+        list(BASE)[:4],
+        [{**c, "levels": {k: c["levels"][k] for k in list(BASE)[:4]}} for c in ablation_cells()[:2]],
+        study_file=toml,
+    )
     with caplog.at_level(logging.WARNING):
         report = report_study(folder).read_text()
     warned = [r.getMessage() for r in caplog.records if "that study file is not used" in r.getMessage()]
@@ -565,9 +703,17 @@ CLAIM_CELLS = {
 
 
 def claim_cells() -> list[dict]:
-    return [cell(CLAIM_BASE if f == "baseline" else {**CLAIM_BASE, f: lv}, seed, top1=top1, base=f == "baseline",
-                 final_train_clean_top1_err_pct=clean)
-            for (f, lv), values in CLAIM_CELLS.items() for seed, (top1, clean) in enumerate(values)]
+    return [
+        cell(
+            CLAIM_BASE if f == "baseline" else {**CLAIM_BASE, f: lv},
+            seed,
+            top1=top1,
+            base=f == "baseline",
+            final_train_clean_top1_err_pct=clean,
+        )
+        for (f, lv), values in CLAIM_CELLS.items()
+        for seed, (top1, clean) in enumerate(values)
+    ]
 
 
 def claims_by_subject(folder: Path) -> dict:
@@ -583,8 +729,9 @@ def paired_interval(a: list[float], b: list[float]) -> tuple[float, float, float
 
 @pytest.fixture(scope="module")
 def claims_study(tmp_path_factory) -> Path:
-    folder = write_study(tmp_path_factory.mktemp("claims") / "toy-claims" / "cpu", "toy-claims", list(CLAIM_BASE),
-                         claim_cells())
+    folder = write_study(
+        tmp_path_factory.mktemp("claims") / "toy-claims" / "cpu", "toy-claims", list(CLAIM_BASE), claim_cells()
+    )
     report_study(folder)
     return folder
 
@@ -611,8 +758,10 @@ def test_claims_table_verdicts_from_paired_seeds(claims_study):
     d, lo, hi = paired_interval(gap[base], gap[("augment", "none")])
     assert hi < 0 and rows["no crops or mirrors"]["verdict"] == "disagrees"  # the gap narrows
 
-    for subject in ("non-overlapping 2x2/2 instead of overlapping 3x3/2 pooling",
-                    "non-overlapping 2x2/2 instead of overlapping 3x3/2 pooling: overfitting"):
+    for subject in (
+        "non-overlapping 2x2/2 instead of overlapping 3x3/2 pooling",
+        "non-overlapping 2x2/2 instead of overlapping 3x3/2 pooling: overfitting",
+    ):
         r = rows[subject]  # one seed: a number, never a direction
         assert (r["n"], r["verdict"]) == (1, "not resolvable") and math.isnan(r["lo"])
         assert "fewer than two seeds" in r["note"]
@@ -636,8 +785,13 @@ def test_overfitting_gap_uses_the_clean_training_error(claims_study):
 
 
 def test_older_results_map_running_error_and_refuse_overfitting(tmp_path, caplog):
-    folder = write_study(tmp_path / "toy-claims" / "cpu", "toy-claims", list(CLAIM_BASE),
-                         [{**c, "extra": {}} for c in claim_cells()], old=True)
+    folder = write_study(
+        tmp_path / "toy-claims" / "cpu",
+        "toy-claims",
+        list(CLAIM_BASE),
+        [{**c, "extra": {}} for c in claim_cells()],
+        old=True,
+    )
     sd = load(folder)
     assert "final_train_running_err_pct" in sd.runs and "final_train_err_pct" not in sd.runs
     assert "best_test_top1_err_pct" not in sd.runs  # selecting on it would select on test data
@@ -662,17 +816,29 @@ def test_figure1_claim_is_paired_over_seeds_per_setup(fig1):
     logs = [math.log(t / r) for r, t in zip([2, 3], [9, 11])]  # tanh / ReLU epochs per seed, chosen rates
     m, half = statistics.mean(logs), T975[1] * statistics.stdev(logs) / math.sqrt(2)
     assert (modern["effect"], modern["lo"], modern["hi"]) == (
-        pytest.approx(math.exp(m)), pytest.approx(math.exp(m - half)), pytest.approx(math.exp(m + half)))
+        pytest.approx(math.exp(m)),
+        pytest.approx(math.exp(m - half)),
+        pytest.approx(math.exp(m + half)),
+    )
     assert m - half > 0 and (modern["verdict"], modern["n"], modern["method"]) == ("agrees", 2, "paired")
     assert paper["verdict"] == "not resolvable" and "did not reach the target" in paper["note"]
     assert "lower bound" in paper["note"]
 
 
 def test_learning_rate_at_the_edge_of_its_grid_is_flagged(tmp_path, caplog):
-    grid = {("relu", "0.01"): [5, 5], ("relu", "0.02"): [3, 3], ("relu", "0.05"): [4, 4],  # fastest inside
-            ("tanh", "0.01"): [9, 9], ("tanh", "0.02"): [8, 8], ("tanh", "0.05"): [6, 6]}  # fastest: the largest
-    cells = [cell({"activation": act, "lr": lr}, seed, curve=fig1_curve(reach, 20.0))
-             for (act, lr), reaches in grid.items() for seed, reach in enumerate(reaches)]
+    grid = {
+        ("relu", "0.01"): [5, 5],
+        ("relu", "0.02"): [3, 3],
+        ("relu", "0.05"): [4, 4],  # fastest inside
+        ("tanh", "0.01"): [9, 9],
+        ("tanh", "0.02"): [8, 8],
+        ("tanh", "0.05"): [6, 6],
+    }  # fastest: the largest
+    cells = [
+        cell({"activation": act, "lr": lr}, seed, curve=fig1_curve(reach, 20.0))
+        for (act, lr), reaches in grid.items()
+        for seed, reach in enumerate(reaches)
+    ]
     folder = write_study(tmp_path / "f" / "cpu", "toy-fig1", ["activation", "lr"], cells, target=TARGET)
     with caplog.at_level(logging.WARNING):
         report = report_study(folder).read_text()

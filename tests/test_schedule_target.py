@@ -35,8 +35,12 @@ def test_plateau_divides_by_ten_after_patience_and_stops_after_max_drops():
 
 
 def test_crossing_interpolates_between_log_points():
-    points = [{"step": 10, "epoch": 0.1, "err": 60.0}, {"step": 20, "epoch": 0.2, "err": 30.0},
-              {"step": 30, "epoch": 0.3, "err": 20.0}, {"step": 40, "epoch": 0.4, "err": 10.0}]
+    points = [
+        {"step": 10, "epoch": 0.1, "err": 60.0},
+        {"step": 20, "epoch": 0.2, "err": 30.0},
+        {"step": 30, "epoch": 0.3, "err": 20.0},
+        {"step": 40, "epoch": 0.4, "err": 10.0},
+    ]
     # 30 -> 20 crosses 25 halfway between steps 20 and 30.
     assert crossing(points, "err", 25.0) == pytest.approx(25.0)
     assert crossing(points, "err", 25.0, at="epoch") == pytest.approx(0.25)

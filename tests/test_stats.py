@@ -40,17 +40,35 @@ from bench.report.stats import (
 
 # scipy.stats.t.ppf(p, df)
 T_PPF = {
-    (0.975, 1): 12.706204736174694, (0.975, 2): 4.302652729749462, (0.975, 2.5): 3.5746548420036817,
-    (0.975, 3): 3.1824463052837078, (0.975, 4.5): 2.6589123472044034, (0.975, 7): 2.364624251592784,
-    (0.975, 30): 2.0422724563012378, (0.975, 31): 2.039513446396408, (0.975, 120): 1.9799304050824402,
-    (0.975, 1000): 1.9623390808264083, (0.975, 1e5): 1.9599877075346095,
-    (0.995, 1): 63.656741162871526, (0.995, 2.5): 7.163728138948783, (0.995, 10): 3.16927267261695,
-    (0.9, 2): 1.8856180831641272, (0.9, 4.5): 1.5008853175085577, (0.9, 60): 1.295821093515731,
-    (0.6, 1): 0.32491969623290634, (0.6, 3): 0.2766706623326898, (0.6, 1e5): 0.25334777715718015,
+    (0.975, 1): 12.706204736174694,
+    (0.975, 2): 4.302652729749462,
+    (0.975, 2.5): 3.5746548420036817,
+    (0.975, 3): 3.1824463052837078,
+    (0.975, 4.5): 2.6589123472044034,
+    (0.975, 7): 2.364624251592784,
+    (0.975, 30): 2.0422724563012378,
+    (0.975, 31): 2.039513446396408,
+    (0.975, 120): 1.9799304050824402,
+    (0.975, 1000): 1.9623390808264083,
+    (0.975, 1e5): 1.9599877075346095,
+    (0.995, 1): 63.656741162871526,
+    (0.995, 2.5): 7.163728138948783,
+    (0.995, 10): 3.16927267261695,
+    (0.9, 2): 1.8856180831641272,
+    (0.9, 4.5): 1.5008853175085577,
+    (0.9, 60): 1.295821093515731,
+    (0.6, 1): 0.32491969623290634,
+    (0.6, 3): 0.2766706623326898,
+    (0.6, 1e5): 0.25334777715718015,
 }
 # scipy.stats.t.sf(t, df)
-T_SF = {(0.5, 3): 0.3257239824240755, (2.0, 5): 0.050969739414929174, (-1.0, 2.5): 0.7979694863608632,
-        (4.0, 1): 0.07797913037736932, (10.0, 30): 2.287625704114809e-11}
+T_SF = {
+    (0.5, 3): 0.3257239824240755,
+    (2.0, 5): 0.050969739414929174,
+    (-1.0, 2.5): 0.7979694863608632,
+    (4.0, 1): 0.07797913037736932,
+    (10.0, 30): 2.287625704114809e-11,
+}
 
 # Seeds 0-3: the baseline varies a lot from seed to seed, the level follows it closely.
 BASE = {0: 30.0, 1: 34.0, 2: 28.0, 3: 32.5}
@@ -104,11 +122,13 @@ def test_paired_uses_only_common_finite_seeds():
     level = {0: math.nan, 1: 34.6, 2: 29.1, 3: 33.4, 9: 50.0}  # seed 0 failed, seed 9 has no partner
     d = compare(BASE, level)
     assert (d.method, d.n, d.df) == (PAIRED, 3, 2.0)
-    assert (d.diff, d.lo, d.hi) == pytest.approx((0.8666666666666671, 0.2415057187290901, 1.4918276146042442),
-                                                 rel=1e-9)  # ttest_rel on seeds 1-3
+    assert (d.diff, d.lo, d.hi) == pytest.approx(
+        (0.8666666666666671, 0.2415057187290901, 1.4918276146042442), rel=1e-9
+    )  # ttest_rel on seeds 1-3
     worse = paired(BASE, {0: 29.0, 1: 33.1, 2: 27.2, 3: 31.4})
     assert (worse.diff, worse.lo, worse.hi) == pytest.approx(
-        (-0.9500000000000002, -1.155426025676053, -0.7445739743239473), rel=1e-9)
+        (-0.9500000000000002, -1.155426025676053, -0.7445739743239473), rel=1e-9
+    )
     assert verdict(worse, +1) == DISAGREES and verdict(worse, -1) == AGREES
 
 
@@ -160,19 +180,43 @@ def test_overfit_needs_a_wider_and_positive_gap():
 
 # --- the claims ----------------------------------------------------------------------------
 
+
 def _runs(clean: bool = True) -> pd.DataFrame:
     """A one-at-a-time study: baseline norm=lrn, dropout=0.5; levels norm=none, dropout=0.0."""
     rows = []
     base_gap, level_gap = {0: 5.0, 1: 4.5, 2: 5.5, 3: 5.0}, {0: 15.0, 1: 14.0, 2: 14.5, 3: 20.0}
     for seed in range(4):
-        rows.append({"norm": "lrn", "dropout": "0.5", "seed": seed, "status": "ok",
-                     "final_test_top1_err_pct": BASE[seed], "final_train_clean_top1_err_pct": BASE[seed] - base_gap[seed]})
-        rows.append({"norm": "none", "dropout": "0.5", "seed": seed, "status": "ok",
-                     "final_test_top1_err_pct": LEVEL[seed], "final_train_clean_top1_err_pct": 1.0})
+        rows.append(
+            {
+                "norm": "lrn",
+                "dropout": "0.5",
+                "seed": seed,
+                "status": "ok",
+                "final_test_top1_err_pct": BASE[seed],
+                "final_train_clean_top1_err_pct": BASE[seed] - base_gap[seed],
+            }
+        )
+        rows.append(
+            {
+                "norm": "none",
+                "dropout": "0.5",
+                "seed": seed,
+                "status": "ok",
+                "final_test_top1_err_pct": LEVEL[seed],
+                "final_train_clean_top1_err_pct": 1.0,
+            }
+        )
         # seed 3 failed: its numbers must not count
-        rows.append({"norm": "lrn", "dropout": "0.0", "seed": seed, "status": "ok" if seed < 3 else "error",
-                     "final_test_top1_err_pct": 30.0 + seed,
-                     "final_train_clean_top1_err_pct": 30.0 + seed - level_gap[seed]})
+        rows.append(
+            {
+                "norm": "lrn",
+                "dropout": "0.0",
+                "seed": seed,
+                "status": "ok" if seed < 3 else "error",
+                "final_test_top1_err_pct": 30.0 + seed,
+                "final_train_clean_top1_err_pct": 30.0 + seed - level_gap[seed],
+            }
+        )
     runs = pd.DataFrame(rows)
     return runs if clean else runs.drop(columns="final_train_clean_top1_err_pct")
 
@@ -199,8 +243,9 @@ def test_claims_without_a_verdict_say_why():
     assert no_clean["local response normalisation removed"].verdict == AGREES  # the other claims still stand
     # the column name is the caller's
     renamed = _runs().rename(columns={"final_train_clean_top1_err_pct": "clean"})
-    assert {a.claim.factor: a.verdict for a in assess(renamed, {"norm": "lrn", "dropout": "0.5"},
-                                                        clean_train="clean")}["dropout"] == AGREES
+    assert {a.claim.factor: a.verdict for a in assess(renamed, {"norm": "lrn", "dropout": "0.5"}, clean_train="clean")}[
+        "dropout"
+    ] == AGREES
     # the study's baseline is not the level the paper compares with
     runs = _runs()
     wrong = {a.claim.factor: a for a in assess(runs[runs["norm"] == "none"], {"norm": "none", "dropout": "0.5"})}
@@ -217,8 +262,9 @@ def test_claims_without_a_verdict_say_why():
 def test_speedup_is_a_geometric_mean_ratio():
     a = assess_speedup({0: 3, 1: 4, 2: 3}, {0: 12, 1: 15, 2: 20})
     r = a.row()
-    assert (r["effect"], r["lo"], r["hi"]) == pytest.approx((4.641588833612778, 2.121294487968094, 10.15622631488348),
-                                                             rel=1e-9)
+    assert (r["effect"], r["lo"], r["hi"]) == pytest.approx(
+        (4.641588833612778, 2.121294487968094, 10.15622631488348), rel=1e-9
+    )
     assert (r["method"], r["n"], r["verdict"]) == (PAIRED, 3, AGREES)
     censored = assess_speedup({0: 3, 1: 4, 2: 3}, {0: 12, 1: math.nan, 2: 20})
     assert censored.verdict == NOT_RESOLVABLE and "lower bound" in censored.note

@@ -18,10 +18,23 @@ from bench.train import TrainConfig, data_spec, evaluate, lr_factor, run_trainin
 
 # The columns of every completed epoch's history row (with a validation split).
 HISTORY_COLUMNS = {
-    "epoch", "step", "train_running_loss", "train_running_err_pct",
-    "train_clean_loss", "train_clean_top1_err_pct", "train_clean_top5_err_pct",
-    "val_loss", "val_top1_err_pct", "val_top5_err_pct", "test_loss", "test_top1_err_pct", "test_top5_err_pct",
-    "lr", "epoch_seconds", "train_images_per_s", "elapsed_seconds",
+    "epoch",
+    "step",
+    "train_running_loss",
+    "train_running_err_pct",
+    "train_clean_loss",
+    "train_clean_top1_err_pct",
+    "train_clean_top5_err_pct",
+    "val_loss",
+    "val_top1_err_pct",
+    "val_top5_err_pct",
+    "test_loss",
+    "test_top1_err_pct",
+    "test_top5_err_pct",
+    "lr",
+    "epoch_seconds",
+    "train_images_per_s",
+    "elapsed_seconds",
 }
 PROGRESS_COLUMNS = {"step", "epoch", "train_running_err_pct", "train_running_loss", "train_seconds"}
 RUN_FILES = {"config.json", "history.csv", "progress.csv", "summary.json", "checkpoint.pt"}
@@ -30,8 +43,19 @@ RUN_FILES = {"config.json", "history.csv", "progress.csv", "summary.json", "chec
 def tiny_config(**changes) -> TrainConfig:
     """200 training images (20 per class), batch 10, plain SGD at a rate checked to learn in 4 epochs;
     50 validation images (held out on top of the 200)."""
-    base = dict(data="synthetic", train_per_class=20, test_per_class=5, val_size=50, epochs=4, batch_size=10,
-                lr=0.01, schedule="constant", augment="none", device="cpu", seed=0)
+    base = dict(
+        data="synthetic",
+        train_per_class=20,
+        test_per_class=5,
+        val_size=50,
+        epochs=4,
+        batch_size=10,
+        lr=0.01,
+        schedule="constant",
+        augment="none",
+        device="cpu",
+        seed=0,
+    )
     return TrainConfig(**{**base, **changes})
 
 
@@ -161,6 +185,7 @@ def test_run_training_writes_the_run_folder(tmp_path):
 
 # --- learning-rate schedules ------------------------------------------------------
 
+
 def test_cosine_schedule_starts_at_one_and_ends_near_zero():
     total = 100
     values = [lr_factor("cosine", s, total, 0) for s in range(total + 1)]
@@ -189,8 +214,10 @@ def test_warmup_ramps_linearly_then_hands_over():
 @pytest.fixture(scope="module")
 def twenty_images():
     """20 images, batch 10: 2 optimizer steps per epoch."""
-    return load_data(DataSpec(source="synthetic", synthetic_train=200, synthetic_test=50,
-                              train_per_class=2, test_per_class=1), cache_dir=None)
+    return load_data(
+        DataSpec(source="synthetic", synthetic_train=200, synthetic_test=50, train_per_class=2, test_per_class=1),
+        cache_dir=None,
+    )
 
 
 def test_train_applies_the_step_schedule_per_optimizer_step(twenty_images):
@@ -206,6 +233,7 @@ def test_train_applies_warmup_in_epochs(twenty_images):
 
 
 # --- configuration ----------------------------------------------------------------
+
 
 def test_config_rejects_unknown_keys_wrong_types_and_bad_choices():
     with pytest.raises(UserError, match="unknown key 'learning_rate'.*valid keys:.*lr"):
@@ -257,5 +285,7 @@ def test_fp16_gradients_that_underflow_survive_with_the_scaler_and_vanish_withou
     unscaled = first_layer_grads("fp16", None)
     assert all(torch.equal(g, torch.zeros_like(g)) for g in unscaled)  # flushed to zero: nothing learnt
     scaled = first_layer_grads("fp16", grad_scaler(torch.device("cpu"), "fp16"))
-    for g, e in zip(scaled, exact, strict=True):  # scaled into fp16's range for the backward pass, unscaled before the step
+    for g, e in zip(
+        scaled, exact, strict=True
+    ):  # scaled into fp16's range for the backward pass, unscaled before the step
         torch.testing.assert_close(g, e, rtol=0.01, atol=0.01 * e.abs().max().item())  # fp16 rounding

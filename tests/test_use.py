@@ -40,9 +40,19 @@ HEAD = "classifier.3"  # layers-80sec's last Linear layer
 
 def tiny_config(**changes) -> TrainConfig:
     """As in test_train: 200 synthetic training images, a rate checked to learn in a few epochs."""
-    base = {"data": "synthetic", "train_per_class": 20, "test_per_class": 5, "epochs": 3, "batch_size": 10,
-            "lr": 0.01, "schedule": "constant", "augment": "none", "device": "cpu", "seed": 0,
-            "val_size": 0}
+    base = {
+        "data": "synthetic",
+        "train_per_class": 20,
+        "test_per_class": 5,
+        "epochs": 3,
+        "batch_size": 10,
+        "lr": 0.01,
+        "schedule": "constant",
+        "augment": "none",
+        "device": "cpu",
+        "seed": 0,
+        "val_size": 0,
+    }
     return TrainConfig(**{**base, **changes})
 
 
@@ -73,6 +83,7 @@ class Pickled:
 
 
 # --- checkpoints ---------------------------------------------------------------------
+
 
 def test_checkpoint_is_self_contained(run):
     out, cfg, data = run
@@ -137,6 +148,7 @@ def test_a_truncated_checkpoint_is_a_user_error(run, tmp_path):
 
 # --- predict ---------------------------------------------------------------------------
 
+
 def write_png(path: Path, array: np.ndarray, mode: str = "RGB") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array, mode).save(path)
@@ -195,14 +207,18 @@ def test_predict_bad_input(run, tmp_path, capsys):
     out, _, _ = run
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.png").write_text("not an image")
-    for args, needle in ((["nowhere.png"], "does not exist"), ([str(tmp_path / "empty")], "no images in folder"),
-                         ([str(tmp_path / "notes.png")], "cannot read image"),
-                         ([str(tmp_path / "notes.png"), "--topk", "0"], "--topk must be at least 1")):
+    for args, needle in (
+        (["nowhere.png"], "does not exist"),
+        ([str(tmp_path / "empty")], "no images in folder"),
+        ([str(tmp_path / "notes.png")], "cannot read image"),
+        ([str(tmp_path / "notes.png"), "--topk", "0"], "--topk must be at least 1"),
+    ):
         assert main(["predict", str(out), *args, "--device", "cpu"]) == 2
         assert_one_line_error(capsys.readouterr().err, needle)
 
 
 # --- evaluate --------------------------------------------------------------------------
+
 
 def test_evaluate_writes_files_that_match_the_run(run, tmp_path):
     out, _, _ = run
@@ -230,6 +246,7 @@ def test_evaluate_refuses_data_with_other_classes(run, tree, capsys):
 
 
 # --- fine-tuning -----------------------------------------------------------------------
+
 
 def on_tree(cfg: TrainConfig, tree, **changes) -> TrainConfig:
     """`cfg` moved to the 3-class tree (12 training images: no subsets)."""
@@ -294,9 +311,34 @@ def test_a_head_that_does_not_fit_names_layer_shapes_and_flag(run, tree, tmp_pat
 
 def test_init_from_via_the_cli_writes_a_checkpoint_with_the_new_classes(run, tree, tmp_path):
     ft = tmp_path / "ft"
-    assert main(["train", "--data", str(tree.path), "--init-from", str(run[0]), "--reinit-head", "--freeze", "features",
-                 "--val-size", "0", "--epochs", "1", "--batch-size", "4", "--augment", "none", "--device", "cpu", "--no-progress",
-                 "--out", str(ft)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tree.path),
+                "--init-from",
+                str(run[0]),
+                "--reinit-head",
+                "--freeze",
+                "features",
+                "--val-size",
+                "0",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--augment",
+                "none",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--out",
+                str(ft),
+            ]
+        )
+        == 0
+    )
     ckpt = load_checkpoint(ft)
     assert ckpt.classes == tree.classes and ckpt.config["init_from"] == str(run[0])
     assert ckpt.config["freeze"] == "features" and ckpt.config["reinit_head"] is True
@@ -305,14 +347,39 @@ def test_init_from_via_the_cli_writes_a_checkpoint_with_the_new_classes(run, tre
 
 # --- TensorBoard -----------------------------------------------------------------------
 
+
 def test_tensorboard_scalars_are_the_history(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "runs" / "tb-run"
-    assert main(["train", "--data", "synthetic", "--train-per-class", "2", "--test-per-class", "1", "--epochs", "2",
-                 "--batch-size", "10", "--augment", "none", "--device", "cpu", "--no-progress",
-                 "--out", str(run), "--tensorboard", str(tmp_path / "tb")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "synthetic",
+                "--train-per-class",
+                "2",
+                "--test-per-class",
+                "1",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "10",
+                "--augment",
+                "none",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--out",
+                str(run),
+                "--tensorboard",
+                str(tmp_path / "tb"),
+            ]
+        )
+        == 0
+    )
     events = EventAccumulator(str(tmp_path / "tb" / "tb-run"))
     events.Reload()
     history = pd.read_csv(run / "history.csv")
@@ -324,20 +391,48 @@ def test_tensorboard_scalars_are_the_history(tmp_path):
 
 def test_tensorboard_missing_says_what_to_install(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as when not installed
-    assert main(["train", "--data", "synthetic", "--epochs", "1", "--device", "cpu", "--no-progress",
-                 "--out", str(tmp_path / "run"), "--tensorboard", str(tmp_path / "tb")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "synthetic",
+                "--epochs",
+                "1",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "run"),
+                "--tensorboard",
+                str(tmp_path / "tb"),
+            ]
+        )
+        == 2
+    )
     assert_one_line_error(capsys.readouterr().err, "pip install tensorboard")
     assert not (tmp_path / "run").exists() and not (tmp_path / "tb").exists()
 
 
 # --- through the real entry point: one line, exit 2, no traceback ------------------------
 
+
 def run_bench(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-               BENCH_CACHE=str(cache), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        BENCH_CACHE=str(cache),
+        OMP_NUM_THREADS="1",
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_errors_through_the_entry_point(run, tree, tmp_path):
@@ -347,11 +442,28 @@ def test_errors_through_the_entry_point(run, tree, tmp_path):
     image = write_png(tmp_path / "x.png", np.zeros((8, 8, 3), dtype=np.uint8))
     cases = {
         "pickled": (["predict", str(tmp_path / "evil.pt"), str(image)], ["pickled Python object", "refused"]),
-        "old format": (["evaluate", str(tmp_path / "old.pt")],
-                       ["predates self-contained", "python -m bench.train.checkpoint"]),
-        "head": (["train", "--data", str(tree.path), "--init-from", str(out), "--val-size", "0", "--epochs", "1",
-                  "--device", "cpu",
-                  "--out", str(tmp_path / "ft")], [f"'{HEAD}'", "[10, 64]", "[3, 64]", "--reinit-head"]),
+        "old format": (
+            ["evaluate", str(tmp_path / "old.pt")],
+            ["predates self-contained", "python -m bench.train.checkpoint"],
+        ),
+        "head": (
+            [
+                "train",
+                "--data",
+                str(tree.path),
+                "--init-from",
+                str(out),
+                "--val-size",
+                "0",
+                "--epochs",
+                "1",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "ft"),
+            ],
+            [f"'{HEAD}'", "[10, 64]", "[3, 64]", "--reinit-head"],
+        ),
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
         done = {c: pool.submit(run_bench, args, tmp_path, tmp_path / "cache") for c, (args, _) in cases.items()}

@@ -43,8 +43,16 @@ from bench.data.sources import (
 )
 from bench.errors import UserError
 
-__all__ = ["AUGMENTS", "PREPROCESS", "SPLITS", "DataSpec", "Dataset", "load_data", "parse_augment",
-           "default_data_source"]
+__all__ = [
+    "AUGMENTS",
+    "PREPROCESS",
+    "SPLITS",
+    "DataSpec",
+    "Dataset",
+    "load_data",
+    "parse_augment",
+    "default_data_source",
+]
 
 NAMED_SOURCES = ("cifar10", "synthetic")
 SPLITS = ("train", "val", "test", "train_eval")
@@ -104,10 +112,18 @@ class Dataset:
     def to(self, device) -> Dataset:
         def move(t):
             return None if t is None else t.to(device)
+
         return Dataset(
-            self.train_x.to(device), self.train_y.to(device), self.test_x.to(device), self.test_y.to(device),
-            self.classes, self.normalizer.to(device), self.provenance,
-            move(self.val_x), move(self.val_y), move(self.train_eval_idx),
+            self.train_x.to(device),
+            self.train_y.to(device),
+            self.test_x.to(device),
+            self.test_y.to(device),
+            self.classes,
+            self.normalizer.to(device),
+            self.provenance,
+            move(self.val_x),
+            move(self.val_y),
+            move(self.train_eval_idx),
         )
 
     def has(self, split: str) -> bool:
@@ -133,8 +149,15 @@ class Dataset:
             return self.train_x, self.train_y[self.train_eval_idx], self.train_eval_idx
         raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
 
-    def batches(self, split: str, batch_size: int, *, augment: frozenset[str] = frozenset(),
-                generator: torch.Generator | None = None, shard: tuple[int, int] | None = None):
+    def batches(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        augment: frozenset[str] = frozenset(),
+        generator: torch.Generator | None = None,
+        shard: tuple[int, int] | None = None,
+    ):
         """Yield normalised (x, y) batches; shuffled when a generator is given, augmented only in `train`.
 
         `val`, `test` and `train_eval` are evaluation splits: never augmented, so that
@@ -208,8 +231,10 @@ def _read(spec: DataSpec, cache_dir: Path | None) -> tuple[RawData, dict]:
         check_cache_dir(cache_dir)
     if kind == "cifar10":
         if spec.image_size not in (None, 32):
-            raise UserError(f"the cifar10 source is 32x32 but the model takes {spec.image_size}x{spec.image_size}: "
-                            f"pass --data PATH (a folder is decoded at the model's size) or a 32x32 model")
+            raise UserError(
+                f"the cifar10 source is 32x32 but the model takes {spec.image_size}x{spec.image_size}: "
+                f"pass --data PATH (a folder is decoded at the model's size) or a 32x32 model"
+            )
         root = Path(spec.root)
         files = cifar10_files(root)
         if all(f.exists() for f in files):
@@ -230,8 +255,10 @@ def _read(spec: DataSpec, cache_dir: Path | None) -> tuple[RawData, dict]:
 
 def _check_spec(spec: DataSpec) -> None:
     if spec.explicit_image_size is not None and spec.explicit_image_size != spec.image_size:
-        raise UserError(f"--image-size {spec.explicit_image_size} does not match the model's input of "
-                        f"{spec.image_size}x{spec.image_size}; pass --image-size {spec.image_size}")
+        raise UserError(
+            f"--image-size {spec.explicit_image_size} does not match the model's input of "
+            f"{spec.image_size}x{spec.image_size}; pass --image-size {spec.image_size}"
+        )
     for name in ("val_size", "train_eval_size"):
         value = getattr(spec, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -246,8 +273,10 @@ def load_data(spec: DataSpec, cache_dir: Path | None | str = "default") -> Datas
     raw, prov = _read(spec, cache_dir)
     classes = list(raw.classes)
     if len(classes) < 2:
-        raise UserError(f"the data set {prov['data_source']} has {len(classes)} class ({', '.join(classes)}); "
-                        f"classification needs at least 2 classes: add a second class folder under train/ and test/")
+        raise UserError(
+            f"the data set {prov['data_source']} has {len(classes)} class ({', '.join(classes)}); "
+            f"classification needs at least 2 classes: add a second class folder under train/ and test/"
+        )
     seed = spec.data_seed
     rest, val = splits.hold_out(raw.train_y, spec.val_size, classes, seed)
     if spec.val_size:
@@ -265,10 +294,19 @@ def load_data(spec: DataSpec, cache_dir: Path | None | str = "default") -> Datas
         return None if y is None else splits.describe_counts(splits.class_counts(y, len(classes)))
 
     prov.update(
-        classes=len(classes), train_images=len(try_), test_images=len(tey),
-        train_per_class=spec.train_per_class, test_per_class=spec.test_per_class, preprocess=spec.preprocess,
-        data_seed=seed, val_size=spec.val_size, val_images=0 if vay is None else len(vay),
-        val_per_class=per_class(vay), train_class_counts=per_class(try_), test_class_counts=per_class(tey),
-        train_eval_images=len(train_eval), conversion=raw.conversion,
+        classes=len(classes),
+        train_images=len(try_),
+        test_images=len(tey),
+        train_per_class=spec.train_per_class,
+        test_per_class=spec.test_per_class,
+        preprocess=spec.preprocess,
+        data_seed=seed,
+        val_size=spec.val_size,
+        val_images=0 if vay is None else len(vay),
+        val_per_class=per_class(vay),
+        train_class_counts=per_class(try_),
+        test_class_counts=per_class(tey),
+        train_eval_images=len(train_eval),
+        conversion=raw.conversion,
     )
     return Dataset(trx, try_, tex, tey, classes, norm, prov, vax, vay, train_eval)

@@ -24,7 +24,9 @@ def parse_augment(spec: str) -> frozenset[str]:
     parts = spec.split("+")
     bad = [p for p in parts if p not in AUGMENTS]
     if bad:
-        raise UserError(f"unknown augmentation {bad[0]!r} in {spec!r}; use 'none' or a '+'-joined subset of {', '.join(AUGMENTS)}")
+        raise UserError(
+            f"unknown augmentation {bad[0]!r} in {spec!r}; use 'none' or a '+'-joined subset of {', '.join(AUGMENTS)}"
+        )
     return frozenset(parts)
 
 
@@ -56,7 +58,7 @@ class Normalizer:
         s2 = torch.zeros(c, c, dtype=torch.float64)
         image_sum = torch.zeros(train_x.shape[1:], dtype=torch.float64)
         for start in range(0, n, chunk):
-            xf = train_x[start:start + chunk].float()
+            xf = train_x[start : start + chunk].float()
             image_sum += xf.sum(0).double()
             flat = xf.flatten(2)
             s1 += flat.sum((0, 2)).double()
@@ -82,8 +84,11 @@ class Normalizer:
         return (x_u8.float() - self.mean) / self.std
 
     def describe(self) -> dict:
-        return {"preprocess": self.mode, "norm_mean": self.mean.flatten()[:3].tolist() if self.mode == "standardize" else None,
-                "norm_std": self.std.flatten().tolist() if self.mode == "standardize" else None}
+        return {
+            "preprocess": self.mode,
+            "norm_mean": self.mean.flatten()[:3].tolist() if self.mode == "standardize" else None,
+            "norm_std": self.std.flatten().tolist() if self.mode == "standardize" else None,
+        }
 
 
 def random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tensor:
@@ -94,7 +99,12 @@ def random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tens
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=g, device=x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    return padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+    return padded[
+        torch.arange(n, device=x.device)[:, None, None, None],
+        torch.arange(c, device=x.device)[None, :, None, None],
+        rows,
+        cols,
+    ]
 
 
 def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -116,7 +126,9 @@ def pca_lighting(x: torch.Tensor, norm: Normalizer, g: torch.Generator, sigma: f
     return x + shift[:, :, None, None]
 
 
-def augment_batch(x: torch.Tensor, augment: frozenset[str], norm: Normalizer, g: torch.Generator, padding: int = 4) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, augment: frozenset[str], norm: Normalizer, g: torch.Generator, padding: int = 4
+) -> torch.Tensor:
     if "crop" in augment:
         x = random_crop(x, padding, g)
     if "flip" in augment:

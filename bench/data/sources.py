@@ -40,6 +40,7 @@ class RawData:
 
 # --- official CIFAR-10 ----------------------------------------------------------
 
+
 def cifar10_missing_message(root: Path, reason: str) -> str:
     return (
         f"CIFAR-10 is not in {root} and could not be downloaded ({reason}). "
@@ -111,6 +112,7 @@ def _torn_cifar(root: Path, e: Exception) -> str:
 
 # --- ImageFolder trees (directory or .tar.gz) --------------------------------------
 
+
 def is_archive(path: Path) -> bool:
     return path.name.endswith((".tar.gz", ".tgz", ".tar"))
 
@@ -137,14 +139,25 @@ def _decode(data: bytes, name: str, image_size: int | None) -> Decoded:
     return Decoded(torch.from_numpy(arr.copy()).permute(2, 0, 1), mode, size)
 
 
-MODE_NAMES = {"L": "grayscale", "LA": "grayscale+alpha", "1": "1-bit", "P": "palette", "RGBA": "RGBA",
-              "I": "32-bit grayscale", "I;16": "16-bit grayscale", "F": "float grayscale", "CMYK": "CMYK"}
+MODE_NAMES = {
+    "L": "grayscale",
+    "LA": "grayscale+alpha",
+    "1": "1-bit",
+    "P": "palette",
+    "RGBA": "RGBA",
+    "I": "32-bit grayscale",
+    "I;16": "16-bit grayscale",
+    "F": "float grayscale",
+    "CMYK": "CMYK",
+}
 
 
 def mixed_sizes_message(path, image_size: int | None, example: str = "") -> str:
     n = image_size or "N"
-    return (f"images in {path} differ in size{example}; they are not stretched to one size unless asked: "
-            f"pass --image-size {n} to resize every image to {n}x{n}")
+    return (
+        f"images in {path} differ in size{example}; they are not stretched to one size unless asked: "
+        f"pass --image-size {n} to resize every image to {n}x{n}"
+    )
 
 
 def _wxh(size: tuple[int, int]) -> str:
@@ -209,11 +222,15 @@ def _folder_images(path: Path):
 
 def check_folder(path: Path) -> None:
     if not path.exists():
-        raise UserError(f"data path {path} does not exist; pass a folder or .tar.gz with train/ and test/ class sub-folders.")
+        raise UserError(
+            f"data path {path} does not exist; pass a folder or .tar.gz with train/ and test/ class sub-folders."
+        )
     if path.is_dir() and not (path / "train").is_dir():
         subdirs = [p for p in path.iterdir() if p.is_dir() and (p / "train").is_dir()]
         if len(subdirs) != 1:
-            raise UserError(f"data folder {path} has no train/ sub-folder; pass the folder that holds train/ and test/ (or val/).")
+            raise UserError(
+                f"data folder {path} has no train/ sub-folder; pass the folder that holds train/ and test/ (or val/)."
+            )
 
 
 def resolve_folder(path: Path) -> Path:
@@ -241,14 +258,18 @@ def read_folder(path: Path, image_size: int | None = 32, resize_mixed: bool = Fa
         sizes[d.size] = sizes.get(d.size, 0) + 1
         images[split].append((cls, name, d.image))
     if not images["train"]:
-        raise UserError(f"no images under {path}/train/<class>/; expected an ImageFolder tree with train/ and test/ (or val/).")
+        raise UserError(
+            f"no images under {path}/train/<class>/; expected an ImageFolder tree with train/ and test/ (or val/)."
+        )
     eval_split = next((s for s in EVAL_SPLITS if images[s]), None)
     if eval_split is None:
         raise UserError(f"no images under {path}/test/ or {path}/val/; the folder needs an evaluation split.")
     classes = sorted({c for c, _, _ in images["train"]})
     unknown = sorted({c for c, _, _ in images[eval_split]} - set(classes))
     if unknown:
-        raise UserError(f"{eval_split}/ has classes not in train/: {', '.join(unknown)}; the two splits must share class folders.")
+        raise UserError(
+            f"{eval_split}/ has classes not in train/: {', '.join(unknown)}; the two splits must share class folders."
+        )
     index = {c: i for i, c in enumerate(classes)}
 
     def stack(items):

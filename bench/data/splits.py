@@ -60,9 +60,11 @@ def hold_out(y: torch.Tensor, val_size: int, classes: list[str], seed: int) -> t
     full = [c for c, (q, n) in enumerate(zip(quotas, counts)) if q >= n]
     if full:
         c = full[0]
-        raise UserError(f"val_size {val_size} would hold out all {counts[c]} training images of class "
-                        f"{classes[c]!r}; pass --val-size {_largest_ok(counts, val_size)} or less "
-                        f"(0 for no validation split)")
+        raise UserError(
+            f"val_size {val_size} would hold out all {counts[c]} training images of class "
+            f"{classes[c]!r}; pass --val-size {_largest_ok(counts, val_size)} or less "
+            f"(0 for no validation split)"
+        )
     val = take(y, quotas, generator(seed, "val"))
     keep = torch.ones(len(y), dtype=torch.bool)
     keep[val] = False
@@ -77,8 +79,9 @@ def _largest_ok(counts: list[int], val_size: int) -> int:
     return v
 
 
-def per_class(y: torch.Tensor, n: int | None, classes: list[str], split: str, seed: int,
-              after: str = "") -> torch.Tensor | None:
+def per_class(
+    y: torch.Tensor, n: int | None, classes: list[str], split: str, seed: int, after: str = ""
+) -> torch.Tensor | None:
     """Sorted indices of exactly `n` images of every class (None: the whole split), or an error.
 
     A quietly smaller class would skew the subset, so a short class is an error naming the fix.
@@ -90,8 +93,10 @@ def per_class(y: torch.Tensor, n: int | None, classes: list[str], split: str, se
     counts = class_counts(y, len(classes))
     short = min(range(len(counts)), key=counts.__getitem__)
     if counts[short] < n:
-        raise UserError(f"the {split} split has {counts[short]} images of class {classes[short]!r}{after}, fewer than "
-                        f"the {n} per class asked for; pass --{split}-per-class {counts[short]} or less")
+        raise UserError(
+            f"the {split} split has {counts[short]} images of class {classes[short]!r}{after}, fewer than "
+            f"the {n} per class asked for; pass --{split}-per-class {counts[short]} or less"
+        )
     return take(y, [n] * len(classes), generator(seed, "subset"))
 
 

@@ -47,22 +47,36 @@ _PYTEST_USAGE_ERROR, _PYTEST_NO_TESTS = 4, 5
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Throughput regression gate: run the benchmark suite and save it as a baseline, "
-                     "or compare it with one (exit 1 when a benchmark lost more than the threshold).")
+    p.description = (
+        "Throughput regression gate: run the benchmark suite and save it as a baseline, "
+        "or compare it with one (exit 1 when a benchmark lost more than the threshold)."
+    )
     p.epilog = "Arguments after -- pass to pytest, e.g. -- -x -k alexnet."
     action = p.add_mutually_exclusive_group(required=True)
     action.add_argument("--save", metavar="NAME", help="run the suite and store it as baseline NAME")
     action.add_argument("--compare", metavar="NAME", help="run the suite and compare it with baseline NAME")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                   help="largest tolerated throughput drop, a fraction (default %(default)s = 10%%)")
-    p.add_argument("--repeat", type=int, default=1, metavar="K",
-                   help="run the suite K times (K odd) and keep, per benchmark, the run with the median throughput: "
-                        "steadier on a shared or noisy machine, K times as long (default %(default)s)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="largest tolerated throughput drop, a fraction (default %(default)s = 10%%)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="K",
+        help="run the suite K times (K odd) and keep, per benchmark, the run with the median throughput: "
+        "steadier on a shared or noisy machine, K times as long (default %(default)s)",
+    )
     p.add_argument("--stat", default="median", help="round-time statistic compared: median | min (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default %(default)s)")
-    p.add_argument("--storage", type=Path, default=None,
-                   help=f"baseline folder (default ${STORAGE_ENV}, else .benchmarks in the checkout, "
-                        f"else in the current folder)")
+    p.add_argument(
+        "--storage",
+        type=Path,
+        default=None,
+        help=f"baseline folder (default ${STORAGE_ENV}, else .benchmarks in the checkout, else in the current folder)",
+    )
     p.add_argument("--report", type=Path, default=None, help="also write the comparison as CSV here")
     suite = p.add_argument_group("the suite's options")
     for flag, spec in OPTIONS.items():
@@ -105,18 +119,23 @@ def find_baseline(storage: Path, name: str, here_id: str, here: str):
     if mine:
         run = _newest(mine)
         if run.device_id != here_id:
-            raise UserError(f"baseline {name!r} ({run.path}) was measured on {run.device}, but this is {here}; "
-                            f"baselines are kept per device: save one here with --save {name}")
+            raise UserError(
+                f"baseline {name!r} ({run.path}) was measured on {run.device}, but this is {here}; "
+                f"baselines are kept per device: save one here with --save {name}"
+            )
         return run
     elsewhere = [p for p in _saved_anywhere(storage, name) if p.parts[-3] != here_id]
     if elsewhere:
         run = _newest(elsewhere)
-        raise UserError(f"baseline {name!r} exists only for {run.device} ({run.path}), but this is {here}; "
-                        f"baselines are kept per device: save one here with --save {name}")
+        raise UserError(
+            f"baseline {name!r} exists only for {run.device} ({run.path}), but this is {here}; "
+            f"baselines are kept per device: save one here with --save {name}"
+        )
     names = sorted({p.name.split("_", 1)[1][:-5] for p in (storage / here_id).glob("*/[0-9]*_*.json")})
     have = f"; baselines for this device: {', '.join(names)}" if names else ""
-    raise UserError(f"no baseline {name!r} for {here} in {storage}{have}; "
-                    f"make one with: python -m bench gate --save {name}")
+    raise UserError(
+        f"no baseline {name!r} for {here} in {storage}{have}; make one with: python -m bench gate --save {name}"
+    )
 
 
 def _check_name(name: str) -> str:
@@ -148,10 +167,24 @@ def run_suite(device: str, json_path: Path, pytest_args: list[str]) -> int:
     cmd = [
         # The suite runs from its place in the package, with no project configuration
         # (-c devnull) or conftest: the same run in a checkout and in an installation.
-        sys.executable, "-m", "pytest", "-p", PLUGIN, "-p", "no:cacheprovider", "-c", os.devnull,
-        "--noconftest", f"--rootdir={ROOT}", str(SUITE),
-        f"--bench-device={device}", "--benchmark-only", f"--benchmark-json={json_path}",
-        "--benchmark-disable-gc", "--benchmark-columns=min,median,iqr,rounds", "--benchmark-sort=name",
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        PLUGIN,
+        "-p",
+        "no:cacheprovider",
+        "-c",
+        os.devnull,
+        "--noconftest",
+        f"--rootdir={ROOT}",
+        str(SUITE),
+        f"--bench-device={device}",
+        "--benchmark-only",
+        f"--benchmark-json={json_path}",
+        "--benchmark-disable-gc",
+        "--benchmark-columns=min,median,iqr,rounds",
+        "--benchmark-sort=name",
     ]
     cmd += pytest_args
     log.info("running: %s", " ".join(cmd))
@@ -162,8 +195,10 @@ def run_suite(device: str, json_path: Path, pytest_args: list[str]) -> int:
 def _check_installed() -> None:
     missing = [m for m in ("pytest", "pytest_benchmark") if importlib.util.find_spec(m) is None]
     if missing:
-        raise UserError(f"the gate runs its suite with pytest and pytest-benchmark ({', '.join(missing)} not "
-                        f"installed): pip install 'alexnet-bench[dev]'")
+        raise UserError(
+            f"the gate runs its suite with pytest and pytest-benchmark ({', '.join(missing)} not "
+            f"installed): pip install 'alexnet-bench[dev]'"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -194,19 +229,22 @@ def _gate(args: argparse.Namespace) -> int:
     if not 0 < args.threshold < 1:
         raise UserError(f"--threshold must be a fraction between 0 and 1 (0.1 = 10%), got {args.threshold}")
     if args.repeat < 1 or args.repeat % 2 == 0:
-        raise UserError(f"--repeat must be an odd number (1, 3, 5: the median is then one of the runs), "
-                        f"got {args.repeat}")
+        raise UserError(
+            f"--repeat must be an odd number (1, 3, 5: the median is then one of the runs), got {args.repeat}"
+        )
     if args.stat not in STATS:
         raise UserError(f"--stat {args.stat!r} is not valid; choose one of: {', '.join(STATS)}")
     if args.bench_device is not None or any(a.startswith("--bench-device") for a in args.pytest_args):
         raise UserError("give the device as --device, not --bench-device: the gate checks baselines against it")
     if any(a.startswith("--bench-") for a in args.pytest_args):
-        raise UserError("give the --bench-* options before --, not after it: the gate checks them against the "
-                        "baseline")
+        raise UserError("give the --bench-* options before --, not after it: the gate checks them against the baseline")
     name = _check_name(args.save or args.compare)
     if args.save:  # the baseline is stored after minutes of suite: its folder must take it
-        check_writable(storage_dir(args.storage), "--storage" if args.storage is not None or
-                       not os.environ.get(STORAGE_ENV) else f"${STORAGE_ENV}", folder=True)
+        check_writable(
+            storage_dir(args.storage),
+            "--storage" if args.storage is not None or not os.environ.get(STORAGE_ENV) else f"${STORAGE_ENV}",
+            folder=True,
+        )
     if args.report is not None:
         check_writable(args.report, "--report", folder=False)
     _check_installed()
@@ -236,8 +274,10 @@ def _gate(args: argparse.Namespace) -> int:
             if status == _PYTEST_USAGE_ERROR:
                 return 2  # pytest printed the one-line reason
             if status != 0 or not runs[-1].is_file():
-                print(f"the benchmark suite failed (pytest exit status {status}); nothing compared or saved",
-                      file=sys.stderr)
+                print(
+                    f"the benchmark suite failed (pytest exit status {status}); nothing compared or saved",
+                    file=sys.stderr,
+                )
                 return 1
         json_path = runs[0] if len(runs) == 1 else merge_runs(runs, Path(tmp) / "merged.json", args.stat)
         current = load_run(json_path)

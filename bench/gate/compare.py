@@ -19,8 +19,16 @@ from bench.gate.suite import MEASUREMENT_KEYS, describe_device, device_id
 STATS = ("median", "min")
 # Recorded software and settings that, when they changed, are named beside the table.
 CHANGES_SHOWN = (
-    "num_threads", "torch", "torchvision", "cuda", "cudnn", "gpu_driver", "python",
-    "float32_matmul_precision", "cudnn_benchmark", "cudnn_allow_tf32",
+    "num_threads",
+    "torch",
+    "torchvision",
+    "cuda",
+    "cudnn",
+    "gpu_driver",
+    "python",
+    "float32_matmul_precision",
+    "cudnn_benchmark",
+    "cudnn_allow_tf32",
 )
 
 
@@ -143,8 +151,9 @@ def compare(baseline: Run, current: Run, *, threshold: float, stat: str = "media
             row["status"] = "missing"
         else:
             row["change"] = row["images_per_s"] / row["baseline_images_per_s"] - 1
-            row["status"] = ("regressed" if row["change"] < -threshold
-                             else "faster" if row["change"] > threshold else "ok")
+            row["status"] = (
+                "regressed" if row["change"] < -threshold else "faster" if row["change"] > threshold else "ok"
+            )
         rows.append(row)
     return rows
 
@@ -178,8 +187,10 @@ def format_report(baseline: Run, current: Run, rows: list[dict], *, threshold: f
     if changes := _changes(baseline, current):
         lines.append(f"changed since the baseline: {changes}")
     if baseline.repeat > 1 or current.repeat > 1:
-        lines.append(f"per benchmark, the median of {baseline.repeat} suite run(s) for the baseline "
-                     f"and of {current.repeat} for this run (--repeat)")
+        lines.append(
+            f"per benchmark, the median of {baseline.repeat} suite run(s) for the baseline "
+            f"and of {current.repeat} for this run (--repeat)"
+        )
     if s.get("inject_slowdown", 1) != 1:
         lines.append(f"note: this run injected a {s['inject_slowdown']}x slowdown (--bench-inject-slowdown)")
     lines.append(f"images/s from the {stat} round time; a drop of more than {threshold:.0%} fails")
@@ -192,21 +203,26 @@ def format_report(baseline: Run, current: Run, rows: list[dict], *, threshold: f
     for r in rows:
         change = "-" if r["change"] is None else f"{r['change']:+.1%}"
         spread = "-" if r.get("spread") is None else f"{r['spread']:.0%}"
-        verdict = {"regressed": "REGRESSED", "faster": "faster", "new": "new (no baseline)",
-                   "missing": "not run"}.get(r["status"], "")
-        table.append((_label(r), number(r["baseline_images_per_s"]), number(r["images_per_s"]), spread, change,
-                      verdict))
+        verdict = {"regressed": "REGRESSED", "faster": "faster", "new": "new (no baseline)", "missing": "not run"}.get(
+            r["status"], ""
+        )
+        table.append(
+            (_label(r), number(r["baseline_images_per_s"]), number(r["images_per_s"]), spread, change, verdict)
+        )
     widths = [max(len(row[i]) for row in table) for i in range(5)]
     for row in table:
-        lines.append("  ".join([f"{row[0]:<{widths[0]}}", *(f"{v:>{w}}" for v, w in zip(row[1:5], widths[1:])),
-                                row[5]]).rstrip())
+        lines.append(
+            "  ".join([f"{row[0]:<{widths[0]}}", *(f"{v:>{w}}" for v, w in zip(row[1:5], widths[1:])), row[5]]).rstrip()
+        )
 
     compared = [r for r in rows if r["change"] is not None]
     bad = regressed(rows)
     lines.append("")
     if bad:
-        lines.append(f"FAILED: {len(bad)} of {len(compared)} benchmarks lost more than {threshold:.0%} "
-                     f"throughput: {', '.join(_label(r) for r in bad)}")
+        lines.append(
+            f"FAILED: {len(bad)} of {len(compared)} benchmarks lost more than {threshold:.0%} "
+            f"throughput: {', '.join(_label(r) for r in bad)}"
+        )
     else:
         lines.append(f"PASSED: all {len(compared)} benchmarks within {threshold:.0%} of the baseline or faster")
     if not compared:
@@ -216,8 +232,9 @@ def format_report(baseline: Run, current: Run, rows: list[dict], *, threshold: f
 
 def format_run(run: Run, stat: str = "median") -> str:
     """A saved run's images/s per benchmark."""
-    width = max((len(f"{b['extra_info']['phase']} {b['extra_info']['case']}") for b in run.benchmarks.values()),
-                default=9)
+    width = max(
+        (len(f"{b['extra_info']['phase']} {b['extra_info']['case']}") for b in run.benchmarks.values()), default=9
+    )
     lines = [f"{'benchmark':<{width}}  {'images/s':>10}"]
     for b in run.benchmarks.values():
         label = f"{b['extra_info']['phase']} {b['extra_info']['case']}"

@@ -15,14 +15,19 @@ OPTIONS = {
     "--bench-dtype": dict(default="fp32", help="fp32 | bf16 | fp16 autocast (default fp32)"),
     "--bench-channels-last": dict(action="store_true", help="channels_last memory format"),
     "--bench-batch-size": dict(type=int, default=None, help="images per step (default 128, quick 32)"),
-    "--bench-width": dict(type=float, default=None,
-                          help="channel multiplier for models with a width knob (default 1, quick 0.25)"),
+    "--bench-width": dict(
+        type=float, default=None, help="channel multiplier for models with a width knob (default 1, quick 0.25)"
+    ),
     "--bench-rounds": dict(type=int, default=None, help="timed rounds per benchmark (default 15, quick 5)"),
-    "--bench-models": dict(default="", metavar="GLOBS",
-                           help="comma-separated wildcards over case ids, e.g. 'alexnet*,vgg11' (default all)"),
-    "--bench-inject-slowdown": dict(type=int, default=1, metavar="K",
-                                    help="test hook: run every timed round K times, counting its images once "
-                                         "(default 1)"),
+    "--bench-models": dict(
+        default="", metavar="GLOBS", help="comma-separated wildcards over case ids, e.g. 'alexnet*,vgg11' (default all)"
+    ),
+    "--bench-inject-slowdown": dict(
+        type=int,
+        default=1,
+        metavar="K",
+        help="test hook: run every timed round K times, counting its images once (default 1)",
+    ),
 }
 
 

@@ -127,16 +127,22 @@ class Options:
 
     @property
     def timing(self) -> Timing:
-        return Timing(warmup_steps=self.warmup_steps, warmup_s=self.warmup_s, rounds=self.rounds,
-                      min_round_s=self.min_round_s)
+        return Timing(
+            warmup_steps=self.warmup_steps, warmup_s=self.warmup_s, rounds=self.rounds, min_round_s=self.min_round_s
+        )
 
 
 def options_from(values, device: torch.device) -> Options:
     """`resolve_options` from parsed `OPTIONS` (attributes `bench_quick`, `bench_dtype`, ...)."""
     return resolve_options(
-        device=device, quick=values.bench_quick, dtype=values.bench_dtype,
-        channels_last=values.bench_channels_last, batch_size=values.bench_batch_size,
-        width=values.bench_width, rounds=values.bench_rounds, models=values.bench_models,
+        device=device,
+        quick=values.bench_quick,
+        dtype=values.bench_dtype,
+        channels_last=values.bench_channels_last,
+        batch_size=values.bench_batch_size,
+        width=values.bench_width,
+        rounds=values.bench_rounds,
+        models=values.bench_models,
         inject_slowdown=values.bench_inject_slowdown,
     )
 
@@ -201,8 +207,10 @@ def study_cases() -> list[Case]:
     """
     path = studies_dir() / f"{STUDY}.toml"
     if not path.is_file():
-        raise UserError(f"the study file {path} is missing: the gate benchmarks its model variants; "
-                        f"reinstall the package (it ships ablations/)")
+        raise UserError(
+            f"the study file {path} is missing: the gate benchmarks its model variants; "
+            f"reinstall the package (it ships ablations/)"
+        )
     return [c for c in _study_cases(path, path.stat().st_mtime_ns) if c.knobs]
 
 

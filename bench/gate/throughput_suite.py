@@ -40,12 +40,22 @@ def _time(benchmark, options, case, phase: str, run) -> None:
 
     benchmark.group = phase
     benchmark.extra_info.update(
-        case=case.id, model=case.model, knobs=dict(case.knobs), phase=phase,
-        batch_size=options.batch_size, steps_per_round=per_round, images_per_round=images,
+        case=case.id,
+        model=case.model,
+        knobs=dict(case.knobs),
+        phase=phase,
+        batch_size=options.batch_size,
+        steps_per_round=per_round,
+        images_per_round=images,
     )
     # --bench-inject-slowdown (a test hook) repeats the work, not the images counted.
-    rounds = time_rounds(run, device, steps=per_round * options.inject_slowdown, rounds=timing.rounds,
-                         loop=_pytest_benchmark_loop(benchmark))
+    rounds = time_rounds(
+        run,
+        device,
+        steps=per_round * options.inject_slowdown,
+        rounds=timing.rounds,
+        loop=_pytest_benchmark_loop(benchmark),
+    )
     if rounds.seconds:
         benchmark.extra_info["images_per_s"] = rounds.per_s(images).median
 

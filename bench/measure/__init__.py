@@ -14,6 +14,16 @@ from bench.measure.speed import FULL, QUICK, Settings, matmul_flops_per_s, measu
 from bench.measure.table import COLUMNS, achieved_columns, measure_models
 
 __all__ = [
-    "COLUMNS", "FLOP_CONVENTION", "FULL", "QUICK", "Settings", "achieved_columns", "count_model",
-    "count_ops", "count_params", "matmul_flops_per_s", "measure_models", "measure_throughput",
+    "COLUMNS",
+    "FLOP_CONVENTION",
+    "FULL",
+    "QUICK",
+    "Settings",
+    "achieved_columns",
+    "count_model",
+    "count_ops",
+    "count_params",
+    "matmul_flops_per_s",
+    "measure_models",
+    "measure_throughput",
 ]

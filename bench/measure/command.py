@@ -42,26 +42,52 @@ SHOWN = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", default="*", metavar="PATTERN",
-                   help="registered model names, shell wildcards, comma-separated, or tv:<torchvision name> "
-                        "(default: every registered model)")
-    p.add_argument("--knob", action="append", default=[], metavar="KEY=VALUE",
-                   help="model knob applied to every model, repeatable, e.g. --knob activation=tanh")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="training and inference batch (default 128, or 16 with --quick); halved on out-of-memory")
+    p.add_argument(
+        "--arch",
+        default="*",
+        metavar="PATTERN",
+        help="registered model names, shell wildcards, comma-separated, or tv:<torchvision name> "
+        "(default: every registered model)",
+    )
+    p.add_argument(
+        "--knob",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model knob applied to every model, repeatable, e.g. --knob activation=tanh",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="training and inference batch (default 128, or 16 with --quick); halved on out-of-memory",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default %(default)s)")
-    p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 autocast | auto (bf16 where the device "
-                                                  "computes it natively, else fp32) (default %(default)s)")
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        help="fp32 | bf16 | fp16 autocast | auto (bf16 where the device "
+        "computes it natively, else fp32) (default %(default)s)",
+    )
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format for model and batch")
     add_backend_arguments(p)
-    p.add_argument("--modes", nargs="?", const=ALL_MODES, default=None, metavar="MODE,MODE",
-                   help="time each model under speed modes instead, e.g. fp32,bf16,bf16+cl,compile+bf16+cl "
-                        f"(alone: {', '.join(speed_modes.DEFAULT_MODES)}, and on CUDA "
-                        f"{', '.join(speed_modes.CUDA_MODES)}); ratios to fp32 eager of the same run")
+    p.add_argument(
+        "--modes",
+        nargs="?",
+        const=ALL_MODES,
+        default=None,
+        metavar="MODE,MODE",
+        help="time each model under speed modes instead, e.g. fp32,bf16,bf16+cl,compile+bf16+cl "
+        f"(alone: {', '.join(speed_modes.DEFAULT_MODES)}, and on CUDA "
+        f"{', '.join(speed_modes.CUDA_MODES)}); ratios to fp32 eager of the same run",
+    )
     p.add_argument("--quick", action="store_true", help="few warm-up and timed steps, small batch: a CPU smoke run")
-    p.add_argument("--out", type=Path, default=None,
-                   help="CSV to write (default results/measure/<device>.csv, or modes-<device>.csv), "
-                        "replaced atomically")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="CSV to write (default results/measure/<device>.csv, or modes-<device>.csv), replaced atomically",
+    )
 
 
 def resolve_names(spec: str) -> list[str]:
@@ -138,8 +164,9 @@ def _saved_table(out: Path, row_key: list[str] = ROW_KEY, what: str = "`python -
     try:
         saved = read_csv(out, [k for k in row_key if k != "quick"])
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise UserError(f"{out} is not a readable table ({type(e).__name__}); "
-                        f"move it aside or pass another --out") from None
+        raise UserError(
+            f"{out} is not a readable table ({type(e).__name__}); move it aside or pass another --out"
+        ) from None
     if not set(row_key) - {"knobs"} <= set(saved.columns):  # older tables have no knobs column
         raise UserError(f"{out} is not a table of {what}; move it aside or pass another --out")
     return saved
@@ -147,8 +174,10 @@ def _saved_table(out: Path, row_key: list[str] = ROW_KEY, what: str = "`python -
 
 def _check_out(out: Path) -> None:
     if out.is_dir() or out.suffix.lower() != ".csv":
-        raise UserError(f"--out {out} must name a .csv file (a folder is not accepted), "
-                        f"e.g. --out {out / 'measure.csv' if out.is_dir() else out.with_suffix('.csv')}")
+        raise UserError(
+            f"--out {out} must name a .csv file (a folder is not accepted), "
+            f"e.g. --out {out / 'measure.csv' if out.is_dir() else out.with_suffix('.csv')}"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,8 +187,10 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.modes is not None and (args.dtype != "fp32" or args.channels_last):
-        raise UserError("--modes sets the precision and memory format of each mode; "
-                        "drop --dtype and --channels-last, e.g. --modes fp32,bf16+cl")
+        raise UserError(
+            "--modes sets the precision and memory format of each mode; "
+            "drop --dtype and --channels-last, e.g. --modes fp32,bf16+cl"
+        )
     device = pick_device(args.device)
     names = resolve_names(args.arch)
     knobs = parse_knobs(args.knob)
@@ -176,15 +207,21 @@ def run(args: argparse.Namespace) -> int:
     saved = _saved_table(out)  # an unreadable table fails now, not after measuring
 
     frame = measure_models(
-        names, batch_size=args.batch_size, device=device, dtype=dtype,
+        names,
+        batch_size=args.batch_size,
+        device=device,
+        dtype=dtype,
         memory_format="channels_last" if args.channels_last else "contiguous",
-        quick=args.quick, knobs=knobs or None,
+        quick=args.quick,
+        knobs=knobs or None,
     )
     first = frame.iloc[0]
     kinds = ", ".join(frame["peak_mem_kind"].dropna().unique()) or "-"
-    print(f"{first['device_name']} ({first['device']}), torch {first['torch']}, {dtype}, "
-          f"{'channels_last' if args.channels_last else 'contiguous'}; {first['flop_convention']}; "
-          f"peak memory: {kinds}")
+    print(
+        f"{first['device_name']} ({first['device']}), torch {first['torch']}, {dtype}, "
+        f"{'channels_last' if args.channels_last else 'contiguous'}; {first['flop_convention']}; "
+        f"peak memory: {kinds}"
+    )
     print(_show(frame))  # before writing: a failed write (disk full) still shows what was measured
     write_csv(out, frame if saved is None else merge_tables(saved, frame))
     log.info("wrote %d rows to %s (rows of other models or settings already there are kept)", len(frame), out)
@@ -196,11 +233,16 @@ def run(args: argparse.Namespace) -> int:
 
 # The columns `--modes` prints for people; the CSV holds them all.
 MODES_SHOWN = {
-    "model": "model", "mode": "mode",
-    "train_images_per_s": "train_img/s", "train_vs_fp32": "train_x",
-    "infer_images_per_s": "infer_img/s", "infer_vs_fp32": "infer_x",
+    "model": "model",
+    "mode": "mode",
+    "train_images_per_s": "train_img/s",
+    "train_vs_fp32": "train_x",
+    "infer_images_per_s": "infer_img/s",
+    "infer_vs_fp32": "infer_x",
     "train_first_call_s": "first_call_s",
-    "train_forward_ms": "fwd_ms", "train_backward_ms": "bwd_ms", "train_optimizer_ms": "opt_ms",
+    "train_forward_ms": "fwd_ms",
+    "train_backward_ms": "bwd_ms",
+    "train_optimizer_ms": "opt_ms",
     "error": "error",
 }
 
@@ -216,12 +258,19 @@ def _run_modes(args: argparse.Namespace, device, names: list[str], knobs: dict) 
     saved = _saved_table(out, speed_modes.ROW_KEY, "`python -m bench measure --modes`")
 
     frame = speed_modes.measure_modes_table(
-        names, modes, device=device, settings=settings_for(args.quick), quick=args.quick,
-        batch_size=args.batch_size, knobs=knobs or None,
+        names,
+        modes,
+        device=device,
+        settings=settings_for(args.quick),
+        quick=args.quick,
+        batch_size=args.batch_size,
+        knobs=knobs or None,
     )
     first = frame.iloc[0]
-    print(f"{first['device_name']} ({first['device']}), torch {first['torch']}, batch {first['batch_size']}, "
-          f"{first['rounds']} interleaved rounds; x = images/s over fp32 eager's in this run")
+    print(
+        f"{first['device_name']} ({first['device']}), torch {first['torch']}, batch {first['batch_size']}, "
+        f"{first['rounds']} interleaved rounds; x = images/s over fp32 eager's in this run"
+    )
     shown = frame[list(MODES_SHOWN)].rename(columns=MODES_SHOWN)
     shown["error"] = shown["error"].fillna("").astype(str).str.slice(0, 60)
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))

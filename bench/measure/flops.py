@@ -79,17 +79,32 @@ MAC_OPS = ("conv", "linear", "addmm", "mm", "matmul", "bmm", "einsum")
 
 # Operations per output element; see the table in the module docstring.
 ACTIVATION_COST = {
-    "relu": 1, "relu_": 1, "relu6": 1, "hardtanh": 1, "hardtanh_": 1,
-    "leaky_relu": 1, "leaky_relu_": 1, "threshold": 1, "threshold_": 1,
-    "tanh": 5, "tanh_": 5,
-    "sigmoid": 4, "sigmoid_": 4,
-    "silu": 5, "silu_": 5,
+    "relu": 1,
+    "relu_": 1,
+    "relu6": 1,
+    "hardtanh": 1,
+    "hardtanh_": 1,
+    "leaky_relu": 1,
+    "leaky_relu_": 1,
+    "threshold": 1,
+    "threshold_": 1,
+    "tanh": 5,
+    "tanh_": 5,
+    "sigmoid": 4,
+    "sigmoid_": 4,
+    "silu": 5,
+    "silu_": 5,
 }
 ARITHMETIC_OPS = ("add", "sub", "rsub", "mul", "div", "pow", "sqrt", "rsqrt", "exp", "neg", "reciprocal")
 # Data movement and identity-at-inference ops fvcore does not already ignore.
 ZERO_COST_OPS = (
-    "aten::pad", "aten::dropout_", "aten::feature_dropout", "aten::alpha_dropout",
-    "aten::feature_alpha_dropout", "aten::clone", "aten::identity",
+    "aten::pad",
+    "aten::dropout_",
+    "aten::feature_dropout",
+    "aten::alpha_dropout",
+    "aten::feature_alpha_dropout",
+    "aten::clone",
+    "aten::identity",
 )
 LRN_EXTRA_COST = 5  # per element on top of the window sum: square, scale, add k, pow, divide
 

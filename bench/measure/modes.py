@@ -64,20 +64,54 @@ CUDA_MODES = ("fp16", "reduce-overhead+bf16+cl")  # added on CUDA: fp16 tensor c
 COMPILED_WARMUP_STEPS = 3
 
 COLUMNS = [
-    "model", "knobs", "mode", "dtype", "memory_format", "compile", "compile_backend", "batch_size", "input_size",
-    "train_images_per_s", "train_images_per_s_min", "train_images_per_s_max", "train_vs_fp32",
-    "infer_images_per_s", "infer_images_per_s_min", "infer_images_per_s_max", "infer_vs_fp32",
-    "train_first_call_s", "infer_first_call_s",
-    "train_forward_ms", "train_backward_ms", "train_optimizer_ms",
-    "rounds", "train_steps_per_round", "infer_steps_per_round", "quick",
-    "device", "device_name", "torch", "torchvision", "cuda", "cudnn", "gpu_driver",
-    "float32_matmul_precision", "cudnn_benchmark", "cudnn_allow_tf32",
-    "python", "num_threads", "hostname", "git_commit",
+    "model",
+    "knobs",
+    "mode",
+    "dtype",
+    "memory_format",
+    "compile",
+    "compile_backend",
+    "batch_size",
+    "input_size",
+    "train_images_per_s",
+    "train_images_per_s_min",
+    "train_images_per_s_max",
+    "train_vs_fp32",
+    "infer_images_per_s",
+    "infer_images_per_s_min",
+    "infer_images_per_s_max",
+    "infer_vs_fp32",
+    "train_first_call_s",
+    "infer_first_call_s",
+    "train_forward_ms",
+    "train_backward_ms",
+    "train_optimizer_ms",
+    "rounds",
+    "train_steps_per_round",
+    "infer_steps_per_round",
+    "quick",
+    "device",
+    "device_name",
+    "torch",
+    "torchvision",
+    "cuda",
+    "cudnn",
+    "gpu_driver",
+    "float32_matmul_precision",
+    "cudnn_benchmark",
+    "cudnn_allow_tf32",
+    "python",
+    "num_threads",
+    "hostname",
+    "git_commit",
     "error",
 ]
 # What `measure_modes` fills in (None where a mode failed before it got there).
-METRICS = [c for c in COLUMNS[COLUMNS.index("train_images_per_s"):COLUMNS.index("infer_steps_per_round") + 1]
-           if c != "rounds"]
+METRICS = [
+    c
+    for c in COLUMNS[COLUMNS.index("train_images_per_s") : COLUMNS.index("infer_steps_per_round") + 1]
+    if c != "rounds"
+]
 # A model's rows are replaced together: their ratios share one fp32 baseline.
 ROW_KEY = ["model", "knobs", "device_name", "quick"]
 
@@ -110,8 +144,10 @@ def parse_mode(text: str) -> Mode:
             compile_mode = COMPILE_TOKENS[token]
         else:
             valid = ", ".join([*DTYPES, CHANNELS_LAST, *COMPILE_TOKENS])
-            raise ValueError(f"mode {text!r}: {token!r} is unknown or repeated; join at most one each of "
-                             f"a precision, cl and a compile mode with '+', from: {valid}")
+            raise ValueError(
+                f"mode {text!r}: {token!r} is unknown or repeated; join at most one each of "
+                f"a precision, cl and a compile mode with '+', from: {valid}"
+            )
     return Mode(dtype or "fp32", channels_last, compile_mode or "off")
 
 
@@ -127,8 +163,9 @@ def parse_modes(spec: str | None, device: torch.device) -> list[Mode]:
 class _Subject:
     """One mode's copy of the model, its optimizer and fixed batch, and the work that is timed."""
 
-    def __init__(self, model: nn.Module, mode: Mode, device: torch.device, input_size: int, batch_size: int,
-                 compile_backend: str):
+    def __init__(
+        self, model: nn.Module, mode: Mode, device: torch.device, input_size: int, batch_size: int, compile_backend: str
+    ):
         fmt = MEMORY_FORMATS[mode.memory_format]
         self.mode, self.device = mode, device
         self.model = copy.deepcopy(model).to(device=device, memory_format=fmt)
@@ -159,17 +196,22 @@ class _Subject:
             self.net.train()
             state["loss"] = forward_loss(self.net, self.x, self.y, self.mode.dtype)[1]
 
-        return (forward, lambda: backward(state.pop("loss"), self.optimizer, self.scaler),
-                lambda: optimizer_step(self.optimizer, self.scaler))
+        return (
+            forward,
+            lambda: backward(state.pop("loss"), self.optimizer, self.scaler),
+            lambda: optimizer_step(self.optimizer, self.scaler),
+        )
 
     def guarded(self, fn):
         """`fn` that, once it has failed, records the error and does nothing more (the other modes go on)."""
+
         def run(*args) -> None:
             if self.error is None:
                 try:
                     fn(*args)
                 except Exception as exc:  # noqa: BLE001 -- the failure becomes this mode's row
                     self.error = error_text(exc)
+
         return run
 
 
@@ -177,8 +219,9 @@ def _ratio(value: float | None, baseline: float | None) -> float | None:
     return None if value is None or not baseline else value / baseline
 
 
-def _phase(subjects: list[_Subject], warmups: dict, settings: Settings, device: torch.device,
-           phase: str, rows: dict) -> None:
+def _phase(
+    subjects: list[_Subject], warmups: dict, settings: Settings, device: torch.device, phase: str, rows: dict
+) -> None:
     """Warm up each live subject's `phase` (train or infer), then time their rounds interleaved."""
     live = []
     for s in subjects:
@@ -191,14 +234,21 @@ def _phase(subjects: list[_Subject], warmups: dict, settings: Settings, device: 
             continue
         rows[s.mode][f"{phase}_first_call_s"] = step_s[0]
         live.append((s, steps_per_round(step_s, warmups[s.mode])))
-    timed = time_interleaved([s.guarded(getattr(s, phase)) for s, _ in live], device,
-                             steps=[n for _, n in live], rounds=settings.repeats)
+    timed = time_interleaved(
+        [s.guarded(getattr(s, phase)) for s, _ in live], device, steps=[n for _, n in live], rounds=settings.repeats
+    )
     for (s, n), rounds in zip(live, timed):
         if s.error:
             continue
         rate = rounds.per_s(n * s.x.shape[0])
-        rows[s.mode].update({f"{phase}_images_per_s": rate.median, f"{phase}_images_per_s_min": rate.min,
-                             f"{phase}_images_per_s_max": rate.max, f"{phase}_steps_per_round": n})
+        rows[s.mode].update(
+            {
+                f"{phase}_images_per_s": rate.median,
+                f"{phase}_images_per_s_min": rate.min,
+                f"{phase}_images_per_s_max": rate.max,
+                f"{phase}_steps_per_round": n,
+            }
+        )
 
 
 def measure_modes(
@@ -221,10 +271,21 @@ def measure_modes(
         raise ValueError(f"modes {[m.name for m in modes]} lack {BASELINE}, the baseline of the ratios")
     input_size = input_size or model.input_size
     batch_size = batch_size or settings.batch_size
-    rows = {m: {"mode": m.name, "dtype": m.dtype, "memory_format": m.memory_format, "compile": m.compile,
-                "compile_backend": compile_backend if m.compile != "off" else None, "batch_size": batch_size,
-                "input_size": input_size, "rounds": settings.repeats, **dict.fromkeys(METRICS), "error": None}
-            for m in modes}
+    rows = {
+        m: {
+            "mode": m.name,
+            "dtype": m.dtype,
+            "memory_format": m.memory_format,
+            "compile": m.compile,
+            "compile_backend": compile_backend if m.compile != "off" else None,
+            "batch_size": batch_size,
+            "input_size": input_size,
+            "rounds": settings.repeats,
+            **dict.fromkeys(METRICS),
+            "error": None,
+        }
+        for m in modes
+    }
     subjects = []
     for m in modes:
         try:
@@ -238,8 +299,9 @@ def measure_modes(
         _phase(subjects, warmups, settings, device, "train", rows)
         for s in subjects:
             if s.error is None:
-                split = time_phases([s.guarded(p) for p in s.phases()], device, steps=timing.round_steps,
-                                    rounds=settings.repeats)
+                split = time_phases(
+                    [s.guarded(p) for p in s.phases()], device, steps=timing.round_steps, rounds=settings.repeats
+                )
                 if s.error is None:
                     for name, rounds in zip(("forward", "backward", "optimizer"), split):
                         rows[s.mode][f"train_{name}_ms"] = 1e3 * rounds.median_s() / rounds.steps
@@ -277,8 +339,9 @@ def measure_modes_table(
         log.info("measuring %s under %s", name, ", ".join(m.name for m in modes))
         try:
             model = create_model(name, **(knobs or {}))
-            measured = measure_modes(model, modes, device=device, settings=settings, batch_size=batch_size,
-                                     compile_backend=compile_backend)
+            measured = measure_modes(
+                model, modes, device=device, settings=settings, batch_size=batch_size, compile_backend=compile_backend
+            )
         except Exception as exc:  # noqa: BLE001 -- a model that cannot be built is a row per mode, never an aborted bulk run
             measured = [{"mode": m.name, "error": error_text(exc)} for m in modes]
         for row in measured:

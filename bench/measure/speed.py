@@ -215,8 +215,7 @@ def _measure_at(
         timing = settings.timing
         warmup_step_s = warm_up(train, device, timing)
         meter.stop_tracking()
-        train_rounds = time_rounds(train, device, steps=steps_per_round(warmup_step_s, timing),
-                                   rounds=timing.rounds)
+        train_rounds = time_rounds(train, device, steps=steps_per_round(warmup_step_s, timing), rounds=timing.rounds)
         peak_mem_mb = meter.peak_mib()
     finally:
         meter.stop_tracking()
@@ -229,14 +228,16 @@ def _measure_at(
         def run(n: int) -> None:
             for _ in range(n):
                 net(batch)
+
         return run
 
     latency_ms = None  # latency_iters=0: not measured
     with torch.inference_mode(), autocast(device, dtype):
         infer_rounds = measure(forward(x), device, timing)
         if settings.latency_iters:
-            latency = measure(forward(x[:1].clone()), device,
-                              Timing(warmup_steps=settings.warmup, rounds=settings.latency_iters))
+            latency = measure(
+                forward(x[:1].clone()), device, Timing(warmup_steps=settings.warmup, rounds=settings.latency_iters)
+            )
             latency_ms = latency.median_s() * 1e3
     train_rate = train_rounds.per_s(batch_size * train_rounds.steps)
     infer_rate = infer_rounds.per_s(batch_size * infer_rounds.steps)
@@ -255,9 +256,15 @@ def _measure_at(
 
 
 THROUGHPUT_KEYS = (
-    "train_images_per_s", "train_images_per_s_min", "train_images_per_s_max",
-    "infer_images_per_s", "infer_images_per_s_min", "infer_images_per_s_max",
-    "latency_ms_b1", "peak_mem_mb", "peak_mem_kind",
+    "train_images_per_s",
+    "train_images_per_s_min",
+    "train_images_per_s_max",
+    "infer_images_per_s",
+    "infer_images_per_s_min",
+    "infer_images_per_s_max",
+    "latency_ms_b1",
+    "peak_mem_mb",
+    "peak_mem_kind",
 )
 
 
@@ -300,8 +307,13 @@ def measure_throughput(
         oom = False
         try:
             result = _measure_at(
-                model, input_size=input_size, batch_size=batch_size, device=device,
-                dtype=dtype, memory_format=memory_format, settings=settings,
+                model,
+                input_size=input_size,
+                batch_size=batch_size,
+                device=device,
+                dtype=dtype,
+                memory_format=memory_format,
+                settings=settings,
             )
             break
         except Exception as exc:  # noqa: BLE001 -- a failing model is a row, never an aborted bulk run

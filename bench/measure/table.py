@@ -41,17 +41,48 @@ log = logging.getLogger(__name__)
 TRAIN_FLOPS_PER_FORWARD = 3  # forward + backward (2x forward); see the module docstring
 
 COLUMNS = [
-    "model", "knobs", "params_total", "params_trainable", "input_size",
-    "macs", "elementwise_ops", "flops", "flop_convention", "uncounted_ops",
-    "train_images_per_s", "train_images_per_s_min", "train_images_per_s_max",
-    "infer_images_per_s", "infer_images_per_s_min", "infer_images_per_s_max",
-    "latency_ms_b1", "peak_mem_mb", "peak_mem_kind",
-    "matmul_flops_per_s", "train_achieved_flops_per_s", "infer_achieved_flops_per_s",
-    "train_pct_of_matmul", "infer_pct_of_matmul",
-    "batch_size", "dtype", "memory_format", "quick",
-    "device", "device_name", "torch", "torchvision", "cuda", "cudnn", "gpu_driver",
-    "float32_matmul_precision", "cudnn_benchmark", "cudnn_allow_tf32",
-    "python", "num_threads", "hostname", "git_commit",
+    "model",
+    "knobs",
+    "params_total",
+    "params_trainable",
+    "input_size",
+    "macs",
+    "elementwise_ops",
+    "flops",
+    "flop_convention",
+    "uncounted_ops",
+    "train_images_per_s",
+    "train_images_per_s_min",
+    "train_images_per_s_max",
+    "infer_images_per_s",
+    "infer_images_per_s_min",
+    "infer_images_per_s_max",
+    "latency_ms_b1",
+    "peak_mem_mb",
+    "peak_mem_kind",
+    "matmul_flops_per_s",
+    "train_achieved_flops_per_s",
+    "infer_achieved_flops_per_s",
+    "train_pct_of_matmul",
+    "infer_pct_of_matmul",
+    "batch_size",
+    "dtype",
+    "memory_format",
+    "quick",
+    "device",
+    "device_name",
+    "torch",
+    "torchvision",
+    "cuda",
+    "cudnn",
+    "gpu_driver",
+    "float32_matmul_precision",
+    "cudnn_benchmark",
+    "cudnn_allow_tf32",
+    "python",
+    "num_threads",
+    "hostname",
+    "git_commit",
     "error",
 ]
 
@@ -106,8 +137,13 @@ def measure_model(
         log.warning("%s: %s", name, error_text(exc))
         return {**row, "error": error_text(exc)}
     speed = measure_throughput(
-        model, input_size=model.input_size, batch_size=batch_size, device=device,
-        dtype=dtype, memory_format=memory_format, quick=quick,
+        model,
+        input_size=model.input_size,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        memory_format=memory_format,
+        quick=quick,
     )
     if speed["error"]:
         log.warning("%s: %s", name, speed["error"])
@@ -159,14 +195,27 @@ def measure_models(
     for name in names:
         log.info("measuring %s", name)
         row = measure_model(
-            name, batch_size=batch_size, device=device, dtype=dtype,
-            memory_format=memory_format, quick=quick, knobs=knobs, matmul=matmul,
+            name,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            memory_format=memory_format,
+            quick=quick,
+            knobs=knobs,
+            matmul=matmul,
         )
         row.setdefault("batch_size", batch_size or settings_for(quick).batch_size)
-        rows.append({
-            **row, "knobs": format_knobs(knobs), "dtype": dtype, "memory_format": memory_format, "quick": quick,
-            "flop_convention": FLOP_CONVENTION, **env,
-        })
+        rows.append(
+            {
+                **row,
+                "knobs": format_knobs(knobs),
+                "dtype": dtype,
+                "memory_format": memory_format,
+                "quick": quick,
+                "flop_convention": FLOP_CONVENTION,
+                **env,
+            }
+        )
     frame = pd.DataFrame(rows)
     for column in COLUMNS:  # a table whose every model failed still has every column
         if column not in frame:

@@ -85,8 +85,9 @@ class Rounds:
 
     def per_s(self, items_per_round: float) -> Rate:
         """`items_per_round` over the median, the slowest and the fastest round time."""
-        return Rate(items_per_round / self.median_s(), items_per_round / max(self.seconds),
-                    items_per_round / min(self.seconds))
+        return Rate(
+            items_per_round / self.median_s(), items_per_round / max(self.seconds), items_per_round / min(self.seconds)
+        )
 
 
 def release_memory(device: torch.device) -> None:

@@ -21,6 +21,12 @@ from bench.models.registry import (
 )
 
 __all__ = [
-    "create_model", "format_knobs", "input_size_of", "list_models", "model_knobs", "parse_knobs",
-    "register_model", "register_prefix",
+    "create_model",
+    "format_knobs",
+    "input_size_of",
+    "list_models",
+    "model_knobs",
+    "parse_knobs",
+    "register_model",
+    "register_prefix",
 ]

@@ -78,9 +78,21 @@ class AlexNet(nn.Module):
     normalisation, pooling and dropout a module of its own so hooks and FLOP
     counters see each one."""
 
-    def __init__(self, *, num_classes: int, input_size: int, stem: tuple[int, int, int],
-                 overlap_padding: int, activation: str, norm: str, pool: str, dropout: float,
-                 groups: int, width: float, conv_width: float):
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        input_size: int,
+        stem: tuple[int, int, int],
+        overlap_padding: int,
+        activation: str,
+        norm: str,
+        pool: str,
+        dropout: float,
+        groups: int,
+        width: float,
+        conv_width: float,
+    ):
         super().__init__()
         check_choice("activation", activation, tuple(ACTIVATIONS))
         check_choice("norm", norm, NORMS)
@@ -91,8 +103,7 @@ class AlexNet(nn.Module):
         conv_width = check_width("conv_width", conv_width)
 
         multipliers = (conv_width,) * 4 + (1.0,)
-        c1, c2, c3, c4, c5 = (scale_channels(c, width * m, groups)
-                              for c, m in zip(CONV_CHANNELS, multipliers))
+        c1, c2, c3, c4, c5 = (scale_channels(c, width * m, groups) for c, m in zip(CONV_CHANNELS, multipliers))
         fc = scale_channels(FC_WIDTH, width)
         kernel, stride, padding = stem
         pool_shape = (3, 2, overlap_padding) if pool == "overlap" else (2, 2, 0)
@@ -111,14 +122,15 @@ class AlexNet(nn.Module):
             return layers
 
         grouped = dict(groups=groups)
-        self.features = nn.Sequential(OrderedDict(
-            block(1, nn.Conv2d(3, c1, kernel, stride, padding), normalised=True, pooled=True)
-            + block(2, mark_paper_bias(nn.Conv2d(c1, c2, 5, padding=2, **grouped)),
-                    normalised=True, pooled=True)
-            + block(3, nn.Conv2d(c2, c3, 3, padding=1))
-            + block(4, mark_paper_bias(nn.Conv2d(c3, c4, 3, padding=1, **grouped)))
-            + block(5, mark_paper_bias(nn.Conv2d(c4, c5, 3, padding=1, **grouped)), pooled=True)
-        ))
+        self.features = nn.Sequential(
+            OrderedDict(
+                block(1, nn.Conv2d(3, c1, kernel, stride, padding), normalised=True, pooled=True)
+                + block(2, mark_paper_bias(nn.Conv2d(c1, c2, 5, padding=2, **grouped)), normalised=True, pooled=True)
+                + block(3, nn.Conv2d(c2, c3, 3, padding=1))
+                + block(4, mark_paper_bias(nn.Conv2d(c3, c4, 3, padding=1, **grouped)))
+                + block(5, mark_paper_bias(nn.Conv2d(c4, c5, 3, padding=1, **grouped)), pooled=True)
+            )
+        )
         side = _pool_out(input_size, kernel, stride, padding)
         for _ in range(3):
             side = _pool_out(side, *pool_shape)
@@ -126,36 +138,76 @@ class AlexNet(nn.Module):
         def drop() -> nn.Module:
             return nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
-        self.classifier = nn.Sequential(OrderedDict([
-            ("flatten", nn.Flatten()),
-            ("fc6", mark_paper_bias(nn.Linear(c5 * side * side, fc))),
-            ("act6", activation_layer(activation)),
-            ("drop6", drop()),
-            ("fc7", mark_paper_bias(nn.Linear(fc, fc))),
-            ("act7", activation_layer(activation)),
-            ("drop7", drop()),
-            ("fc8", nn.Linear(fc, num_classes)),
-        ]))
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                [
+                    ("flatten", nn.Flatten()),
+                    ("fc6", mark_paper_bias(nn.Linear(c5 * side * side, fc))),
+                    ("act6", activation_layer(activation)),
+                    ("drop6", drop()),
+                    ("fc7", mark_paper_bias(nn.Linear(fc, fc))),
+                    ("act7", activation_layer(activation)),
+                    ("drop7", drop()),
+                    ("fc8", nn.Linear(fc, num_classes)),
+                ]
+            )
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
 
 @register_model("alexnet", input_size=32)
-def alexnet(*, num_classes: int = 10, activation: str = "relu", norm: str = "lrn",
-            pool: str = "overlap", dropout: float = 0.5, groups: int = 1, width: float = 1.0,
-            conv_width: float = 1.0) -> nn.Module:
+def alexnet(
+    *,
+    num_classes: int = 10,
+    activation: str = "relu",
+    norm: str = "lrn",
+    pool: str = "overlap",
+    dropout: float = 0.5,
+    groups: int = 1,
+    width: float = 1.0,
+    conv_width: float = 1.0,
+) -> nn.Module:
     """AlexNet for 32x32 CIFAR-10: the paper's eight layers, 5x5 stride-1 conv1, one tower by default."""
-    return AlexNet(num_classes=num_classes, input_size=32, stem=(5, 1, 2), overlap_padding=1,
-                   activation=activation, norm=norm, pool=pool, dropout=dropout, groups=groups,
-                   width=width, conv_width=conv_width)
+    return AlexNet(
+        num_classes=num_classes,
+        input_size=32,
+        stem=(5, 1, 2),
+        overlap_padding=1,
+        activation=activation,
+        norm=norm,
+        pool=pool,
+        dropout=dropout,
+        groups=groups,
+        width=width,
+        conv_width=conv_width,
+    )
 
 
 @register_model("alexnet-paper", input_size=227)
-def alexnet_paper(*, num_classes: int = 1000, activation: str = "relu", norm: str = "lrn",
-                  pool: str = "overlap", dropout: float = 0.5, groups: int = 2, width: float = 1.0,
-                  conv_width: float = 1.0) -> nn.Module:
+def alexnet_paper(
+    *,
+    num_classes: int = 1000,
+    activation: str = "relu",
+    norm: str = "lrn",
+    pool: str = "overlap",
+    dropout: float = 0.5,
+    groups: int = 2,
+    width: float = 1.0,
+    conv_width: float = 1.0,
+) -> nn.Module:
     """AlexNet as published, 227x227 input, two towers: 60,965,224 parameters at 1000 classes."""
-    return AlexNet(num_classes=num_classes, input_size=227, stem=(11, 4, 0), overlap_padding=0,
-                   activation=activation, norm=norm, pool=pool, dropout=dropout, groups=groups,
-                   width=width, conv_width=conv_width)
+    return AlexNet(
+        num_classes=num_classes,
+        input_size=227,
+        stem=(11, 4, 0),
+        overlap_padding=0,
+        activation=activation,
+        norm=norm,
+        pool=pool,
+        dropout=dropout,
+        groups=groups,
+        width=width,
+        conv_width=conv_width,
+    )

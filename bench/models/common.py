@@ -35,8 +35,10 @@ def check_width(knob: str, value: object) -> float:
     """A channel multiplier (`width`, `conv_width`) within `WIDTH_RANGE`."""
     low, high = WIDTH_RANGE
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise UserError(f"{knob}={value!r} is not valid; it must be a number from {low:g} to {high:g} "
-                        f"(below, layers shrink to a channel or two; above, the model outgrows any GPU's memory)")
+        raise UserError(
+            f"{knob}={value!r} is not valid; it must be a number from {low:g} to {high:g} "
+            f"(below, layers shrink to a channel or two; above, the model outgrows any GPU's memory)"
+        )
     return float(value)
 
 

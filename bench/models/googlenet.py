@@ -41,8 +41,7 @@ class Inception(nn.Module):
         super().__init__()
         self.b1 = nn.Sequential(*_conv_bn_relu(cin, n1, 1))
         self.b3 = nn.Sequential(*_conv_bn_relu(cin, r3, 1), *_conv_bn_relu(r3, n3, 3))
-        self.b5 = nn.Sequential(*_conv_bn_relu(cin, r5, 1), *_conv_bn_relu(r5, n5, 3),
-                                *_conv_bn_relu(n5, n5, 3))
+        self.b5 = nn.Sequential(*_conv_bn_relu(cin, r5, 1), *_conv_bn_relu(r5, n5, 3), *_conv_bn_relu(n5, n5, 3))
         self.bpool = nn.Sequential(nn.MaxPool2d(3, 1, padding=1), *_conv_bn_relu(cin, pool_proj, 1))
         self.out_channels = n1 + n3 + n5 + pool_proj
 

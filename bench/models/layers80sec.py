@@ -28,9 +28,7 @@ class Layers80Sec(nn.Module):
             act(),
             nn.AvgPool2d(3, 2, ceil_mode=True, count_include_pad=False),
         )
-        self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(64 * 4 * 4, 64), act(), nn.Linear(64, num_classes)
-        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(64 * 4 * 4, 64), act(), nn.Linear(64, num_classes))
 
     def forward(self, x):
         return self.classifier(self.features(x))

@@ -48,13 +48,17 @@ def lenet5_1998(*, num_classes: int = 10, activation: str = "scaled_tanh") -> nn
     check_choice("activation", activation, tuple(SQUASHERS))
     squash = SQUASHERS[activation]
     return nn.Sequential(
-        nn.Conv2d(3, 6, 5), squash(),      # C1: 32 -> 28
-        Subsample(6, squash),              # S2: 28 -> 14
-        nn.Conv2d(6, 16, 5), squash(),     # C3: 14 -> 10
-        Subsample(16, squash),             # S4: 10 -> 5
-        nn.Conv2d(16, 120, 5), squash(),   # C5: 5 -> 1
+        nn.Conv2d(3, 6, 5),
+        squash(),  # C1: 32 -> 28
+        Subsample(6, squash),  # S2: 28 -> 14
+        nn.Conv2d(6, 16, 5),
+        squash(),  # C3: 14 -> 10
+        Subsample(16, squash),  # S4: 10 -> 5
+        nn.Conv2d(16, 120, 5),
+        squash(),  # C5: 5 -> 1
         nn.Flatten(),
-        nn.Linear(120, 84), squash(),      # F6
+        nn.Linear(120, 84),
+        squash(),  # F6
         nn.Linear(84, num_classes),
     )
 
@@ -63,10 +67,16 @@ def lenet5_1998(*, num_classes: int = 10, activation: str = "scaled_tanh") -> nn
 def lenet5(*, num_classes: int = 10) -> nn.Module:
     """LeNet-5 in its common modern form: ReLU, 2x2 max-pooling."""
     return nn.Sequential(
-        nn.Conv2d(3, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(3, 6, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(16 * 5 * 5, 120), nn.ReLU(),
-        nn.Linear(120, 84), nn.ReLU(),
+        nn.Linear(16 * 5 * 5, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
         nn.Linear(84, num_classes),
     )

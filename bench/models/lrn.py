@@ -58,6 +58,7 @@ _compile_failed: dict[str, str] = {}  # device type -> why its fused kernels cou
 
 # --- functional math: compiled for the fused path, traced by an outer compile --------
 
+
 def _window_sum(t: torch.Tensor, before: int, after: int) -> torch.Tensor:
     """out[:, c] = sum of t[:, c - before .. c + after], clipped: shifted slices of a zero-padded t.
 
@@ -67,7 +68,7 @@ def _window_sum(t: torch.Tensor, before: int, after: int) -> torch.Tensor:
     padded = F.pad(t, [0, 0] * (t.dim() - 2) + [before, after])
     out = padded[:, :channels]
     for offset in range(1, before + after + 1):
-        out = out + padded[:, offset:offset + channels]
+        out = out + padded[:, offset : offset + channels]
     return out
 
 
@@ -126,6 +127,7 @@ def _compiled(size: int, alpha: float, beta: float, k: float):
     `dynamic=True`: one kernel serves every shape (conv1's and conv2's outputs,
     a last short batch) instead of a compile per shape.
     """
+
     def forward(x):
         return _math_forward(x, size, alpha, beta, k)
 
@@ -201,8 +203,8 @@ def _mode(x: torch.Tensor, fused: bool | None) -> str:
 
 # --- eager: in-place ops on channel-shifted views ---------------------------------
 
-def _window_addcmul(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, value: float,
-                    before: int, after: int) -> None:
+
+def _window_addcmul(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, value: float, before: int, after: int) -> None:
     """out[:, c] += value * a[:, c'] * b[:, c'] for c' in c-before .. c+after (clipped), c' != c."""
     for o in range(1, after + 1):
         out[:, :-o].addcmul_(a[:, o:], b[:, o:], value=value)
@@ -210,8 +212,9 @@ def _window_addcmul(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, value: 
         out[:, o:].addcmul_(a[:, :-o], b[:, :-o], value=value)
 
 
-def _window_addcmul_transposed(grad: torch.Tensor, x: torch.Tensor, t: torch.Tensor, value: float,
-                               before: int, after: int) -> None:
+def _window_addcmul_transposed(
+    grad: torch.Tensor, x: torch.Tensor, t: torch.Tensor, value: float, before: int, after: int
+) -> None:
     """grad[:, i] += value * x[:, i] * t[:, c] for c in i-after .. i+before (clipped), c != i."""
     for o in range(1, before + 1):
         grad[:, :-o].addcmul_(x[:, :-o], t[:, o:], value=value)
@@ -272,8 +275,15 @@ class _LRNFunction(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
-def local_response_norm(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
-                        k: float = 2.0, *, fused: bool | None = None) -> torch.Tensor:
+def local_response_norm(
+    x: torch.Tensor,
+    size: int = 5,
+    alpha: float = 1e-4,
+    beta: float = 0.75,
+    k: float = 2.0,
+    *,
+    fused: bool | None = None,
+) -> torch.Tensor:
     """Functional form; channels are dim 1 of an (N, C, ...) tensor; paper's alpha.
 
     `fused`: None uses the compiled kernels when they can be built and `x` has at
@@ -291,8 +301,9 @@ class LocalResponseNorm(nn.Module):
     `fused` as in `local_response_norm`.
     """
 
-    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, *,
-                 fused: bool | None = None):
+    def __init__(
+        self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, *, fused: bool | None = None
+    ):
         super().__init__()
         if size < 1:
             raise ValueError(f"LRN size must be >= 1, got {size}")

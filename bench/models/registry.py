@@ -58,12 +58,11 @@ def list_models(pattern: str = "*") -> list[str]:
 def _lookup(name: str) -> tuple[Callable[..., nn.Module], dict]:
     for prefix, fn in _PREFIXES.items():
         if name.startswith(prefix):
-            return fn, {"name": name[len(prefix):]}
+            return fn, {"name": name[len(prefix) :]}
     if name in _BUILDERS:
         return _BUILDERS[name], {}
     raise UserError(
-        f"unknown model {name!r}; choose one of: {', '.join(list_models())}, "
-        f"or tv:<torchvision model name>"
+        f"unknown model {name!r}; choose one of: {', '.join(list_models())}, or tv:<torchvision model name>"
     )
 
 
@@ -95,8 +94,7 @@ def create_model(name: str, num_classes: int = 10, *, init: str = "default", **k
     unknown = sorted(set(knobs) - set(valid))
     if unknown:
         raise UserError(
-            f"model {name!r} has no knob {', '.join(unknown)}; "
-            f"valid knobs: {', '.join(sorted(valid)) or 'none'}"
+            f"model {name!r} has no knob {', '.join(unknown)}; valid knobs: {', '.join(sorted(valid)) or 'none'}"
         )
     if init not in INITS:
         raise UserError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")

@@ -23,9 +23,7 @@ def _conv_bn(cin: int, cout: int, kernel: int, stride: int) -> list[nn.Module]:
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
-        self.residual = nn.Sequential(
-            *_conv_bn(cin, cout, 3, stride), nn.ReLU(), *_conv_bn(cout, cout, 3, 1)
-        )
+        self.residual = nn.Sequential(*_conv_bn(cin, cout, 3, stride), nn.ReLU(), *_conv_bn(cout, cout, 3, 1))
         # Projection shortcut only where the shape changes (option B of the paper).
         if stride != 1 or cin != cout:
             self.shortcut = nn.Sequential(*_conv_bn(cin, cout, 1, stride))

@@ -34,6 +34,7 @@ EXTRA_KWARGS = {
 def min_input_side(name: str) -> int:
     """The smallest input side torchvision documents for `name`'s default architecture."""
     import torchvision  # lazily, here and below: it adds ~1 s to the start-up of every command that builds models
+
     try:
         weights = list(torchvision.models.get_model_weights(name))
     except (ValueError, KeyError):
@@ -66,16 +67,26 @@ class Upsample(nn.Module):
 def torchvision_model(*, name: str, num_classes: int = 10) -> nn.Module:
     """torchvision's `name`, untrained, taking 32x32 input (upsampled inside where it needs more)."""
     import torchvision
+
     valid = torchvision.models.list_models(module=torchvision.models)
     if name not in valid:
-        examples = ", ".join(n for n in ("alexnet", "resnet18", "resnet50", "mobilenet_v3_small",
-                                         "efficientnet_b0", "vgg16_bn", "vit_b_16") if n in valid)
-        raise UserError(
-            f"unknown torchvision model {name!r}; e.g. {examples} "
-            f"({len(valid)} in torchvision.models.list_models())"
+        examples = ", ".join(
+            n
+            for n in (
+                "alexnet",
+                "resnet18",
+                "resnet50",
+                "mobilenet_v3_small",
+                "efficientnet_b0",
+                "vgg16_bn",
+                "vit_b_16",
+            )
+            if n in valid
         )
-    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes,
-                                         **EXTRA_KWARGS.get(name, {}))
+        raise UserError(
+            f"unknown torchvision model {name!r}; e.g. {examples} ({len(valid)} in torchvision.models.list_models())"
+        )
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **EXTRA_KWARGS.get(name, {}))
     wrapped = Upsample(model, min_input_side(name))
     wrapped.input_size = TV_INPUT_SIZE
     return wrapped
@@ -85,5 +96,7 @@ def torchvision_model(*, name: str, num_classes: int = 10) -> nn.Module:
 def alexnet_tv(*, num_classes: int = 10, dropout: float = 0.5) -> nn.Module:
     """torchvision's one-tower AlexNet at 224x224: 61,100,840 parameters at 1000 classes."""
     import torchvision
-    return torchvision.models.alexnet(weights=None, num_classes=num_classes,
-                                      dropout=check_probability("dropout", dropout))
+
+    return torchvision.models.alexnet(
+        weights=None, num_classes=num_classes, dropout=check_probability("dropout", dropout)
+    )

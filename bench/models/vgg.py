@@ -17,8 +17,7 @@ from bench.models.registry import register_model
 POOL = "M"
 CONFIGS = {
     "vgg11": [64, POOL, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL],
-    "vgg16": [64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL,
-              512, 512, 512, POOL, 512, 512, 512, POOL],
+    "vgg16": [64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL, 512, 512, 512, POOL, 512, 512, 512, POOL],
 }
 
 

@@ -31,22 +31,41 @@ class ZFNet(nn.Module):
         super().__init__()
         c1, c2, c3, c4, c5 = (scale_channels(c, width) for c in (96, 256, 384, 384, 256))
         fc = scale_channels(4096, width)
-        self.features = nn.Sequential(OrderedDict([
-            ("conv1", nn.Conv2d(3, c1, 3, padding=1)), ("act1", nn.ReLU()),
-            ("pool1", nn.MaxPool2d(3, 2, padding=1)), ("norm1", LocalResponseNorm()),
-            ("conv2", nn.Conv2d(c1, c2, 5, padding=2)), ("act2", nn.ReLU()),
-            ("pool2", nn.MaxPool2d(3, 2, padding=1)), ("norm2", LocalResponseNorm()),
-            ("conv3", nn.Conv2d(c2, c3, 3, padding=1)), ("act3", nn.ReLU()),
-            ("conv4", nn.Conv2d(c3, c4, 3, padding=1)), ("act4", nn.ReLU()),
-            ("conv5", nn.Conv2d(c4, c5, 3, padding=1)), ("act5", nn.ReLU()),
-            ("pool5", nn.MaxPool2d(3, 2, padding=1)),
-        ]))
-        self.classifier = nn.Sequential(OrderedDict([
-            ("flatten", nn.Flatten()),
-            ("fc6", nn.Linear(c5 * 4 * 4, fc)), ("act6", nn.ReLU()), ("drop6", nn.Dropout(dropout)),
-            ("fc7", nn.Linear(fc, fc)), ("act7", nn.ReLU()), ("drop7", nn.Dropout(dropout)),
-            ("fc8", nn.Linear(fc, num_classes)),
-        ]))
+        self.features = nn.Sequential(
+            OrderedDict(
+                [
+                    ("conv1", nn.Conv2d(3, c1, 3, padding=1)),
+                    ("act1", nn.ReLU()),
+                    ("pool1", nn.MaxPool2d(3, 2, padding=1)),
+                    ("norm1", LocalResponseNorm()),
+                    ("conv2", nn.Conv2d(c1, c2, 5, padding=2)),
+                    ("act2", nn.ReLU()),
+                    ("pool2", nn.MaxPool2d(3, 2, padding=1)),
+                    ("norm2", LocalResponseNorm()),
+                    ("conv3", nn.Conv2d(c2, c3, 3, padding=1)),
+                    ("act3", nn.ReLU()),
+                    ("conv4", nn.Conv2d(c3, c4, 3, padding=1)),
+                    ("act4", nn.ReLU()),
+                    ("conv5", nn.Conv2d(c4, c5, 3, padding=1)),
+                    ("act5", nn.ReLU()),
+                    ("pool5", nn.MaxPool2d(3, 2, padding=1)),
+                ]
+            )
+        )
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                [
+                    ("flatten", nn.Flatten()),
+                    ("fc6", nn.Linear(c5 * 4 * 4, fc)),
+                    ("act6", nn.ReLU()),
+                    ("drop6", nn.Dropout(dropout)),
+                    ("fc7", nn.Linear(fc, fc)),
+                    ("act7", nn.ReLU()),
+                    ("drop7", nn.Dropout(dropout)),
+                    ("fc8", nn.Linear(fc, num_classes)),
+                ]
+            )
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

@@ -54,8 +54,11 @@ def report_study(results_dir: Path) -> Path:
     """Write figures/, tables/ and report.md for one results/<study>/<profile>/ folder; return report.md."""
     sd = load(Path(results_dir))
     cell_status_lines(sd)
-    out = Output(sd, [name for kind in KINDS for name in kind.FIGURES],
-                 [name for kind in KINDS for name in kind.TABLES] + [CELLS, CLAIMS_TABLE])
+    out = Output(
+        sd,
+        [name for kind in KINDS for name in kind.FIGURES],
+        [name for kind in KINDS for name in kind.TABLES] + [CELLS, CLAIMS_TABLE],
+    )
     outcome = Outcome()
     with style():
         if len(sd.runs):
@@ -68,8 +71,10 @@ def report_study(results_dir: Path) -> Path:
             eff = outcome.effects
             if eff is not None and len(conf) <= len(eff):  # the table above already has every cell
                 s.tables.clear()
-                s.text.append("Every configuration is in the table above; as one flat table with a column per "
-                              "factor: " + " · ".join(f"[{x}]({TABLES}/{CELLS}.{x})" for x in TABLE_FORMATS) + ".")
+                s.text.append(
+                    "Every configuration is in the table above; as one flat table with a column per "
+                    "factor: " + " · ".join(f"[{x}]({TABLES}/{CELLS}.{x})" for x in TABLE_FORMATS) + "."
+                )
             outcome.sections.append(s)
         rows = out.guarded("the claims table", claim_rows, sd, outcome.claims) or []
         claims = claims_section(sd, rows)
@@ -90,14 +95,18 @@ def find_result_folders(path: Path) -> list[Path]:
 
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{path} does not exist; pass results/<study>/<profile> or a results folder "
-                        "written by `python -m bench ablate`")
+        raise UserError(
+            f"{path} does not exist; pass results/<study>/<profile> or a results folder "
+            "written by `python -m bench ablate`"
+        )
     if (path / RUNS).is_file():
         return [path]
     found = sorted({p.parent for pattern in (f"*/{RUNS}", f"*/*/{RUNS}") for p in path.glob(pattern)})
     if not found:
-        raise UserError(f"{path}: no {RUNS} here nor in its <study>/<profile>/ folders; run "
-                        "`python -m bench ablate --study NAME --profile PROFILE` first, or pass the folder it wrote")
+        raise UserError(
+            f"{path}: no {RUNS} here nor in its <study>/<profile>/ folders; run "
+            "`python -m bench ablate --study NAME --profile PROFILE` first, or pass the folder it wrote"
+        )
     return found
 
 
@@ -110,6 +119,7 @@ def report_all(root: Path) -> list[Path]:
     if studies:
         for name in list_studies():
             if name not in studies:
-                log.warning("%s: no results under %s (study not run); run `python -m bench ablate --study %s`",
-                            name, root, name)
+                log.warning(
+                    "%s: no results under %s (study not run); run `python -m bench ablate --study %s`", name, root, name
+                )
     return [report_study(f) for f in folders]

@@ -84,41 +84,126 @@ class Claim:
 
 
 CLAIMS: tuple[Claim, ...] = (
-    Claim("3.1, Figure 1", "ReLU vs tanh: epochs to reach 25% training error, four-layer net",
-          "ReLU six times faster", "CIFAR-10", "activation", "tanh", "speedup", 6.0, "relu", +1),
-    Claim("3.3", "local response normalisation removed",
-          "top-1 / top-5 error down 1.4% / 1.2% with LRN", "ImageNet", "norm", "none", "top1_diff", 1.4,
-          "lrn", +1),
-    Claim("3.3", "local response normalisation removed, four-layer CNN",
-          "13% test error without normalisation, 11% with", "CIFAR-10", "norm", "none", "top1_diff", 2.0,
-          "lrn", +1),
-    Claim("3.4", "non-overlapping 2x2/2 instead of overlapping 3x3/2 pooling",
-          "top-1 / top-5 error down 0.4% / 0.3% with overlapping pooling", "ImageNet",
-          "pool", "nonoverlap", "top1_diff", 0.4, "overlap", +1),
-    Claim("3.4", "non-overlapping 2x2/2 instead of overlapping 3x3/2 pooling: overfitting",
-          "with overlapping pooling \"slightly more difficult to overfit\"", "ImageNet",
-          "pool", "nonoverlap", "overfit", None, "overlap", +1),
-    Claim("3.2", "one tower with half the kernels instead of the two-GPU split",
-          "top-1 / top-5 error down 1.7% / 1.2% with two GPUs", "ImageNet",
-          "towers", "one-half", "top1_diff", 1.7, "two", +1),
-    Claim("4.1", "PCA colour lighting added to crops and mirrors",
-          "top-1 error down by over 1%", "ImageNet", "augment", "crop+flip+pca", "top1_diff", -1.0,
-          "crop+flip", -1),
-    Claim("4.1", "no crops or mirrors",
-          "without it, substantial overfitting", "ImageNet", "augment", "none", "overfit", None, "crop+flip", +1),
-    Claim("4.2", "no dropout in the first two FC layers",
-          "without it, substantial overfitting; dropout roughly doubles the iterations to converge",
-          "ImageNet", "dropout", "0.0", "overfit", None, "0.5", +1),
+    Claim(
+        "3.1, Figure 1",
+        "ReLU vs tanh: epochs to reach 25% training error, four-layer net",
+        "ReLU six times faster",
+        "CIFAR-10",
+        "activation",
+        "tanh",
+        "speedup",
+        6.0,
+        "relu",
+        +1,
+    ),
+    Claim(
+        "3.3",
+        "local response normalisation removed",
+        "top-1 / top-5 error down 1.4% / 1.2% with LRN",
+        "ImageNet",
+        "norm",
+        "none",
+        "top1_diff",
+        1.4,
+        "lrn",
+        +1,
+    ),
+    Claim(
+        "3.3",
+        "local response normalisation removed, four-layer CNN",
+        "13% test error without normalisation, 11% with",
+        "CIFAR-10",
+        "norm",
+        "none",
+        "top1_diff",
+        2.0,
+        "lrn",
+        +1,
+    ),
+    Claim(
+        "3.4",
+        "non-overlapping 2x2/2 instead of overlapping 3x3/2 pooling",
+        "top-1 / top-5 error down 0.4% / 0.3% with overlapping pooling",
+        "ImageNet",
+        "pool",
+        "nonoverlap",
+        "top1_diff",
+        0.4,
+        "overlap",
+        +1,
+    ),
+    Claim(
+        "3.4",
+        "non-overlapping 2x2/2 instead of overlapping 3x3/2 pooling: overfitting",
+        'with overlapping pooling "slightly more difficult to overfit"',
+        "ImageNet",
+        "pool",
+        "nonoverlap",
+        "overfit",
+        None,
+        "overlap",
+        +1,
+    ),
+    Claim(
+        "3.2",
+        "one tower with half the kernels instead of the two-GPU split",
+        "top-1 / top-5 error down 1.7% / 1.2% with two GPUs",
+        "ImageNet",
+        "towers",
+        "one-half",
+        "top1_diff",
+        1.7,
+        "two",
+        +1,
+    ),
+    Claim(
+        "4.1",
+        "PCA colour lighting added to crops and mirrors",
+        "top-1 error down by over 1%",
+        "ImageNet",
+        "augment",
+        "crop+flip+pca",
+        "top1_diff",
+        -1.0,
+        "crop+flip",
+        -1,
+    ),
+    Claim(
+        "4.1",
+        "no crops or mirrors",
+        "without it, substantial overfitting",
+        "ImageNet",
+        "augment",
+        "none",
+        "overfit",
+        None,
+        "crop+flip",
+        +1,
+    ),
+    Claim(
+        "4.2",
+        "no dropout in the first two FC layers",
+        "without it, substantial overfitting; dropout roughly doubles the iterations to converge",
+        "ImageNet",
+        "dropout",
+        "0.0",
+        "overfit",
+        None,
+        "0.5",
+        +1,
+    ),
 )
 
 
 def claims_for(factor: str, level: str, kind: str | None = None) -> list[Claim]:
     """The claims that the `factor` = `level` cell re-measures."""
-    return [c for c in CLAIMS if c.factor == factor and _same_level(c.level, level)
-            and (kind is None or c.kind == kind)]
+    return [
+        c for c in CLAIMS if c.factor == factor and _same_level(c.level, level) and (kind is None or c.kind == kind)
+    ]
 
 
 # --- verdicts ------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Assessment:
@@ -166,11 +251,24 @@ class Assessment:
         """Claim, paper's number, measured effect with its 95% interval and n, method, verdict."""
         c, e = self.claim, self.effect
         value, lo, hi = self._scaled()
-        return {"section": c.section, "claim": c.subject, "quote": c.quote, "data": c.data,
-                "paper": c.paper_number, "measured": self.measured(), "effect": value, "lo": lo, "hi": hi,
-                "n": e.n if e else 0, "n_baseline": e.n_a if e else 0, "n_level": e.n_b if e else 0,
-                "n_text": self.n_text(), "method": e.method if e else "", "verdict": self.verdict,
-                "note": self.note}
+        return {
+            "section": c.section,
+            "claim": c.subject,
+            "quote": c.quote,
+            "data": c.data,
+            "paper": c.paper_number,
+            "measured": self.measured(),
+            "effect": value,
+            "lo": lo,
+            "hi": hi,
+            "n": e.n if e else 0,
+            "n_baseline": e.n_a if e else 0,
+            "n_level": e.n_b if e else 0,
+            "n_text": self.n_text(),
+            "method": e.method if e else "",
+            "verdict": self.verdict,
+            "note": self.note,
+        }
 
 
 def _same_level(a, b) -> bool:
@@ -194,8 +292,10 @@ def by_seed(cells: pd.DataFrame, values: pd.Series) -> dict[Hashable, float]:
     """seed -> value for the cells of one configuration (NaN kept: `compare` drops it)."""
     seeds = cells["seed"] if "seed" in cells else pd.Series(0, index=cells.index)
     if seeds.duplicated().any():
-        raise ValueError(f"seeds repeat within one configuration ({sorted(seeds[seeds.duplicated()])}); "
-                         "pairing needs one cell per seed (bench.report.load keeps the latest)")
+        raise ValueError(
+            f"seeds repeat within one configuration ({sorted(seeds[seeds.duplicated()])}); "
+            "pairing needs one cell per seed (bench.report.load keeps the latest)"
+        )
     return {s: float(v) for s, v in zip(seeds, pd.to_numeric(values, errors="coerce"))}
 
 
@@ -206,8 +306,10 @@ def _column(runs: pd.DataFrame, cells: pd.DataFrame, name: str) -> pd.Series:
 def _unpaired_note(e: Difference, n_base: int, n_level: int) -> str:
     notes = []
     if e.method == PAIRED and (n_base > e.n or n_level > e.n):
-        notes.append(f"paired over the {e.n} common seed(s); {n_base - e.n} baseline and {n_level - e.n} "
-                     "level seed(s) without a partner left out")
+        notes.append(
+            f"paired over the {e.n} common seed(s); {n_base - e.n} baseline and {n_level - e.n} "
+            "level seed(s) without a partner left out"
+        )
     if e.method != PAIRED and e.n:
         notes.append("no seed in common: Welch's unpaired interval")
     if e.n < 2:
@@ -215,8 +317,14 @@ def _unpaired_note(e: Difference, n_base: int, n_level: int) -> str:
     return "; ".join(notes)
 
 
-def assess(runs: pd.DataFrame, baseline: Mapping[str, str], *, metric: str = TOP1,
-           clean_train: str = CLEAN_TRAIN, claims: tuple[Claim, ...] = CLAIMS) -> list[Assessment]:
+def assess(
+    runs: pd.DataFrame,
+    baseline: Mapping[str, str],
+    *,
+    metric: str = TOP1,
+    clean_train: str = CLEAN_TRAIN,
+    claims: tuple[Claim, ...] = CLAIMS,
+) -> list[Assessment]:
     """The top1_diff and overfit claims that a one-at-a-time study re-measures, each with its verdict.
 
     runs: runs.csv rows (factor columns, `seed`, `status`, `metric`, and `clean_train` for the
@@ -231,16 +339,26 @@ def assess(runs: pd.DataFrame, baseline: Mapping[str, str], *, metric: str = TOP
         if c.factor not in baseline or c.kind == "speedup":
             continue
         if not _same_level(baseline[c.factor], c.reference):
-            out.append(Assessment(c, None, NOT_RESOLVABLE, f"the study's baseline is {c.factor} = "
-                                  f"{baseline[c.factor]}, not the paper's reference {c.reference}"))
+            out.append(
+                Assessment(
+                    c,
+                    None,
+                    NOT_RESOLVABLE,
+                    f"the study's baseline is {c.factor} = "
+                    f"{baseline[c.factor]}, not the paper's reference {c.reference}",
+                )
+            )
             continue
         levels = {**baseline, c.factor: c.level}
         base, level = _at(ok, baseline), _at(ok, levels)
         if not len(level) or not len(base):
             which = "level" if not len(level) else "baseline"
             ran = len(_at(runs, levels if which == "level" else baseline))
-            out.append(Assessment(c, None, NOT_RESOLVABLE,
-                                  f"no finished {which} cell ({'none run' if not ran else f'{ran} not ok'})"))
+            out.append(
+                Assessment(
+                    c, None, NOT_RESOLVABLE, f"no finished {which} cell ({'none run' if not ran else f'{ran} not ok'})"
+                )
+            )
             continue
         if c.kind == "top1_diff":
             a, b = by_seed(base, _column(runs, base, metric)), by_seed(level, _column(runs, level, metric))
@@ -248,13 +366,22 @@ def assess(runs: pd.DataFrame, baseline: Mapping[str, str], *, metric: str = TOP
             out.append(Assessment(c, e, verdict(e, c.side), _unpaired_note(e, _count(a), _count(b))))
             continue
         if clean_train not in runs or not runs[clean_train].notna().any():
-            out.append(Assessment(c, None, NOT_RESOLVABLE,
-                                  f"no {clean_train} column: the gap needs the training error measured "
-                                  "without augmentation or dropout"))
+            out.append(
+                Assessment(
+                    c,
+                    None,
+                    NOT_RESOLVABLE,
+                    f"no {clean_train} column: the gap needs the training error measured "
+                    "without augmentation or dropout",
+                )
+            )
             continue
-        gap = {k: by_seed(cells, _column(runs, cells, metric).astype(float)
-                          - _column(runs, cells, clean_train).astype(float))
-               for k, cells in (("base", base), ("level", level))}
+        gap = {
+            k: by_seed(
+                cells, _column(runs, cells, metric).astype(float) - _column(runs, cells, clean_train).astype(float)
+            )
+            for k, cells in (("base", base), ("level", level))
+        }
         e = compare(gap["base"], gap["level"])
         g = summarize(gap["level"].values())
         note = _unpaired_note(e, _count(gap["base"]), _count(gap["level"]))
@@ -265,8 +392,9 @@ def assess(runs: pd.DataFrame, baseline: Mapping[str, str], *, metric: str = TOP
     return out
 
 
-def assess_speedup(relu: Mapping[Hashable, float], tanh: Mapping[Hashable, float],
-                   claim: Claim | None = None) -> Assessment:
+def assess_speedup(
+    relu: Mapping[Hashable, float], tanh: Mapping[Hashable, float], claim: Claim | None = None
+) -> Assessment:
     """The Figure 1 claim from epochs to the target per seed, at each activation's chosen learning rate.
 
     NaN = the seed did not reach the target. The effect is the paired difference of ln(epochs),
@@ -278,12 +406,15 @@ def assess_speedup(relu: Mapping[Hashable, float], tanh: Mapping[Hashable, float
     if any(v is not None and math.isfinite(float(v)) and float(v) <= 0 for v in values):
         raise ValueError("epochs to the target must be positive")
     censored = sum(1 for v in values if v is None or not math.isfinite(float(v)))
-    log = {k: {s: math.log(float(v)) if v is not None and math.isfinite(float(v)) else math.nan
-               for s, v in d.items()} for k, d in (("relu", relu), ("tanh", tanh))}
+    log = {
+        k: {s: math.log(float(v)) if v is not None and math.isfinite(float(v)) else math.nan for s, v in d.items()}
+        for k, d in (("relu", relu), ("tanh", tanh))
+    }
     e = compare(log["relu"], log["tanh"])
     if censored:
-        return Assessment(claim, None, NOT_RESOLVABLE,
-                          f"{censored} cell(s) did not reach the target: only a lower bound on the ratio")
+        return Assessment(
+            claim, None, NOT_RESOLVABLE, f"{censored} cell(s) did not reach the target: only a lower bound on the ratio"
+        )
     return Assessment(claim, e, verdict(e, claim.side), _unpaired_note(e, len(relu), len(tanh)))
 
 

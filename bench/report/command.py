@@ -10,9 +10,15 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("paths", nargs="*", type=Path, default=[Path("results")], metavar="PATH",
-                   help="a results/<study>/<profile> folder holding runs.csv, or a folder above such folders "
-                        "(every <study>/<profile> under it is reported); default: results")
+    p.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        default=[Path("results")],
+        metavar="PATH",
+        help="a results/<study>/<profile> folder holding runs.csv, or a folder above such folders "
+        "(every <study>/<profile> under it is reported); default: results",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

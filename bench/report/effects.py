@@ -35,10 +35,12 @@ from bench.train.result import OK
 
 TOP1, TOP5 = "final_test_top1_err_pct", "final_test_top5_err_pct"
 MEASURED_TRAIN, LOOP_TRAIN, MEASURED_INFER = "train_images_per_s", "median_train_images_per_s", "infer_images_per_s"
-DIFF_NOTE = ("Δ = configuration − baseline, in percentage points, with its 95% interval: paired over the seeds "
-             "both have (Student t, n − 1 degrees of freedom, on the per-seed differences), Welch's unpaired "
-             "interval only where they share no seed; the method and n are given per row. Error intervals are "
-             "95% t-intervals over seeds, mean ± t(0.975, n−1)·sd/√n.")
+DIFF_NOTE = (
+    "Δ = configuration − baseline, in percentage points, with its 95% interval: paired over the seeds "
+    "both have (Student t, n − 1 degrees of freedom, on the per-seed differences), Welch's unpaired "
+    "interval only where they share no seed; the method and n are given per row. Error intervals are "
+    "95% t-intervals over seeds, mean ± t(0.975, n−1)·sd/√n."
+)
 METHOD_NAMES = {PAIRED: "paired", WELCH: "Welch"}
 
 
@@ -103,15 +105,28 @@ def config_stats(sd: StudyData, cells: pd.DataFrame) -> dict:
     gap = summarize(gap_by_seed(sd, ok).values())
     train_col, _, infer_col = throughput_sources(sd)
     return {
-        "cells": len(cells), "n": top1.n, "seeds": ",".join(str(s) for s in sorted(ok["seed"].tolist())),
+        "cells": len(cells),
+        "n": top1.n,
+        "seeds": ",".join(str(s) for s in sorted(ok["seed"].tolist())),
         "failed": _failed(cells),
-        "top1_mean": top1.mean, "top1_sd": top1.sd, "top1_lo": top1.lo, "top1_hi": top1.hi,
-        "top5_mean": top5.mean, "top5_sd": top5.sd, "top5_n": top5.n,
-        "train_running_err_mean": running.mean, "train_clean_err_mean": clean.mean,
-        "gap_mean": gap.mean, "gap_lo": gap.lo, "gap_hi": gap.hi, "gap_n": gap.n,
-        "params": _value(sd, cells, "params_total"), "macs": _value(sd, cells, "macs"),
+        "top1_mean": top1.mean,
+        "top1_sd": top1.sd,
+        "top1_lo": top1.lo,
+        "top1_hi": top1.hi,
+        "top5_mean": top5.mean,
+        "top5_sd": top5.sd,
+        "top5_n": top5.n,
+        "train_running_err_mean": running.mean,
+        "train_clean_err_mean": clean.mean,
+        "gap_mean": gap.mean,
+        "gap_lo": gap.lo,
+        "gap_hi": gap.hi,
+        "gap_n": gap.n,
+        "params": _value(sd, cells, "params_total"),
+        "macs": _value(sd, cells, "macs"),
         "flops": _value(sd, cells, "flops"),
-        "train_ips": _value(sd, ok, train_col), "infer_ips": _value(sd, ok, infer_col) if infer_col else math.nan,
+        "train_ips": _value(sd, ok, train_col),
+        "infer_ips": _value(sd, ok, infer_col) if infer_col else math.nan,
     }
 
 
@@ -124,10 +139,24 @@ def top1_by_seed(sd: StudyData, cells: pd.DataFrame) -> dict:
 def diff_columns(d: Difference | None) -> dict:
     """The `diff_*` columns of one row of `effects` from `stats.compare`'s result."""
     if d is None:
-        return {"diff": math.nan, "diff_lo": math.nan, "diff_hi": math.nan, "diff_df": math.nan,
-                "diff_method": "", "diff_n": 0, "base_n": 0}
-    return {"diff": d.diff, "diff_lo": d.lo, "diff_hi": d.hi, "diff_df": d.df, "diff_method": d.method,
-            "diff_n": d.n, "base_n": d.n_a}
+        return {
+            "diff": math.nan,
+            "diff_lo": math.nan,
+            "diff_hi": math.nan,
+            "diff_df": math.nan,
+            "diff_method": "",
+            "diff_n": 0,
+            "base_n": 0,
+        }
+    return {
+        "diff": d.diff,
+        "diff_lo": d.lo,
+        "diff_hi": d.hi,
+        "diff_df": d.df,
+        "diff_method": d.method,
+        "diff_n": d.n,
+        "base_n": d.n_a,
+    }
 
 
 def method_text(row) -> str:
@@ -160,11 +189,21 @@ def effects(sd: StudyData) -> pd.DataFrame:
             not_run.append(config_label(factor, level))
         mine = top1_by_seed(sd, cells)
         d = compare(base, mine) if base and mine else None
-        rows.append({"config": config_label(factor, level), "factor": factor or "", "level": level or "",
-                     "is_baseline": factor is None, **config_stats(sd, cells), **diff_columns(d)})
+        rows.append(
+            {
+                "config": config_label(factor, level),
+                "factor": factor or "",
+                "level": level or "",
+                "is_baseline": factor is None,
+                **config_stats(sd, cells),
+                **diff_columns(d),
+            }
+        )
     if not_run:
-        sd.notes.warn(f"{len(not_run)} configuration(s) have no cell in runs.csv (not run at this profile, or "
-                      f"not yet), shown as missing: {', '.join(not_run)}")
+        sd.notes.warn(
+            f"{len(not_run)} configuration(s) have no cell in runs.csv (not run at this profile, or "
+            f"not yet), shown as missing: {', '.join(not_run)}"
+        )
     return pd.DataFrame(rows)
 
 
@@ -198,6 +237,7 @@ def configurations(sd: StudyData) -> pd.DataFrame:
 
 # --- formatted tables --------------------------------------------------------------
 
+
 def missing_reason(row) -> str:
     if row["cells"] == 0:
         return "not run"
@@ -206,19 +246,37 @@ def missing_reason(row) -> str:
 
 def configurations_table(sd: StudyData, conf: pd.DataFrame) -> fmt.Table:
     clean = sd.has(CLEAN_TRAIN)
-    columns = [*sd.factors, "seeds ok / cells", "failed", "test top-1 err. % (mean ± sd)",
-               "95% CI (%)", "running train err. % (last epoch)"] + (["clean train err. %"] if clean else [])
+    columns = [
+        *sd.factors,
+        "seeds ok / cells",
+        "failed",
+        "test top-1 err. % (mean ± sd)",
+        "95% CI (%)",
+        "running train err. % (last epoch)",
+    ] + (["clean train err. %"] if clean else [])
     rows = []
     for _, r in conf.iterrows():
         n = int(r["n"])
-        rows.append([*(str(r[f]) for f in sd.factors), f"{n} / {int(r['cells'])}", r["failed"] or "",
-                     fmt.mean_sd(r["top1_mean"], r["top1_sd"], n, why_missing=missing_reason(r)),
-                     fmt.interval(r["top1_lo"], r["top1_hi"], n), fmt.num(r["train_running_err_mean"])]
-                    + ([fmt.num(r["train_clean_err_mean"])] if clean else []))
-    notes = ["Errors are the last epoch's, mean over the seeds whose cell finished ok. Running training error: "
-             "measured during the epoch, through augmentation and dropout."]
-    notes.append("Clean training error: the training images evaluated without augmentation or dropout, at the "
-                 "final weights." if clean else "No clean training error recorded (older run).")
+        rows.append(
+            [
+                *(str(r[f]) for f in sd.factors),
+                f"{n} / {int(r['cells'])}",
+                r["failed"] or "",
+                fmt.mean_sd(r["top1_mean"], r["top1_sd"], n, why_missing=missing_reason(r)),
+                fmt.interval(r["top1_lo"], r["top1_hi"], n),
+                fmt.num(r["train_running_err_mean"]),
+            ]
+            + ([fmt.num(r["train_clean_err_mean"])] if clean else [])
+        )
+    notes = [
+        "Errors are the last epoch's, mean over the seeds whose cell finished ok. Running training error: "
+        "measured during the epoch, through augmentation and dropout."
+    ]
+    notes.append(
+        "Clean training error: the training images evaluated without augmentation or dropout, at the final weights."
+        if clean
+        else "No clean training error recorded (older run)."
+    )
     return fmt.Table("cells", f"{sd.study} ({sd.profile}): every configuration", columns, rows, notes)
 
 
@@ -226,9 +284,14 @@ def effects_notes(sd: StudyData, eff: pd.DataFrame) -> list[str]:
     """The notes under a table of `effects`: the intervals, the FLOP convention, one-seed rows."""
     notes = [DIFF_NOTE]
     conv = flop_convention(sd)
-    notes.append(f"FLOP convention (flop_convention column): {conv}." if conv else
-                 "FLOP convention unknown (no flop_convention column).")
+    notes.append(
+        f"FLOP convention (flop_convention column): {conv}."
+        if conv
+        else "FLOP convention unknown (no flop_convention column)."
+    )
     if len(eff) and ((eff["n"] == 1).any() or ((eff["diff_n"] == 1) & ~eff["is_baseline"]).any()):
-        notes.append("Configurations with one seed (or one seed in common with the baseline) show no interval: "
-                     "one seed says nothing about the spread.")
+        notes.append(
+            "Configurations with one seed (or one seed in common with the baseline) show no interval: "
+            "one seed says nothing about the spread."
+        )
     return notes

@@ -47,8 +47,12 @@ RUNS, HISTORY, ENVIRONMENT = "runs.csv", "history.csv", "environment.json"
 RUNNING_TRAIN_EPOCH, RUNNING_TRAIN = "train_running_err_pct", "final_train_running_err_pct"
 # Training images evaluated without augmentation or dropout, top-1 error in % (per epoch; final weights).
 CLEAN_TRAIN_EPOCH, CLEAN_TRAIN = "train_clean_top1_err_pct", "final_train_clean_top1_err_pct"
-RENAMED = {"train_err_pct": RUNNING_TRAIN_EPOCH, "final_train_err_pct": RUNNING_TRAIN,  # older name -> name here
-           "train_loss": "train_running_loss", "final_train_loss": "final_train_running_loss"}
+RENAMED = {
+    "train_err_pct": RUNNING_TRAIN_EPOCH,
+    "final_train_err_pct": RUNNING_TRAIN,  # older name -> name here
+    "train_loss": "train_running_loss",
+    "final_train_loss": "final_train_running_loss",
+}
 # A column chosen on test error (the best epoch's) would select on the test set: never read.
 IGNORED = ("best_test_top1_err_pct",)
 DEFAULT_TARGET = {"metric": RUNNING_TRAIN_EPOCH, "value": 25.0}  # the paper's Figure 1
@@ -150,7 +154,7 @@ def _as_bool(series: pd.Series) -> pd.Series:
 def factors_of(columns: list[str]) -> list[str]:
     """The factor columns: those between `cell_id` and `is_baseline`."""
     if "cell_id" in columns and "is_baseline" in columns:
-        return columns[columns.index("cell_id") + 1:columns.index("is_baseline")]
+        return columns[columns.index("cell_id") + 1 : columns.index("is_baseline")]
     return []
 
 
@@ -179,8 +183,10 @@ def load(folder: Path) -> StudyData:
     folder = Path(folder)
     runs_path = folder / RUNS
     if not runs_path.is_file():
-        raise UserError(f"{folder}: no {RUNS} here; pass a folder written by `python -m bench ablate` "
-                        f"(results/<study>/<profile>), or run `python -m bench ablate --study NAME` first")
+        raise UserError(
+            f"{folder}: no {RUNS} here; pass a folder written by `python -m bench ablate` "
+            f"(results/<study>/<profile>), or run `python -m bench ablate --study NAME` first"
+        )
     check_table(runs_path, ("cell_id", "status"))  # before any warning: the damage is the one thing to say
     notes = Notes(str(folder))
     env = {}
@@ -199,8 +205,10 @@ def load(folder: Path) -> StudyData:
     except pd.errors.EmptyDataError:
         columns, factors, runs = [], [], pd.DataFrame()
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise UserError(f"{runs_path} is not a readable table ({type(e).__name__}: {str(e).strip()[:120]}); "
-                        f"restore it from git or re-run the study") from None
+        raise UserError(
+            f"{runs_path} is not a readable table ({type(e).__name__}: {str(e).strip()[:120]}); "
+            f"restore it from git or re-run the study"
+        ) from None
     study = _first(runs, "study") or env.get("study") or folder.parent.name
     profile = _first(runs, "profile") or env.get("profile") or folder.name
     notes.label = f"{study}/{profile}"
@@ -227,14 +235,29 @@ def load(folder: Path) -> StudyData:
 
     target = None
     if "target_metric" in runs and runs["target_metric"].notna().any():
-        target = {"metric": str(runs["target_metric"].dropna().iloc[0]),
-                  "value": float(runs["target_value"].dropna().iloc[0]) if "target_value" in runs else 25.0}
+        target = {
+            "metric": str(runs["target_metric"].dropna().iloc[0]),
+            "value": float(runs["target_value"].dropna().iloc[0]) if "target_value" in runs else 25.0,
+        }
     elif spec and spec.target:
         target = {"metric": canonical(spec.target["metric"]), "value": float(spec.target["value"])}
 
     history = _read_history(folder, runs, factors, notes, superseded)
-    return StudyData(folder, study, profile, runs, history, env, factors, levels, baseline, target,
-                     spec.description if spec else "", descriptions, notes)
+    return StudyData(
+        folder,
+        study,
+        profile,
+        runs,
+        history,
+        env,
+        factors,
+        levels,
+        baseline,
+        target,
+        spec.description if spec else "",
+        descriptions,
+        notes,
+    )
 
 
 def _first(frame: pd.DataFrame, column: str) -> str | None:
@@ -275,14 +298,17 @@ def _latest_per_configuration(runs: pd.DataFrame, factors: list[str], notes: Not
     order = runs.sort_values("finished_at", kind="stable", na_position="first") if "finished_at" in runs else runs
     latest = order.drop_duplicates(subset=[*factors, "seed"], keep="last")
     if dropped := len(runs) - len(latest):
-        notes.warn(f"{dropped} older row(s) of {RUNS} repeat a configuration and seed (a sweep with other "
-                   f"settings); only the latest of each is used")
+        notes.warn(
+            f"{dropped} older row(s) of {RUNS} repeat a configuration and seed (a sweep with other "
+            f"settings); only the latest of each is used"
+        )
     keep = runs.index.isin(latest.index)
     return runs.loc[keep], set(runs.loc[~keep, "cell_id"])
 
 
-def _read_history(folder: Path, runs: pd.DataFrame, factors: list[str], notes: Notes,
-                  superseded: set = frozenset()) -> pd.DataFrame:
+def _read_history(
+    folder: Path, runs: pd.DataFrame, factors: list[str], notes: Notes, superseded: set = frozenset()
+) -> pd.DataFrame:
     """history.csv with each row's factor levels and status taken from its cell in runs.csv.
 
     The levels come from runs.csv because a history column can shadow a factor of the

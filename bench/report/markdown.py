@@ -40,10 +40,16 @@ def provenance(sd: StudyData) -> list[tuple[str, str]]:
     """(what, value) lines: data source, device, versions, profile, seeds, cells."""
     env, runs = sd.env, sd.runs
     data = ", ".join(_values(sd, "data_source")) or "unknown (no data_source column)"
-    sizes = [f"{_fmt_int(tr)} training / {_fmt_int(te)} test images"
-             for tr, te in dict.fromkeys(zip(runs.get("train_images", pd.Series(dtype=str)).astype(str),
-                                             runs.get("test_images", pd.Series(dtype=str)).astype(str)))
-             if tr != "nan"]
+    sizes = [
+        f"{_fmt_int(tr)} training / {_fmt_int(te)} test images"
+        for tr, te in dict.fromkeys(
+            zip(
+                runs.get("train_images", pd.Series(dtype=str)).astype(str),
+                runs.get("test_images", pd.Series(dtype=str)).astype(str),
+            )
+        )
+        if tr != "nan"
+    ]
     devices = _values(sd, "device_name") or [env.get("device_name", "")]
     device = ", ".join(filter(None, devices)) or "unknown"
     kinds = ", ".join(_values(sd, "device")) or env.get("device", "")
@@ -95,14 +101,30 @@ def claims_section(sd: StudyData, rows: list[dict]) -> tuple[Section, fmt.Table]
     if not rows:
         return None
     data = ", ".join(_values(sd, "data_source")) or "unknown data"
-    notes = [f"Measured on {data}, {sd.profile} profile. Effect: configuration − baseline (pp of top-1 error; "
-             "for the overfitting claims, of the gap test − clean training error); Figure 1: tanh / ReLU epochs, "
-             "geometric mean over seeds.", VERDICT_RULE]
+    notes = [
+        f"Measured on {data}, {sd.profile} profile. Effect: configuration − baseline (pp of top-1 error; "
+        "for the overfitting claims, of the gap test − clean training error); Figure 1: tanh / ReLU epochs, "
+        "geometric mean over seeds.",
+        VERDICT_RULE,
+    ]
     if any("ImageNet" in r["data"] for r in rows):
-        notes.append("The paper's ImageNet numbers come from full-size AlexNet on 1.2 M images at 224×224; here the "
-                     "nets and data are CIFAR-10 sized, so only the direction and rough size of an effect compare.")
-    table_rows = [[r["section"], r["claim"], f"{r['quote']}; as measured here: {r['paper']}", r["measured"], r["n_text"],
-                   METHODS.get(r["method"], r["method"] or fmt.MISSING), r["verdict"], r["note"]] for r in rows]
+        notes.append(
+            "The paper's ImageNet numbers come from full-size AlexNet on 1.2 M images at 224×224; here the "
+            "nets and data are CIFAR-10 sized, so only the direction and rough size of an effect compare."
+        )
+    table_rows = [
+        [
+            r["section"],
+            r["claim"],
+            f"{r['quote']}; as measured here: {r['paper']}",
+            r["measured"],
+            r["n_text"],
+            METHODS.get(r["method"], r["method"] or fmt.MISSING),
+            r["verdict"],
+            r["note"],
+        ]
+        for r in rows
+    ]
     table = fmt.Table(CLAIMS_TABLE, f"The paper's claims ({PAPER}) re-measured", CLAIM_COLUMNS, table_rows, notes)
     return Section("The paper's claims: verdicts"), table
 
@@ -110,8 +132,9 @@ def claims_section(sd: StudyData, rows: list[dict]) -> tuple[Section, fmt.Table]
 # --- the document ------------------------------------------------------------------------
 
 PIPELINE_CHECK_PROFILES = ("cpu", "smoke")  # reduced data, one seed: they check the pipeline, not the paper
-PIPELINE_CHECK = ("pipeline check: reduced data and one seed; verdicts are 'not resolvable' where the interval "
-                  "allows no conclusion")
+PIPELINE_CHECK = (
+    "pipeline check: reduced data and one seed; verdicts are 'not resolvable' where the interval allows no conclusion"
+)
 
 
 def render(sd: StudyData, sections: list[Section], command: str) -> str:
@@ -120,8 +143,11 @@ def render(sd: StudyData, sections: list[Section], command: str) -> str:
         out += [f"**{PIPELINE_CHECK}.**", ""]
     if sd.description:
         out += [f"> {sd.description}", ""]
-    out += [f"Drawn by `{command}` from `runs.csv` and `history.csv` alone (nothing is retrained). "
-            "Errors are in percent; differences in percentage points (pp).", ""]
+    out += [
+        f"Drawn by `{command}` from `runs.csv` and `history.csv` alone (nothing is retrained). "
+        "Errors are in percent; differences in percentage points (pp).",
+        "",
+    ]
     out += ["| | |", "|---|---|"] + [f"| {k} | {fmt._md_cell(v)} |" for k, v in provenance(sd)] + [""]
     if sd.notes.lines:
         out += ["## Missing data", ""] + [f"- {line}" for line in sd.notes.lines] + [""]
@@ -150,12 +176,16 @@ def cell_status_lines(sd: StudyData) -> None:
 
     failed = runs[~runs["status"].isin(FINISHED)]
     if len(failed):
-        what = "; ".join(f"{name(r)} ({r['status']}" + (f": {r['error']}" if isinstance(r.get("error"), str) else "")
-                         + ")" for _, r in failed.iterrows())
+        what = "; ".join(
+            f"{name(r)} ({r['status']}" + (f": {r['error']}" if isinstance(r.get("error"), str) else "") + ")"
+            for _, r in failed.iterrows()
+        )
         sd.notes.warn(f"{len(failed)} of {len(runs)} cells did not finish, shown as missing: {what}")
     diverged = runs[runs["status"] == DIVERGED]
     if len(diverged):
-        sd.notes.warn(f"{len(diverged)} cell(s) diverged (loss NaN/inf): final errors left out, curves kept: "
-                      + "; ".join(name(r) for _, r in diverged.iterrows()))
+        sd.notes.warn(
+            f"{len(diverged)} cell(s) diverged (loss NaN/inf): final errors left out, curves kept: "
+            + "; ".join(name(r) for _, r in diverged.iterrows())
+        )
     if TOP1 not in runs and len(runs):
         sd.column(TOP1, why="test error of each cell")

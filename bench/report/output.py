@@ -38,8 +38,10 @@ class Output:
         self.sd = sd
         self.figures = sd.folder / FIGURES
         self.tables = sd.folder / TABLES
-        for folder, names, exts in ((self.figures, figure_names, plot.FORMATS),
-                                    (self.tables, table_names, TABLE_FORMATS)):
+        for folder, names, exts in (
+            (self.figures, figure_names, plot.FORMATS),
+            (self.tables, table_names, TABLE_FORMATS),
+        ):
             for name in names:  # a figure this run cannot draw must not survive from an earlier run
                 for ext in exts:
                     (folder / f"{name}.{ext}").unlink(missing_ok=True)

@@ -54,7 +54,8 @@ def configurations(sd: StudyData) -> list[tuple[str | None, str, dict]]:
     if not factors or sd.baseline is None:
         return []
     return [(None, sd.baseline[factors[0]], dict(sd.baseline))] + [
-        (f, lv, {**sd.baseline, f: lv}) for f in factors for lv in sd.levels[f] if lv != sd.baseline[f]]
+        (f, lv, {**sd.baseline, f: lv}) for f in factors for lv in sd.levels[f] if lv != sd.baseline[f]
+    ]
 
 
 def gaps(sd: StudyData) -> pd.DataFrame:
@@ -66,30 +67,56 @@ def gaps(sd: StudyData) -> pd.DataFrame:
         if factor is None:
             base = gap
         d = compare(base, gap) if base and gap and factor is not None else None
-        rows.append({"config": config_label(factor, level), "factor": factor or "", "level": level if factor else "",
-                     "is_baseline": factor is None, **config_stats(sd, cells), **diff_columns(d)})
+        rows.append(
+            {
+                "config": config_label(factor, level),
+                "factor": factor or "",
+                "level": level if factor else "",
+                "is_baseline": factor is None,
+                **config_stats(sd, cells),
+                **diff_columns(d),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def table(sd: StudyData, frame: pd.DataFrame) -> fmt.Table:
-    columns = ["configuration", "seeds", "test top-1 err. % (mean)", "clean train err. % (mean)",
-               "gap: test − clean train, pp (mean)", "gap 95% CI (pp)", "gap change vs baseline, pp [95% CI]",
-               "change: method, n"]
+    columns = [
+        "configuration",
+        "seeds",
+        "test top-1 err. % (mean)",
+        "clean train err. % (mean)",
+        "gap: test − clean train, pp (mean)",
+        "gap 95% CI (pp)",
+        "gap change vs baseline, pp [95% CI]",
+        "change: method, n",
+    ]
     rows = []
     for _, r in frame.iterrows():
         n = int(r["gap_n"])
-        rows.append([r["config"], str(n), fmt.num(r["top1_mean"]), fmt.num(r["train_clean_err_mean"]),
-                     fmt.num(r["gap_mean"], signed=True) if n else f"{fmt.MISSING} ({missing_reason(r)})",
-                     fmt.interval(r["gap_lo"], r["gap_hi"], n, signed=True),
-                     "(reference)" if r["is_baseline"] else fmt.diff_with_interval(
-                         r["diff"], r["diff_lo"], r["diff_hi"], (int(r["diff_n"]),) * 2),
-                     "" if r["is_baseline"] else method_text(r)])
-    notes = ["Gap = final test top-1 error − clean training error (the training images at the final weights, "
-             "without augmentation or dropout), per seed; a positive gap is overfitting. Its change from the "
-             "baseline is paired over the seeds both share (Welch's interval where they share none).",
-             "The verdicts on the paper's overfitting claims are in the claims table."]
-    return fmt.Table(NAME, f"{sd.study} ({sd.profile}): overfitting, test minus clean training error", columns,
-                     rows, notes)
+        rows.append(
+            [
+                r["config"],
+                str(n),
+                fmt.num(r["top1_mean"]),
+                fmt.num(r["train_clean_err_mean"]),
+                fmt.num(r["gap_mean"], signed=True) if n else f"{fmt.MISSING} ({missing_reason(r)})",
+                fmt.interval(r["gap_lo"], r["gap_hi"], n, signed=True),
+                "(reference)"
+                if r["is_baseline"]
+                else fmt.diff_with_interval(r["diff"], r["diff_lo"], r["diff_hi"], (int(r["diff_n"]),) * 2),
+                "" if r["is_baseline"] else method_text(r),
+            ]
+        )
+    notes = [
+        "Gap = final test top-1 error − clean training error (the training images at the final weights, "
+        "without augmentation or dropout), per seed; a positive gap is overfitting. Its change from the "
+        "baseline is paired over the seeds both share (Welch's interval where they share none).",
+        "The verdicts on the paper's overfitting claims are in the claims table.",
+    ]
+    return fmt.Table(
+        NAME, f"{sd.study} ({sd.profile}): overfitting, test minus clean training error", columns, rows, notes
+    )
 
 
 def figure(sd: StudyData, frame: pd.DataFrame) -> Figure | None:
@@ -121,32 +148,45 @@ def figure(sd: StudyData, frame: pd.DataFrame) -> Figure | None:
             mean = h.groupby("epoch")[[CLEAN_TRAIN_EPOCH, TEST_EPOCH]].mean().dropna() if len(h) else h
             if not len(mean):
                 why = "not run" if not len(cells) else ", ".join(sorted(set(cells["status"])))
-                ax.text(0.5, 0.5, f"missing ({why})" if not len(h) else "no clean training error per epoch",
-                        transform=ax.transAxes, ha="center", va="center", color="0.4", style="italic")
+                ax.text(
+                    0.5,
+                    0.5,
+                    f"missing ({why})" if not len(h) else "no clean training error per epoch",
+                    transform=ax.transAxes,
+                    ha="center",
+                    va="center",
+                    color="0.4",
+                    style="italic",
+                )
                 ax.set_title(title, fontsize=11)
                 continue
             plot.line(ax, h, CLEAN_TRAIN_EPOCH, c, "--")
             plot.line(ax, h, TEST_EPOCH, c, "-")
-            ax.fill_between(mean.index, mean[CLEAN_TRAIN_EPOCH], mean[TEST_EPOCH], color=c, alpha=0.15,
-                            linewidth=0)
+            ax.fill_between(mean.index, mean[CLEAN_TRAIN_EPOCH], mean[TEST_EPOCH], color=c, alpha=0.15, linewidth=0)
             g = gap.loc[config_label(which, level)]
             if int(g["gap_n"]):
-                ci = (f" [{g['gap_lo']:+.1f}, {g['gap_hi']:+.1f}]" if int(g["gap_n"]) >= 2 else "")
+                ci = f" [{g['gap_lo']:+.1f}, {g['gap_hi']:+.1f}]" if int(g["gap_n"]) >= 2 else ""
                 title += f"\nfinal gap {g['gap_mean']:+.1f} pp{ci} (n={int(g['gap_n'])})"
             ax.set_title(title, fontsize=11)
             top = max(top, float(np.nanmax(mean.to_numpy())))
             last = max(last, float(mean.index.max()))
     axes[0][0].set_ylim(0, min(100.0, top * 1.08 + 2))
     plot.epoch_axis(axes[0][0], last)
-    handles = [Line2D([], [], color="0.2", linestyle="--", linewidth=2,
-                      label="training images, no augmentation or dropout"),
-               Line2D([], [], color="0.2", linestyle="-", linewidth=2, label="test top-1")]
+    handles = [
+        Line2D([], [], color="0.2", linestyle="--", linewidth=2, label="training images, no augmentation or dropout"),
+        Line2D([], [], color="0.2", linestyle="-", linewidth=2, label="test top-1"),
+    ]
     axes[0][0].legend(handles=handles, loc="best", fontsize=9.5)
     fig.suptitle(f"{sd.study}: clean training vs test error over epochs ({sd.profile} profile)")
     seeds = sd.history["seed"].nunique()
-    plot.note(fig, [("Line = mean over the seeds, band = their range; " if seeds > 1 else "One seed; ")
-                    + "shading = the gap (test − clean training error); titles: the final gap with its 95% "
-                    "interval where there are two or more seeds."])
+    plot.note(
+        fig,
+        [
+            ("Line = mean over the seeds, band = their range; " if seeds > 1 else "One seed; ")
+            + "shading = the gap (test − clean training error); titles: the final gap with its 95% "
+            "interval where there are two or more seeds."
+        ],
+    )
     return fig
 
 
@@ -157,14 +197,18 @@ def section(out) -> Section | None:
     if not configurations(sd):
         return None
     s = Section("Overfitting: test error minus clean training error")
-    s.text.append("The paper: without dropout, and without crops and mirrors, AlexNet overfits substantially "
-                  "(sections 4.1, 4.2); overlapping pooling makes it slightly harder to overfit (3.4). The gap "
-                  "here is test error minus the training error measured without augmentation or dropout.")
+    s.text.append(
+        "The paper: without dropout, and without crops and mirrors, AlexNet overfits substantially "
+        "(sections 4.1, 4.2); overlapping pooling makes it slightly harder to overfit (3.4). The gap "
+        "here is test error minus the training error measured without augmentation or dropout."
+    )
     if not sd.has(CLEAN_TRAIN) or TOP1 not in sd.runs:
         sd.notes.warn(NO_CLEAN)
-        s.text.append(f"**{NO_CLEAN[0].upper() + NO_CLEAN[1:]}.** The training error these results hold was "
-                      "measured during each epoch, through augmentation and dropout, which overstates a "
-                      "regularised net's training error; a gap from it is not shown.")
+        s.text.append(
+            f"**{NO_CLEAN[0].upper() + NO_CLEAN[1:]}.** The training error these results hold was "
+            "measured during each epoch, through augmentation and dropout, which overstates a "
+            "regularised net's training error; a gap from it is not shown."
+        )
         return s
     frame = gaps(sd)
     fig = out.guarded("clean training vs test error", figure, sd, frame)

@@ -58,9 +58,18 @@ def style():
     with ExitStack() as stack:
         stack.enter_context(sns.axes_style("whitegrid"))
         stack.enter_context(sns.plotting_context("notebook", font_scale=1.05))
-        stack.enter_context(matplotlib.rc_context({
-            "pdf.fonttype": 42, "savefig.dpi": DPI, "axes.titlesize": 12, "figure.titlesize": 13,
-            "legend.fontsize": 10, "legend.framealpha": 0.9}))
+        stack.enter_context(
+            matplotlib.rc_context(
+                {
+                    "pdf.fonttype": 42,
+                    "savefig.dpi": DPI,
+                    "axes.titlesize": 12,
+                    "figure.titlesize": 13,
+                    "legend.fontsize": 10,
+                    "legend.framealpha": 0.9,
+                }
+            )
+        )
         yield
 
 
@@ -82,8 +91,9 @@ def save(fig: Figure, folder: Path, name: str) -> list[Path]:
 def _save_one(fig: Figure, folder: Path, name: str, ext: str) -> Path:
     path = folder / f"{name}.{ext}"
     metadata = {"CreationDate": None} if ext == "pdf" else {}  # the same tables give the same PDF
-    atomic_write(path, lambda f: fig.savefig(f, format=ext, bbox_inches="tight", metadata=metadata, dpi=DPI),
-                 binary=True)
+    atomic_write(
+        path, lambda f: fig.savefig(f, format=ext, bbox_inches="tight", metadata=metadata, dpi=DPI), binary=True
+    )
     return path
 
 
@@ -105,9 +115,20 @@ def line(ax, h: pd.DataFrame, y: str, color, linestyle: str, label: str | None =
     if not len(h):
         return
     several = h["seed"].nunique() > 1
-    sns.lineplot(data=h, x="epoch", y=y, estimator="mean", errorbar=("pi", 100) if several else None,
-                 ax=ax, color=color, linestyle=linestyle, label=label, linewidth=2,
-                 marker="o" if h["epoch"].nunique() <= 3 else None, legend=False)
+    sns.lineplot(
+        data=h,
+        x="epoch",
+        y=y,
+        estimator="mean",
+        errorbar=("pi", 100) if several else None,
+        ax=ax,
+        color=color,
+        linestyle=linestyle,
+        label=label,
+        linewidth=2,
+        marker="o" if h["epoch"].nunique() <= 3 else None,
+        legend=False,
+    )
 
 
 def epoch_axis(ax, last: float) -> None:

@@ -28,8 +28,10 @@ def _beta_fraction(a: float, b: float, x: float) -> float:
     d = 1.0 / (d if abs(d) > tiny else tiny)
     h = d
     for m in range(1, 500):
-        for aa in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                   -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+        for aa in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
             d = 1.0 + aa * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + aa / c
@@ -50,7 +52,7 @@ def betainc(a: float, b: float, x: float, y: float | None = None) -> float:
         return 0.0
     if y <= 0.0:
         return 1.0
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(y))
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(y)
     if x < (a + 1.0) / (a + b + 2.0):
         return math.exp(log_front) * _beta_fraction(a, b, x) / a
     return 1.0 - math.exp(log_front) * _beta_fraction(b, a, y) / b
@@ -147,7 +149,8 @@ VERDICT_RULE = (  # two sentences for the report and the README
     "side, `disagrees` if it excludes 0 on the other side, and `not resolvable` if it contains 0 or fewer "
     "than two seeds leave no interval. An overfitting claim agrees only if the gap (test error minus "
     "training error measured without augmentation or dropout) is both wider than at the baseline and "
-    "above 0, each by its 95% interval.")
+    "above 0, each by its 95% interval."
+)
 
 
 def welch(a: Summary, b: Summary) -> Difference:
@@ -156,11 +159,11 @@ def welch(a: Summary, b: Summary) -> Difference:
     n = min(a.n, b.n)
     if n < 2:
         return Difference(diff, math.nan, math.nan, math.nan, WELCH, n, a.n, b.n)
-    va, vb = a.sd ** 2 / a.n, b.sd ** 2 / b.n
+    va, vb = a.sd**2 / a.n, b.sd**2 / b.n
     se = math.sqrt(va + vb)
     if se == 0.0:  # identical values on both sides: no spread to widen the interval
         return Difference(diff, diff, diff, float(a.n + b.n - 2), WELCH, n, a.n, b.n)
-    df = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))
+    df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
     half = t_quantile(0.5 + CONFIDENCE / 2, df) * se
     return Difference(diff, diff - half, diff + half, df, WELCH, n, a.n, b.n)
 
@@ -220,8 +223,11 @@ def overfit_verdict(widening: Difference | None, gap: Summary | None) -> str:
     the gap narrows, or test error is below clean training error without the regulariser.
     """
     widened = verdict(widening, +1)
-    positive = NOT_RESOLVABLE if gap is None or gap.n < 2 else verdict(
-        Difference(gap.mean, gap.lo, gap.hi, gap.n - 1.0, PAIRED, gap.n), +1)
+    positive = (
+        NOT_RESOLVABLE
+        if gap is None or gap.n < 2
+        else verdict(Difference(gap.mean, gap.lo, gap.hi, gap.n - 1.0, PAIRED, gap.n), +1)
+    )
     if DISAGREES in (widened, positive):
         return DISAGREES
     return AGREES if widened == positive == AGREES else NOT_RESOLVABLE

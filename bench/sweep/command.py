@@ -39,12 +39,14 @@ def parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in parts]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, "
-                                         f"e.g. --seeds 0,1,2") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers, e.g. --seeds 0,1,2"
+        ) from None
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:
-        raise argparse.ArgumentTypeError(f"{text!r} repeats seed {repeated[0]} (the same run counted twice); "
-                                         f"give each seed once, e.g. --seeds 0,1,2")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} repeats seed {repeated[0]} (the same run counted twice); give each seed once, e.g. --seeds 0,1,2"
+        )
     return seeds
 
 
@@ -62,37 +64,69 @@ def _non_negative(kind):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--study", default="all",
-                   help="comma-separated study names from ablations/ or .toml paths (default: all)")
-    p.add_argument("--profile", default=None,
-                   help="smoke | cpu | gpu (default: gpu when CUDA is present, else cpu)")
-    p.add_argument("--data", default=os.environ.get("BENCH_DATA"),
-                   help="cifar10 | synthetic | PATH to an ImageFolder tree or .tar.gz "
-                        "(default $BENCH_DATA, else what the study's profile says, else cifar10)")
-    p.add_argument("--data-root", default=os.environ.get("BENCH_DATA_ROOT"),
-                   help="folder holding cifar-10-batches-py/ (default $BENCH_DATA_ROOT or ./data)")
+    p.add_argument(
+        "--study", default="all", help="comma-separated study names from ablations/ or .toml paths (default: all)"
+    )
+    p.add_argument("--profile", default=None, help="smoke | cpu | gpu (default: gpu when CUDA is present, else cpu)")
+    p.add_argument(
+        "--data",
+        default=os.environ.get("BENCH_DATA"),
+        help="cifar10 | synthetic | PATH to an ImageFolder tree or .tar.gz "
+        "(default $BENCH_DATA, else what the study's profile says, else cifar10)",
+    )
+    p.add_argument(
+        "--data-root",
+        default=os.environ.get("BENCH_DATA_ROOT"),
+        help="folder holding cifar-10-batches-py/ (default $BENCH_DATA_ROOT or ./data)",
+    )
     p.add_argument("--seeds", type=parse_seeds, default=None, help="override the profile's seeds, e.g. 0,1,2")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto); "
-                                                   "under --executor ray, cuda means each cell's own GPU(s)")
-    p.add_argument("--executor", choices=("local", "ray"), default="local",
-                   help="local: one cell at a time in this process; ray: cells as Ray tasks, one per GPU "
-                        "(or share of one) on this machine or a Ray cluster (default %(default)s)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto | cpu | cuda | cuda:N | mps (default auto); under --executor ray, cuda means each cell's own GPU(s)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: one cell at a time in this process; ray: cells as Ray tasks, one per GPU "
+        "(or share of one) on this machine or a Ray cluster (default %(default)s)",
+    )
     p.add_argument("--out", type=Path, default=Path("results"), help="results root (default %(default)s)")
     p.add_argument("--no-report", action="store_true", help="do not draw the report after the studies")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    ray = p.add_argument_group("--executor ray", "Resources default to the study profile's gpus_per_cell "
-                               "and cpus_per_cell, when it sets them.")
-    ray.add_argument("--ray-address", default=None, metavar="ADDRESS",
-                     help="auto | HOST:PORT | ray://HOST:PORT: the Ray cluster to run on "
-                          "(default $RAY_ADDRESS, else a Ray runtime started on this machine)")
-    ray.add_argument("--gpus-per-cell", type=_non_negative(float), default=None, metavar="N",
-                     help="GPUs each cell reserves; a fraction shares one, e.g. 0.5 (default: 1 when "
-                          "the cluster has GPUs, else 0)")
-    ray.add_argument("--cpus-per-cell", type=_non_negative(float), default=None, metavar="N",
-                     help="CPUs each cell reserves, and its torch threads (default 1)")
-    ray.add_argument("--max-retries", type=_non_negative(int), default=None, metavar="N",
-                     help="runs of a cell after its worker process died, before its row says crashed "
-                          f"(default {DEFAULT_MAX_RETRIES})")
+    ray = p.add_argument_group(
+        "--executor ray", "Resources default to the study profile's gpus_per_cell and cpus_per_cell, when it sets them."
+    )
+    ray.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="auto | HOST:PORT | ray://HOST:PORT: the Ray cluster to run on "
+        "(default $RAY_ADDRESS, else a Ray runtime started on this machine)",
+    )
+    ray.add_argument(
+        "--gpus-per-cell",
+        type=_non_negative(float),
+        default=None,
+        metavar="N",
+        help="GPUs each cell reserves; a fraction shares one, e.g. 0.5 (default: 1 when the cluster has GPUs, else 0)",
+    )
+    ray.add_argument(
+        "--cpus-per-cell",
+        type=_non_negative(float),
+        default=None,
+        metavar="N",
+        help="CPUs each cell reserves, and its torch threads (default 1)",
+    )
+    ray.add_argument(
+        "--max-retries",
+        type=_non_negative(int),
+        default=None,
+        metavar="N",
+        help="runs of a cell after its worker process died, before its row says crashed "
+        f"(default {DEFAULT_MAX_RETRIES})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,17 +158,32 @@ def run(args: argparse.Namespace) -> int:
     if args.executor == "local":
         pick_device(args.device)
     for study in studies:
-        check_data(study, profile, out_root=args.out, seeds=args.seeds, overrides=overrides,
-                   keep=args.executor == "local")
+        check_data(
+            study, profile, out_root=args.out, seeds=args.seeds, overrides=overrides, keep=args.executor == "local"
+        )
     status = 0
     for study in studies:
         start = time.perf_counter()
-        runs = run_study(study, profile, out_root=args.out, seeds=args.seeds, overrides=overrides,
-                         device=args.device, executor=_executor(args, study, profile),
-                         progress=not args.no_progress)
+        runs = run_study(
+            study,
+            profile,
+            out_root=args.out,
+            seeds=args.seeds,
+            overrides=overrides,
+            device=args.device,
+            executor=_executor(args, study, profile),
+            progress=not args.no_progress,
+        )
         failed = int((~runs["status"].isin(FINISHED)).sum()) if len(runs) else 0
-        log.info("%s/%s: %d cells in runs.csv, %d failed; this sweep took %.0f s -> %s",
-                 study.name, profile, len(runs), failed, time.perf_counter() - start, args.out / study.name / profile)
+        log.info(
+            "%s/%s: %d cells in runs.csv, %d failed; this sweep took %.0f s -> %s",
+            study.name,
+            profile,
+            len(runs),
+            failed,
+            time.perf_counter() - start,
+            args.out / study.name / profile,
+        )
         status = status or (1 if failed else 0)
     if not args.no_report:
         _report(args.out, [s.name for s in studies], profile)
@@ -160,11 +209,17 @@ def _executor(args: argparse.Namespace, study, profile: str):
         return None
     from bench.sweep.ray_executor import RayExecutor
 
-    per_cell = {**_profile_resources(study, profile),
-                **{k: getattr(args, k) for k in PROFILE_RESOURCES if getattr(args, k) is not None}}
-    return RayExecutor(args.device, address=args.ray_address, gpus_per_cell=per_cell.get("gpus_per_cell"),
-                       cpus_per_cell=per_cell.get("cpus_per_cell", 1.0),
-                       max_retries=args.max_retries if args.max_retries is not None else DEFAULT_MAX_RETRIES)
+    per_cell = {
+        **_profile_resources(study, profile),
+        **{k: getattr(args, k) for k in PROFILE_RESOURCES if getattr(args, k) is not None},
+    }
+    return RayExecutor(
+        args.device,
+        address=args.ray_address,
+        gpus_per_cell=per_cell.get("gpus_per_cell"),
+        cpus_per_cell=per_cell.get("cpus_per_cell", 1.0),
+        max_retries=args.max_retries if args.max_retries is not None else DEFAULT_MAX_RETRIES,
+    )
 
 
 def _report(out: Path, studies: list[str], profile: str) -> None:

@@ -73,8 +73,10 @@ def connect(address: str | None = None) -> str:
         # The workers run this checkout's bench (torch and the rest must be on every node).
         ray.init(address=address, runtime_env={"py_modules": [bench]}, **quiet)
     except (ConnectionError, ValueError, RuntimeError) as e:
-        raise UserError(f"--ray-address {address}: no Ray cluster reached ({str(e).splitlines()[0]}); "
-                        f"start one with `ray start --head`, or leave --ray-address out to run on this machine") from None
+        raise UserError(
+            f"--ray-address {address}: no Ray cluster reached ({str(e).splitlines()[0]}); "
+            f"start one with `ray start --head`, or leave --ray-address out to run on this machine"
+        ) from None
     _connection = "remote"
     return _connection
 
@@ -118,8 +120,15 @@ def _number(value, what: str) -> float:
 class RayExecutor:
     """Every cell a Ray task; results are yielded in the order they finish."""
 
-    def __init__(self, device: str = "auto", *, address: str | None = None, gpus_per_cell: float | None = None,
-                 cpus_per_cell: float = 1.0, max_retries: int = 2):
+    def __init__(
+        self,
+        device: str = "auto",
+        *,
+        address: str | None = None,
+        gpus_per_cell: float | None = None,
+        cpus_per_cell: float = 1.0,
+        max_retries: int = 2,
+    ):
         kind, _, index = device.partition(":")
         if index:
             raise UserError(f"--device {device}: under --executor ray, Ray picks each cell's GPU; use --device cuda")
@@ -130,8 +139,10 @@ class RayExecutor:
             if gpus_per_cell > 1 and not gpus_per_cell.is_integer():
                 raise UserError(f"--gpus-per-cell {gpus_per_cell:g}: above 1 it must be a whole number of GPUs")
             if gpus_per_cell and kind in ("cpu", "mps"):
-                raise UserError(f"--gpus-per-cell {gpus_per_cell:g} with --device {device}: GPUs would be reserved "
-                                f"and left unused; use --device cuda or auto")
+                raise UserError(
+                    f"--gpus-per-cell {gpus_per_cell:g} with --device {device}: GPUs would be reserved "
+                    f"and left unused; use --device cuda or auto"
+                )
             if not gpus_per_cell and kind == "cuda":
                 raise UserError("--device cuda under --executor ray needs --gpus-per-cell above 0")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
@@ -152,10 +163,16 @@ class RayExecutor:
             self.gpus_per_cell = 0.0 if self.device in ("cpu", "mps") else float(self.device == "cuda" or have > 0)
         if self.gpus_per_cell > have:
             if where == "local":  # no autoscaler will ever add one
-                raise UserError(f"each cell asks for {self.gpus_per_cell:g} GPUs and this machine has {have:g} "
-                                f"that Ray can see; lower --gpus-per-cell or use --device cpu")
-            log.warning("the Ray cluster has %g GPUs and each cell asks for %g; cells wait until "
-                        "enough GPUs join (an autoscaler adds them)", have, self.gpus_per_cell)
+                raise UserError(
+                    f"each cell asks for {self.gpus_per_cell:g} GPUs and this machine has {have:g} "
+                    f"that Ray can see; lower --gpus-per-cell or use --device cpu"
+                )
+            log.warning(
+                "the Ray cluster has %g GPUs and each cell asks for %g; cells wait until "
+                "enough GPUs join (an autoscaler adds them)",
+                have,
+                self.gpus_per_cell,
+            )
 
     def _task_device(self) -> str:
         if self.gpus_per_cell:
@@ -165,16 +182,22 @@ class RayExecutor:
     def environment(self) -> dict:
         ray = import_ray()
         self._resolve()
-        return {"executor": "ray", "ray": ray.__version__,
-                "ray_cluster": {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")},
-                "gpus_per_cell": self.gpus_per_cell, "cpus_per_cell": self.cpus_per_cell,
-                "max_retries": self.max_retries, "driver": environment(torch.device("cpu"))}
+        return {
+            "executor": "ray",
+            "ray": ray.__version__,
+            "ray_cluster": {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")},
+            "gpus_per_cell": self.gpus_per_cell,
+            "cpus_per_cell": self.cpus_per_cell,
+            "max_retries": self.max_retries,
+            "driver": environment(torch.device("cpu")),
+        }
 
     def run(self, cells, fn: CellFn):
         ray = import_ray()
         self._resolve()
         task = ray.remote(_run_in_worker).options(
-            num_gpus=self.gpus_per_cell, num_cpus=self.cpus_per_cell, max_retries=self.max_retries)
+            num_gpus=self.gpus_per_cell, num_cpus=self.cpus_per_cell, max_retries=self.max_retries
+        )
         device = self._task_device()
         crash_id, _, crash_marker = os.environ.get(CRASH_HOOK, "").partition(":")
         shipped, failed = _ship(ray, cells)
@@ -184,8 +207,7 @@ class RayExecutor:
         try:
             for cell in cells:
                 if cell.id in shipped:
-                    ref = task.remote(fn, cell, device, shipped[cell.id],
-                                      crash_marker if cell.id == crash_id else None)
+                    ref = task.remote(fn, cell, device, shipped[cell.id], crash_marker if cell.id == crash_id else None)
                     running[ref] = (cell, time.perf_counter())
             shipped.clear()  # the tasks hold the data now; it leaves the store with the last of them
             while running:
@@ -208,8 +230,9 @@ class RayExecutor:
             return fn.failed(cell, "error", f"{type(cause).__name__}: {cause}", seconds)
         except ray.exceptions.RayError as e:  # the worker process or its node died, retries used up
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            return fn.failed(cell, CRASHED, f"{type(e).__name__} (retries used up: {self.max_retries}): {first}",
-                             seconds)
+            return fn.failed(
+                cell, CRASHED, f"{type(e).__name__} (retries used up: {self.max_retries}): {first}", seconds
+            )
 
 
 def _ship(ray, cells) -> tuple[dict, list]:

@@ -44,8 +44,10 @@ class ResultsFolder:
 
     def record(self, row: dict, history: list[dict], progress: list[dict] = ()) -> None:
         """Keep one finished cell; constant cost whatever the tables hold."""
-        atomic_write_text(self.cells / f"{row['cell_id']}.json",
-                          json.dumps({"row": row, "history": history, "progress": list(progress)}, default=str))
+        atomic_write_text(
+            self.cells / f"{row['cell_id']}.json",
+            json.dumps({"row": row, "history": history, "progress": list(progress)}, default=str),
+        )
 
     def pending(self) -> list[Path]:
         """Recorded cells not yet in the tables, oldest first (the order they finished)."""
@@ -112,8 +114,10 @@ class ResultsFolder:
         except pd.errors.EmptyDataError:  # no columns: a history with no epochs yet (every cell failed)
             return pd.DataFrame()
         except (pd.errors.ParserError, UnicodeDecodeError) as e:
-            raise UserError(f"{path} is not a table this runner can read ({type(e).__name__}); "
-                            f"move it aside to start the study afresh") from None
+            raise UserError(
+                f"{path} is not a table this runner can read ({type(e).__name__}); "
+                f"move it aside to start the study afresh"
+            ) from None
 
     @staticmethod
     def _load(path: Path) -> dict:
@@ -121,8 +125,12 @@ class ResultsFolder:
             record = json.loads(path.read_text())
         except (ValueError, OSError) as e:
             record = {"error": type(e).__name__}
-        if not (isinstance(record, dict) and isinstance(record.get("row"), dict) and "cell_id" in record["row"]
-                and isinstance(record.get("history"), list)):
+        if not (
+            isinstance(record, dict)
+            and isinstance(record.get("row"), dict)
+            and "cell_id" in record["row"]
+            and isinstance(record.get("history"), list)
+        ):
             raise UserError(f"{path} is not a cell record this runner wrote; move it aside and run the sweep again")
         return record
 

@@ -83,8 +83,15 @@ def _data_for(cfg):
 PROGRESS_METRICS = ("train_running_err_pct", "train_running_loss")  # logged LOG_PER_EPOCH times per epoch
 
 
-def check_data(study: Study, profile: str, *, out_root: Path = Path("results"), seeds: list[int] | None = None,
-               overrides: dict | None = None, keep: bool = True) -> int:
+def check_data(
+    study: Study,
+    profile: str,
+    *,
+    out_root: Path = Path("results"),
+    seeds: list[int] | None = None,
+    overrides: dict | None = None,
+    keep: bool = True,
+) -> int:
     """Load the data of every cell of `study` still to run, once per distinct data set; how many cells.
 
     Called before any cell runs, and before the results folder is made or locked, so that a
@@ -126,8 +133,10 @@ def time_to_target(history: list[dict], progress: list[dict], metric: str, value
             seconds += h.get("epoch_seconds", 0.0)
             points.append({**h, "train_seconds": seconds})
     at = {"steps_to_target": "step", "epochs_to_target": "epoch", "seconds_to_target": "train_seconds"}
-    return {name: crossing(points, metric, value, pos) if all(pos in p for p in points) else None
-            for name, pos in at.items()}
+    return {
+        name: crossing(points, metric, value, pos) if all(pos in p for p in points) else None
+        for name, pos in at.items()
+    }
 
 
 class _Stopper:
@@ -153,15 +162,29 @@ class _Stopper:
 def _cell_row(cell: Cell, profile: str) -> dict:
     """The columns a cell's row has before it runs: study, levels, seed, configuration."""
     cfg = cell.config
-    row = {"study": cell.study, "profile": profile, "cell_id": cell.id, **cell.levels,
-           "is_baseline": cell.is_baseline, "seed": cfg.seed}
+    row = {
+        "study": cell.study,
+        "profile": profile,
+        "cell_id": cell.id,
+        **cell.levels,
+        "is_baseline": cell.is_baseline,
+        "seed": cfg.seed,
+    }
     row.update({f"cfg_{k}": v for k, v in cfg.to_dict().items() if k not in ("knobs", "seed", "device")})
     row.update({f"knob_{k}": v for k, v in cfg.knobs.items()})
     return row
 
 
-def run_cell(cell: Cell, device: str, measure: str, target: dict | None, profile: str,
-             progress: bool = True, speeds: dict | None = None, data=None) -> CellResult:
+def run_cell(
+    cell: Cell,
+    device: str,
+    measure: str,
+    target: dict | None,
+    profile: str,
+    progress: bool = True,
+    speeds: dict | None = None,
+    data=None,
+) -> CellResult:
     """Train one cell and measure its model; any failure becomes the row's status and error.
 
     `speeds` (configuration without seed -> measured row) lets the seeds of a configuration share
@@ -183,8 +206,9 @@ def run_cell(cell: Cell, device: str, measure: str, target: dict | None, profile
         dev = pick_device(device)
         row.update(_env_columns(dev))
         data = data if data is not None else _data_for(cfg)
-        result = train(cfg, data, progress=progress, on_epoch=stopper and stopper.on_epoch,
-                       on_point=stopper and stopper.on_point)
+        result = train(
+            cfg, data, progress=progress, on_epoch=stopper and stopper.on_epoch, on_point=stopper and stopper.on_point
+        )
         history, points = result.history, result.progress
         row["status"], row["error"] = result.status, None
         row.update({k: v for k, v in result.summary.items() if k not in ("status",)})
@@ -194,13 +218,20 @@ def run_cell(cell: Cell, device: str, measure: str, target: dict | None, profile
             key = json.dumps([cfg.replace(seed=0).to_dict(), measure], sort_keys=True, default=str)
             measured = (speeds or {}).get(key)
             if measured is None:
-                speed = measure_throughput(model, batch_size=cfg.batch_size, device=dev,
-                                           dtype=resolve_dtype(dev, cfg.dtype),
-                                           memory_format="channels_last" if cfg.channels_last else "contiguous",
-                                           quick=measure == "quick")
-                measured = {**{k: v for k, v in speed.items() if k not in ("error", "batch_size")},
-                            "measure_batch_size": speed["batch_size"], "measure_error": speed["error"],
-                            "measure_cell_id": cell.id}  # the cell whose model was timed
+                speed = measure_throughput(
+                    model,
+                    batch_size=cfg.batch_size,
+                    device=dev,
+                    dtype=resolve_dtype(dev, cfg.dtype),
+                    memory_format="channels_last" if cfg.channels_last else "contiguous",
+                    quick=measure == "quick",
+                )
+                measured = {
+                    **{k: v for k, v in speed.items() if k not in ("error", "batch_size")},
+                    "measure_batch_size": speed["batch_size"],
+                    "measure_error": speed["error"],
+                    "measure_cell_id": cell.id,
+                }  # the cell whose model was timed
                 if speeds is not None and speed["error"] is None:  # a failure is measured again, not copied
                     speeds[key] = measured
             row.update(measured)
@@ -212,15 +243,23 @@ def run_cell(cell: Cell, device: str, measure: str, target: dict | None, profile
     return _finish(cell, profile, target, row, history, time.perf_counter() - start, points)
 
 
-def failed_result(cell: Cell, profile: str, target: dict | None, status: str, message: str,
-                  wall_seconds: float | None = None) -> CellResult:
+def failed_result(
+    cell: Cell, profile: str, target: dict | None, status: str, message: str, wall_seconds: float | None = None
+) -> CellResult:
     """The row of a cell that produced none itself: its process died, or its data never reached it."""
     row = {**_cell_row(cell, profile), "status": status, "error": message.splitlines()[0][:500] if message else None}
     return _finish(cell, profile, target, row, [], wall_seconds)
 
 
-def _finish(cell: Cell, profile: str, target: dict | None, row: dict, history: list[dict],
-            wall_seconds: float | None, points: list[dict] = ()) -> CellResult:
+def _finish(
+    cell: Cell,
+    profile: str,
+    target: dict | None,
+    row: dict,
+    history: list[dict],
+    wall_seconds: float | None,
+    points: list[dict] = (),
+) -> CellResult:
     if target is not None:
         row["target_metric"], row["target_value"] = target["metric"], target["value"]
         row.update(time_to_target(history, points, target["metric"], target["value"]))
@@ -238,6 +277,7 @@ def _env_columns(device: torch.device) -> dict:
 
 
 # --- executors -----------------------------------------------------------------------
+
 
 class CellFn(Protocol):
     """What an executor runs: one cell on one device, and the row for a cell that could not run."""
@@ -273,12 +313,14 @@ class LocalExecutor:
 
 def make_executor(device: str) -> Executor:
     if device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 1:
-        log.info("%d GPUs visible; this sweep uses one (--executor ray runs one cell per GPU)",
-                 torch.cuda.device_count())
+        log.info(
+            "%d GPUs visible; this sweep uses one (--executor ray runs one cell per GPU)", torch.cuda.device_count()
+        )
     return LocalExecutor(device)
 
 
 # --- the sweep -----------------------------------------------------------------------
+
 
 @dataclass
 class _BoundCell:
@@ -297,9 +339,17 @@ class _BoundCell:
         return failed_result(cell, self.profile, self.target, status, message, wall_seconds)
 
 
-def run_study(study: Study, profile: str, *, out_root: Path = Path("results"), seeds: list[int] | None = None,
-              overrides: dict | None = None, device: str = "auto", executor: Executor | None = None,
-              progress: bool = True) -> pd.DataFrame:
+def run_study(
+    study: Study,
+    profile: str,
+    *,
+    out_root: Path = Path("results"),
+    seeds: list[int] | None = None,
+    overrides: dict | None = None,
+    device: str = "auto",
+    executor: Executor | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Run every unfinished cell of `study` at `profile`; return the whole runs table."""
     cells = study.cells(profile, seeds, overrides)
     out = Path(out_root) / study.name / profile
@@ -323,13 +373,15 @@ def _sweep_lock(folder: Path):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"another sweep is writing {folder}; wait for it to finish, "
-                            f"or give this one another --out") from None
+            raise UserError(
+                f"another sweep is writing {folder}; wait for it to finish, or give this one another --out"
+            ) from None
         yield
 
 
-def _sweep(study: Study, profile: str, cells: list[Cell], out: Path, device: str,
-           executor: Executor | None, progress: bool) -> pd.DataFrame:
+def _sweep(
+    study: Study, profile: str, cells: list[Cell], out: Path, device: str, executor: Executor | None, progress: bool
+) -> pd.DataFrame:
     results = ResultsFolder(out, ["study", "profile", "status", *study.factors])
     results.clear_temporary()
     results.merge()  # cells recorded by a sweep that was killed before it merged them
@@ -338,21 +390,32 @@ def _sweep(study: Study, profile: str, cells: list[Cell], out: Path, device: str
     todo = [c for c in cells if c.id not in finished]
     stale = len(set(runs["cell_id"]) - {c.id for c in cells}) if len(runs) else 0
     if stale:
-        log.warning("%s: %d rows are cells this run does not define (other seeds or an older study "
-                    "file); they are kept", results.runs_path, stale)
-    log.info("%s/%s: %d cells, %d finished, %d to run", study.name, profile, len(cells), len(cells) - len(todo), len(todo))
+        log.warning(
+            "%s: %d rows are cells this run does not define (other seeds or an older study file); they are kept",
+            results.runs_path,
+            stale,
+        )
+    log.info(
+        "%s/%s: %d cells, %d finished, %d to run", study.name, profile, len(cells), len(cells) - len(todo), len(todo)
+    )
     if not todo:
         return runs
     executor = executor or make_executor(device)
     env = executor.environment()  # an impossible device fails before anything runs
-    atomic_write_text(out / "environment.json", json.dumps(
-        {"study": study.name, "profile": profile, "study_file": str(study.path), **env}, indent=2, default=str))
+    atomic_write_text(
+        out / "environment.json",
+        json.dumps(
+            {"study": study.name, "profile": profile, "study_file": str(study.path), **env}, indent=2, default=str
+        ),
+    )
     measure = study.profiles[profile].get("measure", "quick")
     fn = _BoundCell(measure, study.target, profile, progress)
     merges = _MergeClock()
     try:
         with logging_redirect_tqdm(), contextlib.closing(executor.run(todo, fn)) as finished_cells:
-            bar = tqdm(total=len(todo), desc=f"{study.name}/{profile} cells", unit="cell", disable=None if progress else True)
+            bar = tqdm(
+                total=len(todo), desc=f"{study.name}/{profile} cells", unit="cell", disable=None if progress else True
+            )
             for result in finished_cells:
                 results.record(result.row, result.history, result.progress)
                 bar.update()
@@ -389,7 +452,11 @@ def _one_line(row: dict, study: Study) -> str:
     if row["status"] not in FINISHED:
         return f"[{row['status']}] {levels} seed={row['seed']}: {row['error']}"
     err = row.get("final_test_top1_err_pct")
-    text = f"[{row['status']}] {levels} seed={row['seed']}: test err {err:.2f}%" if err is not None else f"[{row['status']}] {levels}"
+    text = (
+        f"[{row['status']}] {levels} seed={row['seed']}: test err {err:.2f}%"
+        if err is not None
+        else f"[{row['status']}] {levels}"
+    )
     if row.get("epochs_to_target") is not None:
         text += f", {row['target_metric']}<={row['target_value']} at epoch {row['epochs_to_target']:.2f}"
     return text + f" ({row['wall_seconds']:.0f} s)"

@@ -88,16 +88,27 @@ def save_checkpoint(path: Path | str, model: nn.Module, cfg: TrainConfig, data: 
         "format_version": FORMAT_VERSION,
         # contiguous(): a channels_last run's weights load into a model of either layout
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-        "model": {"name": cfg.model, "knobs": _plain(cfg.knobs), "init": cfg.init,
-                  "input_size": int(data.train_x.shape[-1]), "num_classes": len(data.classes)},
+        "model": {
+            "name": cfg.model,
+            "knobs": _plain(cfg.knobs),
+            "init": cfg.init,
+            "input_size": int(data.train_x.shape[-1]),
+            "num_classes": len(data.classes),
+        },
         "classes": [str(c) for c in data.classes],
         "normalization": {"mode": norm.mode, **{k: getattr(norm, k).detach().cpu() for k in _NORMALIZER_TENSORS}},
         "data": _plain(data.provenance),
         "metrics": _plain(metrics),
         "config": _plain(cfg.to_dict()),
-        "versions": _plain({"bench": bench.__version__, "torch": str(torch.__version__),  # a str subclass
-                            "python": sys.version.split()[0], "git_commit": git_commit(),
-                            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}),
+        "versions": _plain(
+            {
+                "bench": bench.__version__,
+                "torch": str(torch.__version__),  # a str subclass
+                "python": sys.version.split()[0],
+                "git_commit": git_commit(),
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        ),
     }
     path = Path(path)
     _atomic_save(payload, path)
@@ -113,20 +124,32 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
     if "format_version" not in raw and {"model", "config"} <= set(raw):
         raise UserError(
             f"{path} predates self-contained checkpoints (weights and config only, no class names or "
-            f"normalisation); re-save it with: python -m bench.train.checkpoint {path}")
+            f"normalisation); re-save it with: python -m bench.train.checkpoint {path}"
+        )
     version = raw.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise UserError(f"{path} has checkpoint format {version!r}; this bench {bench.__version__} reads "
-                        f"format {FORMAT_VERSION} and older: upgrade bench")
+        raise UserError(
+            f"{path} has checkpoint format {version!r}; this bench {bench.__version__} reads "
+            f"format {FORMAT_VERSION} and older: upgrade bench"
+        )
     missing = [k for k in _KEYS if k not in raw]
     if missing:
         raise UserError(f"{path} is not a complete bench checkpoint (no {', '.join(missing)}); re-run training")
     m, n = raw["model"], raw["normalization"]
     return Checkpoint(
-        path=path, model_name=m["name"], knobs=dict(m["knobs"]), init=m["init"], input_size=int(m["input_size"]),
-        classes=list(raw["classes"]), normalizer=Normalizer(n["mode"], *(n[k] for k in _NORMALIZER_TENSORS)),
-        state_dict=raw["state_dict"], data=raw["data"], metrics=raw["metrics"], config=raw["config"],
-        versions=raw["versions"], format_version=version,
+        path=path,
+        model_name=m["name"],
+        knobs=dict(m["knobs"]),
+        init=m["init"],
+        input_size=int(m["input_size"]),
+        classes=list(raw["classes"]),
+        normalizer=Normalizer(n["mode"], *(n[k] for k in _NORMALIZER_TENSORS)),
+        state_dict=raw["state_dict"],
+        data=raw["data"],
+        metrics=raw["metrics"],
+        config=raw["config"],
+        versions=raw["versions"],
+        format_version=version,
     )
 
 
@@ -136,9 +159,10 @@ def _read(path: Path):
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if found:
-            raise UserError(f"{path} carries a pickled Python object ({found.group(1)}), not only tensors and plain "
-                            f"values; refused, as unpickling it could run code: re-save it with save_checkpoint"
-                            ) from None
+            raise UserError(
+                f"{path} carries a pickled Python object ({found.group(1)}), not only tensors and plain "
+                f"values; refused, as unpickling it could run code: re-save it with save_checkpoint"
+            ) from None
         raise UserError(_unreadable(path, e)) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise UserError(_unreadable(path, e)) from None
@@ -146,8 +170,9 @@ def _read(path: Path):
 
 def _unreadable(path: Path, e: Exception) -> str:
     first = (str(e).strip().splitlines() or [""])[0][:120]
-    return (f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {first}); "
-            f"it may be truncated: copy it again")
+    return (
+        f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {first}); it may be truncated: copy it again"
+    )
 
 
 def _plain(obj):
@@ -160,6 +185,7 @@ def _atomic_save(payload: dict, path: Path) -> None:
 
 
 # --- re-saving a checkpoint written before this format --------------------------------
+
 
 def upgrade_checkpoint(path: Path | str, data: str | None = None, data_root: str | None = None) -> Path:
     """Re-save an old {"model", "config"} checkpoint in place, self-contained.
@@ -183,16 +209,20 @@ def upgrade_checkpoint(path: Path | str, data: str | None = None, data_root: str
     try:
         model.load_state_dict(raw["model"])
     except RuntimeError as e:
-        raise UserError(f"{path}: its weights do not fit {cfg.model} with the {len(dataset.classes)} classes of "
-                        f"{cfg.data} ({str(e).splitlines()[0]}); pass the --data it was trained on") from None
+        raise UserError(
+            f"{path}: its weights do not fit {cfg.model} with the {len(dataset.classes)} classes of "
+            f"{cfg.data} ({str(e).splitlines()[0]}); pass the --data it was trained on"
+        ) from None
     summary = path.parent / "summary.json"
     metrics = json.loads(summary.read_text()) if summary.is_file() else {}
     return save_checkpoint(path, model, cfg, dataset, metrics)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.train.checkpoint",
-                                description="re-save an old checkpoint (weights and config only) self-contained")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.train.checkpoint",
+        description="re-save an old checkpoint (weights and config only) self-contained",
+    )
     p.add_argument("checkpoint", help="old checkpoint.pt, or the run folder holding it")
     p.add_argument("--data", default=None, help="its training data, if not where its config says")
     p.add_argument("--data-root", default=None, help="folder holding cifar-10-batches-py/, if not the config's")

@@ -96,8 +96,10 @@ class TrainConfig:
         if self.image_size is not None and self.image_size < 1:
             raise UserError(f"image_size must be at least 1 pixel, got {self.image_size}")
         if self.schedule == "plateau" and self.val_size == 0:
-            raise UserError("schedule='plateau' steps on the validation error; set val_size above 0 "
-                            "(e.g. --val-size 5000) or choose another schedule")
+            raise UserError(
+                "schedule='plateau' steps on the validation error; set val_size above 0 "
+                "(e.g. --val-size 5000) or choose another schedule"
+            )
         for name in ("momentum", "weight_decay", "warmup_epochs"):
             if not getattr(self, name) >= 0:
                 raise UserError(f"{name} must be 0 or more, got {getattr(self, name)}")
@@ -110,15 +112,19 @@ class TrainConfig:
             if not math.isfinite(getattr(self, name)):
                 raise UserError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.epochs > MAX_EPOCHS:
-            raise UserError(f"epochs must be at most {MAX_EPOCHS} (a sanity bound: the paper trains ~90), "
-                            f"got {self.epochs}")
+            raise UserError(
+                f"epochs must be at most {MAX_EPOCHS} (a sanity bound: the paper trains ~90), got {self.epochs}"
+            )
         if self.warmup_epochs > self.epochs:
-            raise UserError(f"warmup_epochs={self.warmup_epochs} is longer than the run (epochs={self.epochs}): "
-                            f"the rate would never reach lr; use at most {self.epochs}")
+            raise UserError(
+                f"warmup_epochs={self.warmup_epochs} is longer than the run (epochs={self.epochs}): "
+                f"the rate would never reach lr; use at most {self.epochs}"
+            )
         for name in ("seed", "data_seed"):
             if not 0 <= getattr(self, name) <= MAX_SEED:
-                raise UserError(f"{name} must be from 0 to 2**63-1 (what torch.manual_seed takes), "
-                                f"got {getattr(self, name)}")
+                raise UserError(
+                    f"{name} must be from 0 to 2**63-1 (what torch.manual_seed takes), got {getattr(self, name)}"
+                )
 
     def _check_types(self) -> None:
         for f in fields(self):

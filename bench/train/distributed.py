@@ -59,8 +59,10 @@ def init(device: torch.device, batch_size: int) -> bool:
     if world <= 1 or active():
         return False
     if batch_size % world:
-        raise UserError(f"batch_size {batch_size} does not split over {world} processes; the batch is the "
-                        f"global one, so pass a multiple of {world} (e.g. {world * max(1, batch_size // world)})")
+        raise UserError(
+            f"batch_size {batch_size} does not split over {world} processes; the batch is the "
+            f"global one, so pass a multiple of {world} (e.g. {world * max(1, batch_size // world)})"
+        )
     if device.type not in ("cuda", "cpu"):
         raise UserError(f"data-parallel training runs on CUDA (NCCL) or the CPU (gloo), not {device.type}")
     if device.type == "cuda":
@@ -113,8 +115,10 @@ def check_split(n_train: int, batch_size: int) -> None:
     """Every rank must take part in every step: the last, short batch needs an image for each."""
     world, last = world_size(), n_train % batch_size
     if 0 < last < world:
-        raise UserError(f"the last batch of each epoch holds {last} of the {n_train} training images, fewer than "
-                        f"the {world} processes; change batch_size or the number of training images")
+        raise UserError(
+            f"the last batch of each epoch holds {last} of the {n_train} training images, fewer than "
+            f"the {world} processes; change batch_size or the number of training images"
+        )
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:

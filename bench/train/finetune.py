@@ -27,8 +27,10 @@ def head_of(model: nn.Module) -> tuple[str, nn.Linear]:
     """(name, module) of the classifier head: the model's last Linear layer."""
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise UserError(f"{type(model).__name__} has no Linear layer to serve as the classifier head; "
-                        f"--freeze features and --reinit-head need one")
+        raise UserError(
+            f"{type(model).__name__} has no Linear layer to serve as the classifier head; "
+            f"--freeze features and --reinit-head need one"
+        )
     return linears[-1]
 
 
@@ -55,12 +57,18 @@ def apply_finetune(model: nn.Module, cfg: TrainConfig, classes: list[str]) -> nn
         if cfg.reinit_head:  # strict, but for the head left as freshly initialised
             head = head_of(model)[0]
             if unexpected or any(not k.startswith(head + ".") for k in missing):
-                raise UserError(f"--init-from {cfg.init_from}: keys do not match beyond the head {head!r}: "
-                                f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+                raise UserError(
+                    f"--init-from {cfg.init_from}: keys do not match beyond the head {head!r}: "
+                    f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+                )
         elif list(ckpt.classes) != list(classes):
-            log.warning("--init-from %s: its classes (%s) are not this data's (%s); its head is kept: "
-                        "pass --reinit-head to start the head afresh", cfg.init_from,
-                        _short(ckpt.classes), _short(classes))
+            log.warning(
+                "--init-from %s: its classes (%s) are not this data's (%s); its head is kept: "
+                "pass --reinit-head to start the head afresh",
+                cfg.init_from,
+                _short(ckpt.classes),
+                _short(classes),
+            )
     if cfg.freeze == "features":
         freeze_features(model)
     return model
@@ -92,7 +100,8 @@ def _loadable(model: nn.Module, ckpt: Checkpoint, cfg: TrainConfig) -> dict:
         raise UserError(
             f"--init-from {cfg.init_from} holds a {ckpt.model_name} with knobs {ckpt.knobs}, whose layers do not "
             f"match {cfg.model} with knobs {cfg.knobs} (e.g. {(missing or unexpected)[0]!r}); pass "
-            f"--model {ckpt.model_name} and the same knobs")
+            f"--model {ckpt.model_name} and the same knobs"
+        )
     head = head_of(model)[0]
     if cfg.reinit_head:
         theirs = {k: v for k, v in theirs.items() if not k.startswith(head + ".")}
@@ -101,11 +110,15 @@ def _loadable(model: nn.Module, ckpt: Checkpoint, cfg: TrainConfig) -> dict:
             layer, kind = k.rsplit(".", 1)
             shapes = f"layer {layer!r} ({kind}) is {list(v.shape)} in the checkpoint"
             if layer == head:
-                raise UserError(f"--init-from {cfg.init_from}: {shapes} ({len(ckpt.classes)} classes) but "
-                                f"{list(ours[k].shape)} in the new model ({ours[head + '.weight'].shape[0]} "
-                                f"classes); pass --reinit-head to start the classifier afresh")
-            raise UserError(f"--init-from {cfg.init_from}: {shapes} but {list(ours[k].shape)} in the new model; "
-                            f"pass the knobs it was trained with: {ckpt.knobs}")
+                raise UserError(
+                    f"--init-from {cfg.init_from}: {shapes} ({len(ckpt.classes)} classes) but "
+                    f"{list(ours[k].shape)} in the new model ({ours[head + '.weight'].shape[0]} "
+                    f"classes); pass --reinit-head to start the classifier afresh"
+                )
+            raise UserError(
+                f"--init-from {cfg.init_from}: {shapes} but {list(ours[k].shape)} in the new model; "
+                f"pass the knobs it was trained with: {ckpt.knobs}"
+            )
     return theirs
 
 

@@ -50,9 +50,15 @@ EVAL_PREFIX = {"train_eval": "train_clean"}
 
 def data_spec(cfg: TrainConfig) -> DataSpec:
     return DataSpec(
-        source=cfg.data, root=cfg.data_root, image_size=input_size_of(cfg.model),
-        train_per_class=cfg.train_per_class, test_per_class=cfg.test_per_class, preprocess=cfg.preprocess,
-        explicit_image_size=cfg.image_size, val_size=cfg.val_size, train_eval_size=cfg.train_eval_size,
+        source=cfg.data,
+        root=cfg.data_root,
+        image_size=input_size_of(cfg.model),
+        train_per_class=cfg.train_per_class,
+        test_per_class=cfg.test_per_class,
+        preprocess=cfg.preprocess,
+        explicit_image_size=cfg.image_size,
+        val_size=cfg.val_size,
+        train_eval_size=cfg.train_eval_size,
         data_seed=cfg.data_seed,
     )
 
@@ -64,8 +70,15 @@ def log_steps(steps_per_epoch: int) -> set[int]:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: Dataset, split: str = "test", batch_size: int = 1000, dtype: str = "fp32",
-             channels_last: bool = False, shard: tuple[int, int] | None = None) -> dict:
+def evaluate(
+    model: nn.Module,
+    data: Dataset,
+    split: str = "test",
+    batch_size: int = 1000,
+    dtype: str = "fp32",
+    channels_last: bool = False,
+    shard: tuple[int, int] | None = None,
+) -> dict:
     """Top-1 and top-5 error (percent) and mean loss on `split`, in eval mode, never augmented.
 
     Keys are `<prefix>_loss`, `<prefix>_top1_err_pct`, `<prefix>_top5_err_pct` with the
@@ -99,8 +112,9 @@ def evaluate(model: nn.Module, data: Dataset, split: str = "test", batch_size: i
     return {f"{p}_loss": loss / n, f"{p}_top1_err_pct": 100.0 * (1 - c1 / n), f"{p}_top5_err_pct": 100.0 * (1 - c5 / n)}
 
 
-def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = True,
-          on_epoch=None, on_point=None) -> RunResult:
+def train(
+    cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = True, on_epoch=None, on_point=None
+) -> RunResult:
     """Train `cfg.model` for `cfg.epochs` epochs; a NaN/inf loss ends the run as `diverged`.
 
     `on_epoch(row)` sees each epoch's history row; returning True ends training early.
@@ -111,8 +125,10 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
     if data is None:
         data = load_data(data_spec(cfg))
     if cfg.schedule == "plateau" and not data.has("val"):
-        raise UserError("schedule='plateau' steps on the validation error, and this data set has no "
-                        "validation split; set val_size above 0 or choose another schedule")
+        raise UserError(
+            "schedule='plateau' steps on the validation error, and this data set has no "
+            "validation split; set val_size above 0 or choose another schedule"
+        )
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, num_classes=len(data.classes), init=cfg.init, **cfg.knobs)
     model = apply_finetune(model, cfg, data.classes)  # --init-from, --reinit-head, --freeze
@@ -129,12 +145,14 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
     ddp.check_split(data.size("train"), cfg.batch_size)  # DDP: every rank needs images in every step
     total = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(cfg.schedule, s, total, warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg.schedule, s, total, warmup))
     # The plateau rule takes over from the per-step schedule once warm-up is done:
     # stepping both would have the per-step one undo its drops.
-    plateau = (plateau_scheduler(optimizer, cfg.lr, cfg.plateau_patience, cfg.plateau_max_drops)
-               if cfg.schedule == "plateau" else None)
+    plateau = (
+        plateau_scheduler(optimizer, cfg.lr, cfg.plateau_patience, cfg.plateau_max_drops)
+        if cfg.schedule == "plateau"
+        else None
+    )
     log_at = log_steps(steps_per_epoch)
     evaluated = [s for s in ("train_eval", "val", "test") if data.has(s)]
     augment = parse_augment(cfg.augment)
@@ -157,8 +175,13 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
         finite = True
         synchronize(device)
         t0 = time.perf_counter()
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
-                   disable=None if progress and ddp.is_main() else True, unit="step")
+        bar = tqdm(
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            leave=False,
+            disable=None if progress and ddp.is_main() else True,
+            unit="step",
+        )
         for i, (x, y) in enumerate(data.batches("train", cfg.batch_size, augment=augment, generator=g, shard=shard)):
             ddp.set_share(len(y), min(cfg.batch_size, n_train - i * cfg.batch_size))  # DDP: weights the gradient
             if cfg.channels_last:
@@ -174,13 +197,17 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
             if i + 1 not in log_at:
                 continue
             # A progress point: the one host sync since the last one, which also checks for NaN/inf.
-            counts = torch.stack([interval_loss, interval_correct.to(interval_loss.dtype),
-                                  interval_loss.new_tensor(interval_images)])
+            counts = torch.stack(
+                [interval_loss, interval_correct.to(interval_loss.dtype), interval_loss.new_tensor(interval_images)]
+            )
             loss_sum, correct, images = ddp.all_reduce_sum(counts).tolist()  # DDP: over all ranks
-            point = {"step": step, "epoch": epoch - 1 + (i + 1) / steps_per_epoch,
-                     "train_running_err_pct": 100.0 * (1 - correct / images),
-                     "train_running_loss": loss_sum / images,
-                     "train_seconds": train_seconds + time.perf_counter() - t0}
+            point = {
+                "step": step,
+                "epoch": epoch - 1 + (i + 1) / steps_per_epoch,
+                "train_running_err_pct": 100.0 * (1 - correct / images),
+                "train_running_loss": loss_sum / images,
+                "train_seconds": train_seconds + time.perf_counter() - t0,
+            }
             points.append(point)
             if on_point is not None:
                 on_point(point)
@@ -198,17 +225,26 @@ def train(cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = Tru
         train_seconds += seconds
         if not finite:
             status = DIVERGED
-            history.append({"epoch": epoch, "step": step, "train_running_loss": float("nan"), "lr": lr,
-                            "epoch_seconds": seconds})
+            history.append(
+                {"epoch": epoch, "step": step, "train_running_loss": float("nan"), "lr": lr, "epoch_seconds": seconds}
+            )
             log.warning("loss became NaN/inf in epoch %d; run ends as diverged", epoch)
             break
-        row = {"epoch": epoch, "step": step, "train_running_loss": epoch_loss / n_train,
-               "train_running_err_pct": 100.0 * (1 - epoch_correct / n_train)}
+        row = {
+            "epoch": epoch,
+            "step": step,
+            "train_running_loss": epoch_loss / n_train,
+            "train_running_err_pct": 100.0 * (1 - epoch_correct / n_train),
+        }
         ddp.sync_buffers(model)  # DDP: every rank evaluates rank 0's model, the one the checkpoint holds
         for split in evaluated:
             row.update(evaluate(model, data, split, dtype=cfg.dtype, channels_last=cfg.channels_last, shard=shard))
-        row.update(lr=lr, epoch_seconds=seconds, train_images_per_s=n_train / seconds,
-                   elapsed_seconds=time.perf_counter() - run_start)
+        row.update(
+            lr=lr,
+            epoch_seconds=seconds,
+            train_images_per_s=n_train / seconds,
+            elapsed_seconds=time.perf_counter() - run_start,
+        )
         row = ddp.broadcast_object(row)  # DDP: rank 0's row (its timings), so every rank decides alike
         history.append(row)
         if plateau is not None and step >= warmup:
@@ -237,17 +273,31 @@ def run_training(cfg: TrainConfig, out_dir: Path, *, progress: bool = True, epoc
     ddp.check_split(data.size("train"), cfg.batch_size)  # DDP: so does a last batch too short to split
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / "config.json", json.dumps(
-            {"config": cfg.to_dict(), "environment": {**environment(device), **ddp.describe()}},
-            indent=2, default=str))
+        atomic_write_text(
+            out_dir / "config.json",
+            json.dumps(
+                {"config": cfg.to_dict(), "environment": {**environment(device), **ddp.describe()}},
+                indent=2,
+                default=str,
+            ),
+        )
 
     def on_epoch(row):
         if not main:
             return
         val = f", val err {row['val_top1_err_pct']:.2f}%" if "val_top1_err_pct" in row else ""
-        log.info("epoch %d: running train loss %.4f, running train err %.2f%%%s, test err %.2f%% (top-5 %.2f%%), "
-                 "%.1f s, %.0f img/s", row["epoch"], row["train_running_loss"], row["train_running_err_pct"], val,
-                 row["test_top1_err_pct"], row["test_top5_err_pct"], row["epoch_seconds"], row["train_images_per_s"])
+        log.info(
+            "epoch %d: running train loss %.4f, running train err %.2f%%%s, test err %.2f%% (top-5 %.2f%%), "
+            "%.1f s, %.0f img/s",
+            row["epoch"],
+            row["train_running_loss"],
+            row["train_running_err_pct"],
+            val,
+            row["test_top1_err_pct"],
+            row["test_top5_err_pct"],
+            row["epoch_seconds"],
+            row["train_images_per_s"],
+        )
         write_csv(out_dir / "history.csv", result_rows + [row])
         write_csv(out_dir / "progress.csv", points)
         result_rows.append(row)

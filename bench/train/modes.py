@@ -70,10 +70,18 @@ def add_backend_arguments(p: argparse.ArgumentParser) -> None:
     from bench.train.config import TrainConfig
 
     d = TrainConfig()
-    p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=d.cudnn_benchmark,
-                   help="CUDA: let cuDNN time its convolution algorithms and keep the fastest (default on)")
-    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=d.tf32,
-                   help="CUDA: fp32 matmuls and convolutions on TF32 tensor cores (default on)")
+    p.add_argument(
+        "--cudnn-benchmark",
+        action=argparse.BooleanOptionalAction,
+        default=d.cudnn_benchmark,
+        help="CUDA: let cuDNN time its convolution algorithms and keep the fastest (default on)",
+    )
+    p.add_argument(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=d.tf32,
+        help="CUDA: fp32 matmuls and convolutions on TF32 tensor cores (default on)",
+    )
 
 
 def compile_cache_dir() -> Path:

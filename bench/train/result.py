@@ -41,8 +41,9 @@ def summarize(history: list[dict], status: str, has_val: bool | None = None) -> 
     last = done[-1] if done else {}
     if has_val is None:
         has_val = any(h.get("val_top1_err_pct") is not None for h in done)
-    best = min((h for h in done if h.get("val_top1_err_pct") is not None),
-               key=lambda h: h["val_top1_err_pct"], default={})  # ties: the earliest epoch
+    best = min(
+        (h for h in done if h.get("val_top1_err_pct") is not None), key=lambda h: h["val_top1_err_pct"], default={}
+    )  # ties: the earliest epoch
     return {
         "status": status,
         "epochs_run": len(done),

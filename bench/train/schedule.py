@@ -38,4 +38,5 @@ def plateau_scheduler(optimizer: torch.optim.Optimizer, lr: float, patience: int
     # min_lr sits just below the last allowed value so rounding cannot block the final drop.
     floor = lr * PLATEAU_FACTOR**max_drops * (1 - 1e-6)
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=PLATEAU_FACTOR, patience=patience, threshold=0.0, min_lr=floor)
+        optimizer, mode="min", factor=PLATEAU_FACTOR, patience=patience, threshold=0.0, min_lr=floor
+    )

@@ -46,8 +46,9 @@ def train_step(
 # The step's three phases, apart so that `measure --modes` can time each (timm's --detail).
 
 
-def forward_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 dtype: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+def forward_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str = "fp32"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and mean cross-entropy loss, under autocast."""
     with autocast(x.device, dtype):
         logits = model(x)
@@ -55,8 +56,7 @@ def forward_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return logits, loss
 
 
-def backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-             scaler: torch.amp.GradScaler | None = None) -> None:
+def backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> None:
     """Clear the gradients, then backpropagate `loss` (scaled, with a scaler)."""
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
@@ -95,6 +95,8 @@ def make_optimizer(
     params = list(model.parameters())
     decayed = [p for p in params if decay == "all" or p.ndim > 1]
     ids = {id(p) for p in decayed}
-    groups = [{"params": decayed, "weight_decay": weight_decay},
-              {"params": [p for p in params if id(p) not in ids], "weight_decay": 0.0}]
+    groups = [
+        {"params": decayed, "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) not in ids], "weight_decay": 0.0},
+    ]
     return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum)

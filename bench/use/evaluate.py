@@ -36,11 +36,18 @@ FOLDER = "evaluate"  # inside the run folder
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT", help="a run folder, or its checkpoint.pt")
-    p.add_argument("--data", default=None,
-                   help="cifar10 | PATH to an ImageFolder tree or .tar.gz with the same classes (default: the run's)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="cifar10 | PATH to an ImageFolder tree or .tar.gz with the same classes (default: the run's)",
+    )
     p.add_argument("--data-root", default=None, help="folder holding cifar-10-batches-py/ (default: the run's)")
-    p.add_argument("--test-per-class", type=int, default=None,
-                   help="stratified test subset, images per class (default: the run's on its own data, else all)")
+    p.add_argument(
+        "--test-per-class",
+        type=int,
+        default=None,
+        help="stratified test subset, images per class (default: the run's on its own data, else all)",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default %(default)s)")
     p.add_argument("--out", type=Path, default=None, help=f"output folder (default RUN/{FOLDER})")
 
@@ -66,14 +73,16 @@ def per_class_table(logits: torch.Tensor, y: torch.Tensor, classes: list[str]) -
     off = confusion.clone().fill_diagonal_(-1)
     worst = off.argmax(1)
     confused = off.gather(1, worst[:, None]).squeeze(1).clamp(min=0)
-    frame = pd.DataFrame({
-        "class": classes,
-        "images": images.tolist(),
-        "top1_err_pct": (100 * (images - confusion.diagonal()) / per).tolist(),
-        "top5_err_pct": (100 * (images - in_top5) / per).tolist(),
-        "most_confused_with": [classes[j] if k else None for j, k in zip(worst.tolist(), confused.tolist())],
-        "most_confused_pct": (100 * confused / per).tolist(),
-    })
+    frame = pd.DataFrame(
+        {
+            "class": classes,
+            "images": images.tolist(),
+            "top1_err_pct": (100 * (images - confusion.diagonal()) / per).tolist(),
+            "top5_err_pct": (100 * (images - in_top5) / per).tolist(),
+            "most_confused_with": [classes[j] if k else None for j, k in zip(worst.tolist(), confused.tolist())],
+            "most_confused_pct": (100 * confused / per).tolist(),
+        }
+    )
     return frame, confusion
 
 
@@ -88,16 +97,33 @@ def confusion_figure(confusion: torch.Tensor, classes: list[str], title: str):
     ax = fig.add_subplot()
     labels = classes if n <= 60 else False
     with sns.axes_style("white"):
-        sns.heatmap(pct, ax=ax, annot=n <= 20, fmt=".0f", cmap="Blues", vmin=0, vmax=100, square=True,
-                    xticklabels=labels, yticklabels=labels, cbar_kws={"label": "% of the true class"})
+        sns.heatmap(
+            pct,
+            ax=ax,
+            annot=n <= 20,
+            fmt=".0f",
+            cmap="Blues",
+            vmin=0,
+            vmax=100,
+            square=True,
+            xticklabels=labels,
+            yticklabels=labels,
+            cbar_kws={"label": "% of the true class"},
+        )
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title, fontsize=11)
     return fig
 
 
-def evaluate_run(path, data: str | None = None, data_root: str | None = None, device: str = "auto",
-                 out: Path | None = None, test_per_class: int | None = None) -> dict:
+def evaluate_run(
+    path,
+    data: str | None = None,
+    data_root: str | None = None,
+    device: str = "auto",
+    out: Path | None = None,
+    test_per_class: int | None = None,
+) -> dict:
     """Evaluate a run's checkpoint on a test split and write the files; returns the summary."""
     ckpt, model, dev = load_model(path, device)
     cfg = ckpt.train_config()
@@ -107,8 +133,10 @@ def evaluate_run(path, data: str | None = None, data_root: str | None = None, de
     cfg = cfg.replace(data_root=data_root or cfg.data_root, test_per_class=test_per_class or cfg.test_per_class)
     dataset = load_data(data_spec(cfg))
     if list(dataset.classes) != list(ckpt.classes):
-        raise UserError(f"the classes of {dataset.provenance['data_source']} ({', '.join(dataset.classes[:5])}, ...) "
-                        f"are not the checkpoint's ({', '.join(ckpt.classes[:5])}, ...); pass --data with its classes")
+        raise UserError(
+            f"the classes of {dataset.provenance['data_source']} ({', '.join(dataset.classes[:5])}, ...) "
+            f"are not the checkpoint's ({', '.join(ckpt.classes[:5])}, ...); pass --data with its classes"
+        )
     # The model's own normalisation: refitting on another copy of the data would shift its inputs.
     dataset = dataclasses.replace(dataset, normalizer=ckpt.normalizer).to(dev)
     numbers = evaluate(model, dataset, dtype=cfg.dtype)
@@ -117,9 +145,15 @@ def evaluate_run(path, data: str | None = None, data_root: str | None = None, de
     out = Path(out) if out is not None else ckpt.path.parent / FOLDER
     source = dataset.provenance["data_source"]
     summary = {
-        **numbers, "test_images": len(dataset.test_y), "classes": len(ckpt.classes), "data_source": source,
-        "data_path": dataset.provenance.get("data_path"), "checkpoint": str(ckpt.path), "model": ckpt.model_name,
-        "device": dev.type, "dtype": cfg.dtype,
+        **numbers,
+        "test_images": len(dataset.test_y),
+        "classes": len(ckpt.classes),
+        "data_source": source,
+        "data_path": dataset.provenance.get("data_path"),
+        "checkpoint": str(ckpt.path),
+        "model": ckpt.model_name,
+        "device": dev.type,
+        "dtype": cfg.dtype,
         "run_final_test_top1_err_pct": ckpt.metrics.get("final_test_top1_err_pct"),
         "run_final_test_top5_err_pct": ckpt.metrics.get("final_test_top5_err_pct"),
     }
@@ -132,11 +166,18 @@ def evaluate_run(path, data: str | None = None, data_root: str | None = None, de
     _write_bytes(out / "confusion.png", png.getvalue())
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
     worst = frame.sort_values("top1_err_pct", ascending=False).head(3)
-    log.info("%s on %s: test error %.2f%% (top-5 %.2f%%) over %d images (the run ended at %s); "
-             "worst classes: %s; wrote %s/{summary.json,per_class.csv,confusion.png}",
-             ckpt.model_name, source, numbers["test_top1_err_pct"], numbers["test_top5_err_pct"],
-             len(dataset.test_y), _pct(summary["run_final_test_top1_err_pct"]),
-             ", ".join(f"{c} {e:.1f}%" for c, e in zip(worst["class"], worst["top1_err_pct"])), out)
+    log.info(
+        "%s on %s: test error %.2f%% (top-5 %.2f%%) over %d images (the run ended at %s); "
+        "worst classes: %s; wrote %s/{summary.json,per_class.csv,confusion.png}",
+        ckpt.model_name,
+        source,
+        numbers["test_top1_err_pct"],
+        numbers["test_top5_err_pct"],
+        len(dataset.test_y),
+        _pct(summary["run_final_test_top1_err_pct"]),
+        ", ".join(f"{c} {e:.1f}%" for c, e in zip(worst["class"], worst["top1_err_pct"])),
+        out,
+    )
     return summary
 
 

@@ -58,23 +58,31 @@ def predict(path, images: list[str], k: int = 5, device: str = "auto") -> dict:
     norm, size = ckpt.normalizer.to(dev), ckpt.input_size
     rows, modes, sizes = [], {}, {}
     for start in range(0, len(files), CHUNK):
-        chunk = files[start:start + CHUNK]
+        chunk = files[start : start + CHUNK]
         decoded = [_decode(f.read_bytes(), str(f), size) for f in chunk]
         x = norm(torch.stack([d.image for d in decoded]).to(dev))
         probs, idx = top_k(model(x), k)
         for f, d, p, i in zip(chunk, decoded, probs.tolist(), idx.tolist()):
             modes[d.mode] = modes.get(d.mode, 0) + 1
             sizes[d.size] = sizes.get(d.size, 0) + 1
-            rows.append({
-                "image": str(f), "mode": d.mode, "size": list(d.size),
-                "conversion": describe_conversion({d.mode: 1}, {d.size: 1}, size),
-                "top": [{"class": ckpt.classes[c], "probability": q} for q, c in zip(p, i)],
-            })
+            rows.append(
+                {
+                    "image": str(f),
+                    "mode": d.mode,
+                    "size": list(d.size),
+                    "conversion": describe_conversion({d.mode: 1}, {d.size: 1}, size),
+                    "top": [{"class": ckpt.classes[c], "probability": q} for q, c in zip(p, i)],
+                }
+            )
     resized = {s: n for s, n in sizes.items() if s != (size, size)} or {(size, size): 1}  # name only the changed
     return {
-        "checkpoint": str(ckpt.path), "model": ckpt.model_name, "input_size": size,
-        "preprocess": ckpt.normalizer.mode, "classes": len(ckpt.classes),
-        "conversion": describe_conversion(modes, resized, size), "predictions": rows,
+        "checkpoint": str(ckpt.path),
+        "model": ckpt.model_name,
+        "input_size": size,
+        "preprocess": ckpt.normalizer.mode,
+        "classes": len(ckpt.classes),
+        "conversion": describe_conversion(modes, resized, size),
+        "predictions": rows,
     }
 
 

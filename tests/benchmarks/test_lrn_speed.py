@@ -153,4 +153,5 @@ def test_alexnet_lrn_overhead(benchmark, fused_cpu):
     overhead = medians["lrn"] / medians["none"]
     benchmark.extra_info["lrn_overhead"] = overhead
     assert overhead <= MAX_LRN_OVERHEAD, (
-        f"AlexNet's training step is {overhead:.3f}x as long with LRN, the goal is at most {MAX_LRN_OVERHEAD}x")
+        f"AlexNet's training step is {overhead:.3f}x as long with LRN, the goal is at most {MAX_LRN_OVERHEAD}x"
+    )

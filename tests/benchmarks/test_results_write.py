@@ -29,11 +29,32 @@ def cell(i: int) -> tuple[dict, list[dict]]:
     """A runs row and its history shaped like a real cell's: ~60 columns, 30 epochs."""
     cid = f"{i:012x}"
     keys = {"study": "bench", "profile": "gpu", "cell_id": cid, "activation": ("relu", "tanh")[i % 2], "seed": i % 3}
-    row = {**keys, "is_baseline": False, "status": "ok", "error": None, "device": "cuda", "torch": "2.14.1",
-           **{f"cfg_{k}": 0.01 * k for k in range(20)}, **{f"metric_{k}": i / (k + 1) for k in range(30)}}
-    history = [{**keys, "epoch": e, "train_running_loss": 2.3 / e, "train_running_err_pct": 90.0 / e, "test_loss": 2.2 / e,
-                "test_top1_err_pct": 88.0 / e, "test_top5_err_pct": 50.0 / e, "lr": 0.01, "epoch_seconds": 12.5,
-                "train_images_per_s": 4000.0 + e, "elapsed_seconds": 12.5 * e} for e in range(1, EPOCHS + 1)]
+    row = {
+        **keys,
+        "is_baseline": False,
+        "status": "ok",
+        "error": None,
+        "device": "cuda",
+        "torch": "2.14.1",
+        **{f"cfg_{k}": 0.01 * k for k in range(20)},
+        **{f"metric_{k}": i / (k + 1) for k in range(30)},
+    }
+    history = [
+        {
+            **keys,
+            "epoch": e,
+            "train_running_loss": 2.3 / e,
+            "train_running_err_pct": 90.0 / e,
+            "test_loss": 2.2 / e,
+            "test_top1_err_pct": 88.0 / e,
+            "test_top5_err_pct": 50.0 / e,
+            "lr": 0.01,
+            "epoch_seconds": 12.5,
+            "train_images_per_s": 4000.0 + e,
+            "elapsed_seconds": 12.5 * e,
+        }
+        for e in range(1, EPOCHS + 1)
+    ]
     return row, history
 
 
@@ -68,7 +89,8 @@ def test_record_one_cell(benchmark, folders, n_cells):
     if n_cells == large and small in _medians:
         assert _medians[large] <= 2 * _medians[small], (
             f"recording a cell took {_medians[large] * 1e3:.2f} ms with {large} cells recorded, "
-            f"more than twice the {_medians[small] * 1e3:.2f} ms with {small}")
+            f"more than twice the {_medians[small] * 1e3:.2f} ms with {small}"
+        )
 
 
 @pytest.mark.parametrize("n_cells", SIZES)

@@ -49,9 +49,13 @@ def build(out: Output, outcome: Outcome) -> None:
     eff = effects(sd)
     s = Section("Effects of the design choices")
     s.text.append("Each configuration differs from the baseline in one factor. " + DIFF_NOTE)
-    out.figure(out.guarded("the ablation effects", ablation, sd, eff), "ablation_effects",
-               "Test top-1 error per configuration and its difference from the baseline (bars: 95% intervals "
-               "where there are two or more seeds); hollow markers: the paper's reported effect.", s)
+    out.figure(
+        out.guarded("the ablation effects", ablation, sd, eff),
+        "ablation_effects",
+        "Test top-1 error per configuration and its difference from the baseline (bars: 95% intervals "
+        "where there are two or more seeds); hollow markers: the paper's reported effect.",
+        s,
+    )
     out.table(effects_table(sd, eff), eff, s)
     outcome.sections.append(s)
     o = out.guarded("the overfitting section", overfit.section, out)
@@ -61,6 +65,7 @@ def build(out: Output, outcome: Outcome) -> None:
 
 
 # --- the table --------------------------------------------------------------------------
+
 
 def _paper_column(factor: str, level: str) -> str:
     parts = []
@@ -76,28 +81,49 @@ def _paper_column(factor: str, level: str) -> str:
 
 def effects_table(sd: StudyData, eff: pd.DataFrame) -> fmt.Table:
     _, train_desc, _ = throughput_sources(sd)
-    columns = ["configuration", "params", macs_header(sd), f"train images/s ({train_desc})",
-               "test top-1 err. % (mean ± sd)", "95% CI (%)", "test top-5 err. % (mean ± sd)",
-               f"Δ top-1 vs baseline, pp [95% {diff_header(eff)} CI]", "Δ: method, n", "paper: Δ top-1, pp"]
+    columns = [
+        "configuration",
+        "params",
+        macs_header(sd),
+        f"train images/s ({train_desc})",
+        "test top-1 err. % (mean ± sd)",
+        "95% CI (%)",
+        "test top-5 err. % (mean ± sd)",
+        f"Δ top-1 vs baseline, pp [95% {diff_header(eff)} CI]",
+        "Δ: method, n",
+        "paper: Δ top-1, pp",
+    ]
     rows = []
     for _, r in eff.iterrows():
         n = int(r["n"])
-        rows.append([
-            r["config"], fmt.count(r["params"]), fmt.count(r["macs"]), fmt.rate(r["train_ips"]),
-            fmt.mean_sd(r["top1_mean"], r["top1_sd"], n, why_missing=missing_reason(r)),
-            fmt.interval(r["top1_lo"], r["top1_hi"], n),
-            fmt.mean_sd(r["top5_mean"], r["top5_sd"], int(r["top5_n"]), why_missing=missing_reason(r)),
-            "(reference)" if r["is_baseline"] else fmt.diff_with_interval(
-                r["diff"], r["diff_lo"], r["diff_hi"], (int(r["diff_n"]),) * 2),
-            "" if r["is_baseline"] else method_text(r),
-            _paper_column(r["factor"], r["level"]),
-        ])
+        rows.append(
+            [
+                r["config"],
+                fmt.count(r["params"]),
+                fmt.count(r["macs"]),
+                fmt.rate(r["train_ips"]),
+                fmt.mean_sd(r["top1_mean"], r["top1_sd"], n, why_missing=missing_reason(r)),
+                fmt.interval(r["top1_lo"], r["top1_hi"], n),
+                fmt.mean_sd(r["top5_mean"], r["top5_sd"], int(r["top5_n"]), why_missing=missing_reason(r)),
+                "(reference)"
+                if r["is_baseline"]
+                else fmt.diff_with_interval(r["diff"], r["diff_lo"], r["diff_hi"], (int(r["diff_n"]),) * 2),
+                "" if r["is_baseline"] else method_text(r),
+                _paper_column(r["factor"], r["level"]),
+            ]
+        )
     data = ", ".join(dict.fromkeys(sd.column("data_source").dropna().astype(str))) or "unknown data"
-    return fmt.Table("ablation_effects", f"{sd.study} ({sd.profile}): effect of each design choice on test error "
-                     f"({data})", columns, rows, effects_notes(sd, eff))
+    return fmt.Table(
+        "ablation_effects",
+        f"{sd.study} ({sd.profile}): effect of each design choice on test error ({data})",
+        columns,
+        rows,
+        effects_notes(sd, eff),
+    )
 
 
 # --- the ablation effects figure -------------------------------------------------------
+
 
 def ablation(sd: StudyData, eff: pd.DataFrame) -> Figure:
     """Test error per configuration beside the baseline, and the difference from it, sorted."""
@@ -122,24 +148,54 @@ def ablation(sd: StudyData, eff: pd.DataFrame) -> Figure:
         n = int(r["n"])
         for claim in claims_for(factor, r["level"], "top1_diff") if factor else []:  # even where not measured
             used_markers.add(claim.data)
-            ax2.plot([claim.paper_diff], [i], marker=PAPER_MARKERS.get(claim.data, "^"), ms=8, mfc="none",
-                     mec="black", mew=1.4, linestyle="none", zorder=4)
+            ax2.plot(
+                [claim.paper_diff],
+                [i],
+                marker=PAPER_MARKERS.get(claim.data, "^"),
+                ms=8,
+                mfc="none",
+                mec="black",
+                mew=1.4,
+                linestyle="none",
+                zorder=4,
+            )
         if n == 0:
             why = "not run" if r["cells"] == 0 else (r["failed"] or "no finished cell")
-            ax1.text(0.5, i, f"missing ({why})", transform=ax1.get_yaxis_transform(), ha="center",
-                     va="center", fontsize=9.5, color="0.4", style="italic")
+            ax1.text(
+                0.5,
+                i,
+                f"missing ({why})",
+                transform=ax1.get_yaxis_transform(),
+                ha="center",
+                va="center",
+                fontsize=9.5,
+                color="0.4",
+                style="italic",
+            )
             continue
         xerr = [[r["top1_mean"] - r["top1_lo"]], [r["top1_hi"] - r["top1_mean"]]] if n > 1 else None
-        ax1.errorbar(r["top1_mean"], i, xerr=xerr, fmt="o", color=c, ms=8, capsize=3, elinewidth=2, mec="black",
-                     mew=0.6, zorder=3)
+        ax1.errorbar(
+            r["top1_mean"],
+            i,
+            xerr=xerr,
+            fmt="o",
+            color=c,
+            ms=8,
+            capsize=3,
+            elinewidth=2,
+            mec="black",
+            mew=0.6,
+            zorder=3,
+        )
         if factor is None:
             ax2.text(0, i, "  reference", ha="left", va="center", fontsize=9.5, color="0.35")
             continue
         if not math.isnan(r["diff"]):
             interval = int(r["diff_n"]) >= 2 and math.isfinite(r["diff_lo"])
             derr = [[r["diff"] - r["diff_lo"]], [r["diff_hi"] - r["diff"]]] if interval else None
-            ax2.errorbar(r["diff"], i, xerr=derr, fmt="o", color=c, ms=8, capsize=3, elinewidth=2, mec="black",
-                         mew=0.6, zorder=3)
+            ax2.errorbar(
+                r["diff"], i, xerr=derr, fmt="o", color=c, ms=8, capsize=3, elinewidth=2, mec="black", mew=0.6, zorder=3
+            )
     ax1.margins(x=0.08)
     labels = [config_label(r["factor"] or None, r["level"] or None) + f"  (n={int(r['n'])})" for r in rows]
     ax1.set_yticks(range(k), labels)
@@ -149,32 +205,61 @@ def ablation(sd: StudyData, eff: pd.DataFrame) -> Figure:
     several = any(int(r["n"]) > 1 for r in rows)
     ax1.set_title("error per configuration" + (" (95% t-interval)" if several else ""))
     differences = eff[~eff["is_baseline"]]
-    ax2.set_title("difference from the baseline" + (f" (95% {diff_header(eff)} interval)"
-                                                   if (differences["diff_n"] >= 2).any() else ""))
+    ax2.set_title(
+        "difference from the baseline"
+        + (f" (95% {diff_header(eff)} interval)" if (differences["diff_n"] >= 2).any() else "")
+    )
     lo, hi = ax2.get_xlim()
     span = max(abs(lo), abs(hi), 0.5)
     ax2.set_xlim(-span * 1.1, span * 1.1)
     handles = [Line2D([], [], marker="o", color="0.3", linestyle="none", ms=8, label="measured")]
-    handles += [Line2D([], [], marker=PAPER_MARKERS.get(d, "^"), mfc="none", mec="black", mew=1.4,
-                       linestyle="none", ms=8, label=f"paper ({d})") for d in sorted(used_markers)]
-    ax2.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=len(handles), fontsize=9.5,
-               frameon=False, handletextpad=0.3, columnspacing=1.2)
+    handles += [
+        Line2D(
+            [],
+            [],
+            marker=PAPER_MARKERS.get(d, "^"),
+            mfc="none",
+            mec="black",
+            mew=1.4,
+            linestyle="none",
+            ms=8,
+            label=f"paper ({d})",
+        )
+        for d in sorted(used_markers)
+    ]
+    ax2.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.13),
+        ncol=len(handles),
+        fontsize=9.5,
+        frameon=False,
+        handletextpad=0.3,
+        columnspacing=1.2,
+    )
     fig.suptitle(f"{sd.study}: effect of each design choice on test error ({sd.profile} profile)")
     seeds = sorted(sd.runs["seed"].unique())
-    notes = [f"Measured on {plot.unique(sd, 'data_source') or 'unknown data'}, seeds {', '.join(str(s) for s in seeds)}; "
-             "hollow markers: the paper's reported effect. Sorted by the measured difference; "
-             "positive = the change raises error."]
-    single = [config_label(r["factor"] or None, r["level"] or None) for r in rows
-              if int(r["n"]) == 1 or (r["factor"] and int(r["n"]) and int(r["diff_n"]) < 2)]
+    notes = [
+        f"Measured on {plot.unique(sd, 'data_source') or 'unknown data'}, seeds {', '.join(str(s) for s in seeds)}; "
+        "hollow markers: the paper's reported effect. Sorted by the measured difference; "
+        "positive = the change raises error."
+    ]
+    single = [
+        config_label(r["factor"] or None, r["level"] or None)
+        for r in rows
+        if int(r["n"]) == 1 or (r["factor"] and int(r["n"]) and int(r["diff_n"]) < 2)
+    ]
     if single and len(single) == sum(int(r["n"]) > 0 for r in rows):
-        notes.insert(0, "One seed per configuration: points only, no intervals, so no difference here is "
-                        "resolvable.")
+        notes.insert(0, "One seed per configuration: points only, no intervals, so no difference here is resolvable.")
     elif single:
-        notes.insert(0, f"One seed (or one in common with the baseline), so a point with no interval: "
-                        f"{', '.join(single)}.")
+        notes.insert(
+            0, f"One seed (or one in common with the baseline), so a point with no interval: {', '.join(single)}."
+        )
     if (differences["diff_n"] >= 2).any():
         paired = (differences["diff_method"] == PAIRED).all()
-        notes.append("Differences: paired over the seeds both configurations share (Student t on the per-seed "
-                     "differences)" + ("." if paired else "; Welch's interval where they share none."))
+        notes.append(
+            "Differences: paired over the seeds both configurations share (Student t on the per-seed "
+            "differences)" + ("." if paired else "; Welch's interval where they share none.")
+        )
     plot.note(fig, notes)
     return fig

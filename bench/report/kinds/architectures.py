@@ -43,10 +43,18 @@ def build(out: Output, outcome: Outcome) -> None:
     sd = out.sd
     eff = in_level_order(sd, effects(sd))
     s = Section("Architectures: error, size, compute and throughput")
-    out.figure(out.guarded("error vs cost", architectures_cost, sd, eff), "architectures_error_vs_cost",
-               "Test top-1 error vs multiply-adds per image and vs parameters (log scales).", s)
-    out.figure(out.guarded("throughput", architectures_throughput, sd, eff), "architectures_throughput",
-               "Training and inference throughput, images/s.", s)
+    out.figure(
+        out.guarded("error vs cost", architectures_cost, sd, eff),
+        "architectures_error_vs_cost",
+        "Test top-1 error vs multiply-adds per image and vs parameters (log scales).",
+        s,
+    )
+    out.figure(
+        out.guarded("throughput", architectures_throughput, sd, eff),
+        "architectures_throughput",
+        "Training and inference throughput, images/s.",
+        s,
+    )
     out.table(architectures_table(sd, eff), eff, s)
     outcome.sections.append(s)
     outcome.effects = eff
@@ -54,36 +62,57 @@ def build(out: Output, outcome: Outcome) -> None:
 
 # --- the table --------------------------------------------------------------------------
 
+
 def architectures_table(sd: StudyData, eff: pd.DataFrame) -> fmt.Table:
     train_col, train_desc, infer_col = throughput_sources(sd)
     ref = eff.loc[eff["is_baseline"], "config"]
-    ref = ref.iloc[0].split(" = ")[-1] if len(ref) and ref.iloc[0] != "baseline" else (
-        next(iter(sd.baseline.values())) if sd.baseline else "baseline")
-    columns = ["architecture", "params", macs_header(sd), flops_header(sd),
-               f"train images/s ({train_desc})", "inference images/s (model only)",
-               "test top-1 err. % (mean ± sd)", "test top-5 err. % (mean ± sd)",
-               f"Δ top-1 vs {ref}, pp [95% {diff_header(eff)} CI]", "Δ: method, n"]
+    ref = (
+        ref.iloc[0].split(" = ")[-1]
+        if len(ref) and ref.iloc[0] != "baseline"
+        else (next(iter(sd.baseline.values())) if sd.baseline else "baseline")
+    )
+    columns = [
+        "architecture",
+        "params",
+        macs_header(sd),
+        flops_header(sd),
+        f"train images/s ({train_desc})",
+        "inference images/s (model only)",
+        "test top-1 err. % (mean ± sd)",
+        "test top-5 err. % (mean ± sd)",
+        f"Δ top-1 vs {ref}, pp [95% {diff_header(eff)} CI]",
+        "Δ: method, n",
+    ]
     rows = []
     for _, r in eff.iterrows():
         n = int(r["n"])
         name = r["level"] or ref
-        rows.append([
-            name, fmt.count(r["params"]), fmt.count(r["macs"]), fmt.count(r["flops"]),
-            fmt.rate(r["train_ips"]), fmt.rate(r["infer_ips"]) if infer_col else "not measured",
-            fmt.mean_sd(r["top1_mean"], r["top1_sd"], n, why_missing=missing_reason(r)),
-            fmt.mean_sd(r["top5_mean"], r["top5_sd"], int(r["top5_n"]), why_missing=missing_reason(r)),
-            "(reference)" if r["is_baseline"] else fmt.diff_with_interval(
-                r["diff"], r["diff_lo"], r["diff_hi"], (int(r["diff_n"]),) * 2),
-            "" if r["is_baseline"] else method_text(r),
-        ])
+        rows.append(
+            [
+                name,
+                fmt.count(r["params"]),
+                fmt.count(r["macs"]),
+                fmt.count(r["flops"]),
+                fmt.rate(r["train_ips"]),
+                fmt.rate(r["infer_ips"]) if infer_col else "not measured",
+                fmt.mean_sd(r["top1_mean"], r["top1_sd"], n, why_missing=missing_reason(r)),
+                fmt.mean_sd(r["top5_mean"], r["top5_sd"], int(r["top5_n"]), why_missing=missing_reason(r)),
+                "(reference)"
+                if r["is_baseline"]
+                else fmt.diff_with_interval(r["diff"], r["diff_lo"], r["diff_hi"], (int(r["diff_n"]),) * 2),
+                "" if r["is_baseline"] else method_text(r),
+            ]
+        )
     notes = effects_notes(sd, eff)
     if not infer_col:
         notes.append("Inference throughput was not measured at this profile (measure = none).")
-    return fmt.Table("architectures", f"{sd.study} ({sd.profile}): size, cost, throughput and test error",
-                     columns, rows, notes)
+    return fmt.Table(
+        "architectures", f"{sd.study} ({sd.profile}): size, cost, throughput and test error", columns, rows, notes
+    )
 
 
 # --- the figures --------------------------------------------------------------------------
+
 
 def _place_labels(ax, points: list[tuple[float, float, str]], fontsize: float = 9.5) -> None:
     """Label each point beside it: of 16 spots around it (near, then farther with a leader line),
@@ -94,8 +123,16 @@ def _place_labels(ax, points: list[tuple[float, float, str]], fontsize: float = 
     dots = [tuple(ax.transData.transform((x, y))) for x, y, _ in points]
     frame = ax.get_window_extent()
     placed: list[tuple[float, float, float, float]] = []
-    near = [(7, 4, "left", "bottom"), (7, -4, "left", "top"), (-7, 4, "right", "bottom"), (-7, -4, "right", "top"),
-            (0, 9, "center", "bottom"), (0, -9, "center", "top"), (10, 0, "left", "center"), (-10, 0, "right", "center")]
+    near = [
+        (7, 4, "left", "bottom"),
+        (7, -4, "left", "top"),
+        (-7, 4, "right", "bottom"),
+        (-7, -4, "right", "top"),
+        (0, 9, "center", "bottom"),
+        (0, -9, "center", "top"),
+        (10, 0, "left", "center"),
+        (-10, 0, "right", "center"),
+    ]
     spots = near + [(dx * 2.6, dy * 2.6, ha, va) for dx, dy, ha, va in near]
 
     def overlap(a, b) -> float:
@@ -119,8 +156,17 @@ def _place_labels(ax, points: list[tuple[float, float, str]], fontsize: float = 
         _, rank, (dx, dy, ha, va), box = best
         placed.append(box)
         arrow = dict(arrowstyle="-", color="0.5", lw=0.7, shrinkA=0, shrinkB=4) if rank >= len(near) else None
-        ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=fontsize,
-                    color="0.15", arrowprops=arrow)
+        ax.annotate(
+            text,
+            (x, y),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            ha=ha,
+            va=va,
+            fontsize=fontsize,
+            color="0.15",
+            arrowprops=arrow,
+        )
 
 
 def _log_limits(values: np.ndarray) -> tuple[float, float]:
@@ -138,15 +184,18 @@ def architectures_cost(sd: StudyData, eff: pd.DataFrame) -> Figure:
     notes = []
     ys = np.concatenate([ok[c].to_numpy(dtype=float) for c in ("top1_mean", "top1_lo", "top1_hi")])
     ys = ys[np.isfinite(ys)]
-    panels = ((axes[0], "macs", "MACs per image (conv + FC multiply-adds, forward pass; log scale)"),
-              (axes[1], "params", "parameters (log scale)"))
+    panels = (
+        (axes[0], "macs", "MACs per image (conv + FC multiply-adds, forward pass; log scale)"),
+        (axes[1], "params", "parameters (log scale)"),
+    )
     for ax, column, xlabel in panels:
         have = ok[ok[column].notna() & (ok[column] > 0)]
         for _, r in have.iterrows():
             c = colors[(FACTOR, _arch(r, sd))]
             yerr = [[r["top1_mean"] - r["top1_lo"]], [r["top1_hi"] - r["top1_mean"]]] if r["n"] > 1 else None
-            ax.errorbar(r[column], r["top1_mean"], yerr=yerr, fmt="o", ms=9, color=c, mec="black", mew=0.7,
-                        capsize=3, zorder=3)
+            ax.errorbar(
+                r[column], r["top1_mean"], yerr=yerr, fmt="o", ms=9, color=c, mec="black", mew=0.7, capsize=3, zorder=3
+            )
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.xaxis.set_minor_formatter(NullFormatter())
@@ -154,8 +203,9 @@ def architectures_cost(sd: StudyData, eff: pd.DataFrame) -> Figure:
         if len(have):
             ax.set_xlim(*_log_limits(have[column].to_numpy(dtype=float)))
         if len(have) < len(ok):
-            notes.append(f"no {column} for: " + ", ".join(_arch(r, sd) for _, r in ok.iterrows()
-                                                          if not (r[column] > 0)))
+            notes.append(
+                f"no {column} for: " + ", ".join(_arch(r, sd) for _, r in ok.iterrows() if not (r[column] > 0))
+            )
     if len(ys):
         span = max(float(np.nanmax(ys) - np.nanmin(ys)), 2.0)
         axes[0].set_ylim(float(np.nanmin(ys)) - 0.12 * span, float(np.nanmax(ys)) + 0.12 * span)
@@ -167,13 +217,19 @@ def architectures_cost(sd: StudyData, eff: pd.DataFrame) -> Figure:
         _place_labels(ax, [(r[column], r["top1_mean"], _arch(r, sd)) for _, r in have.iterrows()])
     missing = eff[eff["n"] == 0]
     if len(missing):
-        notes.append("not shown (no finished cell): " + ", ".join(
-            f"{_arch(r, sd)} ({'not run' if r['cells'] == 0 else r['failed']})" for _, r in missing.iterrows()))
+        notes.append(
+            "not shown (no finished cell): "
+            + ", ".join(
+                f"{_arch(r, sd)} ({'not run' if r['cells'] == 0 else r['failed']})" for _, r in missing.iterrows()
+            )
+        )
     if (ok["n"] > 1).any():
         notes.append("Bars: 95% t-interval over seeds.")
     elif len(ok):
         notes.append("One seed per architecture: no intervals.")
-    fig.suptitle(f"{sd.study}: test error vs cost ({sd.profile} profile, data: {plot.unique(sd, 'data_source') or 'unknown'})")
+    fig.suptitle(
+        f"{sd.study}: test error vs cost ({sd.profile} profile, data: {plot.unique(sd, 'data_source') or 'unknown'})"
+    )
     plot.note(fig, notes)
     return fig
 
@@ -190,8 +246,10 @@ def architectures_throughput(sd: StudyData, eff: pd.DataFrame) -> Figure:
     order = [_arch(r, sd) for _, r in eff.iterrows()]
     by_level = plot.level_colors(sd)
     colors = [by_level[(FACTOR, a)] for a in order]
-    for ax, column, title in ((axes[0], "train_ips", f"training ({train_desc})"),
-                              (axes[1], "infer_ips", "inference (model only)")):
+    for ax, column, title in (
+        (axes[0], "train_ips", f"training ({train_desc})"),
+        (axes[1], "infer_ips", "inference (model only)"),
+    ):
         values = eff[column].to_numpy(dtype=float)
         finite = values[np.isfinite(values) & (values > 0)]
         ax.set_title(title, fontsize=11)
@@ -199,8 +257,16 @@ def architectures_throughput(sd: StudyData, eff: pd.DataFrame) -> Figure:
         ax.set_ylim(len(order) - 0.5, -0.5)
         ax.set_xlabel("images/s" + (" (log scale)" if len(finite) and finite.max() / finite.min() > 30 else ""))
         if column == "infer_ips" and infer_col is None:
-            ax.text(0.5, 0.5, "not measured at this profile\n(measure = none)", transform=ax.transAxes,
-                    ha="center", va="center", color="0.4", style="italic")
+            ax.text(
+                0.5,
+                0.5,
+                "not measured at this profile\n(measure = none)",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                color="0.4",
+                style="italic",
+            )
             ax.set_xticks([])
             ax.set_xlabel("")
             ax.grid(False)
@@ -218,11 +284,23 @@ def architectures_throughput(sd: StudyData, eff: pd.DataFrame) -> Figure:
             else:
                 r = eff.iloc[i]
                 why = "not run" if r["cells"] == 0 else (r["failed"] or "not measured")
-                ax.text(left if log else 0, i, f"  missing ({why})", va="center", ha="left", fontsize=9,
-                        color="0.4", style="italic")
+                ax.text(
+                    left if log else 0,
+                    i,
+                    f"  missing ({why})",
+                    va="center",
+                    ha="left",
+                    fontsize=9,
+                    color="0.4",
+                    style="italic",
+                )
         ax.set_xlim(left, finite.max() * (4 if log else 1.25))
         ax.grid(axis="y", visible=False)
-    fig.suptitle(f"{sd.study}: throughput, images/s ({sd.profile} profile, {plot.unique(sd, 'device_name') or 'device unknown'})")
-    plot.note(fig, ["Mean over seeds of each cell's median. Training throughput includes the backward pass and "
-                "optimizer step."])
+    fig.suptitle(
+        f"{sd.study}: throughput, images/s ({sd.profile} profile, {plot.unique(sd, 'device_name') or 'device unknown'})"
+    )
+    plot.note(
+        fig,
+        ["Mean over seeds of each cell's median. Training throughput includes the backward pass and optimizer step."],
+    )
     return fig

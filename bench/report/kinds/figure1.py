@@ -63,8 +63,7 @@ FAST, SLOW = "relu", "tanh"  # the paper's pair: ratio = SLOW epochs / FAST epoc
 
 
 def applies(sd: StudyData) -> bool:
-    return (sd.target is not None and "activation" in sd.factors
-            and sd.target["metric"] in sd.history.columns)
+    return sd.target is not None and "activation" in sd.factors and sd.target["metric"] in sd.history.columns
 
 
 def build(out: Output, outcome: Outcome) -> None:
@@ -77,21 +76,29 @@ def build(out: Output, outcome: Outcome) -> None:
     grid = mark_chosen(grid, chosen)
     ratios = speedups(chosen)
     s = Section(f"Figure 1: epochs to {target_label(sd)}, ReLU vs tanh")
-    s.text.append("The paper (section 3.1, Figure 1): a four-layer convolutional network on CIFAR-10 reaches 25% "
-                  "training error six times faster with ReLUs than with tanh units, each with its learning rate "
-                  "chosen to train as fast as possible. Here each activation's learning rate is chosen the same way "
-                  "from the study's grid, on training error (what the paper plots), never on test error: the rate "
-                  "whose cells first reach the target; see the table's notes.")
+    s.text.append(
+        "The paper (section 3.1, Figure 1): a four-layer convolutional network on CIFAR-10 reaches 25% "
+        "training error six times faster with ReLUs than with tanh units, each with its learning rate "
+        "chosen to train as fast as possible. Here each activation's learning rate is chosen the same way "
+        "from the study's grid, on training error (what the paper plots), never on test error: the rate "
+        "whose cells first reach the target; see the table's notes."
+    )
     if not sd.target["metric"].startswith("train_"):
-        sd.notes.warn(f"the study's target is {sd.target['metric']}, not a training error: the learning rates "
-                      "below are chosen on it")
+        sd.notes.warn(
+            f"the study's target is {sd.target['metric']}, not a training error: the learning rates "
+            "below are chosen on it"
+        )
     warnings = edge_warnings(chosen)
     for line in warnings:
         log.warning("%s: %s", sd.label, line)
     s.text += [f"**Warning:** {line}." for line in warnings]
-    out.figure(out.guarded("Figure 1", figure1, sd, chosen, ratios), "figure1",
-               "Training error vs epochs at each activation's fastest learning rate; dotted line: the target; "
-               "dots: the epoch each activation first reaches it.", s)
+    out.figure(
+        out.guarded("Figure 1", figure1, sd, chosen, ratios),
+        "figure1",
+        "Training error vs epochs at each activation's fastest learning rate; dotted line: the target; "
+        "dots: the epoch each activation first reaches it.",
+        s,
+    )
     out.table(figure1_table(sd, chosen, ratios), chosen, s)
     out.table(lr_grid_table(sd, grid), grid, s)
     outcome.sections.append(s)
@@ -100,8 +107,11 @@ def build(out: Output, outcome: Outcome) -> None:
 
 
 def target_label(sd: StudyData) -> str:
-    what = {RUNNING_TRAIN_EPOCH: "training error", CLEAN_TRAIN_EPOCH: "clean training error",
-            "test_top1_err_pct": "test top-1 error"}
+    what = {
+        RUNNING_TRAIN_EPOCH: "training error",
+        CLEAN_TRAIN_EPOCH: "clean training error",
+        "test_top1_err_pct": "test top-1 error",
+    }
     return f"{sd.target['value']:g}% {what.get(sd.target['metric'], sd.target['metric'])}"
 
 
@@ -120,8 +130,7 @@ def cell_epochs(sd: StudyData) -> pd.DataFrame:
         h = h.sort_values("epoch")
         hit = h.loc[h[metric] <= value, "epoch"] if metric in h else pd.Series(dtype=float)
         from_history[cid] = (float(hit.iloc[0]) if len(hit) else math.nan, float(h["epoch"].max()))
-    same_target = ("epochs_to_target" in cells and "target_metric" in cells
-                   and (cells["target_metric"] == metric).all())
+    same_target = "epochs_to_target" in cells and "target_metric" in cells and (cells["target_metric"] == metric).all()
     epochs, run = [], []
     for _, c in cells.iterrows():
         hist = from_history.get(c["cell_id"])
@@ -149,22 +158,34 @@ def lr_grid(sd: StudyData) -> pd.DataFrame:
         reached = g["epochs_to_target"].notna()
         ep = summarize(g["epochs_to_target"]) if reached.all() else summarize([])
         # a lower bound on the mean: a seed that never reached counts as reaching one epoch after its last
-        bound = (g["epochs_to_target"].where(reached, g["epochs_run"] + 1)).mean() \
-            if not (g["status"] == DIVERGED).any() else math.inf
-        rows.append({
-            "setup": setup, "activation": act, "lr": lr, "n": len(g), "reached": int(reached.sum()),
-            "epochs_mean": ep.mean, "epochs_sd": ep.sd,
-            "epochs_per_seed": ", ".join("–" if math.isnan(e) else f"{e:g}" for e in g["epochs_to_target"]),
-            "epochs_lower_bound": bound, "epochs_run": float(g["epochs_run"].max()),
-            "final_train_err_mean": float(g["final_train"].mean()),
-            "diverged": int((g["status"] == DIVERGED).sum()),
-            "cell_ids": ",".join(g["cell_id"]),
-        })
+        bound = (
+            (g["epochs_to_target"].where(reached, g["epochs_run"] + 1)).mean()
+            if not (g["status"] == DIVERGED).any()
+            else math.inf
+        )
+        rows.append(
+            {
+                "setup": setup,
+                "activation": act,
+                "lr": lr,
+                "n": len(g),
+                "reached": int(reached.sum()),
+                "epochs_mean": ep.mean,
+                "epochs_sd": ep.sd,
+                "epochs_per_seed": ", ".join("–" if math.isnan(e) else f"{e:g}" for e in g["epochs_to_target"]),
+                "epochs_lower_bound": bound,
+                "epochs_run": float(g["epochs_run"].max()),
+                "final_train_err_mean": float(g["final_train"].mean()),
+                "diverged": int((g["status"] == DIVERGED).sum()),
+                "cell_ids": ",".join(g["cell_id"]),
+            }
+        )
     grid = pd.DataFrame(rows)
     if len(grid):
         order = {f: {lv: i for i, lv in enumerate(sd.levels.get(f, []))} for f in ("setup", "activation", "lr")}
-        grid = grid.sort_values(["setup", "activation", "lr"], key=lambda s: s.map(
-            lambda v: order.get(s.name, {}).get(v, _as_float(v)))).reset_index(drop=True)
+        grid = grid.sort_values(
+            ["setup", "activation", "lr"], key=lambda s: s.map(lambda v: order.get(s.name, {}).get(v, _as_float(v)))
+        ).reset_index(drop=True)
     return grid
 
 
@@ -193,15 +214,26 @@ def choose(grid: pd.DataFrame) -> pd.DataFrame:
             best = full.sort_values(["epochs_mean", "final_train_err_mean", "lr_value"]).iloc[0]
         else:
             best = g.assign(div=g["diverged"] > 0).sort_values(["div", "final_train_err_mean", "lr_value"]).iloc[0]
-        rows.append({"setup": setup, "activation": act, "lr": best["lr"],
-                     "lrs_tried": ", ".join(g.sort_values("lr_value")["lr"]),
-                     "edge": _edge(best["lr_value"], g["lr_value"]), "n": int(best["n"]),
-                     "reached": bool(len(full)), "epochs_mean": best["epochs_mean"], "epochs_sd": best["epochs_sd"],
-                     "epochs_per_seed": best["epochs_per_seed"],
-                     # unreached: the bound must hold for every rate tried, so the smallest one's
-                     "epochs_lower_bound": best["epochs_lower_bound"] if len(full) else g["epochs_lower_bound"].min(),
-                     "epochs_run": best["epochs_run"], "final_train_err_mean": best["final_train_err_mean"],
-                     "diverged": int(best["diverged"]), "cell_ids": best["cell_ids"]})
+        rows.append(
+            {
+                "setup": setup,
+                "activation": act,
+                "lr": best["lr"],
+                "lrs_tried": ", ".join(g.sort_values("lr_value")["lr"]),
+                "edge": _edge(best["lr_value"], g["lr_value"]),
+                "n": int(best["n"]),
+                "reached": bool(len(full)),
+                "epochs_mean": best["epochs_mean"],
+                "epochs_sd": best["epochs_sd"],
+                "epochs_per_seed": best["epochs_per_seed"],
+                # unreached: the bound must hold for every rate tried, so the smallest one's
+                "epochs_lower_bound": best["epochs_lower_bound"] if len(full) else g["epochs_lower_bound"].min(),
+                "epochs_run": best["epochs_run"],
+                "final_train_err_mean": best["final_train_err_mean"],
+                "diverged": int(best["diverged"]),
+                "cell_ids": best["cell_ids"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -218,8 +250,11 @@ def edge_warnings(chosen: pd.DataFrame) -> list[str]:
     out = []
     for _, r in chosen[chosen["edge"] != ""].iterrows():
         where = ", ".join(filter(None, [f"setup {r['setup']}" if r["setup"] else "", r["activation"]]))
-        what = ("the only rate tried: the fastest rate may lie elsewhere" if r["edge"] == "only" else
-                f"the {r['edge']} tried ({r['lrs_tried']}): the fastest rate may lie outside the grid")
+        what = (
+            "the only rate tried: the fastest rate may lie elsewhere"
+            if r["edge"] == "only"
+            else f"the {r['edge']} tried ({r['lrs_tried']}): the fastest rate may lie outside the grid"
+        )
         out.append(f"{where}: lr {r['lr']} is {what}")
     return out
 
@@ -269,8 +304,12 @@ def speedups(chosen: pd.DataFrame) -> dict[str, Speedup]:
             out[setup] = Speedup(setup, ratio, "measured", f"{SLOW}/{FAST} = {ratio:.1f}×")
         elif fast["reached"] and math.isfinite(slow["epochs_lower_bound"]):
             ratio = slow["epochs_lower_bound"] / fast["epochs_mean"]
-            out[setup] = Speedup(setup, ratio, "lower bound",
-                                 f"{SLOW}/{FAST} ≥ {math.floor(ratio * 10) / 10:.1f}× (lower bound: {SLOW} never reached the target)")
+            out[setup] = Speedup(
+                setup,
+                ratio,
+                "lower bound",
+                f"{SLOW}/{FAST} ≥ {math.floor(ratio * 10) / 10:.1f}× (lower bound: {SLOW} never reached the target)",
+            )
         else:
             who = " and ".join(a for a, r in ((FAST, fast), (SLOW, slow)) if not r["reached"])
             out[setup] = Speedup(setup, math.nan, "none", f"no ratio: {who} did not reach the target")
@@ -292,48 +331,93 @@ def figure1_table(sd: StudyData, chosen: pd.DataFrame, ratios: dict[str, Speedup
     paper = claims_for("activation", SLOW, "speedup")
     paper_text = f"ReLU {paper[0].quote.split('ReLU ')[-1]}" if paper else ""
     columns = (["setup"] if chosen["setup"].ne("").any() else []) + [
-        "activation", "chosen lr", "lrs tried", "seeds", f"epochs to {target_label(sd)}",
-        "final running train err. % (mean)", f"speed-up ({SLOW} epochs / {FAST} epochs)", "paper (§3.1, CIFAR-10)"]
+        "activation",
+        "chosen lr",
+        "lrs tried",
+        "seeds",
+        f"epochs to {target_label(sd)}",
+        "final running train err. % (mean)",
+        f"speed-up ({SLOW} epochs / {FAST} epochs)",
+        "paper (§3.1, CIFAR-10)",
+    ]
     rows = []
     for _, r in chosen.iterrows():
-        rows.append(([r["setup"]] if "setup" in columns else []) + [
-            r["activation"], r["lr"] + (f" ({r['edge']} tried)" if r["edge"] else ""), r["lrs_tried"], str(r["n"]),
-            reached_text(r, sd),
-            fmt.num(r["final_train_err_mean"]), ratios[r["setup"]].text, paper_text])
-    notes = ["Learning rate per setup and activation, chosen on training error (never on test error): the one "
-             "that reaches the target in the fewest epochs (mean over seeds; ties: lower final running training "
-             "error, then the lower rate); if none does, the lowest final running training error.",
-             _epochs_note(sd) + " No extrapolation; a ratio marked 'lower bound' counts a run that never "
-             "reached the target as reaching it one epoch after its last.",
-             "The speed-up here is the ratio of the mean epochs; the claims table judges the paper's claim from "
-             "the paired per-seed ratios (geometric mean, 95% interval)."]
-    return fmt.Table("figure1", f"{sd.study} ({sd.profile}): epochs to {target_label(sd)}, ReLU vs tanh",
-                     columns, rows, notes)
+        rows.append(
+            ([r["setup"]] if "setup" in columns else [])
+            + [
+                r["activation"],
+                r["lr"] + (f" ({r['edge']} tried)" if r["edge"] else ""),
+                r["lrs_tried"],
+                str(r["n"]),
+                reached_text(r, sd),
+                fmt.num(r["final_train_err_mean"]),
+                ratios[r["setup"]].text,
+                paper_text,
+            ]
+        )
+    notes = [
+        "Learning rate per setup and activation, chosen on training error (never on test error): the one "
+        "that reaches the target in the fewest epochs (mean over seeds; ties: lower final running training "
+        "error, then the lower rate); if none does, the lowest final running training error.",
+        _epochs_note(sd) + " No extrapolation; a ratio marked 'lower bound' counts a run that never "
+        "reached the target as reaching it one epoch after its last.",
+        "The speed-up here is the ratio of the mean epochs; the claims table judges the paper's claim from "
+        "the paired per-seed ratios (geometric mean, 95% interval).",
+    ]
+    return fmt.Table(
+        "figure1", f"{sd.study} ({sd.profile}): epochs to {target_label(sd)}, ReLU vs tanh", columns, rows, notes
+    )
 
 
 def _epochs_note(sd: StudyData) -> str:
     if "steps_to_target" in sd.runs:  # swept with progress points (ten per epoch)
-        return ("Epochs to the target: where the running training error (over the steps since the last of "
-                "ten log points per epoch) first falls to it, interpolated linearly between log points.")
+        return (
+            "Epochs to the target: where the running training error (over the steps since the last of "
+            "ten log points per epoch) first falls to it, interpolated linearly between log points."
+        )
     return "Epochs to the target: the first epoch whose training error (averaged over the epoch) is at or below it."
 
 
 def lr_grid_table(sd: StudyData, grid: pd.DataFrame) -> fmt.Table:
     has_setup = grid["setup"].ne("").any()
     columns = (["setup"] if has_setup else []) + [
-        "activation", "lr", "seeds reached / run", f"epochs to {target_label(sd)} (per seed)",
-        "epochs run", "final running train err. % (mean)", "chosen", "edge"]
-    rows = [([r["setup"]] if has_setup else []) + [
-        r["activation"], r["lr"], f"{r['reached']} / {r['n']}" + (f" ({r['diverged']} diverged)" if r["diverged"] else ""),
-        r["epochs_per_seed"], f"{r['epochs_run']:.0f}", fmt.num(r["final_train_err_mean"]),
-        "chosen" if r["chosen"] else "", f"{r['edge']} tried" if r["edge"] else ""]
-        for _, r in grid.iterrows()]
-    return fmt.Table("figure1_lr_grid", f"{sd.study} ({sd.profile}): the learning-rate search", columns, rows,
-                     ["'–': that seed did not reach the target. edge: a chosen rate that is the largest or smallest "
-                      "of those tried; the fastest rate may lie outside the grid."])
+        "activation",
+        "lr",
+        "seeds reached / run",
+        f"epochs to {target_label(sd)} (per seed)",
+        "epochs run",
+        "final running train err. % (mean)",
+        "chosen",
+        "edge",
+    ]
+    rows = [
+        ([r["setup"]] if has_setup else [])
+        + [
+            r["activation"],
+            r["lr"],
+            f"{r['reached']} / {r['n']}" + (f" ({r['diverged']} diverged)" if r["diverged"] else ""),
+            r["epochs_per_seed"],
+            f"{r['epochs_run']:.0f}",
+            fmt.num(r["final_train_err_mean"]),
+            "chosen" if r["chosen"] else "",
+            f"{r['edge']} tried" if r["edge"] else "",
+        ]
+        for _, r in grid.iterrows()
+    ]
+    return fmt.Table(
+        "figure1_lr_grid",
+        f"{sd.study} ({sd.profile}): the learning-rate search",
+        columns,
+        rows,
+        [
+            "'–': that seed did not reach the target. edge: a chosen rate that is the largest or smallest "
+            "of those tried; the fastest rate may lie outside the grid."
+        ],
+    )
 
 
 # --- the figure ----------------------------------------------------------------------
+
 
 def figure1(sd: StudyData, chosen: pd.DataFrame, ratios: dict) -> Figure:
     """Training error vs epochs at each activation's chosen lr: one panel per setup, shared axes.
@@ -342,7 +426,9 @@ def figure1(sd: StudyData, chosen: pd.DataFrame, ratios: dict) -> Figure:
     ratio beside the paper's; matplotlib places it where it covers the fewest data points.
     """
     metric, target = sd.target["metric"], sd.target["value"]
-    setups = [s for s in sd.levels.get("setup", []) if s in set(chosen["setup"])] or list(dict.fromkeys(chosen["setup"]))
+    setups = [s for s in sd.levels.get("setup", []) if s in set(chosen["setup"])] or list(
+        dict.fromkeys(chosen["setup"])
+    )
     fig = Figure(figsize=(5.6 * len(setups) + 0.6, 5.0), layout="constrained")
     axes = fig.subplots(1, len(setups), sharex=True, sharey=True, squeeze=False)[0]
     paper = next((c for c in CLAIMS if c.kind == "speedup"), None)
@@ -353,8 +439,16 @@ def figure1(sd: StudyData, chosen: pd.DataFrame, ratios: dict) -> Figure:
         rows = chosen[chosen["setup"] == setup]
         handles = []
         ax.axhline(target, color="0.35", linestyle=":", linewidth=1.2, zorder=1)
-        ax.text(0.01, target, f" {target:g}%", transform=ax.get_yaxis_transform(), va="bottom", ha="left",
-                fontsize=10, color="0.3")
+        ax.text(
+            0.01,
+            target,
+            f" {target:g}%",
+            transform=ax.get_yaxis_transform(),
+            va="bottom",
+            ha="left",
+            fontsize=10,
+            color="0.3",
+        )
         for _, r in rows.iterrows():
             act = r["activation"]
             color = colors[("activation", act)]
@@ -366,18 +460,32 @@ def figure1(sd: StudyData, chosen: pd.DataFrame, ratios: dict) -> Figure:
                 last = max(last, float(h["epoch"].max()))
             if r["reached"]:
                 ax.plot([r["epochs_mean"]], [target], marker="o", ms=9, color=color, mec="black", zorder=5)
-                ax.annotate(f"{r['epochs_mean']:.3g}", (r["epochs_mean"], target), xytext=(0, -17),
-                            textcoords="offset points", ha="center", fontsize=10, color=color, fontweight="bold")
-                what = f"{target:g}% at epoch {r['epochs_mean']:.3g}" + (f" (mean of {r['n']} seeds)" if r["n"] > 1 else "")
+                ax.annotate(
+                    f"{r['epochs_mean']:.3g}",
+                    (r["epochs_mean"], target),
+                    xytext=(0, -17),
+                    textcoords="offset points",
+                    ha="center",
+                    fontsize=10,
+                    color=color,
+                    fontweight="bold",
+                )
+                what = f"{target:g}% at epoch {r['epochs_mean']:.3g}" + (
+                    f" (mean of {r['n']} seeds)" if r["n"] > 1 else ""
+                )
             else:
                 what = reached_text(r, sd)
             if not len(h):
                 what += " (no curve: history missing)"
-            handles.append(Line2D([], [], color=color, linestyle=dash, linewidth=2, label=f"{act}, lr {r['lr']}: {what}"))
+            handles.append(
+                Line2D([], [], color=color, linestyle=dash, linewidth=2, label=f"{act}, lr {r['lr']}: {what}")
+            )
         ratio = ratios.get(setup)
         extra = []
         if ratio is not None:
-            extra.append(ratio.text.split(" (lower bound")[0] + (" (lower bound)" if ratio.kind == "lower bound" else ""))
+            extra.append(
+                ratio.text.split(" (lower bound")[0] + (" (lower bound)" if ratio.kind == "lower bound" else "")
+            )
         if paper:
             extra.append(f"paper: ReLU {paper.quote.split('ReLU ')[-1]}")
         handles += [Line2D([], [], linestyle="none", label=t) for t in extra]
@@ -391,9 +499,15 @@ def figure1(sd: StudyData, chosen: pd.DataFrame, ratios: dict) -> Figure:
     axes[0].set_ylim(0, min(100.0, top * 1.08 + 2))
     plot.epoch_axis(axes[0], last)
     model = plot.unique(sd, "cfg_model")
-    fig.suptitle(f"Figure 1 re-measured: {model or 'the four-layer net'}, training error vs epochs "
-                 f"(ReLU solid, tanh dashed)")
-    plot.note(fig, [f"{seeds} seeds: line = mean, band = range over seeds." if seeds > 1 else "One seed: no band.",
-                     f"Each activation at the learning rate that reaches {target_label(sd)} in the fewest epochs "
-                     f"({sd.profile} profile, data: {plot.unique(sd, 'data_source') or 'unknown'})."])
+    fig.suptitle(
+        f"Figure 1 re-measured: {model or 'the four-layer net'}, training error vs epochs (ReLU solid, tanh dashed)"
+    )
+    plot.note(
+        fig,
+        [
+            f"{seeds} seeds: line = mean, band = range over seeds." if seeds > 1 else "One seed: no band.",
+            f"Each activation at the learning rate that reaches {target_label(sd)} in the fewest epochs "
+            f"({sd.profile} profile, data: {plot.unique(sd, 'data_source') or 'unknown'}).",
+        ],
+    )
     return fig
