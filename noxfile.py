@@ -30,9 +30,16 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def ablate(session: nox.Session) -> None:
-    """Run the studies (ablations/*.toml) and then the report; e.g. -- --profile smoke --data PATH."""
+    """Run the studies (ablations/*.toml) and then the report; e.g. -- --profile smoke --data PATH.
+
+    With a CUDA GPU the cells run through Ray, packed onto each GPU as the profile's
+    `gpus_per_cell` says (pass --executor local to opt out)."""
     _install(session)
-    session.run("python", "-m", "bench", "ablate", *session.posargs)
+    args = list(session.posargs)
+    has_gpu = session.run("python", "-c", "import torch; print(torch.cuda.is_available())", silent=True)
+    if "True" in (has_gpu or "") and not any(a.startswith("--executor") for a in args):
+        args = ["--executor", "ray", *args]
+    session.run("python", "-m", "bench", "ablate", *args)
 
 
 @nox.session

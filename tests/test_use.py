@@ -472,3 +472,35 @@ def test_errors_through_the_entry_point(run, tree, tmp_path):
         assert r.returncode == 2, (case, r.stderr)
         assert_one_line_error(r.stderr, *needles)
     assert not (tmp_path / "ft").exists()  # the weights are checked before anything is written
+
+
+def test_ablate_writes_one_tensorboard_run_per_cell(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed: pip install 'alexnet-bench[tb]'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = tmp_path / "tb"
+    assert (
+        main(
+            [
+                "ablate",
+                "--study",
+                "figure1",
+                "--profile",
+                "smoke",
+                "--out",
+                str(tmp_path / "results"),
+                "--tensorboard",
+                str(tb),
+                "--no-progress",
+                "--no-report",
+                "--seeds",
+                "0",
+            ]
+        )
+        == 0
+    )
+    runs = sorted(p for p in (tb / "figure1" / "smoke").iterdir())
+    assert len(runs) == 16 and all("seed=0" in p.name for p in runs)  # one per cell, named by its levels
+    events = EventAccumulator(str(runs[0]))
+    events.Reload()
+    assert "train_running_loss" in events.Tags()["scalars"]

@@ -95,6 +95,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("results"), help="results root (default %(default)s)")
     p.add_argument("--no-report", action="store_true", help="do not draw the report after the studies")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--tensorboard",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write each cell's per-epoch history as TensorBoard scalars: DIR/<study>/<profile>/<levels,seed>",
+    )
     ray = p.add_argument_group(
         "--executor ray", "Resources default to the study profile's gpus_per_cell and cpus_per_cell, when it sets them."
     )
@@ -155,6 +162,11 @@ def run(args: argparse.Namespace) -> int:
         check_folder(Path(args.data).expanduser())
     # Before any folder is made or locked: where results go, the device, every unfinished cell's data.
     check_writable(args.out, "--out", folder=True)
+    if args.tensorboard is not None:
+        from bench.train.tensorboard import summary_writer_class
+
+        summary_writer_class()  # a missing package is one line now, not an error row per cell
+        check_writable(args.tensorboard, "--tensorboard", folder=True)
     if args.executor == "local":
         pick_device(args.device)
     for study in studies:
@@ -173,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             executor=_executor(args, study, profile),
             progress=not args.no_progress,
+            tensorboard=str(args.tensorboard) if args.tensorboard else None,
         )
         failed = int((~runs["status"].isin(FINISHED)).sum()) if len(runs) else 0
         log.info(

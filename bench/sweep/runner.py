@@ -184,13 +184,15 @@ def run_cell(
     progress: bool = True,
     speeds: dict | None = None,
     data=None,
+    tensorboard: str | None = None,
 ) -> CellResult:
     """Train one cell and measure its model; any failure becomes the row's status and error.
 
     `speeds` (configuration without seed -> measured row) lets the seeds of a configuration share
     one measurement: the cost of a step does not depend on the seed's weights. `data` is the
     cell's data set when the caller has it (a Ray task gets it from the object store);
-    otherwise it is loaded here, once per study.
+    otherwise it is loaded here, once per study. `tensorboard` (a folder) gets the cell's
+    per-epoch history as TensorBoard scalars, one run per cell named by its levels and seed.
     """
     from bench.measure import FLOP_CONVENTION, count_model, measure_throughput
     from bench.train import train
@@ -206,9 +208,18 @@ def run_cell(
         dev = pick_device(device)
         row.update(_env_columns(dev))
         data = data if data is not None else _data_for(cfg)
-        result = train(
-            cfg, data, progress=progress, on_epoch=stopper and stopper.on_epoch, on_point=stopper and stopper.on_point
-        )
+        scalars = _scalars(tensorboard, cell, profile)
+        try:
+            result = train(
+                cfg,
+                data,
+                progress=progress,
+                on_epoch=_chain(scalars, stopper and stopper.on_epoch),
+                on_point=stopper and stopper.on_point,
+            )
+        finally:
+            if scalars is not None:
+                scalars.close()
         history, points = result.history, result.progress
         row["status"], row["error"] = result.status, None
         row.update({k: v for k, v in result.summary.items() if k not in ("status",)})
@@ -331,12 +342,36 @@ class _BoundCell:
     profile: str
     progress: bool
     speeds: dict = field(default_factory=dict)  # one sweep's measurements, shared by a configuration's seeds
+    tensorboard: str | None = None  # a folder for per-cell TensorBoard runs (a shared path on a cluster)
 
     def __call__(self, cell: Cell, device: str, data=None) -> CellResult:
-        return run_cell(cell, device, self.measure, self.target, self.profile, self.progress, self.speeds, data)
+        return run_cell(
+            cell, device, self.measure, self.target, self.profile, self.progress, self.speeds, data, self.tensorboard
+        )
 
     def failed(self, cell: Cell, status: str, message: str, wall_seconds: float | None = None) -> CellResult:
         return failed_result(cell, self.profile, self.target, status, message, wall_seconds)
+
+
+def _scalars(tensorboard: str | None, cell: Cell, profile: str):
+    if tensorboard is None:
+        return None
+    from bench.train.tensorboard import EpochScalars
+
+    levels = ",".join(f"{k}={v}" for k, v in cell.levels.items())
+    return EpochScalars(Path(tensorboard) / cell.study / profile, f"{levels},seed={cell.config.seed}")
+
+
+def _chain(scalars, stop):
+    """One on_epoch callback: write the row's scalars, then ask the stopper."""
+    if scalars is None:
+        return stop
+
+    def on_epoch(row):
+        scalars(row)
+        return stop(row) if stop is not None else False
+
+    return on_epoch
 
 
 def run_study(
@@ -349,13 +384,14 @@ def run_study(
     device: str = "auto",
     executor: Executor | None = None,
     progress: bool = True,
+    tensorboard: str | None = None,
 ) -> pd.DataFrame:
     """Run every unfinished cell of `study` at `profile`; return the whole runs table."""
     cells = study.cells(profile, seeds, overrides)
     out = Path(out_root) / study.name / profile
     out.mkdir(parents=True, exist_ok=True)
     with _sweep_lock(out):
-        return _sweep(study, profile, cells, out, device, executor, progress)
+        return _sweep(study, profile, cells, out, device, executor, progress, tensorboard)
 
 
 @contextlib.contextmanager
@@ -380,7 +416,14 @@ def _sweep_lock(folder: Path):
 
 
 def _sweep(
-    study: Study, profile: str, cells: list[Cell], out: Path, device: str, executor: Executor | None, progress: bool
+    study: Study,
+    profile: str,
+    cells: list[Cell],
+    out: Path,
+    device: str,
+    executor: Executor | None,
+    progress: bool,
+    tensorboard: str | None = None,
 ) -> pd.DataFrame:
     results = ResultsFolder(out, ["study", "profile", "status", *study.factors])
     results.clear_temporary()
@@ -409,7 +452,7 @@ def _sweep(
         ),
     )
     measure = study.profiles[profile].get("measure", "quick")
-    fn = _BoundCell(measure, study.target, profile, progress)
+    fn = _BoundCell(measure, study.target, profile, progress, tensorboard=tensorboard)
     merges = _MergeClock()
     try:
         with logging_redirect_tqdm(), contextlib.closing(executor.run(todo, fn)) as finished_cells:
