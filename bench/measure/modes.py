@@ -40,7 +40,7 @@ from torch import nn
 
 from bench.device import DTYPES
 from bench.env import environment
-from bench.measure.speed import MEMORY_FORMATS, Settings, error_text
+from bench.measure.speed import ENV_COLUMNS, MEMORY_FORMATS, Settings, error_text
 from bench.measure.timing import release_memory, steps_per_round, time_interleaved, time_phases, warm_up
 from bench.models import create_model, format_knobs
 from bench.train.modes import compile_model
@@ -90,20 +90,7 @@ COLUMNS = [
     "train_steps_per_round",
     "infer_steps_per_round",
     "quick",
-    "device",
-    "device_name",
-    "torch",
-    "torchvision",
-    "cuda",
-    "cudnn",
-    "gpu_driver",
-    "float32_matmul_precision",
-    "cudnn_benchmark",
-    "cudnn_allow_tf32",
-    "python",
-    "num_threads",
-    "hostname",
-    "git_commit",
+    *ENV_COLUMNS,
     "error",
 ]
 # What `measure_modes` fills in (None where a mode failed before it got there).

@@ -255,6 +255,24 @@ def _measure_at(
     }
 
 
+# What every measurement row records of where it ran (bench.env.environment's keys).
+ENV_COLUMNS = (
+    "device",
+    "device_name",
+    "torch",
+    "torchvision",
+    "cuda",
+    "cudnn",
+    "gpu_driver",
+    "float32_matmul_precision",
+    "cudnn_benchmark",
+    "cudnn_allow_tf32",
+    "python",
+    "num_threads",
+    "hostname",
+    "git_commit",
+)
+
 THROUGHPUT_KEYS = (
     "train_images_per_s",
     "train_images_per_s_min",
