@@ -1,4 +1,5 @@
-"""Sessions: `nox -s tests` (default), `nox -s lint`, `nox -s ablate`, `nox -s figures`, `nox -s bench`.
+"""Sessions: `nox -s tests` (default), `nox -s lint`, `nox -s ablate`, `nox -s figures`, `nox -s bench`,
+`nox -s lrn-speed`.
 
 Arguments after `--` pass through, e.g. `nox -s ablate -- --profile smoke`.
 """
@@ -54,3 +55,12 @@ def bench(session: nox.Session) -> None:
     """Throughput regression gate (pytest-benchmark); e.g. -- --save NAME or -- --compare NAME."""
     _install(session)
     session.run("python", "-m", "bench", "gate", *session.posargs)
+
+
+@nox.session(name="lrn-speed")
+def lrn_speed(session: nox.Session) -> None:
+    """The fused LRN's speed ratios (>= 6x nn.LocalResponseNorm; AlexNet with LRN <= 1.15x without)."""
+    _install(session)
+    session.run(
+        "python", "-m", "pytest", "tests/benchmarks/test_lrn_speed.py", "-p", "no:cacheprovider", *session.posargs
+    )
