@@ -14,7 +14,7 @@ A study file has four parts:
     [factors.X]  either key = "knobs.activation" with levels = ["relu", "tanh"], or
                  levels = { name = { <config overrides> }, ... }; `baseline` names the
                  baseline level (default: the first)
-    [profiles.P] config overrides for profile P (smoke | cpu | gpu), plus `seeds`,
+    [profiles.P] config overrides for profile P (smoke | cpu | cpu-full | gpu), plus `seeds`,
                  `measure` ("quick" | "full" | "none"), per-level overrides under
                  levels.<factor>.<level>, and only = { factor = [levels] } to run a
                  subset of a factor's levels at this profile
@@ -40,7 +40,7 @@ from pathlib import Path
 from bench.errors import UserError
 from bench.train.config import TrainConfig  # a plain dataclass: importing it imports no torch
 
-PROFILES = ("smoke", "cpu", "gpu")
+PROFILES = ("smoke", "cpu", "cpu-full", "gpu")
 DESIGNS = ("one-at-a-time", "factorial")
 MEASURE_MODES = ("quick", "full", "none")
 STUDY_KEYS = {"name", "description", "design", "seeds", "target", "exclude"}

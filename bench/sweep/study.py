@@ -44,13 +44,17 @@ class Study(StudyFile):
     """A study file whose combinations expand into cells."""
 
     def cells(self, profile: str, seeds: list[int] | None = None, overrides: dict | None = None) -> list[Cell]:
-        """Expand the design at a profile into cells (one per level combination per seed)."""
+        """Expand the design at a profile into cells (one per level combination per seed).
+
+        Seed by seed: every combination of the first seed runs before any of the next, so that a
+        sweep stopped part-way holds complete seeds, each a full set of pairs for the paired statistics.
+        """
         seeds = seeds if seeds is not None else self.profile(profile).get("seeds", self.seeds)
+        combos = [(combo, self.settings(combo, profile, overrides)) for combo in self.combinations(profile)]
         cells = []
-        for combo in self.combinations(profile):
-            cfg = self.settings(combo, profile, overrides)
-            baseline = self.is_baseline(combo)
-            for seed in seeds:
+        for seed in seeds:
+            for combo, cfg in combos:
+                baseline = self.is_baseline(combo)
                 try:
                     config = TrainConfig(**{**cfg, "seed": seed})
                 except UserError as e:

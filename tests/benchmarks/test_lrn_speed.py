@@ -33,10 +33,10 @@ import time
 import pytest
 import torch
 import torch.nn as nn
-from bench.step import make_optimizer, train_step
 
 from bench.models import create_model
 from bench.models.lrn import LocalResponseNorm, fused_unavailable_reason
+from bench.train.step import make_optimizer, train_step
 
 SIZE, ALPHA, BETA, K = 5, 1e-4, 0.75, 2.0  # the paper's constants
 SHAPES = {"lrn": (128, 96, 32, 32), "lrn-55x55": (8, 96, 55, 55)}
