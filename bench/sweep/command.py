@@ -67,7 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--study", default="all", help="comma-separated study names from ablations/ or .toml paths (default: all)"
     )
-    p.add_argument("--profile", default=None, help="smoke | cpu | cpu-full | gpu (default: gpu when CUDA is present, else cpu)")
+    p.add_argument(
+        "--profile", default=None, help="smoke | cpu | cpu-full | gpu (default: gpu when CUDA is present, else cpu)"
+    )
     p.add_argument(
         "--data",
         default=os.environ.get("BENCH_DATA"),
