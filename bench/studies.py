@@ -16,8 +16,13 @@ A study file has four parts:
                  baseline level (default: the first)
     [profiles.P] config overrides for profile P (smoke | cpu | cpu-full | gpu), plus `seeds`,
                  `measure` ("quick" | "full" | "none"), per-level overrides under
-                 levels.<factor>.<level>, and only = { factor = [levels] } to run a
-                 subset of a factor's levels at this profile
+                 levels.<factor>.<level>, only = { factor = [levels] } to run a
+                 subset of a factor's levels at this profile, and confirm_seeds (below)
+
+`confirm_seeds` makes a Figure 1 study two-stage: the profile's seeds run the whole
+learning-rate grid; then, per setup and activation, the rate that trains fastest on
+them (`bench.report.kinds.figure1.choose`, on training error, never test error) runs
+at `confirm_seeds` too. Three seeds at the chosen rates cost three grids' worth less.
 
 `study.exclude` lists level combinations never to run, e.g. a learning-rate grid
 that differs per setup: exclude = [{ setup = "paper", lr = 0.05 }].
@@ -47,7 +52,17 @@ STUDY_KEYS = {"name", "description", "design", "seeds", "target", "exclude"}
 TARGET_METRICS = ("train_running_err_pct", "train_clean_top1_err_pct", "val_top1_err_pct", "test_top1_err_pct")
 RENAMED_METRICS = {"train_err_pct": "train_running_err_pct"}  # old name -> new, for a one-line hint
 FACTOR_KEYS = {"key", "levels", "baseline", "description"}
-PROFILE_EXTRA_KEYS = {"seeds", "measure", "levels", "only", "description", "gpus_per_cell", "cpus_per_cell"}
+PROFILE_EXTRA_KEYS = {
+    "seeds",
+    "confirm_seeds",
+    "measure",
+    "levels",
+    "only",
+    "description",
+    "gpus_per_cell",
+    "cpus_per_cell",
+}
+CONFIRM_FACTORS = {"lr", "activation", "setup"}  # what `confirm_seeds` chooses among (a Figure 1 study)
 CONFIG_KEYS = {f.name for f in fields(TrainConfig)}
 
 
@@ -119,6 +134,7 @@ class StudyFile:
         profiles = doc.get("profiles", {})
         for pname, prof in profiles.items():
             _check_profile(path, pname, prof, factors)
+            _check_confirm(path, pname, prof, factors, target, seeds)
         return cls(
             meta.get("name", path.stem),
             path,
@@ -141,6 +157,10 @@ class StudyFile:
                 f"{self.path}: no [profiles.{name}] section; this study has: {', '.join(self.profiles) or 'none'}"
             )
         return self.profiles[name]
+
+    def confirm_seeds(self, profile: str) -> list[int]:
+        """The seeds that run only at the chosen learning rates (a two-stage profile), else []."""
+        return list(self.profile(profile).get("confirm_seeds", []))
 
     def is_baseline(self, combo: dict) -> bool:
         return all(level == self.factors[f]["baseline"] for f, level in combo.items())
@@ -317,3 +337,23 @@ def _check_profile(path: Path, pname: str, prof, factors: dict) -> None:
                     f"{path}: profiles.{pname}.levels.{fname}.{lname}: no such level; levels: {', '.join(factors[fname]['levels'])}"
                 )
             _check_overrides(path, f"profiles.{pname}.levels.{fname}.{lname}.", ov)
+
+
+def _check_confirm(path: Path, pname: str, prof: dict, factors: dict, target: dict | None, seeds: list[int]) -> None:
+    """`confirm_seeds` needs what Figure 1's choice of learning rate needs, and new seeds."""
+    if "confirm_seeds" not in prof:
+        return
+    where = f"profiles.{pname}.confirm_seeds"
+    _check_seeds(path, where, prof["confirm_seeds"])
+    if target is None or not {"lr", "activation"} <= set(factors) or not set(factors) <= CONFIRM_FACTORS:
+        raise UserError(
+            f"{path}: {where} runs more seeds at the learning rate chosen per activation by time to "
+            f"study.target; it needs a target and factors lr and activation (and optionally setup), "
+            f"this study has {', '.join(factors) or 'no factors'}{'' if target else ' and no target'}"
+        )
+    again = sorted(set(prof["confirm_seeds"]) & set(prof.get("seeds", seeds)))
+    if again:
+        raise UserError(
+            f"{path}: {where} repeats seed {again[0]} of the profile's seeds; the chosen rates already "
+            f"ran there, so give new seeds"
+        )

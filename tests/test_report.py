@@ -386,6 +386,32 @@ def test_a_study_or_cell_not_run_is_shown_missing(tmp_path, caplog):
     assert "a toy one-at-a-time study" in (root / "toy-ablation" / "smoke" / "report.md").read_text()
 
 
+def test_levels_a_profile_leaves_out_through_only_are_not_missing(tmp_path):
+    """alexnet cpu-full runs the accuracy claims only (`only`): the overfitting study runs the other
+    levels, so they are outside this profile's design, neither rows nor claims here."""
+    toml = tmp_path / "toy-ablation.toml"
+    toml.write_text(STUDY_TOML + '[profiles.smoke]\nonly = { pool = ["overlap"] }\n')
+    factors = list(BASE)[:4]
+    cells = [{**c, "levels": {k: c["levels"][k] for k in factors}} for c in ablation_cells()]
+    folder = write_study(
+        tmp_path / "toy-ablation" / "smoke",
+        "toy-ablation",
+        factors,
+        [c for c in cells if c["levels"]["pool"] == "overlap"],
+        profile="smoke",
+        study_file=toml,
+    )
+    report_study(folder)
+    effects = (folder / "tables" / "ablation_effects.md").read_text()
+    claims = (folder / "tables" / "paper_claims.md").read_text()
+    assert "| norm = none |" in effects and "pool = nonoverlap" not in effects
+    assert "local response normalisation" in claims and "overlapping 3x3/2 pooling" not in claims
+    toml.write_text(STUDY_TOML + "[profiles.smoke]\n")  # the same tables, no `only`: shown as not run
+    report_study(folder)
+    assert "| pool = nonoverlap |" in (folder / "tables" / "ablation_effects.md").read_text()
+    assert "overlapping 3x3/2 pooling" in (folder / "tables" / "paper_claims.md").read_text()
+
+
 def test_empty_runs_table_writes_a_report(tmp_path):
     folder = tmp_path / "x" / "cpu"
     folder.mkdir(parents=True)
@@ -472,6 +498,26 @@ def test_figure1_chosen_learning_rates_and_ratio(fig1):
     assert f"tanh/relu ≥ {13 / 4:.1f}× (lower bound" in md  # 12 epochs + 1, over ReLU's 4; never extrapolated
     grid = (fig1 / "tables" / "figure1_lr_grid.md").read_text()
     assert "| modern | relu | 0.02 | 2 / 2 | 2, 3 |" in grid and "| paper | tanh | 0.01 | 0 / 2 | –, – |" in grid
+
+
+def test_figure1_chooses_on_the_seeds_that_ran_every_rate(tmp_path):
+    """A two-stage profile: seed 0 ran the grid, seeds 1 and 2 only its fastest rate (confirm_seeds).
+    Counting the confirming seeds in the choice would move it to the rate they never ran."""
+    reach = {("relu", "0.01"): [3], ("relu", "0.02"): [2, 5, 5], ("tanh", "0.01"): [9, 10, 11], ("tanh", "0.02"): [12]}
+    cells = [
+        cell({"activation": act, "lr": lr}, seed, curve=fig1_curve(r, 20.0))
+        for (act, lr), per_seed in reach.items()
+        for seed, r in enumerate(per_seed)
+    ]
+    folder = write_study(tmp_path / "f" / "cpu", "toy-fig1", ["activation", "lr"], cells, target=TARGET)
+    report_study(folder)
+    chosen = pd.read_csv(folder / "tables" / "figure1.csv", dtype={"lr": str}, keep_default_na=False)
+    got = {r["activation"]: r for _, r in chosen.iterrows()}
+    assert got["relu"]["lr"] == "0.02" and got["relu"]["n"] == 3  # on seed 0: 2 epochs vs 3
+    assert got["relu"]["epochs_mean"] == pytest.approx(statistics.mean([2, 5, 5]))  # all three seeds
+    assert got["tanh"]["lr"] == "0.01" and got["tanh"]["epochs_mean"] == pytest.approx(10.0)
+    claims = (folder / "tables" / "paper_claims.md").read_text()
+    assert "3 pairs" in claims  # paired over the chosen rates' three seeds
 
 
 def test_figure1_from_history_alone_and_without_setup(tmp_path):

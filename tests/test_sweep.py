@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -146,6 +147,12 @@ STUDY_ERRORS = [
     (lambda s: s.replace('measure = "none"', 'measure = "none"\nonly = { lr = [0.5] }'), "0.5", True),
     (lambda s: s.replace('model = "layers-80sec"', 'model = "layers-80sec"\nknobs = { width = 0.5 }'), "width", False),
     (lambda s: s + "\n[extra]\n", "extra", True),
+    (lambda s: s.replace('measure = "none"', 'measure = "none"\nconfirm_seeds = [0]'), "repeats seed 0", True),
+    (
+        lambda s: s.replace('measure = "none"', 'measure = "none"\nconfirm_seeds = [1]').replace("target", "# target"),
+        "needs a target",
+        True,
+    ),
     (lambda s: s.replace("[study]", "[study\n"), "TOML", True),
 ]
 
@@ -400,6 +407,28 @@ def test_stop_after_ends_a_cell_that_many_epochs_after_its_target(tmp_path):
     # reached within epoch 1 (interpolated between progress points), then one epoch more
     assert len(runs) == 2 and (runs["epochs_to_target"] <= 1).all() and (runs["epochs_run"] == 2).all()
     assert hist.groupby("cell_id")["epoch"].apply(list).tolist() == [[1, 2], [1, 2]]  # not 5 epochs
+
+
+def test_confirm_seeds_run_only_the_rate_the_grid_chose(tmp_path, caplog):
+    """Figure 1's two stages: seed 0 runs the whole grid, seeds 1 and 2 each activation's fastest rate."""
+    text = TINY_STUDY.format(design="factorial", epochs=2).replace(
+        'measure = "none"', 'measure = "none"\nconfirm_seeds = [1, 2]'
+    )
+    study = load_study(str(write_study(tmp_path, text=text)))
+    runs = run_study(study, "smoke", out_root=tmp_path / "results", progress=False)
+    assert len(runs) == 4 + 2 * 2 and set(runs["status"]) == {"ok"}
+    grid = runs[runs["seed"] == 0]
+    for act, g in grid.groupby("activation"):
+        # the rule, written out: fewest epochs to the target, then lower final running error, then lower lr
+        best = g.sort_values(["epochs_to_target", "final_train_running_err_pct", "lr"]).iloc[0]
+        confirming = runs[(runs["activation"] == act) & (runs["seed"] > 0)]
+        assert sorted(confirming["seed"]) == [1, 2] and set(confirming["lr"]) == {best["lr"]}
+    with caplog.at_level(logging.WARNING):
+        again = run_study(study, "smoke", out_root=tmp_path / "results", progress=False)
+    assert len(again) == 8 and not [r for r in caplog.records if "does not define" in r.getMessage()]
+    # --seeds runs what it names, with no second stage
+    only = run_study(study, "smoke", out_root=tmp_path / "other", seeds=[0], progress=False)
+    assert sorted(only["seed"]) == [0, 0, 0, 0]
 
 
 def test_a_quick_measure_profile_times_each_configuration_once_for_its_seeds(tmp_path):

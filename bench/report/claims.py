@@ -324,13 +324,15 @@ def assess(
     metric: str = TOP1,
     clean_train: str = CLEAN_TRAIN,
     claims: tuple[Claim, ...] = CLAIMS,
+    only: Mapping[str, list[str]] | None = None,
 ) -> list[Assessment]:
     """The top1_diff and overfit claims that a one-at-a-time study re-measures, each with its verdict.
 
     runs: runs.csv rows (factor columns, `seed`, `status`, `metric`, and `clean_train` for the
-    overfitting claims); baseline: factor -> baseline level. Only cells with status ok count.
-    A claim whose factor is not a factor of the study is left out; speedup claims are left out
-    (the paper picks each net's learning rate: see `assess_speedup`).
+    overfitting claims); baseline: factor -> baseline level; only: factor -> the only levels the
+    profile runs, where it leaves some out. Only cells with status ok count. A claim whose factor
+    is not a factor of the study, or whose level the design leaves out, is left out; speedup claims
+    are left out (the paper picks each net's learning rate: see `assess_speedup`).
     """
     out = []
     status = runs["status"] if "status" in runs else pd.Series(OK, index=runs.index)
@@ -338,6 +340,8 @@ def assess(
     for c in claims:
         if c.factor not in baseline or c.kind == "speedup":
             continue
+        if only and not any(_same_level(c.level, lv) for lv in only.get(c.factor, [c.level])):
+            continue  # another profile or study runs it (e.g. alexnet cpu-full's `only`)
         if not _same_level(baseline[c.factor], c.reference):
             out.append(
                 Assessment(

@@ -106,6 +106,7 @@ class StudyData:
     description: str = ""
     factor_descriptions: dict = field(default_factory=dict)
     notes: Notes = None
+    only: dict = field(default_factory=dict)  # factor -> the only levels the profile runs (its `only`)
 
     @property
     def label(self) -> str:
@@ -220,11 +221,13 @@ def load(folder: Path) -> StudyData:
 
     spec = read_study_file(study, env, notes)
     known = spec.factors if spec else {}
+    only = spec.profiles.get(profile, {}).get("only", {}) if spec else {}
     levels, baseline, descriptions = {}, None, {}
     for f in factors:
         seen = [str(v) for v in runs[f].dropna().unique()] if f in runs else []
-        # Every level of the file is kept, so that a level not run shows as missing.
-        order = list(known[f]["levels"]) if f in known else []
+        # Every level of the file is kept, so that a level not run shows as missing; but a level
+        # the profile leaves out through `only` is outside its design, not missing from it.
+        order = [lv for lv in known[f]["levels"] if lv in only.get(f, [lv])] if f in known else []
         levels[f] = order + [lv for lv in seen if lv not in order]
         descriptions[f] = known[f]["description"] if f in known else ""
     marked = runs[runs["is_baseline"]] if len(runs) else runs
@@ -257,6 +260,7 @@ def load(folder: Path) -> StudyData:
         spec.description if spec else "",
         descriptions,
         notes,
+        only,
     )
 
 

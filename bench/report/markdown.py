@@ -91,7 +91,7 @@ def claim_rows(sd: StudyData, extra: list[dict] = ()) -> list[dict]:
     with a baseline."""
     rows = list(extra)
     if sd.baseline is not None and len(sd.runs) and sd.factors:
-        rows += claims_table(sd.runs, sd.baseline)
+        rows += claims_table(sd.runs, sd.baseline, only=sd.only)
     return rows
 
 

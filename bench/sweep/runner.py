@@ -386,12 +386,53 @@ def run_study(
     progress: bool = True,
     tensorboard: str | None = None,
 ) -> pd.DataFrame:
-    """Run every unfinished cell of `study` at `profile`; return the whole runs table."""
+    """Run every unfinished cell of `study` at `profile`; return the whole runs table.
+
+    A two-stage profile (`confirm_seeds`) then runs its confirming seeds at the learning rates
+    its seeds chose; `seeds` given here run as asked, with no second stage.
+    """
     cells = study.cells(profile, seeds, overrides)
+    confirm = study.confirm_seeds(profile) if seeds is None else []
     out = Path(out_root) / study.name / profile
     out.mkdir(parents=True, exist_ok=True)
     with _sweep_lock(out):
-        return _sweep(study, profile, cells, out, device, executor, progress, tensorboard)
+        stage = "the grid" if confirm else ""
+        runs = _sweep(study, profile, cells, out, device, executor, progress, tensorboard, later=confirm, stage=stage)
+        if confirm:
+            chosen = chosen_combinations(out, study, profile, {c.config.seed for c in cells})
+            more = study.cells(profile, confirm, overrides, combinations=chosen)
+            also = {c.id for c in cells}
+            runs = _sweep(
+                study, profile, more, out, device, executor, progress, tensorboard, also=also, stage="confirming seeds"
+            )
+        return runs
+
+
+def chosen_combinations(folder: Path, study: Study, profile: str, seeds: set[int]) -> list[dict]:
+    """The level combinations at the learning rate Figure 1's rule chooses per setup and activation
+    (`bench.report.kinds.figure1.choose`), judged on the cells of `seeds` in `folder`: training
+    error only, so the confirming seeds never see a choice made on test data."""
+    from bench.report.kinds.figure1 import choose, lr_grid
+    from bench.report.load import load
+
+    sd = load(folder)
+    sd.runs = sd.runs[sd.runs["seed"].isin(seeds)]
+    grid = lr_grid(sd)
+    chosen = choose(grid) if len(grid) else grid
+    combos = []
+    for _, r in chosen.iterrows():
+        combo = {
+            "activation": r["activation"],
+            "lr": r["lr"],
+            **({"setup": r["setup"]} if "setup" in study.factors else {}),
+        }
+        combos.append({f: combo[f] for f in study.factors})
+    if not combos:
+        log.warning("%s: no finished cell to choose a learning rate from; no confirming seeds run", folder)
+    for combo in combos:
+        log.info("%s: chosen for the confirming seeds: %s", folder, ", ".join(f"{f}={v}" for f, v in combo.items()))
+    designed = study.combinations(profile)
+    return [c for c in combos if c in designed]  # rows of levels this profile no longer runs choose nothing
 
 
 @contextlib.contextmanager
@@ -424,14 +465,23 @@ def _sweep(
     executor: Executor | None,
     progress: bool,
     tensorboard: str | None = None,
+    *,
+    also: set[str] = frozenset(),
+    later: list[int] = (),
+    stage: str = "",
 ) -> pd.DataFrame:
+    """Run `cells`; rows of `also` (cell ids) or of `later` seeds belong to this run's other stage."""
     results = ResultsFolder(out, ["study", "profile", "status", *study.factors])
     results.clear_temporary()
     results.merge()  # cells recorded by a sweep that was killed before it merged them
     runs = results.runs()
     finished = set(runs.loc[runs["status"].isin(FINISHED), "cell_id"]) if len(runs) else set()
     todo = [c for c in cells if c.id not in finished]
-    stale = len(set(runs["cell_id"]) - {c.id for c in cells}) if len(runs) else 0
+    mine = {c.id for c in cells} | set(also)
+    stale = 0
+    if len(runs):
+        of_later = runs["seed"].isin(list(later)) if "seed" in runs else False
+        stale = int((~runs["cell_id"].isin(mine) & ~of_later).sum())
     if stale:
         log.warning(
             "%s: %d rows are cells this run does not define (other seeds or an older study file); they are kept",
@@ -439,7 +489,13 @@ def _sweep(
             stale,
         )
     log.info(
-        "%s/%s: %d cells, %d finished, %d to run", study.name, profile, len(cells), len(cells) - len(todo), len(todo)
+        "%s/%s%s: %d cells, %d finished, %d to run",
+        study.name,
+        profile,
+        f" ({stage})" if stage else "",
+        len(cells),
+        len(cells) - len(todo),
+        len(todo),
     )
     if not todo:
         return runs

@@ -43,14 +43,22 @@ class Cell:
 class Study(StudyFile):
     """A study file whose combinations expand into cells."""
 
-    def cells(self, profile: str, seeds: list[int] | None = None, overrides: dict | None = None) -> list[Cell]:
+    def cells(
+        self,
+        profile: str,
+        seeds: list[int] | None = None,
+        overrides: dict | None = None,
+        combinations: list[dict] | None = None,
+    ) -> list[Cell]:
         """Expand the design at a profile into cells (one per level combination per seed).
 
         Seed by seed: every combination of the first seed runs before any of the next, so that a
         sweep stopped part-way holds complete seeds, each a full set of pairs for the paired statistics.
+        `combinations` (default: the profile's design) are the chosen ones of a two-stage profile.
         """
         seeds = seeds if seeds is not None else self.profile(profile).get("seeds", self.seeds)
-        combos = [(combo, self.settings(combo, profile, overrides)) for combo in self.combinations(profile)]
+        chosen = combinations if combinations is not None else self.combinations(profile)
+        combos = [(combo, self.settings(combo, profile, overrides)) for combo in chosen]
         cells = []
         for seed in seeds:
             for combo, cfg in combos:
