@@ -830,6 +830,25 @@ def test_overfitting_gap_uses_the_clean_training_error(claims_study):
     assert "clean train" in md and "| paired, 3 seeds |" in md
 
 
+def test_a_factorial_studys_crossed_arm_is_an_overfitting_row(tmp_path):
+    """The unregularised arm (no dropout and no crops) changes two factors: its own row, and panel."""
+    crossed = [(40.0, 1.0), (41.0, 2.0), (42.0, 1.5)]
+    levels = {**CLAIM_BASE, "dropout": "0.0", "augment": "none"}
+    cells = claim_cells() + [
+        cell(levels, seed, top1=t, final_train_clean_top1_err_pct=c) for seed, (t, c) in enumerate(crossed)
+    ]
+    folder = write_study(tmp_path / "toy-claims" / "cpu", "toy-claims", list(CLAIM_BASE), cells)
+    report_study(folder)
+    gaps = pd.read_csv(folder / "tables" / "overfitting.csv", keep_default_na=False, na_values=[""])
+    r = gaps.set_index("config").loc["augment = none, dropout = 0.0"]
+    base = [t - c for t, c in CLAIM_CELLS[("baseline", "")]]
+    d, lo, hi = paired_interval(base, [t - c for t, c in crossed])
+    assert r["gap_mean"] == pytest.approx(statistics.mean(t - c for t, c in crossed))
+    assert (r["diff"], r["diff_lo"], r["diff_hi"]) == (pytest.approx(d), pytest.approx(lo), pytest.approx(hi))
+    assert gaps["config"].tolist()[-1] == "augment = none, dropout = 0.0"  # after the one-factor rows
+    assert (folder / "figures" / "overfitting.png").stat().st_size > 5000
+
+
 def test_older_results_map_running_error_and_refuse_overfitting(tmp_path, caplog):
     folder = write_study(
         tmp_path / "toy-claims" / "cpu",

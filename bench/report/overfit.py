@@ -47,15 +47,31 @@ NO_CLEAN = "no clean training error recorded (older run): overfitting not resolv
 TEST_EPOCH = "test_top1_err_pct"
 
 
+CROSSED = "crossed"  # the factor of a configuration that changes several overfitting factors at once
+
+
 def configurations(sd: StudyData) -> list[tuple[str | None, str, dict]]:
     """(factor or None for the baseline, level, every factor's level): the baseline, then each other
-    level of each overfitting factor in the study, rows with more levels last."""
+    level of each overfitting factor in the study, rows with more levels last; then (CROSSED, its
+    label, levels) for each configuration run that changes several of them (a factorial design's
+    unregularised arm, say), where the overfitting shows most."""
     factors = sorted((f for f in FACTORS if f in sd.factors), key=lambda f: len(sd.levels[f]))
     if not factors or sd.baseline is None:
         return []
-    return [(None, sd.baseline[factors[0]], dict(sd.baseline))] + [
+    alone = [(None, sd.baseline[factors[0]], dict(sd.baseline))] + [
         (f, lv, {**sd.baseline, f: lv}) for f in factors for lv in sd.levels[f] if lv != sd.baseline[f]
     ]
+    crossed = []
+    for _, combo in sd.runs[sd.factors].drop_duplicates().iterrows() if len(sd.runs) else ():
+        levels = {f: str(combo[f]) for f in sd.factors}
+        changed = [f for f in sd.factors if levels[f] != sd.baseline[f]]
+        if len(changed) >= 2 and set(changed) <= set(factors):
+            crossed.append((CROSSED, ", ".join(config_label(f, levels[f]) for f in changed), levels))
+    return alone + crossed
+
+
+def label(factor: str | None, level: str) -> str:
+    return level if factor == CROSSED else config_label(factor, level)
 
 
 def gaps(sd: StudyData) -> pd.DataFrame:
@@ -69,7 +85,7 @@ def gaps(sd: StudyData) -> pd.DataFrame:
         d = compare(base, gap) if base and gap and factor is not None else None
         rows.append(
             {
-                "config": config_label(factor, level),
+                "config": label(factor, level),
                 "factor": factor or "",
                 "level": level if factor else "",
                 "is_baseline": factor is None,
@@ -141,8 +157,12 @@ def figure(sd: StudyData, frame: pd.DataFrame) -> Figure | None:
             which, level, levels = configs[col]
             cells = sd.cells_at(levels)
             h = plot.curves(sd, cells["cell_id"])
-            c = colors[(which, level if which else None)]
-            title = f"{factor} = {levels[factor]}" + (" (baseline)" if which is None else "")
+            c = colors.get((which, level if which else None), "0.3")
+            if which == CROSSED:
+                title = level
+            else:
+                title = "baseline" if factor == CROSSED else f"{factor} = {levels[factor]}"
+                title += " (baseline)" if which is None and factor != CROSSED else ""
             ax.set_xlabel("epochs" if row == len(factors) - 1 else "")
             ax.set_ylabel("error (%)" if col == 0 else "")
             mean = h.groupby("epoch")[[CLEAN_TRAIN_EPOCH, TEST_EPOCH]].mean().dropna() if len(h) else h
@@ -163,7 +183,7 @@ def figure(sd: StudyData, frame: pd.DataFrame) -> Figure | None:
             plot.line(ax, h, CLEAN_TRAIN_EPOCH, c, "--")
             plot.line(ax, h, TEST_EPOCH, c, "-")
             ax.fill_between(mean.index, mean[CLEAN_TRAIN_EPOCH], mean[TEST_EPOCH], color=c, alpha=0.15, linewidth=0)
-            g = gap.loc[config_label(which, level)]
+            g = gap.loc[label(which, level)]
             if int(g["gap_n"]):
                 ci = f" [{g['gap_lo']:+.1f}, {g['gap_hi']:+.1f}]" if int(g["gap_n"]) >= 2 else ""
                 title += f"\nfinal gap {g['gap_mean']:+.1f} pp{ci} (n={int(g['gap_n'])})"
