@@ -500,7 +500,7 @@ def test_figure1_chosen_learning_rates_and_ratio(fig1):
     assert "| modern | relu | 0.02 | 2 / 2 | 2, 3 |" in grid and "| paper | tanh | 0.01 | 0 / 2 | –, – |" in grid
 
 
-def test_figure1_chooses_on_the_seeds_that_ran_every_rate(tmp_path):
+def test_figure1_chooses_on_the_grid_not_the_confirming_seeds(tmp_path):
     """A two-stage profile: seed 0 ran the grid, seeds 1 and 2 only its fastest rate (confirm_seeds).
     Counting the confirming seeds in the choice would move it to the rate they never ran."""
     reach = {("relu", "0.01"): [3], ("relu", "0.02"): [2, 5, 5], ("tanh", "0.01"): [9, 10, 11], ("tanh", "0.02"): [12]}
@@ -509,7 +509,15 @@ def test_figure1_chooses_on_the_seeds_that_ran_every_rate(tmp_path):
         for (act, lr), per_seed in reach.items()
         for seed, r in enumerate(per_seed)
     ]
-    folder = write_study(tmp_path / "f" / "cpu", "toy-fig1", ["activation", "lr"], cells, target=TARGET)
+    toml = tmp_path / "toy-fig1.toml"
+    toml.write_text(
+        '[study]\nname = "toy-fig1"\nseeds = [0]\ntarget = { metric = "train_running_err_pct", value = 25.0 }\n'
+        '[factors.activation]\nkey = "knobs.activation"\nlevels = ["relu", "tanh"]\n'
+        '[factors.lr]\nkey = "lr"\nlevels = [0.01, 0.02]\n[profiles.cpu]\nconfirm_seeds = [1, 2]\n'
+    )
+    folder = write_study(
+        tmp_path / "f" / "cpu", "toy-fig1", ["activation", "lr"], cells, target=TARGET, study_file=toml
+    )
     report_study(folder)
     chosen = pd.read_csv(folder / "tables" / "figure1.csv", dtype={"lr": str}, keep_default_na=False)
     got = {r["activation"]: r for _, r in chosen.iterrows()}

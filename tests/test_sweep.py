@@ -484,7 +484,11 @@ def test_smoke_profile_of_every_shipped_study_end_to_end(tmp_path):
     assert main(["ablate", "--profile", "smoke", "--out", str(out), "--no-progress", "--no-report"]) == 0
     for name in list_studies():
         runs = pd.read_csv(out / name / "smoke" / "runs.csv")
-        assert len(runs) == len(load_study(name).cells("smoke"))
+        study = load_study(name)
+        cells = study.cells("smoke")
+        # a two-stage profile (figure1): each confirming seed once per (setup, activation), at its chosen rate
+        groups = {tuple(v for f, v in c.levels.items() if f != "lr") for c in cells}
+        assert len(runs) == len(cells) + len(study.confirm_seeds("smoke")) * len(groups)
         assert set(runs["status"]) == {"ok"}, runs[["status", "error"]]
         assert runs["params_total"].gt(0).all()
 

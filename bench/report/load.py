@@ -107,6 +107,7 @@ class StudyData:
     factor_descriptions: dict = field(default_factory=dict)
     notes: Notes = None
     only: dict = field(default_factory=dict)  # factor -> the only levels the profile runs (its `only`)
+    confirm_seeds: list = field(default_factory=list)  # seeds run only at chosen levels (a two-stage profile)
 
     @property
     def label(self) -> str:
@@ -222,6 +223,7 @@ def load(folder: Path) -> StudyData:
     spec = read_study_file(study, env, notes)
     known = spec.factors if spec else {}
     only = spec.profiles.get(profile, {}).get("only", {}) if spec else {}
+    confirm_seeds = spec.profiles.get(profile, {}).get("confirm_seeds", []) if spec else []
     levels, baseline, descriptions = {}, None, {}
     for f in factors:
         seen = [str(v) for v in runs[f].dropna().unique()] if f in runs else []
@@ -261,6 +263,7 @@ def load(folder: Path) -> StudyData:
         descriptions,
         notes,
         only,
+        confirm_seeds,
     )
 
 

@@ -16,7 +16,7 @@ on training error (what the paper's Figure 1 plots), never on test error:
    rate whose cell diverged comes last), reported as 'did not reach 25% within
    N epochs'.
 
-The rule judges the seeds that ran every rate. A two-stage profile (`confirm_seeds`)
+The rule judges the profile's seeds. A two-stage profile (`confirm_seeds`)
 then runs more seeds at the chosen rates only (`bench.sweep.runner.run_study` applies
 this same rule to the first stage); they count in the chosen rate's statistics and the
 claim, not in the choice.
@@ -158,15 +158,12 @@ def cell_epochs(sd: StudyData) -> pd.DataFrame:
 def lr_grid(sd: StudyData, tuning: bool = False) -> pd.DataFrame:
     """One row per (setup, activation, lr): seeds, how many reached the target, epochs to it.
 
-    tuning: only the seeds that ran at every rate of their setup and activation, the ones a
-    rate is chosen on (a two-stage profile's first stage; `confirm_seeds` ran only the chosen).
+    tuning: without the profile's `confirm_seeds`, which ran only the chosen rates: the cells a
+    rate is chosen on.
     """
     cells = cell_epochs(sd)
-    if tuning and len(cells):
-        groups = cells.groupby(["setup_level", "activation"], sort=False)
-        rates = groups["lr_level"].transform("nunique")
-        per_seed = cells.groupby(["setup_level", "activation", "seed"], sort=False)["lr_level"].transform("nunique")
-        cells = cells[per_seed == rates]
+    if tuning:
+        cells = cells[~cells["seed"].isin(sd.confirm_seeds)]
     rows = []
     for (setup, act, lr), g in cells.groupby(["setup_level", "activation", "lr_level"], sort=False):
         reached = g["epochs_to_target"].notna()
@@ -231,8 +228,8 @@ def _fastest(g: pd.DataFrame) -> tuple[str, bool]:
 def choose(grid: pd.DataFrame, tuning: pd.DataFrame | None = None) -> pd.DataFrame:
     """The chosen learning rate per (setup, activation); see the module docstring.
 
-    tuning: `lr_grid(sd, tuning=True)`, the seeds that ran every rate. The rate is chosen on
-    those; its row (every seed, the confirming ones too) comes from `grid`.
+    tuning: `lr_grid(sd, tuning=True)`, without the confirming seeds. The rate is chosen on it;
+    its row (every seed, the confirming ones too) comes from `grid`.
     """
     rows = []
     for (setup, act), g in grid.groupby(["setup", "activation"], sort=False):
@@ -384,7 +381,7 @@ def figure1_table(sd: StudyData, chosen: pd.DataFrame, ratios: dict[str, Speedup
         )
     notes = [
         "Learning rate per setup and activation, chosen on training error (never on test error): the one "
-        "that reaches the target in the fewest epochs (mean over the seeds that ran every rate; ties: lower "
+        "that reaches the target in the fewest epochs (mean over the seeds of the grid; ties: lower "
         "final running training error, then the lower rate); if none does, the lowest final running "
         "training error. Seeds that ran only the chosen rate (a profile's confirm_seeds) count in its row, "
         "not in the choice.",
