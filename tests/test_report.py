@@ -600,6 +600,19 @@ def test_architectures_outputs_and_numbers(arch):
     assert "model only, median of timed repeats" in md
 
 
+def test_architectures_error_vs_measured_speed(arch):
+    """The issue's view of the lineage: error against MACs, parameters and the throughput measured here."""
+    from bench.report.effects import effects, in_level_order
+    from bench.report.kinds.architectures import architectures_cost
+
+    sd = load(arch)
+    fig = architectures_cost(sd, in_level_order(sd, effects(sd)))
+    speed = fig.axes[2]
+    assert speed.get_title() == "error vs measured speed (Test CPU)" and speed.get_xscale() == "log"
+    x = sorted({float(line.get_xdata()[0]) for line in speed.lines if len(line.get_xdata())})  # markers, caps
+    assert x == pytest.approx(sorted(1e6 / p**0.5 for _, p, _ in ARCH.values()))  # one point per net
+
+
 # --- the command ------------------------------------------------------------------------------
 
 

@@ -1,8 +1,8 @@
 """The architecture comparison, a kind of study: one `architecture` factor, each net on one recipe.
 
 Applies to a study with an `architecture` factor, e.g. ablations/architectures.toml.
-Writes the figures `architectures_error_vs_cost` (test error vs MACs and vs
-parameters) and `architectures_throughput` (training and inference images/s),
+Writes the figures `architectures_error_vs_cost` (test error vs MACs, vs
+parameters and vs measured training throughput) and `architectures_throughput` (training and inference images/s),
 and the table `architectures`, with the architectures in the study's order.
 """
 
@@ -46,7 +46,7 @@ def build(out: Output, outcome: Outcome) -> None:
     out.figure(
         out.guarded("error vs cost", architectures_cost, sd, eff),
         "architectures_error_vs_cost",
-        "Test top-1 error vs multiply-adds per image and vs parameters (log scales).",
+        "Test top-1 error vs multiply-adds per image, vs parameters and vs measured training throughput (log scales).",
         s,
     )
     out.figure(
@@ -176,17 +176,20 @@ def _log_limits(values: np.ndarray) -> tuple[float, float]:
 
 
 def architectures_cost(sd: StudyData, eff: pd.DataFrame) -> Figure:
-    """Test error vs MACs and vs parameters (log x), one labelled point per architecture."""
-    fig = Figure(figsize=(11.5, 5.0), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
+    """Test error vs MACs, vs parameters and vs measured training throughput (log x), one labelled
+    point per architecture: what a net costs on paper, and what it costs on this device."""
+    fig = Figure(figsize=(16.0, 5.0), layout="constrained")
+    axes = fig.subplots(1, 3, sharey=True)
     ok = eff[eff["n"] > 0]
     colors = plot.level_colors(sd)
     notes = []
     ys = np.concatenate([ok[c].to_numpy(dtype=float) for c in ("top1_mean", "top1_lo", "top1_hi")])
     ys = ys[np.isfinite(ys)]
+    train_desc = throughput_sources(sd)[1]
     panels = (
         (axes[0], "macs", "MACs per image (conv + FC multiply-adds, forward pass; log scale)"),
         (axes[1], "params", "parameters (log scale)"),
+        (axes[2], "train_ips", f"training images/s ({train_desc}; log scale)"),
     )
     for ax, column, xlabel in panels:
         have = ok[ok[column].notna() & (ok[column] > 0)]
@@ -203,15 +206,15 @@ def architectures_cost(sd: StudyData, eff: pd.DataFrame) -> Figure:
         if len(have):
             ax.set_xlim(*_log_limits(have[column].to_numpy(dtype=float)))
         if len(have) < len(ok):
-            notes.append(
-                f"no {column} for: " + ", ".join(_arch(r, sd) for _, r in ok.iterrows() if not (r[column] > 0))
-            )
+            what = "measured throughput" if column == "train_ips" else column
+            notes.append(f"no {what} for: " + ", ".join(_arch(r, sd) for _, r in ok.iterrows() if not (r[column] > 0)))
     if len(ys):
         span = max(float(np.nanmax(ys) - np.nanmin(ys)), 2.0)
         axes[0].set_ylim(float(np.nanmin(ys)) - 0.12 * span, float(np.nanmax(ys)) + 0.12 * span)
     axes[0].set_ylabel("test top-1 error (%)")
     axes[0].set_title("error vs compute")
     axes[1].set_title("error vs size")
+    axes[2].set_title(f"error vs measured speed ({plot.unique(sd, 'device_name') or 'device unknown'})")
     for ax, column, _ in panels:  # after every point is drawn, so that labels see them all
         have = ok[ok[column].notna() & (ok[column] > 0)]
         _place_labels(ax, [(r[column], r["top1_mean"], _arch(r, sd)) for _, r in have.iterrows()])
