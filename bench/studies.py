@@ -22,7 +22,7 @@ A study file has four parts:
 `confirm_seeds` makes a Figure 1 study two-stage: the profile's seeds run the whole
 learning-rate grid; then, per setup and activation, the rate that trains fastest on
 them (`bench.report.kinds.figure1.choose`, on training error, never test error) runs
-at `confirm_seeds` too. Three seeds at the chosen rates cost three grids' worth less.
+at `confirm_seeds` too: each further seed costs one cell per setup and activation, not a grid.
 
 `study.exclude` lists level combinations never to run, e.g. a learning-rate grid
 that differs per setup: exclude = [{ setup = "paper", lr = 0.05 }].

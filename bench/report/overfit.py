@@ -160,9 +160,10 @@ def figure(sd: StudyData, frame: pd.DataFrame) -> Figure | None:
             c = colors.get((which, level if which else None), "0.3")
             if which == CROSSED:
                 title = level
+            elif factor == CROSSED:  # the crossed row's baseline panel
+                title = "baseline"
             else:
-                title = "baseline" if factor == CROSSED else f"{factor} = {levels[factor]}"
-                title += " (baseline)" if which is None and factor != CROSSED else ""
+                title = f"{factor} = {levels[factor]}" + (" (baseline)" if which is None else "")
             ax.set_xlabel("epochs" if row == len(factors) - 1 else "")
             ax.set_ylabel("error (%)" if col == 0 else "")
             mean = h.groupby("epoch")[[CLEAN_TRAIN_EPOCH, TEST_EPOCH]].mean().dropna() if len(h) else h
