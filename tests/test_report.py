@@ -25,7 +25,7 @@ from bench.report import command, report_all, report_study
 from bench.report.claims import CLAIMS
 from bench.report.format import latex_escape, to_latex, to_markdown
 from bench.report.kinds import KINDS, kind_for
-from bench.report.load import load
+from bench.report.load import load, run_mode
 from bench.report.markdown import PIPELINE_CHECK
 from bench.report.plot import level_colors, palette
 from bench.report.stats import VERDICT_RULE, summarize, t_quantile, welch
@@ -476,6 +476,20 @@ def test_figure1_outputs(fig1):
         assert (fig1 / "figures" / f"figure1.{ext}").stat().st_size > 5000
     report = (fig1 / "report.md").read_text()
     assert "(figures/figure1.png)" in report and "ReLU six times faster" in report
+
+
+def test_run_mode_names_precision_layout_and_compilation():
+    runs = pd.DataFrame(
+        {
+            "dtype_resolved": ["bf16", "bf16", "fp32", None],
+            "cfg_channels_last": [True, True, False, False],
+            "cfg_compile": ["off", "off", "default", "off"],
+        }
+    )
+    assert run_mode(argparse.Namespace(runs=runs)) == "bf16 autocast, channels_last, eager; fp32, compiled (default)"
+    older = pd.DataFrame({"dtype_resolved": ["fp32"]})  # rows from before channels_last and compile were recorded
+    assert run_mode(argparse.Namespace(runs=older)) == "fp32, eager"
+    assert run_mode(argparse.Namespace(runs=pd.DataFrame({"seed": [0]}))) == ""
 
 
 def test_figure1_chosen_learning_rates_and_ratio(fig1):

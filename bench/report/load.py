@@ -343,3 +343,20 @@ def _read_history(
         notes.warn(f"{orphans} {HISTORY} rows belong to no cell of {RUNS} (an interrupted cell); left out")
         merged = merged[merged["status"].notna()]
     return merged
+
+
+def run_mode(sd: StudyData) -> str:
+    """How the cells computed, e.g. 'bf16 autocast, channels_last' or 'fp32, eager' ('' if not recorded)."""
+    runs = sd.runs
+    if "dtype_resolved" not in runs or not runs["dtype_resolved"].notna().any():
+        return ""
+    modes = []
+    columns = [c for c in ("dtype_resolved", "cfg_channels_last", "cfg_compile") if c in runs]
+    for _, r in runs.dropna(subset=["dtype_resolved"]).drop_duplicates(columns).iterrows():
+        parts = [str(r["dtype_resolved"]) + (" autocast" if r["dtype_resolved"] in ("bf16", "fp16") else "")]
+        if str(r.get("cfg_channels_last", "")).lower() == "true":
+            parts.append("channels_last")
+        compiled = str(r.get("cfg_compile", "off"))
+        parts.append("eager" if compiled in ("off", "nan", "") else f"compiled ({compiled})")
+        modes.append(", ".join(parts))
+    return "; ".join(dict.fromkeys(modes))

@@ -10,7 +10,7 @@ import pandas as pd
 
 from bench.report import format as fmt
 from bench.report.claims import PAPER, TOP1, claims_table
-from bench.report.load import StudyData
+from bench.report.load import StudyData, run_mode
 from bench.report.stats import PAIRED, VERDICT_RULE, WELCH
 from bench.train.result import DIVERGED, FINISHED
 
@@ -63,6 +63,7 @@ def provenance(sd: StudyData) -> list[tuple[str, str]]:
     lines = [
         ("data", data + (f" ({'; '.join(sizes)})" if sizes else "")),
         ("device", f"{device} ({kinds})" if kinds else device),
+        ("mode", run_mode(sd) or "not recorded"),
         ("software", ", ".join(versions) or "unknown"),
         ("profile", sd.profile),
         ("seeds", f"{', '.join(str(s) for s in seeds)} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''})"),

@@ -53,6 +53,7 @@ from bench.report.load import (
     RUNNING_TRAIN,
     RUNNING_TRAIN_EPOCH,
     StudyData,
+    run_mode,
 )
 from bench.report.markdown import Section
 from bench.report.output import Outcome, Output
@@ -489,9 +490,10 @@ def figure1(sd: StudyData, chosen: pd.DataFrame, ratios: dict) -> Figure:
                 ax.annotate(
                     f"{r['epochs_mean']:.3g}",
                     (r["epochs_mean"], target),
-                    xytext=(0, -17),
+                    # ReLU's number left of its point, tanh's right: close points never overprint.
+                    xytext=(-2, -17) if act == FAST else (2, -17),
                     textcoords="offset points",
-                    ha="center",
+                    ha="right" if act == FAST else "left",
                     fontsize=10,
                     color=color,
                     fontweight="bold",
@@ -524,6 +526,7 @@ def figure1(sd: StudyData, chosen: pd.DataFrame, ratios: dict) -> Figure:
         ax.set_ylabel(f"{target_label(sd).split('% ', 1)[-1]} (%)")
     axes[0].set_ylim(0, min(100.0, top * 1.08 + 2))
     plot.epoch_axis(axes[0], last)
+    axes[0].set_xlim(right=last + max(0.5, 0.07 * last))  # room for a number right of the last point
     model = plot.unique(sd, "cfg_model")
     fig.suptitle(
         f"Figure 1 re-measured: {model or 'the four-layer net'}, training error vs epochs (ReLU solid, tanh dashed)"
@@ -533,7 +536,8 @@ def figure1(sd: StudyData, chosen: pd.DataFrame, ratios: dict) -> Figure:
         [
             f"{seeds} seeds: line = mean, band = range over seeds." if seeds > 1 else "One seed: no band.",
             f"Each activation at the learning rate that reaches {target_label(sd)} in the fewest epochs "
-            f"({sd.profile} profile, data: {plot.unique(sd, 'data_source') or 'unknown'}).",
+            f"({sd.profile} profile; {plot.unique(sd, 'device_name') or 'device unknown'}, "
+            f"{run_mode(sd) or 'mode not recorded'}; data: {plot.unique(sd, 'data_source') or 'unknown'}).",
         ],
     )
     return fig
