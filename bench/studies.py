@@ -134,6 +134,7 @@ class StudyFile:
         profiles = doc.get("profiles", {})
         for pname, prof in profiles.items():
             _check_profile(path, pname, prof, factors)
+            _check_only_keeps_baselines(path, pname, prof, factors, design)
             _check_confirm(path, pname, prof, factors, target, seeds)
         return cls(
             meta.get("name", path.stem),
@@ -162,8 +163,19 @@ class StudyFile:
         """The seeds that run only at the chosen learning rates (a two-stage profile), else []."""
         return list(self.profile(profile).get("confirm_seeds", []))
 
-    def is_baseline(self, combo: dict) -> bool:
-        return all(level == self.factors[f]["baseline"] for f, level in combo.items())
+    def baseline(self, profile: str | None = None) -> dict[str, str]:
+        """Each factor's baseline level at `profile`: the study's, or the first level the profile's
+        `only` keeps where it leaves the study's out (a factorial design's cells then still have one
+        to be compared with)."""
+        only = self.profile(profile).get("only", {}) if profile is not None else {}
+        return {
+            f: spec["baseline"] if spec["baseline"] in only.get(f, [spec["baseline"]]) else only[f][0]
+            for f, spec in self.factors.items()
+        }
+
+    def is_baseline(self, combo: dict, profile: str | None = None) -> bool:
+        base = self.baseline(profile)
+        return all(level == base[f] for f, level in combo.items())
 
     def combinations(self, profile: str) -> list[dict]:
         """The level combinations (factor -> level) run at `profile`: the design's, less the
@@ -312,6 +324,18 @@ def _exclude(path: Path, exclude, factors: dict) -> list[dict]:
     for e in exclude:
         _check_levels(path, "study.exclude", factors, {f: [lv] for f, lv in e.items()})
     return exclude
+
+
+def _check_only_keeps_baselines(path: Path, pname: str, prof: dict, factors: dict, design: str) -> None:
+    """A one-at-a-time design varies each factor from the baseline: `only` must keep every baseline level."""
+    if design != "one-at-a-time":
+        return
+    for f, kept in prof.get("only", {}).items():
+        if factors[f]["baseline"] not in kept:
+            raise UserError(
+                f"{path}: profiles.{pname}.only leaves out {f}'s baseline level {factors[f]['baseline']!r}, "
+                f'from which a one-at-a-time design varies every factor; keep it, or set study.design = "factorial"'
+            )
 
 
 def _check_profile(path: Path, pname: str, prof, factors: dict) -> None:

@@ -412,6 +412,34 @@ def test_levels_a_profile_leaves_out_through_only_are_not_missing(tmp_path):
     assert "overlapping 3x3/2 pooling" in (folder / "tables" / "paper_claims.md").read_text()
 
 
+def test_a_factorial_profile_without_the_baseline_level_compares_with_the_first_it_keeps(tmp_path):
+    """figure1-precision's cpu profile keeps one learning rate, not the study's baseline rate: its
+    fp32 cells are the baseline the bf16 ones are compared with, not a missing configuration."""
+    toml = tmp_path / "toy-precision.toml"
+    toml.write_text(
+        '[study]\nname = "toy-precision"\ndesign = "factorial"\n[base]\nmodel = "layers-80sec"\n'
+        '[factors.precision]\nkey = "dtype"\nlevels = ["fp32", "bf16"]\n'
+        '[factors.lr]\nkey = "lr"\nlevels = [0.0125, 0.025]\n'
+        "[profiles.smoke]\nonly = { lr = [0.025] }\n"
+    )
+    fp32 = [cell({"precision": "fp32", "lr": "0.025"}, s, top1=t) for s, t in ((0, 40.0), (1, 44.0))]
+    bf16 = [cell({"precision": "bf16", "lr": "0.025"}, s, top1=t) for s, t in ((0, 41.0), (1, 46.0))]
+    folder = write_study(
+        tmp_path / "toy-precision" / "smoke",
+        "toy-precision",
+        ["precision", "lr"],
+        fp32 + bf16,
+        profile="smoke",
+        study_file=toml,
+    )
+    report_study(folder)
+    effects = (folder / "tables" / "ablation_effects.md").read_text()
+    assert "not run" not in effects and "lr = " not in effects
+    diffs = [1.0, 2.0]  # bf16 - fp32 per seed
+    _, _, lo, hi = t_interval(diffs)
+    assert f"+1.50 [{lo:+.2f}, {hi:+.2f}]" in effects
+
+
 def test_empty_runs_table_writes_a_report(tmp_path):
     folder = tmp_path / "x" / "cpu"
     folder.mkdir(parents=True)

@@ -120,6 +120,23 @@ def test_factorial_and_one_at_a_time_designs(tmp_path):
     ]
 
 
+def test_a_profile_that_leaves_out_the_baseline_level(tmp_path):
+    keep_002 = 'measure = "none"\nonly = { lr = [0.02] }'
+    # factorial: the first level `only` keeps is this profile's baseline, so its cells have one
+    factorial = TINY_STUDY.format(design="factorial", epochs=2).replace('measure = "none"', keep_002)
+    study = load_study(str(write_study(tmp_path, text=factorial)))
+    assert [c.levels for c in study.cells("smoke") if c.is_baseline] == [{"activation": "relu", "lr": "0.02"}]
+    assert study.baseline("smoke") == {"activation": "relu", "lr": "0.02"}
+    assert study.baseline() == {"activation": "relu", "lr": "0.01"}
+    # one-at-a-time varies every factor from the baseline: leaving it out is an error before anything runs
+    oat = TINY_STUDY.format(design="one-at-a-time", epochs=2).replace('measure = "none"', keep_002)
+    path = write_study(tmp_path, text=oat)
+    with pytest.raises(UserError) as err:
+        load_study(str(path))
+    assert str(path) in str(err.value) and "lr's baseline level '0.01'" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
 def test_figure1_grid_differs_per_setup():
     cells = load_study("figure1").cells("cpu")
     lrs = {(c.levels["setup"], c.levels["activation"]): set() for c in cells}

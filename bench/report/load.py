@@ -236,7 +236,9 @@ def load(folder: Path) -> StudyData:
     if len(marked):
         baseline = {f: str(marked.iloc[0][f]) for f in factors}
     elif factors and all(f in known for f in factors):
-        baseline = {f: known[f]["baseline"] for f in factors}
+        baseline = {
+            f: lv for f, lv in spec.baseline(profile if profile in spec.profiles else None).items() if f in factors
+        }
 
     target = None
     if "target_metric" in runs and runs["target_metric"].notna().any():

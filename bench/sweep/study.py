@@ -62,7 +62,7 @@ class Study(StudyFile):
         cells = []
         for seed in seeds:
             for combo, cfg in combos:
-                baseline = self.is_baseline(combo)
+                baseline = self.is_baseline(combo, profile)
                 try:
                     config = TrainConfig(**{**cfg, "seed": seed})
                 except UserError as e:
