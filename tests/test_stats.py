@@ -266,6 +266,12 @@ def test_speedup_is_a_geometric_mean_ratio():
         (4.641588833612778, 2.121294487968094, 10.15622631488348), rel=1e-9
     )
     assert (r["method"], r["n"], r["verdict"]) == (PAIRED, 3, AGREES)
+    assert a.note == "the paper's ×6 lies inside the interval"  # [2.12, 10.16]
+    # the verdict judges the direction; the note says where the paper's size lies
+    small = assess_speedup({0: 6.0, 1: 5.4, 2: 6.1}, {0: 8.1, 1: 8.3, 2: 8.1})
+    assert small.verdict == AGREES and small.note == "smaller than the paper's ×6: the interval lies below it"
+    large = assess_speedup({0: 1.0, 1: 1.0, 2: 1.0}, {0: 9.0, 1: 10.0, 2: 11.0})
+    assert large.note == "larger than the paper's ×6: the interval lies above it"
     censored = assess_speedup({0: 3, 1: 4, 2: 3}, {0: 12, 1: math.nan, 2: 20})
     assert censored.verdict == NOT_RESOLVABLE and "lower bound" in censored.note
 

@@ -419,7 +419,21 @@ def assess_speedup(
         return Assessment(
             claim, None, NOT_RESOLVABLE, f"{censored} cell(s) did not reach the target: only a lower bound on the ratio"
         )
-    return Assessment(claim, e, verdict(e, claim.side), _unpaired_note(e, len(relu), len(tanh)))
+    notes = [_unpaired_note(e, len(relu), len(tanh)), _size_note(e, claim.paper_diff)]
+    return Assessment(claim, e, verdict(e, claim.side), "; ".join(filter(None, notes)))
+
+
+def _size_note(e: Difference, paper_ratio: float | None) -> str:
+    """Where the paper's ratio lies against the measured interval: the verdict judges the
+    direction only, and a ratio of 1.4 "agrees" with "six times" in nothing but that."""
+    if paper_ratio is None or not (math.isfinite(e.lo) and math.isfinite(e.hi)):
+        return ""
+    lo, hi = math.exp(e.lo), math.exp(e.hi)
+    if hi < paper_ratio:
+        return f"smaller than the paper's ×{paper_ratio:g}: the interval lies below it"
+    if lo > paper_ratio:
+        return f"larger than the paper's ×{paper_ratio:g}: the interval lies above it"
+    return f"the paper's ×{paper_ratio:g} lies inside the interval"
 
 
 def _count(values: Mapping[Hashable, float]) -> int:

@@ -13,6 +13,7 @@ configuration has the same colour in every figure of its study.
 from __future__ import annotations
 
 import logging
+import textwrap
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -100,7 +101,11 @@ def _save_one(fig: Figure, folder: Path, name: str, ext: str) -> Path:
 def note(fig: Figure, lines: list[str]) -> None:
     """Small print under the axes: what the bands mean, what is missing."""
     if lines:
-        fig.text(0.01, -0.01, "\n".join(lines), ha="left", va="top", fontsize=9, color="0.25")
+        # Wrapped to the figure's width (about 15 characters an inch at this size): a long line
+        # would otherwise widen a one-panel figure's saved bounding box far past its axes.
+        width = max(40, int(fig.get_figwidth() * 15))
+        text = "\n".join(textwrap.fill(line, width) for line in lines)
+        fig.text(0.01, -0.01, text, ha="left", va="top", fontsize=9, color="0.25")
 
 
 def curves(sd: StudyData, cell_ids) -> pd.DataFrame:
