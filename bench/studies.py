@@ -24,6 +24,19 @@ learning-rate grid; then, per setup and activation, the rate that trains fastest
 them (`bench.report.kinds.figure1.choose`, on training error, never test error) runs
 at `confirm_seeds` too: each further seed costs one cell per setup and activation, not a grid.
 
+`tune_lr = [0.0125, 0.025, 0.05]` gives every arm (level combination) its own learning
+rate, chosen on validation error (`bench.choose`): the profile's seeds run every arm at
+every rate of the grid; with `confirm_seeds`, those seeds then run each arm at its chosen
+rate alone. The report compares each arm at its own rate, and flags a choice at the edge
+of the grid.
+
+`data_follows_seed = true` draws the training subset, the validation split and the test
+subset from the cell's seed (cells of one seed still share them, so pairs stay paired);
+without it every seed uses `data_seed`, and intervals are conditional on that one draw.
+
+The seeds a profile declares (`seeds` and `confirm_seeds`) are its confirmatory n: the
+report's verdicts use those seeds alone and shows any other seed's cells as exploratory.
+
 `study.exclude` lists level combinations never to run, e.g. a learning-rate grid
 that differs per setup: exclude = [{ setup = "paper", lr = 0.05 }].
 
@@ -61,6 +74,8 @@ PROFILE_EXTRA_KEYS = {
     "description",
     "gpus_per_cell",
     "cpus_per_cell",
+    "tune_lr",
+    "data_follows_seed",
 }
 CONFIRM_FACTORS = {"lr", "activation", "setup"}  # what `confirm_seeds` chooses among (a Figure 1 study)
 CONFIG_KEYS = {f.name for f in fields(TrainConfig)}
@@ -162,6 +177,15 @@ class StudyFile:
     def confirm_seeds(self, profile: str) -> list[int]:
         """The seeds that run only at the chosen learning rates (a two-stage profile), else []."""
         return list(self.profile(profile).get("confirm_seeds", []))
+
+    def declared_seeds(self, profile: str) -> list[int]:
+        """The seeds the profile declares before anything runs: its confirmatory n."""
+        prof = self.profile(profile)
+        return list(prof.get("seeds", self.seeds)) + list(prof.get("confirm_seeds", []))
+
+    def lr_grid(self, profile: str) -> list[float]:
+        """The learning rates every arm tries at `profile` (`tune_lr`), else []."""
+        return [float(v) for v in self.profile(profile).get("tune_lr", [])]
 
     def baseline(self, profile: str | None = None) -> dict[str, str]:
         """Each factor's baseline level at `profile`: the study's, or the first level the profile's
@@ -351,6 +375,20 @@ def _check_profile(path: Path, pname: str, prof, factors: dict) -> None:
     if not isinstance(only, dict) or not all(isinstance(v, list) for v in only.values()):
         raise UserError(f"{path}: profiles.{pname}.only must be a table of factor = [levels]")
     prof["only"] = {f: [str(v) for v in lv] for f, lv in only.items()}
+    if "tune_lr" in prof:
+        grid = prof["tune_lr"]
+        numbers = isinstance(grid, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in grid)
+        if not (numbers and len(grid) >= 2 and all(0 < v < float("inf") for v in grid)):
+            raise UserError(
+                f"{path}: profiles.{pname}.tune_lr must be a list of at least two positive learning rates, "
+                f"e.g. [0.0125, 0.025, 0.05], got {grid!r}"
+            )
+        if len(set(grid)) != len(grid):
+            raise UserError(f"{path}: profiles.{pname}.tune_lr repeats a rate ({grid!r}); list each rate once")
+        if "lr" in factors:
+            raise UserError(f"{path}: profiles.{pname}.tune_lr tunes lr, which is already a factor of this study")
+    if not isinstance(prof.get("data_follows_seed", False), bool):
+        raise UserError(f"{path}: profiles.{pname}.data_follows_seed must be true or false")
     _check_levels(path, f"profiles.{pname}.only", factors, prof["only"])
     for fname, lv in prof.get("levels", {}).items():
         if fname not in factors:
@@ -369,7 +407,9 @@ def _check_confirm(path: Path, pname: str, prof: dict, factors: dict, target: di
         return
     where = f"profiles.{pname}.confirm_seeds"
     _check_seeds(path, where, prof["confirm_seeds"])
-    if target is None or not {"lr", "activation"} <= set(factors) or not set(factors) <= CONFIRM_FACTORS:
+    if "tune_lr" in prof:
+        pass  # the second stage runs each arm at the rate its validation error chose
+    elif target is None or not {"lr", "activation"} <= set(factors) or not set(factors) <= CONFIRM_FACTORS:
         raise UserError(
             f"{path}: {where} runs more seeds at the learning rate chosen per activation by time to "
             f"study.target; it needs a target and factors lr and activation (and optionally setup), "

@@ -22,6 +22,14 @@ Knobs (all independent):
               the paper's constants) follows the activation of conv1 and conv2
               (section 3.3). `batchnorm` puts BatchNorm2d in exactly those two
               places, so the knob swaps only the normaliser.
+  lrn_alpha   the LRN's alpha (default the paper's 1e-4). The paper set its constants
+              for its own activations (raw pixels minus the mean image); on
+              standardised inputs the data term alpha * sum(a^2) is ~1e-5 of the
+              denominator and LRN is a constant gain of k^-beta. The network up to
+              conv1's ReLU is positively homogeneous, so inputs scaled by c give
+              conv1 activations scaled by c: alpha * c^2 on standardised inputs
+              is the paper's alpha at the paper's input scale (c = the pixels' std
+              in 0-255 units, ~64, so 1e-4 * 64^2 ~ 0.4).
   pool        overlap (3x3 stride 2, section 3.4) | nonoverlap (2x2 stride 2).
               Overlapping pools are padded (CIFAR: pad 1) so both give maps of
               the same size at every stage; only the overlap differs.
@@ -92,6 +100,7 @@ class AlexNet(nn.Module):
         groups: int,
         width: float,
         conv_width: float,
+        lrn_alpha: float = 1e-4,
     ):
         super().__init__()
         check_choice("activation", activation, tuple(ACTIVATIONS))
@@ -101,6 +110,8 @@ class AlexNet(nn.Module):
         dropout = check_probability("dropout", dropout)
         width = check_width("width", width)
         conv_width = check_width("conv_width", conv_width)
+        if not (isinstance(lrn_alpha, (int, float)) and not isinstance(lrn_alpha, bool) and 0 < lrn_alpha < float("inf")):
+            raise ValueError(f"lrn_alpha must be a positive number (the paper's is 1e-4), got {lrn_alpha!r}")
 
         multipliers = (conv_width,) * 4 + (1.0,)
         c1, c2, c3, c4, c5 = (scale_channels(c, width * m, groups) for c, m in zip(CONV_CHANNELS, multipliers))
@@ -110,7 +121,7 @@ class AlexNet(nn.Module):
 
         def normaliser(channels: int) -> nn.Module | None:
             if norm == "lrn":
-                return LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)
+                return LocalResponseNorm(size=5, alpha=float(lrn_alpha), beta=0.75, k=2.0)
             return nn.BatchNorm2d(channels) if norm == "batchnorm" else None
 
         def block(i: int, conv: nn.Conv2d, normalised: bool = False, pooled: bool = False):
@@ -168,6 +179,7 @@ def alexnet(
     groups: int = 1,
     width: float = 1.0,
     conv_width: float = 1.0,
+    lrn_alpha: float = 1e-4,
 ) -> nn.Module:
     """AlexNet for 32x32 CIFAR-10: the paper's eight layers, 5x5 stride-1 conv1, one tower by default."""
     return AlexNet(
@@ -182,6 +194,7 @@ def alexnet(
         groups=groups,
         width=width,
         conv_width=conv_width,
+        lrn_alpha=lrn_alpha,
     )
 
 
@@ -196,6 +209,7 @@ def alexnet_paper(
     groups: int = 2,
     width: float = 1.0,
     conv_width: float = 1.0,
+    lrn_alpha: float = 1e-4,
 ) -> nn.Module:
     """AlexNet as published, 227x227 input, two towers: 60,965,224 parameters at 1000 classes."""
     return AlexNet(
@@ -210,4 +224,5 @@ def alexnet_paper(
         groups=groups,
         width=width,
         conv_width=conv_width,
+        lrn_alpha=lrn_alpha,
     )

@@ -315,3 +315,52 @@ class LocalResponseNorm(nn.Module):
     def extra_repr(self) -> str:
         fused = "" if self.fused is None else f", fused={self.fused}"
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k} (paper's alpha){fused}"
+
+
+# --- how much of the denominator comes from the data -------------------------------------
+
+ACTIVITY_QUANTILE = 0.99  # the "high percentile" of the data share, besides its mean
+
+
+def data_share(x: torch.Tensor, size: int, alpha: float, k: float) -> torch.Tensor:
+    """alpha * S / (k + alpha * S) at every element, S the window sum of x^2 (`_window_sum`).
+
+    0 means the layer multiplies by the constant k^-beta (a gain, no normalisation); near 1
+    means the denominator is all data. The paper's constants were set for its own
+    activations: at another input scale or initialisation the share can be ~1e-5.
+    """
+    xf = x.detach().float()
+    s = _window_sum(xf * xf, size // 2, (size - 1) // 2) * alpha
+    return s / (k + s)
+
+
+@torch.no_grad()
+def lrn_activity(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """The data share of every LocalResponseNorm of `model` on the batch `x`, in eval mode:
+    `lrn_<layer>_share_mean` and `lrn_<layer>_share_p99` (layer: the module's last name, e.g.
+    norm1). {} for a model without LRN. The model's training mode is restored."""
+    layers = [(name.rsplit(".", 1)[-1], m) for name, m in model.named_modules() if isinstance(m, LocalResponseNorm)]
+    if not layers:
+        return {}
+    out: dict[str, float] = {}
+
+    def hook(name):
+        def record(module, inputs, _output):
+            share = data_share(inputs[0], module.size, module.alpha, module.k).flatten()
+            # quantile() refuses tensors above 2**24 elements; a strided sample keeps it exact enough
+            sample = share[:: max(1, share.numel() // (1 << 22))]
+            out[f"lrn_{name}_share_mean"] = share.mean().item()
+            out[f"lrn_{name}_share_p99"] = torch.quantile(sample, ACTIVITY_QUANTILE).item()
+
+        return record
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in layers]
+    was_training = model.training
+    try:
+        model.eval()
+        model(x)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return out

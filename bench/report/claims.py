@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
@@ -50,6 +50,12 @@ TOP1 = "final_test_top1_err_pct"
 CLEAN_TRAIN = "final_train_clean_top1_err_pct"
 OK = "ok"
 KINDS = ("top1_diff", "speedup", "overfit")
+CIFAR_NET = "cifar-conv-local"  # cuda-convnet's layers-conv-local-11pct: the net of the paper's CIFAR-10 LRN claim
+NOT_TESTED = "not tested"  # the mechanism the claim is about was not active in the cells that ran
+# An LRN layer whose data term is below this share of its denominator, at the end of training, is a
+# constant gain k^-beta, not a normaliser: removing it rescales the signal and nothing else.
+LRN_ACTIVE_SHARE = 0.01
+MACS_TOLERANCE = 0.01  # an arm whose MACs differ from the baseline's by more than this has the ratio noted
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class Claim:
     paper_diff: float | None = None  # see the module docstring
     reference: str = ""  # the level the paper compares with: the study's baseline must be this
     side: int = 1  # the sign the paper expects of level − baseline
+    models: tuple[str, ...] = ()  # the nets that re-measure it (runs.csv cfg_model); () = any
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -107,10 +114,11 @@ CLAIMS: tuple[Claim, ...] = (
         1.4,
         "lrn",
         +1,
+        ("alexnet", "alexnet-paper"),
     ),
     Claim(
         "3.3",
-        "local response normalisation removed, four-layer CNN",
+        "local response normalisation removed, the paper's four-layer CIFAR-10 net",
         "13% test error without normalisation, 11% with",
         "CIFAR-10",
         "norm",
@@ -119,6 +127,7 @@ CLAIMS: tuple[Claim, ...] = (
         2.0,
         "lrn",
         +1,
+        (CIFAR_NET,),
     ),
     Claim(
         "3.4",
@@ -195,11 +204,28 @@ CLAIMS: tuple[Claim, ...] = (
 )
 
 
-def claims_for(factor: str, level: str, kind: str | None = None) -> list[Claim]:
-    """The claims that the `factor` = `level` cell re-measures."""
+def claims_for(factor: str, level: str, kind: str | None = None, models: set[str] | None = None) -> list[Claim]:
+    """The claims that the `factor` = `level` cell of a study of `models` (None: any) re-measures."""
     return [
-        c for c in CLAIMS if c.factor == factor and _same_level(c.level, level) and (kind is None or c.kind == kind)
+        c
+        for c in CLAIMS
+        if c.factor == factor
+        and _same_level(c.level, level)
+        and (kind is None or c.kind == kind)
+        and _measures(c, models)
     ]
+
+
+def _measures(c: Claim, models: set[str] | None) -> bool:
+    """Whether a study of `models` re-measures `c`: a claim about one net counts only on that net."""
+    return not c.models or models is None or (bool(models) and models <= set(c.models))
+
+
+def models_of(runs: pd.DataFrame) -> set[str] | None:
+    """The nets a study's cells trained (runs.csv cfg_model), None where not recorded."""
+    if "cfg_model" not in runs or not runs["cfg_model"].notna().any():
+        return None
+    return {str(m) for m in runs["cfg_model"].dropna().unique()}
 
 
 # --- verdicts ------------------------------------------------------------------------------
@@ -321,6 +347,119 @@ def assess(
     runs: pd.DataFrame,
     baseline: Mapping[str, str],
     *,
+    declared_seeds: list | None = None,
+    **kwargs,
+) -> list[Assessment]:
+    """`assess_seeds` on the seeds the profile declared (its confirmatory n), with what else the
+    rows say: any other seed's cells as an exploratory result in the note, the MACs ratio of an
+    arm that changes compute, cells of mixed precision refused, and an LRN claim whose LRN arm
+    was a constant gain marked not tested."""
+    seeds = runs["seed"] if "seed" in runs else pd.Series(0, index=runs.index)
+    declared = runs if declared_seeds is None else runs[seeds.isin(list(declared_seeds))]
+    extra = sorted(set(seeds) - set(declared_seeds)) if declared_seeds is not None else []
+    out = assess_seeds(declared, baseline, **kwargs)
+    if extra:
+        wider = {a.claim: a for a in assess_seeds(runs, baseline, **kwargs)}
+        out = [_note(a, _exploratory(wider.get(a.claim), extra)) for a in out]
+    precisions = _distinct(runs, "dtype_resolved")
+    compute = _macs_ratios(runs, baseline)
+    done = []
+    for a in out:
+        if len(precisions) > 1:
+            a = replace(
+                a,
+                verdict=NOT_RESOLVABLE,
+                note=_join(
+                    a.note,
+                    f"cells of different precision ({', '.join(precisions)}) are not pooled; "
+                    f"re-run at one precision (the profile's dtype)",
+                ),
+            )
+        ratio = compute.get((a.claim.factor, a.claim.level))
+        if ratio is not None:
+            a = _note(a, f"MACs ×{ratio:.2f} of the baseline's")
+        if a.claim.factor == "norm" and a.claim.reference == "lrn" and a.effect is not None:
+            a = _lrn_gate(a, declared, baseline)
+        done.append(a)
+    return done
+
+
+def _join(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
+
+
+def _note(a: Assessment, text: str) -> Assessment:
+    return replace(a, note=_join(a.note, text)) if text else a
+
+
+def _exploratory(a: Assessment | None, extra: list) -> str:
+    if a is None or a.effect is None:
+        return ""
+    return (
+        f"exploratory, with seed(s) {', '.join(str(s) for s in extra)} that the profile did not declare: "
+        f"{a.measured()}, {a.n_text()} ({a.verdict}); the verdict uses the declared seeds only"
+    )
+
+
+def _distinct(runs: pd.DataFrame, column: str) -> list[str]:
+    ok = runs[runs["status"] == OK] if "status" in runs else runs
+    return sorted(str(v) for v in ok[column].dropna().unique()) if column in ok else []
+
+
+def _macs_ratios(runs: pd.DataFrame, baseline: Mapping[str, str]) -> dict[tuple[str, str], float]:
+    """(factor, level) -> mean MACs of the one-at-a-time arm / the baseline's, where they differ."""
+    if "macs" not in runs:
+        return {}
+    macs = pd.to_numeric(runs["macs"], errors="coerce")
+    base = macs[_at(runs, baseline).index].mean()
+    out = {}
+    for f in baseline:
+        if f not in runs:
+            continue
+        for level in runs[f].dropna().unique():
+            if _same_level(level, baseline[f]):
+                continue
+            value = macs[_at(runs, {**baseline, f: str(level)}).index].mean()
+            if math.isfinite(value) and base > 0 and abs(value / base - 1) > MACS_TOLERANCE:
+                out[(f, str(level))] = value / base
+    return out
+
+
+def lrn_share(cells: pd.DataFrame, when: str = "final") -> dict[str, float]:
+    """LRN layer -> mean data share of its denominator over `cells` (`bench.models.lrn.lrn_activity`),
+    at init or at the end of training ({} where not recorded)."""
+    suffix = f"_share_mean_{when}"
+    return {
+        c[len("lrn_") : -len(suffix)]: float(pd.to_numeric(cells[c], errors="coerce").mean())
+        for c in cells.columns
+        if c.startswith("lrn_") and c.endswith(suffix) and pd.to_numeric(cells[c], errors="coerce").notna().any()
+    }
+
+
+def _lrn_gate(a: Assessment, runs: pd.DataFrame, baseline: Mapping[str, str]) -> Assessment:
+    """An LRN claim is tested only where the LRN arm normalised: its data share at the end of training."""
+    ok = runs[runs["status"] == OK] if "status" in runs else runs
+    shares = lrn_share(_at(ok, baseline))
+    if not shares:
+        return replace(
+            a, verdict=NOT_TESTED, note=_join(a.note, "LRN activity not recorded: whether LRN normalised is unknown")
+        )
+    text = ", ".join(f"{layer} {100 * v:.2g}%" for layer, v in shares.items())
+    if max(shares.values()) < LRN_ACTIVE_SHARE:
+        return replace(
+            a,
+            verdict=f"{NOT_TESTED}: LRN acts as a constant gain",
+            note=_join(
+                a.note, f"data share of the LRN denominators after training: {text} (below {LRN_ACTIVE_SHARE:.0%})"
+            ),
+        )
+    return _note(a, f"LRN active: data share of its denominators after training {text}")
+
+
+def assess_seeds(
+    runs: pd.DataFrame,
+    baseline: Mapping[str, str],
+    *,
     metric: str = TOP1,
     clean_train: str = CLEAN_TRAIN,
     claims: tuple[Claim, ...] = CLAIMS,
@@ -337,8 +476,9 @@ def assess(
     out = []
     status = runs["status"] if "status" in runs else pd.Series(OK, index=runs.index)
     ok = runs[status == OK]
+    models = models_of(runs)
     for c in claims:
-        if c.factor not in baseline or c.kind == "speedup":
+        if c.factor not in baseline or c.kind == "speedup" or not _measures(c, models):
             continue
         if only and not any(_same_level(c.level, lv) for lv in only.get(c.factor, [c.level])):
             continue  # another profile or study runs it (e.g. alexnet cpu-full's `only`)

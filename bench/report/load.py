@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.choose import LR, at_chosen_rates, choose_lr
 from bench.errors import UserError
 from bench.flop_convention import upgrade_counts
 from bench.io import check_table, read_csv
@@ -108,6 +109,9 @@ class StudyData:
     notes: Notes = None
     only: dict = field(default_factory=dict)  # factor -> the only levels the profile runs (its `only`)
     confirm_seeds: list = field(default_factory=list)  # seeds run only at chosen levels (a two-stage profile)
+    declared_seeds: list | None = None  # the profile's seeds and confirm_seeds: the confirmatory n (None: unknown)
+    lr_choice: pd.DataFrame | None = None  # a tune_lr profile: each arm's rate, chosen on validation (bench.choose)
+    grid_runs: pd.DataFrame | None = None  # a tune_lr profile: the grid's cells at rates not chosen
 
     @property
     def label(self) -> str:
@@ -218,9 +222,19 @@ def load(folder: Path) -> StudyData:
         notes.warn(f"{RUNS} has no cell_id ... is_baseline columns; factor levels unknown")
     if len(runs) == 0:
         notes.warn(f"{RUNS} has no rows (the study has not finished a cell yet)")
-    runs, superseded = _latest_per_configuration(_normalize_runs(runs, notes), factors, notes)
-
     spec = read_study_file(study, env, notes)
+    prof = spec.profiles.get(profile) if spec else None
+    grid = spec.lr_grid(profile) if prof is not None else []
+    runs, superseded = _latest_per_configuration(
+        _normalize_runs(runs, notes), factors, notes, [LR] if grid and LR in runs else []
+    )
+    lr_choice = grid_runs = None
+    if grid and len(runs) and LR in runs:
+        lr_choice = choose_lr(runs, factors, list(prof.get("seeds", spec.seeds)))
+        chosen = at_chosen_rates(runs, lr_choice, factors)
+        grid_runs, runs = runs[~chosen], runs[chosen]
+        superseded = superseded | set(grid_runs["cell_id"])  # their curves are the grid's, not the arm's
+    declared = spec.declared_seeds(profile) if prof is not None else None
     known = spec.factors if spec else {}
     only = spec.profiles.get(profile, {}).get("only", {}) if spec else {}
     confirm_seeds = spec.profiles.get(profile, {}).get("confirm_seeds", []) if spec else []
@@ -266,6 +280,9 @@ def load(folder: Path) -> StudyData:
         notes,
         only,
         confirm_seeds,
+        declared,
+        lr_choice,
+        grid_runs,
     )
 
 
@@ -296,8 +313,10 @@ def _normalize_runs(runs: pd.DataFrame, notes: Notes) -> pd.DataFrame:
     return runs
 
 
-def _latest_per_configuration(runs: pd.DataFrame, factors: list[str], notes: Notes) -> tuple[pd.DataFrame, set]:
-    """One row per factor levels and seed: the latest.
+def _latest_per_configuration(
+    runs: pd.DataFrame, factors: list[str], notes: Notes, keys: list[str] = ()
+) -> tuple[pd.DataFrame, set]:
+    """One row per factor levels and seed (and `keys`, e.g. the learning rate of a tuned grid): the latest.
 
     A changed profile or data path gives the same levels and seed a new cell id, and the
     runner keeps the old row; counting both would pool two settings and one seed twice.
@@ -305,7 +324,7 @@ def _latest_per_configuration(runs: pd.DataFrame, factors: list[str], notes: Not
     if not factors or not len(runs):
         return runs, set()
     order = runs.sort_values("finished_at", kind="stable", na_position="first") if "finished_at" in runs else runs
-    latest = order.drop_duplicates(subset=[*factors, "seed"], keep="last")
+    latest = order.drop_duplicates(subset=[*factors, "seed", *keys], keep="last")
     if dropped := len(runs) - len(latest):
         notes.warn(
             f"{dropped} older row(s) of {RUNS} repeat a configuration and seed (a sweep with other "

@@ -92,7 +92,7 @@ def claim_rows(sd: StudyData, extra: list[dict] = ()) -> list[dict]:
     with a baseline."""
     rows = list(extra)
     if sd.baseline is not None and len(sd.runs) and sd.factors:
-        rows += claims_table(sd.runs, sd.baseline, only=sd.only)
+        rows += claims_table(sd.runs, sd.baseline, only=sd.only, declared_seeds=sd.declared_seeds)
     return rows
 
 

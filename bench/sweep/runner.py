@@ -42,6 +42,7 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from bench.choose import choose_lr, chosen_rates
 from bench.device import is_oom, pick_device
 from bench.env import environment
 from bench.errors import UserError
@@ -49,7 +50,7 @@ from bench.io import atomic_write_text
 from bench.sweep.results import ResultsFolder
 from bench.sweep.study import Cell, Study
 from bench.train.result import ERROR, FINISHED, OK, OOM
-from bench.train.target import crossing
+from bench.train.target import TRAILING_EPOCH_MEAN, crossing, trailing_epoch_mean, trailing_mean_at
 
 log = logging.getLogger(__name__)
 
@@ -120,31 +121,39 @@ def check_data(
 
 def time_to_target(history: list[dict], progress: list[dict], metric: str, value: float) -> dict:
     """Steps, epochs (fractional) and training seconds at which `metric` first falls to `value`
-    or below, interpolated between the points where it is logged; None where never reached.
+    or below, interpolated between the points where it is logged; None where never reached; and
+    `target_statistic`, what was compared with `value`.
 
-    A metric of the progress points uses them; an evaluated one (val, test, clean training
-    error) uses the epochs, whose positions are the end of each epoch.
+    A metric of the progress points is judged on its trailing-epoch mean at each point from the
+    end of epoch 1 on (`bench.train.target.trailing_epoch_mean`), not on one window; an evaluated
+    one (val, test, clean training error) on the epochs, whose positions are the end of each epoch.
     """
     if metric in PROGRESS_METRICS:
-        points = progress
+        points, statistic = trailing_epoch_mean(progress, metric), TRAILING_EPOCH_MEAN
     else:
-        points, seconds = [], 0.0
+        points, seconds, statistic = [], 0.0, "end-of-epoch value"
         for h in history:
             seconds += h.get("epoch_seconds", 0.0)
             points.append({**h, "train_seconds": seconds})
     at = {"steps_to_target": "step", "epochs_to_target": "epoch", "seconds_to_target": "train_seconds"}
     return {
-        name: crossing(points, metric, value, pos) if all(pos in p for p in points) else None
-        for name, pos in at.items()
+        **{
+            name: crossing(points, metric, value, pos) if all(pos in p for p in points) else None
+            for name, pos in at.items()
+        },
+        "target_statistic": statistic,
     }
 
 
 class _Stopper:
-    """Ends training `stop_after` epochs after the epoch in which the target is first reached."""
+    """Ends training `stop_after` epochs after the epoch in which the target is first reached: for a
+    progress metric, the epoch in which its trailing-epoch mean first falls to it (as `time_to_target`
+    judges it), so a cell never stops before its time to the target is known."""
 
     def __init__(self, target: dict):
         self.metric, self.value, self.stop_after = target["metric"], target["value"], target["stop_after"]
         self.reached: int | None = None
+        self.points: list[dict] = []  # the progress points so far (tens per epoch: small)
 
     def _check(self, values: dict, epoch: int) -> None:
         v = values.get(self.metric)
@@ -152,10 +161,14 @@ class _Stopper:
             self.reached = epoch
 
     def on_point(self, point: dict) -> None:
-        self._check(point, math.ceil(point["epoch"]))  # a point inside epoch e has e-1 < epoch <= e
+        self.points.append(point)
+        mean = trailing_mean_at(self.points, len(self.points) - 1, self.metric)
+        # a point inside epoch e has e-1 < epoch <= e
+        self._check({self.metric: mean}, math.ceil(point["epoch"]))
 
     def on_epoch(self, row: dict) -> bool:
-        self._check(row, row["epoch"])
+        if self.metric not in PROGRESS_METRICS:  # a progress metric is judged at its points alone
+            self._check(row, row["epoch"])
         return self.reached is not None and row["epoch"] >= self.reached + self.stop_after
 
 
@@ -398,7 +411,14 @@ def run_study(
     with _sweep_lock(out):
         stage = "the grid" if confirm else ""
         runs = _sweep(study, profile, cells, out, device, executor, progress, tensorboard, later=confirm, stage=stage)
-        if confirm:
+        if confirm and study.lr_grid(profile):
+            rates = chosen_rates_of(out, study, {c.config.seed for c in cells})
+            more = study.cells(profile, confirm, overrides, rates=rates)
+            also = {c.id for c in cells}
+            runs = _sweep(
+                study, profile, more, out, device, executor, progress, tensorboard, also=also, stage="confirming seeds"
+            )
+        elif confirm:
             chosen = chosen_combinations(out, study, profile, {c.config.seed for c in cells})
             more = study.cells(profile, confirm, overrides, combinations=chosen)
             also = {c.id for c in cells}
@@ -406,6 +426,20 @@ def run_study(
                 study, profile, more, out, device, executor, progress, tensorboard, also=also, stage="confirming seeds"
             )
         return runs
+
+
+def chosen_rates_of(folder: Path, study: Study, seeds: set[int]) -> dict:
+    """Each arm's learning rate, chosen on the validation error of the grid's cells of `seeds`
+    (`bench.choose`): arm key -> rate."""
+    runs, _, _ = ResultsFolder(folder, ["study", "profile", "status", *study.factors]).read()
+    choice = choose_lr(runs, list(study.factors), sorted(seeds))
+    for _, r in choice.iterrows():
+        where = ", ".join(f"{f}={r[f]}" for f in study.factors)
+        edge = f" (the {r['edge']} rate of its grid)" if r["edge"] else ""
+        log.info("%s: %s: lr %g chosen on validation error %.2f%%%s", folder, where, r["lr"], r["val_err"], edge)
+    if not len(choice):
+        log.warning("%s: no finished grid cell to choose a learning rate from; no confirming seeds run", folder)
+    return chosen_rates(choice, list(study.factors))
 
 
 def chosen_combinations(folder: Path, study: Study, profile: str, seeds: set[int]) -> list[dict]:

@@ -11,6 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from bench.choose import arm_key
 from bench.errors import UserError
 from bench.studies import PROFILES, StudyFile, find_study, list_studies
 from bench.train.config import TrainConfig
@@ -49,26 +50,42 @@ class Study(StudyFile):
         seeds: list[int] | None = None,
         overrides: dict | None = None,
         combinations: list[dict] | None = None,
+        rates: dict | None = None,
     ) -> list[Cell]:
-        """Expand the design at a profile into cells (one per level combination per seed).
+        """Expand the design at a profile into cells (one per level combination per seed, and per
+        rate of the profile's `tune_lr` grid).
 
         Seed by seed: every combination of the first seed runs before any of the next, so that a
         sweep stopped part-way holds complete seeds, each a full set of pairs for the paired statistics.
-        `combinations` (default: the profile's design) are the chosen ones of a two-stage profile.
+        `combinations` (default: the profile's design) are the chosen ones of a two-stage profile;
+        `rates` (arm key, `bench.choose.arm_key`, -> learning rate) runs each arm at its chosen
+        rate instead of the whole grid.
         """
-        seeds = seeds if seeds is not None else self.profile(profile).get("seeds", self.seeds)
+        prof = self.profile(profile)
+        seeds = seeds if seeds is not None else prof.get("seeds", self.seeds)
         chosen = combinations if combinations is not None else self.combinations(profile)
         combos = [(combo, self.settings(combo, profile, overrides)) for combo in chosen]
+        grid = self.lr_grid(profile)
         cells = []
         for seed in seeds:
             for combo, cfg in combos:
                 baseline = self.is_baseline(combo, profile)
-                try:
-                    config = TrainConfig(**{**cfg, "seed": seed})
-                except UserError as e:
-                    where = ", ".join(f"{f}={lv}" for f, lv in combo.items()) or "base"
-                    raise UserError(f"{self.path}: cell {where} at profile {profile}: {e}") from None
-                cells.append(Cell(self.name, dict(combo), config, baseline))
+                key = arm_key(combo, list(self.factors))
+                if rates is not None and key not in rates:
+                    continue  # an arm with no finished grid cell has no chosen rate
+                lrs = [rates[key]] if rates is not None else grid or [None]
+                for lr in lrs:
+                    settings = {**cfg, "seed": seed}
+                    if lr is not None:
+                        settings["lr"] = lr
+                    if prof.get("data_follows_seed", False):
+                        settings["data_seed"] = seed
+                    try:
+                        config = TrainConfig(**settings)
+                    except UserError as e:
+                        where = ", ".join(f"{f}={lv}" for f, lv in combo.items()) or "base"
+                        raise UserError(f"{self.path}: cell {where} at profile {profile}: {e}") from None
+                    cells.append(Cell(self.name, dict(combo), config, baseline))
         return cells
 
 

@@ -32,6 +32,7 @@ from bench.env import environment
 from bench.errors import UserError
 from bench.io import atomic_write_text, write_csv
 from bench.models import create_model, input_size_of
+from bench.models.lrn import lrn_activity
 from bench.train import distributed as ddp
 from bench.train.checkpoint import save_checkpoint
 from bench.train.config import TrainConfig
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 # The history columns of each evaluated split: test_*, val_*, and train_clean_* for train_eval.
 EVAL_PREFIX = {"train_eval": "train_clean"}
+PROBE_IMAGES = 256  # the fixed validation batch on which LRN activity is measured, at init and after training
 
 
 def data_spec(cfg: TrainConfig) -> DataSpec:
@@ -157,6 +159,8 @@ def train(
     evaluated = [s for s in ("train_eval", "val", "test") if data.has(s)]
     augment = parse_augment(cfg.augment)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
+    probe = _probe_batch(data)
+    activity = _suffixed(lrn_activity(model, probe), "_init") if probe is not None else {}
     shard = ddp.shard()  # DDP: this rank's slice of each (global) batch; None in a single process
 
     history: list[dict] = []
@@ -252,9 +256,24 @@ def train(
         if ddp.broadcast_object(on_epoch is not None and on_epoch(row)):  # DDP: rank 0's decision
             break  # the caller has seen enough (e.g. a study's target was reached)
     summary = summarize(history, status, has_val=data.has("val"))
+    if probe is not None:
+        activity.update(_suffixed(lrn_activity(model, probe), "_final"))
+    summary.update(activity)
     summary.update(data.provenance)
     summary.update(modes, **ddp.describe())
     return RunResult(status, history, summary, model, points)
+
+
+def _probe_batch(data: Dataset) -> torch.Tensor | None:
+    """The first `PROBE_IMAGES` validation images (fixed by the data seed), else clean-training ones."""
+    split = next((s for s in ("val", "train_eval") if data.has(s)), None)
+    if split is None:
+        return None
+    return next(iter(data.batches(split, PROBE_IMAGES)))[0]
+
+
+def _suffixed(values: dict, suffix: str) -> dict:
+    return {k + suffix: v for k, v in values.items()}
 
 
 def run_training(cfg: TrainConfig, out_dir: Path, *, progress: bool = True, epoch_hook=None) -> RunResult:
