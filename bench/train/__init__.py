@@ -3,7 +3,7 @@
     config.py   TrainConfig: one frozen dataclass, validated, saved with every run
     step.py     train_step, the optimizer (weight decay on weights only, or on all), the fp16 loss scaler, autocast
     schedule.py learning-rate schedules, the paper's plateau rule
-    target.py   progress points per epoch, the interpolated crossing of a target
+    target.py   progress points per epoch, the trailing-epoch mean, the interpolated crossing of a target
     loop.py     train (in memory) and run_training (into a run folder)
     distributed.py  data-parallel training under torchrun: process group, shards, DDP, rank-0 writes
     result.py   RunResult, its summary, and the run and sweep-cell statuses
@@ -41,6 +41,8 @@ _HOME = {
     "plateau_scheduler": "schedule",
     "crossing": "target",
     "LOG_PER_EPOCH": "target",
+    "TRAILING_EPOCH_MEAN": "target",
+    "trailing_epoch_mean": "target",
 }
 
 __all__ = sorted(_HOME)
