@@ -141,6 +141,8 @@ def figure(sd: StudyData, frame: pd.DataFrame) -> Figure | None:
         return None
     configs = configurations(sd)
     factors = list(dict.fromkeys(f for f, _, _ in configs if f))
+    if not factors:  # only the baseline ran (a profile whose `only` leaves no overfitting arm)
+        return None
     grid = [[c for c in configs if c[0] is None] + [c for c in configs if c[0] == f] for f in factors]
     ncols = max(len(g) for g in grid)
     fig = Figure(figsize=(4.0 * ncols + 0.5, 3.2 * len(factors) + 1.0), layout="constrained")

@@ -18,7 +18,7 @@ from matplotlib.lines import Line2D
 
 from bench.report import format as fmt
 from bench.report import overfit, plot
-from bench.report.claims import claims_for
+from bench.report.claims import claims_for, models_of
 from bench.report.effects import (
     DIFF_NOTE,
     config_label,
@@ -58,6 +58,12 @@ def build(out: Output, outcome: Outcome) -> None:
     )
     out.table(effects_table(sd, eff), eff, s)
     outcome.sections.append(s)
+    if sd.lr_choice is not None and len(sd.lr_choice):
+        rates = Section("Learning rate per arm")
+        rates.text.append(LR_NOTE)
+        table, frame = lr_table(sd)
+        out.table(table, frame, rates)
+        outcome.sections.append(rates)
     o = out.guarded("the overfitting section", overfit.section, out)
     if o is not None:
         outcome.sections.append(o)
@@ -67,9 +73,9 @@ def build(out: Output, outcome: Outcome) -> None:
 # --- the table --------------------------------------------------------------------------
 
 
-def _paper_column(factor: str, level: str) -> str:
+def _paper_column(factor: str, level: str, models: set[str] | None = None) -> str:
     parts = []
-    for c in claims_for(factor, level):
+    for c in claims_for(factor, level, models=models):
         if c.kind == "top1_diff":
             parts.append(f"{c.paper_diff:+.1f} ({c.data}, §{c.section})")
         elif c.kind == "speedup":
@@ -109,7 +115,7 @@ def effects_table(sd: StudyData, eff: pd.DataFrame) -> fmt.Table:
                 if r["is_baseline"]
                 else fmt.diff_with_interval(r["diff"], r["diff_lo"], r["diff_hi"], (int(r["diff_n"]),) * 2),
                 "" if r["is_baseline"] else method_text(r),
-                _paper_column(r["factor"], r["level"]),
+                _paper_column(r["factor"], r["level"], models_of(sd.runs)),
             ]
         )
     data = ", ".join(dict.fromkeys(sd.column("data_source").dropna().astype(str))) or "unknown data"
@@ -120,6 +126,54 @@ def effects_table(sd: StudyData, eff: pd.DataFrame) -> fmt.Table:
         rows,
         effects_notes(sd, eff),
     )
+
+
+# --- each arm's learning rate -------------------------------------------------------------
+
+LR_NOTE = (
+    "Each arm (configuration) ran every rate of the profile's grid on its first seed(s); the rate with the "
+    "lowest validation error (the best epoch's) is the arm's, and the confirming seeds ran at it alone. The "
+    "test set plays no part in the choice. Every comparison above is of arms at their own chosen rates. "
+    "A choice at the edge of the grid is flagged: a better rate may lie beyond it."
+)
+
+
+def lr_table(sd: StudyData) -> tuple[fmt.Table, pd.DataFrame]:
+    """Arm | mean validation error over the grid's seeds at each rate | chosen rate | edge flag."""
+    choice = sd.lr_choice
+    rows_all = pd.concat([sd.runs, sd.grid_runs]) if sd.grid_runs is not None else sd.runs
+    grid_seeds = set(rows_all["seed"]) - set(sd.confirm_seeds)
+    rows_all = rows_all[rows_all["seed"].isin(grid_seeds) & (rows_all["status"] == "ok")]
+    rates = sorted({float(v) for g in choice["grid"] for v in g})
+    lr = pd.to_numeric(rows_all["cfg_lr"], errors="coerce")
+    val = pd.to_numeric(rows_all["best_val_top1_err_pct"], errors="coerce")
+    frame_rows, rows = [], []
+    for _, r in choice.iterrows():
+        levels = {f: str(r[f]) for f in sd.factors}
+        mask = sd.cells_at(levels, rows_all).index
+        by_rate = {x: float(val[mask][(lr[mask] - x).abs() < 1e-12].mean()) for x in rates}
+        differs = [f"{f} = {lv}" for f, lv in levels.items() if sd.baseline and lv != sd.baseline.get(f)]
+        label = ", ".join(differs) or "baseline"
+        flag = f"at the {r['edge']} rate of the grid" if r["edge"] else ""
+        rows.append([label, *(fmt.num(by_rate[x]) for x in rates), f"{r['lr']:g}", flag])
+        frame_rows.append(
+            {
+                "configuration": label,
+                **{f"val_err_at_lr_{x:g}": by_rate[x] for x in rates},
+                "chosen_lr": r["lr"],
+                "edge": r["edge"],
+            }
+        )
+    seeds = ", ".join(str(int(x)) for x in sorted(grid_seeds))
+    columns = ["configuration", *(f"val. err. % at lr {x:g} (seed {seeds})" for x in rates), "chosen lr", "flag"]
+    table = fmt.Table(
+        "learning_rates",
+        f"{sd.study} ({sd.profile}): each arm's learning rate, chosen on validation error",
+        columns,
+        rows,
+        [LR_NOTE],
+    )
+    return table, pd.DataFrame(frame_rows)
 
 
 # --- the ablation effects figure -------------------------------------------------------
