@@ -16,6 +16,12 @@ Splits, in the order they are drawn (bench.data.splits), each seeded by `data_se
    into `train`), for the clean training error: evaluated like `test`.
 Normalisation and the PCA colour statistics are fitted on `train` only.
 
+A model smaller than CIFAR-10's 32x32 (cuda-convnet's 24x24 nets) is fed crops of
+the cifar10 source: the images are held at 32x32 and every batch is cut to the
+model's side, a random window in training with `crop` augmentation, the centre
+window otherwise and in every evaluation split (`Dataset.crop_size`). The
+synthetic source is made, and a folder decoded, at the model's side instead.
+
 Batches are made by indexing the on-device tensors; augmentation runs on whole
 batches (bench.data.augment). Nothing here runs at import time.
 """
@@ -29,7 +35,7 @@ from pathlib import Path
 import torch
 
 from bench.data import splits
-from bench.data.augment import AUGMENTS, PREPROCESS, Normalizer, augment_batch, parse_augment
+from bench.data.augment import AUGMENTS, PREPROCESS, Normalizer, augment_batch, center_crop, parse_augment
 from bench.data.cache import cached, check_cache_dir, default_cache_dir
 from bench.data.sources import (
     CIFAR10_CLASSES,
@@ -57,6 +63,7 @@ __all__ = [
 NAMED_SOURCES = ("cifar10", "synthetic")
 SPLITS = ("train", "val", "test", "train_eval")
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 5000, 1000  # the synthetic source's split sizes when nothing else is asked
+CIFAR10_SIDE = 32  # the cifar10 source's images; a smaller model input is cut from them
 
 
 def default_data_source() -> str:
@@ -104,6 +111,7 @@ class Dataset:
     val_x: torch.Tensor | None = None  # None: no validation split (val_size 0)
     val_y: torch.Tensor | None = None
     train_eval_idx: torch.Tensor | None = None  # indices into train_x; None: all of train
+    crop_size: int | None = None  # side batches are cut to (random window or centre); None: whole images
 
     @property
     def device(self) -> torch.device:
@@ -124,6 +132,7 @@ class Dataset:
             move(self.val_x),
             move(self.val_y),
             move(self.train_eval_idx),
+            self.crop_size,
         )
 
     def has(self, split: str) -> bool:
@@ -161,10 +170,11 @@ class Dataset:
         """Yield normalised (x, y) batches; shuffled when a generator is given, augmented only in `train`.
 
         `val`, `test` and `train_eval` are evaluation splits: never augmented, so that
-        train_eval gives the clean training error. `shard=(rank, world)` yields only
-        that rank's contiguous 1/world slice of each batch (possibly empty when a
-        batch has fewer images than ranks); the order, and each image's augmentation,
-        are the unsharded ones.
+        train_eval gives the clean training error. With a `crop_size`, every batch is
+        cut to it: a random window when augmenting with `crop`, otherwise the centre.
+        `shard=(rank, world)` yields only that rank's contiguous 1/world slice of each
+        batch (possibly empty when a batch has fewer images than ranks); the order, and
+        each image's augmentation, are the unsharded ones.
         """
         if augment and split != "train":
             raise ValueError(f"the {split} split is for evaluation and is never augmented")
@@ -185,8 +195,10 @@ class Dataset:
             if augmenting:
                 # The draws are made for the whole batch, then sliced: the generator
                 # stays in step with every other rank and with a single process.
-                x = augment_batch(x, augment, self.normalizer, generator)[mine]
+                x = augment_batch(x, augment, self.normalizer, generator, crop_size=self.crop_size)[mine]
                 pick = pick[mine]
+            elif self.crop_size is not None:
+                x = center_crop(x, self.crop_size)
             yield x, y_all[pick]
 
     def num_batches(self, split: str, batch_size: int) -> int:
@@ -230,10 +242,10 @@ def _read(spec: DataSpec, cache_dir: Path | None) -> tuple[RawData, dict]:
     if cache_dir is not None:
         check_cache_dir(cache_dir)
     if kind == "cifar10":
-        if spec.image_size not in (None, 32):
+        if spec.image_size is not None and spec.image_size > CIFAR10_SIDE:
             raise UserError(
                 f"the cifar10 source is 32x32 but the model takes {spec.image_size}x{spec.image_size}: "
-                f"pass --data PATH (a folder is decoded at the model's size) or a 32x32 model"
+                f"pass --data PATH (a folder is decoded at the model's size) or a model of 32x32 or smaller"
             )
         root = Path(spec.root)
         files = cifar10_files(root)
@@ -289,6 +301,11 @@ def load_data(spec: DataSpec, cache_dir: Path | None | str = "default") -> Datas
     tex, tey = _subset(raw.test_x, raw.test_y, splits.per_class(raw.test_y, spec.test_per_class, classes, "test", seed))
     train_eval = splits.sample(try_, spec.train_eval_size, len(classes), seed, "train_eval")
     norm = Normalizer.fit(trx, spec.preprocess)
+    crop = _crop_size(spec)
+    if crop is not None:
+        prov["input_crop"] = (
+            f"{crop}x{crop} of {CIFAR10_SIDE}x{CIFAR10_SIDE}: random with crop augmentation, else the centre"
+        )
 
     def per_class(y):
         return None if y is None else splits.describe_counts(splits.class_counts(y, len(classes)))
@@ -309,4 +326,10 @@ def load_data(spec: DataSpec, cache_dir: Path | None | str = "default") -> Datas
         train_eval_images=len(train_eval),
         conversion=raw.conversion,
     )
-    return Dataset(trx, try_, tex, tey, classes, norm, prov, vax, vay, train_eval)
+    return Dataset(trx, try_, tex, tey, classes, norm, prov, vax, vay, train_eval, crop)
+
+
+def _crop_size(spec: DataSpec) -> int | None:
+    """The side batches of the cifar10 source are cut to for a model smaller than its images; None: none."""
+    small = spec.image_size is not None and spec.image_size < CIFAR10_SIDE
+    return spec.image_size if spec.kind() == "cifar10" and small else None

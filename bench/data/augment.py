@@ -3,6 +3,10 @@
 Order per batch: uint8 -> float -> normalise -> crop (zero padding, i.e. the mean)
 -> flip -> PCA lighting. Every random draw comes from one `torch.Generator`, so
 a seed fixes the whole sequence of batches.
+
+For a model that takes smaller crops of the images (`crop_size`, cuda-convnet's
+24x24 of CIFAR-10's 32x32), `crop` is a random crop_size window of the image,
+without padding, and without `crop` the centre window is taken.
 """
 
 from __future__ import annotations
@@ -91,20 +95,30 @@ class Normalizer:
         }
 
 
-def random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tensor:
-    """Per-image random crop of the zero-padded batch back to its own size, by one gather."""
+def random_window(x: torch.Tensor, height: int, width: int, g: torch.Generator) -> torch.Tensor:
+    """Per-image random height x width window of the batch, every position equally likely, by one gather."""
     n, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=g, device=x.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=g, device=x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    return padded[
+    dy = torch.randint(0, h - height + 1, (n,), generator=g, device=x.device)
+    dx = torch.randint(0, w - width + 1, (n,), generator=g, device=x.device)
+    rows = (dy[:, None] + torch.arange(height, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(width, device=x.device))[:, None, None, :]
+    return x[
         torch.arange(n, device=x.device)[:, None, None, None],
         torch.arange(c, device=x.device)[None, :, None, None],
         rows,
         cols,
     ]
+
+
+def random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tensor:
+    """Per-image random crop of the zero-padded batch back to its own size, by one gather."""
+    return random_window(torch.nn.functional.pad(x, (padding,) * 4), *x.shape[-2:], g)
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The centre size x size window of every image (a view); an odd margin leaves the extra pixel after."""
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    return x[..., top : top + size, left : left + size]
 
 
 def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -127,9 +141,17 @@ def pca_lighting(x: torch.Tensor, norm: Normalizer, g: torch.Generator, sigma: f
 
 
 def augment_batch(
-    x: torch.Tensor, augment: frozenset[str], norm: Normalizer, g: torch.Generator, padding: int = 4
+    x: torch.Tensor,
+    augment: frozenset[str],
+    norm: Normalizer,
+    g: torch.Generator,
+    padding: int = 4,
+    crop_size: int | None = None,
 ) -> torch.Tensor:
-    if "crop" in augment:
+    """`crop_size`: cut every image to this side, a random window with `crop`, else the centre."""
+    if crop_size is not None:
+        x = random_window(x, crop_size, crop_size, g) if "crop" in augment else center_crop(x, crop_size)
+    elif "crop" in augment:
         x = random_crop(x, padding, g)
     if "flip" in augment:
         x = random_flip(x, g)

@@ -40,7 +40,8 @@ elementary arithmetic operation or comparison = 1; exp counted as 1):
 | LRN: nn.LocalResponseNorm, modules     | size + 5                | square (1), sum over `size` channels       |
 | named *LocalResponseNorm, and          |                         | (size), scale by alpha (1), add k (1),     |
 | bench.models.lrn's _LRNFunction        |                         | pow beta (1), divide (1)                   |
-| dropout, flatten, view, pad, cat, ...  | 0                       | data movement or identity at inference     |
+| dropout, flatten, view, pad, cat,      | 0                       | data movement or identity at inference     |
+| im2col (unfold), ...                   |                         |                                            |
 
 Other ops fvcore costs by default (group/layer/instance norm, nearest upsampling,
 grid sampling) are counted at fvcore's cost in `elementwise_ops`. Pooling
@@ -105,6 +106,7 @@ ZERO_COST_OPS = (
     "aten::feature_alpha_dropout",
     "aten::clone",
     "aten::identity",
+    "aten::im2col",  # F.unfold: the patch copy of a locally connected layer (bench.models.local)
 )
 LRN_EXTRA_COST = 5  # per element on top of the window sum: square, scale, add k, pow, divide
 

@@ -2,6 +2,7 @@
 
 from bench.models import (  # noqa: F401  (register)
     alexnet,
+    conv_local,
     googlenet,
     layers80sec,
     lenet,

@@ -87,7 +87,8 @@ def create_model(name: str, num_classes: int = 10, *, init: str = "default", **k
 
     `init`: `default` keeps PyTorch's initialisation; `paper` draws weights from
     N(0, 0.01) with zero biases, and biases of 1 where a model marks the paper's
-    choice (AlexNet's conv2, conv4, conv5 and hidden FC layers).
+    choice (AlexNet's conv2, conv4, conv5 and hidden FC layers), and another std
+    where a model marks one (cifar-conv-local: cuda-convnet's per-layer initW).
     """
     fn, extra = _lookup(name)
     valid = model_knobs(name)

@@ -86,7 +86,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--decay",
         default=d.decay,
         help="weights (weight decay on weight matrices and kernels only) | all (biases and norm "
-        "parameters too, the paper read literally) (default %(default)s)",
+        "parameters too, the paper read literally) | layers (weight decay times each layer's "
+        "declared multiplier, biases at the model's bias learning rate: cuda-convnet's recipe) "
+        "(default %(default)s)",
     )
     p.add_argument(
         "--schedule",

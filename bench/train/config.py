@@ -10,7 +10,7 @@ from typing import get_args, get_type_hints
 
 from bench.errors import UserError
 
-DECAYS = ("weights", "all")
+DECAYS = ("weights", "all", "layers")  # bench.train.step.make_optimizer
 FREEZES = ("none", "features")  # what --freeze keeps fixed; features: all but the classifier head
 MAX_EPOCHS = 10_000  # more is a typo (1e12 would run for ever), not an experiment
 MAX_SEED = 2**63 - 1  # torch.manual_seed overflows above; negative seeds are refused too, for one range
@@ -40,6 +40,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     decay: str = "weights"  # weights: decay only weight matrices and kernels | all: biases and norm params too
+    # | layers: weight_decay times each layer's declared multiplier, biases at the model's bias lr (cuda-convnet)
     schedule: str = "cosine"  # constant | cosine | step (x0.1 at 50% and 75%) | plateau (x0.1 when val stalls)
     warmup_epochs: float = 0.0  # linear warm-up from 0, in epochs
     plateau_patience: int = 3  # plateau: epochs without a better validation error before a drop (the paper gives none)

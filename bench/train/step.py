@@ -9,6 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.device import DTYPES
+from bench.models.recipe import bias_lr_multiplier, decay_multiplier
+from bench.train.config import DECAYS
 
 
 def autocast(device: torch.device, dtype: str):
@@ -79,24 +81,60 @@ def grad_scaler(device: torch.device, dtype: str) -> torch.amp.GradScaler | None
     return torch.amp.GradScaler(device.type) if dtype == "fp16" else None
 
 
+def _is_weight(name: str, p: torch.Tensor) -> bool:
+    """A weight matrix or kernel: more than one dimension and not a bias (a locally connected
+    layer's biases are (out_channels, H, W), one per filter per location)."""
+    return p.ndim > 1 and name.rsplit(".", 1)[-1] != "bias"
+
+
+def _layer_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """decay='layers': a group per (lr, weight decay) pair, weights' groups first, in model order.
+
+    A module's own weights are decayed at `weight_decay` times the multiplier it declares
+    (`bench.models.recipe.mark_decay`; 1 when it declares none); biases are never decayed
+    and learn at `lr` times the model's bias multiplier (`set_bias_lr`; 1 without one);
+    other parameters (normalisation scales) are not decayed and learn at `lr`.
+    """
+    bias_lr = lr * bias_lr_multiplier(model)
+    weights: dict[float, list] = {}
+    others: dict[tuple[float, float], list] = {}
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if id(p) in seen:  # shared: grouped where first met, as .parameters() yields it once
+                continue
+            seen.add(id(p))
+            if _is_weight(name, p):
+                weights.setdefault(weight_decay * decay_multiplier(module), []).append(p)
+            else:
+                others.setdefault((bias_lr if name == "bias" else lr, 0.0), []).append(p)
+    return [{"params": ps, "lr": lr, "weight_decay": wd} for wd, ps in weights.items()] + [
+        {"params": ps, "lr": group_lr, "weight_decay": wd} for (group_lr, wd), ps in others.items()
+    ]
+
+
 def make_optimizer(
     model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4, decay: str = "weights"
 ) -> torch.optim.SGD:
     """SGD with momentum and weight decay, as in the paper (section 5).
 
-    `decay="weights"` decays only parameters with more than one dimension (weight
-    matrices and kernels): decaying biases and normalisation scales pulls them to
-    zero for no regularising gain, the common practice since. `decay="all"` is the
-    paper read literally: every parameter. The decayed group comes first; an
-    empty group is left out.
+    `decay="weights"` decays only weight matrices and kernels (parameters with more
+    than one dimension, biases aside): decaying biases and normalisation scales pulls
+    them to zero for no regularising gain, the common practice since. `decay="all"`
+    is the paper read literally: every parameter. The decayed group comes first; an
+    empty group is left out. `decay="layers"` is cuda-convnet's per-layer recipe: the
+    weight decay and bias learning rate each model declares (`_layer_groups`); a
+    model that declares nothing gets what "weights" gives, in more groups.
     """
-    if decay not in ("weights", "all"):
-        raise ValueError(f"decay={decay!r} is not valid; choose one of: weights, all")
-    params = list(model.parameters())
-    decayed = [p for p in params if decay == "all" or p.ndim > 1]
+    if decay not in DECAYS:
+        raise ValueError(f"decay={decay!r} is not valid; choose one of: {', '.join(DECAYS)}")
+    if decay == "layers":
+        return torch.optim.SGD(_layer_groups(model, lr, weight_decay), lr=lr, momentum=momentum)
+    named = list(model.named_parameters())
+    decayed = [p for name, p in named if decay == "all" or _is_weight(name, p)]
     ids = {id(p) for p in decayed}
     groups = [
         {"params": decayed, "weight_decay": weight_decay},
-        {"params": [p for p in params if id(p) not in ids], "weight_decay": 0.0},
+        {"params": [p for _, p in named if id(p) not in ids], "weight_decay": 0.0},
     ]
     return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum)

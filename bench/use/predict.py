@@ -1,9 +1,11 @@
 """`python -m bench predict`: the likeliest classes, with probabilities, for image files.
 
 Every image is converted the way the training data was: decoded to RGB, resized
-(bilinear) to the model's input size, normalised with the training split's
-statistics stored in the checkpoint. When that changed an image (colour mode,
-size), the output says so in one line (`conversion` in --json, per image too).
+(bilinear) to the training images' size, normalised with the training split's
+statistics stored in the checkpoint, and cut to its centre window for a model
+trained on crops of them (cifar-conv-local: 24x24 of 32x32). When that changed an
+image (colour mode, size), the output says so in one line (`conversion` in --json,
+per image too).
 
     python -m bench predict results/runs/RUN cat.jpg photos/ --topk 3
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from bench.data.augment import center_crop
 from bench.data.sources import IMAGE_SUFFIXES, _decode, describe_conversion
 from bench.errors import UserError
 from bench.use.model import load_model, top_k
@@ -61,6 +64,8 @@ def predict(path, images: list[str], k: int = 5, device: str = "auto") -> dict:
         chunk = files[start : start + CHUNK]
         decoded = [_decode(f.read_bytes(), str(f), size) for f in chunk]
         x = norm(torch.stack([d.image for d in decoded]).to(dev))
+        if model.input_size < size:  # trained on crops of the images: evaluated on the centre one
+            x = center_crop(x, model.input_size)
         probs, idx = top_k(model(x), k)
         for f, d, p, i in zip(chunk, decoded, probs.tolist(), idx.tolist()):
             modes[d.mode] = modes.get(d.mode, 0) + 1
