@@ -212,30 +212,35 @@ def test_progress_points_ten_per_epoch_one_per_tenth(monkeypatch):
     assert seconds == sorted(seconds) and seconds[-1] <= result.history[0]["epoch_seconds"] + 1e-9
 
 
-def test_time_to_target_interpolates_between_progress_points():
+def test_time_to_target_interpolates_between_trailing_epoch_means():
     points = [
         {"step": 10, "epoch": 0.5, "train_seconds": 4.0, "train_running_err_pct": 60.0},
         {"step": 20, "epoch": 1.0, "train_seconds": 8.0, "train_running_err_pct": 30.0},
         {"step": 30, "epoch": 1.5, "train_seconds": 13.0, "train_running_err_pct": 20.0},
+        {"step": 40, "epoch": 2.0, "train_seconds": 18.0, "train_running_err_pct": 10.0},
     ]
     history = [
         {"epoch": 1, "step": 20, "epoch_seconds": 8.0, "train_running_err_pct": 45.0},
-        {"epoch": 2, "step": 40, "epoch_seconds": 10.0, "train_running_err_pct": 22.0},
+        {"epoch": 2, "step": 40, "epoch_seconds": 10.0, "train_running_err_pct": 15.0},
     ]
-    # 30 -> 20 crosses 25 halfway between the second and third points: not "epoch 2"
-    got = time_to_target(history, points, "train_running_err_pct", 25.0)
+    # trailing-epoch means: 45 at epoch 1.0, 25 at 1.5, 15 at 2.0; 20% halfway between 1.5 and 2.0
+    # (one window alone would be at 20% already at 1.5), not "epoch 2"
+    got = time_to_target(history, points, "train_running_err_pct", 20.0)
     assert got == {
-        "steps_to_target": pytest.approx(25.0),
-        "epochs_to_target": pytest.approx(1.25),
-        "seconds_to_target": pytest.approx(10.5),
+        "steps_to_target": pytest.approx(35.0),
+        "epochs_to_target": pytest.approx(1.75),
+        "seconds_to_target": pytest.approx(15.5),
+        "target_statistic": "trailing-epoch mean",
     }
     assert time_to_target(history, points, "train_running_err_pct", 5.0)["epochs_to_target"] is None
 
 
 def test_stop_after_counts_from_the_epoch_a_progress_point_reaches_the_target():
     stop = _Stopper({"metric": "train_running_err_pct", "value": 25.0, "stop_after": 1})
-    stop.on_point({"epoch": 1.5, "train_running_err_pct": 24.0})  # reached inside epoch 2
-    assert stop.on_epoch({"epoch": 2, "train_running_err_pct": 27.0}) is False  # the epoch mean is above
+    stop.on_point({"step": 10, "epoch": 0.5, "train_running_err_pct": 30.0})
+    stop.on_point({"step": 20, "epoch": 1.0, "train_running_err_pct": 26.0})  # trailing mean 28
+    stop.on_point({"step": 30, "epoch": 1.5, "train_running_err_pct": 23.0})  # 24.5: reached inside epoch 2
+    assert stop.on_epoch({"epoch": 2, "train_running_err_pct": 27.0}) is False  # the epoch row is not judged
     assert stop.on_epoch({"epoch": 3, "train_running_err_pct": 23.0}) is True
 
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -29,6 +30,7 @@ from bench.report.load import load, run_mode
 from bench.report.markdown import PIPELINE_CHECK
 from bench.report.plot import level_colors, palette
 from bench.report.stats import VERDICT_RULE, summarize, t_quantile, welch
+from bench.train.target import crossing as bench_crossing
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -728,6 +730,119 @@ def test_figure1_lower_bound_holds_over_every_learning_rate_tried(tmp_path):
         f"tanh/relu ≥ {math.floor(10.5 / 4 * 10) / 10:.1f}× (lower bound"
         in (folder / "tables" / "figure1.md").read_text()
     )
+
+
+# Progress points as the loop logs them near 25%: a linear trend, the first window of each epoch
+# DIP below it (the reshuffle), +-NOISE alternately. Over any ten consecutive windows the middles
+# average to t - 0.5, one window is dipped and the noise cancels: the trailing-epoch mean at t is
+# start - slope * (t - 0.5) - DIP / 10, and it crosses 25% at 0.5 + (start - DIP / 10 - 25) / slope.
+DIP, NOISE = 0.9, 0.2
+
+
+def dipped_progress(start: float, slope: float, epochs: int) -> list[dict]:
+    points = []
+    for e in range(epochs):
+        for j in range(10):
+            t = e + (j + 1) / 10
+            y = start - slope * (t - 0.05) + (NOISE if j % 2 == 0 else -NOISE) - (DIP if j == 0 else 0)
+            points.append({"step": (10 * e + j + 1) * 39, "epoch": t, "train_running_err_pct": y})
+    return points
+
+
+def trailing_crossing(start: float, slope: float) -> float:
+    return 0.5 + (start - DIP / 10 - 25.0) / slope
+
+
+# activation -> per seed (trend start, slope in pp per epoch, epochs run)
+DIPPED = {"relu": [(40.0, 3.0, 7), (40.3, 3.0, 7)], "tanh": [(30.0, 0.3, 18), (30.3, 0.3, 19)]}
+
+
+def dipped_study(folder: Path, tanh_epochs: int | None = None) -> Path:
+    """A Figure 1 study swept with progress points. runs.csv's epochs_to_target is the single-window
+    crossing (as older rows were); `tanh_epochs`: the tanh runs stopped there (by the old rule)."""
+    cells, progress = [], {}
+    for act, seeds in DIPPED.items():
+        for seed, (start, slope, ran) in enumerate(seeds):
+            ran = tanh_epochs if act == "tanh" and tanh_epochs else ran
+            curve = [(start - slope * (e - 0.5) - DIP / 10, 30.0) for e in range(1, ran + 1)]
+            cells.append(cell({"activation": act, "lr": "0.02"}, seed, curve=curve, cfg_epochs=40))
+            progress[(act, seed)] = dipped_progress(start, slope, ran)
+    target = {"metric": "train_running_err_pct", "value": 25.0}
+    write_study(folder, "toy-fig1", ["activation", "lr"], cells, target=target)
+    runs = pd.read_csv(folder / "runs.csv", dtype={"cell_id": str, "lr": str})
+    runs["epochs_to_target"] = runs["epochs_to_target"].astype(float)
+    rows = []
+    for i, r in runs.iterrows():
+        points = progress[(r["activation"], r["seed"])]
+        runs.loc[i, "epochs_to_target"] = bench_crossing(points, "train_running_err_pct", 25.0, at="epoch")
+        rows += [
+            {"cell_id": r["cell_id"], "activation": r["activation"], "lr": "0.02", "seed": r["seed"], **p}
+            for p in points
+        ]
+    runs.to_csv(folder / "runs.csv", index=False)
+    pd.DataFrame(rows).to_csv(folder / "progress.csv", index=False)
+    return folder
+
+
+def test_figure1_recomputes_epochs_on_the_trailing_epoch_mean_from_progress(tmp_path):
+    folder = dipped_study(tmp_path / "f" / "cpu")
+    report = report_study(folder).read_text()
+    chosen = pd.read_csv(folder / "tables" / "figure1.csv", dtype={"lr": str}, keep_default_na=False)
+    got = chosen.set_index("activation")
+    relu = [trailing_crossing(a, s) for a, s, _ in DIPPED["relu"]]
+    tanh = [trailing_crossing(a, s) for a, s, _ in DIPPED["tanh"]]
+    assert tanh == pytest.approx([16.8667, 17.8667], abs=1e-4)  # runs.csv says about 15.1 and 16.1
+    assert got.loc["relu", "epochs_mean"] == pytest.approx(statistics.mean(relu))
+    assert got.loc["tanh", "epochs_mean"] == pytest.approx(statistics.mean(tanh))
+    assert f"tanh/relu = {statistics.mean(tanh) / statistics.mean(relu):.1f}×" in report
+    row = claims_by_subject(folder)[next(c.subject for c in CLAIMS if c.kind == "speedup")]
+    logs = [math.log(t / r) for r, t in zip(relu, tanh)]
+    assert row["effect"] == pytest.approx(math.exp(statistics.mean(logs))) and row["n"] == 2
+    assert "lies below it" in row["note"] or "inside the interval" in row["note"]  # x6 placed: all reached
+    assert "4 of 4 cells were swept under the single-window rule" in report
+    assert (got["censored"] == 0).all() and "unknown:" not in (folder / "tables" / "figure1.md").read_text()
+
+
+def test_figure1_cells_stopped_before_the_trailing_mean_crossed_are_censored(tmp_path):
+    # the old rule (one window, stop_after = 0) stopped both tanh runs at the end of epoch 16
+    folder = dipped_study(tmp_path / "f" / "cpu", tanh_epochs=16)
+    report = report_study(folder).read_text()
+    chosen = pd.read_csv(folder / "tables" / "figure1.csv", dtype={"lr": str}, keep_default_na=False)
+    tanh = chosen.set_index("activation").loc["tanh"]
+    assert not tanh["reached"] and tanh["censored"] == 2 and tanh["epochs_per_seed"] == "> 16, > 16"
+    md = (folder / "tables" / "figure1.md").read_text()
+    assert "unknown: 2 of 2 seeds stopped before 25% (seeds: > 16, > 16)" in md
+    assert "tanh/relu ≥" in md  # the bound 16 over ReLU's measured mean, never a point estimate
+    grid = (folder / "tables" / "figure1_lr_grid.md").read_text()
+    assert "| tanh | 0.02 | 0 / 2 (2 censored) | > 16, > 16 |" in grid
+    assert "2 of 4 cells were stopped before their trailing-epoch mean reached the target" in report
+    row = claims_by_subject(folder)[next(c.subject for c in CLAIMS if c.kind == "speedup")]
+    assert row["verdict"] == "not resolvable" and row["n"] == 0
+    assert row["note"].startswith("censored: 2 cell(s)") and "×6" not in row["note"]
+
+
+def test_figure1_markers_lie_on_the_drawn_curves(tmp_path):
+    from bench.report.kinds import figure1 as f1
+
+    folder = dipped_study(tmp_path / "f" / "cpu")
+    sd = load(folder)
+    curves = f1.trailing_curves(sd)
+    cells = f1.cell_epochs(sd, curves)
+    chosen = f1.choose(f1.lr_grid(sd, cells=cells))
+    fig = f1.figure1(sd, chosen, f1.speedups(chosen), curves, cells)
+    lines = fig.axes[0].get_lines()
+    drawn = [ln for ln in lines if len(ln.get_xdata()) > 2]  # not the target's dotted line
+    dots = [ln for ln in lines if ln.get_marker() == "o"]
+    assert len(drawn) == 4 and len(dots) == 4  # one line and one dot per seed
+    for dot in dots:
+        x, y = float(dot.get_xdata()[0]), float(dot.get_ydata()[0])
+        assert y == pytest.approx(25.0)
+        assert any(
+            ln.get_color() == dot.get_color()
+            and ln.get_xdata()[0] <= x <= ln.get_xdata()[-1]
+            and float(np.interp(x, ln.get_xdata(), ln.get_ydata())) == pytest.approx(y)
+            for ln in drawn
+        )
 
 
 # --- kinds of study, colours, and what the report imports --------------------------------------

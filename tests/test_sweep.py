@@ -273,6 +273,7 @@ def test_sweep_writes_tidy_tables_and_skips_finished_cells(tmp_path):
         "steps_to_target",
         "epochs_to_target",
         "seconds_to_target",
+        "target_statistic",
         "wall_seconds",
         "device",
         "torch",
@@ -284,6 +285,7 @@ def test_sweep_writes_tidy_tables_and_skips_finished_cells(tmp_path):
     ):
         assert column in runs.columns, column
     assert "best_test_top1_err_pct" not in runs.columns  # selection on the test set
+    assert (runs["target_statistic"] == "trailing-epoch mean").all()  # what the target was judged on
     # progress points beside the history: 80 images in batches of 16 = 5 steps, a point after each
     prog = pd.read_csv(out / "progress.csv")
     assert len(prog) == 4 * 2 * 5 and not prog.duplicated(["cell_id", "step"]).any()
@@ -325,10 +327,12 @@ def test_time_to_target_of_an_evaluated_metric_interpolates_between_epochs():
         "steps_to_target": None,
         "epochs_to_target": pytest.approx(1 + 15 / 16),
         "seconds_to_target": pytest.approx(2.0 + 3.0 * 15 / 16),
+        "target_statistic": "end-of-epoch value",
     }  # these rows have no step column
-    assert time_to_target(hist, [], "e", 10.0) == dict.fromkeys(
-        ("steps_to_target", "epochs_to_target", "seconds_to_target")
-    )
+    assert time_to_target(hist, [], "e", 10.0) == {
+        **dict.fromkeys(("steps_to_target", "epochs_to_target", "seconds_to_target")),
+        "target_statistic": "end-of-epoch value",
+    }
 
 
 def _spy_cells(monkeypatch) -> list[str]:

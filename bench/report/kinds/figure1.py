@@ -19,20 +19,39 @@ on training error (what the paper's Figure 1 plots), never on test error:
 The rule judges the profile's seeds. A two-stage profile (`confirm_seeds`)
 then runs more seeds at the chosen rates only (`bench.sweep.runner.run_study` applies
 this same rule to the first stage); they count in the chosen rate's statistics and the
-claim, not in the choice.
+claim, not in the choice. Where the rule now picks another rate than the one the
+confirming seeds ran at (picked on an earlier statistic), report.md says so: those
+seeds then count nowhere, and the chosen rate rests on the grid's seeds alone.
 
 A chosen rate that is the largest or smallest of its grid is flagged (`edge`):
 the fastest rate may lie outside the grid, and report.md says so.
 
-"Epochs to 25%" is the fractional epoch where the running training error, logged
-ten times per epoch, first falls to the target, interpolated between log points
-(results swept before progress points: the first epoch whose epoch-averaged
-training error is at or below it). The speed-up in the figure and its table is
-tanh epochs / ReLU epochs (means over seeds). Nothing is extrapolated: where tanh
-never reached the target, the ratio is given only as a lower bound, labelled so,
-counting each seed that did not reach it as reaching it one epoch after its last.
-The paper's claim is judged in the claims table (`claims.assess_speedup`: paired
-over seeds, the geometric mean ratio with its 95% interval).
+"Epochs to 25%" is the fractional epoch where the running training error averaged
+over the trailing epoch (`bench.train.target.trailing_epoch_mean`: the last ten
+progress windows, weighted by their steps, evaluated every 1/10 epoch from the end
+of epoch 1) first falls to the target, interpolated linearly between those points.
+It is recomputed here from progress.csv for every cell, whatever statistic the
+runs.csv column was computed with: rows without `target_statistic` = "trailing-epoch
+mean" were judged, and stopped, on a single progress window, which the reshuffle dip
+and the window noise pull early for a slowly falling curve. Results swept before
+progress points: the first epoch whose epoch-averaged training error (the same mean,
+at the epoch's end) is at or below the target. The curves drawn are that statistic,
+one line per seed, so each seed's marker lies on its own line.
+
+A cell whose run ended before the statistic crossed, stopped short of its epoch
+budget (by an earlier rule on another statistic), is censored: its epochs to the
+target are unknown, above its last epoch. It is shown as such (never dropped), it
+leaves its rate's mean and the paired claim unknown, and a rate with censored seeds
+that might beat the chosen one makes the choice provisional, said beside it.
+
+The speed-up in the figure and its table is tanh epochs / ReLU epochs (means over
+seeds). Nothing is extrapolated: where tanh never reached the target, the ratio is
+given only as a lower bound, labelled so, counting each seed that did not reach it
+as reaching it at its last logged point (progress points; one epoch after its last
+where only epochs were logged). The paper's claim is judged in the claims table
+(`claims.assess_speedup`: paired over seeds, the geometric mean ratio with its 95%
+interval); where x6 lies against that interval is said only when every paired cell
+reached the target.
 """
 
 from __future__ import annotations
@@ -41,15 +60,18 @@ import logging
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from bench.io import read_csv
 from bench.report import format as fmt
 from bench.report import plot
 from bench.report.claims import CLAIMS, assess_speedup, by_seed, claims_for
 from bench.report.load import (
     CLEAN_TRAIN_EPOCH,
+    HISTORY,
     RUNNING_TRAIN,
     RUNNING_TRAIN_EPOCH,
     StudyData,
@@ -59,7 +81,8 @@ from bench.report.markdown import Section
 from bench.report.output import Outcome, Output
 from bench.report.plot import CURVE_STATUSES
 from bench.report.stats import summarize
-from bench.train.result import DIVERGED
+from bench.train.result import DIVERGED, OK
+from bench.train.target import TRAILING_EPOCH_MEAN, crossing, trailing_epoch_mean
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +97,13 @@ def applies(sd: StudyData) -> bool:
 
 def build(out: Output, outcome: Outcome) -> None:
     sd = out.sd
-    grid = lr_grid(sd)
+    curves = trailing_curves(sd)
+    cells = cell_epochs(sd, curves)
+    grid = lr_grid(sd, cells=cells)
     if not len(grid):
         sd.notes.warn("no finished cell for Figure 1")
         return
-    chosen = choose(grid, lr_grid(sd, tuning=True))
+    chosen = choose(grid, lr_grid(sd, tuning=True, cells=cells))
     grid = mark_chosen(grid, chosen)
     ratios = speedups(chosen)
     s = Section(f"Figure 1: epochs to {target_label(sd)}, ReLU vs tanh")
@@ -94,22 +119,100 @@ def build(out: Output, outcome: Outcome) -> None:
             f"the study's target is {sd.target['metric']}, not a training error: the learning rates "
             "below are chosen on it"
         )
-    warnings = edge_warnings(chosen)
+    if curves:
+        s.text.append(_statistic_text(sd, cells))
+    stale = stale_confirming(sd, cells, chosen)
+    warnings = edge_warnings(chosen) + provisional_warnings(chosen) + confirm_warnings(chosen, stale)
     for line in warnings:
         log.warning("%s: %s", sd.label, line)
     s.text += [f"**Warning:** {line}." for line in warnings]
     out.figure(
-        out.guarded("Figure 1", figure1, sd, chosen, ratios),
+        out.guarded("Figure 1", figure1, sd, chosen, ratios, curves, cells),
         "figure1",
-        "Training error vs epochs at each activation's fastest learning rate; dotted line: the target; "
-        "dots: the epoch each activation first reaches it.",
+        f"{_curve_label(curves)} vs epochs at each activation's fastest learning rate, one line per seed; "
+        "dotted line: the target; dots: where each seed's line first reaches it; triangles: the last "
+        "point of a run stopped before it reached the target (censored).",
         s,
     )
     out.table(figure1_table(sd, chosen, ratios), chosen, s)
     out.table(lr_grid_table(sd, grid), grid, s)
     outcome.sections.append(s)
     outcome.ratios = ratios
-    outcome.claims += speedup_claims(cell_epochs(sd), chosen, ratios)
+    outcome.claims += speedup_claims(cells, chosen, ratios, stale)
+
+
+def _curve_label(curves: dict) -> str:
+    return "Training error averaged over the trailing epoch" if curves else "Training error (epoch mean)"
+
+
+def _statistic_text(sd: StudyData, cells: pd.DataFrame) -> str:
+    """What the epochs to the target are measured on, and how many cells were cut short before it."""
+    text = (
+        f"Epochs to {target_label(sd)} are recomputed from progress.csv on the running training error "
+        "averaged over the trailing epoch (ten progress windows, weighted by their steps), every 1/10 "
+        "epoch from the end of epoch 1, interpolated between those points: one window alone is noisy, "
+        "and the first window after each reshuffle sits below the trend, which pulls a slowly falling "
+        "curve (tanh) epochs early and barely moves a steep one."
+    )
+    old = (
+        ~cells["target_statistic"].eq(TRAILING_EPOCH_MEAN)
+        if "target_statistic" in cells
+        else pd.Series(True, index=cells.index)
+    )
+    if old.any():
+        text += (
+            f" {int(old.sum())} of {len(cells)} cells were swept under the single-window rule (no "
+            "target_statistic in runs.csv: a cell stopped at the end of the epoch in which one window first "
+            "fell to the target); their runs.csv epochs_to_target is not used."
+        )
+    cut = int(cells["censored"].sum())
+    if cut:
+        text += (
+            f" **{cut} of {len(cells)} cells were stopped before their trailing-epoch mean reached the "
+            "target (censored):** their epochs to it are unknown, above the epoch they stopped at; they are "
+            "shown as such, and leave their rate's mean and the paired claim unknown."
+        )
+    return text
+
+
+def provisional_warnings(chosen: pd.DataFrame) -> list[str]:
+    """One line per chosen rate that a censored rate might beat."""
+    return [
+        f"{_where(r)}: lr {r['lr']} is {r['provisional']}" for _, r in chosen[chosen["provisional"] != ""].iterrows()
+    ]
+
+
+def stale_confirming(sd: StudyData, cells: pd.DataFrame, chosen: pd.DataFrame) -> dict[tuple, tuple[str, str]]:
+    """(setup, activation) -> (seeds, rates) where the profile's confirming seeds ran at another rate
+    than the one chosen now (chosen when they ran, on an earlier statistic): they count nowhere."""
+    out = {}
+    confirm = cells[cells["seed"].isin(sd.confirm_seeds)]
+    for _, r in chosen.iterrows():
+        mine = confirm[(confirm["setup_level"] == r["setup"]) & (confirm["activation"] == r["activation"])]
+        other = mine[mine["lr_level"] != r["lr"]]
+        if len(other):
+            seeds = ", ".join(str(s) for s in sorted(other["seed"].unique()))
+            out[(r["setup"], r["activation"])] = (seeds, ", ".join(sorted(other["lr_level"].unique(), key=_as_float)))
+    return out
+
+
+def confirm_warnings(chosen: pd.DataFrame, stale: dict) -> list[str]:
+    """One line per (setup, activation) of `stale_confirming`."""
+    out = []
+    for _, r in chosen.iterrows():
+        if (r["setup"], r["activation"]) not in stale:
+            continue
+        seeds, rates = stale[(r["setup"], r["activation"])]
+        out.append(
+            f"{_where(r)}: the confirming seeds ({seeds}) ran at lr {rates}, the rate chosen when they ran (on "
+            f"an earlier statistic); on this statistic the grid chooses lr {r['lr']}, so they count nowhere here "
+            f"and lr {r['lr']} rests on {r['n']} seed(s)"
+        )
+    return out
+
+
+def _where(r) -> str:
+    return ", ".join(filter(None, [f"setup {r['setup']}" if r["setup"] else "", r["activation"]]))
 
 
 def target_label(sd: StudyData) -> str:
@@ -127,28 +230,82 @@ def _lr(frame: pd.DataFrame, sd: StudyData) -> pd.Series:
     return sd.column("cfg_lr", frame, "the learning rate of each cell").astype(str)
 
 
-def cell_epochs(sd: StudyData) -> pd.DataFrame:
-    """Per cell: epochs to the target (NaN = not reached), epochs run, final train error, status."""
+PROGRESS = "progress.csv"
+
+
+def trailing_curves(sd: StudyData) -> dict[str, pd.DataFrame]:
+    """cell_id -> the trailing-epoch mean of the target metric at each progress point from the end
+    of epoch 1 on (columns epoch, step, the metric), for the cells of runs.csv with progress
+    points; {} where progress.csv is absent or the target is not the running training error."""
+    path = sd.folder / PROGRESS
+    metric = sd.target["metric"]
+    if metric != RUNNING_TRAIN_EPOCH or not path.is_file():
+        return {}
+    try:
+        prog = read_csv(path, ["cell_id"])
+    except pd.errors.EmptyDataError:
+        return {}
+    if not {"cell_id", "step", "epoch", metric} <= set(prog.columns):
+        sd.notes.warn(f"{PROGRESS} lacks cell_id, step, epoch or {metric}; epochs to the target from {HISTORY}")
+        return {}
+    prog = prog[prog["cell_id"].isin(set(sd.runs["cell_id"]))]
+    out = {}
+    for cid, g in prog.groupby("cell_id", sort=False):
+        points = g.sort_values("step")[["step", "epoch", metric]].to_dict("records")
+        out[cid] = pd.DataFrame(trailing_epoch_mean(points, metric), columns=["step", "epoch", metric])
+    return out
+
+
+def cell_epochs(sd: StudyData, curves: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+    """Per cell: epochs to the target (NaN = not reached), the epoch it must lie beyond where not
+    reached (`epochs_bound`), whether the run was cut short before it (`censored`), epochs run,
+    final train error, status. `curves`: `trailing_curves(sd)`, if the caller has it."""
     metric, value = sd.target["metric"], sd.target["value"]
+    curves = trailing_curves(sd) if curves is None else curves
     cells = sd.runs[sd.runs["status"].isin(CURVE_STATUSES)].copy()
     from_history = {}
     for cid, h in sd.history.groupby("cell_id"):
         h = h.sort_values("epoch")
         hit = h.loc[h[metric] <= value, "epoch"] if metric in h else pd.Series(dtype=float)
         from_history[cid] = (float(hit.iloc[0]) if len(hit) else math.nan, float(h["epoch"].max()))
-    same_target = "epochs_to_target" in cells and "target_metric" in cells and (cells["target_metric"] == metric).all()
-    epochs, run = [], []
+    # An evaluated metric's column (interpolated between epochs by the runner) is trusted where the
+    # target is the same; the running error is recomputed, since older rows judged one window.
+    same_target = (
+        metric != RUNNING_TRAIN_EPOCH
+        and "epochs_to_target" in cells
+        and "target_metric" in cells
+        and (cells["target_metric"] == metric).all()
+    )
+    epochs, run, bound, censored = [], [], [], []
     for _, c in cells.iterrows():
         hist = from_history.get(c["cell_id"])
-        if same_target:
-            epochs.append(float(c["epochs_to_target"]) if pd.notna(c["epochs_to_target"]) else math.nan)
-        else:
-            epochs.append(hist[0] if hist else math.nan)
+        curve = curves.get(c["cell_id"])
         ran = c.get("epochs_run")
-        run.append(float(ran) if pd.notna(ran) else (hist[1] if hist else math.nan))
-        if hist is None and not same_target:
-            sd.notes.warn(f"cell {c['cell_id']} has no history rows; its epochs to {target_label(sd)} are unknown")
+        ran = float(ran) if pd.notna(ran) else (hist[1] if hist else math.nan)
+        last = ran + 1  # epochs only: the next epoch is the first the target can be seen at
+        if curve is not None and len(curve):
+            e = crossing(curve.to_dict("records"), metric, value, at="epoch")
+            e = math.nan if e is None else e
+            last = float(curve["epoch"].max())  # the interpolated crossing lies beyond the last point
+        elif same_target:
+            e = float(c["epochs_to_target"]) if pd.notna(c["epochs_to_target"]) else math.nan
+        else:
+            e = hist[0] if hist else math.nan
+            if hist is None:
+                sd.notes.warn(f"cell {c['cell_id']} has no history rows; its epochs to {target_label(sd)} are unknown")
+        budget = c.get("cfg_epochs")
+        epochs.append(e)
+        run.append(ran)
+        bound.append(last if math.isnan(e) else math.nan)
+        # ended short of its budget without diverging, before the statistic crossed: cut short by a stopping rule
+        censored.append(
+            bool(
+                math.isnan(e) and c["status"] == OK and pd.notna(budget) and math.isfinite(ran) and ran < float(budget)
+            )
+        )
     cells["epochs_to_target"] = epochs
+    cells["epochs_bound"] = bound
+    cells["censored"] = censored
     cells["epochs_run"] = run
     cells["lr_level"] = _lr(cells, sd)
     cells["setup_level"] = cells["setup"].astype(str) if "setup" in cells else ""
@@ -156,22 +313,31 @@ def cell_epochs(sd: StudyData) -> pd.DataFrame:
     return cells
 
 
-def lr_grid(sd: StudyData, tuning: bool = False) -> pd.DataFrame:
-    """One row per (setup, activation, lr): seeds, how many reached the target, epochs to it.
+def _per_seed(g: pd.DataFrame) -> str:
+    """'6.3, > 6, –': a seed's epochs to the target; '> N' censored at epoch N; '–' not reached."""
+    return ", ".join(
+        f"> {b:g}" if cens else "–" if math.isnan(e) else f"{e:g}"
+        for e, b, cens in zip(g["epochs_to_target"], g["epochs_bound"], g["censored"])
+    )
+
+
+def lr_grid(sd: StudyData, tuning: bool = False, cells: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (setup, activation, lr): seeds, how many reached the target, how many were
+    censored, epochs to it.
 
     tuning: without the profile's `confirm_seeds`, which ran only the chosen rates: the cells a
-    rate is chosen on.
+    rate is chosen on. cells: `cell_epochs(sd)`, if the caller has it.
     """
-    cells = cell_epochs(sd)
+    cells = cell_epochs(sd) if cells is None else cells
     if tuning:
         cells = cells[~cells["seed"].isin(sd.confirm_seeds)]
     rows = []
     for (setup, act, lr), g in cells.groupby(["setup_level", "activation", "lr_level"], sort=False):
         reached = g["epochs_to_target"].notna()
         ep = summarize(g["epochs_to_target"]) if reached.all() else summarize([])
-        # a lower bound on the mean: a seed that never reached counts as reaching one epoch after its last
+        # a lower bound on the mean: a seed that never reached counts as reaching at its bound
         bound = (
-            (g["epochs_to_target"].where(reached, g["epochs_run"] + 1)).mean()
+            (g["epochs_to_target"].where(reached, g["epochs_bound"])).mean()
             if not (g["status"] == DIVERGED).any()
             else math.inf
         )
@@ -182,9 +348,11 @@ def lr_grid(sd: StudyData, tuning: bool = False) -> pd.DataFrame:
                 "lr": lr,
                 "n": len(g),
                 "reached": int(reached.sum()),
+                "censored": int(g["censored"].sum()),
+                "censored_at": ", ".join(f"{e:g}" for e in g.loc[g["censored"], "epochs_run"]),
                 "epochs_mean": ep.mean,
                 "epochs_sd": ep.sd,
-                "epochs_per_seed": ", ".join("–" if math.isnan(e) else f"{e:g}" for e in g["epochs_to_target"]),
+                "epochs_per_seed": _per_seed(g),
                 "epochs_lower_bound": bound,
                 "epochs_run": float(g["epochs_run"].max()),
                 "final_train_err_mean": float(g["final_train"].mean()),
@@ -226,6 +394,30 @@ def _fastest(g: pd.DataFrame) -> tuple[str, bool]:
     return g.assign(div=g["diverged"] > 0).sort_values(["div", "final_train_err_mean", "lr_value"]).iloc[0]["lr"], False
 
 
+def _provisional(on: pd.DataFrame, lr: str, reached: bool) -> str:
+    """Why the rate picked from `on` (one grid, the seeds it is chosen on) may not be the fastest:
+    another rate has seeds whose runs were cut short before the target (censored); '' if none."""
+    cut = on[(on["censored"] > 0) & (on["lr"] != lr)]
+    mean = on.loc[on["lr"] == lr, "epochs_mean"].iloc[0]
+    if reached:  # a rival counts only if even its bound is below the chosen rate's mean
+        cut = cut[cut["epochs_lower_bound"] < mean]
+    if not len(cut):
+        return ""
+    rates = ", ".join(
+        f"lr {r['lr']} ({r['censored']} of {r['n']} seed{'s' * (r['n'] != 1)} stopped at epoch {r['censored_at']})"
+        for _, r in cut.iterrows()
+    )
+    if reached:
+        return (
+            f"provisional: {rates} may be faster; stopped before the trailing-epoch mean reached the target, "
+            f"earlier than this rate's {mean:.3g} epochs"
+        )
+    return (
+        f"provisional: no rate reached the target, and {rates} stopped before it: chosen on the final "
+        "running training error of runs that ended at different epochs"
+    )
+
+
 def choose(grid: pd.DataFrame, tuning: pd.DataFrame | None = None) -> pd.DataFrame:
     """The chosen learning rate per (setup, activation); see the module docstring.
 
@@ -236,7 +428,9 @@ def choose(grid: pd.DataFrame, tuning: pd.DataFrame | None = None) -> pd.DataFra
     for (setup, act), g in grid.groupby(["setup", "activation"], sort=False):
         g = g.assign(lr_value=g["lr"].map(_as_float))
         on = g if tuning is None else tuning[(tuning["setup"] == setup) & (tuning["activation"] == act)]
-        lr, reached = _fastest(on if len(on) else g)
+        on = on if len(on) else g
+        lr, reached = _fastest(on)
+        provisional = _provisional(on, lr, reached)
         best = g[g["lr"] == lr].iloc[0]
         reached = reached and best["reached"] == best["n"]
         rows.append(
@@ -248,6 +442,7 @@ def choose(grid: pd.DataFrame, tuning: pd.DataFrame | None = None) -> pd.DataFra
                 "edge": _edge(best["lr_value"], g["lr_value"]),
                 "n": int(best["n"]),
                 "reached": bool(reached),
+                "censored": int(best["censored"]),
                 "epochs_mean": best["epochs_mean"],
                 "epochs_sd": best["epochs_sd"],
                 "epochs_per_seed": best["epochs_per_seed"],
@@ -256,6 +451,7 @@ def choose(grid: pd.DataFrame, tuning: pd.DataFrame | None = None) -> pd.DataFra
                 "epochs_run": best["epochs_run"],
                 "final_train_err_mean": best["final_train_err_mean"],
                 "diverged": int(best["diverged"]),
+                "provisional": provisional,
                 "cell_ids": best["cell_ids"],
             }
         )
@@ -284,24 +480,54 @@ def edge_warnings(chosen: pd.DataFrame) -> list[str]:
     return out
 
 
-def speedup_claims(cells: pd.DataFrame, chosen: pd.DataFrame, ratios: dict | None = None) -> list[dict]:
+def speedup_claims(
+    cells: pd.DataFrame, chosen: pd.DataFrame, ratios: dict | None = None, stale: dict | None = None
+) -> list[dict]:
     """The Figure 1 claim per setup (`claims.assess_speedup`), as claims-table rows, from the per-seed
     epochs to the target of the chosen learning rates' cells; a lower bound from `ratios` (`speedups`)
-    goes into the note of a setup whose tanh cells never reached the target."""
+    goes into the note of a setup whose tanh cells never reached the target. Censored cells (cut short
+    before the target) are named in the note; so are a provisional choice and confirming seeds run at
+    another rate (`stale`: `stale_confirming`)."""
     rows = []
     for setup, g in chosen.groupby("setup", sort=False):
         by = {r["activation"]: r for _, r in g.iterrows()}
         if FAST not in by or SLOW not in by:
             continue
 
-        epochs = {}
+        epochs, cut = {}, 0
         for act in (FAST, SLOW):
             mine = cells[cells["cell_id"].isin(by[act]["cell_ids"].split(","))]
             epochs[act] = by_seed(mine, mine["epochs_to_target"])
+            cut += int(mine["censored"].sum())
         row = assess_speedup(epochs[FAST], epochs[SLOW]).row()
         bound = (ratios or {}).get(setup)
+        if cut:
+            missing = sum(1 for d in epochs.values() for v in d.values() if not math.isfinite(v))
+            never = missing - cut
+            row["note"] = (
+                f"censored: {cut} cell(s) stopped before the trailing-epoch mean reached the target, so their "
+                "epochs to it are unknown"
+                + (f"; {never} more did not reach it within the epoch budget" if never else "")
+                + "; no paired ratio"
+            )
         if bound is not None and bound.kind == "lower bound" and not row["n"]:
             row["note"] = f"{row['note']}; ratio of mean epochs {bound.text.split(' (lower bound')[0]} (a lower bound)"
+        extra = [
+            f"{a}'s lr {by[a]['lr']} is a provisional choice: "
+            + (
+                "a rate stopped before the target may be faster"
+                if by[a]["reached"]
+                else "no rate reached the target and some were stopped before it"
+            )
+            for a in (FAST, SLOW)
+            if by[a]["provisional"]
+        ]
+        for a in (FAST, SLOW):
+            if (setup, a) in (stale or {}):
+                seeds, rates = stale[(setup, a)]
+                extra.append(f"{a}'s confirming seeds ({seeds}) ran at lr {rates}, not at the rate chosen now")
+        if extra:
+            row["note"] = "; ".join([row["note"], *extra]) if row["note"] else "; ".join(extra)
         if setup:
             row["claim"] = f"setup {setup}: {row['claim']}"
         rows.append(row)
@@ -329,20 +555,31 @@ def speedups(chosen: pd.DataFrame) -> dict[str, Speedup]:
             out[setup] = Speedup(setup, ratio, "measured", f"{SLOW}/{FAST} = {ratio:.1f}×")
         elif fast["reached"] and math.isfinite(slow["epochs_lower_bound"]):
             ratio = slow["epochs_lower_bound"] / fast["epochs_mean"]
+            cut = f"; {slow['censored']} run(s) censored" if slow["censored"] else ""
             out[setup] = Speedup(
                 setup,
                 ratio,
                 "lower bound",
-                f"{SLOW}/{FAST} ≥ {math.floor(ratio * 10) / 10:.1f}× (lower bound: {SLOW} never reached the target)",
+                f"{SLOW}/{FAST} ≥ {math.floor(ratio * 10) / 10:.1f}× (lower bound: {SLOW} never reached the target{cut})",
             )
         else:
-            who = " and ".join(a for a, r in ((FAST, fast), (SLOW, slow)) if not r["reached"])
+            who = " and ".join(
+                a + (f" ({r['censored']} of {r['n']} seed{'s' * (r['n'] != 1)} censored)" if r["censored"] else "")
+                for a, r in ((FAST, fast), (SLOW, slow))
+                if not r["reached"]
+            )
             out[setup] = Speedup(setup, math.nan, "none", f"no ratio: {who} did not reach the target")
     return out
 
 
 def reached_text(row, sd: StudyData) -> str:
-    """'3 epochs' / '3.3 ± 0.6 epochs (3, 3, 4)' / 'did not reach 25% within 14 epochs'."""
+    """'3 epochs' / '3.3 ± 0.6 epochs (3, 3, 4)' / 'did not reach 25% within 14 epochs' /
+    'unknown: 1 of 3 seeds stopped before 25% (seeds: 6.3, > 6, 6.5)'."""
+    if not row["reached"] and row["censored"]:
+        return (
+            f"unknown: {row['censored']} of {row['n']} seed{'s' * (row['n'] != 1)} stopped before "
+            f"{sd.target['value']:g}% (seeds: {row['epochs_per_seed']})"
+        )
     if not row["reached"]:
         n = row["epochs_run"]
         text = f"did not reach {sd.target['value']:g}% within {n:.0f} epoch{'' if n == 1 else 's'}"
@@ -373,8 +610,8 @@ def figure1_table(sd: StudyData, chosen: pd.DataFrame, ratios: dict[str, Speedup
                 r["activation"],
                 r["lr"] + (f" ({r['edge']} tried)" if r["edge"] else ""),
                 r["lrs_tried"],
-                str(r["n"]),
-                reached_text(r, sd),
+                str(r["n"]) + (f" ({r['censored']} censored)" if r["censored"] else ""),
+                reached_text(r, sd) + (" — choice provisional (see the warnings)" if r["provisional"] else ""),
                 fmt.num(r["final_train_err_mean"]),
                 ratios[r["setup"]].text,
                 paper_text,
@@ -387,7 +624,10 @@ def figure1_table(sd: StudyData, chosen: pd.DataFrame, ratios: dict[str, Speedup
         "training error. Seeds that ran only the chosen rate (a profile's confirm_seeds) count in its row, "
         "not in the choice.",
         _epochs_note(sd) + " No extrapolation; a ratio marked 'lower bound' counts a run that never "
-        "reached the target as reaching it one epoch after its last.",
+        "reached the target as reaching it at its last point (progress points; one epoch after its last "
+        "where only epochs were logged). A seed 'stopped before' the target (censored; '> N': stopped at "
+        "epoch N, short of its epoch budget, by an earlier stopping rule) has no epoch count: its rate's "
+        "mean and the paired claim are unknown.",
         "The speed-up here is the ratio of the mean epochs; the claims table judges the paper's claim from "
         "the paired per-seed ratios (geometric mean, 95% interval).",
     ]
@@ -397,10 +637,12 @@ def figure1_table(sd: StudyData, chosen: pd.DataFrame, ratios: dict[str, Speedup
 
 
 def _epochs_note(sd: StudyData) -> str:
-    if "steps_to_target" in sd.runs:  # swept with progress points (ten per epoch)
+    if sd.target["metric"] == RUNNING_TRAIN_EPOCH and (sd.folder / PROGRESS).is_file():
         return (
-            "Epochs to the target: where the running training error (over the steps since the last of "
-            "ten log points per epoch) first falls to it, interpolated linearly between log points."
+            "Epochs to the target: where the running training error averaged over the trailing epoch (the "
+            "last ten progress windows, weighted by their steps), evaluated every 1/10 epoch from the end "
+            "of epoch 1, first falls to it, interpolated linearly between those points; recomputed from "
+            "progress.csv, never read from runs.csv."
         )
     return "Epochs to the target: the first epoch whose training error (averaged over the epoch) is at or below it."
 
@@ -422,7 +664,9 @@ def lr_grid_table(sd: StudyData, grid: pd.DataFrame) -> fmt.Table:
         + [
             r["activation"],
             r["lr"],
-            f"{r['reached']} / {r['n']}" + (f" ({r['diverged']} diverged)" if r["diverged"] else ""),
+            f"{r['reached']} / {r['n']}"
+            + (f" ({r['censored']} censored)" if r["censored"] else "")
+            + (f" ({r['diverged']} diverged)" if r["diverged"] else ""),
             r["epochs_per_seed"],
             f"{r['epochs_run']:.0f}",
             fmt.num(r["final_train_err_mean"]),
@@ -437,8 +681,10 @@ def lr_grid_table(sd: StudyData, grid: pd.DataFrame) -> fmt.Table:
         columns,
         rows,
         [
-            "'–': that seed did not reach the target. edge: a chosen rate that is the largest or smallest "
-            "of those tried; the fastest rate may lie outside the grid."
+            "'–': that seed did not reach the target within its epoch budget. '> N' (censored): that seed's "
+            "run was stopped at epoch N, short of its budget, before it reached the target; its epochs to it "
+            "are unknown, above N. edge: a chosen rate that is the largest or smallest of those tried; the "
+            "fastest rate may lie outside the grid."
         ],
     )
 
@@ -446,11 +692,23 @@ def lr_grid_table(sd: StudyData, grid: pd.DataFrame) -> fmt.Table:
 # --- the figure ----------------------------------------------------------------------
 
 
-def figure1(sd: StudyData, chosen: pd.DataFrame, ratios: dict) -> Figure:
+def _seed_curve(sd: StudyData, curves: dict, cell_id: str) -> pd.DataFrame:
+    """One cell's line: its trailing-epoch means (progress points), else its epoch means (history)."""
+    metric = sd.target["metric"]
+    curve = curves.get(cell_id)
+    if curve is None or not len(curve):
+        curve = sd.history.loc[sd.history["cell_id"] == cell_id, ["epoch", metric]]
+    return curve[["epoch", metric]].dropna().sort_values("epoch")
+
+
+def figure1(sd: StudyData, chosen: pd.DataFrame, ratios: dict, curves: dict, cells: pd.DataFrame) -> Figure:
     """Training error vs epochs at each activation's chosen lr: one panel per setup, shared axes.
 
-    Each panel's legend carries the chosen learning rates, the epochs to the target and the
-    ratio beside the paper's; matplotlib places it where it covers the fewest data points.
+    One line per seed, of the statistic the epochs to the target are measured on (`curves`:
+    `trailing_curves`; epoch means where a cell has no progress points), so each seed's marker
+    lies on its own line; a censored seed's line ends in a triangle. Each panel's legend carries the
+    chosen learning rates, the epochs to the target and the ratio beside the paper's; matplotlib
+    places it where it covers the fewest data points.
     """
     metric, target = sd.target["metric"], sd.target["value"]
     setups = [s for s in sd.levels.get("setup", []) if s in set(chosen["setup"])] or list(
@@ -459,12 +717,12 @@ def figure1(sd: StudyData, chosen: pd.DataFrame, ratios: dict) -> Figure:
     fig = Figure(figsize=(5.6 * len(setups) + 0.6, 5.0), layout="constrained")
     axes = fig.subplots(1, len(setups), sharex=True, sharey=True, squeeze=False)[0]
     paper = next((c for c in CLAIMS if c.kind == "speedup"), None)
-    seeds = sd.history["seed"].nunique() if len(sd.history) else 0
     colors = plot.level_colors(sd, ["activation"])
+    by_id = cells.set_index("cell_id")
     top, last = target, 1.0
     for ax, setup in zip(axes, setups):
         rows = chosen[chosen["setup"] == setup]
-        handles = []
+        handles, any_cut = [], False
         ax.axhline(target, color="0.35", linestyle=":", linewidth=1.2, zorder=1)
         ax.text(
             0.01,
@@ -480,13 +738,26 @@ def figure1(sd: StudyData, chosen: pd.DataFrame, ratios: dict) -> Figure:
             act = r["activation"]
             color = colors[("activation", act)]
             dash = "-" if act == FAST else "--" if act == SLOW else ":"
-            h = plot.curves(sd, r["cell_ids"].split(","))
-            plot.line(ax, h, metric, color, dash)
-            if len(h):
-                top = max(top, float(h[metric].max()))
-                last = max(last, float(h["epoch"].max()))
+            ids = [c for c in r["cell_ids"].split(",") if c in by_id.index]
+            drawn = 0
+            for cid in sorted(ids, key=lambda c: by_id.loc[c, "seed"]):
+                curve = _seed_curve(sd, curves, cid)
+                if not len(curve):
+                    continue
+                drawn += 1
+                x, y = curve["epoch"].to_numpy(float), curve[metric].to_numpy(float)
+                ax.plot(x, y, color=color, linestyle=dash, linewidth=2 if len(ids) == 1 else 1.4, alpha=0.9)
+                top, last = max(top, float(y.max())), max(last, float(x.max()))
+                c = by_id.loc[cid]
+                if pd.notna(c["epochs_to_target"]):
+                    # on the line: the crossing is interpolated along it (progress points), or is one of
+                    # its points (epoch means)
+                    e = float(c["epochs_to_target"])
+                    ax.plot([e], [float(np.interp(e, x, y))], "o", ms=7, color=color, mec="black", zorder=5)
+                elif c["censored"]:
+                    any_cut = True
+                    ax.plot([x[-1]], [y[-1]], ">", ms=8, color=color, mec="black", zorder=5)
             if r["reached"]:
-                ax.plot([r["epochs_mean"]], [target], marker="o", ms=9, color=color, mec="black", zorder=5)
                 ax.annotate(
                     f"{r['epochs_mean']:.3g}",
                     (r["epochs_mean"], target),
@@ -501,22 +772,33 @@ def figure1(sd: StudyData, chosen: pd.DataFrame, ratios: dict) -> Figure:
                 what = f"{target:g}% at epoch {r['epochs_mean']:.3g}" + (
                     f" (mean of {r['n']} seeds)" if r["n"] > 1 else ""
                 )
+            elif r["censored"]:
+                what = f"{r['censored']} of {r['n']} seed{'s' * (r['n'] != 1)} stopped before {target:g}%"
             else:
                 what = reached_text(r, sd)
-            if not len(h):
+            if not drawn:
                 what += " (no curve: history missing)"
             handles.append(
                 Line2D([], [], color=color, linestyle=dash, linewidth=2, label=f"{act}, lr {r['lr']}: {what}")
             )
         ratio = ratios.get(setup)
         extra = []
-        if ratio is not None:
+        cut = int(rows["censored"].sum())
+        if ratio is not None and ratio.kind == "none" and cut:
+            extra.append(f"no ratio: {cut} run{'s' * (cut != 1)} stopped before the target")
+        elif ratio is not None:
             extra.append(
                 ratio.text.split(" (lower bound")[0] + (" (lower bound)" if ratio.kind == "lower bound" else "")
             )
         if paper:
             extra.append(f"paper: ReLU {paper.quote.split('ReLU ')[-1]}")
         handles += [Line2D([], [], linestyle="none", label=t) for t in extra]
+        if any_cut:
+            handles.append(
+                Line2D(
+                    [], [], linestyle="none", marker=">", color="0.6", mec="black", label="stopped before the target"
+                )
+            )
         ax.legend(handles=handles, loc="best", fontsize=9.5, handlelength=2.2)
         title = f"setup = {setup}" if setup else (plot.unique(sd, "cfg_model") or sd.study)
         if ratio is not None and ratio.kind != "none":
@@ -531,10 +813,18 @@ def figure1(sd: StudyData, chosen: pd.DataFrame, ratios: dict) -> Figure:
     fig.suptitle(
         f"Figure 1 re-measured: {model or 'the four-layer net'}, training error vs epochs (ReLU solid, tanh dashed)"
     )
+    line = (
+        "One line per seed: the running training error averaged over the trailing epoch (ten progress "
+        "windows), every 1/10 epoch from the end of epoch 1; dots: where a seed's line first reaches "
+        f"{target:g}%; numbers: the mean over seeds."
+        if curves
+        else f"One line per seed: the training error averaged over each epoch; dots: the first epoch at or below "
+        f"{target:g}%; numbers: the mean over seeds."
+    )
     plot.note(
         fig,
         [
-            f"{seeds} seeds: line = mean, band = range over seeds." if seeds > 1 else "One seed: no band.",
+            line,
             f"Each activation at the learning rate that reaches {target_label(sd)} in the fewest epochs "
             f"({sd.profile} profile; {plot.unique(sd, 'device_name') or 'device unknown'}, "
             f"{run_mode(sd) or 'mode not recorded'}; data: {plot.unique(sd, 'data_source') or 'unknown'}).",
