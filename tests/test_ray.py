@@ -37,7 +37,8 @@ test_per_class = {test}
 batch_size = 8
 epochs = 1
 augment = "none"
-val_size = 0
+val_size = {val}
+train_eval_size = {train_eval}
 
 [factors.activation]
 key = "knobs.activation"
@@ -60,9 +61,9 @@ def ray_runtime():
     ray.shutdown()
 
 
-def tiny_study(tmp_path: Path, train: int = 8, test: int = 4):
+def tiny_study(tmp_path: Path, train: int = 8, test: int = 4, val: int = 0, train_eval: int = 5000):
     path = tmp_path / "tiny.toml"
-    path.write_text(TINY.format(train=train, test=test))
+    path.write_text(TINY.format(train=train, test=test, val=val, train_eval=train_eval))
     return load_study(str(path))
 
 
@@ -97,6 +98,25 @@ def test_smoke_study_on_ray_matches_the_local_executor(tmp_path):
     hist = pd.read_csv(folder / "history.csv")
     assert len(hist) == len(remote) and not hist.duplicated(["cell_id", "epoch"]).any()
     assert not list((folder / "cells").glob("*"))  # every recorded cell merged into the tables
+
+
+# Columns that differ between two runs of the same cell for reasons other than its numbers.
+RUN_DEPENDENT = ("wall_seconds", "finished_at", "train_seconds", "median_train_images_per_s", "hostname", "git_commit")
+
+
+def test_ray_cells_have_the_validation_split_and_clean_training_subset(tmp_path):
+    """Every field of the data set travels: a cell under Ray chooses its best epoch on the same
+    validation images and measures clean training error on the same subset as a local cell."""
+    tiny_study(tmp_path, val=20, train_eval=12)
+    common = ["ablate", "--study", str(tmp_path / "tiny.toml"), "--profile", "smoke", "--no-progress", "--no-report"]
+    assert main([*common, "--out", str(tmp_path / "local")]) == 0
+    assert main([*common, "--out", str(tmp_path / "ray"), "--executor", "ray"]) == 0
+    local, remote = (read_runs(tmp_path / where / "tiny" / "smoke") for where in ("local", "ray"))
+    assert local["best_val_top1_err_pct"].notna().all() and local["final_train_clean_top1_err_pct"].notna().all()
+    assert (local["val_images"] == 20).all() if "val_images" in local else True
+    columns = [c for c in local.columns if c not in RUN_DEPENDENT and not c.startswith(("measure", "cuda", "device"))]
+    assert set(columns) <= set(remote.columns)
+    pd.testing.assert_frame_equal(remote[columns], local[columns], check_dtype=False)
 
 
 def test_workers_get_the_data_from_the_driver_not_from_disk(tmp_path, image_tree, bench_cache, monkeypatch):

@@ -110,7 +110,9 @@ class AlexNet(nn.Module):
         dropout = check_probability("dropout", dropout)
         width = check_width("width", width)
         conv_width = check_width("conv_width", conv_width)
-        if not (isinstance(lrn_alpha, (int, float)) and not isinstance(lrn_alpha, bool) and 0 < lrn_alpha < float("inf")):
+        if not (
+            isinstance(lrn_alpha, (int, float)) and not isinstance(lrn_alpha, bool) and 0 < lrn_alpha < float("inf")
+        ):
             raise ValueError(f"lrn_alpha must be a positive number (the paper's is 1e-4), got {lrn_alpha!r}")
 
         multipliers = (conv_width,) * 4 + (1.0,)

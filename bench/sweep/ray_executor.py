@@ -18,12 +18,13 @@ holds the results-folder lock and writes the tables.
 
 from __future__ import annotations
 
+
 import logging
 import os
 import signal
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -83,17 +84,25 @@ def connect(address: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class _ShippedData:
-    """A `bench.data.Dataset` as numpy arrays, which Ray's object store hands out without copying."""
+    """A `bench.data.Dataset`, every field of it, with its tensors as numpy arrays (which Ray's
+    object store hands out without copying). Every field travels, so a cell under Ray has the
+    validation split and the clean-training subset a local cell has."""
 
-    arrays: dict  # train_x, train_y, test_x, test_y -> np.ndarray
-    classes: list
-    normalizer: object
-    provenance: dict
+    arrays: dict  # each tensor field (None where the data set has none) -> np.ndarray
+    others: dict  # every other field: classes, normalizer, provenance, crop size, ...
 
     @classmethod
     def of(cls, data) -> _ShippedData:
-        arrays = {k: getattr(data, k).numpy() for k in ("train_x", "train_y", "test_x", "test_y")}
-        return cls(arrays, list(data.classes), data.normalizer, dict(data.provenance))
+        from bench.data import Dataset
+
+        arrays, others = {}, {}
+        for f in fields(Dataset):
+            value = getattr(data, f.name)
+            if isinstance(value, torch.Tensor):
+                arrays[f.name] = value.numpy()
+            else:
+                others[f.name] = value
+        return cls(arrays, others)
 
     def dataset(self):
         from bench.data import Dataset
@@ -101,7 +110,7 @@ class _ShippedData:
         with warnings.catch_warnings():  # read-only shared memory; training never writes into the images
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             tensors = {k: torch.from_numpy(v) for k, v in self.arrays.items()}
-        return Dataset(**tensors, classes=self.classes, normalizer=self.normalizer, provenance=self.provenance)
+        return Dataset(**tensors, **self.others)
 
 
 def _run_in_worker(fn: CellFn, cell, device: str, shipped: _ShippedData, crash_marker: str | None):
