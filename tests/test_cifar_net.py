@@ -331,3 +331,18 @@ def test_recipe_trains_on_cifar10_crops_and_predict_takes_the_centre(
     got = predict(tmp_path / "run", [str(path)], k=1, device="cpu")["predictions"][0]["top"][0]
     assert got["class"] == ckpt.classes[int(want.argmax())]
     assert got["probability"] == pytest.approx(want.max().item(), rel=1e-5)
+
+
+def test_any_source_is_cropped_for_the_net_not_resized(tmp_path):
+    """The net is registered as taking crops of 32x32 images: a folder (the JPEG copy of CIFAR-10)
+    or synthetic data is held at 32x32 and cut to 24x24, never resized to 24."""
+    from bench.train.config import TrainConfig
+    from bench.train.loop import data_spec
+
+    spec = data_spec(TrainConfig(model=NAME, data="synthetic", train_per_class=4, test_per_class=2, val_size=0))
+    assert (spec.image_size, spec.crop_size) == (32, 24)
+    data = load_data(spec)
+    assert data.train_x.shape[1:] == (3, 32, 32) and data.crop_size == 24
+    assert next(data.batches("test", 5))[0].shape[1:] == (3, 24, 24)
+    assert data.provenance["input_crop"].startswith("24x24 of 32x32")
+    assert data_spec(TrainConfig(model="alexnet")).crop_size is None  # other nets: whole images

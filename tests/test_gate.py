@@ -307,7 +307,7 @@ def test_suite_covers_the_registry_and_the_ablations():
     assert set(list_models()) <= every
     assert {c.id for c in study_cases()} <= every
     # The study's baseline is the two-tower net, and its flips are made from it.
-    assert "alexnet:groups=2" in every and "alexnet:activation=tanh,groups=2" in every
+    assert "alexnet:groups=2,lrn_alpha=0.4" in every and "alexnet:activation=tanh,groups=2,lrn_alpha=0.4" in every
     quick = {c.model for c in cases(resolve_options(device="cpu", quick=True))}
     assert quick == {n for n in list_models() if input_size_of(n) <= 64}
     assert {"alexnet-paper", "alexnet-tv"} <= {c.model for c in cases(resolve_options(device="cpu"))}
@@ -321,12 +321,13 @@ def test_ablation_cases_are_the_study_files_model_variants():
     """Every model the AlexNet study trains is benchmarked, named by the knobs it changes from `alexnet`."""
     ids = [c.id for c in study_cases()]
     assert ids == [
-        "alexnet:groups=2",  # the study's baseline: the paper's two towers
-        "alexnet:activation=tanh,groups=2",
-        "alexnet:groups=2,norm=none",
-        "alexnet:groups=2,pool=nonoverlap",
-        "alexnet:dropout=0.0,groups=2",
-        "alexnet:conv_width=0.5",  # towers=one-half; towers=one is plain `alexnet`, augment changes no model
+        "alexnet:groups=2,lrn_alpha=0.4",  # the study's baseline: the paper's two towers, LRN at the paper's scale
+        "alexnet:activation=tanh,groups=2,lrn_alpha=0.4",
+        "alexnet:groups=2,lrn_alpha=0.4,norm=none",
+        "alexnet:groups=2,lrn_alpha=0.4,pool=nonoverlap",
+        "alexnet:dropout=0.0,groups=2,lrn_alpha=0.4",
+        "alexnet:lrn_alpha=0.4",  # towers=one
+        "alexnet:conv_width=0.5,lrn_alpha=0.4",  # towers=one-half; augment changes no model
     ]
 
 
@@ -335,8 +336,8 @@ def test_ablation_cases_follow_the_study_file(tmp_path, monkeypatch):
     study += '\n[factors.wider]\nkey = "knobs.conv_width"\nlevels = [1.0, 1.5]\n'
     (tmp_path / f"{suite.STUDY}.toml").write_text(study)
     monkeypatch.setattr(suite, "studies_dir", lambda: tmp_path)
-    assert study_cases()[-1] == Case("alexnet", (("conv_width", 1.5), ("groups", 2)))
-    assert "alexnet:conv_width=1.5,groups=2" in {c.id for c in all_cases()}
+    assert study_cases()[-1] == Case("alexnet", (("conv_width", 1.5), ("groups", 2), ("lrn_alpha", 0.4)))
+    assert "alexnet:conv_width=1.5,groups=2,lrn_alpha=0.4" in {c.id for c in all_cases()}
 
     (tmp_path / f"{suite.STUDY}.toml").unlink()
     with pytest.raises(UserError, match="study file .* is missing"):

@@ -90,11 +90,12 @@ def test_every_shipped_study_has_every_profile():
 
 def test_cells_run_seed_by_seed():
     # A sweep stopped part-way then holds whole seeds: complete pairs for the paired statistics.
-    cells = load_study("overfitting").cells("cpu-full")
+    cells = load_study("overfitting").cells("cpu-full", seeds=[0, 1, 2])
     seeds = [c.config.seed for c in cells]
     assert seeds == sorted(seeds) and set(seeds) == {0, 1, 2}
-    per_seed = [[tuple(c.levels.values()) for c in cells if c.config.seed == s] for s in (0, 1, 2)]
-    assert per_seed[0] == per_seed[1] == per_seed[2] and len(set(per_seed[0])) == len(per_seed[0]) == 6
+    per_seed = [[(tuple(c.levels.values()), c.config.lr) for c in cells if c.config.seed == s] for s in (0, 1, 2)]
+    # six arms, each at every rate of the profile's grid
+    assert per_seed[0] == per_seed[1] == per_seed[2] and len(set(per_seed[0])) == len(per_seed[0]) == 6 * 3
 
 
 def test_overfitting_study_crosses_dropout_and_augmentation_plus_two_arms():

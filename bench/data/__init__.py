@@ -16,11 +16,11 @@ Splits, in the order they are drawn (bench.data.splits), each seeded by `data_se
    into `train`), for the clean training error: evaluated like `test`.
 Normalisation and the PCA colour statistics are fitted on `train` only.
 
-A model smaller than CIFAR-10's 32x32 (cuda-convnet's 24x24 nets) is fed crops of
-the cifar10 source: the images are held at 32x32 and every batch is cut to the
-model's side, a random window in training with `crop` augmentation, the centre
-window otherwise and in every evaluation split (`Dataset.crop_size`). The
-synthetic source is made, and a folder decoded, at the model's side instead.
+A model registered as taking crops (`register_model(..., crop_from=32)`: cuda-convnet's
+24x24 nets) is fed crops of images held at 32x32, from any source: every batch is cut to
+the model's side, a random window in training with `crop` augmentation, the centre window
+otherwise and in every evaluation split (`Dataset.crop_size`). A spec asking the cifar10
+source for a side below 32 is cropped the same way.
 
 Batches are made by indexing the on-device tensors; augmentation runs on whole
 batches (bench.data.augment). Nothing here runs at import time.
@@ -89,6 +89,7 @@ class DataSpec:
     preprocess: str = "standardize"  # standardize | meanonly
     synthetic_train: int | None = None  # synthetic training images; None: 5,000, or what train_per_class asks
     synthetic_test: int | None = None  # None: 1,000, or what test_per_class asks
+    crop_size: int | None = None  # batches are cut to this side (the model's input) from image_size images
     download: bool = True
 
     def kind(self) -> str:
@@ -304,7 +305,7 @@ def load_data(spec: DataSpec, cache_dir: Path | None | str = "default") -> Datas
     crop = _crop_size(spec)
     if crop is not None:
         prov["input_crop"] = (
-            f"{crop}x{crop} of {CIFAR10_SIDE}x{CIFAR10_SIDE}: random with crop augmentation, else the centre"
+            f"{crop}x{crop} of {trx.shape[-1]}x{trx.shape[-2]}: random with crop augmentation, else the centre"
         )
 
     def per_class(y):
@@ -330,6 +331,9 @@ def load_data(spec: DataSpec, cache_dir: Path | None | str = "default") -> Datas
 
 
 def _crop_size(spec: DataSpec) -> int | None:
-    """The side batches of the cifar10 source are cut to for a model smaller than its images; None: none."""
+    """The side batches are cut to (a model that takes crops: `crop_size`, or a model smaller than the
+    cifar10 source's 32x32 images); None: whole images."""
+    if spec.crop_size is not None:
+        return spec.crop_size
     small = spec.image_size is not None and spec.image_size < CIFAR10_SIDE
     return spec.image_size if spec.kind() == "cifar10" and small else None

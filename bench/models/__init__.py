@@ -14,6 +14,7 @@ from bench.models import (  # noqa: F401  (register)
 from bench.models.knobs import format_knobs, parse_knobs
 from bench.models.registry import (
     create_model,
+    crop_from_of,
     input_size_of,
     list_models,
     model_knobs,
@@ -23,6 +24,7 @@ from bench.models.registry import (
 
 __all__ = [
     "create_model",
+    "crop_from_of",
     "format_knobs",
     "input_size_of",
     "list_models",

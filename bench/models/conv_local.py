@@ -157,7 +157,7 @@ class ConvLocalNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model("cifar-conv-local", input_size=INPUT_SIZE)
+@register_model("cifar-conv-local", input_size=INPUT_SIZE, crop_from=32)
 def cifar_conv_local(
     *, num_classes: int = 10, norm: str = "lrn", width: float = 1.0, activation: str = "relu"
 ) -> nn.Module:

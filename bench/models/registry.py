@@ -20,17 +20,25 @@ from bench.models.init import INITS, apply_init
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 _INPUT_SIZE: dict[str, int] = {}
+_CROP_FROM: dict[str, int] = {}  # models trained on crops: the side of the images they are cut from
 _PREFIXES: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_model(name: str, *, input_size: int = 32):
-    """Decorator: register a keyword-only builder under `name`, sized for `input_size`."""
+def register_model(name: str, *, input_size: int = 32, crop_from: int | None = None):
+    """Decorator: register a keyword-only builder under `name`, sized for `input_size`.
+
+    `crop_from`: the model takes `input_size` crops of images held at this side (cuda-convnet's
+    24x24 crops of 32x32 CIFAR-10): random windows in training with crop augmentation, the
+    centre otherwise (`bench.data.Dataset.crop_size`).
+    """
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _BUILDERS:
             raise RuntimeError(f"model {name!r} registered twice")
         _BUILDERS[name] = fn
         _INPUT_SIZE[name] = input_size
+        if crop_from is not None:
+            _CROP_FROM[name] = crop_from
         return fn
 
     return wrap
@@ -70,6 +78,12 @@ def input_size_of(name: str) -> int:
     """The square input side a model is built for (prefix families resize inside: 32)."""
     _lookup(name)
     return _INPUT_SIZE.get(name, 32)
+
+
+def crop_from_of(name: str) -> int | None:
+    """The side of the images a model's inputs are cropped from (`register_model`), None if not cropped."""
+    _lookup(name)
+    return _CROP_FROM.get(name)
 
 
 def model_knobs(name: str) -> dict[str, object]:

@@ -18,7 +18,6 @@ holds the results-folder lock and writes the tables.
 
 from __future__ import annotations
 
-
 import logging
 import os
 import signal

@@ -31,7 +31,7 @@ from bench.device import pick_device, synchronize
 from bench.env import environment
 from bench.errors import UserError
 from bench.io import atomic_write_text, write_csv
-from bench.models import create_model, input_size_of
+from bench.models import create_model, crop_from_of, input_size_of
 from bench.models.lrn import lrn_activity
 from bench.train import distributed as ddp
 from bench.train.checkpoint import save_checkpoint
@@ -54,7 +54,8 @@ def data_spec(cfg: TrainConfig) -> DataSpec:
     return DataSpec(
         source=cfg.data,
         root=cfg.data_root,
-        image_size=input_size_of(cfg.model),
+        image_size=crop_from_of(cfg.model) or input_size_of(cfg.model),
+        crop_size=input_size_of(cfg.model) if crop_from_of(cfg.model) else None,
         train_per_class=cfg.train_per_class,
         test_per_class=cfg.test_per_class,
         preprocess=cfg.preprocess,
