@@ -288,3 +288,22 @@ def test_claims_are_consistent():
     with pytest.raises(ValueError, match="disagrees with side"):
         Claim("x", "bad", "q", "d", "norm", "none", "top1_diff", 1.4, "lrn", -1)
     assert claims_for("dropout", "0") == claims_for("dropout", "0.0") != []
+
+
+def test_an_interval_touching_zero_is_not_a_direction():
+    """`agrees` / `disagrees` need 0 strictly outside the interval: an end at exactly 0 is `not resolvable`."""
+    for lo, hi in ((0.0, 2.0), (-2.0, 0.0), (0.0, 0.0)):
+        d = Difference(1.0, lo, hi, 2.0, PAIRED, 3, 3, 3)
+        assert verdict(d, +1) == verdict(d, -1) == NOT_RESOLVABLE, (lo, hi)
+    just_above = Difference(1.0, 1e-12, 2.0, 2.0, PAIRED, 3, 3, 3)
+    assert verdict(just_above, +1) == AGREES and verdict(just_above, -1) == DISAGREES
+
+
+def test_welch_with_no_spread_is_the_exact_difference():
+    """Identical values on each side (sd 0, no common seed): the interval is the difference itself, not NaN."""
+    d = compare({0: 10.0, 1: 10.0, 2: 10.0}, {3: 12.5, 4: 12.5})
+    assert (d.method, d.n, d.n_a, d.n_b) == (WELCH, 2, 3, 2)
+    assert (d.diff, d.lo, d.hi, d.df) == (2.5, 2.5, 2.5, 3.0)
+    assert verdict(d, +1) == AGREES and verdict(d, -1) == DISAGREES
+    same = compare({0: 10.0, 1: 10.0}, {3: 10.0, 4: 10.0})
+    assert (same.diff, same.lo, same.hi) == (0.0, 0.0, 0.0) and verdict(same, +1) == NOT_RESOLVABLE

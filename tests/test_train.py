@@ -289,3 +289,17 @@ def test_fp16_gradients_that_underflow_survive_with_the_scaler_and_vanish_withou
         scaled, exact, strict=True
     ):  # scaled into fp16's range for the backward pass, unscaled before the step
         torch.testing.assert_close(g, e, rtol=0.01, atol=0.01 * e.abs().max().item())  # fp16 rounding
+
+
+def test_best_epoch_is_chosen_on_validation_and_ties_go_to_the_earliest():
+    """Epochs 2 and 3 tie on validation error: the best epoch is 2, with epoch 2's test error (not the lowest)."""
+    from bench.train.result import summarize
+
+    def epoch(n, val, test):
+        return {"epoch": n, "train_running_err_pct": 50.0, "val_top1_err_pct": val, "test_top1_err_pct": test,
+                "epoch_seconds": 1.0, "train_images_per_s": 100.0}  # fmt: skip
+
+    history = [epoch(1, 40.0, 41.0), epoch(2, 30.0, 33.0), epoch(3, 30.0, 29.0), epoch(4, 35.0, 20.0)]
+    s = summarize(history, "ok")
+    assert (s["best_epoch"], s["best_val_top1_err_pct"], s["test_top1_err_pct_at_best_val"]) == (2, 30.0, 33.0)
+    assert s["has_val_split"] and s["final_test_top1_err_pct"] == 20.0
