@@ -67,6 +67,8 @@ def provenance(sd: StudyData) -> list[tuple[str, str]]:
         ("software", ", ".join(versions) or "unknown"),
         ("profile", sd.profile),
         ("seeds", f"{', '.join(str(s) for s in seeds)} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''})"),
+        *_declared(sd, seeds),
+        *_subsets(runs),
         ("cells", f"{len(runs)} ({', '.join(f'{k} {s}' for s, k in status.items()) or 'none'})"),
     ]
     for what, column in (("epochs", "cfg_epochs"), ("batch size", "cfg_batch_size"), ("model", "cfg_model")):
@@ -76,6 +78,38 @@ def provenance(sd: StudyData) -> list[tuple[str, str]]:
         lines.append(("git commit", ", ".join(_values(sd, "git_commit"))))
     if _values(sd, "finished_at"):
         lines.append(("last cell finished", max(_values(sd, "finished_at"))))
+    return lines
+
+
+def _subsets(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """Whether the data subsets follow the seed, or every interval is conditional on one draw of them."""
+    if "cfg_data_seed" not in runs or not len(runs):
+        return []
+    data_seeds = pd.to_numeric(runs["cfg_data_seed"], errors="coerce")
+    if (data_seeds == pd.to_numeric(runs["seed"], errors="coerce")).all() and runs["seed"].nunique() > 1:
+        return [
+            ("data subsets", "drawn per seed (training subset, validation split, test subset); shared by a seed's arms")
+        ]
+    if data_seeds.nunique() == 1:
+        return [
+            (
+                "data subsets",
+                f"one draw (data_seed {int(data_seeds.iloc[0])}) for every seed: the intervals are conditional on "
+                "that training subset, validation split and test subset",
+            )
+        ]
+    return [("data subsets", "data seeds " + ", ".join(str(int(v)) for v in sorted(data_seeds.dropna().unique())))]
+
+
+def _declared(sd: StudyData, seeds: list) -> list[tuple[str, str]]:
+    """The seeds the profile declared before it ran (the verdicts' n), and any others (exploratory)."""
+    if sd.declared_seeds is None:
+        return []
+    declared = ", ".join(str(s) for s in sd.declared_seeds)
+    extra = [s for s in seeds if s not in set(sd.declared_seeds)]
+    lines = [("declared seeds (the verdicts' n)", declared)]
+    if extra:
+        lines.append(("exploratory seeds (not declared; beside the verdicts only)", ", ".join(str(s) for s in extra)))
     return lines
 
 
