@@ -317,6 +317,24 @@ def test_failed_cell_is_a_row_and_the_sweep_goes_on(tmp_path):
     assert statuses[("relu", 1e9)] == "diverged"
 
 
+def test_a_diverged_cell_counts_as_finished_on_resume_and_in_the_report(tmp_path, monkeypatch):
+    """A diverged cell is a result (the rate is too high), not a failure: never re-run, never "did not finish"."""
+    from bench.report import report_study
+
+    text = TINY_STUDY.format(design="factorial", epochs=1).replace('levels = ["relu", "tanh"]', 'levels = ["relu"]')
+    study = load_study(str(write_study(tmp_path, text=text.replace("levels = [0.01, 0.02]", "levels = [0.01, 1e9]"))))
+    first = run_study(study, "smoke", out_root=tmp_path / "results", progress=False)
+    assert sorted(first["status"]) == ["diverged", "ok"]
+    ran = _spy_cells(monkeypatch)
+    again = run_study(study, "smoke", out_root=tmp_path / "results", progress=False)
+    assert ran == [], "a diverged cell was run again on resume"
+    assert again["finished_at"].tolist() == first["finished_at"].tolist()
+    out = tmp_path / "results" / "tiny" / "smoke"
+    report_study(out)
+    report = (out / "report.md").read_text()
+    assert "did not finish" not in report and "diverged" in report
+
+
 def test_time_to_target_of_an_evaluated_metric_interpolates_between_epochs():
     hist = [
         {"epoch": 1, "epoch_seconds": 2.0, "e": 40.0},
@@ -582,6 +600,67 @@ def test_a_merge_killed_half_way_is_redone_without_duplicates(tmp_path):
     assert sorted(runs["cell_id"]) == ["a", "b"] and runs.set_index("cell_id")["err"].to_dict() == {"a": 3.0, "b": 2.0}
     assert list(runs["level"]) == ["none", "none"]  # a level named like a missing value stays text
     assert len(hist_rows) == 4 and not hist_rows.duplicated(["cell_id", "epoch"]).any()
+
+
+def _row(cid: str, err: float = 1.0) -> dict:
+    return {"cell_id": cid, "level": "none", "status": "ok", "seed": 0, "err": err}
+
+
+def _epochs(cid: str) -> list[dict]:
+    return [{"cell_id": cid, "epoch": e, "err": 10.0 * e} for e in (1, 2)]
+
+
+def test_history_rows_of_a_cell_missing_from_runs_csv_are_dropped_on_resume(tmp_path):
+    """Rows an interrupted write left for a cell runs.csv never got must not count beside its real ones."""
+    from bench.sweep.results import ResultsFolder
+
+    folder = ResultsFolder(tmp_path, ["level"])
+    folder.record(_row("a"), _epochs("a"))
+    assert folder.merge() == 1
+    pd.DataFrame([*_epochs("a"), *_epochs("ghost")]).to_csv(tmp_path / "history.csv", index=False)
+    pd.DataFrame([*_epochs("ghost")]).assign(step=1).to_csv(tmp_path / "progress.csv", index=False)
+    _, hist, progress = folder.read()
+    assert set(hist["cell_id"]) == {"a"}, "history rows of a cell absent from runs.csv were kept"
+    assert not len(progress)
+    folder.record(_row("b"), _epochs("b"))
+    assert folder.merge() == 1
+    assert sorted(set(pd.read_csv(tmp_path / "history.csv")["cell_id"])) == ["a", "b"]
+
+
+@pytest.mark.parametrize("crash_at", ["history.csv", "progress.csv", "runs.csv", "unlink"])
+def test_a_merge_that_crashes_part_way_loses_no_finished_cell(tmp_path, monkeypatch, crash_at):
+    """Cell files are deleted only after every table holds their rows: a crash anywhere before loses nothing."""
+    import bench.sweep.results as results
+
+    folder = results.ResultsFolder(tmp_path, ["level"])
+    folder.record(_row("a"), _epochs("a"), [{"cell_id": "a", "step": 1}])
+    assert folder.merge() == 1
+    folder.record(_row("b"), _epochs("b"), [{"cell_id": "b", "step": 1}])
+    folder.record(_row("c"), _epochs("c"), [{"cell_id": "c", "step": 1}])
+    real_write, real_unlink = results.write_csv, Path.unlink
+
+    def write_csv(path, frame):
+        if Path(path).name == crash_at:
+            raise OSError(28, "No space left on device")
+        real_write(path, frame)
+
+    def unlink(self, *args, **kwargs):
+        real_unlink(self, *args, **kwargs)
+        if crash_at == "unlink" and self.parent.name == "cells":
+            raise KeyboardInterrupt  # the crash comes after the first cell file is gone
+
+    monkeypatch.setattr(results, "write_csv", write_csv)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises((OSError, KeyboardInterrupt)):
+        folder.merge()
+    monkeypatch.undo()
+    runs, hist, _ = folder.read()
+    assert sorted(runs["cell_id"]) == ["a", "b", "c"], f"a crash at {crash_at} lost a finished cell"
+    assert sorted(set(hist["cell_id"])) == ["a", "b", "c"]
+    folder.merge()
+    on_disk = pd.read_csv(tmp_path / "runs.csv", dtype={"cell_id": str})
+    assert sorted(on_disk["cell_id"]) == ["a", "b", "c"] and not folder.pending()
+    assert len(pd.read_csv(tmp_path / "history.csv")) == 6
 
 
 def test_a_torn_cell_record_is_a_one_line_error_naming_it(tmp_path):
