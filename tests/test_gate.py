@@ -228,6 +228,38 @@ def test_failed_suite_saves_nothing(tmp_path, monkeypatch, capfd, pytest_status,
     assert not list(tmp_path.rglob("*.json"))
 
 
+def _fake_suite(monkeypatch, case: str, env: dict | None = None, **changes):
+    """Instead of the suite: a run with one benchmark `case`, measured with the options the gate resolved."""
+    import torch
+
+    resolved = []
+    real_options_from = suite.options_from
+    monkeypatch.setattr(suite, "options_from", lambda *a: resolved.append(real_options_from(*a)) or resolved[-1])
+
+    def fake(device, json_path, pytest_args):
+        bench = {"environment": env if env is not None else environment(torch.device("cpu")),
+                 "settings": resolved[-1].recorded()}  # fmt: skip
+        entry = {"name": f"test_train[{case}]", "group": "train", "stats": {"median": 0.1, "min": 0.1, "iqr": 0.0},
+                 "extra_info": {"phase": "train", "case": case, "images_per_round": 100}}  # fmt: skip
+        for key, value in changes.items():  # a run edited by hand: e.g. extra_info=None
+            entry[key] = value
+        json_path.write_text(json.dumps({"machine_info": {"bench": bench}, "benchmarks": [entry]}))
+        return 0
+
+    monkeypatch.setattr(command, "run_suite", fake)
+
+
+def test_no_benchmark_in_common_with_the_baseline_fails_the_gate(tmp_path, monkeypatch, capfd):
+    """A run that compared nothing proves nothing: exit 1, saying so, not a silent pass."""
+    _fake_suite(monkeypatch, "lenet5")
+    assert _gate("--save", "base", "--storage", str(tmp_path), "--bench-models", "lenet5") == 0
+    _fake_suite(monkeypatch, "alexnet")
+    status = _gate("--compare", "base", "--storage", str(tmp_path), "--bench-models", "lenet5")
+    out = capfd.readouterr().out
+    assert "FAILED: no benchmark in common with the baseline" in out
+    assert status == 1, "the gate passed a run that shares no benchmark with its baseline"
+
+
 # ---------------------------------------------------------------- the comparison, on exact numbers
 
 
