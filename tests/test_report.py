@@ -703,11 +703,19 @@ def test_rows_repeating_a_configuration_and_seed_count_once_the_latest(tmp_path,
     assert "50.00 (n=1)" in table and "90.00" not in table and "70.00" not in table
 
 
-def test_a_torn_runs_table_is_a_one_line_error(tmp_path):
+@pytest.mark.parametrize(
+    "text, line, fields",
+    [
+        ('study,cell_id,is_baseline,status\ntoy,"abc,1,ok\n', 2, "2 of the header's 4"),  # an open quote
+        # torn after every required field: nothing else would notice the missing error column
+        ("study,cell_id,status,final_test_top1_err_pct\ntoy,abc,ok,50.0\ntoy,def,ok\n", 3, "3 of the header's 4"),
+    ],
+)
+def test_a_torn_runs_table_is_a_one_line_error(tmp_path, text, line, fields):
     folder = tmp_path / "toy" / "cpu"
     folder.mkdir(parents=True)
-    (folder / "runs.csv").write_text('study,cell_id,is_baseline,status\ntoy,"abc,1,ok\n')
-    with pytest.raises(UserError, match=r"runs\.csv is not a readable table .*restore it from git or re-run"):
+    (folder / "runs.csv").write_text(text)
+    with pytest.raises(UserError, match=rf"runs\.csv is not a readable table \(line {line} is torn: {fields} fields\)"):
         report_study(folder)
 
 
