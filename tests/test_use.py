@@ -231,13 +231,31 @@ def test_evaluate_writes_files_that_match_the_run(run, tmp_path):
     assert got["test_top5_err_pct"] == summary["final_test_top5_err_pct"]
     assert got["test_images"] == 50 and got["run_final_test_top1_err_pct"] == summary["final_test_top1_err_pct"]
     table = pd.read_csv(folder / "per_class.csv")
-    assert list(table["class"]) == CIFAR10 and table["images"].sum() == 50
+    assert list(table["class"]) == CIFAR10 and table["images"].tolist() == [5] * 10  # test_per_class=5
     # the per-class errors add up to the run's (one top-k definition for both)
     assert (table["top1_err_pct"] * table["images"]).sum() / 50 == pytest.approx(got["test_top1_err_pct"])
     assert (table["top5_err_pct"] * table["images"]).sum() / 50 == pytest.approx(got["test_top5_err_pct"])
     assert (table["top5_err_pct"] <= table["top1_err_pct"]).all()
     assert (table["most_confused_pct"] <= table["top1_err_pct"]).all()
     assert (folder / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_per_class_table_counts_true_classes_in_rows():
+    """Rows are the true class, columns the prediction: 3 cats (1 taken for a dog), 1 dog, 0 birds."""
+    from bench.use.evaluate import per_class_table
+
+    y = torch.tensor([0, 0, 0, 1])
+    predicted = [0, 0, 1, 1]
+    logits = torch.full((4, 6), -1.0)  # 6 classes, so that top-5 leaves one out
+    for i, p in enumerate(predicted):
+        logits[i, p] = 1.0
+    classes = ["cat", "dog", "bird", "fish", "frog", "ship"]
+    table, confusion = per_class_table(logits, y, classes)
+    assert table["images"].tolist() == [3, 1, 0, 0, 0, 0]
+    assert confusion[0].tolist() == [2, 1, 0, 0, 0, 0] and confusion[1].tolist() == [0, 1, 0, 0, 0, 0]
+    cat = table.set_index("class").loc["cat"]
+    assert cat["top1_err_pct"] == pytest.approx(100 / 3) and cat["most_confused_with"] == "dog"
+    assert table.set_index("class").loc["dog", "top1_err_pct"] == 0.0
 
 
 def test_evaluate_refuses_data_with_other_classes(run, tree, capsys):
