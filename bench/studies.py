@@ -51,6 +51,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -62,6 +64,8 @@ PROFILES = ("smoke", "cpu", "cpu-full", "gpu")
 DESIGNS = ("one-at-a-time", "factorial")
 MEASURE_MODES = ("quick", "full", "none")
 STUDY_KEYS = {"name", "description", "design", "seeds", "target", "exclude"}
+# A study's name is a folder under --out: one plain path component, never "..", "/" or a hidden name.
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 TARGET_METRICS = ("train_running_err_pct", "train_clean_top1_err_pct", "val_top1_err_pct", "test_top1_err_pct")
 RENAMED_METRICS = {"train_err_pct": "train_running_err_pct"}  # old name -> new, for a one-line hint
 FACTOR_KEYS = {"key", "levels", "baseline", "description"}
@@ -152,7 +156,7 @@ class StudyFile:
             _check_only_keeps_baselines(path, pname, prof, factors, design)
             _check_confirm(path, pname, prof, factors, target, seeds)
         return cls(
-            meta.get("name", path.stem),
+            _study_name(path, meta),
             path,
             meta.get("description", ""),
             design,
@@ -277,6 +281,18 @@ def _check_levels(path: Path, where: str, factors: dict, chosen: dict) -> None:
                 )
 
 
+def _study_name(path: Path, meta: dict) -> str:
+    """study.name (the file's stem if absent): the results folder's name, so a plain file name."""
+    name = meta.get("name", path.stem)
+    if not (isinstance(name, str) and STUDY_NAME.fullmatch(name) and ".." not in name):
+        where = f"study.name={name!r}" if "name" in meta else f"the file name {path.name!r} (no study.name)"
+        raise UserError(
+            f"{path}: {where} is not a valid study name: it names the results folder, so use letters, "
+            f'digits, ".", "_" and "-", starting with a letter or digit (e.g. name = "my-study")'
+        )
+    return name
+
+
 def _target(path: Path, target) -> dict | None:
     if target is None:
         return None
@@ -288,6 +304,11 @@ def _target(path: Path, target) -> dict | None:
         )
     if target.get("metric") not in TARGET_METRICS or not isinstance(target.get("value"), (int, float)):
         raise UserError(f"{path}: study.target needs metric (one of {', '.join(TARGET_METRICS)}) and a numeric value")
+    if isinstance(target["value"], bool) or not math.isfinite(target["value"]):
+        raise UserError(
+            f"{path}: study.target.value={target['value']!r} is not a finite number; give the error (in %) "
+            f"to reach, e.g. value = 25.0"
+        )
     if not isinstance(target.get("stop_after", 0), int) or target.get("stop_after", 0) < 0:
         raise UserError(
             f"{path}: study.target.stop_after must be a non-negative integer (epochs to go on after the target)"
@@ -328,6 +349,13 @@ def _factor(path: Path, fname: str, spec) -> dict:
         if key.split(".")[0] not in CONFIG_KEYS:
             raise UserError(
                 f"{path}: {where}key={key!r} is not a configuration key; valid: {', '.join(sorted(CONFIG_KEYS))}"
+            )
+        names = [str(v) for v in levels]
+        repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if repeated is not None:
+            raise UserError(
+                f"{path}: {where}levels lists {repeated!r} twice ({levels!r}); "
+                f"each level is one arm of the study: list it once"
             )
         levels = {str(v): _set_path(key, v) for v in levels}
     elif isinstance(levels, dict) and levels:

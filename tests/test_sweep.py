@@ -172,6 +172,11 @@ STUDY_ERRORS = [
         True,
     ),
     (lambda s: s.replace("[study]", "[study\n"), "TOML", True),
+    (lambda s: s.replace('name = "tiny"', 'name = "../../esc"'), "study.name='../../esc' is not a valid", True),
+    (lambda s: s.replace('name = "tiny"', "name = 5"), "study.name=5 is not a valid", True),
+    (lambda s: s.replace('["relu", "tanh"]', '["relu", "relu", "tanh"]'), "lists 'relu' twice", True),
+    (lambda s: s.replace("[0.01, 0.02]", "[0.01, 0.010, 0.02]"), "lists '0.01' twice", True),
+    (lambda s: s.replace("value = 95.0", "value = nan"), "study.target.value=nan is not a finite", True),
 ]
 
 
