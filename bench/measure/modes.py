@@ -142,6 +142,10 @@ def parse_modes(spec: str | None, device: torch.device) -> list[Mode]:
     """Comma-separated modes in order, fp32 eager first (added if missing); None: the device's default list."""
     texts = [*DEFAULT_MODES, *(CUDA_MODES if device.type == "cuda" else ())] if spec is None else spec.split(",")
     modes = [parse_mode(t) for t in texts if t.strip()]
+    if spec is not None and not modes:
+        raise ValueError(f"{spec!r} names no mode; give a comma-separated list, e.g. --modes fp32,bf16")
+    if spec is not None and (twice := next((t for i, t in enumerate(modes) if t in modes[:i]), None)):
+        raise ValueError(f"{spec!r} lists {twice.name} twice; list each mode once, e.g. --modes fp32,bf16")
     baseline = parse_mode(BASELINE)
     ordered = [baseline, *(m for m in modes if m != baseline)]
     return list(dict.fromkeys(ordered))  # without repeats

@@ -110,7 +110,7 @@ class ResultsFolder:
         # a torn last row would read as a finished cell, and never be run again
         check_table(path, required, fix="move it aside to start the study afresh")
         try:
-            return read_csv(path, self.text_columns)
+            table = read_csv(path, self.text_columns)
         except pd.errors.EmptyDataError:  # no columns: a history with no epochs yet (every cell failed)
             return pd.DataFrame()
         except (pd.errors.ParserError, UnicodeDecodeError) as e:
@@ -118,6 +118,12 @@ class ResultsFolder:
                 f"{path} is not a table this runner can read ({type(e).__name__}); "
                 f"move it aside to start the study afresh"
             ) from None
+        if len(table) and (missing := [c for c in required if c not in table]):
+            raise UserError(
+                f"{path} has no {missing[0]} column, so which cells finished is unknown; "
+                f"move it aside to start the study afresh"
+            )
+        return table
 
     @staticmethod
     def _load(path: Path) -> dict:
@@ -125,13 +131,15 @@ class ResultsFolder:
             record = json.loads(path.read_text())
         except (ValueError, OSError) as e:
             record = {"error": type(e).__name__}
-        if not (
-            isinstance(record, dict)
-            and isinstance(record.get("row"), dict)
-            and "cell_id" in record["row"]
-            and isinstance(record.get("history"), list)
-        ):
+        row = record.get("row") if isinstance(record, dict) else None
+        if not (isinstance(row, dict) and "cell_id" in row and isinstance(record.get("history"), list)):
             raise UserError(f"{path} is not a cell record this runner wrote; move it aside and run the sweep again")
+        for key in RUNS_REQUIRED:  # merged, such a row would make runs.csv a table nothing can read
+            if not isinstance(row.get(key), str) or not row[key]:
+                raise UserError(
+                    f"{path} is not a cell record this runner wrote (its row has no {key}); "
+                    f"move it aside and run the sweep again"
+                )
         return record
 
 
