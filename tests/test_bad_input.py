@@ -330,6 +330,15 @@ CASES: dict[str, Case] = {
         ("runs.csv", "line 3"),
         setup=_runs("\n".join([RUNS_HEADER, RUNS_ROWS[0], RUNS_ROWS[1] + ",x,y"]) + "\n"),
     ),
+    "report read-only folder": Case(
+        ["report", "{case}/locked"],
+        ("locked", "cannot write the report there", "somewhere writable"),
+        setup=lambda case: (
+            _write(Path("locked/runs.csv"), "\n".join([RUNS_HEADER, *RUNS_ROWS]) + "\n")(case),
+            (case / "locked").chmod(0o500),
+        ),  # fmt: skip
+        skip_as_root=True,
+    ),
     # --- gate ---
     "gate storage under /proc": Case(
         ["gate", "--save", "base", "--storage", f"{NOWHERE}/gate", "--bench-quick", "--bench-models", "lenet5"],

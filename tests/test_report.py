@@ -1104,3 +1104,23 @@ def test_learning_rate_at_the_edge_of_its_grid_is_flagged(tmp_path, caplog):
     assert "lr 0.02 is the" not in report
     assert "| largest tried |" in (folder / "tables" / "figure1_lr_grid.md").read_text()
     assert "on training error (what the paper plots)" in report
+
+
+def test_a_read_only_results_folder_is_one_line_before_anything_is_read(tmp_path, monkeypatch, capsys):
+    """A results folder on a read-only file system (root too cannot write there): exit 2, one line, no traceback."""
+    import tempfile
+
+    from bench.cli import main
+
+    folder = write_study(tmp_path / "toy" / "cpu", "toy", ["activation"], [cell({"activation": "relu"}, 0, top1=30.0)])
+    before = sorted(p.name for p in folder.rglob("*"))
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    assert f"{folder}: cannot write the report there (Read-only file system)" in err
+    assert sorted(p.name for p in folder.rglob("*")) == before

@@ -203,11 +203,25 @@ def test_predict_converts_another_size_and_mode_as_training_did(run, tmp_path, c
     assert row["top"][0]["probability"] == pytest.approx(float(want.max()), abs=1e-5)
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims width x height grey pixels and holds none: what a decompression bomb's header says."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
 def test_predict_bad_input(run, tmp_path, capsys):
     out, _, _ = run
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "huge.png").write_bytes(_png_header(20000, 20000))
     for args, needle in (
+        ([str(tmp_path / "huge.png")], "cannot read image"),
         (["nowhere.png"], "does not exist"),
         ([str(tmp_path / "empty")], "no images in folder"),
         ([str(tmp_path / "notes.png")], "cannot read image"),

@@ -134,6 +134,8 @@ def _decode(data: bytes, name: str, image_size: int | None) -> Decoded:
             if image_size is not None and im.size != (image_size, image_size):
                 im = im.resize((image_size, image_size), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
+    except Image.DecompressionBombError as e:  # a header claiming more pixels than any image here needs
+        raise UserError(f"cannot read image {name} ({e}); shrink it or remove that file.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise UserError(f"cannot read image {name} ({e}); remove or replace that file.") from None
     return Decoded(torch.from_numpy(arr.copy()).permute(2, 0, 1), mode, size)

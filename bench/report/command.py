@@ -25,8 +25,25 @@ def run(args: argparse.Namespace) -> int:
     from bench.report import find_result_folders, report_all
 
     for path in args.paths:  # every path is checked before anything is written
-        find_result_folders(path)
+        for folder in find_result_folders(path):
+            _check_writable(folder)
     reports = [r for path in args.paths for r in report_all(path)]
     for r in reports:
         log.info("wrote %s", r)
     return 0
+
+
+def _check_writable(folder: Path) -> None:
+    """The report writes beside runs.csv: a folder that takes nothing is one line now, not a traceback later."""
+    import os
+    import tempfile
+
+    from bench.errors import UserError
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".bench-write-check-", dir=folder))
+    except OSError as e:
+        raise UserError(
+            f"{folder}: cannot write the report there ({e.strerror or type(e).__name__}); "
+            f"copy the folder somewhere writable and report the copy"
+        ) from None
