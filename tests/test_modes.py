@@ -29,7 +29,7 @@ from bench.measure.timing import Rounds, time_interleaved, time_phases
 from bench.models import create_model
 from bench.train import TrainConfig, data_spec, run_training, train
 from bench.train.command import config_from_args
-from bench.train.modes import apply_backend_flags, compile_model, resolve_dtype, unwrap
+from bench.train.modes import apply_backend_flags, compile_model, resolve_dtype
 
 TINY = Settings(warmup=1, repeats=2, steps=1, latency_iters=0, batch_size=4)
 CPU = torch.device("cpu")
@@ -182,7 +182,6 @@ def test_compile_model_validates_and_wraps_without_copying(bench_cache, monkeypa
     with pytest.raises(ValueError, match="choose one of: off, default, max-autotune, reduce-overhead"):
         compile_model(net, "fast")
     compiled = compile_model(net, "reduce-overhead", backend="eager")
-    assert unwrap(compiled) is net and unwrap(compile_model(net, "default", backend="eager")) is net
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(bench_cache / "inductor")  # the project's cache
     x = torch.randn(2, 3, 8, 8)
     assert torch.equal(compiled(x), net(x))

@@ -43,7 +43,8 @@ from bench.measure.speed import MEMORY_FORMATS
 from bench.measure.timing import Timing
 from bench.models import create_model, format_knobs, input_size_of, list_models, model_knobs
 from bench.models.common import WIDTH_RANGE
-from bench.studies import studies_dir
+from bench.studies import StudyFile, studies_dir
+from bench.train.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -182,9 +183,9 @@ def _study_cells(path: Path) -> list[tuple[str, dict]]:
 
     The one place the gate reads a study file.
     """
-    from bench.sweep.study import load_study
-
-    return [(c.config.model, dict(c.config.knobs)) for c in load_study(str(path)).cells(STUDY_PROFILE, seeds=[0])]
+    study = StudyFile.read(path)
+    settings = [study.settings(combo, STUDY_PROFILE) for combo in study.combinations(STUDY_PROFILE)]
+    return [(s.get("model", TrainConfig.model), dict(s.get("knobs", {}))) for s in settings]
 
 
 @functools.cache

@@ -62,6 +62,7 @@ from bench.models.common import (
     ACTIVATIONS,
     activation_layer,
     check_choice,
+    check_positive,
     check_probability,
     check_width,
     scale_channels,
@@ -110,10 +111,7 @@ class AlexNet(nn.Module):
         dropout = check_probability("dropout", dropout)
         width = check_width("width", width)
         conv_width = check_width("conv_width", conv_width)
-        if not (
-            isinstance(lrn_alpha, (int, float)) and not isinstance(lrn_alpha, bool) and 0 < lrn_alpha < float("inf")
-        ):
-            raise ValueError(f"lrn_alpha must be a positive number (the paper's is 1e-4), got {lrn_alpha!r}")
+        lrn_alpha = check_positive("lrn_alpha", lrn_alpha)
 
         multipliers = (conv_width,) * 4 + (1.0,)
         c1, c2, c3, c4, c5 = (scale_channels(c, width * m, groups) for c, m in zip(CONV_CHANNELS, multipliers))
@@ -123,7 +121,7 @@ class AlexNet(nn.Module):
 
         def normaliser(channels: int) -> nn.Module | None:
             if norm == "lrn":
-                return LocalResponseNorm(size=5, alpha=float(lrn_alpha), beta=0.75, k=2.0)
+                return LocalResponseNorm(size=5, alpha=lrn_alpha, beta=0.75, k=2.0)
             return nn.BatchNorm2d(channels) if norm == "batchnorm" else None
 
         def block(i: int, conv: nn.Conv2d, normalised: bool = False, pooled: bool = False):

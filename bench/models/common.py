@@ -21,8 +21,8 @@ def check_choice(knob: str, value: object, valid: Sequence) -> None:
 
 
 def check_positive(knob: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise UserError(f"{knob}={value!r} is not valid; it must be a number > 0")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise UserError(f"{knob}={value!r} is not valid; it must be a finite number > 0")
     return float(value)
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 import pandas as pd
 
 from bench.report import format as fmt
+from bench.report.load import CLEAN_TRAIN  # the final weights' training error, without augmentation or dropout
 from bench.report.stats import (
     AGREES,
     NOT_RESOLVABLE,
@@ -41,14 +42,10 @@ from bench.report.stats import (
     summarize,
     verdict,
 )
+from bench.train.result import OK
 
 PAPER = "Krizhevsky, Sutskever, Hinton (NIPS 2012)"
 TOP1 = "final_test_top1_err_pct"
-# Training error of the final weights on the training images without augmentation or dropout, in %.
-# The running training error of the loop is measured through both, so it overstates the error of a
-# regularised net and understates its gap.
-CLEAN_TRAIN = "final_train_clean_top1_err_pct"
-OK = "ok"
 KINDS = ("top1_diff", "speedup", "overfit")
 CIFAR_NET = "cifar-conv-local"  # cuda-convnet's layers-conv-local-11pct: the net of the paper's CIFAR-10 LRN claim
 NOT_TESTED = "not tested"  # the mechanism the claim is about was not active in the cells that ran

@@ -56,7 +56,6 @@ RENAMED = {
 }
 # A column chosen on test error (the best epoch's) would select on the test set: never read.
 IGNORED = ("best_test_top1_err_pct",)
-DEFAULT_TARGET = {"metric": RUNNING_TRAIN_EPOCH, "value": 25.0}  # the paper's Figure 1
 
 
 def canonical(name: str) -> str:

@@ -126,10 +126,3 @@ def compile_model(model: nn.Module, mode: str, *, backend: str = "inductor") -> 
     # Modes are inductor's options; another backend (eager, aot_eager) takes none.
     compiled = torch.compile(model, backend=backend, **({"mode": mode} if backend == "inductor" else {}))
     return _NewStep(compiled) if mode == "reduce-overhead" else compiled
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module `compile_model` was given (its state_dict has the plain parameter names)."""
-    if isinstance(model, _NewStep):
-        model = model.compiled
-    return getattr(model, "_orig_mod", model)

@@ -200,7 +200,9 @@ def ablation(sd: StudyData, eff: pd.DataFrame) -> Figure:
         factor = r["factor"] or None
         c = colors[(factor, r["level"] or None)]
         n = int(r["n"])
-        for claim in claims_for(factor, r["level"], "top1_diff", models_of(sd.runs)) if factor else []:  # even where not measured
+        for claim in (
+            claims_for(factor, r["level"], "top1_diff", models_of(sd.runs)) if factor else []
+        ):  # even where not measured
             used_markers.add(claim.data)
             ax2.plot(
                 [claim.paper_diff],
