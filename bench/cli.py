@@ -19,7 +19,7 @@ from bench.errors import UserError
 COMMANDS = {
     "train": ("bench.train.command", "train one model once and write a run folder"),
     "measure": ("bench.measure.command", "count params/FLOPs and measure throughput and memory"),
-    "ablate": ("bench.sweep.command", "run studies (ablations/*.toml) into tidy tables"),
+    "ablate": ("bench.ablate", "run studies (ablations/*.toml) into tidy tables"),
     "report": ("bench.report.command", "figures, tables and report.md from saved results tables"),
     "gate": ("bench.gate.command", "throughput regression gate: save a baseline or compare with one"),
     "predict": ("bench.use.predict", "class probabilities for image files from a run's checkpoint"),

@@ -32,7 +32,7 @@ PRELOAD = (
     "bench.cli",
     "bench.train.command",
     "bench.measure.command",
-    "bench.sweep.command",
+    "bench.ablate",
     "bench.report.command",
     "bench.gate.command",
     "bench.report",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.cli import main as cli_main
 from bench.env import environment
 from bench.errors import UserError
 from bench.gate import command, suite
@@ -45,7 +46,7 @@ TOLERANT = ["--threshold", "0.75"]  # see the module docstring
 
 
 def _gate(*args: str) -> int:
-    return command.main(list(args))
+    return cli_main(["gate", *args])
 
 
 @pytest.fixture(scope="module")

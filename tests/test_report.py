@@ -22,8 +22,9 @@ import pandas as pd
 import pytest
 
 from bench.errors import UserError
-from bench.report import command, report_all, report_study
+from bench.report import command
 from bench.report.claims import CLAIMS
+from bench.report.draw import report_all, report_study
 from bench.report.format import latex_escape, to_latex, to_markdown
 from bench.report.kinds import KINDS, kind_for
 from bench.report.load import load, run_mode
@@ -717,6 +718,41 @@ def test_a_torn_runs_table_is_a_one_line_error(tmp_path, text, line, fields):
     (folder / "runs.csv").write_text(text)
     with pytest.raises(UserError, match=rf"runs\.csv is not a readable table \(line {line} is torn: {fields} fields\)"):
         report_study(folder)
+
+
+def _damaged(tmp_path, table: str, damage) -> Path:
+    folder = write_study(tmp_path / "toy-claims" / "cpu", "toy-claims", list(CLAIM_BASE), claim_cells())
+    path = folder / table
+    damage(path)
+    return folder
+
+
+def _tear_last_line(path: Path) -> None:
+    text = path.read_text()
+    path.write_text(text[: text.rstrip("\n").rfind(",")])  # the last row loses its last fields
+
+
+def _text_in_a_number(path: Path) -> None:
+    frame = pd.read_csv(path)
+    frame["final_test_top1_err_pct"] = frame["final_test_top1_err_pct"].astype(object)
+    frame.loc[1, "final_test_top1_err_pct"] = "abc"
+    frame.to_csv(path, index=False)
+
+
+@pytest.mark.parametrize(
+    "table, damage, needle",
+    [
+        ("history.csv", _tear_last_line, r"history\.csv is not a readable table \(line \d+ is torn"),
+        ("history.csv", lambda p: p.write_bytes(bytes(range(256)) * 8), r"history\.csv is not a readable table"),
+        ("runs.csv", _text_in_a_number, r"runs\.csv: line 3: final_test_top1_err_pct='abc' is not a number"),
+    ],
+    ids=["torn history", "history of random bytes", "text in a number column"],
+)
+def test_a_damaged_table_is_a_one_line_error_not_a_quieter_report(tmp_path, table, damage, needle):
+    folder = _damaged(tmp_path, table, damage)
+    with pytest.raises(UserError, match=needle):
+        report_study(folder)
+    assert not (folder / "report.md").exists()  # nothing drawn from damaged tables
 
 
 def test_figure1_lower_bound_holds_over_every_learning_rate_tried(tmp_path):

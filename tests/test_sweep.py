@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from bench import studies
+from bench.ablate import chosen_combinations
 from bench.cli import main
 from bench.errors import UserError
 from bench.sweep.runner import check_data, run_study, time_to_target
@@ -90,12 +91,15 @@ def test_every_shipped_study_has_every_profile():
 
 def test_cells_run_seed_by_seed():
     # A sweep stopped part-way then holds whole seeds: complete pairs for the paired statistics.
-    cells = load_study("overfitting").cells("cpu-full", seeds=[0, 1, 2])
+    study = load_study("overfitting")
+    cells = study.cells("cpu-full", seeds=[0, 1, 2])
     seeds = [c.config.seed for c in cells]
     assert seeds == sorted(seeds) and set(seeds) == {0, 1, 2}
     per_seed = [[(tuple(c.levels.values()), c.config.lr) for c in cells if c.config.seed == s] for s in (0, 1, 2)]
     # six arms, each at every rate of the profile's grid
-    assert per_seed[0] == per_seed[1] == per_seed[2] and len(set(per_seed[0])) == len(per_seed[0]) == 6 * 3
+    assert per_seed[0] == per_seed[1] == per_seed[2] and len(set(per_seed[0])) == len(per_seed[0]) == 6 * len(
+        study.lr_grid("cpu-full")
+    )
 
 
 def test_overfitting_study_crosses_dropout_and_augmentation_plus_two_arms():
@@ -324,7 +328,7 @@ def test_failed_cell_is_a_row_and_the_sweep_goes_on(tmp_path):
 
 def test_a_diverged_cell_counts_as_finished_on_resume_and_in_the_report(tmp_path, monkeypatch):
     """A diverged cell is a result (the rate is too high), not a failure: never re-run, never "did not finish"."""
-    from bench.report import report_study
+    from bench.report.draw import report_study
 
     text = TINY_STUDY.format(design="factorial", epochs=1).replace('levels = ["relu", "tanh"]', 'levels = ["relu"]')
     study = load_study(str(write_study(tmp_path, text=text.replace("levels = [0.01, 0.02]", "levels = [0.01, 1e9]"))))
@@ -460,7 +464,11 @@ def test_confirm_seeds_run_only_the_rate_the_grid_chose(tmp_path, caplog):
         'measure = "none"', 'measure = "none"\nconfirm_seeds = [1, 2]'
     )
     study = load_study(str(write_study(tmp_path, text=text)))
-    runs = run_study(study, "smoke", out_root=tmp_path / "results", progress=False)
+    with pytest.raises(UserError, match="run it through `python -m bench ablate`"):
+        run_study(study, "smoke", out_root=tmp_path / "elsewhere", progress=False)  # the sweep has no rule of its own
+    runs = run_study(
+        study, "smoke", out_root=tmp_path / "results", progress=False, choose_confirming=chosen_combinations
+    )
     assert len(runs) == 4 + 2 * 2 and set(runs["status"]) == {"ok"}
     grid = runs[runs["seed"] == 0]
     for act, g in grid.groupby("activation"):

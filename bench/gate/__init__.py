@@ -9,9 +9,5 @@
 * `bench.gate.compare`: reads the suite's JSON files and compares a run with a
   baseline, benchmark by benchmark, in images/s.
 * `bench.gate.command`: `python -m bench gate --save NAME | --compare NAME`
-  (alias: `python -m bench.gate`).
+  (alias: `python -m bench.gate`, `bench/gate/__main__.py`).
 """
-
-from bench.gate.command import main
-
-__all__ = ["main"]

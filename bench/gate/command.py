@@ -301,10 +301,3 @@ def _gate(args: argparse.Namespace) -> int:
         log.info("wrote %s", args.report)
     compared = [r for r in rows if r["change"] is not None]
     return 1 if regressed(rows) or not compared else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m bench.gate ARGS`: the same as `python -m bench gate ARGS`."""
-    from bench.cli import main as bench_main
-
-    return bench_main(["gate", *(sys.argv[1:] if argv is None else argv)])

@@ -19,6 +19,7 @@ from bench.measure import modes as speed_modes
 from bench.measure.speed import settings_for
 from bench.measure.table import ROW_KEY, measure_models, merge_tables
 from bench.models import create_model, list_models, model_knobs, parse_knobs
+from bench.train.config import TrainConfig
 from bench.train.modes import DTYPE_CHOICES, add_backend_arguments, apply_backend_flags, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "computes it natively, else fp32) (default %(default)s)",
     )
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format for model and batch")
-    add_backend_arguments(p)
+    add_backend_arguments(p, TrainConfig())
     p.add_argument(
         "--modes",
         nargs="?",

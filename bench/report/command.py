@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.report import find_result_folders, report_all
+    from bench.report.draw import find_result_folders, report_all
 
     for path in args.paths:  # every path is checked before anything is written
         for folder in find_result_folders(path):

@@ -214,6 +214,7 @@ def load(folder: Path) -> StudyData:
             f"{runs_path} is not a readable table ({type(e).__name__}: {str(e).strip()[:120]}); "
             f"restore it from git or re-run the study"
         ) from None
+    _check_numbers(runs, runs_path)
     study = _first(runs, "study") or env.get("study") or folder.parent.name
     profile = _first(runs, "profile") or env.get("profile") or folder.name
     notes.label = f"{study}/{profile}"
@@ -285,6 +286,26 @@ def load(folder: Path) -> StudyData:
     )
 
 
+# Columns the report computes with: a value that is not a number there is damage, not a missing value.
+NUMBER_SUFFIXES = ("_pct", "_seconds", "_per_s", "_loss", "_to_target")
+NUMBER_COLUMNS = {"seed", "macs", "params_total", "cfg_lr", "epochs_run", "best_epoch"}
+
+
+def _check_numbers(table: pd.DataFrame, path: Path) -> None:
+    """Refuse a table with text where the report reads numbers (`UserError` naming line and column)."""
+    for column in table.columns:
+        if not (column in NUMBER_COLUMNS or column.endswith(NUMBER_SUFFIXES) or column.startswith("lrn_")):
+            continue
+        values = table[column]
+        bad = values.notna() & pd.to_numeric(values, errors="coerce").isna()
+        if bad.any():
+            row = bad.to_numpy().nonzero()[0][0]
+            raise UserError(
+                f"{path}: line {row + 2}: {column}={values.iloc[row]!r} is not a number; "
+                f"restore the table from git or re-run the study"
+            )
+
+
 def _first(frame: pd.DataFrame, column: str) -> str | None:
     if column in frame.columns and frame[column].notna().any():
         return str(frame[column].dropna().iloc[0])
@@ -343,10 +364,14 @@ def _read_history(
     """
     path = folder / HISTORY
     empty = pd.DataFrame(columns=["cell_id", "epoch", *factors, "seed", "status"])
+    if path.is_file() and path.stat().st_size:
+        check_table(path, ("cell_id",))  # a torn or garbled history is damage to name, not curves to guess
     try:
         hist = read_csv(path, ["cell_id"]) if path.is_file() else None
     except pd.errors.EmptyDataError:  # an empty file: no cell has finished an epoch
         hist = None
+    if hist is not None:
+        _check_numbers(hist, path)
     if hist is None or not len(hist):
         if len(runs):
             notes.warn(f"{HISTORY} missing or empty; curves over epochs are not drawn")

@@ -398,11 +398,15 @@ def run_study(
     executor: Executor | None = None,
     progress: bool = True,
     tensorboard: str | None = None,
+    choose_confirming=None,
 ) -> pd.DataFrame:
     """Run every unfinished cell of `study` at `profile`; return the whole runs table.
 
     A two-stage profile (`confirm_seeds`) then runs its confirming seeds at the learning rates
-    its seeds chose; `seeds` given here run as asked, with no second stage.
+    its seeds chose: each arm's, chosen on validation (`tune_lr`, `bench.choose`), or a Figure 1
+    study's fastest per activation, chosen by `choose_confirming(folder, study, profile, seeds)`
+    (the `ablate` command passes the report's Figure 1 rule; the sweep does not import the
+    report). `seeds` given here run as asked, with no second stage.
     """
     cells = study.cells(profile, seeds, overrides)
     confirm = study.confirm_seeds(profile) if seeds is None else []
@@ -419,7 +423,12 @@ def run_study(
                 study, profile, more, out, device, executor, progress, tensorboard, also=also, stage="confirming seeds"
             )
         elif confirm:
-            chosen = chosen_combinations(out, study, profile, {c.config.seed for c in cells})
+            if choose_confirming is None:
+                raise UserError(
+                    f"{study.path}: profile {profile}'s confirming seeds run at the rates chosen from the grid; "
+                    f"run it through `python -m bench ablate`, which chooses them"
+                )
+            chosen = choose_confirming(out, study, profile, {c.config.seed for c in cells})
             more = study.cells(profile, confirm, overrides, combinations=chosen)
             also = {c.id for c in cells}
             runs = _sweep(
@@ -440,33 +449,6 @@ def chosen_rates_of(folder: Path, study: Study, seeds: set[int]) -> dict:
     if not len(choice):
         log.warning("%s: no finished grid cell to choose a learning rate from; no confirming seeds run", folder)
     return chosen_rates(choice, list(study.factors))
-
-
-def chosen_combinations(folder: Path, study: Study, profile: str, seeds: set[int]) -> list[dict]:
-    """The level combinations at the learning rate Figure 1's rule chooses per setup and activation
-    (`bench.report.kinds.figure1.choose`), judged on the cells of `seeds` in `folder`: training
-    error only, so the confirming seeds never see a choice made on test data."""
-    from bench.report.kinds.figure1 import choose, lr_grid
-    from bench.report.load import load
-
-    sd = load(folder)
-    sd.runs = sd.runs[sd.runs["seed"].isin(seeds)]
-    grid = lr_grid(sd)
-    chosen = choose(grid) if len(grid) else grid
-    combos = []
-    for _, r in chosen.iterrows():
-        combo = {
-            "activation": r["activation"],
-            "lr": r["lr"],
-            **({"setup": r["setup"]} if "setup" in study.factors else {}),
-        }
-        combos.append({f: combo[f] for f in study.factors})
-    if not combos:
-        log.warning("%s: no finished cell to choose a learning rate from; no confirming seeds run", folder)
-    for combo in combos:
-        log.info("%s: chosen for the confirming seeds: %s", folder, ", ".join(f"{f}={v}" for f, v in combo.items()))
-    designed = study.combinations(profile)
-    return [c for c in combos if c in designed]  # rows of levels this profile no longer runs choose nothing
 
 
 @contextlib.contextmanager

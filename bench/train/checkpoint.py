@@ -36,6 +36,7 @@ from bench.errors import UserError
 from bench.io import atomic_write
 from bench.models import create_model
 from bench.train.config import TrainConfig
+from bench.train.data_spec import data_spec
 
 FORMAT_VERSION = 1
 FILENAME = "checkpoint.pt"  # inside a run folder
@@ -196,7 +197,6 @@ def upgrade_checkpoint(path: Path | str, data: str | None = None, data_root: str
     one the model was trained with. The metrics come from summary.json beside it.
     """
     from bench.data import load_data
-    from bench.train.loop import data_spec  # the loop imports this module
 
     path = checkpoint_path(path)
     raw = _read(path)

@@ -124,7 +124,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=COMPILE_MODES,
         help="torch.compile mode; reduce-overhead adds CUDA graphs on CUDA (default %(default)s)",
     )
-    add_backend_arguments(p)
+    add_backend_arguments(p, d)
     # fine-tuning (bench.train.finetune)
     p.add_argument(
         "--init-from",

@@ -26,16 +26,17 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from bench.data import Dataset, DataSpec, load_data, parse_augment
+from bench.data import Dataset, load_data, parse_augment
 from bench.device import pick_device, synchronize
 from bench.env import environment
 from bench.errors import UserError
 from bench.io import atomic_write_text, write_csv
-from bench.models import create_model, crop_from_of, input_size_of
+from bench.models import create_model
 from bench.models.lrn import lrn_activity
 from bench.train import distributed as ddp
 from bench.train.checkpoint import save_checkpoint
 from bench.train.config import TrainConfig
+from bench.train.data_spec import data_spec
 from bench.train.finetune import apply_finetune, check_fits
 from bench.train.modes import apply_backend_flags, compile_model, resolve_dtype
 from bench.train.result import DIVERGED, OK, RunResult, summarize
@@ -48,22 +49,6 @@ log = logging.getLogger(__name__)
 # The history columns of each evaluated split: test_*, val_*, and train_clean_* for train_eval.
 EVAL_PREFIX = {"train_eval": "train_clean"}
 PROBE_IMAGES = 256  # the fixed validation batch on which LRN activity is measured, at init and after training
-
-
-def data_spec(cfg: TrainConfig) -> DataSpec:
-    return DataSpec(
-        source=cfg.data,
-        root=cfg.data_root,
-        image_size=crop_from_of(cfg.model) or input_size_of(cfg.model),
-        crop_size=input_size_of(cfg.model) if crop_from_of(cfg.model) else None,
-        train_per_class=cfg.train_per_class,
-        test_per_class=cfg.test_per_class,
-        preprocess=cfg.preprocess,
-        explicit_image_size=cfg.image_size,
-        val_size=cfg.val_size,
-        train_eval_size=cfg.train_eval_size,
-        data_seed=cfg.data_seed,
-    )
 
 
 def log_steps(steps_per_epoch: int) -> set[int]:

@@ -65,11 +65,9 @@ def apply_backend_flags(device: torch.device | str, cudnn_benchmark: bool, tf32:
     return {"cudnn_benchmark": cudnn_benchmark, "tf32": tf32}
 
 
-def add_backend_arguments(p: argparse.ArgumentParser) -> None:
-    """`--cudnn-benchmark/--no-cudnn-benchmark` and `--tf32/--no-tf32`, as `train` and `measure` take them."""
-    from bench.train.config import TrainConfig
-
-    d = TrainConfig()
+def add_backend_arguments(p: argparse.ArgumentParser, d) -> None:
+    """`--cudnn-benchmark/--no-cudnn-benchmark` and `--tf32/--no-tf32`, as `train` and `measure` take them;
+    `d`: a TrainConfig whose values are the defaults."""
     p.add_argument(
         "--cudnn-benchmark",
         action=argparse.BooleanOptionalAction,

@@ -25,7 +25,8 @@ import torch
 from bench.data import load_data
 from bench.errors import UserError
 from bench.io import atomic_write, atomic_write_text, write_csv
-from bench.train.loop import data_spec, evaluate
+from bench.train.data_spec import data_spec
+from bench.train.loop import evaluate
 from bench.train.step import autocast
 from bench.use.model import load_model, top_k
 
