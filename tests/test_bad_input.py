@@ -12,6 +12,8 @@ forks a process per case: ~90 fresh interpreters would cost minutes of imports.
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import io
 import json
@@ -122,6 +124,87 @@ def _runs(text: str | bytes) -> Callable[[Path], None]:
 
 def _locked(case: Path) -> None:
     (case / "locked").mkdir(mode=0o500)
+
+
+GATE = ["--storage", "{case}/gate", "--device", "cpu", "--bench-quick", "--bench-models", "lenet5"]
+
+
+def _baseline(edit: Callable[[dict], None]) -> Callable[[Path], None]:
+    """A setup that saves baseline `base` for this CPU under {case}/gate as the gate would, edited by `edit`."""
+
+    def setup(case: Path) -> None:
+        import torch
+
+        from bench.env import environment
+        from bench.gate.suite import device_id, resolve_options
+
+        env = environment("cpu")
+        settings = resolve_options(device=torch.device("cpu"), quick=True, models="lenet5").recorded()
+        entry = {"name": "test_train[lenet5]", "group": "train", "stats": {"median": 0.1, "min": 0.1, "iqr": 0.0},
+                 "extra_info": {"phase": "train", "case": "lenet5", "images_per_round": 100}}  # fmt: skip
+        run = {"machine_info": {"bench": {"environment": env, "settings": settings}}, "benchmarks": [entry]}
+        edit(run)
+        _write(Path("gate") / device_id(env) / "machine" / "0001_base.json", json.dumps(run))(case)
+
+    return setup
+
+
+def _zero_round_times(run: dict) -> None:
+    run["benchmarks"][0]["stats"].update(median=0.0, min=0.0)
+
+
+@functools.cache
+def _checkpoint_bytes() -> bytes:
+    """An (untrained) layers-80sec checkpoint of 2 synthetic images per class, as `train` saves one."""
+    import tempfile
+
+    from bench.data import load_data
+    from bench.models import create_model
+    from bench.train import TrainConfig
+    from bench.train.checkpoint import save_checkpoint
+    from bench.train.dataspec import data_spec
+
+    cfg = TrainConfig(data="synthetic", train_per_class=2, test_per_class=1, augment="none", device="cpu", val_size=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_checkpoint(Path(tmp) / "c.pt", create_model(cfg.model), cfg, load_data(data_spec(cfg), None), {})
+        return path.read_bytes()
+
+
+def _checkpoint(edit: Callable[[dict], None] | None = None) -> Callable[[Path], None]:
+    """A setup that writes that checkpoint, edited by `edit`, as work/run/checkpoint.pt."""
+
+    def setup(case: Path) -> None:
+        import torch
+
+        raw = torch.load(io.BytesIO(_checkpoint_bytes()), weights_only=True)
+        if edit is not None:
+            edit(raw)
+        target = case / "work" / "run" / "checkpoint.pt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(raw, target)
+
+    return setup
+
+
+def _both(*setups: Callable[[Path], None]) -> Callable[[Path], None]:
+    def setup(case: Path) -> None:
+        for one in setups:
+            one(case)
+
+    return setup
+
+
+def _reshape_first_weight(raw: dict) -> None:
+    name = next(iter(raw["state_dict"]))
+    raw["state_dict"][name] = raw["state_dict"][name].flatten()
+
+
+def _predict(setup, needles, *args: str) -> Case:
+    return Case(["predict", "run", "{shared}/good/test/cat/0000.png", "--device", "cpu", *args], needles, setup)
+
+
+def _evaluate(setup, needles, *args: str) -> Case:
+    return Case(["evaluate", "run", "--device", "cpu", *args], needles, setup)
 
 
 CASES: dict[str, Case] = {
@@ -367,6 +450,72 @@ CASES: dict[str, Case] = {
     "gate models match nothing": Case(["gate", "--save", "x", "--bench-models", "zzz*"], ("zzz",)),
     "gate bench option after --": Case(["gate", "--save", "x", "--", "--bench-quick"], ("before --",)),
     "gate width 1e-4": Case(["gate", "--save", "x", "--bench-width", "1e-4"], ("--bench-width",)),
+    "gate baseline with an empty environment": Case(
+        ["gate", "--compare", "base", *GATE],
+        ("0001_base.json", "records no device", "--save"),
+        setup=_baseline(lambda run: run["machine_info"]["bench"].update(environment={})),
+    ),
+    "gate baseline with zero round times": Case(
+        ["gate", "--compare", "base", *GATE],
+        ("0001_base.json", "test_train[lenet5]", "median round time of 0.0 s", "--save"),
+        setup=_baseline(_zero_round_times),
+    ),
+    "gate baseline without extra_info": Case(
+        ["gate", "--compare", "base", *GATE],
+        ("0001_base.json", "test_train[lenet5]", "images_per_round", "--save"),
+        setup=_baseline(lambda run: run["benchmarks"][0].pop("extra_info")),
+    ),
+    # --- predict and evaluate: a checkpoint edited by hand ---
+    "predict a text file as the checkpoint": _predict(
+        _write(Path("work/run/checkpoint.pt"), "weights: see the other file\n"),
+        ("run/checkpoint.pt", "not a PyTorch checkpoint", "b'weights: see the'"),
+    ),
+    "predict checkpoint with a wrong class count": _predict(
+        _checkpoint(lambda raw: raw.update(classes=raw["classes"][:5])),
+        ("run/checkpoint.pt", "5 class names", "10 outputs"),
+    ),
+    "predict checkpoint with a dropped weight": _predict(
+        _checkpoint(lambda raw: raw["state_dict"].pop("features.0.weight")),
+        ("run/checkpoint.pt", "do not fit layers-80sec", "no features.0.weight"),
+    ),
+    "predict checkpoint with a reshaped weight": _predict(
+        _checkpoint(_reshape_first_weight),
+        ("run/checkpoint.pt", "features.0.weight is [2400] in the checkpoint, [32, 3, 5, 5] in the model"),
+    ),
+    "predict checkpoint without a model name": _predict(
+        _checkpoint(lambda raw: raw["model"].pop("name")), ("run/checkpoint.pt", "no model.name")
+    ),
+    "predict checkpoint with an unknown model": _predict(
+        _checkpoint(lambda raw: raw["model"].update(name="alexnett")), ("run/checkpoint.pt", "unknown model 'alexnett'")
+    ),
+    "predict checkpoint with input size big": _predict(
+        _checkpoint(lambda raw: raw["model"].update(input_size="big")),
+        ("run/checkpoint.pt", "model.input_size='big'", "whole number"),
+    ),
+    "predict checkpoint with a bad normalisation mode": _predict(
+        _checkpoint(lambda raw: raw["normalization"].update(mode="zca")),
+        ("run/checkpoint.pt", "normalization.mode='zca'", "standardize, meanonly"),
+    ),
+    "evaluate checkpoint with a dropped weight": _evaluate(
+        _checkpoint(lambda raw: raw["state_dict"].pop("classifier.3.bias")), ("no classifier.3.bias",)
+    ),
+    "evaluate checkpoint with input size big": _evaluate(
+        _checkpoint(lambda raw: raw["model"].update(input_size="big")), ("model.input_size='big'",)
+    ),
+    # --- evaluate: options ---
+    "evaluate test-per-class 0": _evaluate(
+        _checkpoint(), ("--test-per-class 0", "at least 1"), "--test-per-class", "0"
+    ),
+    "evaluate out is a file": _evaluate(
+        _both(_checkpoint(), _write(Path("work/a-file"), "keep")), ("--out", "a-file", "a folder"), "--out", "a-file"
+    ),
+    "evaluate out under /proc": _evaluate(_checkpoint(), ("--out", NOWHERE), "--out", f"{NOWHERE}/eval"),
+    "evaluate out in a read-only folder": Case(
+        ["evaluate", "run", "--device", "cpu", "--out", "{case}/locked/eval"],
+        ("--out", "locked"),
+        setup=_both(_checkpoint(), _locked),
+        skip_as_root=True,
+    ),
 }
 
 
@@ -570,3 +719,60 @@ def test_measure_prints_its_table_before_writing_it(tmp_path, monkeypatch, capsy
         main(["measure", *QUICK_MEASURE, "--batch-size", "2", "--out", str(tmp_path / "m.csv")])
     out = capsys.readouterr().out
     assert "lenet5" in out and out.index("lenet5") < out.index("-- write_csv called --")
+
+
+def _disk_fills_after(monkeypatch, room: int) -> None:
+    """From now on every file `bench.io` writes runs out of space (ENOSPC) after `room` bytes."""
+    import bench.io
+
+    real = os.fdopen
+
+    class Filling:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > room:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(bench.io.os, "fdopen", lambda *a, **kw: Filling(real(*a, **kw)))
+
+
+def test_a_full_disk_keeps_the_old_file_and_leaves_no_partial_one(tmp_path, monkeypatch):
+    from bench.errors import UserError
+    from bench.io import atomic_write_text
+
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+    _disk_fills_after(monkeypatch, 4)
+    with pytest.raises(UserError) as e:
+        atomic_write_text(target, "new, longer than the room left")
+    assert f"could not write {target}: No space left on device" in str(e.value) and "\n" not in str(e.value)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_train_on_a_full_disk_is_one_line_and_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
+    """The checkpoint (~300 KB) does not fit; the history and summary (< 2 KB each) would: torch.save's own
+    error (a RuntimeError wrapping the OSError) is one line too, and no unfinished run folder is left."""
+    from bench.cli import main
+
+    _disk_fills_after(monkeypatch, 50_000)
+    out = tmp_path / "results" / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert f"could not write {out / 'checkpoint.pt'}: No space left on device" in line, line
+    assert f"removed the unfinished run folder {out}" in line, line
+    assert not out.exists() and not list((tmp_path / "results").rglob("*"))

@@ -337,7 +337,7 @@ def test_any_source_is_cropped_for_the_net_not_resized(tmp_path):
     """The net is registered as taking crops of 32x32 images: a folder (the JPEG copy of CIFAR-10)
     or synthetic data is held at 32x32 and cut to 24x24, never resized to 24."""
     from bench.train.config import TrainConfig
-    from bench.train.data_spec import data_spec
+    from bench.train.dataspec import data_spec
 
     spec = data_spec(TrainConfig(model=NAME, data="synthetic", train_per_class=4, test_per_class=2, val_size=0))
     assert (spec.image_size, spec.crop_size) == (32, 24)

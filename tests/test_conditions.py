@@ -202,7 +202,7 @@ def test_a_tuned_sweep_confirms_each_arm_at_its_validation_choice(tmp_path):
 
 def test_subsets_follow_the_seed_and_are_shared_within_it(tmp_path):
     from bench.data import load_data
-    from bench.train.data_spec import data_spec
+    from bench.train.dataspec import data_spec
 
     study = Study.read(write_study(tmp_path, text=TUNED.format(design="factorial", epochs=1)))
     cells = study.cells("smoke", seeds=[0, 1])

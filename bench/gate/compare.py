@@ -10,6 +10,7 @@ Benchmarks present on one side only are listed, and do not fail the gate.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,9 +64,39 @@ def load_run(path: Path) -> Run:
         env, settings = bench["environment"], bench["settings"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{path} is not a run of the throughput suite ({type(exc).__name__}: {exc})") from None
+    _check_run(path, env, settings, benchmarks)
     info = data.get("commit_info") or {}
     commit = f"{info['id'][:12]}{'-dirty' if info.get('dirty') else ''}" if info.get("id") else None
     return Run(path, env, settings, data.get("datetime", "?"), commit, benchmarks, bench.get("repeat", 1))
+
+
+def _check_run(path: Path, env, settings, benchmarks: dict) -> None:
+    """`UserError` naming what a saved run lacks that the comparison reads: before the suite runs, not after."""
+
+    def refuse(what: str):
+        raise UserError(f"{path} {what}; it was edited or damaged: save the baseline again with gate --save NAME")
+
+    def positive(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+    if not isinstance(env, dict) or not all(isinstance(env.get(k), str) and env[k] for k in ("device", "device_name")):
+        refuse("records no device (its environment has no device and device_name)")
+    if not isinstance(settings, dict):
+        refuse(f"records settings {settings!r}, not a table of them")
+    if not benchmarks:
+        refuse("holds no benchmark")
+    for name, entry in benchmarks.items():
+        stats = entry.get("stats") if isinstance(entry, dict) else None
+        info = entry.get("extra_info") if isinstance(entry, dict) else None
+        for stat in STATS:
+            value = stats.get(stat) if isinstance(stats, dict) else None
+            if not positive(value):
+                refuse(f"gives benchmark {name!r} a {stat} round time of {value!r} s, not a time above 0")
+        if not isinstance(info, dict) or not positive(info.get("images_per_round")):
+            refuse(f"gives benchmark {name!r} no extra_info.images_per_round (images timed per round)")
+        for key in ("phase", "case"):
+            if not isinstance(info.get(key), str):
+                refuse(f"gives benchmark {name!r} no extra_info.{key}")
 
 
 def images_per_s(entry: dict, stat: str = "median") -> float:

@@ -36,7 +36,7 @@ _HOME = {
     "train": "loop",
     "run_training": "loop",
     "evaluate": "loop",
-    "data_spec": "data_spec",
+    "data_spec": "dataspec",
     "lr_factor": "schedule",
     "plateau_scheduler": "schedule",
     "crossing": "target",

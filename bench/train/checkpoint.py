@@ -30,13 +30,13 @@ from torch import nn
 
 import bench
 from bench.data import Dataset
-from bench.data.augment import Normalizer
+from bench.data.augment import PREPROCESS, Normalizer
 from bench.env import git_commit
 from bench.errors import UserError
 from bench.io import atomic_write
 from bench.models import create_model
 from bench.train.config import TrainConfig
-from bench.train.data_spec import data_spec
+from bench.train.dataspec import data_spec
 
 FORMAT_VERSION = 1
 FILENAME = "checkpoint.pt"  # inside a run folder
@@ -64,7 +64,11 @@ class Checkpoint:
 
     def build_model(self) -> nn.Module:
         """The model with these weights, on the CPU, in eval mode."""
-        model = create_model(self.model_name, num_classes=len(self.classes), init=self.init, **self.knobs)
+        try:
+            model = create_model(self.model_name, num_classes=len(self.classes), init=self.init, **self.knobs)
+        except (UserError, ValueError, TypeError) as e:  # a builder's own check of a knob value raises ValueError
+            raise UserError(f"{self.path}: {e}; {_EDITED}") from None
+        _check_weights(self.path, model, self.state_dict, f"{self.model_name} with {len(self.classes)} classes")
         model.load_state_dict(self.state_dict)
         return model.eval()
 
@@ -136,6 +140,7 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
     missing = [k for k in _KEYS if k not in raw]
     if missing:
         raise UserError(f"{path} is not a complete bench checkpoint (no {', '.join(missing)}); re-run training")
+    _check_fields(path, raw)
     m, n = raw["model"], raw["normalization"]
     return Checkpoint(
         path=path,
@@ -154,7 +159,68 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
     )
 
 
+_EDITED = "it was edited or damaged: copy it again from its run folder, or train again"
+
+
+def _check_fields(path: Path, raw: dict) -> None:
+    """`UserError` naming the first field that `load_checkpoint` and `build_model` could not use as saved."""
+
+    def refuse(what: str):
+        raise UserError(f"{path} {what}; {_EDITED}")
+
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    for key in ("model", "normalization", "state_dict", "data", "metrics", "config", "versions"):
+        if not isinstance(raw[key], dict):
+            refuse(f"has {key} {type(raw[key]).__name__}, not a table")
+    m, n, classes = raw["model"], raw["normalization"], raw["classes"]
+    for key, kind in (("name", str), ("init", str), ("knobs", dict)):
+        if key not in m:
+            refuse(f"has no model.{key}")
+        if not isinstance(m[key], kind):
+            refuse(f"has model.{key}={m[key]!r}, not a {kind.__name__}")
+    if not whole(m.get("input_size")):
+        refuse(f"has model.input_size={m.get('input_size')!r}, not a whole number of pixels")
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) for c in classes)):
+        refuse(f"has classes={str(classes)[:60]}, not a list of two or more class names")
+    if "num_classes" in m and m["num_classes"] != len(classes):
+        refuse(f"lists {len(classes)} class names, but its model has {m['num_classes']!r} outputs (model.num_classes)")
+    if n.get("mode") not in PREPROCESS:
+        refuse(f"has normalization.mode={n.get('mode')!r}, not one of {', '.join(PREPROCESS)}")
+    side = m["input_size"]
+    shapes = {
+        "mean": [(3, 1, 1)] if n["mode"] == "standardize" else [(3, side, side)],
+        "std": [(3, 1, 1)],
+        "pca_eigval": [(3,)],
+        "pca_eigvec": [(3, 3)],
+    }
+    for key, fits in shapes.items():
+        value = n.get(key)
+        if not (isinstance(value, torch.Tensor) and value.is_floating_point() and tuple(value.shape) in fits):
+            got = list(value.shape) if isinstance(value, torch.Tensor) else repr(value)[:40]
+            refuse(f"has normalization.{key} {got}, not a float tensor of shape {list(fits[0])}")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in raw["state_dict"].items()):
+        refuse("has a state_dict that is not layer names to tensors")
+
+
+def _check_weights(path: Path, model: nn.Module, weights: dict, what: str) -> None:
+    """`UserError` unless `weights` has exactly `model`'s entries, shape for shape, naming the first misfit."""
+    ours = model.state_dict()
+    misfits = [f"no {k}" for k in ours if k not in weights]
+    misfits += [f"{k} is not a layer of the model" for k in weights if k not in ours]
+    misfits += [
+        f"{k} is {list(v.shape)} in the checkpoint, {list(ours[k].shape)} in the model"
+        for k, v in weights.items()
+        if k in ours and v.shape != ours[k].shape
+    ]
+    if misfits:
+        more = f" (and {len(misfits) - 1} more)" if len(misfits) > 1 else ""
+        raise UserError(f"{path}: its weights do not fit {what}: {misfits[0]}{more}; {_EDITED}")
+
+
 def _read(path: Path):
+    _check_magic(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -165,8 +231,24 @@ def _read(path: Path):
                 f"values; refused, as unpickling it could run code: re-save it with save_checkpoint"
             ) from None
         raise UserError(_unreadable(path, e)) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - a damaged file fails the unpickler in many ways (KeyError, IndexError, ...)
         raise UserError(_unreadable(path, e)) from None
+
+
+def _check_magic(path: Path) -> None:
+    """`UserError` for a file that does not start as torch.save writes (a zip archive, or a pickle before torch 1.6)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror or type(e).__name__}); pass a readable checkpoint") from None
+    if not head:
+        raise UserError(f"{path} is empty (0 bytes), not a checkpoint; it may have been cut short: copy it again")
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
+        raise UserError(
+            f"{path} is not a PyTorch checkpoint (it begins {head!r}, not as a file torch.save wrote); "
+            f"pass a run folder or the checkpoint.pt it holds"
+        )
 
 
 def _unreadable(path: Path, e: Exception) -> str:

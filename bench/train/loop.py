@@ -36,7 +36,7 @@ from bench.models.lrn import lrn_activity
 from bench.train import distributed as ddp
 from bench.train.checkpoint import save_checkpoint
 from bench.train.config import TrainConfig
-from bench.train.data_spec import data_spec
+from bench.train.dataspec import data_spec
 from bench.train.finetune import apply_finetune, check_fits
 from bench.train.modes import apply_backend_flags, compile_model, resolve_dtype
 from bench.train.result import DIVERGED, OK, RunResult, summarize

@@ -25,7 +25,7 @@ import torch
 from bench.data import load_data
 from bench.errors import UserError
 from bench.io import atomic_write, atomic_write_text, write_csv
-from bench.train.data_spec import data_spec
+from bench.train.dataspec import data_spec
 from bench.train.loop import evaluate
 from bench.train.step import autocast
 from bench.use.model import load_model, top_k
