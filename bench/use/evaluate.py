@@ -24,7 +24,8 @@ import torch
 
 from bench.data import load_data
 from bench.errors import UserError
-from bench.io import atomic_write, atomic_write_text, write_csv
+from bench.io import atomic_write, atomic_write_text, check_writable, write_csv
+from bench.train.checkpoint import checkpoint_path
 from bench.train.dataspec import data_spec
 from bench.train.loop import evaluate
 from bench.train.step import autocast
@@ -126,12 +127,23 @@ def evaluate_run(
     test_per_class: int | None = None,
 ) -> dict:
     """Evaluate a run's checkpoint on a test split and write the files; returns the summary."""
+    if test_per_class is not None and test_per_class < 1:
+        raise UserError(
+            f"--test-per-class {test_per_class} is not valid: it must be at least 1 (images per class); "
+            f"leave it out for the run's own subset (or all of another --data)"
+        )
+    # --out is checked before the evaluation, not after it; RUN/evaluate is as good as a --out given.
+    out = Path(out) if out is not None else checkpoint_path(path).parent / FOLDER
+    check_writable(out, "--out", folder=True)
     ckpt, model, dev = load_model(path, device)
     cfg = ckpt.train_config()
     if data not in (None, cfg.data):  # other data: its whole test split; the run's subsets need not fit it
         # no hold-outs either: only the test split is read, normalised with the checkpoint's statistics
         cfg = cfg.replace(data=data, train_per_class=None, test_per_class=None, val_size=0, train_eval_size=0)
-    cfg = cfg.replace(data_root=data_root or cfg.data_root, test_per_class=test_per_class or cfg.test_per_class)
+    cfg = cfg.replace(
+        data_root=data_root or cfg.data_root,
+        test_per_class=cfg.test_per_class if test_per_class is None else test_per_class,
+    )
     dataset = load_data(data_spec(cfg))
     if list(dataset.classes) != list(ckpt.classes):
         raise UserError(
@@ -143,7 +155,6 @@ def evaluate_run(
     numbers = evaluate(model, dataset, dtype=cfg.dtype)
     frame, confusion = per_class_table(_test_logits(model, dataset, cfg.dtype), dataset.test_y, ckpt.classes)
 
-    out = Path(out) if out is not None else ckpt.path.parent / FOLDER
     source = dataset.provenance["data_source"]
     summary = {
         **numbers,
