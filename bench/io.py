@@ -1,7 +1,9 @@
 """Files written whole or not at all: write a temporary file beside the target, then rename.
 
 A run killed at any moment (Ctrl-C, kill -9) leaves either the old file or the
-new one, never a torn one; os.replace is atomic on POSIX within one file system.
+new one, never a torn one; os.replace is atomic on POSIX within one file system. A write
+that fails (a full disk, a read-only mount) leaves no temporary file and is a one-line
+`WriteError` naming the file, not a traceback.
 What can still arrive torn (a copy cut short, a bad edit) `check_table` refuses, and
 `check_writable` tells before the work whether its results could be written.
 """
@@ -9,6 +11,7 @@ What can still arrive torn (a copy cut short, a bad edit) `check_table` refuses,
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
 import tempfile
@@ -19,21 +22,47 @@ import pandas as pd
 from bench.errors import UserError
 
 
+class WriteError(UserError):
+    """A file could not be written (a full disk, a read-only file system): one line, naming the file."""
+
+
 def atomic_write(path: Path, write, binary: bool = False) -> None:
-    """Write `path` whole or not at all: `write(file)` fills a temporary file beside it, then a rename."""
+    """Write `path` whole or not at all: `write(file)` fills a temporary file beside it, then a rename.
+
+    An OSError on the way (ENOSPC, EROFS, EACCES, ...) leaves the old file, or none, and no
+    temporary file, and is raised as `WriteError`. torch.save reports its file's OSError as
+    a RuntimeError caused by it: that one is a `WriteError` too.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be shared
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        cause = _os_error(e)
+        if cause is None:
+            raise
+        why = cause.strerror or type(cause).__name__
+        fix = "free space on that disk or write elsewhere" if cause.errno == errno.ENOSPC else "write elsewhere"
+        raise WriteError(f"could not write {path}: {why}; {fix}, and run again") from None
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """`e` if it is an OSError, or the OSError it was raised from (torch.save wraps its file's), else None."""
+    if not isinstance(e, Exception):  # Ctrl-C stays Ctrl-C
+        return None
+    for err in (e, e.__cause__ or e.__context__):
+        if isinstance(err, OSError):
+            return err
+    return None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

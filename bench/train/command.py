@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 from bench.data import default_data_root, default_data_source
 from bench.device import pick_device
 from bench.errors import UserError
-from bench.io import check_writable
+from bench.io import WriteError, check_writable
 from bench.models import create_model, parse_knobs
 from bench.train import distributed as ddp
 from bench.train.config import TrainConfig
@@ -175,6 +176,18 @@ def run(args: argparse.Namespace) -> int:
         ddp.teardown()
 
 
+def _remove_unfinished(out: Path, made: bool) -> str:
+    """Empty the run folder this run filled (and remove it if this run made it); says what became of it."""
+    try:
+        for path in out.iterdir() if out.is_dir() else ():
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        if made:
+            out.rmdir()
+    except OSError as e:
+        return f"the unfinished run folder {out} is left ({e.strerror}): remove it before running again"
+    return f"removed the unfinished run folder {out}"
+
+
 def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     out = args.out or Path("results/runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace(':', '_')}"
     out = ddp.broadcast_object(out)  # DDP: rank 0's clock names the one run folder
@@ -184,8 +197,13 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
         check_writable(out, "--out", folder=True)  # not after the data has loaded
     ddp.barrier()  # DDP: every rank has checked the folder before rank 0 writes into it
     hook = EpochScalars(args.tensorboard, out.name, cfg.to_json()) if args.tensorboard and ddp.is_main() else None
+    made = not out.exists()  # else it is empty (checked above): either way, all it will hold is this run's
     try:
         result = run_training(cfg, out, progress=not args.no_progress, epoch_hook=hook)
+    except WriteError as e:  # a full disk: a folder without its checkpoint would pass for a finished run
+        if not ddp.is_main():
+            raise
+        raise WriteError(f"{e}; {_remove_unfinished(out, made)}") from None
     finally:
         if hook is not None:
             hook.close()
