@@ -25,6 +25,10 @@ from bench.errors import UserError
 class WriteError(UserError):
     """A file could not be written (a full disk, a read-only file system): one line, naming the file."""
 
+    def __init__(self, path: Path, reason: str, fix: str):
+        super().__init__(f"could not write {path}: {reason}; {fix}")
+        self.path, self.reason = path, reason
+
 
 def atomic_write(path: Path, write, binary: bool = False) -> None:
     """Write `path` whole or not at all: `write(file)` fills a temporary file beside it, then a rename.
@@ -52,7 +56,7 @@ def atomic_write(path: Path, write, binary: bool = False) -> None:
             raise
         why = cause.strerror or type(cause).__name__
         fix = "free space on that disk or write elsewhere" if cause.errno == errno.ENOSPC else "write elsewhere"
-        raise WriteError(f"could not write {path}: {why}; {fix}, and run again") from None
+        raise WriteError(path, why, f"{fix}, and run again") from None
 
 
 def _os_error(e: BaseException) -> OSError | None:

@@ -776,3 +776,21 @@ def test_train_on_a_full_disk_is_one_line_and_leaves_no_run_folder(tmp_path, mon
     assert f"could not write {out / 'checkpoint.pt'}: No space left on device" in line, line
     assert f"removed the unfinished run folder {out}" in line, line
     assert not out.exists() and not list((tmp_path / "results").rglob("*"))
+
+
+def test_a_data_cache_that_does_not_fit_is_one_warning_and_no_partial_file(tmp_path, monkeypatch, caplog):
+    """The decoded data is kept in memory and used; only the cache file (torch.save's write) is given up."""
+    from bench.data import DataSpec, load_data
+
+    for split, n in (("train", 2), ("test", 1)):
+        for cls in ("cat", "dog"):
+            for i in range(n):
+                path = tmp_path / "tree" / split / cls / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(path)
+    _disk_fills_after(monkeypatch, 100)
+    data = load_data(DataSpec(source=str(tmp_path / "tree")), cache_dir=tmp_path / "cache")
+    assert data.classes == ["cat", "dog"] and len(data.test_y) == 2
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "could not store the data cache" in warning and "No space left on device" in warning, warning
+    assert list((tmp_path / "cache").iterdir()) == []

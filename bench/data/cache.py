@@ -73,8 +73,10 @@ def cached(kind: str, fingerprint, build: Callable[[], RawData], cache_dir: Path
         except Exception as e:  # noqa: BLE001 -- a torn cache file is rebuilt, never trusted
             log.warning("cache %s unreadable (%s); decoding the source again", path, _reason(e))
     data = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(data.__dict__, tmp)
-    os.replace(tmp, path)
+    from bench.io import WriteError, atomic_write  # pandas, for its tables: not at import
+
+    try:  # whole or not at all: a torn cache file is never left to be read
+        atomic_write(path, lambda f: torch.save(data.__dict__, f), binary=True)
+    except WriteError as e:  # a full disk: the data decoded is good, only the next run decodes it again
+        log.warning("could not store the data cache %s (%s); going on without it", e.path, e.reason)
     return data, key

@@ -203,7 +203,7 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     except WriteError as e:  # a full disk: a folder without its checkpoint would pass for a finished run
         if not ddp.is_main():
             raise
-        raise WriteError(f"{e}; {_remove_unfinished(out, made)}") from None
+        raise UserError(f"{e}; {_remove_unfinished(out, made)}") from None
     finally:
         if hook is not None:
             hook.close()
