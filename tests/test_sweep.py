@@ -477,7 +477,9 @@ def test_confirm_seeds_run_only_the_rate_the_grid_chose(tmp_path, caplog):
         confirming = runs[(runs["activation"] == act) & (runs["seed"] > 0)]
         assert sorted(confirming["seed"]) == [1, 2] and set(confirming["lr"]) == {best["lr"]}
     with caplog.at_level(logging.WARNING):
-        again = run_study(study, "smoke", out_root=tmp_path / "results", progress=False)
+        again = run_study(
+            study, "smoke", out_root=tmp_path / "results", progress=False, choose_confirming=chosen_combinations
+        )
     assert len(again) == 8 and not [r for r in caplog.records if "does not define" in r.getMessage()]
     # --seeds runs what it names, with no second stage
     only = run_study(study, "smoke", out_root=tmp_path / "other", seeds=[0], progress=False)
