@@ -4,21 +4,29 @@
 Arguments after `--` pass through, e.g. `nox -s ablate -- --profile smoke`.
 """
 
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True  # torch is a multi-GB install: keep the venv
 
 
-def _install(session: nox.Session) -> None:
-    session.install("-e", ".[dev,ray]")  # ray: the tests run --executor ray on a local runtime
+def _install(session: nox.Session, *extras: str) -> None:
+    session.install("-e", f".[{','.join(('dev', 'ray', *extras))}]")  # ray: the tests run --executor ray locally
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the unit tests on the CPU (no network, no GPU needed)."""
-    _install(session)
-    session.run("python", "-m", "pytest", *session.posargs)
+    """Run the unit tests on the CPU (no network, no GPU needed), the compiled paths and TensorBoard included."""
+    _install(session, "tb")  # tb: the TensorBoard logging tests run instead of skipping
+    # The inductor tests build the fused LRN kernels and a compiled training step (tens of seconds
+    # on 2 cores the first time); their cache lives beside the venv, so later runs reuse it.
+    env = {
+        "BENCH_INDUCTOR_TESTS": "1",
+        "TORCHINDUCTOR_CACHE_DIR": str(Path(session.virtualenv.location).parent / "inductor-cache"),
+    }
+    session.run("python", "-m", "pytest", *session.posargs, env=env)
 
 
 @nox.session

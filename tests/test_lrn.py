@@ -9,6 +9,7 @@ The eager path's own tests are in tests/test_models.py.
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
@@ -174,3 +175,23 @@ def test_a_python_dispatch_mode_runs_eager_and_leaves_the_fused_path_alone(monke
     with Passthrough():
         assert lrn._mode(x, None) == "eager"
     assert lrn._mode(x, None) == "fused"
+
+
+@pytest.mark.skipif(
+    not os.environ.get("BENCH_INDUCTOR_TESTS"),
+    reason="inductor compiles C++ with gcc (tens of seconds); set BENCH_INDUCTOR_TESTS=1 (nox -s tests does)",
+)
+@pytest.mark.skipif(fused_unavailable_reason("cpu") is not None, reason=str(fused_unavailable_reason("cpu")))
+@pytest.mark.parametrize("constants", [(5, 1e-3, 0.75, 2.0), (4, 1e-3, 0.6, 1.5)], ids=["paper", "even-window"])
+def test_compiled_kernels_match_torch_forward_and_backward(constants):
+    """The real inductor kernels, at the smallest size that builds them: forward, and the backward's
+    transposed window (an even window makes a transposition visible), against torch's LRN at 1e-5."""
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(2, 16, 6, 6) * 3).requires_grad_()
+    g = torch.randn_like(x)
+    ours = local_response_norm(x, *constants, fused=True)
+    theirs = torch_lrn(*constants)(x)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    (g_ours,), (g_theirs,) = torch.autograd.grad(ours, x, g), torch.autograd.grad(theirs, x, g)
+    torch.testing.assert_close(g_ours, g_theirs, rtol=0, atol=1e-5)
+    assert not lrn._compile_failed  # the compiled path ran, not the fallback

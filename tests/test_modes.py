@@ -176,7 +176,6 @@ def test_config_validates_the_modes():
 
 
 def test_compile_model_validates_and_wraps_without_copying(bench_cache, monkeypatch):
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     net = _tiny_net()
     assert compile_model(net, "off") is net
     with pytest.raises(ValueError, match="choose one of: off, default, max-autotune, reduce-overhead"):
@@ -207,7 +206,6 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(monkeypatch, tm
 def test_inductor_compiles_a_training_step(monkeypatch):
     from bench.train.step import make_optimizer, train_step
 
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     net = _tiny_net()
     compiled = compile_model(net, "default")
     optimizer = make_optimizer(net, lr=0.1)
