@@ -261,7 +261,7 @@ def test_crop_augmentation_cuts_a_random_window_and_otherwise_the_centre():
 
 
 def test_cifar10_batches_are_24x24_crops_random_in_training_centre_in_evaluation(cifar10_root, cifar10_md5_bypass):
-    data = load_data(DataSpec(source="cifar10", root=str(cifar10_root.root), image_size=24, val_size=10))
+    data = load_data(DataSpec(source="cifar10", root=str(cifar10_root.root), crop_size=24, val_size=10))
     assert data.train_x.shape[1:] == (3, 32, 32) and data.crop_size == 24
     assert data.provenance["input_crop"].startswith("24x24 of 32x32")
     g = torch.Generator().manual_seed(0)

@@ -19,8 +19,7 @@ Normalisation and the PCA colour statistics are fitted on `train` only.
 A model registered as taking crops (`register_model(..., crop_from=32)`: cuda-convnet's
 24x24 nets) is fed crops of images held at 32x32, from any source: every batch is cut to
 the model's side, a random window in training with `crop` augmentation, the centre window
-otherwise and in every evaluation split (`Dataset.crop_size`). A spec asking the cifar10
-source for a side below 32 is cropped the same way.
+otherwise and in every evaluation split (`Dataset.crop_size`, from `DataSpec.crop_size`).
 
 Batches are made by indexing the on-device tensors; augmentation runs on whole
 batches (bench.data.augment). Nothing here runs at import time.
@@ -63,7 +62,7 @@ __all__ = [
 NAMED_SOURCES = ("cifar10", "synthetic")
 SPLITS = ("train", "val", "test", "train_eval")
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 5000, 1000  # the synthetic source's split sizes when nothing else is asked
-CIFAR10_SIDE = 32  # the cifar10 source's images; a smaller model input is cut from them
+CIFAR10_SIDE = 32  # the cifar10 source's images
 
 
 def default_data_source() -> str:
@@ -243,10 +242,11 @@ def _read(spec: DataSpec, cache_dir: Path | None) -> tuple[RawData, dict]:
     if cache_dir is not None:
         check_cache_dir(cache_dir)
     if kind == "cifar10":
-        if spec.image_size is not None and spec.image_size > CIFAR10_SIDE:
+        if spec.image_size not in (None, CIFAR10_SIDE):
             raise UserError(
                 f"the cifar10 source is 32x32 but the model takes {spec.image_size}x{spec.image_size}: "
-                f"pass --data PATH (a folder is decoded at the model's size) or a model of 32x32 or smaller"
+                f"pass --data PATH (a folder is decoded at the model's size), or a model that takes "
+                f"32x32 images or crops of them"
             )
         root = Path(spec.root)
         files = cifar10_files(root)
@@ -302,7 +302,7 @@ def load_data(spec: DataSpec, cache_dir: Path | None | str = "default") -> Datas
     tex, tey = _subset(raw.test_x, raw.test_y, splits.per_class(raw.test_y, spec.test_per_class, classes, "test", seed))
     train_eval = splits.sample(try_, spec.train_eval_size, len(classes), seed, "train_eval")
     norm = Normalizer.fit(trx, spec.preprocess)
-    crop = _crop_size(spec)
+    crop = spec.crop_size
     if crop is not None:
         prov["input_crop"] = (
             f"{crop}x{crop} of {trx.shape[-1]}x{trx.shape[-2]}: random with crop augmentation, else the centre"
@@ -328,12 +328,3 @@ def load_data(spec: DataSpec, cache_dir: Path | None | str = "default") -> Datas
         conversion=raw.conversion,
     )
     return Dataset(trx, try_, tex, tey, classes, norm, prov, vax, vay, train_eval, crop)
-
-
-def _crop_size(spec: DataSpec) -> int | None:
-    """The side batches are cut to (a model that takes crops: `crop_size`, or a model smaller than the
-    cifar10 source's 32x32 images); None: whole images."""
-    if spec.crop_size is not None:
-        return spec.crop_size
-    small = spec.image_size is not None and spec.image_size < CIFAR10_SIDE
-    return spec.image_size if spec.kind() == "cifar10" and small else None
