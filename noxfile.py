@@ -4,6 +4,7 @@
 Arguments after `--` pass through, e.g. `nox -s ablate -- --profile smoke`.
 """
 
+import subprocess
 from pathlib import Path
 
 import nox
@@ -14,6 +15,13 @@ nox.options.reuse_existing_virtualenvs = True  # torch is a multi-GB install: ke
 
 def _install(session: nox.Session, *extras: str) -> None:
     session.install("-e", f".[{','.join(('dev', 'ray', *extras))}]")  # ray: the tests run --executor ray locally
+
+
+def _has_cuda(session: nox.Session) -> bool:
+    """Whether the session's torch sees a CUDA GPU: the child's exit status says, not its output."""
+    check = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
+    # session.run returns a silent child's output, never its status: run it directly, from the venv.
+    return subprocess.run([str(Path(session.bin) / "python"), "-c", check], check=False).returncode == 0
 
 
 @nox.session
@@ -45,8 +53,7 @@ def ablate(session: nox.Session) -> None:
     `gpus_per_cell` says (pass --executor local to opt out)."""
     _install(session)
     args = list(session.posargs)
-    has_gpu = session.run("python", "-c", "import torch; print(torch.cuda.is_available())", silent=True)
-    if "True" in (has_gpu or "") and not any(a.startswith("--executor") for a in args):
+    if _has_cuda(session) and not any(a.startswith("--executor") for a in args):
         args = ["--executor", "ray", *args]
     session.run("python", "-m", "bench", "ablate", *args)
 

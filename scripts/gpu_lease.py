@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             modes = "fp32" if args.dry_run else "fp32,fp32+cl,bf16+cl,compile+bf16+cl,reduce-overhead+bf16+cl"
             lease.run(
                 f"speed modes of {arch}",
-                ["-m", "bench", "measure", "--arch", arch, "--device", device, "--modes", modes, "--quick"]
+                ["-m", "bench", "measure", "--model", arch, "--device", device, "--modes", modes, "--quick"]
                 + ["--out", str(out / "results" / "measure" / f"modes-{arch}.csv")],
                 modes_s,
             )

@@ -54,7 +54,7 @@ stamp() { echo "== $(( $(date +%s) - start )) s: $*"; }
     for arch in $MEASURE_ARCHS; do
         stamp "measure $arch"
         # shellcheck disable=SC2086  # MEASURE_FLAGS is a list of flags
-        timeout -s INT -k 10 "$MEASURE_SECONDS" python3 -m bench measure --arch "$arch" --device "$DEVICE" \
+        timeout -s INT -k 10 "$MEASURE_SECONDS" python3 -m bench measure --model "$arch" --device "$DEVICE" \
             --modes "$MEASURE_MODES" $MEASURE_FLAGS --out "$RUNS/measure/modes-$arch.csv"
     done
     stamp "done"

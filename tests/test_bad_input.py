@@ -48,7 +48,7 @@ TINY = [
     "cpu",
     "--no-progress",
 ]
-QUICK_MEASURE = ["--arch", "lenet5", "--quick", "--device", "cpu"]
+QUICK_MEASURE = ["--model", "lenet5", "--quick", "--device", "cpu"]
 STUDY = """
 [study]
 name = "tiny"
@@ -126,7 +126,7 @@ def _locked(case: Path) -> None:
     (case / "locked").mkdir(mode=0o500)
 
 
-GATE = ["--storage", "{case}/gate", "--device", "cpu", "--bench-quick", "--bench-models", "lenet5"]
+GATE = ["--storage", "{case}/gate", "--device", "cpu", "--bench-quick", "--model", "lenet5"]
 
 
 def _baseline(edit: Callable[[dict], None]) -> Callable[[Path], None]:
@@ -293,19 +293,19 @@ CASES: dict[str, Case] = {
         needles=("results/m.csv", "readable"),
         setup=_write(Path("work/results/m.csv"), b"\xff\xfe\x00garbage\n"),
     ),
-    "measure unknown arch": _measure("--arch", "nope", needles=("--arch 'nope' matches no model",)),
-    "measure bad dtype": _measure("--dtype", "fp64", needles=("--dtype 'fp64'",)),
-    "measure zero batch": _measure("--batch-size", "0", needles=("--batch-size must be at least 1",)),
+    "measure unknown model": _measure("--model", "nope", needles=("--model 'nope' matches no model",)),
+    "measure bad dtype": _measure("--dtype", "fp64", needles=("dtype='fp64'", "fp32, bf16")),
+    "measure zero batch": _measure("--batch-size", "0", needles=("batch_size must be at least 1",)),
     "measure absent cuda device": _measure("--device", "cuda:7", needles=("cuda:7",)),
     "measure modes with dtype": _measure("--modes", "fp32", "--dtype", "bf16", needles=("--modes",)),
     "measure bad mode": _measure("--modes", "fp32,warp", needles=("--modes", "warp")),
     "measure empty modes": _measure("--modes", "", needles=("--modes", "names no mode")),
     "measure mode twice": _measure("--modes", "fp32,fp32", needles=("--modes", "lists fp32 twice")),
-    "measure unknown knob": _measure("--arch", "alexnet", "--knob", "widht=2", needles=("no knob widht",)),
-    "measure bad knob value": _measure("--arch", "alexnet", "--knob", "activation=swish", needles=("swish",)),
-    "measure width 1e-4": _measure("--arch", "alexnet", "--knob", "width=1e-4", needles=("width=0.0001",)),
+    "measure unknown knob": _measure("--model", "alexnet", "--knob", "widht=2", needles=("no knob widht",)),
+    "measure bad knob value": _measure("--model", "alexnet", "--knob", "activation=swish", needles=("swish",)),
+    "measure width 1e-4": _measure("--model", "alexnet", "--knob", "width=1e-4", needles=("width=0.0001",)),
     "measure same knob twice": _measure(
-        "--arch", "alexnet", "--knob", "width=0.5", "--knob", "width=0.25", needles=("width", "twice")
+        "--model", "alexnet", "--knob", "width=0.5", "--knob", "width=0.25", needles=("width", "twice")
     ),
     # --- ablate ---
     "ablate out under /proc": _ablate("--out", f"{NOWHERE}/results", needles=("--out", NOWHERE)),
@@ -424,16 +424,16 @@ CASES: dict[str, Case] = {
     ),
     # --- gate ---
     "gate storage under /proc": Case(
-        ["gate", "--save", "base", "--storage", f"{NOWHERE}/gate", "--bench-quick", "--bench-models", "lenet5"],
+        ["gate", "--save", "base", "--storage", f"{NOWHERE}/gate", "--bench-quick", "--model", "lenet5"],
         ("--storage", NOWHERE),
     ),
     "gate storage is a file": Case(
-        ["gate", "--save", "base", "--storage", "a-file", "--bench-quick", "--bench-models", "lenet5"],
+        ["gate", "--save", "base", "--storage", "a-file", "--bench-quick", "--model", "lenet5"],
         ("--storage", "a-file"),
         setup=_write(Path("work/a-file"), "keep"),
     ),
     "gate storage in a read-only folder": Case(
-        ["gate", "--save", "base", "--storage", "{case}/locked/gate", "--bench-quick", "--bench-models", "lenet5"],
+        ["gate", "--save", "base", "--storage", "{case}/locked/gate", "--bench-quick", "--model", "lenet5"],
         ("--storage", "locked"),
         setup=_locked,
         skip_as_root=True,
@@ -447,7 +447,7 @@ CASES: dict[str, Case] = {
     "gate bad stat": Case(["gate", "--compare", "x", "--stat", "mean"], ("--stat 'mean'",)),
     "gate bad name": Case(["gate", "--save", "bad name!"], ("baseline name 'bad name!'",)),
     "gate bench-device": Case(["gate", "--save", "x", "--bench-device", "cpu"], ("--device, not --bench-device",)),
-    "gate models match nothing": Case(["gate", "--save", "x", "--bench-models", "zzz*"], ("zzz",)),
+    "gate models match nothing": Case(["gate", "--save", "x", "--model", "zzz*"], ("zzz",)),
     "gate bench option after --": Case(["gate", "--save", "x", "--", "--bench-quick"], ("before --",)),
     "gate width 1e-4": Case(["gate", "--save", "x", "--bench-width", "1e-4"], ("--bench-width",)),
     "gate baseline with an empty environment": Case(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,7 +13,12 @@ from pathlib import Path
 
 import pytest
 
+import bench.train.command as train_command
 from bench.cli import main
+from bench.errors import UserError
+from bench.train.config import TrainConfig, field_choices, option
+from bench.train.flags import add_config_arguments, config_from_args, flag_of
+from bench.train.result import RunResult
 
 REPO = Path(__file__).resolve().parents[1]
 PROG = "python -m bench"
@@ -287,9 +294,6 @@ def test_tiny_synthetic_run_writes_the_run_folder(tmp_path, bench_cache):
 
 
 def test_end_of_run_line_prints_a_zero_error_as_zero(tmp_path, monkeypatch, caplog):
-    import bench.train.command as train_command
-    from bench.train import RunResult
-
     summary = {
         "epochs_run": 3,
         "final_test_top1_err_pct": 0.0,
@@ -302,3 +306,67 @@ def test_end_of_run_line_prints_a_zero_error_as_zero(tmp_path, monkeypatch, capl
     with caplog.at_level("INFO", logger="bench"):
         assert main(["train", *TINY, "--out", str(tmp_path / "run")]) == 0
     assert "final test error 0.00% (top-5 0.00%), 1800 train img/s" in caplog.text
+
+
+# ------------------------------------------------- the command line is TrainConfig's
+
+
+def _parse(cls, *argv):
+    p = argparse.ArgumentParser()
+    add_config_arguments(p, cls=cls)
+    return config_from_args(p.parse_args(list(argv)), cls=cls)
+
+
+def test_every_run_option_is_a_flag_with_the_fields_default_and_help():
+    parser = argparse.ArgumentParser()
+    train_command.add_arguments(parser)
+    assert config_from_args(parser.parse_args([])) == TrainConfig()  # no flag given: every field's own default
+    actions = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(TrainConfig):
+        action = actions[f.name]
+        assert flag_of(f) in action.option_strings and action.help.startswith(f.metadata["help"].replace("%", "%%"))
+        if field_choices(f):
+            assert action.metavar == "{" + ",".join(field_choices(f)) + "}"
+    assert flag_of(dataclasses.fields(TrainConfig)[1]) == "--knob"  # knobs: one --knob KEY=VALUE per knob
+
+
+def test_flags_take_values_as_the_fields_do():
+    cfg = _parse(
+        TrainConfig, "--knob", "width=0.5", "--lr", "1", "--train-per-class", "3", "--no-tf32", "--channels-last"
+    )
+    assert (cfg.knobs, cfg.lr, cfg.train_per_class, cfg.tf32, cfg.channels_last) == (
+        {"width": 0.5},
+        1.0,
+        3,
+        False,
+        True,
+    )
+    with pytest.raises(UserError, match="schedule='linear' is not valid; choose one of: constant, cosine"):
+        _parse(TrainConfig, "--schedule", "linear")
+
+
+def test_a_new_field_is_a_new_flag_and_checked():
+    """Adding a run option is adding a field: its flag, default, help and check follow."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Extended(TrainConfig):
+        label_smoothing: float = option(0.0, "label smoothing, 0 to 1")
+        mixer: str = option("none", "batch mixing", choices=("none", "mixup", "cutmix"))
+        ema: bool = option(False, "keep an exponential moving average of the weights")
+
+    assert _parse(Extended) == Extended()
+    cfg = _parse(Extended, "--label-smoothing", "0.1", "--mixer", "mixup", "--ema", "--epochs", "2")
+    assert (cfg.label_smoothing, cfg.mixer, cfg.ema, cfg.epochs) == (0.1, "mixup", True, 2)
+    with pytest.raises(UserError, match="mixer='blend' is not valid; choose one of: none, mixup, cutmix"):
+        _parse(Extended, "--mixer", "blend")
+    with pytest.raises(SystemExit):  # the field's type converts the flag's value
+        _parse(Extended, "--label-smoothing", "lots")
+    with pytest.raises(TypeError, match="help"):
+        option(1)  # a run option without its help text
+
+
+def test_data_flags_default_to_the_environment(monkeypatch):
+    monkeypatch.setenv("BENCH_DATA", "synthetic")
+    monkeypatch.setenv("BENCH_DATA_ROOT", "/elsewhere")
+    cfg = _parse(TrainConfig)
+    assert (cfg.data, cfg.data_root) == ("synthetic", "/elsewhere")

@@ -370,7 +370,7 @@ def test_measure_command_writes_the_csv(tmp_path, capsys):
 
     out = tmp_path / "m.csv"
     assert (
-        main(["measure", "--arch", "layers-8*", "--quick", "--device", "cpu", "--batch-size", "4", "--out", str(out)])
+        main(["measure", "--model", "layers-8*", "--quick", "--device", "cpu", "--batch-size", "4", "--out", str(out)])
         == 0
     )
     import pandas as pd
@@ -378,9 +378,9 @@ def test_measure_command_writes_the_csv(tmp_path, capsys):
     frame = pd.read_csv(out)
     assert list(frame["model"]) == ["layers-80sec"] and frame["batch_size"].tolist() == [4]
     assert "layers-80sec" in capsys.readouterr().out
-    assert main(["measure", "--arch", "nothing-like-this", "--device", "cpu", "--out", str(out)]) == 2
+    assert main(["measure", "--model", "nothing-like-this", "--device", "cpu", "--out", str(out)]) == 2
     assert "layers-80sec" in capsys.readouterr().err  # the error lists valid names
-    assert main(["measure", "--arch", "layers-8*", "--device", "cpu", "--out", str(tmp_path)]) == 2
+    assert main(["measure", "--model", "layers-8*", "--device", "cpu", "--out", str(tmp_path)]) == 2
     assert "must name a .csv file" in capsys.readouterr().err  # refused before measuring, not after
 
 
@@ -391,13 +391,13 @@ def test_measure_command_updates_the_table_instead_of_replacing_it(tmp_path, cap
 
     out = tmp_path / "m.csv"
     tiny = ["--quick", "--device", "cpu", "--batch-size", "2", "--out", str(out)]
-    assert main(["measure", "--arch", "lenet5", *tiny]) == 0
-    assert main(["measure", "--arch", "lenet5-1998", *tiny]) == 0
-    assert main(["measure", "--arch", "lenet5", "--knob", "dropout=0.0", *tiny]) == 2  # no such knob: nothing written
-    assert main(["measure", "--arch", "lenet5", *tiny]) == 0  # measured again: replaces its row
+    assert main(["measure", "--model", "lenet5", *tiny]) == 0
+    assert main(["measure", "--model", "lenet5-1998", *tiny]) == 0
+    assert main(["measure", "--model", "lenet5", "--knob", "dropout=0.0", *tiny]) == 2  # no such knob: nothing written
+    assert main(["measure", "--model", "lenet5", *tiny]) == 0  # measured again: replaces its row
     frame = pd.read_csv(out, keep_default_na=False)
     assert frame["model"].tolist() == ["lenet5", "lenet5-1998"] and frame["knobs"].tolist() == ["", ""]
-    assert main(["measure", "--arch", "alexnet", "--knob", "width=0.125", *tiny]) == 0
+    assert main(["measure", "--model", "alexnet", "--knob", "width=0.125", *tiny]) == 0
     frame = pd.read_csv(out, keep_default_na=False)
     assert frame[["model", "knobs"]].values.tolist() == [
         ["alexnet", "width=0.125"],
@@ -406,7 +406,7 @@ def test_measure_command_updates_the_table_instead_of_replacing_it(tmp_path, cap
     ]
     out.write_text('model,params\n"lenet5,1\n')  # torn
     capsys.readouterr()
-    assert main(["measure", "--arch", "lenet5", *tiny]) == 2
+    assert main(["measure", "--model", "lenet5", *tiny]) == 2
     assert "is not a readable table" in capsys.readouterr().err
 
 

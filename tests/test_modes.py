@@ -28,7 +28,7 @@ from bench.measure.modes import Mode, measure_modes, parse_mode, parse_modes
 from bench.measure.timing import Rounds, time_interleaved, time_phases
 from bench.models import create_model
 from bench.train import TrainConfig, data_spec, run_training, train
-from bench.train.command import config_from_args
+from bench.train.flags import config_from_args
 from bench.train.modes import apply_backend_flags, compile_model, resolve_dtype
 
 TINY = Settings(warmup=1, repeats=2, steps=1, latency_iters=0, batch_size=4)
@@ -159,7 +159,7 @@ def test_train_command_takes_the_modes_as_one_consistent_set_of_options():
         False,
         True,
     )
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="compile='fast' is not valid"):  # the config's check, as a study's value
         config("--compile", "fast")
 
 
@@ -317,17 +317,17 @@ def test_compiled_mode_is_measured_with_its_first_call():
 def test_measure_modes_command_writes_the_tidy_table(tmp_path, capsys):
     out = tmp_path / "modes.csv"
     tiny = ["--quick", "--device", "cpu", "--batch-size", "2", "--out", str(out)]
-    assert main(["measure", "--arch", "lenet5", "--modes", "bf16,fp32+cl", *tiny]) == 0
+    assert main(["measure", "--model", "lenet5", "--modes", "bf16,fp32+cl", *tiny]) == 0
     frame = pd.read_csv(out)
     assert frame["mode"].tolist() == ["fp32", "bf16", "fp32+cl"] and set(frame["model"]) == {"lenet5"}
     assert frame["train_vs_fp32"].iloc[0] == 1.0 and frame["infer_vs_fp32"].iloc[0] == 1.0
     assert frame[["device_name", "torch", "git_commit"]].notna().all().all()  # provenance on every row
     assert "train_x" in capsys.readouterr().out
-    assert main(["measure", "--arch", "lenet5", "--modes", "fp32,turbo", *tiny]) == 2
+    assert main(["measure", "--model", "lenet5", "--modes", "fp32,turbo", *tiny]) == 2
     assert "'turbo' is unknown" in capsys.readouterr().err
-    assert main(["measure", "--arch", "lenet5", "--modes", "--dtype", "bf16", *tiny]) == 2
+    assert main(["measure", "--model", "lenet5", "--modes", "--dtype", "bf16", *tiny]) == 2
     with pytest.raises(SystemExit, match="2"):  # compile is a mode here, not an option
-        main(["measure", "--arch", "lenet5", "--compile", "default", *tiny])
+        main(["measure", "--model", "lenet5", "--compile", "default", *tiny])
 
 
 def test_measure_resolves_auto_dtype(monkeypatch, tmp_path):
@@ -339,7 +339,7 @@ def test_measure_resolves_auto_dtype(monkeypatch, tmp_path):
         main(
             [
                 "measure",
-                "--arch",
+                "--model",
                 "lenet5",
                 "--dtype",
                 "auto",

@@ -27,7 +27,6 @@ batches (bench.data.augment). Nothing here runs at import time.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,22 +55,12 @@ __all__ = [
     "Dataset",
     "load_data",
     "parse_augment",
-    "default_data_source",
 ]
 
 NAMED_SOURCES = ("cifar10", "synthetic")
 SPLITS = ("train", "val", "test", "train_eval")
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 5000, 1000  # the synthetic source's split sizes when nothing else is asked
 CIFAR10_SIDE = 32  # the cifar10 source's images
-
-
-def default_data_source() -> str:
-    """`$BENCH_DATA` when set (a folder copy, say), else the official CIFAR-10."""
-    return os.environ.get("BENCH_DATA", "cifar10")
-
-
-def default_data_root() -> str:
-    return os.environ.get("BENCH_DATA_ROOT", "data")
 
 
 @dataclass(frozen=True)

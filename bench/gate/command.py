@@ -1,19 +1,25 @@
-"""`python -m bench gate --save NAME | --compare NAME [--threshold 0.1] [--bench-* ...] [-- PYTEST ARGS]`.
+"""`python -m bench gate --save NAME | --compare NAME [--threshold 0.1] [--model GLOBS] [--bench-* ...] [-- PYTEST ARGS]`.
 
 The throughput gate (`python -m bench.gate ...` is the same command). Runs the
 suite `bench.gate.throughput_suite` under pytest-benchmark in a fresh process,
-on the device at hand (CUDA when present). The suite ships inside the package,
-so an installed package has the gate too; pytest and pytest-benchmark are
-needed only here (`pip install 'alexnet-bench[dev]'`). The suite's `--bench-*`
-options are the gate's own (checked before anything runs); arguments after
+on the device at hand (CUDA when present), in the mode the studies train in
+there (`bench.gate.suite.study_mode`). The suite ships inside the package, so an
+installed package has the gate too; pytest and pytest-benchmark are needed only
+here (`pip install 'alexnet-bench[dev]'`). The suite's options (`--model`,
+`--bench-*`) are the gate's own (checked before anything runs); arguments after
 `--` pass to pytest, e.g. `-- -x -k alexnet`.
 
-`--save NAME` stores the run, if the suite passed, as a baseline in
+`--save NAME` runs the suite `--repeat` times (default 3) and stores, if it
+passed, the median run per benchmark with its spread as a baseline in
 STORAGE/<device id>/ (pytest-benchmark's numbered files: saving NAME again keeps
 the old file, the newest wins).
 `--compare NAME` first checks that this device has a baseline NAME (exit 2 if
-not, before anything runs), runs the suite, prints old against new images/s per
-benchmark, and exits 1 if any lost more than the threshold, else 0.
+not, before anything runs), runs the suite (once by default), and compares each
+benchmark's images/s with the baseline's. A drop beyond the benchmark's noise
+band (`bench.gate.compare`) makes it a suspect; the suspects alone are run
+again, up to `--confirm` times (default 2), and the gate exits 1 only if one
+stays beyond its band every time, else 0. It prints old against new images/s
+per benchmark, and what was re-measured and why.
 
 Exit status: 0 saved or passed; 1 regressed, or the suite itself failed;
 2 bad input (missing baseline, baseline from another device or other
@@ -33,7 +39,7 @@ import tempfile
 from pathlib import Path
 
 from bench.errors import UserError
-from bench.gate.options import OPTIONS, as_arguments
+from bench.gate.options import CONFIRM, NOISE_K, OPTIONS, as_arguments, is_suite_option
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,9 @@ SUITE = Path(__file__).with_name("throughput_suite.py")
 PLUGIN = "bench.gate.plugin"
 STORAGE_ENV = "BENCH_GATE_STORAGE"
 DEFAULT_THRESHOLD = 0.10
+# A baseline is measured once and compared with many times: its error would fail
+# every later comparison alike, so it takes the median of 3 suite runs.
+SAVE_REPEAT, COMPARE_REPEAT = 3, 1
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _PYTEST_USAGE_ERROR, _PYTEST_NO_TESTS = 4, 5
 
@@ -59,15 +68,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--threshold",
         type=float,
         default=DEFAULT_THRESHOLD,
-        help="largest tolerated throughput drop, a fraction (default %(default)s = 10%%)",
+        help="smallest noise band: a throughput drop up to this fraction never fails (default %(default)s = 10%%)",
+    )
+    p.add_argument(
+        "--noise-k",
+        type=float,
+        default=NOISE_K,
+        metavar="K",
+        help="noise band: K times the baseline's and the run's spreads combined, at least --threshold "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--confirm",
+        type=int,
+        default=CONFIRM,
+        metavar="R",
+        help="re-measure a benchmark that dropped beyond its band up to R times; it fails only if it stays "
+        "beyond every time (default %(default)s; 0 fails on the first measurement)",
     )
     p.add_argument(
         "--repeat",
         type=int,
-        default=1,
+        default=None,
         metavar="K",
-        help="run the suite K times (K odd) and keep, per benchmark, the run with the median throughput: "
-        "steadier on a shared or noisy machine, K times as long (default %(default)s)",
+        help="run the suite K times (K odd) and keep, per benchmark, the run with the median throughput, "
+        f"and the spread of the K: steadier, K times as long (default {SAVE_REPEAT} with --save, "
+        f"{COMPARE_REPEAT} with --compare)",
     )
     p.add_argument("--stat", default="median", help="round-time statistic compared: median | min (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default %(default)s)")
@@ -162,8 +188,11 @@ def store(run_json: Path, folder: Path, name: str) -> Path:
     return target
 
 
-def run_suite(device: str, json_path: Path, pytest_args: list[str]) -> int:
-    """pytest's exit status for the suite on `device`, its results written to `json_path`."""
+def run_suite(device: str, json_path: Path, pytest_args: list[str], select: list[str] | None = None) -> int:
+    """pytest's exit status for the suite on `device`, its results written to `json_path`.
+
+    `select`: only these benchmarks (their names, e.g. `test_train[alexnet]`), not the whole suite.
+    """
     cmd = [
         # The suite runs from its place in the package, with no project configuration
         # (-c devnull) or conftest: the same run in a checkout and in an installation.
@@ -178,7 +207,7 @@ def run_suite(device: str, json_path: Path, pytest_args: list[str]) -> int:
         os.devnull,
         "--noconftest",
         f"--rootdir={ROOT}",
-        str(SUITE),
+        *([f"{SUITE}::{name}" for name in select] if select else [str(SUITE)]),
         f"--bench-device={device}",
         "--benchmark-only",
         f"--benchmark-json={json_path}",
@@ -217,8 +246,10 @@ def _gate(args: argparse.Namespace) -> int:
         check_comparable,
         check_settings,
         compare,
+        confirm,
         format_report,
         format_run,
+        images_per_s,
         load_run,
         merge_runs,
         regressed,
@@ -228,6 +259,12 @@ def _gate(args: argparse.Namespace) -> int:
 
     if not 0 < args.threshold < 1:
         raise UserError(f"--threshold must be a fraction between 0 and 1 (0.1 = 10%), got {args.threshold}")
+    if args.noise_k < 0:
+        raise UserError(f"--noise-k must be 0 or more (0: the band is --threshold alone), got {args.noise_k}")
+    if args.confirm < 0:
+        raise UserError(f"--confirm must be 0 or more re-measurements, got {args.confirm}")
+    if args.repeat is None:
+        args.repeat = SAVE_REPEAT if args.save else COMPARE_REPEAT
     if args.repeat < 1 or args.repeat % 2 == 0:
         raise UserError(
             f"--repeat must be an odd number (1, 3, 5: the median is then one of the runs), got {args.repeat}"
@@ -236,8 +273,10 @@ def _gate(args: argparse.Namespace) -> int:
         raise UserError(f"--stat {args.stat!r} is not valid; choose one of: {', '.join(STATS)}")
     if args.bench_device is not None or any(a.startswith("--bench-device") for a in args.pytest_args):
         raise UserError("give the device as --device, not --bench-device: the gate checks baselines against it")
-    if any(a.startswith("--bench-") for a in args.pytest_args):
-        raise UserError("give the --bench-* options before --, not after it: the gate checks them against the baseline")
+    if any(is_suite_option(a) for a in args.pytest_args):
+        raise UserError(
+            "give --model and the --bench-* options before --, not after it: the gate checks them against the baseline"
+        )
     name = _check_name(args.save or args.compare)
     if args.save:  # the baseline is stored after minutes of suite: its folder must take it
         check_writable(
@@ -251,7 +290,7 @@ def _gate(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     try:
         options = options_from(args, device)
-        cases(options)  # a --bench-models pattern that matches nothing, or a broken study file, fails now
+        cases(options)  # a --model pattern that matches nothing, or a broken study file, fails now
     except ValueError as e:
         raise UserError(str(e)) from None
     env = environment(device)
@@ -285,19 +324,47 @@ def _gate(args: argparse.Namespace) -> int:
             raise UserError(f"the suite ran on {current.device}, not on {here}")
         if args.save:
             saved = load_run(store(json_path, storage / here_id, name))
+            print(format_run(saved, args.stat))
+            print(f"\nsaved baseline {name!r} for {saved.device}: {saved.path}")
+            return 0
 
-    if args.save:
-        print(format_run(saved, args.stat))
-        print(f"\nsaved baseline {name!r} for {saved.device}: {saved.path}")
-        return 0
+        check_comparable(baseline, current)
+        rows = compare(baseline, current, threshold=args.threshold, stat=args.stat, noise_k=args.noise_k)
 
-    check_comparable(baseline, current)
-    rows = compare(baseline, current, threshold=args.threshold, stat=args.stat)
-    print(format_report(baseline, current, rows, threshold=args.threshold, stat=args.stat))
+        def remeasure(names: list[str], attempt: int) -> dict[str, float]:
+            """images/s of the named benchmarks, run again alone; `SuiteFailed` if the suite fails."""
+            print(
+                f"re-measuring {len(names)} benchmark(s) that dropped beyond their noise band "
+                f"({attempt} of at most {args.confirm}): {', '.join(names)}",
+                file=sys.stderr,
+            )
+            path = Path(tmp) / f"confirm{attempt}.json"
+            status = run_suite(str(device), path, pytest_args, select=names)
+            if status != 0 or not path.is_file():
+                raise SuiteFailed(status)
+            again = load_run(path)
+            check_comparable(baseline, again)
+            return {n: images_per_s(b, args.stat) for n, b in again.benchmarks.items()}
+
+        try:
+            confirm(rows, remeasure, args.confirm)
+        except SuiteFailed as failed:
+            print(
+                f"re-measuring the suite failed (pytest exit status {failed.status}); nothing compared", file=sys.stderr
+            )
+            return 1
+
+    print(format_report(baseline, current, rows, threshold=args.threshold, stat=args.stat, noise_k=args.noise_k))
     if args.report is not None:
         from bench.io import write_csv
 
-        write_csv(args.report, rows)
+        write_csv(args.report, [{**r, "remeasured": " ".join(f"{c:+.4f}" for c in r["remeasured"])} for r in rows])
         log.info("wrote %s", args.report)
     compared = [r for r in rows if r["change"] is not None]
     return 1 if regressed(rows) or not compared else 0
+
+
+class SuiteFailed(Exception):
+    def __init__(self, status: int):
+        super().__init__(f"pytest exit status {status}")
+        self.status = status

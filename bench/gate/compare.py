@@ -1,23 +1,37 @@
 """Read the suite's pytest-benchmark JSON files and compare a run with a baseline in images/s.
 
 A benchmark's throughput is `extra_info["images_per_round"]` over the round time
-statistic (`median` by default, or `min`), both saved by the suite. It has
-regressed when it is more than `threshold` (a fraction) below the baseline's.
-Benchmarks present on one side only are listed, and do not fail the gate.
-`merge_runs` combines repeated runs of the suite (`--repeat`) into one.
+statistic (`median` by default, or `min`), both saved by the suite.
+
+The gate knows its own noise. Each measurement carries its spread (`spread`: the
+interquartile range of its rounds over their median, or of its suite runs'
+throughputs when it merges several, `--repeat`, whichever is wider). A benchmark's
+noise band is `noise_k` times the baseline's and the run's spreads combined
+(root sum of squares), never narrower than `threshold` and never wider than
+`MAX_BAND` (wider would hide a 2x slowdown). A drop beyond the band makes the
+benchmark a suspect, not a regression: `confirm` re-measures the suspects and
+fails only those that stay beyond the band in every re-measurement. Load from
+other work only slows a benchmark down, so one re-measurement back within the
+band shows the first drop was the machine, not the code; a real slowdown is
+there every time. Benchmarks present on one side only are listed, and do not
+fail the gate. `merge_runs` combines repeated runs of the suite into one.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import UserError
+from bench.gate.options import CONFIRM, MAX_BAND, NOISE_K
 from bench.gate.suite import MEASUREMENT_KEYS, describe_device, device_id
 
 STATS = ("median", "min")
+
 # Recorded software and settings that, when they changed, are named beside the table.
 CHANGES_SHOWN = (
     "num_threads",
@@ -127,10 +141,30 @@ def merge_runs(paths: list[Path], out: Path, stat: str = "median") -> Path:
     return Path(out)
 
 
-def _spread(entry: dict) -> float | None:
-    """Interquartile range of the rounds over their median: how noisy this measurement was."""
+def _relative_iqr(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return (q3 - q1) / statistics.median(values)
+
+
+def spread(entry: dict) -> float:
+    """How noisy one measurement was: the IQR over the median of its rounds' times, or of its suite runs'.
+
+    The rounds of one run see the machine over a fraction of a second; a merged
+    entry (`--repeat`) also carries the throughputs of K runs spread over minutes,
+    whose spread is the one that shows slower phases. The wider of the two counts.
+    """
     stats = entry["stats"]
-    return stats["iqr"] / stats["median"] if "iqr" in stats and stats["median"] else None
+    rounds = stats["iqr"] / stats["median"] if stats.get("iqr") is not None and stats["median"] else 0.0
+    runs = entry.get("extra_info", {}).get("repeat_images_per_s") or []
+    return max(rounds, _relative_iqr(list(runs)))
+
+
+def noise_band(old: dict, new: dict, *, threshold: float, noise_k: float = NOISE_K) -> float:
+    """The largest drop (a fraction) of `new` from `old` that their noise explains: see the module docstring."""
+    noise = noise_k * math.hypot(spread(old), spread(new))
+    return min(max(threshold, noise), max(threshold, MAX_BAND))
 
 
 def check_comparable(baseline: Run, current: Run) -> None:
@@ -141,6 +175,13 @@ def check_comparable(baseline: Run, current: Run) -> None:
             f"baselines are kept per device: save one on this device first"
         )
     check_settings(baseline, current.settings)
+    for name in baseline.benchmarks.keys() & current.benchmarks.keys():
+        was, now = (run.benchmarks[name]["extra_info"].get("mode") for run in (baseline, current))
+        if was != now:
+            raise UserError(
+                f"baseline {baseline.path.name} timed {name} in mode {was}; this run timed it in mode {now}; "
+                f"pass the same --bench-* options, or save a new baseline"
+            )
 
 
 def check_settings(baseline: Run, settings: dict, verb: str = "measured") -> None:
@@ -155,11 +196,13 @@ def check_settings(baseline: Run, settings: dict, verb: str = "measured") -> Non
         )
 
 
-def compare(baseline: Run, current: Run, *, threshold: float, stat: str = "median") -> list[dict]:
-    """One row per benchmark on either side, baseline order first: images/s both sides, change, status.
+def compare(
+    baseline: Run, current: Run, *, threshold: float, stat: str = "median", noise_k: float = NOISE_K
+) -> list[dict]:
+    """One row per benchmark on either side, baseline order first: images/s both sides, change, band, status.
 
-    status: `ok`, `regressed` (more than `threshold` slower), `faster` (more than
-    `threshold` faster), `new` (no baseline) or `missing` (not in this run).
+    status: `ok`, `suspect` (slower than its noise band: `confirm` decides),
+    `faster` (faster beyond the band), `new` (no baseline) or `missing` (not in this run).
     """
     if stat not in STATS:
         raise UserError(f"--stat {stat!r} is not valid; choose one of: {', '.join(STATS)}")
@@ -174,7 +217,10 @@ def compare(baseline: Run, current: Run, *, threshold: float, stat: str = "media
             "baseline_images_per_s": images_per_s(old, stat) if old else None,
             "images_per_s": images_per_s(new, stat) if new else None,
             "change": None,
-            "spread": _spread(new) if new else None,
+            "baseline_spread": spread(old) if old else None,
+            "spread": spread(new) if new else None,
+            "band": None,
+            "remeasured": [],  # changes measured again for a suspect (`confirm`)
         }
         if old is None:
             row["status"] = "new"
@@ -182,19 +228,51 @@ def compare(baseline: Run, current: Run, *, threshold: float, stat: str = "media
             row["status"] = "missing"
         else:
             row["change"] = row["images_per_s"] / row["baseline_images_per_s"] - 1
-            row["status"] = (
-                "regressed" if row["change"] < -threshold else "faster" if row["change"] > threshold else "ok"
-            )
+            row["band"] = band = noise_band(old, new, threshold=threshold, noise_k=noise_k)
+            row["status"] = "suspect" if row["change"] < -band else "faster" if row["change"] > band else "ok"
         rows.append(row)
     return rows
 
 
+# remeasure(benchmark names, attempt) -> images/s of each, measured again (attempt counts from 1).
+Remeasure = Callable[[list[str], int], dict[str, float]]
+
+
+def confirm(rows: list[dict], remeasure: Remeasure | None, times: int = CONFIRM) -> list[dict]:
+    """Re-measure the suspects up to `times` times; `regressed` if beyond the band every time, else `noise`.
+
+    A suspect is cleared by its first re-measurement back within its band, and
+    then not measured again. With `times` 0 every suspect is a regression. The
+    re-measured changes are kept in `row["remeasured"]`. Returns the suspects.
+    """
+    suspects = [r for r in rows if r["status"] == "suspect"]
+    pending = suspects
+    for attempt in range(1, times + 1):
+        if not pending:
+            break
+        rates = remeasure([r["benchmark"] for r in pending], attempt)
+        for r in pending:
+            if rates.get(r["benchmark"]) is None:
+                raise UserError(f"re-measuring {r['benchmark']} gave no result; the suite did not run it")
+            r["remeasured"].append(rates[r["benchmark"]] / r["baseline_images_per_s"] - 1)
+        pending = [r for r in pending if r["remeasured"][-1] < -r["band"]]
+    for r in suspects:
+        r["status"] = "regressed" if r in pending else "noise"
+    return suspects
+
+
 def regressed(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if r["status"] == "regressed"]
+    return [r for r in rows if r["status"] in ("regressed", "suspect")]
 
 
 def _label(row: dict) -> str:
     return f"{row['phase']} {row['case']}"
+
+
+def _data_path(settings: dict) -> str:
+    if settings.get("data") == "dataset":
+        return f"drawn from a data set on the device, augmented {settings.get('augment')}"
+    return "one fixed batch"
 
 
 def _changes(baseline: Run, current: Run) -> str:
@@ -206,7 +284,9 @@ def _changes(baseline: Run, current: Run) -> str:
     return ", ".join(pieces)
 
 
-def format_report(baseline: Run, current: Run, rows: list[dict], *, threshold: float, stat: str) -> str:
+def format_report(
+    baseline: Run, current: Run, rows: list[dict], *, threshold: float, stat: str, noise_k: float = NOISE_K
+) -> str:
     """The header (what is compared with what), the table, and the verdict naming the regressed benchmarks."""
     s = current.settings
     commit = f" at commit {baseline.commit}" if baseline.commit else ""
@@ -214,6 +294,8 @@ def format_report(baseline: Run, current: Run, rows: list[dict], *, threshold: f
         f"baseline: {baseline.path} (saved {baseline.datetime}{commit})",
         f"device: {current.device}; {s.get('dtype')}, {s.get('memory_format')}, batch {s.get('batch_size')}, "
         f"width {s.get('width')}; threads {current.environment.get('num_threads')}",
+        f"training batches: {_data_path(s)}"
+        + (f"; cudnn.benchmark {s.get('cudnn_benchmark')}, tf32 {s.get('tf32')}" if s.get("cudnn_benchmark") else ""),
     ]
     if changes := _changes(baseline, current):
         lines.append(f"changed since the baseline: {changes}")
@@ -224,38 +306,72 @@ def format_report(baseline: Run, current: Run, rows: list[dict], *, threshold: f
         )
     if s.get("inject_slowdown", 1) != 1:
         lines.append(f"note: this run injected a {s['inject_slowdown']}x slowdown (--bench-inject-slowdown)")
-    lines.append(f"images/s from the {stat} round time; a drop of more than {threshold:.0%} fails")
-    lines.append("spread: interquartile range of this run's round times over their median\n")
+    lines.append(
+        f"images/s from the {stat} round time; a benchmark is suspected when it drops beyond its noise band "
+        f"({threshold:.0%} or more, up to {max(threshold, MAX_BAND):.0%}), and fails only if re-measurement confirms it"
+    )
+    lines.append(
+        "spread: interquartile range over the median, of the rounds or of the --repeat runs (the wider); "
+        f"band: {noise_k:g} x the baseline's and this run's spreads combined\n"
+    )
 
     def number(v):
         return "-" if v is None else f"{v:,.1f}"
 
-    table = [("benchmark", "baseline img/s", "this run img/s", "spread", "change", "")]
+    def percent(v, fmt=".0%"):
+        return "-" if v is None else format(v, fmt)
+
+    verdicts = {
+        "regressed": "REGRESSED (confirmed)",
+        "suspect": "REGRESSED",
+        "noise": "noise (re-measured)",
+        "faster": "faster",
+        "new": "new (no baseline)",
+        "missing": "not run",
+    }
+    table = [("benchmark", "baseline img/s", "this run img/s", "spread", "band", "change", "")]
     for r in rows:
-        change = "-" if r["change"] is None else f"{r['change']:+.1%}"
-        spread = "-" if r.get("spread") is None else f"{r['spread']:.0%}"
-        verdict = {"regressed": "REGRESSED", "faster": "faster", "new": "new (no baseline)", "missing": "not run"}.get(
-            r["status"], ""
-        )
         table.append(
-            (_label(r), number(r["baseline_images_per_s"]), number(r["images_per_s"]), spread, change, verdict)
+            (
+                _label(r),
+                number(r["baseline_images_per_s"]),
+                number(r["images_per_s"]),
+                percent(r.get("spread")),
+                percent(r.get("band")),
+                percent(r["change"], "+.1%"),
+                verdicts.get(r["status"], ""),
+            )
         )
-    widths = [max(len(row[i]) for row in table) for i in range(5)]
+    n = len(table[0]) - 1
+    widths = [max(len(row[i]) for row in table) for i in range(n)]
     for row in table:
         lines.append(
-            "  ".join([f"{row[0]:<{widths[0]}}", *(f"{v:>{w}}" for v, w in zip(row[1:5], widths[1:])), row[5]]).rstrip()
+            "  ".join([f"{row[0]:<{widths[0]}}", *(f"{v:>{w}}" for v, w in zip(row[1:n], widths[1:])), row[n]]).rstrip()
         )
+
+    remeasured = [r for r in rows if r.get("remeasured")]
+    if remeasured:
+        lines.append("\nre-measured, because the first measurement dropped beyond the band:")
+        for r in remeasured:
+            again = ", ".join(f"{c:+.1%}" for c in r["remeasured"])
+            outcome = (
+                "beyond the band every time: a regression"
+                if r["status"] == "regressed"
+                else "back within the band: noise, not a regression"
+            )
+            lines.append(f"  {_label(r)}: {r['change']:+.1%} beyond -{r['band']:.0%}; again {again}; {outcome}")
 
     compared = [r for r in rows if r["change"] is not None]
     bad = regressed(rows)
     lines.append("")
     if bad:
+        confirmed = any(r.get("remeasured") for r in bad)
         lines.append(
-            f"FAILED: {len(bad)} of {len(compared)} benchmarks lost more than {threshold:.0%} "
-            f"throughput: {', '.join(_label(r) for r in bad)}"
+            f"FAILED: {len(bad)} of {len(compared)} benchmarks lost more throughput than their noise band"
+            f"{', confirmed by re-measurement' if confirmed else ''}: {', '.join(_label(r) for r in bad)}"
         )
     else:
-        lines.append(f"PASSED: all {len(compared)} benchmarks within {threshold:.0%} of the baseline or faster")
+        lines.append(f"PASSED: all {len(compared)} benchmarks within their noise band of the baseline or faster")
     if not compared:
         lines[-1] = "FAILED: no benchmark in common with the baseline"
     return "\n".join(lines)

@@ -5,12 +5,13 @@ to run `bench.gate.throughput_suite`. The options are `bench.gate.options.OPTION
 
     --bench-quick             CPU-sized run of the whole suite (batch 32, width 0.25, 5 rounds)
     --bench-device DEV        auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N
-    --bench-dtype D           fp32 | bf16 | fp16 autocast
-    --bench-channels-last     channels_last model and batch
+    --bench-dtype D           fp32 | bf16 | fp16 autocast (default: the studies' on the device)
+    --[no-]bench-channels-last  channels_last model and batch (default: the studies' on the device)
+    --bench-data P            dataset | fixed: training batches drawn from a device-resident data set, or one batch
     --bench-batch-size N      images per step
     --bench-width W           channel multiplier for models with a width knob
     --bench-rounds N          timed rounds per benchmark
-    --bench-models GLOBS      comma-separated wildcards over case ids (alexnet, alexnet:groups=2, ...)
+    --model GLOBS             comma-separated wildcards over case ids (alexnet, alexnet:groups=2, ...)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     try:
         config.stash[_OPTIONS] = options_from(config.option, pick_device(config.option.bench_device))
-        cases(config.stash[_OPTIONS])  # a --bench-models pattern that matches nothing fails here
+        cases(config.stash[_OPTIONS])  # a --model pattern that matches nothing fails here
     except (UserError, ValueError) as exc:  # one line, not a traceback
         raise pytest.UsageError(str(exc)) from None
 

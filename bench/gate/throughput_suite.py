@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.gate.suite import build
+from bench.gate.suite import build, training_batches
 from bench.measure.timing import steps_per_round, time_rounds, warm_up
 from bench.train.step import autocast, grad_scaler, make_optimizer, train_step
 
@@ -40,6 +40,7 @@ def _time(benchmark, options, case, phase: str, run) -> None:
 
     benchmark.group = phase
     benchmark.extra_info.update(
+        mode=options.mode(),
         case=case.id,
         model=case.model,
         knobs=dict(case.knobs),
@@ -61,14 +62,16 @@ def _time(benchmark, options, case, phase: str, run) -> None:
 
 
 def test_train(benchmark, options, case):
-    """Forward, loss, backward and SGD step on a fixed batch."""
+    """Taking a batch by the mode's data path, then forward, loss, backward and SGD step."""
     model, x, y = build(case, options)
+    batches = training_batches(case, options, x, y)
     optimizer = make_optimizer(model, lr=0.01)  # its value does not change the cost
     scaler = grad_scaler(x.device, options.dtype)
 
     def steps(n: int) -> None:
         for _ in range(n):
-            train_step(model, optimizer, x, y, dtype=options.dtype, scaler=scaler)
+            xb, yb = next(batches)
+            train_step(model, optimizer, xb, yb, dtype=options.dtype, scaler=scaler)
 
     _time(benchmark, options, case, "train", steps)
 

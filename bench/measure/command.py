@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from bench.device import pick_device
 from bench.errors import UserError
@@ -20,10 +21,13 @@ from bench.measure.speed import settings_for
 from bench.measure.table import ROW_KEY, measure_models, merge_tables
 from bench.models import create_model, list_models, model_knobs, parse_knobs
 from bench.train.config import TrainConfig
-from bench.train.modes import DTYPE_CHOICES, add_backend_arguments, apply_backend_flags, resolve_dtype
+from bench.train.flags import add_config_arguments, config_values
+from bench.train.modes import apply_backend_flags, resolve_dtype
 
 log = logging.getLogger(__name__)
 
+# The run options measure takes as `train` does: the same flags, defaults and checks (bench.train.flags).
+RUN_OPTIONS = ("device", "dtype", "channels_last", "cudnn_benchmark", "tf32")
 ALL_MODES = "default"  # the value of `--modes` given alone: the device's default list
 
 # The columns printed for people; the CSV holds them all.
@@ -44,7 +48,7 @@ SHOWN = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--arch",
+        "--model",
         default="*",
         metavar="PATTERN",
         help="registered model names, shell wildcards, comma-separated, or tv:<torchvision name> "
@@ -63,15 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="training and inference batch (default 128, or 16 with --quick); halved on out-of-memory",
     )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default %(default)s)")
-    p.add_argument(
-        "--dtype",
-        default="fp32",
-        help="fp32 | bf16 | fp16 autocast | auto (bf16 where the device "
-        "computes it natively, else fp32) (default %(default)s)",
-    )
-    p.add_argument("--channels-last", action="store_true", help="channels_last memory format for model and batch")
-    add_backend_arguments(p, TrainConfig())
+    add_config_arguments(p, RUN_OPTIONS)
     p.add_argument(
         "--modes",
         nargs="?",
@@ -106,12 +102,12 @@ def resolve_names(spec: str) -> list[str]:
             close = fnmatch.filter(list_models(), f"*{piece.strip('*')}*")
             hint = f" (did you mean {', '.join(close)}?)" if close and close != list_models() else ""
             raise UserError(
-                f"--arch {piece!r} matches no model{hint}; choose from: {', '.join(list_models())}, "
+                f"--model {piece!r} matches no model{hint}; choose from: {', '.join(list_models())}, "
                 f"or tv:<torchvision model name>"
             )
         names += [n for n in matched if n not in names]
     if not names:
-        raise UserError("--arch is empty; give a model name or pattern, e.g. --arch 'alexnet*'")
+        raise UserError("--model is empty; give a model name or pattern, e.g. --model 'alexnet*'")
     return names
 
 
@@ -121,7 +117,7 @@ def _check_knobs(names: list[str], knobs: dict) -> None:
         if unknown:
             raise UserError(
                 f"model {name!r} has no knob {', '.join(unknown)}; its knobs: "
-                f"{', '.join(model_knobs(name)) or 'none'} (narrow --arch to models that have it)"
+                f"{', '.join(model_knobs(name)) or 'none'} (narrow --model to models that have it)"
             )
 
 
@@ -146,8 +142,6 @@ def _check_prefixed(names: list[str]) -> None:
 def _check_knob_values(names: list[str], knobs: dict) -> None:
     """Build each model with the knobs on the meta device (no memory, no compute), so that a bad
     value (activation=swish, width=1e-4) is a usage error now, not a failed row after the others."""
-    import torch
-
     for name in names if knobs else []:
         try:
             with torch.device("meta"):
@@ -182,18 +176,16 @@ def _check_out(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Every argument is checked before anything is measured or written.
-    if args.dtype not in DTYPE_CHOICES:
-        raise UserError(f"--dtype {args.dtype!r} is not valid; choose one of: {', '.join(DTYPE_CHOICES)}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    # Every argument is checked before anything is measured or written; the run options as a run's are.
+    batch = {} if args.batch_size is None else {"batch_size": args.batch_size}  # None: measure's own default
+    TrainConfig(**config_values(args, RUN_OPTIONS), **batch)
     if args.modes is not None and (args.dtype != "fp32" or args.channels_last):
         raise UserError(
             "--modes sets the precision and memory format of each mode; "
             "drop --dtype and --channels-last, e.g. --modes fp32,bf16+cl"
         )
     device = pick_device(args.device)
-    names = resolve_names(args.arch)
+    names = resolve_names(args.model)
     knobs = parse_knobs(args.knob)
     _check_knobs(names, knobs)
     _check_prefixed(names)
