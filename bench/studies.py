@@ -37,6 +37,10 @@ without it every seed uses `data_seed`, and intervals are conditional on that on
 The seeds a profile declares (`seeds` and `confirm_seeds`) are its confirmatory n: the
 report's verdicts use those seeds alone and shows any other seed's cells as exploratory.
 
+A sweep records its study's `Design` at the profile beside the tables (study.json):
+which runs.csv columns are factors, each one's levels in the study's order (those the
+profile runs) and its baseline level. The report reads that, not the columns' positions.
+
 `study.exclude` lists level combinations never to run, e.g. a learning-rate grid
 that differs per setup: exclude = [{ setup = "paper", lr = 0.05 }].
 
@@ -51,6 +55,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
 import re
 import tomllib
@@ -83,6 +88,7 @@ PROFILE_EXTRA_KEYS = {
 }
 CONFIRM_FACTORS = {"lr", "activation", "setup"}  # what `confirm_seeds` chooses among (a Figure 1 study)
 CONFIG_KEYS = {f.name for f in fields(TrainConfig)}
+STUDY_JSON = "study.json"  # a results folder's recorded `Design`, beside runs.csv
 
 
 def studies_dir() -> Path:
@@ -201,6 +207,19 @@ class StudyFile:
             for f, spec in self.factors.items()
         }
 
+    def design_at(self, profile: str | None = None) -> Design:
+        """The factors, their levels and baselines at `profile` (None: the study's own), as a
+        results folder records them: levels the profile's `only` leaves out are outside its design."""
+        only = self.profiles.get(profile, {}).get("only", {})
+        base = self.baseline(profile if profile in self.profiles else None)
+        return Design(
+            self.name,
+            profile or "",
+            {f: [lv for lv in spec["levels"] if lv in only.get(f, [lv])] for f, spec in self.factors.items()},
+            base,
+            {f: spec["description"] for f, spec in self.factors.items()},
+        )
+
     def is_baseline(self, combo: dict, profile: str | None = None) -> bool:
         base = self.baseline(profile)
         return all(level == base[f] for f, level in combo.items())
@@ -239,6 +258,58 @@ class StudyFile:
                 if level != base[f]:
                     combos.append({**base, f: level})
         return combos
+
+
+@dataclass(frozen=True)
+class Design:
+    """A study at one profile as its results folder records it (study.json): the factors, which
+    are columns of runs.csv, each one's levels in the study's order, its baseline and description."""
+
+    study: str
+    profile: str
+    levels: dict[str, list[str]]  # factor -> the levels the profile runs, in the study's order
+    baseline: dict[str, str]  # factor -> the level every other configuration is compared with
+    descriptions: dict[str, str]
+
+    @property
+    def factors(self) -> list[str]:
+        return list(self.levels)
+
+    def to_json(self) -> str:
+        factors = [
+            {"name": f, "levels": lv, "baseline": self.baseline[f], "description": self.descriptions.get(f, "")}
+            for f, lv in self.levels.items()
+        ]
+        return json.dumps({"study": self.study, "profile": self.profile, "factors": factors}, indent=2) + "\n"
+
+    @classmethod
+    def read(cls, path: Path) -> Design:
+        """A study.json as a sweep wrote it; anything else is a `UserError` naming the file and the fix."""
+
+        def refuse(why: str):
+            raise UserError(
+                f"{path}: {why}, so it is not a {STUDY_JSON} a sweep wrote; move it aside (the report then "
+                f"takes the design from the study file) or run the sweep again to record it"
+            ) from None
+
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            refuse(f"unreadable ({type(e).__name__})")
+        factors = doc.get("factors") if isinstance(doc, dict) else None
+        if not isinstance(factors, list):
+            refuse("no list of factors")
+        levels, baseline, descriptions = {}, {}, {}
+        for f in factors:
+            name = f.get("name") if isinstance(f, dict) else None
+            lv = f.get("levels") if isinstance(f, dict) else None
+            if not isinstance(name, str) or not (isinstance(lv, list) and lv and all(isinstance(v, str) for v in lv)):
+                refuse(f"factor {f!r} has no name or no list of levels")
+            if f.get("baseline") not in lv:
+                refuse(f"factor {name!r}: baseline {f.get('baseline')!r} is not one of its levels {lv}")
+            levels[name], baseline[name] = lv, f["baseline"]
+            descriptions[name] = str(f.get("description", ""))
+        return cls(str(doc.get("study", "")), str(doc.get("profile", "")), levels, baseline, descriptions)
 
 
 def _merge(cfg: dict, overrides: dict) -> None:

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,8 @@ from bench.report.load import load, run_mode
 from bench.report.markdown import PIPELINE_CHECK
 from bench.report.plot import level_colors, palette
 from bench.report.stats import VERDICT_RULE, summarize, t_quantile, welch
+from bench.studies import STUDY_JSON, Design, StudyFile
+from bench.sweep.results import ResultsFolder
 from bench.train.target import crossing as bench_crossing
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,9 +72,11 @@ def write_study(
     target: dict | None = None,
     study_file: Path | None = None,
     old: bool = False,
+    recorded: bool = True,
 ) -> Path:
-    """runs.csv, history.csv and environment.json as the runner writes them. old: as older runs did
-    (training error during the epoch as `train_err_pct`, no clean training error, a best test error)."""
+    """runs.csv, history.csv, environment.json and study.json as the runner writes them. old: as older
+    runs did (training error during the epoch as `train_err_pct`, no clean training error, a best test
+    error). recorded=False: no study.json, as a folder swept before the design was recorded."""
     folder.mkdir(parents=True, exist_ok=True)
     running, final_running = (
         ("train_err_pct", "final_train_err_pct") if old else ("train_running_err_pct", "final_train_running_err_pct")
@@ -154,6 +159,8 @@ def write_study(
     pd.DataFrame(runs).drop(columns=list(drop)).to_csv(folder / "runs.csv", index=False)
     if history:
         pd.DataFrame(hist).to_csv(folder / "history.csv", index=False)
+    if recorded:
+        ResultsFolder(folder).record_design(_design(study, profile, factors, cells, study_file))
     if env:
         (folder / "environment.json").write_text(
             json.dumps(
@@ -167,6 +174,20 @@ def write_study(
             )
         )
     return folder
+
+
+def _design(study: str, profile: str, factors: list[str], cells: list[dict], study_file: Path | None) -> Design:
+    """What the sweep records: the study file's design at the profile; without one, the cells' levels in
+    the order they appear, each factor's baseline the base cell's level (else its first)."""
+    if study_file is not None:
+        try:
+            return StudyFile.read(study_file).design_at(profile)
+        except UserError:  # a file edited since the sweep, which recorded the design when it still read
+            pass
+    levels = {f: list(dict.fromkeys(str(c["levels"][f]) for c in cells if f in c["levels"])) for f in factors}
+    base = next((c["levels"] for c in cells if c["base"]), {})
+    baseline = {f: str(base.get(f, (lv or [""])[0])) for f, lv in levels.items()}
+    return Design(study, profile, {f: lv or [baseline[f]] for f, lv in levels.items()}, baseline, {})
 
 
 def decay(start: float, end: float, epochs: int, gap: float) -> list[tuple[float, float]]:
@@ -411,7 +432,10 @@ def test_levels_a_profile_leaves_out_through_only_are_not_missing(tmp_path):
     claims = (folder / "tables" / "paper_claims.md").read_text()
     assert "| norm = none |" in effects and "pool = nonoverlap" not in effects
     assert "local response normalisation" in claims and "overlapping 3x3/2 pooling" not in claims
-    toml.write_text(STUDY_TOML + "[profiles.smoke]\n")  # the same tables, no `only`: shown as not run
+    toml.write_text(STUDY_TOML + "[profiles.smoke]\n")  # edited since the sweep: the recorded design stands
+    report_study(folder)
+    assert "pool = nonoverlap" not in (folder / "tables" / "ablation_effects.md").read_text()
+    (folder / STUDY_JSON).unlink()  # a folder swept before the design was recorded: the study file's, no `only`
     report_study(folder)
     assert "| pool = nonoverlap |" in (folder / "tables" / "ablation_effects.md").read_text()
     assert "overlapping 3x3/2 pooling" in (folder / "tables" / "paper_claims.md").read_text()
@@ -894,20 +918,71 @@ def test_figure1_markers_lie_on_the_drawn_curves(tmp_path):
 # --- kinds of study, colours, and what the report imports --------------------------------------
 
 
-def test_a_study_of_no_known_kind_gets_every_configuration_and_one_warning(tmp_path, caplog):
-    # a factorial study with no baseline cell and no study file: the generic kind
+def test_a_folder_with_no_recorded_design_and_no_study_file_is_one_warning_not_a_guess(tmp_path, caplog):
+    # opt and bs sit between cell_id and is_baseline, where the sweep writes factors; without study.json
+    # or a study file nothing says they are factors, and the report does not guess from their position
     cells = [
-        cell({"opt": opt, "bs": bs}, 0, top1=30.0 + i)
+        cell({"opt": opt, "bs": bs}, 0, top1=30.0 + i, base=i == 0)
         for i, (opt, bs) in enumerate([("sgd", "64"), ("sgd", "128"), ("adam", "64"), ("adam", "128")])
     ]
-    folder = write_study(tmp_path / "toy-grid" / "cpu", "toy-grid", ["opt", "bs"], cells)
+    folder = write_study(tmp_path / "toy-grid" / "cpu", "toy-grid", ["opt", "bs"], cells, recorded=False)
     with caplog.at_level(logging.WARNING):
+        report = report_study(folder).read_text()
+    warned = [r.getMessage() for r in caplog.records if f"no {STUDY_JSON} and no study file" in r.getMessage()]
+    assert len(warned) == 1 and "python -m bench ablate --study FILE --profile cpu" in warned[0]
+    assert warned[0].split(": ", 1)[1] in report
+    sd = load(folder)
+    assert (sd.factors, sd.baseline) == ([], None) and kind_for(sd) is KINDS[-1]
+    assert KINDS[-1].__name__.endswith(".generic") and not (folder / "figures").exists()
+
+
+def test_factors_are_the_recorded_ones_wherever_their_columns_are(tmp_path):
+    """The design says which columns are factors: not their place between cell_id and is_baseline."""
+    cells = [{**c, "levels": {k: c["levels"][k] for k in CLAIM_BASE}} for c in claim_cells()]
+    folder = write_study(tmp_path / "toy-claims" / "cpu", "toy-claims", list(CLAIM_BASE), cells)
+    runs = pd.read_csv(folder / "runs.csv", dtype=str, keep_default_na=False)
+    moved = ["study", "cell_id", "cfg_lr", "is_baseline"] + [c for c in runs if c not in ("study", "cell_id")]
+    runs[list(dict.fromkeys(moved))].to_csv(folder / "runs.csv", index=False)
+    sd = load(folder)
+    assert sd.factors == list(CLAIM_BASE) and sd.baseline == CLAIM_BASE
+    assert sd.levels["augment"] == ["crop+flip", "crop+flip+pca", "none"]  # the recorded order
+    report_study(folder)
+    rows = claims_by_subject(folder)
+    assert rows["local response normalisation removed"]["verdict"] == "agrees"
+    assert rows["no dropout in the first two FC layers"]["n"] == 3
+
+
+def test_the_recorded_design_is_the_study_files_at_its_profile(tmp_path):
+    """study.json round-trips the study file's factors, its profile's levels in order and its baselines."""
+    toml = tmp_path / "toy-precision.toml"
+    toml.write_text(
+        '[study]\nname = "toy-precision"\ndesign = "factorial"\n'
+        '[factors.precision]\ndescription = "autocast or not"\nkey = "dtype"\nlevels = ["fp32", "bf16"]\n'
+        '[factors.lr]\nkey = "lr"\nlevels = [0.0125, 0.025, 0.05]\n'
+        "[profiles.smoke]\nonly = { lr = [0.05, 0.025] }\n"
+    )
+    design = StudyFile.read(toml).design_at("smoke")
+    ResultsFolder(tmp_path).record_design(design)
+    again = Design.read(tmp_path / STUDY_JSON)
+    assert again == design and again.factors == ["precision", "lr"]
+    assert again.levels == {"precision": ["fp32", "bf16"], "lr": ["0.025", "0.05"]}  # the study's order
+    assert again.baseline == {"precision": "fp32", "lr": "0.05"}  # the first level `only` lists
+    assert again.descriptions["precision"] == "autocast or not"
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("{", "unreadable"),
+        ('{"factors": {"norm": ["lrn"]}}', "no list of factors"),
+        ('{"factors": [{"name": "norm", "levels": ["lrn", "none"], "baseline": "off"}]}', "baseline 'off'"),
+    ],
+)
+def test_a_damaged_study_json_is_a_one_line_error(tmp_path, text, needle):
+    folder = write_study(tmp_path / "toy" / "cpu", "toy", ["norm"], [cell({"norm": "lrn"}, 0, top1=30.0, base=True)])
+    (folder / STUDY_JSON).write_text(text)
+    with pytest.raises(UserError, match=rf"study\.json: .*{re.escape(needle)}.*move it aside"):
         report_study(folder)
-    assert any("no baseline cell" in r.getMessage() for r in caplog.records)
-    assert not (folder / "figures").exists()
-    assert sorted(p.name for p in (folder / "tables").iterdir()) == ["cells.csv", "cells.md", "cells.tex"]
-    assert "| adam | 128 | 1 / 1 |" in (folder / "tables" / "cells.md").read_text()
-    assert kind_for(load(folder)) is KINDS[-1] and KINDS[-1].__name__.endswith(".generic")
 
 
 def test_colours_follow_the_study_level_order_and_an_eleventh_level_gets_its_own(tmp_path):

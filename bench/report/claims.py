@@ -1,24 +1,9 @@
-"""The paper's claims (Krizhevsky, Sutskever, Hinton 2012) that the studies re-measure, as data, and their
-verdicts from a study's runs.
+"""The paper's claims (`bench.report.paper`, the registry) re-measured: their verdicts from a study's runs.
 
-Numbers are quoted from /work/shared/REFERENCES.md. Each claim names the cell of
-a study that re-measures it (`factor` = `level`, against the study's baseline,
-which must be the paper's `reference` level) and what is compared:
-
-* `top1_diff`: `paper_diff` is the paper's change in top-1 error, in percentage
-  points, signed as this harness reports it: the `level` cell minus the
-  baseline (removing LRN *raises* error by 1.4, so +1.4; adding PCA colour
-  lighting to the crop+flip baseline *lowers* it by over 1, so -1.0);
-* `speedup`: `paper_diff` is the ratio of epochs to 25% training error,
-  tanh / ReLU (Figure 1); measured as the paired difference of ln(epochs), so
-  the ratio is a geometric mean over seeds;
-* `overfit`: no number; the gap (test error minus clean training error: the
-  training set evaluated without augmentation or dropout, at the last epoch)
-  is wider without the regulariser, and positive.
-
-`side` is the sign the paper expects of the measured difference (level minus
-baseline). `assess` turns a study's runs into one `Assessment` per claim it can
-re-measure; `claims_table` gives the same as flat rows for a table.
+`assess` turns a study's runs into one `Assessment` per claim it can re-measure:
+the difference level − baseline with its 95% interval, and the verdict against the
+sign the paper expects (`Claim.side`); `claims_table` gives the same as flat rows
+for a table. The factors and levels compared are the registry's, never named here.
 """
 
 from __future__ import annotations
@@ -31,6 +16,7 @@ import pandas as pd
 
 from bench.report import format as fmt
 from bench.report.load import CLEAN_TRAIN  # the final weights' training error, without augmentation or dropout
+from bench.report.paper import CLAIMS, PAPER, SPEEDUP, Claim, claims_for, measures, same_level
 from bench.report.stats import (
     AGREES,
     NOT_RESOLVABLE,
@@ -44,178 +30,29 @@ from bench.report.stats import (
 )
 from bench.train.result import OK
 
-PAPER = "Krizhevsky, Sutskever, Hinton (NIPS 2012)"
+# The registry's names too: callers of the claims read them from here.
+__all__ = [
+    "CLAIMS",
+    "NOT_TESTED",
+    "PAPER",
+    "Assessment",
+    "Claim",
+    "assess",
+    "assess_seeds",
+    "assess_speedup",
+    "by_seed",
+    "claims_for",
+    "claims_table",
+    "lrn_share",
+    "models_of",
+]
+
 TOP1 = "final_test_top1_err_pct"
-KINDS = ("top1_diff", "speedup", "overfit")
-CIFAR_NET = "cifar-conv-local"  # cuda-convnet's layers-conv-local-11pct: the net of the paper's CIFAR-10 LRN claim
 NOT_TESTED = "not tested"  # the mechanism the claim is about was not active in the cells that ran
 # An LRN layer whose data term is below this share of its denominator, at the end of training, is a
 # constant gain k^-beta, not a normaliser: removing it rescales the signal and nothing else.
 LRN_ACTIVE_SHARE = 0.01
 MACS_TOLERANCE = 0.01  # an arm whose MACs differ from the baseline's by more than this has the ratio noted
-
-
-@dataclass(frozen=True)
-class Claim:
-    section: str  # of the paper
-    subject: str  # what is compared, in this harness's terms
-    quote: str  # the paper's own numbers, quoted
-    data: str  # the paper's data set
-    factor: str  # the study factor that re-measures it
-    level: str  # the level compared with the baseline
-    kind: str  # top1_diff | speedup | overfit
-    paper_diff: float | None = None  # see the module docstring
-    reference: str = ""  # the level the paper compares with: the study's baseline must be this
-    side: int = 1  # the sign the paper expects of level − baseline
-    models: tuple[str, ...] = ()  # the nets that re-measure it (runs.csv cfg_model); () = any
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"claim {self.subject!r}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
-        if self.side not in (1, -1):
-            raise ValueError(f"claim {self.subject!r}: side {self.side!r} must be +1 or -1")
-        if self.kind == "top1_diff" and (self.paper_diff is None or math.copysign(1, self.paper_diff) != self.side):
-            raise ValueError(f"claim {self.subject!r}: paper_diff {self.paper_diff} disagrees with side {self.side}")
-
-    @property
-    def paper_number(self) -> str:
-        """The paper's number in the units measured here."""
-        if self.kind == "top1_diff":
-            return f"{self.paper_diff:+.1f} pp top-1 ({self.data})"
-        if self.kind == "speedup":
-            return f"×{self.paper_diff:g} epochs to 25% train err., tanh / ReLU ({self.data})"
-        return f"wider test − train gap without it ({self.data})"
-
-
-CLAIMS: tuple[Claim, ...] = (
-    Claim(
-        "3.1, Figure 1",
-        "ReLU vs tanh: epochs to reach 25% training error, four-layer net",
-        "ReLU six times faster",
-        "CIFAR-10",
-        "activation",
-        "tanh",
-        "speedup",
-        6.0,
-        "relu",
-        +1,
-    ),
-    Claim(
-        "3.3",
-        "local response normalisation removed",
-        "top-1 / top-5 error down 1.4% / 1.2% with LRN",
-        "ImageNet",
-        "norm",
-        "none",
-        "top1_diff",
-        1.4,
-        "lrn",
-        +1,
-        ("alexnet", "alexnet-paper"),
-    ),
-    Claim(
-        "3.3",
-        "local response normalisation removed, the paper's four-layer CIFAR-10 net",
-        "13% test error without normalisation, 11% with",
-        "CIFAR-10",
-        "norm",
-        "none",
-        "top1_diff",
-        2.0,
-        "lrn",
-        +1,
-        (CIFAR_NET,),
-    ),
-    Claim(
-        "3.4",
-        "non-overlapping 2x2/2 instead of overlapping 3x3/2 pooling",
-        "top-1 / top-5 error down 0.4% / 0.3% with overlapping pooling",
-        "ImageNet",
-        "pool",
-        "nonoverlap",
-        "top1_diff",
-        0.4,
-        "overlap",
-        +1,
-    ),
-    Claim(
-        "3.4",
-        "non-overlapping 2x2/2 instead of overlapping 3x3/2 pooling: overfitting",
-        'with overlapping pooling "slightly more difficult to overfit"',
-        "ImageNet",
-        "pool",
-        "nonoverlap",
-        "overfit",
-        None,
-        "overlap",
-        +1,
-    ),
-    Claim(
-        "3.2",
-        "one tower with half the kernels instead of the two-GPU split",
-        "top-1 / top-5 error down 1.7% / 1.2% with two GPUs",
-        "ImageNet",
-        "towers",
-        "one-half",
-        "top1_diff",
-        1.7,
-        "two",
-        +1,
-    ),
-    Claim(
-        "4.1",
-        "PCA colour lighting added to crops and mirrors",
-        "top-1 error down by over 1%",
-        "ImageNet",
-        "augment",
-        "crop+flip+pca",
-        "top1_diff",
-        -1.0,
-        "crop+flip",
-        -1,
-    ),
-    Claim(
-        "4.1",
-        "no crops or mirrors",
-        "without it, substantial overfitting",
-        "ImageNet",
-        "augment",
-        "none",
-        "overfit",
-        None,
-        "crop+flip",
-        +1,
-    ),
-    Claim(
-        "4.2",
-        "no dropout in the first two FC layers",
-        "without it, substantial overfitting; dropout roughly doubles the iterations to converge",
-        "ImageNet",
-        "dropout",
-        "0.0",
-        "overfit",
-        None,
-        "0.5",
-        +1,
-    ),
-)
-
-
-def claims_for(factor: str, level: str, kind: str | None = None, models: set[str] | None = None) -> list[Claim]:
-    """The claims that the `factor` = `level` cell of a study of `models` (None: any) re-measures."""
-    return [
-        c
-        for c in CLAIMS
-        if c.factor == factor
-        and _same_level(c.level, level)
-        and (kind is None or c.kind == kind)
-        and _measures(c, models)
-    ]
-
-
-def _measures(c: Claim, models: set[str] | None) -> bool:
-    """Whether a study of `models` re-measures `c`: a claim about one net counts only on that net."""
-    return not c.models or models is None or (bool(models) and models <= set(c.models))
 
 
 def models_of(runs: pd.DataFrame) -> set[str] | None:
@@ -294,20 +131,10 @@ class Assessment:
         }
 
 
-def _same_level(a, b) -> bool:
-    """'0.0' and '0' are the same dropout level; 'lrn' is only 'lrn'."""
-    if str(a) == str(b):
-        return True
-    try:
-        return float(a) == float(b)
-    except (TypeError, ValueError):
-        return False
-
-
 def _at(runs: pd.DataFrame, levels: Mapping[str, str]) -> pd.DataFrame:
     mask = pd.Series(True, index=runs.index)
     for f, lv in levels.items():
-        mask &= runs[f].map(lambda v, lv=lv: _same_level(v, lv))
+        mask &= runs[f].map(lambda v, lv=lv: same_level(v, lv))
     return runs[mask]
 
 
@@ -375,7 +202,7 @@ def assess(
         ratio = compute.get((a.claim.factor, a.claim.level))
         if ratio is not None:
             a = _note(a, f"MACs ×{ratio:.2f} of the baseline's")
-        if a.claim.factor == "norm" and a.claim.reference == "lrn" and a.effect is not None:
+        if a.claim.needs_lrn_activity and a.effect is not None:
             a = _lrn_gate(a, declared, baseline)
         done.append(a)
     return done
@@ -414,7 +241,7 @@ def _macs_ratios(runs: pd.DataFrame, baseline: Mapping[str, str]) -> dict[tuple[
         if f not in runs:
             continue
         for level in runs[f].dropna().unique():
-            if _same_level(level, baseline[f]):
+            if same_level(level, baseline[f]):
                 continue
             value = macs[_at(runs, {**baseline, f: str(level)}).index].mean()
             if math.isfinite(value) and base > 0 and abs(value / base - 1) > MACS_TOLERANCE:
@@ -475,11 +302,11 @@ def assess_seeds(
     ok = runs[status == OK]
     models = models_of(runs)
     for c in claims:
-        if c.factor not in baseline or c.kind == "speedup" or not _measures(c, models):
+        if c.factor not in baseline or c.kind == "speedup" or not measures(c, models):
             continue
-        if only and not any(_same_level(c.level, lv) for lv in only.get(c.factor, [c.level])):
+        if only and not any(same_level(c.level, lv) for lv in only.get(c.factor, [c.level])):
             continue  # another profile or study runs it (e.g. alexnet cpu-full's `only`)
-        if not _same_level(baseline[c.factor], c.reference):
+        if not same_level(baseline[c.factor], c.reference):
             out.append(
                 Assessment(
                     c,
@@ -534,29 +361,29 @@ def assess_seeds(
 
 
 def assess_speedup(
-    relu: Mapping[Hashable, float], tanh: Mapping[Hashable, float], claim: Claim | None = None
+    reference: Mapping[Hashable, float], level: Mapping[Hashable, float], claim: Claim = SPEEDUP
 ) -> Assessment:
-    """The Figure 1 claim from epochs to the target per seed, at each activation's chosen learning rate.
+    """A speedup claim (Figure 1's: `level` tanh, `reference` ReLU) from epochs to the target per seed,
+    each arm at its chosen learning rate.
 
     NaN = the seed did not reach the target. The effect is the paired difference of ln(epochs),
-    tanh − ReLU (its exp is the geometric-mean ratio). A seed that did not reach the target has no
+    level − reference (its exp is the geometric-mean ratio). A seed that did not reach the target has no
     epoch count, only a bound, so any such seed leaves the claim not resolvable here.
     """
-    claim = claim or next(c for c in CLAIMS if c.kind == "speedup")
-    values = list(relu.values()) + list(tanh.values())
+    values = list(reference.values()) + list(level.values())
     if any(v is not None and math.isfinite(float(v)) and float(v) <= 0 for v in values):
         raise ValueError("epochs to the target must be positive")
     censored = sum(1 for v in values if v is None or not math.isfinite(float(v)))
-    log = {
-        k: {s: math.log(float(v)) if v is not None and math.isfinite(float(v)) else math.nan for s, v in d.items()}
-        for k, d in (("relu", relu), ("tanh", tanh))
-    }
-    e = compare(log["relu"], log["tanh"])
+    ref_log, level_log = (
+        {s: math.log(float(v)) if v is not None and math.isfinite(float(v)) else math.nan for s, v in d.items()}
+        for d in (reference, level)
+    )
+    e = compare(ref_log, level_log)
     if censored:
         return Assessment(
             claim, None, NOT_RESOLVABLE, f"{censored} cell(s) did not reach the target: only a lower bound on the ratio"
         )
-    notes = [_unpaired_note(e, len(relu), len(tanh)), _size_note(e, claim.paper_diff)]
+    notes = [_unpaired_note(e, len(reference), len(level)), _size_note(e, claim.paper_diff)]
     return Assessment(claim, e, verdict(e, claim.side), "; ".join(filter(None, notes)))
 
 

@@ -1,13 +1,14 @@
-"""Read one results/<study>/<profile>/ folder: the tidy tables, and what the study file adds.
+"""Read one results/<study>/<profile>/ folder: the tidy tables, the recorded design, and what the study file adds.
 
-The tables are the truth. The factors are the columns between `cell_id` and
-`is_baseline` of runs.csv; the baseline is the cell marked `is_baseline`; the
-target is in the `target_metric` / `target_value` columns. The study file
-(the path in environment.json, else the shipped ablations/<study>.toml), when it
-still reads and validates (`bench.studies`, no torch), only adds the order of the
-levels, the baseline of a study whose baseline cell is absent, and descriptions;
-a study file edited since the sweep into one that no longer validates is one
-warning line, not the end of the report.
+The tables are the truth about the cells. Which columns are factors, their levels in
+the study's order and each one's baseline level are what the sweep recorded beside
+them (study.json, `bench.studies.Design`); a folder swept before that was recorded
+takes them from its study file at the profile (the path in environment.json, else the
+shipped ablations/<study>.toml), which the sweep read too. The study file (read and
+validated by `bench.studies`, no torch), when it still reads and validates, adds the
+description, the target, the declared seeds and the learning-rate grid; a study file
+edited since the sweep into one that no longer validates is one warning line, not the
+end of the report. The target is in the `target_metric` / `target_value` columns.
 
 Missing data (no history, a failed cell, a missing column) goes through
 `Notes.warn`: one logging.warning line, also listed in report.md.
@@ -36,7 +37,7 @@ from bench.choose import LR, at_chosen_rates, choose_lr
 from bench.errors import UserError
 from bench.flop_convention import upgrade_counts
 from bench.io import check_table, read_csv
-from bench.studies import StudyFile, studies_dir
+from bench.studies import STUDY_JSON, Design, StudyFile, studies_dir
 from bench.train.result import (
     OK,  # a cell whose final numbers count; diverged cells keep their curves only
 )
@@ -106,7 +107,9 @@ class StudyData:
     description: str = ""
     factor_descriptions: dict = field(default_factory=dict)
     notes: Notes = None
-    only: dict = field(default_factory=dict)  # factor -> the only levels the profile runs (its `only`)
+    only: dict = field(
+        default_factory=dict
+    )  # factor -> the levels the profile's design runs (claims elsewhere: left out)
     confirm_seeds: list = field(default_factory=list)  # seeds run only at chosen levels (a two-stage profile)
     declared_seeds: list | None = None  # the profile's seeds and confirm_seeds: the confirmatory n (None: unknown)
     lr_choice: pd.DataFrame | None = None  # a tune_lr profile: each arm's rate, chosen on validation (bench.choose)
@@ -156,17 +159,13 @@ def _as_bool(series: pd.Series) -> pd.Series:
     return series.astype(str).str.strip().str.lower().isin(("true", "1", "yes"))
 
 
-def factors_of(columns: list[str]) -> list[str]:
-    """The factor columns: those between `cell_id` and `is_baseline`."""
-    if "cell_id" in columns and "is_baseline" in columns:
-        return columns[columns.index("cell_id") + 1 : columns.index("is_baseline")]
-    return []
-
-
 def read_study_file(study: str, env: dict, notes: Notes) -> StudyFile | None:
     """The study's file: the one the sweep read (environment.json), else the shipped one; None if
     neither reads as this study."""
-    candidates = [Path(env["study_file"])] if env.get("study_file") else []
+    recorded = Path(env["study_file"]) if env.get("study_file") else None
+    candidates = [recorded] if recorded else []
+    if recorded and not recorded.is_absolute():  # relative to the checkout the sweep ran in
+        candidates.append(studies_dir().parent / recorded)
     candidates.append(studies_dir() / f"{study}.toml")
     for path in candidates:
         if not path.is_file():
@@ -184,7 +183,7 @@ def read_study_file(study: str, env: dict, notes: Notes) -> StudyFile | None:
 
 
 def load(folder: Path) -> StudyData:
-    """Read runs.csv, history.csv and environment.json of one study/profile folder."""
+    """Read runs.csv, history.csv, environment.json and study.json of one study/profile folder."""
     folder = Path(folder)
     runs_path = folder / RUNS
     if not runs_path.is_file():
@@ -194,35 +193,16 @@ def load(folder: Path) -> StudyData:
         )
     check_table(runs_path, ("cell_id", "status"))  # before any warning: the damage is the one thing to say
     notes = Notes(str(folder))
-    env = {}
-    if (folder / ENVIRONMENT).is_file():
-        try:
-            env = json.loads((folder / ENVIRONMENT).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            notes.warn(f"{ENVIRONMENT} unreadable ({e}); provenance from {RUNS} only")
-    else:
-        notes.warn(f"{ENVIRONMENT} missing; provenance from {RUNS} only")
-
-    try:
-        columns = list(pd.read_csv(runs_path, nrows=0).columns)
-        factors = factors_of(columns)
-        runs = read_csv(runs_path, factors + ["cell_id", "study", "profile", "status"]) if columns else pd.DataFrame()
-    except pd.errors.EmptyDataError:
-        columns, factors, runs = [], [], pd.DataFrame()
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise UserError(
-            f"{runs_path} is not a readable table ({type(e).__name__}: {str(e).strip()[:120]}); "
-            f"restore it from git or re-run the study"
-        ) from None
-    _check_numbers(runs, runs_path)
-    study = _first(runs, "study") or env.get("study") or folder.parent.name
-    profile = _first(runs, "profile") or env.get("profile") or folder.name
+    env = _read_environment(folder, notes)
+    columns = _header(runs_path)
+    study, profile = _names(runs_path, columns, env, folder)
     notes.label = f"{study}/{profile}"
-    if columns and not factors:
-        notes.warn(f"{RUNS} has no cell_id ... is_baseline columns; factor levels unknown")
+    spec = read_study_file(study, env, notes)
+    design = read_design(folder, spec, profile, notes)
+    factors = _factor_columns(design, columns, notes)
+    runs = _read_runs(runs_path, factors) if columns else pd.DataFrame()
     if len(runs) == 0:
         notes.warn(f"{RUNS} has no rows (the study has not finished a cell yet)")
-    spec = read_study_file(study, env, notes)
     prof = spec.profiles.get(profile) if spec else None
     grid = spec.lr_grid(profile) if prof is not None else []
     runs, superseded = _latest_per_configuration(
@@ -234,56 +214,126 @@ def load(folder: Path) -> StudyData:
         chosen = at_chosen_rates(runs, lr_choice, factors)
         grid_runs, runs = runs[~chosen], runs[chosen]
         superseded = superseded | set(grid_runs["cell_id"])  # their curves are the grid's, not the arm's
-    declared = spec.declared_seeds(profile) if prof is not None else None
-    known = spec.factors if spec else {}
-    only = spec.profiles.get(profile, {}).get("only", {}) if spec else {}
-    confirm_seeds = spec.profiles.get(profile, {}).get("confirm_seeds", []) if spec else []
-    levels, baseline, descriptions = {}, None, {}
-    for f in factors:
-        seen = [str(v) for v in runs[f].dropna().unique()] if f in runs else []
-        # Every level of the file is kept, so that a level not run shows as missing; but a level
-        # the profile leaves out through `only` is outside its design, not missing from it.
-        order = [lv for lv in known[f]["levels"] if lv in only.get(f, [lv])] if f in known else []
-        levels[f] = order + [lv for lv in seen if lv not in order]
-        descriptions[f] = known[f]["description"] if f in known else ""
-    marked = runs[runs["is_baseline"]] if len(runs) else runs
-    if len(marked):
-        baseline = {f: str(marked.iloc[0][f]) for f in factors}
-    elif factors and all(f in known for f in factors):
-        baseline = {
-            f: lv for f, lv in spec.baseline(profile if profile in spec.profiles else None).items() if f in factors
-        }
-
-    target = None
-    if "target_metric" in runs and runs["target_metric"].notna().any():
-        target = {
-            "metric": str(runs["target_metric"].dropna().iloc[0]),
-            "value": float(runs["target_value"].dropna().iloc[0]) if "target_value" in runs else 25.0,
-        }
-    elif spec and spec.target:
-        target = {"metric": canonical(spec.target["metric"]), "value": float(spec.target["value"])}
-
-    history = _read_history(folder, runs, factors, notes, superseded)
     return StudyData(
         folder,
         study,
         profile,
         runs,
-        history,
+        _read_history(folder, runs, factors, notes, superseded),
         env,
         factors,
-        levels,
-        baseline,
-        target,
+        _levels(design, factors, runs),
+        {f: design.baseline[f] for f in factors} if design else None,
+        _target(runs, spec),
         spec.description if spec else "",
-        descriptions,
+        {f: design.descriptions.get(f, "") for f in factors},
         notes,
-        only,
-        confirm_seeds,
-        declared,
+        {f: design.levels[f] for f in factors},
+        spec.confirm_seeds(profile) if prof is not None else [],
+        spec.declared_seeds(profile) if prof is not None else None,
         lr_choice,
         grid_runs,
     )
+
+
+def read_design(folder: Path, spec: StudyFile | None, profile: str, notes: Notes) -> Design | None:
+    """The design the sweep recorded (study.json); for a folder swept before it was recorded, the study
+    file's at `profile`; None, with one warning, where neither is there."""
+    if (folder / STUDY_JSON).is_file():
+        return Design.read(folder / STUDY_JSON)
+    if spec is not None:
+        return spec.design_at(profile if profile in spec.profiles else None)
+    notes.warn(
+        f"no {STUDY_JSON} and no study file: which columns are factors is unknown, so configurations are not "
+        f"compared; record it by running the study again (`python -m bench ablate --study FILE --profile "
+        f"{profile}`: finished cells are not run again)"
+    )
+    return None
+
+
+def _read_environment(folder: Path, notes: Notes) -> dict:
+    if not (folder / ENVIRONMENT).is_file():
+        notes.warn(f"{ENVIRONMENT} missing; provenance from {RUNS} only")
+        return {}
+    try:
+        return json.loads((folder / ENVIRONMENT).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        notes.warn(f"{ENVIRONMENT} unreadable ({e}); provenance from {RUNS} only")
+        return {}
+
+
+def _unreadable(path: Path, e: Exception) -> UserError:
+    return UserError(
+        f"{path} is not a readable table ({type(e).__name__}: {str(e).strip()[:120]}); "
+        f"restore it from git or re-run the study"
+    )
+
+
+def _header(runs_path: Path) -> list[str]:
+    """runs.csv's column names ([] for a table with no columns: no cell has finished)."""
+    try:
+        return list(pd.read_csv(runs_path, nrows=0).columns)
+    except pd.errors.EmptyDataError:
+        return []
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise _unreadable(runs_path, e) from None
+
+
+def _read_runs(runs_path: Path, factors: list[str]) -> pd.DataFrame:
+    """runs.csv with ids, names and factor levels as text, checked for text in its number columns."""
+    try:
+        runs = read_csv(runs_path, factors + ["cell_id", "study", "profile", "status"])
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise _unreadable(runs_path, e) from None
+    _check_numbers(runs, runs_path)
+    return runs
+
+
+def _names(runs_path: Path, columns: list[str], env: dict, folder: Path) -> tuple[str, str]:
+    """(study, profile): as runs.csv's rows name them, else environment.json, else the folders."""
+    first = {}
+    if {"study", "profile"} & set(columns):
+        names = read_csv(runs_path, ["study", "profile"])
+        first = {c: _first(names, c) for c in ("study", "profile")}
+    study = first.get("study") or env.get("study") or folder.parent.name
+    return study, first.get("profile") or env.get("profile") or folder.name
+
+
+def _factor_columns(design: Design | None, columns: list[str], notes: Notes) -> list[str]:
+    """The design's factors that runs.csv has; a factor it lacks (a study file that gained one after the
+    sweep) is one warning."""
+    if design is None:
+        return []
+    missing = [f for f in design.factors if f not in columns]
+    if missing and columns:
+        notes.warn(
+            f"factor(s) {', '.join(missing)} of the study's design are not columns of {RUNS} "
+            f"(added to the study file after the sweep?); left out"
+        )
+    return [f for f in design.factors if f in columns]
+
+
+def _levels(design: Design | None, factors: list[str], runs: pd.DataFrame) -> dict[str, list[str]]:
+    """factor -> the design's levels in the study's order, then any other level the rows have (a
+    level run once, since removed from the study). Every level of the design is kept, so that a
+    level not run shows as missing."""
+    levels = {}
+    for f in factors:
+        seen = [str(v) for v in runs[f].dropna().unique()] if f in runs else []
+        levels[f] = design.levels[f] + [lv for lv in seen if lv not in design.levels[f]]
+    return levels
+
+
+def _target(runs: pd.DataFrame, spec: StudyFile | None) -> dict | None:
+    """{"metric", "value"} as the cells recorded it, else as the study file sets it; None without one."""
+    if "target_metric" in runs and runs["target_metric"].notna().any():
+        return {
+            "metric": str(runs["target_metric"].dropna().iloc[0]),
+            "value": float(runs["target_value"].dropna().iloc[0]) if "target_value" in runs else 25.0,
+        }
+    if spec and spec.target:
+        return {"metric": canonical(spec.target["metric"]), "value": float(spec.target["value"])}
+    return None
 
 
 # Columns the report computes with: a value that is not a number there is damage, not a missing value.

@@ -6,6 +6,9 @@ results/<study>/<profile>/
     runs.csv, history.csv, progress.csv
                            every merged cell (one row; one per epoch; one per progress
                            point); what the report and people read
+    study.json             the study's design at this profile (`bench.studies.Design`):
+                           which columns of runs.csv are factors, their levels in order,
+                           the baselines; rewritten whole by every sweep into the folder
 
 Recording a cell writes one file and reads nothing, so it costs the same at the
 tenth cell and the ten-thousandth. Merging reads both tables, replaces the rows of
@@ -25,6 +28,7 @@ import pandas as pd
 
 from bench.errors import UserError
 from bench.io import atomic_write_text, check_table, read_csv, write_csv
+from bench.studies import STUDY_JSON, Design
 
 CELLS = "cells"
 RUNS_REQUIRED = ("cell_id", "status")  # what every row of runs.csv has
@@ -41,6 +45,11 @@ class ResultsFolder:
         self.progress_path = self.folder / "progress.csv"
         # ids and factor levels stay text: a level "none" or "1e9" must not become NaN or 1000000000.0
         self.text_columns = ("cell_id", *text_columns)
+
+    def record_design(self, design: Design) -> None:
+        """Say which columns are factors, their levels and baselines: what the tables cannot say.
+        The latest sweep's, whole: a study file edited between sweeps leaves its latest design here."""
+        atomic_write_text(self.folder / STUDY_JSON, design.to_json())
 
     def record(self, row: dict, history: list[dict], progress: list[dict] = ()) -> None:
         """Keep one finished cell; constant cost whatever the tables hold."""

@@ -490,6 +490,7 @@ def _sweep(
     results = ResultsFolder(out, ["study", "profile", "status", *study.factors])
     results.clear_temporary()
     results.merge()  # cells recorded by a sweep that was killed before it merged them
+    results.record_design(study.design_at(profile))  # which columns are factors: the report reads it
     runs = results.runs()
     finished = set(runs.loc[runs["status"].isin(FINISHED), "cell_id"]) if len(runs) else set()
     todo = [c for c in cells if c.id not in finished]

@@ -181,109 +181,116 @@ def lr_table(sd: StudyData) -> tuple[fmt.Table, pd.DataFrame]:
 
 def ablation(sd: StudyData, eff: pd.DataFrame) -> Figure:
     """Test error per configuration beside the baseline, and the difference from it, sorted."""
-    base = eff[eff["is_baseline"]].iloc[0] if eff["is_baseline"].any() else None
-    others = eff[~eff["is_baseline"]].copy()
-    others = others.assign(_missing=others["n"] == 0).sort_values(["_missing", "diff"], ascending=[True, False])
-    rows = ([base] if base is not None else []) + [r for _, r in others.iterrows()]
-    k = len(rows)
-    colors = plot.level_colors(sd)
-    fig = Figure(figsize=(11, 0.52 * k + 2.0), layout="constrained")
-    ax1, ax2 = fig.subplots(1, 2, sharey=True)
-    if base is not None and base["n"] > 0:
-        c = colors[(None, None)]
-        ax1.axvline(base["top1_mean"], color=c, linestyle="--", linewidth=1, zorder=1)
-        if base["n"] > 1:
-            ax1.axvspan(base["top1_lo"], base["top1_hi"], color=c, alpha=0.12, zorder=0)
-    ax2.axvline(0, color="0.3", linewidth=1, zorder=1)
-    used_markers = set()
+    rows = _figure_rows(eff)
+    colors, models = plot.level_colors(sd), models_of(sd.runs)
+    fig = Figure(figsize=(11, 0.52 * len(rows) + 2.0), layout="constrained")
+    errors, diffs = fig.subplots(1, 2, sharey=True)
+    _baseline_band(errors, rows[0] if rows and rows[0]["is_baseline"] else None, colors[(None, None)])
+    diffs.axvline(0, color="0.3", linewidth=1, zorder=1)
+    datasets = set()
     for i, r in enumerate(rows):
-        factor = r["factor"] or None
-        c = colors[(factor, r["level"] or None)]
-        n = int(r["n"])
-        for claim in (
-            claims_for(factor, r["level"], "top1_diff", models_of(sd.runs)) if factor else []
-        ):  # even where not measured
-            used_markers.add(claim.data)
-            ax2.plot(
-                [claim.paper_diff],
-                [i],
-                marker=PAPER_MARKERS.get(claim.data, "^"),
-                ms=8,
-                mfc="none",
-                mec="black",
-                mew=1.4,
-                linestyle="none",
-                zorder=4,
-            )
-        if n == 0:
-            why = "not run" if r["cells"] == 0 else (r["failed"] or "no finished cell")
-            ax1.text(
-                0.5,
-                i,
-                f"missing ({why})",
-                transform=ax1.get_yaxis_transform(),
-                ha="center",
-                va="center",
-                fontsize=9.5,
-                color="0.4",
-                style="italic",
-            )
+        factor, color = r["factor"] or None, colors[(r["factor"] or None, r["level"] or None)]
+        datasets |= _paper_markers(diffs, i, factor, r["level"], models)
+        if int(r["n"]) == 0:
+            _missing_label(errors, i, r)
             continue
-        xerr = [[r["top1_mean"] - r["top1_lo"]], [r["top1_hi"] - r["top1_mean"]]] if n > 1 else None
-        ax1.errorbar(
-            r["top1_mean"],
-            i,
-            xerr=xerr,
-            fmt="o",
-            color=c,
-            ms=8,
-            capsize=3,
-            elinewidth=2,
-            mec="black",
-            mew=0.6,
-            zorder=3,
-        )
+        _point(errors, i, r["top1_mean"], r["top1_lo"], r["top1_hi"], color, int(r["n"]) > 1)
         if factor is None:
-            ax2.text(0, i, "  reference", ha="left", va="center", fontsize=9.5, color="0.35")
-            continue
-        if not math.isnan(r["diff"]):
+            diffs.text(0, i, "  reference", ha="left", va="center", fontsize=9.5, color="0.35")
+        elif not math.isnan(r["diff"]):
             interval = int(r["diff_n"]) >= 2 and math.isfinite(r["diff_lo"])
-            derr = [[r["diff"] - r["diff_lo"]], [r["diff_hi"] - r["diff"]]] if interval else None
-            ax2.errorbar(
-                r["diff"], i, xerr=derr, fmt="o", color=c, ms=8, capsize=3, elinewidth=2, mec="black", mew=0.6, zorder=3
-            )
-    ax1.margins(x=0.08)
-    labels = [config_label(r["factor"] or None, r["level"] or None) + f"  (n={int(r['n'])})" for r in rows]
-    ax1.set_yticks(range(k), labels)
-    ax1.set_ylim(k - 0.5, -0.5)
-    ax1.set_xlabel("test top-1 error (%)")
-    ax2.set_xlabel("Δ test top-1 error vs baseline (percentage points)")
-    several = any(int(r["n"]) > 1 for r in rows)
-    ax1.set_title("error per configuration" + (" (95% t-interval)" if several else ""))
-    differences = eff[~eff["is_baseline"]]
-    ax2.set_title(
-        "difference from the baseline"
-        + (f" (95% {diff_header(eff)} interval)" if (differences["diff_n"] >= 2).any() else "")
-    )
-    lo, hi = ax2.get_xlim()
-    span = max(abs(lo), abs(hi), 0.5)
-    ax2.set_xlim(-span * 1.1, span * 1.1)
-    handles = [Line2D([], [], marker="o", color="0.3", linestyle="none", ms=8, label="measured")]
-    handles += [
-        Line2D(
-            [],
-            [],
-            marker=PAPER_MARKERS.get(d, "^"),
+            _point(diffs, i, r["diff"], r["diff_lo"], r["diff_hi"], color, interval)
+    _axes_labels(errors, diffs, rows, eff)
+    _legend(diffs, datasets)
+    fig.suptitle(f"{sd.study}: effect of each design choice on test error ({sd.profile} profile)")
+    plot.note(fig, _figure_notes(sd, rows, eff))
+    return fig
+
+
+def _figure_rows(eff: pd.DataFrame) -> list[pd.Series]:
+    """The baseline first, then the other configurations by their measured difference, largest first,
+    and those with no finished cell last."""
+    base = [eff[eff["is_baseline"]].iloc[0]] if eff["is_baseline"].any() else []
+    others = eff[~eff["is_baseline"]]
+    others = others.assign(_missing=others["n"] == 0).sort_values(["_missing", "diff"], ascending=[True, False])
+    return base + [r for _, r in others.iterrows()]
+
+
+def _baseline_band(ax, base: pd.Series | None, color) -> None:
+    """The baseline's error as a dashed line across the panel, with its 95% interval shaded."""
+    if base is None or base["n"] <= 0:
+        return
+    ax.axvline(base["top1_mean"], color=color, linestyle="--", linewidth=1, zorder=1)
+    if base["n"] > 1:
+        ax.axvspan(base["top1_lo"], base["top1_hi"], color=color, alpha=0.12, zorder=0)
+
+
+def _paper_markers(ax, i: int, factor: str | None, level: str, models: set[str] | None) -> set[str]:
+    """The paper's reported effect on row `i` (drawn even where nothing was measured); its data sets."""
+    claims = claims_for(factor, level, "top1_diff", models) if factor else []
+    for claim in claims:
+        ax.plot(
+            [claim.paper_diff],
+            [i],
+            marker=PAPER_MARKERS.get(claim.data, "^"),
+            ms=8,
             mfc="none",
             mec="black",
             mew=1.4,
             linestyle="none",
-            ms=8,
-            label=f"paper ({d})",
+            zorder=4,
         )
-        for d in sorted(used_markers)
+    return {claim.data for claim in claims}
+
+
+def _missing_label(ax, i: int, r: pd.Series) -> None:
+    why = "not run" if r["cells"] == 0 else (r["failed"] or "no finished cell")
+    ax.text(
+        0.5,
+        i,
+        f"missing ({why})",
+        transform=ax.get_yaxis_transform(),
+        ha="center",
+        va="center",
+        fontsize=9.5,
+        color="0.4",
+        style="italic",
+    )
+
+
+def _point(ax, i: int, value: float, lo: float, hi: float, color, interval: bool) -> None:
+    """A measured value on row `i`, with its 95% interval where there is one."""
+    xerr = [[value - lo], [hi - value]] if interval else None
+    ax.errorbar(
+        value, i, xerr=xerr, fmt="o", color=color, ms=8, capsize=3, elinewidth=2, mec="black", mew=0.6, zorder=3
+    )
+
+
+def _axes_labels(errors, diffs, rows: list[pd.Series], eff: pd.DataFrame) -> None:
+    """Configuration names with their n, axis labels, titles, and a difference axis centred on 0."""
+    errors.margins(x=0.08)
+    labels = [config_label(r["factor"] or None, r["level"] or None) + f"  (n={int(r['n'])})" for r in rows]
+    errors.set_yticks(range(len(rows)), labels)
+    errors.set_ylim(len(rows) - 0.5, -0.5)
+    errors.set_xlabel("test top-1 error (%)")
+    diffs.set_xlabel("Δ test top-1 error vs baseline (percentage points)")
+    several = any(int(r["n"]) > 1 for r in rows)
+    errors.set_title("error per configuration" + (" (95% t-interval)" if several else ""))
+    intervals = (eff.loc[~eff["is_baseline"], "diff_n"] >= 2).any()
+    diffs.set_title("difference from the baseline" + (f" (95% {diff_header(eff)} interval)" if intervals else ""))
+    lo, hi = diffs.get_xlim()
+    span = max(abs(lo), abs(hi), 0.5)
+    diffs.set_xlim(-span * 1.1, span * 1.1)
+
+
+def _legend(ax, datasets: set[str]) -> None:
+    """Measured points, and a hollow marker per data set of the paper's effects drawn."""
+    paper = dict(mfc="none", mec="black", mew=1.4, linestyle="none", ms=8)
+    handles = [Line2D([], [], marker="o", color="0.3", linestyle="none", ms=8, label="measured")]
+    handles += [
+        Line2D([], [], marker=PAPER_MARKERS.get(d, "^"), **paper, label=f"paper ({d})") for d in sorted(datasets)
     ]
-    ax2.legend(
+    ax.legend(
         handles=handles,
         loc="upper center",
         bbox_to_anchor=(0.5, -0.13),
@@ -293,7 +300,10 @@ def ablation(sd: StudyData, eff: pd.DataFrame) -> Figure:
         handletextpad=0.3,
         columnspacing=1.2,
     )
-    fig.suptitle(f"{sd.study}: effect of each design choice on test error ({sd.profile} profile)")
+
+
+def _figure_notes(sd: StudyData, rows: list[pd.Series], eff: pd.DataFrame) -> list[str]:
+    """What the figure's points are: the data and seeds, which rows have one seed, how differences pair."""
     seeds = sorted(sd.runs["seed"].unique())
     notes = [
         f"Measured on {plot.unique(sd, 'data_source') or 'unknown data'}, seeds {', '.join(str(s) for s in seeds)}; "
@@ -311,11 +321,11 @@ def ablation(sd: StudyData, eff: pd.DataFrame) -> Figure:
         notes.insert(
             0, f"One seed (or one in common with the baseline), so a point with no interval: {', '.join(single)}."
         )
+    differences = eff[~eff["is_baseline"]]
     if (differences["diff_n"] >= 2).any():
         paired = (differences["diff_method"] == PAIRED).all()
         notes.append(
             "Differences: paired over the seeds both configurations share (Student t on the per-seed "
             "differences)" + ("." if paired else "; Welch's interval where they share none.")
         )
-    plot.note(fig, notes)
-    return fig
+    return notes

@@ -68,7 +68,7 @@ from matplotlib.lines import Line2D
 from bench.io import read_csv
 from bench.report import format as fmt
 from bench.report import plot
-from bench.report.claims import CLAIMS, assess_speedup, by_seed, claims_for
+from bench.report.claims import assess_speedup, by_seed
 from bench.report.load import (
     CLEAN_TRAIN_EPOCH,
     HISTORY,
@@ -79,6 +79,7 @@ from bench.report.load import (
 )
 from bench.report.markdown import Section
 from bench.report.output import Outcome, Output
+from bench.report.paper import SPEEDUP, claims_for
 from bench.report.plot import CURVE_STATUSES
 from bench.report.stats import summarize
 from bench.train.result import DIVERGED, OK
@@ -88,11 +89,12 @@ log = logging.getLogger(__name__)
 
 WHAT = "Figure 1"
 FIGURES, TABLES = ("figure1",), ("figure1", "figure1_lr_grid")
-FAST, SLOW = "relu", "tanh"  # the paper's pair: ratio = SLOW epochs / FAST epochs
+# The paper's pair, from its claim (`bench.report.paper`): ratio = SLOW epochs / FAST epochs.
+ACTIVATION, FAST, SLOW = SPEEDUP.factor, SPEEDUP.reference, SPEEDUP.level
 
 
 def applies(sd: StudyData) -> bool:
-    return sd.target is not None and "activation" in sd.factors and sd.target["metric"] in sd.history.columns
+    return sd.target is not None and ACTIVATION in sd.factors and sd.target["metric"] in sd.history.columns
 
 
 def build(out: Output, outcome: Outcome) -> None:
@@ -188,11 +190,11 @@ def stale_confirming(sd: StudyData, cells: pd.DataFrame, chosen: pd.DataFrame) -
     out = {}
     confirm = cells[cells["seed"].isin(sd.confirm_seeds)]
     for _, r in chosen.iterrows():
-        mine = confirm[(confirm["setup_level"] == r["setup"]) & (confirm["activation"] == r["activation"])]
+        mine = confirm[(confirm["setup_level"] == r["setup"]) & (confirm[ACTIVATION] == r[ACTIVATION])]
         other = mine[mine["lr_level"] != r["lr"]]
         if len(other):
             seeds = ", ".join(str(s) for s in sorted(other["seed"].unique()))
-            out[(r["setup"], r["activation"])] = (seeds, ", ".join(sorted(other["lr_level"].unique(), key=_as_float)))
+            out[(r["setup"], r[ACTIVATION])] = (seeds, ", ".join(sorted(other["lr_level"].unique(), key=_as_float)))
     return out
 
 
@@ -200,9 +202,9 @@ def confirm_warnings(chosen: pd.DataFrame, stale: dict) -> list[str]:
     """One line per (setup, activation) of `stale_confirming`."""
     out = []
     for _, r in chosen.iterrows():
-        if (r["setup"], r["activation"]) not in stale:
+        if (r["setup"], r[ACTIVATION]) not in stale:
             continue
-        seeds, rates = stale[(r["setup"], r["activation"])]
+        seeds, rates = stale[(r["setup"], r[ACTIVATION])]
         out.append(
             f"{_where(r)}: the confirming seeds ({seeds}) ran at lr {rates}, the rate chosen when they ran (on "
             f"an earlier statistic); on this statistic the grid chooses lr {r['lr']}, so they count nowhere here "
@@ -212,7 +214,7 @@ def confirm_warnings(chosen: pd.DataFrame, stale: dict) -> list[str]:
 
 
 def _where(r) -> str:
-    return ", ".join(filter(None, [f"setup {r['setup']}" if r["setup"] else "", r["activation"]]))
+    return ", ".join(filter(None, [f"setup {r['setup']}" if r["setup"] else "", r[ACTIVATION]]))
 
 
 def target_label(sd: StudyData) -> str:
@@ -332,7 +334,7 @@ def lr_grid(sd: StudyData, tuning: bool = False, cells: pd.DataFrame | None = No
     if tuning:
         cells = cells[~cells["seed"].isin(sd.confirm_seeds)]
     rows = []
-    for (setup, act, lr), g in cells.groupby(["setup_level", "activation", "lr_level"], sort=False):
+    for (setup, act, lr), g in cells.groupby(["setup_level", ACTIVATION, "lr_level"], sort=False):
         reached = g["epochs_to_target"].notna()
         ep = summarize(g["epochs_to_target"]) if reached.all() else summarize([])
         # a lower bound on the mean: a seed that never reached counts as reaching at its bound
@@ -344,7 +346,7 @@ def lr_grid(sd: StudyData, tuning: bool = False, cells: pd.DataFrame | None = No
         rows.append(
             {
                 "setup": setup,
-                "activation": act,
+                ACTIVATION: act,
                 "lr": lr,
                 "n": len(g),
                 "reached": int(reached.sum()),
@@ -362,9 +364,9 @@ def lr_grid(sd: StudyData, tuning: bool = False, cells: pd.DataFrame | None = No
         )
     grid = pd.DataFrame(rows)
     if len(grid):
-        order = {f: {lv: i for i, lv in enumerate(sd.levels.get(f, []))} for f in ("setup", "activation", "lr")}
+        order = {f: {lv: i for i, lv in enumerate(sd.levels.get(f, []))} for f in ("setup", ACTIVATION, "lr")}
         grid = grid.sort_values(
-            ["setup", "activation", "lr"], key=lambda s: s.map(lambda v: order.get(s.name, {}).get(v, _as_float(v)))
+            ["setup", ACTIVATION, "lr"], key=lambda s: s.map(lambda v: order.get(s.name, {}).get(v, _as_float(v)))
         ).reset_index(drop=True)
     return grid
 
@@ -425,9 +427,9 @@ def choose(grid: pd.DataFrame, tuning: pd.DataFrame | None = None) -> pd.DataFra
     its row (every seed, the confirming ones too) comes from `grid`.
     """
     rows = []
-    for (setup, act), g in grid.groupby(["setup", "activation"], sort=False):
+    for (setup, act), g in grid.groupby(["setup", ACTIVATION], sort=False):
         g = g.assign(lr_value=g["lr"].map(_as_float))
-        on = g if tuning is None else tuning[(tuning["setup"] == setup) & (tuning["activation"] == act)]
+        on = g if tuning is None else tuning[(tuning["setup"] == setup) & (tuning[ACTIVATION] == act)]
         on = on if len(on) else g
         lr, reached = _fastest(on)
         provisional = _provisional(on, lr, reached)
@@ -436,7 +438,7 @@ def choose(grid: pd.DataFrame, tuning: pd.DataFrame | None = None) -> pd.DataFra
         rows.append(
             {
                 "setup": setup,
-                "activation": act,
+                ACTIVATION: act,
                 "lr": best["lr"],
                 "lrs_tried": ", ".join(g.sort_values("lr_value")["lr"]),
                 "edge": _edge(best["lr_value"], g["lr_value"]),
@@ -460,9 +462,9 @@ def choose(grid: pd.DataFrame, tuning: pd.DataFrame | None = None) -> pd.DataFra
 
 def mark_chosen(grid: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
     """`grid` with `chosen` (the rate picked for its setup and activation) and `edge` (of a chosen rate)."""
-    picked = {(r["setup"], r["activation"]): r for _, r in chosen.iterrows()}
-    is_chosen = [picked[(r["setup"], r["activation"])]["lr"] == r["lr"] for _, r in grid.iterrows()]
-    edge = [picked[(r["setup"], r["activation"])]["edge"] if c else "" for c, (_, r) in zip(is_chosen, grid.iterrows())]
+    picked = {(r["setup"], r[ACTIVATION]): r for _, r in chosen.iterrows()}
+    is_chosen = [picked[(r["setup"], r[ACTIVATION])]["lr"] == r["lr"] for _, r in grid.iterrows()]
+    edge = [picked[(r["setup"], r[ACTIVATION])]["edge"] if c else "" for c, (_, r) in zip(is_chosen, grid.iterrows())]
     return grid.assign(chosen=is_chosen, edge=edge)
 
 
@@ -470,7 +472,7 @@ def edge_warnings(chosen: pd.DataFrame) -> list[str]:
     """One line per chosen rate at an edge of its grid."""
     out = []
     for _, r in chosen[chosen["edge"] != ""].iterrows():
-        where = ", ".join(filter(None, [f"setup {r['setup']}" if r["setup"] else "", r["activation"]]))
+        where = ", ".join(filter(None, [f"setup {r['setup']}" if r["setup"] else "", r[ACTIVATION]]))
         what = (
             "the only rate tried: the fastest rate may lie elsewhere"
             if r["edge"] == "only"
@@ -490,7 +492,7 @@ def speedup_claims(
     another rate (`stale`: `stale_confirming`)."""
     rows = []
     for setup, g in chosen.groupby("setup", sort=False):
-        by = {r["activation"]: r for _, r in g.iterrows()}
+        by = {r[ACTIVATION]: r for _, r in g.iterrows()}
         if FAST not in by or SLOW not in by:
             continue
 
@@ -545,7 +547,7 @@ class Speedup:
 def speedups(chosen: pd.DataFrame) -> dict[str, Speedup]:
     out = {}
     for setup, g in chosen.groupby("setup", sort=False):
-        by = {r["activation"]: r for _, r in g.iterrows()}
+        by = {r[ACTIVATION]: r for _, r in g.iterrows()}
         if FAST not in by or SLOW not in by:
             out[setup] = Speedup(setup, math.nan, "none", f"no ratio: needs both {FAST} and {SLOW}")
             continue
@@ -590,10 +592,10 @@ def reached_text(row, sd: StudyData) -> str:
 
 
 def figure1_table(sd: StudyData, chosen: pd.DataFrame, ratios: dict[str, Speedup]) -> fmt.Table:
-    paper = claims_for("activation", SLOW, "speedup")
+    paper = claims_for(ACTIVATION, SLOW, SPEEDUP.kind)
     paper_text = f"ReLU {paper[0].quote.split('ReLU ')[-1]}" if paper else ""
     columns = (["setup"] if chosen["setup"].ne("").any() else []) + [
-        "activation",
+        ACTIVATION,
         "chosen lr",
         "lrs tried",
         "seeds",
@@ -607,7 +609,7 @@ def figure1_table(sd: StudyData, chosen: pd.DataFrame, ratios: dict[str, Speedup
         rows.append(
             ([r["setup"]] if "setup" in columns else [])
             + [
-                r["activation"],
+                r[ACTIVATION],
                 r["lr"] + (f" ({r['edge']} tried)" if r["edge"] else ""),
                 r["lrs_tried"],
                 str(r["n"]) + (f" ({r['censored']} censored)" if r["censored"] else ""),
@@ -650,7 +652,7 @@ def _epochs_note(sd: StudyData) -> str:
 def lr_grid_table(sd: StudyData, grid: pd.DataFrame) -> fmt.Table:
     has_setup = grid["setup"].ne("").any()
     columns = (["setup"] if has_setup else []) + [
-        "activation",
+        ACTIVATION,
         "lr",
         "seeds reached / run",
         f"epochs to {target_label(sd)} (per seed)",
@@ -662,7 +664,7 @@ def lr_grid_table(sd: StudyData, grid: pd.DataFrame) -> fmt.Table:
     rows = [
         ([r["setup"]] if has_setup else [])
         + [
-            r["activation"],
+            r[ACTIVATION],
             r["lr"],
             f"{r['reached']} / {r['n']}"
             + (f" ({r['censored']} censored)" if r["censored"] else "")
@@ -716,8 +718,8 @@ def figure1(sd: StudyData, chosen: pd.DataFrame, ratios: dict, curves: dict, cel
     )
     fig = Figure(figsize=(5.6 * len(setups) + 0.6, 5.0), layout="constrained")
     axes = fig.subplots(1, len(setups), sharex=True, sharey=True, squeeze=False)[0]
-    paper = next((c for c in CLAIMS if c.kind == "speedup"), None)
-    colors = plot.level_colors(sd, ["activation"])
+    paper = SPEEDUP
+    colors = plot.level_colors(sd, [ACTIVATION])
     by_id = cells.set_index("cell_id")
     top, last = target, 1.0
     for ax, setup in zip(axes, setups):
@@ -735,8 +737,8 @@ def figure1(sd: StudyData, chosen: pd.DataFrame, ratios: dict, curves: dict, cel
             color="0.3",
         )
         for _, r in rows.iterrows():
-            act = r["activation"]
-            color = colors[("activation", act)]
+            act = r[ACTIVATION]
+            color = colors[(ACTIVATION, act)]
             dash = "-" if act == FAST else "--" if act == SLOW else ":"
             ids = [c for c in r["cell_ids"].split(",") if c in by_id.index]
             drawn = 0

@@ -1,5 +1,6 @@
-"""Any other study: no figure of its own, only what every report has (every configuration, in
-the `cells` table). Without a baseline there is no difference to draw, and that is one warning line."""
+"""Any other study: no figure of its own, only what every report has. A folder whose design is
+unknown (no study.json and no study file: `bench.report.load.read_design`, which says so in one
+warning line) has no factors, so no baseline and no difference to draw."""
 
 from __future__ import annotations
 
@@ -15,4 +16,4 @@ def applies(sd: StudyData) -> bool:
 
 
 def build(out: Output, outcome: Outcome) -> None:
-    out.sd.notes.warn("no baseline cell and no study file with baselines: differences from a baseline are not computed")
+    """Nothing beyond what every report has: loading the folder already said why."""
