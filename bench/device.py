@@ -69,3 +69,8 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and (
         "out of memory" in msg or "can't allocate memory" in msg  # MPS; CPU allocator
     )
+
+
+def threads_per_cell(jobs: int, threads: int | None = None) -> int:
+    """The CPU threads each of `jobs` packed cells may use: the parent's share, at least one."""
+    return max(1, (threads if threads is not None else torch.get_num_threads()) // jobs)
