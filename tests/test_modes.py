@@ -255,7 +255,7 @@ def test_mode_lists_start_with_the_fp32_baseline():
     cpu = [m.name for m in parse_modes(None, CPU)]
     assert cpu == ["fp32", "bf16", "bf16+cl", "compile+fp32", "compile+bf16+cl"]
     cuda = [m.name for m in parse_modes(None, torch.device("cuda"))]
-    assert cuda == [*cpu, "fp16", "reduce-overhead+bf16+cl"]
+    assert cuda == [*cpu, "fp16", "reduce-overhead+bf16+cl", "graph+bf16+cl", "graph+fp32"]
 
 
 def test_modes_are_timed_interleaved_with_ratios_to_fp32(monkeypatch):

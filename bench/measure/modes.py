@@ -2,8 +2,10 @@
 
 A mode is a '+'-joined set of tokens: a precision (`fp32`, `bf16`, `fp16`;
 fp32 when absent), `cl` for channels_last, and a compile mode (`compile` for
-torch.compile's default, `max-autotune`, `reduce-overhead`; eager when absent).
-E.g. `fp32`, `bf16+cl`, `compile+bf16+cl`. fp32 eager is always measured: it is
+torch.compile's default, `max-autotune`, `reduce-overhead`; eager when absent)
+or `graph` (the whole training step captured as one CUDA graph,
+`bench.train.graphed`; CUDA only, training only: its inference rows are eager).
+E.g. `fp32`, `bf16+cl`, `compile+bf16+cl`, `graph+bf16+cl`. fp32 eager is always measured: it is
 the denominator of every ratio.
 
 For one model, each mode gets its own copy of the model, optimizer and fixed
@@ -43,6 +45,7 @@ from bench.env import environment
 from bench.measure.speed import ENV_COLUMNS, MEMORY_FORMATS, Settings, error_text
 from bench.measure.timing import release_memory, steps_per_round, time_interleaved, time_phases, warm_up
 from bench.models import create_model, format_knobs
+from bench.train.graphed import GraphedStep
 from bench.train.modes import compile_model
 from bench.train.step import (
     autocast,
@@ -57,10 +60,11 @@ from bench.train.step import (
 log = logging.getLogger(__name__)
 
 CHANNELS_LAST = "cl"
+GRAPH = "graph"  # the whole training step captured as one CUDA graph (bench.train.graphed); training only
 COMPILE_TOKENS = {"compile": "default", "max-autotune": "max-autotune", "reduce-overhead": "reduce-overhead"}
 BASELINE = "fp32"
 DEFAULT_MODES = ("fp32", "bf16", "bf16+cl", "compile+fp32", "compile+bf16+cl")
-CUDA_MODES = ("fp16", "reduce-overhead+bf16+cl")  # added on CUDA: fp16 tensor cores, CUDA graphs
+CUDA_MODES = ("fp16", "reduce-overhead+bf16+cl", "graph+bf16+cl", "graph+fp32")  # fp16 tensor cores, CUDA graphs
 COMPILED_WARMUP_STEPS = 3
 
 COLUMNS = [
@@ -108,10 +112,12 @@ class Mode:
     dtype: str = "fp32"
     channels_last: bool = False
     compile: str = "off"
+    graph: bool = False
 
     @property
     def name(self) -> str:
         tokens = [] if self.compile == "off" else [next(t for t, m in COMPILE_TOKENS.items() if m == self.compile)]
+        tokens += [GRAPH] if self.graph else []
         return "+".join([*tokens, self.dtype, *([CHANNELS_LAST] if self.channels_last else [])])
 
     @property
@@ -121,21 +127,23 @@ class Mode:
 
 def parse_mode(text: str) -> Mode:
     """`bf16+cl` -> Mode(dtype="bf16", channels_last=True); ValueError naming a bad token."""
-    dtype, channels_last, compile_mode = None, False, None
+    dtype, channels_last, compile_mode, graph = None, False, None, False
     for token in (t.strip() for t in text.split("+")):
         if token in DTYPES and dtype is None:
             dtype = token
         elif token == CHANNELS_LAST and not channels_last:
             channels_last = True
-        elif token in COMPILE_TOKENS and compile_mode is None:
+        elif token == GRAPH and not graph and compile_mode is None:
+            graph = True
+        elif token in COMPILE_TOKENS and compile_mode is None and not graph:
             compile_mode = COMPILE_TOKENS[token]
         else:
-            valid = ", ".join([*DTYPES, CHANNELS_LAST, *COMPILE_TOKENS])
+            valid = ", ".join([*DTYPES, CHANNELS_LAST, *COMPILE_TOKENS, GRAPH])
             raise ValueError(
                 f"mode {text!r}: {token!r} is unknown or repeated; join at most one each of "
-                f"a precision, cl and a compile mode with '+', from: {valid}"
+                f"a precision, cl and a compile mode or graph with '+', from: {valid}"
             )
-    return Mode(dtype or "fp32", channels_last, compile_mode or "off")
+    return Mode(dtype or "fp32", channels_last, compile_mode or "off", graph)
 
 
 def parse_modes(spec: str | None, device: torch.device) -> list[Mode]:
@@ -168,10 +176,14 @@ class _Subject:
         self.optimizer = make_optimizer(self.model, lr=0.01)  # the paper's lr; its value does not change the cost
         self.scaler = grad_scaler(device, mode.dtype)
         self.error: str | None = None
+        self.graphed = GraphedStep(self.model, self.optimizer, self.x, self.y, mode.dtype) if mode.graph else None
 
     def train(self, n: int) -> None:
         for _ in range(n):
-            train_step(self.net, self.optimizer, self.x, self.y, dtype=self.mode.dtype, scaler=self.scaler)
+            if self.graphed is not None:
+                self.graphed(self.x, self.y)
+            else:
+                train_step(self.net, self.optimizer, self.x, self.y, dtype=self.mode.dtype, scaler=self.scaler)
 
     def infer(self, n: int) -> None:
         self.net.eval()
@@ -289,7 +301,7 @@ def measure_modes(
     try:
         _phase(subjects, warmups, settings, device, "train", rows)
         for s in subjects:
-            if s.error is None:
+            if s.error is None and s.graphed is None:  # one graph has no phases to time apart
                 split = time_phases(
                     [s.guarded(p) for p in s.phases()], device, steps=timing.round_steps, rounds=settings.repeats
                 )
