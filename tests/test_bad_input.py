@@ -160,8 +160,8 @@ def _checkpoint_bytes() -> bytes:
 
     from bench.data import load_data
     from bench.models import create_model
-    from bench.train import TrainConfig
     from bench.train.checkpoint import save_checkpoint
+    from bench.train.config import TrainConfig
     from bench.train.dataspec import data_spec
 
     cfg = TrainConfig(data="synthetic", train_per_class=2, test_per_class=1, augment="none", device="cpu", val_size=0)

@@ -18,8 +18,10 @@ from bench.models import create_model, input_size_of, list_models
 from bench.models.conv_local import INIT_STD, RECIPE
 from bench.models.local import LocallyConnected2d
 from bench.models.lrn import LocalResponseNorm
-from bench.train import TrainConfig, make_optimizer, run_training, train
 from bench.train.checkpoint import load_checkpoint
+from bench.train.config import TrainConfig
+from bench.train.loop import run_training, train
+from bench.train.step import make_optimizer
 from bench.use.predict import predict
 
 NAME = "cifar-conv-local"

@@ -18,7 +18,10 @@ from bench.errors import UserError
 from bench.report.load import load
 from bench.studies import StudyFile
 from bench.sweep.runner import _Stopper, time_to_target
-from bench.train import TrainConfig, make_optimizer, summarize, train
+from bench.train.config import TrainConfig
+from bench.train.loop import train
+from bench.train.result import summarize
+from bench.train.step import make_optimizer
 
 N_CLASSES = 4
 

@@ -27,8 +27,10 @@ from bench.measure import Settings
 from bench.measure.modes import Mode, measure_modes, parse_mode, parse_modes
 from bench.measure.timing import Rounds, time_interleaved, time_phases
 from bench.models import create_model
-from bench.train import TrainConfig, data_spec, run_training, train
+from bench.train.config import TrainConfig
+from bench.train.dataspec import data_spec
 from bench.train.flags import config_from_args
+from bench.train.loop import run_training, train
 from bench.train.modes import apply_backend_flags, compile_model, resolve_dtype
 
 TINY = Settings(warmup=1, repeats=2, steps=1, latency_iters=0, batch_size=4)

@@ -422,10 +422,10 @@ def test_resume_after_kill_loses_nothing_and_duplicates_nothing(tmp_path, monkey
     [(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), "oom"), (ValueError("a bug"), "error")],
 )
 def test_a_failed_cell_is_retried_on_resume_and_only_it(tmp_path, monkeypatch, failure, status):
-    import bench.train
+    import bench.train.loop
 
     study = load_study(str(write_study(tmp_path, "factorial", epochs=1)))
-    real, failed = bench.train.train, []
+    real, failed = bench.train.loop.train, []
 
     def fail_once(cfg, *args, **kwargs):
         if not failed and cfg.knobs["activation"] == "tanh":
@@ -433,7 +433,7 @@ def test_a_failed_cell_is_retried_on_resume_and_only_it(tmp_path, monkeypatch, f
             raise failure
         return real(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(bench.train, "train", fail_once)
+    monkeypatch.setattr(bench.train.loop, "train", fail_once)
     first = run_study(study, "smoke", out_root=tmp_path / "results", progress=False).set_index("cell_id")
     (bad,) = first.index[first["status"] == status]
     assert first.loc[bad, "error"].startswith(type(failure).__name__) and (first["status"] == "ok").sum() == 3

@@ -14,7 +14,12 @@ import bench.train.loop
 from bench.data import DataSpec, load_data
 from bench.errors import UserError
 from bench.models import create_model
-from bench.train import TrainConfig, data_spec, evaluate, lr_factor, run_training, train
+from bench.train.config import TrainConfig
+from bench.train.dataspec import data_spec
+from bench.train.hooks import Hook
+from bench.train.loop import evaluate, run_training, train
+from bench.train.schedule import lr_factor
+from bench.train.target import LOG_PER_EPOCH
 
 # The columns of every completed epoch's history row (with a validation split).
 HISTORY_COLUMNS = {
@@ -114,6 +119,49 @@ def test_same_seed_same_history_different_seed_differs(synthetic):
     assert losses(a) == losses(b)
     assert losses(a) != losses(c)
     assert all(torch.equal(p, q) for p, q in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+
+
+class Spy(Hook):
+    """Records every call; asks to stop after epoch `stop_at` (None: never)."""
+
+    def __init__(self, stop_at=None):
+        self.stop_at, self.calls = stop_at, []
+
+    def on_start(self, model, data):
+        self.calls.append(("start", model))
+
+    def on_point(self, point):
+        self.calls.append(("point", point["step"]))
+
+    def on_epoch_end(self, row):
+        self.calls.append(("epoch", row["epoch"]))
+        return row["epoch"] == self.stop_at
+
+    def on_end(self, result):
+        self.calls.append(("end", dict(result.summary)))
+
+
+def test_hooks_see_start_points_rows_and_end_and_any_of_them_stops_the_run(synthetic):
+    stopper, spy = Spy(stop_at=2), Spy()
+    result = train(tiny_config(epochs=4), synthetic, progress=False, hooks=[stopper, spy])
+    assert len(result.history) == 2  # the first hook stopped it...
+    assert [c[1] for c in spy.calls if c[0] == "epoch"] == [1, 2]  # ...and the second still saw epoch 2
+    assert spy.calls[0] == ("start", result.model)
+    assert [c[1] for c in spy.calls if c[0] == "point"] == [p["step"] for p in result.progress]
+    # each epoch's points come before its row
+    assert [c[0] for c in spy.calls[1:-1]] == (["point"] * LOG_PER_EPOCH + ["epoch"]) * 2
+    end = spy.calls[-1]
+    # a hook's end sees the whole summary: the run's facts in it, and nothing added after it
+    assert end[0] == "end" and end[1] == result.summary and {"world_size", "dtype_resolved"} <= set(end[1])
+
+
+def test_lrn_activity_is_in_the_summary_at_init_and_after_training(synthetic):
+    result = train(tiny_config(model="alexnet", knobs={"width": 0.125}, epochs=1), progress=False)
+    init = {k.removesuffix("_init"): v for k, v in result.summary.items() if k.endswith("_init")}
+    final = {k.removesuffix("_final"): v for k, v in result.summary.items() if k.endswith("_final")}
+    assert init and init.keys() == final.keys() and all(k.startswith("lrn_") for k in init)
+    assert init != final  # measured on the trained weights, not the initial ones again
+    assert not any(k.startswith("lrn_") for k in train(tiny_config(), synthetic, progress=False).summary)  # no LRN
 
 
 def test_absurd_learning_rate_ends_as_diverged(synthetic):
@@ -249,7 +297,7 @@ def test_config_rejects_unknown_keys_wrong_types_and_bad_choices():
 
 def test_fp16_steps_use_a_loss_scaler_and_still_step():
     """Only fp16 gets a scaler, and a scaled step still updates the weights."""
-    from bench.train import grad_scaler, make_optimizer, train_step
+    from bench.train.step import grad_scaler, make_optimizer, train_step
 
     assert grad_scaler(torch.device("cpu"), "fp32") is None and grad_scaler(torch.device("cpu"), "bf16") is None
     torch.manual_seed(0)
@@ -271,7 +319,7 @@ class Tiny(nn.Module):
 
 
 def test_fp16_gradients_that_underflow_survive_with_the_scaler_and_vanish_without():
-    from bench.train import grad_scaler, make_optimizer, train_step
+    from bench.train.step import grad_scaler, make_optimizer, train_step
 
     def first_layer_grads(dtype: str, scaler) -> list[torch.Tensor]:
         torch.manual_seed(0)

@@ -24,14 +24,16 @@ from bench.cli import main
 from bench.data import load_data
 from bench.errors import UserError
 from bench.models import create_model, list_models
-from bench.train import TrainConfig, data_spec, run_training, train
 from bench.train.checkpoint import (
     FORMAT_VERSION,
     load_checkpoint,
     save_checkpoint,
     upgrade_checkpoint,
 )
+from bench.train.config import TrainConfig
+from bench.train.dataspec import data_spec
 from bench.train.finetune import apply_finetune, head_of
+from bench.train.loop import run_training, train
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

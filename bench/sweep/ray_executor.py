@@ -247,7 +247,7 @@ def _ship(ray, cells) -> tuple[dict, list]:
     """Load each distinct data set once and put it in the object store: {cell id: ref}, and the
     cells whose data failed to load with the message (they become error rows, as they do locally)."""
     from bench.data import load_data
-    from bench.train import data_spec
+    from bench.train.dataspec import data_spec
 
     refs, by_spec, failed = {}, {}, []
     for cell in cells:

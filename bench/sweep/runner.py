@@ -72,7 +72,7 @@ _DATA_MEMO: dict = {}  # DataSpec -> Dataset (on the CPU), so cells of a study s
 
 def _data_for(cfg):
     from bench.data import load_data
-    from bench.train import data_spec
+    from bench.train.dataspec import data_spec
 
     spec = data_spec(cfg)
     if spec not in _DATA_MEMO:
@@ -100,7 +100,7 @@ def check_data(
     cell. Reads the results folder without writing it (a damaged table fails here too). With
     `keep`, the last data set stays loaded for the cells (the local executor's).
     """
-    from bench.train import data_spec
+    from bench.train.dataspec import data_spec
 
     folder = Path(out_root) / study.name / profile
     runs = pd.DataFrame()
@@ -208,7 +208,7 @@ def run_cell(
     per-epoch history as TensorBoard scalars, one run per cell named by its levels and seed.
     """
     from bench.measure import FLOP_CONVENTION, count_model, measure_throughput
-    from bench.train import train
+    from bench.train.loop import train
     from bench.train.modes import resolve_dtype
 
     cfg = cell.config.replace(device=device)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 import bench
-from bench.data import Dataset
+from bench.data import Dataset, load_data
 from bench.data.augment import PREPROCESS, Normalizer
 from bench.env import git_commit
 from bench.errors import UserError
@@ -278,8 +278,6 @@ def upgrade_checkpoint(path: Path | str, data: str | None = None, data_root: str
     machine); the normalisation is fitted on the same training split, so it is the
     one the model was trained with. The metrics come from summary.json beside it.
     """
-    from bench.data import load_data
-
     path = checkpoint_path(path)
     raw = _read(path)
     if not (isinstance(raw, dict) and "format_version" not in raw and {"model", "config"} <= set(raw)):

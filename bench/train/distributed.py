@@ -136,6 +136,14 @@ def set_share(local: int, global_: int) -> None:
     _share = local / global_
 
 
+def with_shares(batches, batch_size: int, n_images: int):
+    """Each of an epoch's `batches` (this rank's slices of its global batches), this rank's
+    share of that global batch set (`set_share`) before the step that takes it."""
+    for i, (x, y) in enumerate(batches):
+        set_share(len(y), min(batch_size, n_images - i * batch_size))
+        yield x, y
+
+
 def _weighted_sum(_state, bucket):  # no annotations: DDP checks them, and this module's are strings
     """DDP's own hook divides by the world size; weighting by the share instead is the
     same for an even split and right for the uneven last batch. Returns a future of the sum."""

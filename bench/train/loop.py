@@ -2,9 +2,11 @@
 
 `train(cfg)` returns the history and summary in memory; `run_training(cfg, out)`
 also writes the run folder (config.json, history.csv, progress.csv, summary.json,
-checkpoint.pt). Sweeps and the CLI both go through `train`. Under torchrun the same
-loop trains data-parallel; the lines marked `DDP:` are what that takes
-(bench.train.distributed), and each is a no-op in a single process.
+checkpoint.pt, through the `RunFolder` hook). Sweeps and the CLI both go through
+`train`. What is not training hangs off it through one interface,
+`bench.train.hooks.Hook`: the run folder, TensorBoard, LRN activity, a study's early
+stop. Under torchrun the same loop trains data-parallel; the lines marked `DDP:` are
+what that takes (bench.train.distributed), and each is a no-op in a single process.
 
 Each epoch's history row has three training errors, kept apart by name:
 `train_running_*` (the in-epoch average while the weights move, dropout and
@@ -20,6 +22,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -29,18 +32,17 @@ from tqdm.auto import tqdm
 from bench.data import Dataset, load_data, parse_augment
 from bench.device import pick_device, synchronize
 from bench.env import environment
-from bench.errors import UserError
 from bench.io import atomic_write_text, write_csv
 from bench.models import create_model
-from bench.models.lrn import lrn_activity
 from bench.train import distributed as ddp
 from bench.train.checkpoint import save_checkpoint
 from bench.train.config import TrainConfig
 from bench.train.dataspec import data_spec
 from bench.train.finetune import apply_finetune, check_fits
+from bench.train.hooks import AddToSummary, Callbacks, Hook, Hooks, LrnActivity
 from bench.train.modes import apply_backend_flags, compile_model, resolve_dtype
 from bench.train.result import DIVERGED, OK, RunResult, summarize
-from bench.train.schedule import lr_factor, plateau_scheduler
+from bench.train.schedule import LrSchedule, check_schedule
 from bench.train.step import autocast, grad_scaler, make_optimizer, train_step
 from bench.train.target import LOG_PER_EPOCH
 
@@ -48,7 +50,6 @@ log = logging.getLogger(__name__)
 
 # The history columns of each evaluated split: test_*, val_*, and train_clean_* for train_eval.
 EVAL_PREFIX = {"train_eval": "train_clean"}
-PROBE_IMAGES = 256  # the fixed validation batch on which LRN activity is measured, at init and after training
 
 
 def log_steps(steps_per_epoch: int) -> set[int]:
@@ -101,194 +102,193 @@ def evaluate(
 
 
 def train(
-    cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = True, on_epoch=None, on_point=None
+    cfg: TrainConfig, data: Dataset | None = None, *, progress=True, on_epoch=None, on_point=None, hooks=()
 ) -> RunResult:
     """Train `cfg.model` for `cfg.epochs` epochs; a NaN/inf loss ends the run as `diverged`.
 
-    `on_epoch(row)` sees each epoch's history row; returning True ends training early.
-    `on_point(point)` sees each sub-epoch progress point as it is logged.
+    `hooks` (`bench.train.hooks.Hook`) see the start, each sub-epoch progress point, each
+    epoch's history row (returning True ends training early) and the result; `on_epoch(row)`
+    and `on_point(point)` are the same calls as plain functions, made after the hooks'.
     """
     device = ddp.place(pick_device(cfg.device))  # DDP: the GPU of this process's local rank
     cfg = cfg.replace(dtype=resolve_dtype(device, cfg.dtype))  # `auto` resolved once; all below see the result
-    if data is None:
-        data = load_data(data_spec(cfg))
-    if cfg.schedule == "plateau" and not data.has("val"):
-        raise UserError(
-            "schedule='plateau' steps on the validation error, and this data set has no "
-            "validation split; set val_size above 0 or choose another schedule"
-        )
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes=len(data.classes), init=cfg.init, **cfg.knobs)
-    model = apply_finetune(model, cfg, data.classes)  # --init-from, --reinit-head, --freeze
+    data = data if data is not None else load_data(data_spec(cfg))
+    check_schedule(cfg.schedule, data.has("val"))
+    torch.manual_seed(cfg.seed)  # the weights' initialisation, and dropout's draws while training
+    model = _new_model(cfg, data.classes, device)
     data = data.to(device)
-    model = model.to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     modes = {"dtype_resolved": cfg.dtype, **apply_backend_flags(device, cfg.cudnn_benchmark, cfg.tf32)}
     # Shares model's weights; evaluation and the checkpoint use model. DDP: net all-reduces the gradients.
     net = compile_model(ddp.wrap(model, device), cfg.compile)
     optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.decay)
     scaler = grad_scaler(device, cfg.dtype)
-    steps_per_epoch = data.num_batches("train", cfg.batch_size)
-    ddp.check_split(data.size("train"), cfg.batch_size)  # DDP: every rank needs images in every step
-    total = cfg.epochs * steps_per_epoch
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg.schedule, s, total, warmup))
-    # The plateau rule takes over from the per-step schedule once warm-up is done:
-    # stepping both would have the per-step one undo its drops.
-    plateau = (
-        plateau_scheduler(optimizer, cfg.lr, cfg.plateau_patience, cfg.plateau_max_drops)
-        if cfg.schedule == "plateau"
-        else None
-    )
+    n_train, steps_per_epoch = data.size("train"), data.num_batches("train", cfg.batch_size)
+    ddp.check_split(n_train, cfg.batch_size)  # DDP: every rank needs images in every step
+    schedule = LrSchedule(optimizer, cfg, steps_per_epoch)
     log_at = log_steps(steps_per_epoch)
-    evaluated = [s for s in ("train_eval", "val", "test") if data.has(s)]
     augment = parse_augment(cfg.augment)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
-    probe = _probe_batch(data)
-    activity = _suffixed(lrn_activity(model, probe), "_init") if probe is not None else {}
+    # In the summary's order: the LRN activity, then the run's facts, then what the caller's hooks add.
+    facts = AddToSummary({**data.provenance, **modes, **ddp.describe()})
+    hooks = Hooks([LrnActivity(), facts, *hooks, Callbacks(on_epoch, on_point)])
+    hooks.on_start(model, data)
     shard = ddp.shard()  # DDP: this rank's slice of each (global) batch; None in a single process
 
-    history: list[dict] = []
-    points: list[dict] = []
-    status = OK
-    n_train = len(data.train_y)
-    step = 0
-    train_seconds = 0.0  # training only: evaluation left out
+    history, points, status, step, train_seconds = [], [], OK, 0, 0.0  # train_seconds: evaluation left out
     run_start = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        epoch_loss = epoch_correct = 0.0
-        interval_loss = torch.zeros((), device=device)
-        interval_correct = torch.zeros((), device=device, dtype=torch.long)
-        interval_images = 0
-        finite = True
+        lr, running = optimizer.param_groups[0]["lr"], _Running(device)
         synchronize(device)
         t0 = time.perf_counter()
-        bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"epoch {epoch}/{cfg.epochs}",
-            leave=False,
-            disable=None if progress and ddp.is_main() else True,
-            unit="step",
-        )
-        for i, (x, y) in enumerate(data.batches("train", cfg.batch_size, augment=augment, generator=g, shard=shard)):
-            ddp.set_share(len(y), min(cfg.batch_size, n_train - i * cfg.batch_size))  # DDP: weights the gradient
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            batch_loss, batch_correct = train_step(net, optimizer, x, y, dtype=cfg.dtype, scaler=scaler)
-            if plateau is None or step < warmup:
-                scheduler.step()
+        bar = _progress_bar(progress, epoch, cfg.epochs, steps_per_epoch)
+        batches = data.batches("train", cfg.batch_size, augment=augment, generator=g, shard=shard)
+        for i, (x, y) in enumerate(ddp.with_shares(batches, cfg.batch_size, n_train)):  # DDP: weighted gradients
+            x = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+            running.add(*train_step(net, optimizer, x, y, dtype=cfg.dtype, scaler=scaler), len(y))
+            schedule.after_step(step)
             step += 1
-            interval_loss += batch_loss
-            interval_correct += batch_correct
-            interval_images += len(y)
             bar.update()
-            if i + 1 not in log_at:
-                continue
-            # A progress point: the one host sync since the last one, which also checks for NaN/inf.
-            counts = torch.stack(
-                [interval_loss, interval_correct.to(interval_loss.dtype), interval_loss.new_tensor(interval_images)]
-            )
-            loss_sum, correct, images = ddp.all_reduce_sum(counts).tolist()  # DDP: over all ranks
-            point = {
-                "step": step,
-                "epoch": epoch - 1 + (i + 1) / steps_per_epoch,
-                "train_running_err_pct": 100.0 * (1 - correct / images),
-                "train_running_loss": loss_sum / images,
-                "train_seconds": train_seconds + time.perf_counter() - t0,
-            }
-            points.append(point)
-            if on_point is not None:
-                on_point(point)
-            epoch_loss += loss_sum
-            epoch_correct += correct
-            interval_loss.zero_()
-            interval_correct.zero_()
-            interval_images = 0
-            if not math.isfinite(loss_sum):
-                finite = False
-                break
+            if i + 1 in log_at:
+                points.append(running.point(step, epoch - 1 + (i + 1) / steps_per_epoch, train_seconds, t0))
+                hooks.on_point(points[-1])
+                if not running.finite:
+                    break
         bar.close()
         synchronize(device)
         seconds = time.perf_counter() - t0
         train_seconds += seconds
-        if not finite:
+        if not running.finite:
             status = DIVERGED
             history.append(
-                {"epoch": epoch, "step": step, "train_running_loss": float("nan"), "lr": lr, "epoch_seconds": seconds}
+                {"epoch": epoch, "step": step, "train_running_loss": math.nan, "lr": lr, "epoch_seconds": seconds}
             )
             log.warning("loss became NaN/inf in epoch %d; run ends as diverged", epoch)
             break
-        row = {
-            "epoch": epoch,
-            "step": step,
-            "train_running_loss": epoch_loss / n_train,
-            "train_running_err_pct": 100.0 * (1 - epoch_correct / n_train),
-        }
+        row = {"epoch": epoch, "step": step, **running.epoch_means(n_train)}
         ddp.sync_buffers(model)  # DDP: every rank evaluates rank 0's model, the one the checkpoint holds
-        for split in evaluated:
+        for split in (s for s in ("train_eval", "val", "test") if data.has(s)):
             row.update(evaluate(model, data, split, dtype=cfg.dtype, channels_last=cfg.channels_last, shard=shard))
-        row.update(
-            lr=lr,
-            epoch_seconds=seconds,
-            train_images_per_s=n_train / seconds,
-            elapsed_seconds=time.perf_counter() - run_start,
-        )
+        row.update(lr=lr, epoch_seconds=seconds, train_images_per_s=n_train / seconds)
+        row.update(elapsed_seconds=time.perf_counter() - run_start)
         row = ddp.broadcast_object(row)  # DDP: rank 0's row (its timings), so every rank decides alike
         history.append(row)
-        if plateau is not None and step >= warmup:
-            plateau.step(row["val_top1_err_pct"])
-        if ddp.broadcast_object(on_epoch is not None and on_epoch(row)):  # DDP: rank 0's decision
-            break  # the caller has seen enough (e.g. a study's target was reached)
-    summary = summarize(history, status, has_val=data.has("val"))
-    if probe is not None:
-        activity.update(_suffixed(lrn_activity(model, probe), "_final"))
-    summary.update(activity)
-    summary.update(data.provenance)
-    summary.update(modes, **ddp.describe())
-    return RunResult(status, history, summary, model, points)
+        schedule.after_epoch(step, row)
+        if ddp.broadcast_object(hooks.on_epoch_end(row)):  # DDP: rank 0's decision
+            break  # a hook has seen enough (e.g. a study's target was reached)
+    result = RunResult(status, history, summarize(history, status, has_val=data.has("val")), model, points)
+    hooks.on_end(result)
+    return result
 
 
-def _probe_batch(data: Dataset) -> torch.Tensor | None:
-    """The first `PROBE_IMAGES` validation images (fixed by the data seed), else clean-training ones."""
-    split = next((s for s in ("val", "train_eval") if data.has(s)), None)
-    if split is None:
-        return None
-    return next(iter(data.batches(split, PROBE_IMAGES)))[0]
+def _new_model(cfg: TrainConfig, classes: list[str], device: torch.device) -> nn.Module:
+    """The run's model, on its device: initialised, or fine-tuned (--init-from, --reinit-head, --freeze)."""
+    model = create_model(cfg.model, num_classes=len(classes), init=cfg.init, **cfg.knobs)
+    model = apply_finetune(model, cfg, classes).to(device)
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
-def _suffixed(values: dict, suffix: str) -> dict:
-    return {k + suffix: v for k, v in values.items()}
+def _progress_bar(progress: bool, epoch: int, epochs: int, steps: int) -> tqdm:
+    """An epoch's bar of steps: on rank 0 alone (DDP), and on a terminal alone (tqdm's `disable=None`)."""
+    disable = None if progress and ddp.is_main() else True
+    return tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", leave=False, disable=disable, unit="step")
 
 
-def run_training(cfg: TrainConfig, out_dir: Path, *, progress: bool = True, epoch_hook=None) -> RunResult:
-    """Train and write the run folder; each file is written whole (temp file, then rename).
+class _Running:
+    """The training loss and correct predictions since the last progress point, summed on the
+    device (no host sync per step), and the epoch's sums over its points so far."""
 
-    `epoch_hook(row)` also sees each epoch's history row (e.g. a TensorBoard writer).
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.images = 0
+        self.epoch_loss = self.epoch_correct = 0.0
+        self.finite = True
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, images: int) -> None:
+        self.loss += loss
+        self.correct += correct
+        self.images += images
+
+    def point(self, step: int, epoch: float, train_seconds: float, epoch_start: float) -> dict:
+        """The progress point that ends the interval: the one host sync since the last, which
+        also checks for NaN/inf. Its sums are over all ranks."""
+        counts = torch.stack([self.loss, self.correct.to(self.loss.dtype), self.loss.new_tensor(self.images)])
+        loss_sum, correct, images = ddp.all_reduce_sum(counts).tolist()  # DDP: over all ranks
+        point = {
+            "step": step,
+            "epoch": epoch,
+            "train_running_err_pct": 100.0 * (1 - correct / images),
+            "train_running_loss": loss_sum / images,
+            "train_seconds": train_seconds + time.perf_counter() - epoch_start,
+        }
+        self.epoch_loss += loss_sum
+        self.epoch_correct += correct
+        self.loss.zero_()
+        self.correct.zero_()
+        self.images = 0
+        self.finite = math.isfinite(loss_sum)
+        return point
+
+    def epoch_means(self, n_train: int) -> dict:
+        return {
+            "train_running_loss": self.epoch_loss / n_train,
+            "train_running_err_pct": 100.0 * (1 - self.epoch_correct / n_train),
+        }
+
+
+def run_training(
+    cfg: TrainConfig, out_dir: Path, *, progress: bool = True, epoch_hook=None, hooks: Sequence[Hook] = ()
+) -> RunResult:
+    """Train and write the run folder (`RunFolder`); each file is written whole (temp file, then rename).
+
+    `hooks` as for `train`, after the run folder's; `epoch_hook(row)` (e.g. a TensorBoard writer)
+    also sees each epoch's history row, on rank 0 alone.
     """
     out_dir = Path(out_dir)
     device = ddp.place(pick_device(cfg.device))  # an absent device fails before data loading and before any file
-    main = ddp.is_main()  # DDP: only rank 0 writes and logs
     start = time.perf_counter()
     with ddp.main_first():  # DDP: one process decodes a folder into the cache, the others read it
         data = load_data(data_spec(cfg))
-    startup = time.perf_counter() - start
+    folder = RunFolder(out_dir, cfg, data, start)  # writes nothing yet; times the data's loading
     check_fits(cfg, len(data.classes))  # --init-from weights that do not fit fail before any file
     ddp.check_split(data.size("train"), cfg.batch_size)  # DDP: so does a last batch too short to split
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    folder.write_config(device)
+    extra = [Callbacks(on_epoch=epoch_hook)] if epoch_hook is not None and ddp.is_main() else []
+    return train(cfg, data, progress=progress, hooks=[folder, *hooks, *extra])
+
+
+class RunFolder(Hook):
+    """The run folder, written by rank 0 alone (DDP): config.json before training, history.csv
+    and progress.csv after every epoch, and at the end summary.json and checkpoint.pt.
+
+    Adds the data's loading time, the run's wall time and its seed to the summary.
+    """
+
+    def __init__(self, out_dir: Path, cfg: TrainConfig, data: Dataset, start: float):
+        self.out_dir, self.cfg, self.data, self.start = Path(out_dir), cfg, data, start
+        self.data_load_seconds = time.perf_counter() - start
+        self.main = ddp.is_main()  # DDP: only rank 0 writes and logs
+        self.rows: list[dict] = []
+        self.points: list[dict] = []
+
+    def write_config(self, device: torch.device) -> None:
+        if not self.main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(
-            out_dir / "config.json",
+            self.out_dir / "config.json",
             json.dumps(
-                {"config": cfg.to_dict(), "environment": {**environment(device), **ddp.describe()}},
+                {"config": self.cfg.to_dict(), "environment": {**environment(device), **ddp.describe()}},
                 indent=2,
                 default=str,
             ),
         )
 
-    def on_epoch(row):
-        if not main:
+    def on_point(self, point: dict) -> None:
+        self.points.append(point)
+
+    def on_epoch_end(self, row: dict) -> None:
+        if not self.main:
             return
         val = f", val err {row['val_top1_err_pct']:.2f}%" if "val_top1_err_pct" in row else ""
         log.info(
@@ -303,19 +303,18 @@ def run_training(cfg: TrainConfig, out_dir: Path, *, progress: bool = True, epoc
             row["epoch_seconds"],
             row["train_images_per_s"],
         )
-        write_csv(out_dir / "history.csv", result_rows + [row])
-        write_csv(out_dir / "progress.csv", points)
-        result_rows.append(row)
-        if epoch_hook is not None:
-            epoch_hook(row)
+        write_csv(self.out_dir / "history.csv", self.rows + [row])
+        write_csv(self.out_dir / "progress.csv", self.points)
+        self.rows.append(row)
 
-    result_rows: list[dict] = []
-    points: list[dict] = []
-    result = train(cfg, data, progress=progress, on_epoch=on_epoch, on_point=points.append)
-    result.summary.update(data_load_seconds=startup, wall_seconds=time.perf_counter() - start, seed=cfg.seed)
-    if main:
-        write_csv(out_dir / "history.csv", result.history)
-        write_csv(out_dir / "progress.csv", result.progress)
-        atomic_write_text(out_dir / "summary.json", json.dumps(result.summary, indent=2, default=str))
-        save_checkpoint(out_dir / "checkpoint.pt", result.model, cfg, data, result.summary)
-    return result
+    def on_end(self, result: RunResult) -> None:
+        result.summary.update(
+            data_load_seconds=self.data_load_seconds,
+            wall_seconds=time.perf_counter() - self.start,
+            seed=self.cfg.seed,
+        )
+        if self.main:
+            write_csv(self.out_dir / "history.csv", result.history)
+            write_csv(self.out_dir / "progress.csv", result.progress)
+            atomic_write_text(self.out_dir / "summary.json", json.dumps(result.summary, indent=2, default=str))
+            save_checkpoint(self.out_dir / "checkpoint.pt", result.model, self.cfg, self.data, result.summary)

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bench.data.cache import default_cache_dir
 from bench.device import DTYPES
 
 DTYPE_CHOICES = (*DTYPES, "auto")
@@ -84,8 +85,6 @@ def add_backend_arguments(p: argparse.ArgumentParser, d) -> None:
 
 def compile_cache_dir() -> Path:
     """Where inductor keeps compiled kernels: under the project's cache (`$BENCH_CACHE`)."""
-    from bench.data.cache import default_cache_dir
-
     return default_cache_dir() / "inductor"
 
 

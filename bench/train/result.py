@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the annotation alone: the report imports this module, and must not pay for torch
     import torch.nn as nn
 
 # The `status` of a run (RunResult, summary.json) and of a sweep cell (runs.csv).

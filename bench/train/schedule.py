@@ -9,6 +9,8 @@ warm-up.
 when the validation error stops improving, at most `max_drops` times. It is
 torch's `ReduceLROnPlateau` stepped once per epoch on the validation error;
 the cap is its `min_lr`.
+
+`LrSchedule` is a run's learning rate: both, stepped where the training loop says.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from __future__ import annotations
 import math
 
 import torch
+
+from bench.errors import UserError
+from bench.train.config import TrainConfig
 
 SCHEDULES = ("constant", "cosine", "step", "plateau")
 PLATEAU_FACTOR = 0.1  # the paper divides by 10
@@ -40,3 +45,40 @@ def plateau_scheduler(optimizer: torch.optim.Optimizer, lr: float, patience: int
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=PLATEAU_FACTOR, patience=patience, threshold=0.0, min_lr=floor
     )
+
+
+class LrSchedule:
+    """A run's learning rate: `after_step` after every optimizer step, `after_epoch` after every
+    evaluated epoch. The plateau rule takes over from the per-step schedule once warm-up is
+    done: stepping both would have the per-step one undo its drops."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+        total = cfg.epochs * steps_per_epoch
+        self.warmup = warmup = round(cfg.warmup_epochs * steps_per_epoch)
+        self.per_step = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(cfg.schedule, s, total, warmup)
+        )
+        self.plateau = (
+            plateau_scheduler(optimizer, cfg.lr, cfg.plateau_patience, cfg.plateau_max_drops)
+            if cfg.schedule == "plateau"
+            else None
+        )
+
+    def after_step(self, step: int) -> None:
+        """`step`: the optimizer steps taken before this one."""
+        if self.plateau is None or step < self.warmup:
+            self.per_step.step()
+
+    def after_epoch(self, step: int, row: dict) -> None:
+        """`step`: the optimizer steps taken so far; `row`: the epoch's history row."""
+        if self.plateau is not None and step >= self.warmup:
+            self.plateau.step(row["val_top1_err_pct"])
+
+
+def check_schedule(schedule: str, has_val: bool) -> None:
+    """The plateau rule needs a validation split to step on."""
+    if schedule == "plateau" and not has_val:
+        raise UserError(
+            "schedule='plateau' steps on the validation error, and this data set has no "
+            "validation split; set val_size above 0 or choose another schedule"
+        )

@@ -10,28 +10,32 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.errors import UserError
+from bench.train.hooks import Hook
 
 INSTALL = "pip install tensorboard (or pip install 'alexnet-bench[tb]')"
 
 
 def summary_writer_class():
     """torch's SummaryWriter, or a UserError naming the package to install; call before training starts."""
-    try:
+    try:  # here, not at the top: tensorboard is optional, and only --tensorboard needs it
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # torch raises it when the tensorboard package is missing
         raise UserError(f"--tensorboard needs the tensorboard package: {INSTALL}") from None
     return SummaryWriter
 
 
-class EpochScalars:
-    """An epoch hook (`run_training(epoch_hook=...)`) writing each row's numbers; `close()` when done."""
+class EpochScalars(Hook):
+    """A hook (`train(hooks=...)`) writing each history row's numbers; `close()` when done.
+
+    Also a plain function of the row (`run_training(epoch_hook=...)`, `train(on_epoch=...)`).
+    """
 
     def __init__(self, log_dir: Path, name: str, config_json: str | None = None):
         self._writer_class = summary_writer_class()  # fails now, before training, if tensorboard is missing
         self.log_dir, self.config_json = Path(log_dir) / name, config_json
         self.writer = None  # made at the first epoch: a run that fails to start leaves no TensorBoard run
 
-    def __call__(self, row: dict) -> None:
+    def on_epoch_end(self, row: dict) -> None:
         if self.writer is None:
             self.writer = self._writer_class(log_dir=str(self.log_dir))
             if self.config_json is not None:
@@ -41,6 +45,8 @@ class EpochScalars:
             if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(key, value, step)
         self.writer.flush()  # an epoch is seconds to hours: show it now
+
+    __call__ = on_epoch_end
 
     def close(self) -> None:
         if self.writer is not None:
