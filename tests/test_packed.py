@@ -131,3 +131,22 @@ def test_packing_measurement_has_a_row_per_count_with_the_ratio_to_one_cell():
 def test_packing_refuses_impossible_counts(packs):
     with pytest.raises(UserError, match="packs"):
         measure_packing("lenet5", device="cpu", packs=packs)
+
+
+def test_measure_packs_writes_one_row_per_count(tmp_path, capsys):
+    out = tmp_path / "packing.csv"
+    argv = ["measure", "--model", "lenet5", "--device", "cpu", "--packs", "1,2", "--quick", "--batch-size", "4"]
+    assert main([*argv, "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert list(table["packed_cells"]) == [1, 2] and set(table["model"]) == {"lenet5"}
+    assert "total_vs_fewest" in capsys.readouterr().out
+    assert main([*argv, "--out", str(out)]) == 0  # measured again: its rows replaced, not appended
+    assert len(pd.read_csv(out)) == 2
+
+
+@pytest.mark.parametrize("packs", ["0", "1,1", "two", ""])
+def test_bad_packs_is_a_one_line_error(packs, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["measure", "--model", "lenet5", "--packs", packs])
+    assert exit_.value.code == 2
+    assert "--packs" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """`python -m bench measure`: count params and FLOPs, time training and inference, write one CSV row per model.
 
 With `--modes`, time each model under each speed mode instead (bench.measure.modes): one row per model and mode.
+With `--packs`, time N cells packed on the device against one (bench.measure.packing): one row per model and N.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from bench.device import pick_device
 from bench.errors import UserError
 from bench.io import check_writable, read_csv, write_csv
 from bench.measure import modes as speed_modes
+from bench.measure import packing
 from bench.measure.speed import settings_for
 from bench.measure.table import ROW_KEY, measure_models, merge_tables
 from bench.models import create_model, list_models, model_knobs, parse_knobs
@@ -78,6 +80,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         f"(alone: {', '.join(speed_modes.DEFAULT_MODES)}, and on CUDA "
         f"{', '.join(speed_modes.CUDA_MODES)}); ratios to fp32 eager of the same run",
     )
+    p.add_argument(
+        "--packs",
+        type=_packs,
+        default=None,
+        metavar="N,N",
+        help="time N training cells packed on the device at once instead (as ablate --jobs N runs them), "
+        "e.g. 1,2,4,8: total images/s and the ratio to the fewest, interleaved rounds",
+    )
     p.add_argument("--quick", action="store_true", help="few warm-up and timed steps, small batch: a CPU smoke run")
     p.add_argument(
         "--out",
@@ -85,6 +95,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="CSV to write (default results/measure/<device>.csv, or modes-<device>.csv), replaced atomically",
     )
+
+
+def _packs(text: str) -> tuple[int, ...]:
+    try:
+        packs = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        packs = ()
+    if not packs or min(packs) < 1 or len(set(packs)) != len(packs):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct whole numbers of 1 or more, e.g. 1,2,4,8")
+    return packs
 
 
 def resolve_names(spec: str) -> list[str]:
@@ -191,8 +211,12 @@ def run(args: argparse.Namespace) -> int:
     _check_prefixed(names)
     _check_knob_values(names, knobs)
     apply_backend_flags(device, args.cudnn_benchmark, args.tf32)  # each row's provenance records them
+    if args.modes is not None and args.packs is not None:
+        raise UserError("--modes and --packs are two measurements; run them one at a time")
     if args.modes is not None:
         return _run_modes(args, device, names, knobs)
+    if args.packs is not None:
+        return _run_packs(args, device, names, knobs)
     dtype = resolve_dtype(device, args.dtype)
     out = args.out or Path("results") / "measure" / f"{device.type}.csv"
     _check_out(out)
@@ -273,3 +297,39 @@ def _run_modes(args: argparse.Namespace, device, names: list[str], knobs: dict) 
     if failed:
         log.warning("%d of %d model-mode rows failed; see the error column", failed, len(frame))
     return 1 if failed else 0
+
+
+PACKS_SHOWN = ["model", "knobs", "packed_cells", "threads_per_cell", "train_images_per_s", "total_vs_fewest"]
+
+
+def _run_packs(args: argparse.Namespace, device, names: list[str], knobs: dict) -> int:
+    out = args.out or Path("results") / "measure" / f"packing-{device.type}.csv"
+    _check_out(out)
+    check_writable(out, "--out", folder=False)
+    saved = _saved_table(out, packing.ROW_KEY, "`python -m bench measure --packs`")
+    frame = pd.concat(
+        [
+            packing.measure_packing(
+                name,
+                knobs,
+                device=str(device),
+                packs=args.packs,
+                batch_size=args.batch_size or (16 if args.quick else 128),
+                dtype=resolve_dtype(device, args.dtype),
+                channels_last=args.channels_last,
+                **(packing.QUICK if args.quick else {}),
+            )
+            for name in names
+        ],
+        ignore_index=True,
+    )
+    first = frame.iloc[0]
+    print(
+        f"{first['device_name']} ({first['device']}), torch {first['torch']}, batch {first['batch_size']}, "
+        f"{first['dtype']}, {first['memory_format']}; median of {first['rounds']} interleaved rounds; "
+        "total_vs_fewest = total images/s over the fewest cells' in this run"
+    )
+    print(frame[PACKS_SHOWN].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    write_csv(out, frame if saved is None else merge_tables(saved, frame, packing.ROW_KEY))
+    log.info("wrote %d rows to %s (rows of other models or settings already there are kept)", len(frame), out)
+    return 0

@@ -12,16 +12,14 @@ gives the median round and the ratio to N = 1 from the same run. Warm-up: each
 worker runs untimed steps after building its model (allocator growth, oneDNN or
 cuDNN kernel choice) and one untimed step at each new thread count.
 
-    python -m bench.measure.packing --model layers-80sec --packs 1,2,4,8
+    python -m bench measure --model layers-80sec --packs 1,2,4,8
 """
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import statistics
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -34,6 +32,9 @@ from bench.models import create_model, format_knobs
 from bench.train.step import make_optimizer, train_step
 
 WARMUP_STEPS = 3
+QUICK = {"rounds": 3, "round_s": 0.5}  # `measure --packs --quick`: seconds, for a smoke run
+# A model's rows are replaced together: their ratios share one run.
+ROW_KEY = ["model", "knobs", "device_name", "dtype", "memory_format", "batch_size"]
 
 
 def _worker(conn, model_name: str, knobs: dict, device: str, batch_size: int, dtype: str, channels_last: bool):
@@ -145,54 +146,3 @@ def measure_packing(
     one = table.loc[table["packed_cells"] == min(packs), "train_images_per_s"].iloc[0]
     table["total_vs_fewest"] = table["train_images_per_s"] / one
     return table
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.measure.packing", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="layers-80sec")
-    p.add_argument("--width", type=float, default=None, help="the model's width knob, when it has one")
-    p.add_argument("--packs", default="1,2,4,8")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--round-s", type=float, default=2.0)
-    p.add_argument("--out", default=None, help="append the rows to this CSV")
-    args = p.parse_args(argv)
-    try:
-        packs = tuple(int(n) for n in args.packs.split(","))
-    except ValueError:
-        p.error(f"--packs {args.packs!r} is not a comma-separated list of whole numbers, e.g. 1,2,4,8")
-    knobs = {"width": args.width} if args.width is not None else {}
-    try:
-        table = measure_packing(
-            args.model,
-            knobs,
-            device=args.device,
-            packs=packs,
-            batch_size=args.batch_size,
-            dtype=args.dtype,
-            channels_last=args.channels_last,
-            rounds=args.rounds,
-            round_s=args.round_s,
-        )
-    except UserError as e:
-        p.exit(2, f"error: {e}\n")
-    cols = [
-        "model",
-        "knobs",
-        "packed_cells",
-        "threads_per_cell",
-        "train_images_per_s",
-        "total_vs_fewest",
-        "device_name",
-    ]
-    print(table[cols].to_string(index=False))
-    if args.out:
-        table.to_csv(args.out, mode="a", header=not Path(args.out).exists(), index=False)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
