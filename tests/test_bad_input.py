@@ -126,7 +126,7 @@ def _locked(case: Path) -> None:
     (case / "locked").mkdir(mode=0o500)
 
 
-GATE = ["--storage", "{case}/gate", "--device", "cpu", "--bench-quick", "--model", "lenet5"]
+GATE = ["--storage", "{case}/gate", "--device", "cpu", "--quick", "--model", "lenet5"]
 
 
 def _baseline(edit: Callable[[dict], None]) -> Callable[[Path], None]:
@@ -424,16 +424,16 @@ CASES: dict[str, Case] = {
     ),
     # --- gate ---
     "gate storage under /proc": Case(
-        ["gate", "--save", "base", "--storage", f"{NOWHERE}/gate", "--bench-quick", "--model", "lenet5"],
+        ["gate", "--save", "base", "--storage", f"{NOWHERE}/gate", "--quick", "--model", "lenet5"],
         ("--storage", NOWHERE),
     ),
     "gate storage is a file": Case(
-        ["gate", "--save", "base", "--storage", "a-file", "--bench-quick", "--model", "lenet5"],
+        ["gate", "--save", "base", "--storage", "a-file", "--quick", "--model", "lenet5"],
         ("--storage", "a-file"),
         setup=_write(Path("work/a-file"), "keep"),
     ),
     "gate storage in a read-only folder": Case(
-        ["gate", "--save", "base", "--storage", "{case}/locked/gate", "--bench-quick", "--model", "lenet5"],
+        ["gate", "--save", "base", "--storage", "{case}/locked/gate", "--quick", "--model", "lenet5"],
         ("--storage", "locked"),
         setup=_locked,
         skip_as_root=True,
@@ -446,10 +446,10 @@ CASES: dict[str, Case] = {
     "gate even repeat": Case(["gate", "--compare", "x", "--repeat", "2"], ("--repeat must be an odd number",)),
     "gate bad stat": Case(["gate", "--compare", "x", "--stat", "mean"], ("--stat 'mean'",)),
     "gate bad name": Case(["gate", "--save", "bad name!"], ("baseline name 'bad name!'",)),
-    "gate bench-device": Case(["gate", "--save", "x", "--bench-device", "cpu"], ("--device, not --bench-device",)),
+    "gate device after --": Case(["gate", "--save", "x", "--", "--bench-device", "cpu"], ("give --device before --",)),
     "gate models match nothing": Case(["gate", "--save", "x", "--model", "zzz*"], ("zzz",)),
-    "gate bench option after --": Case(["gate", "--save", "x", "--", "--bench-quick"], ("before --",)),
-    "gate width 1e-4": Case(["gate", "--save", "x", "--bench-width", "1e-4"], ("--bench-width",)),
+    "gate suite option after --": Case(["gate", "--save", "x", "--", "--quick"], ("give --quick before --",)),
+    "gate width 1e-4": Case(["gate", "--save", "x", "--width", "1e-4"], ("--width", "0.0001")),
     "gate baseline with an empty environment": Case(
         ["gate", "--compare", "base", *GATE],
         ("0001_base.json", "records no device", "--save"),

@@ -3,7 +3,7 @@
 The end-to-end tests run the real suite (bench/gate/throughput_suite.py, from the
 package) in quick mode on one tiny case, three times in all: save, identical re-run, slowed
 re-run. The slowed run repeats every timed round 32 times while counting its
-images once (`--bench-inject-slowdown 32`): a certain -97% that no machine noise
+images once (`--inject-slowdown 32`): a certain -97% that no machine noise
 can produce or hide, 8 times the 4x that the 75% threshold tolerates (an 8x
 slowdown left a 2x margin, and failed under load). Both comparisons use a 75% threshold instead of the 10%
 default: on the shared 2-vCPU development machine, re-runs of the same code
@@ -19,6 +19,7 @@ import json
 import random
 import re
 import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -39,19 +40,19 @@ from bench.gate.compare import (
     spread,
 )
 from bench.gate.suite import Case, all_cases, cases, device_id, resolve_options, study_cases
-from bench.models import input_size_of, list_models
+from bench.models import input_size_of, list_models, model_knobs
 
 # One tiny case (AlexNet at 1/8 width, batch 16: about 15 ms a training step on one
 # CPU thread), quick mode, 3 rounds of 50 ms: a run is a few seconds, most of it imports.
 SUITE_ARGS = [
-    "--bench-quick",
+    "--quick",
     "--model",
     "alexnet",
-    "--bench-width",
+    "--width",
     "0.125",
-    "--bench-batch-size",
+    "--batch-size",
     "16",
-    "--bench-rounds",
+    "--rounds",
     "3",
 ]
 TOLERANT = ["--threshold", "0.75"]  # see the module docstring
@@ -135,7 +136,7 @@ def test_slower_run_fails_naming_the_regressed(saved, one_thread, capfd, tmp_pat
         "--report",
         str(report),
         *SUITE_ARGS,
-        "--bench-inject-slowdown",
+        "--inject-slowdown",
         "32",
     )
     captured = capfd.readouterr()
@@ -161,11 +162,11 @@ def test_missing_baseline_is_one_line_exit_2(tmp_path, no_suite_run, capfd):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (["--bench-width", "0.25"], "width=0.125; this run would measure width=0.25"),
-        (["--bench-batch-size=8"], "batch_size=16; this run would measure batch_size=8"),
-        (["--bench-dtype", "bf16"], "dtype=fp32; this run would measure dtype=bf16"),
-        (["--bench-data", "dataset"], "data=fixed; this run would measure data=dataset"),
-        (["--bench-channels-last"], "memory_format=contiguous; this run would measure memory_format=channels_last"),
+        (["--width", "0.25"], "width=0.125; this run would measure width=0.25"),
+        (["--batch-size=8"], "batch_size=16; this run would measure batch_size=8"),
+        (["--dtype", "bf16"], "dtype=fp32; this run would measure dtype=bf16"),
+        (["--batches", "dataset"], "data=fixed; this run would measure data=dataset"),
+        (["--channels-last"], "memory_format=contiguous; this run would measure memory_format=channels_last"),
     ],
 )
 def test_baseline_with_other_settings_is_refused_before_the_suite_runs(saved, no_suite_run, capfd, change, message):
@@ -175,7 +176,7 @@ def test_baseline_with_other_settings_is_refused_before_the_suite_runs(saved, no
         del args[i : i + 2]
     assert _gate("--compare", "base", "--storage", str(saved), *args, *change) == 2
     err = _one_line_error(capfd)
-    assert message in err and "pass the same --bench-* options, or save a new baseline" in err
+    assert message in err and "pass the same suite options (--quick, --dtype, ...)" in err
 
 
 @pytest.mark.parametrize("where", ["same folder, edited", "another device's folder"])
@@ -202,14 +203,14 @@ def test_baseline_from_another_device_is_one_line_exit_2(saved, tmp_path, no_sui
     "args, message",
     [
         (["--compare", "base", "--threshold", "10"], "--threshold must be a fraction"),
-        (["--compare", "base", "--bench-device", "cpu"], "give the device as --device"),
+        (["--compare", "base", "--", "--bench-device", "cpu"], "give --device before --"),
         (["--save", "../up"], "baseline name '../up' is not valid"),
         (["--compare", "base", "--stat", "mean"], "--stat 'mean' is not valid"),
         (["--compare", "base", "--repeat", "0"], "--repeat must be an odd number"),
         (["--save", "base", "--repeat", "2"], "--repeat must be an odd number (1, 3, 5"),
         (["--compare", "base", "--confirm", "-1"], "--confirm must be 0 or more"),
         (["--compare", "base", "--noise-k", "-2"], "--noise-k must be 0 or more"),
-        (["--compare", "base", "--bench-data", "disk"], "--bench-data 'disk' is not valid"),
+        (["--compare", "base", "--batches", "disk"], "--batches 'disk' is not valid"),
     ],
 )
 def test_bad_arguments_are_one_line_exit_2(tmp_path, no_suite_run, capfd, args, message):
@@ -223,12 +224,13 @@ def test_gate_is_a_subcommand_of_the_cli_and_its_suite_ships_in_the_package(tmp_
     assert command.SUITE.is_file() and command.SUITE.parent == Path(command.__file__).parent
     assert main(["gate", "--compare", "nothing-here", "--storage", str(tmp_path), *SUITE_ARGS]) == 2
     assert "no baseline 'nothing-here'" in _one_line_error(capfd)
-    assert main(["gate", "--save", "base", "--storage", str(tmp_path), "--", "--bench-quick"]) == 2
-    assert "before --, not after it" in _one_line_error(capfd)
-    assert main(["gate", "--save", "base", "--storage", str(tmp_path), "--", "--model=lenet5"]) == 2
-    assert "before --, not after it" in _one_line_error(capfd)
-    assert main(["gate", "--save", "base", "--storage", str(tmp_path), "--bench-dtype", "fp64"]) == 2
-    assert "--bench-dtype 'fp64' is not valid" in _one_line_error(capfd)
+    # After --, a suite option is refused under its gate name and under the name pytest knows it by.
+    for after in (["--quick"], ["--bench-quick"], ["--model=lenet5"], ["--no-bench-channels-last"]):
+        assert main(["gate", "--save", "base", "--storage", str(tmp_path), "--", *after]) == 2
+        flag = after[0].split("=")[0].replace("bench-", "").replace("--no-", "--")
+        assert f"give {flag} before --, not after it" in _one_line_error(capfd)
+    assert main(["gate", "--save", "base", "--storage", str(tmp_path), "--dtype", "fp64"]) == 2
+    assert "--dtype 'fp64' is not valid" in _one_line_error(capfd)
 
 
 def test_missing_pytest_benchmark_is_one_line_naming_the_extra(tmp_path, monkeypatch, no_suite_run, capfd):
@@ -244,7 +246,7 @@ def test_missing_pytest_benchmark_is_one_line_naming_the_extra(tmp_path, monkeyp
 
 @pytest.mark.parametrize("pytest_status, gate_status", [(1, 1), (4, 2)])
 def test_failed_suite_saves_nothing(tmp_path, monkeypatch, capfd, pytest_status, gate_status):
-    """A test failure (1) or a bad --bench-* option (4, pytest's usage error) leaves no baseline."""
+    """A test failure (1) or a bad suite option (4, pytest's usage error) leaves no baseline."""
 
     def failing_suite(device, json_path, pytest_args, select=None):
         json_path.write_text("{}")  # whatever pytest-benchmark left behind is not used
@@ -513,7 +515,7 @@ def test_suite_covers_the_registry_and_the_ablations():
     assert set(list_models()) <= every
     assert {c.id for c in study_cases()} <= every
     # The study's baseline is the two-tower net, and its flips are made from it.
-    assert "alexnet:groups=2,lrn_alpha=0.4" in every and "alexnet:activation=tanh,groups=2,lrn_alpha=0.4" in every
+    assert dict(study_cases()[0].knobs)["groups"] == 2  # the flips' knobs: test_ablation_cases_are_...
     quick = {c.model for c in cases(resolve_options(device="cpu", quick=True))}
     assert quick == {n for n in list_models() if input_size_of(n) <= 64}
     assert {"alexnet-paper", "alexnet-tv"} <= {c.model for c in cases(resolve_options(device="cpu"))}
@@ -523,18 +525,61 @@ def test_suite_covers_the_registry_and_the_ablations():
         cases(resolve_options(device="cpu", models="alexnt"))
 
 
+def _study_variants(study: dict, profile: str) -> tuple[dict, dict[tuple[str, str], dict]]:
+    """The AlexNet study file's baseline model knobs, and the knobs of each non-baseline factor level, from its TOML.
+
+    Read here without `bench.studies` or the gate: the base's and profile's knobs (less
+    `width`, the gate's own), each factor's baseline level on top; a level's variant is
+    the baseline with that level's knobs. A level that sets no knob (augment) has none.
+    """
+
+    def level_knobs(spec: dict, level) -> dict:
+        if "key" in spec:
+            key = spec["key"].split(".")
+            return {key[1]: level} if key[0] == "knobs" else {}
+        return dict(spec["levels"][level].get("knobs", {}))
+
+    factors = study["factors"]
+    baseline = {**study["base"].get("knobs", {}), **study["profiles"][profile].get("knobs", {})}
+    for spec in factors.values():
+        levels = list(spec["levels"])
+        baseline.update(level_knobs(spec, spec.get("baseline", levels[0])))
+    baseline.pop("width", None)
+    variants = {}
+    for name, spec in factors.items():
+        levels = list(spec["levels"])
+        for level in levels[1:] if "baseline" not in spec else [lv for lv in levels if lv != spec["baseline"]]:
+            knobs = level_knobs(spec, level)
+            if knobs:
+                variants[(name, str(level))] = {**baseline, **knobs}
+    return baseline, variants
+
+
 def test_ablation_cases_are_the_study_files_model_variants():
-    """Every model the AlexNet study trains is benchmarked, named by the knobs it changes from `alexnet`."""
-    ids = [c.id for c in study_cases()]
-    assert ids == [
-        "alexnet:groups=2,lrn_alpha=0.4",  # the study's baseline: the paper's two towers, LRN at the paper's scale
-        "alexnet:activation=tanh,groups=2,lrn_alpha=0.4",
-        "alexnet:groups=2,lrn_alpha=0.4,norm=none",
-        "alexnet:groups=2,lrn_alpha=0.4,pool=nonoverlap",
-        "alexnet:dropout=0.0,groups=2,lrn_alpha=0.4",
-        "alexnet:lrn_alpha=0.4",  # towers=one
-        "alexnet:conv_width=0.5,lrn_alpha=0.4",  # towers=one-half; augment changes no model
-    ]
+    """Each model the AlexNet study trains is one case, and the gate adds no other.
+
+    The expectation comes from the study file itself, so a new knob (a factor in the
+    study file) needs no edit here: its level must show up as one more case that
+    differs from the baseline's model in that knob alone.
+    """
+    study = tomllib.loads((suite.studies_dir() / f"{suite.STUDY}.toml").read_text())
+    assert study["study"]["design"] == "one-at-a-time"  # a factorial study would cross the levels
+    baseline, variants = _study_variants(study, suite.STUDY_PROFILE)
+    defaults = {k: v for k, v in model_knobs("alexnet").items() if k != "width"}
+    studied = study_cases()
+    full = [{**defaults, **dict(c.knobs)} for c in studied]  # each case's whole model, defaults filled in
+    assert all(study["base"]["model"] == c.model == "alexnet" for c in studied)
+    assert full[0] == {**defaults, **baseline}, "the first case is the study's baseline model"
+    assert len(variants) >= 5  # the paper's design choices: activation, norm, pool, dropout, towers
+    for (factor, level), knobs in variants.items():
+        wanted = {**defaults, **knobs}
+        assert full.count(wanted) == 1 or (wanted == defaults and Case("alexnet") in all_cases()), (factor, level)
+        changed = {k for k in wanted if wanted[k] != full[0][k]}
+        assert changed and changed <= set(knobs), f"{factor}={level} changes {changed}, not only its own knobs"
+    expected = [{**defaults, **baseline}] + [{**defaults, **k} for k in variants.values()]
+    invented = [c.id for c, knobs in zip(studied, full) if knobs not in expected]
+    assert not invented, f"cases the study does not train: {invented}"
+    assert len(studied) == len({c.id for c in studied})
 
 
 def test_ablation_cases_follow_the_study_file(tmp_path, monkeypatch):
@@ -542,8 +587,9 @@ def test_ablation_cases_follow_the_study_file(tmp_path, monkeypatch):
     study += '\n[factors.wider]\nkey = "knobs.conv_width"\nlevels = [1.0, 1.5]\n'
     (tmp_path / f"{suite.STUDY}.toml").write_text(study)
     monkeypatch.setattr(suite, "studies_dir", lambda: tmp_path)
-    assert study_cases()[-1] == Case("alexnet", (("conv_width", 1.5), ("groups", 2), ("lrn_alpha", 0.4)))
-    assert "alexnet:conv_width=1.5,groups=2,lrn_alpha=0.4" in {c.id for c in all_cases()}
+    baseline, wider = study_cases()[0], study_cases()[-1]
+    assert dict(wider.knobs) == {**dict(baseline.knobs), "conv_width": 1.5}
+    assert wider.id in {c.id for c in all_cases()}
 
     (tmp_path / f"{suite.STUDY}.toml").unlink()
     with pytest.raises(UserError, match="study file .* is missing"):

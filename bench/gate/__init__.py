@@ -2,7 +2,7 @@
 
 * `bench.gate.suite`: what is benchmarked (the cases, read partly from the
   AlexNet study file; the quick and full presets) and what identifies a device.
-* `bench.gate.options`: the suite's `--bench-*` options, declared once.
+* `bench.gate.options`: the suite's options (`--quick`, `--dtype`, ...), declared once.
 * `bench.gate.throughput_suite`: the timed code, a thin pytest-benchmark adapter
   over `bench.measure.timing`; `bench.gate.plugin` adds its options, cases and
   the machine information to pytest.

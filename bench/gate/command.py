@@ -1,4 +1,4 @@
-"""`python -m bench gate --save NAME | --compare NAME [--threshold 0.1] [--model GLOBS] [--bench-* ...] [-- PYTEST ARGS]`.
+"""`python -m bench gate --save NAME | --compare NAME [--threshold 0.1] [--model PATTERN] [--quick ...] [-- PYTEST ARGS]`.
 
 The throughput gate (`python -m bench.gate ...` is the same command). Runs the
 suite `bench.gate.throughput_suite` under pytest-benchmark in a fresh process,
@@ -6,8 +6,9 @@ on the device at hand (CUDA when present), in the mode the studies train in
 there (`bench.gate.suite.study_mode`). The suite ships inside the package, so an
 installed package has the gate too; pytest and pytest-benchmark are needed only
 here (`pip install 'alexnet-bench[dev]'`). The suite's options (`--model`,
-`--bench-*`) are the gate's own (checked before anything runs); arguments after
-`--` pass to pytest, e.g. `-- -x -k alexnet`.
+`--quick`, `--dtype`, ...: `bench.gate.options`) are the gate's own, named as in
+`train` and `measure` (checked before anything runs); arguments after `--` pass
+to pytest, e.g. `-- -x -k alexnet`.
 
 `--save NAME` runs the suite `--repeat` times (default 3) and stores, if it
 passed, the median run per benchmark with its spread as a baseline in
@@ -39,7 +40,7 @@ import tempfile
 from pathlib import Path
 
 from bench.errors import UserError
-from bench.gate.options import CONFIRM, NOISE_K, OPTIONS, as_arguments, is_suite_option
+from bench.gate.options import CONFIRM, DEVICE, NOISE_K, OPTIONS, as_arguments, prefixed, suite_option, values_of
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         f"{COMPARE_REPEAT} with --compare)",
     )
     p.add_argument("--stat", default="median", help="round-time statistic compared: median | min (default %(default)s)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default %(default)s)")
+    p.add_argument(DEVICE, default="auto", help="auto | cpu | cuda | cuda:N | mps (default %(default)s)")
     p.add_argument(
         "--storage",
         type=Path,
@@ -106,10 +107,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", type=Path, default=None, help="also write the comparison as CSV here")
     suite = p.add_argument_group("the suite's options")
     for flag, spec in OPTIONS.items():
-        if flag == "--bench-device":  # accepted only to be refused with a reason: the gate's --device is it
-            suite.add_argument(flag, default=None, help=argparse.SUPPRESS)
-        else:
-            suite.add_argument(flag, **spec)
+        suite.add_argument(flag, **spec)
     p.add_argument("pytest_args", nargs="*", metavar="-- PYTEST_ARGS", help=argparse.SUPPRESS)
 
 
@@ -208,7 +206,7 @@ def run_suite(device: str, json_path: Path, pytest_args: list[str], select: list
         "--noconftest",
         f"--rootdir={ROOT}",
         *([f"{SUITE}::{name}" for name in select] if select else [str(SUITE)]),
-        f"--bench-device={device}",
+        f"{prefixed(DEVICE)}={device}",
         "--benchmark-only",
         f"--benchmark-json={json_path}",
         "--benchmark-disable-gc",
@@ -271,11 +269,10 @@ def _gate(args: argparse.Namespace) -> int:
         )
     if args.stat not in STATS:
         raise UserError(f"--stat {args.stat!r} is not valid; choose one of: {', '.join(STATS)}")
-    if args.bench_device is not None or any(a.startswith("--bench-device") for a in args.pytest_args):
-        raise UserError("give the device as --device, not --bench-device: the gate checks baselines against it")
-    if any(is_suite_option(a) for a in args.pytest_args):
+    after = [flag for flag in map(suite_option, args.pytest_args) if flag]
+    if after:
         raise UserError(
-            "give --model and the --bench-* options before --, not after it: the gate checks them against the baseline"
+            f"give {after[0]} before --, not after it: the gate checks its suite options against the baseline"
         )
     name = _check_name(args.save or args.compare)
     if args.save:  # the baseline is stored after minutes of suite: its folder must take it
@@ -289,7 +286,7 @@ def _gate(args: argparse.Namespace) -> int:
     _check_installed()
     device = pick_device(args.device)
     try:
-        options = options_from(args, device)
+        options = options_from(values_of(args), device)
         cases(options)  # a --model pattern that matches nothing, or a broken study file, fails now
     except ValueError as e:
         raise UserError(str(e)) from None

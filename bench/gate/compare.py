@@ -180,7 +180,7 @@ def check_comparable(baseline: Run, current: Run) -> None:
         if was != now:
             raise UserError(
                 f"baseline {baseline.path.name} timed {name} in mode {was}; this run timed it in mode {now}; "
-                f"pass the same --bench-* options, or save a new baseline"
+                f"pass the same suite options (--quick, --dtype, ...), or save a new baseline"
             )
 
 
@@ -192,7 +192,7 @@ def check_settings(baseline: Run, settings: dict, verb: str = "measured") -> Non
         now = ", ".join(f"{k}={settings.get(k)}" for k in differ)
         raise UserError(
             f"baseline {baseline.path.name} measured {was}; this run {verb} {now}; "
-            f"pass the same --bench-* options, or save a new baseline"
+            f"pass the same suite options (--quick, --dtype, ...), or save a new baseline"
         )
 
 
@@ -305,7 +305,7 @@ def format_report(
             f"and of {current.repeat} for this run (--repeat)"
         )
     if s.get("inject_slowdown", 1) != 1:
-        lines.append(f"note: this run injected a {s['inject_slowdown']}x slowdown (--bench-inject-slowdown)")
+        lines.append(f"note: this run injected a {s['inject_slowdown']}x slowdown (--inject-slowdown)")
     lines.append(
         f"images/s from the {stat} round time; a benchmark is suspected when it drops beyond its noise band "
         f"({threshold:.0%} or more, up to {max(threshold, MAX_BAND):.0%}), and fails only if re-measurement confirms it"

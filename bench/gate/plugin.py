@@ -1,17 +1,13 @@
 """The throughput suite's pytest plugin: its options, its cases, and the device and versions in every saved run.
 
 `python -m bench gate` loads it into the pytest it starts (`-p bench.gate.plugin`)
-to run `bench.gate.throughput_suite`. The options are `bench.gate.options.OPTIONS`:
-
-    --bench-quick             CPU-sized run of the whole suite (batch 32, width 0.25, 5 rounds)
-    --bench-device DEV        auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N
-    --bench-dtype D           fp32 | bf16 | fp16 autocast (default: the studies' on the device)
-    --[no-]bench-channels-last  channels_last model and batch (default: the studies' on the device)
-    --bench-data P            dataset | fixed: training batches drawn from a device-resident data set, or one batch
-    --bench-batch-size N      images per step
-    --bench-width W           channel multiplier for models with a width knob
-    --bench-rounds N          timed rounds per benchmark
-    --model GLOBS             comma-separated wildcards over case ids (alexnet, alexnet:groups=2, ...)
+to run `bench.gate.throughput_suite`. The options are the gate's
+(`bench.gate.options.OPTIONS`), each with the prefix `--bench-` here so that it
+cannot meet one of pytest's: `--bench-quick`, `--bench-dtype`,
+`--[no-]bench-channels-last`, `--bench-batches`, `--bench-batch-size`,
+`--bench-width`, `--bench-rounds`, `--bench-model`, `--bench-inject-slowdown`,
+and `--bench-device` (auto | cpu | cuda | cuda:N | mps; the gate passes its own
+`--device`). `python -m bench gate --help` says what each does.
 """
 
 from __future__ import annotations
@@ -22,7 +18,7 @@ import torch
 from bench.device import pick_device
 from bench.env import environment
 from bench.errors import UserError
-from bench.gate.options import OPTIONS
+from bench.gate.options import DEVICE, OPTIONS, prefixed, values_of
 from bench.gate.suite import cases, device_id, options_from
 from bench.measure.timing import release_memory
 
@@ -32,13 +28,16 @@ _OPTIONS = pytest.StashKey()
 def pytest_addoption(parser):
     group = parser.getgroup("bench", "throughput suite (bench.gate)")
     for flag, spec in OPTIONS.items():
-        group.addoption(flag, **spec)
+        group.addoption(prefixed(flag), **spec)
+    group.addoption(prefixed(DEVICE), default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
 
 
 def pytest_configure(config):
     try:
-        config.stash[_OPTIONS] = options_from(config.option, pick_device(config.option.bench_device))
-        cases(config.stash[_OPTIONS])  # a --model pattern that matches nothing fails here
+        config.stash[_OPTIONS] = options_from(
+            values_of(config.option, in_pytest=True), pick_device(config.option.bench_device)
+        )
+        cases(config.stash[_OPTIONS])  # a model pattern that matches nothing fails here
     except (UserError, ValueError) as exc:  # one line, not a traceback
         raise pytest.UsageError(str(exc)) from None
 

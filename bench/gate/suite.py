@@ -125,22 +125,22 @@ class Options:
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
-            raise ValueError(f"--bench-dtype {self.dtype!r} is not valid; choose one of: {', '.join(DTYPES)}")
+            raise ValueError(f"--dtype {self.dtype!r} is not valid; choose one of: {', '.join(DTYPES)}")
         if self.data not in DATA_PATHS:
-            raise ValueError(f"--bench-data {self.data!r} is not valid; choose one of: {', '.join(DATA_PATHS)}")
+            raise ValueError(f"--batches {self.data!r} is not valid; choose one of: {', '.join(DATA_PATHS)}")
         parse_augment(self.augment)
         if self.memory_format not in MEMORY_FORMATS:
             raise ValueError(f"memory format {self.memory_format!r} is not one of: {', '.join(MEMORY_FORMATS)}")
         if self.batch_size < 1:
-            raise ValueError(f"--bench-batch-size must be at least 1, got {self.batch_size}")
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not WIDTH_RANGE[0] <= self.width <= WIDTH_RANGE[1]:
-            raise ValueError(f"--bench-width must be from {WIDTH_RANGE[0]:g} to {WIDTH_RANGE[1]:g}, got {self.width}")
+            raise ValueError(f"--width must be from {WIDTH_RANGE[0]:g} to {WIDTH_RANGE[1]:g}, got {self.width}")
         if self.rounds < 1:
-            raise ValueError(f"--bench-rounds must be at least 1, got {self.rounds}")
+            raise ValueError(f"--rounds must be at least 1, got {self.rounds}")
         if self.warmup_steps < 2 or self.warmup_s < 0 or self.min_round_s < 0:
             raise ValueError(f"warm-up needs at least 2 steps and round lengths >= 0: {self}")
         if self.inject_slowdown < 1:
-            raise ValueError(f"--bench-inject-slowdown must be at least 1, got {self.inject_slowdown}")
+            raise ValueError(f"--inject-slowdown must be at least 1, got {self.inject_slowdown}")
 
     def recorded(self) -> dict:
         """Plain values, stored in the run's machine info."""
@@ -157,19 +157,19 @@ class Options:
         )
 
 
-def options_from(values, device: torch.device) -> Options:
-    """`resolve_options` from parsed `OPTIONS` (attributes `bench_quick`, `bench_dtype`, ...)."""
+def options_from(values: dict, device: torch.device) -> Options:
+    """`resolve_options` from the option values of `bench.gate.options.values_of` (`quick`, `dtype`, ...)."""
     return resolve_options(
         device=device,
-        quick=values.bench_quick,
-        dtype=values.bench_dtype,
-        channels_last=values.bench_channels_last,
-        data=values.bench_data,
-        batch_size=values.bench_batch_size,
-        width=values.bench_width,
-        rounds=values.bench_rounds,
-        models=values.model,
-        inject_slowdown=values.bench_inject_slowdown,
+        quick=values["quick"],
+        dtype=values["dtype"],
+        channels_last=values["channels_last"],
+        data=values["batches"],
+        batch_size=values["batch_size"],
+        width=values["width"],
+        rounds=values["rounds"],
+        models=values["model"],
+        inject_slowdown=values["inject_slowdown"],
     )
 
 
@@ -260,7 +260,7 @@ def study_cases() -> list[Case]:
     """The study's model variants that are not a registered model as it is (`alexnet:groups=2`, ...).
 
     Distinct variants, named by the knobs changed from the model's defaults. The
-    width (`--bench-width`) is the gate's, not the study's.
+    width (`--width`) is the gate's, not the study's.
     """
     path = _study_path()
     found: list[Case] = []

@@ -2,7 +2,8 @@
 
 Run it through the gate (`python -m bench gate --save NAME | --compare NAME`,
 or `nox -s bench -- ...`); by hand, from anywhere:
-`python -m pytest -p bench.gate.plugin --pyargs bench.gate.throughput_suite --benchmark-only --bench-quick`.
+`python -m pytest -p bench.gate.plugin --pyargs bench.gate.throughput_suite --benchmark-only --bench-quick`
+(the gate's options, each prefixed `--bench-`).
 The cases (the `case` parameter) and the `options` fixture come from
 `bench.gate.plugin`.
 
@@ -49,7 +50,7 @@ def _time(benchmark, options, case, phase: str, run) -> None:
         steps_per_round=per_round,
         images_per_round=images,
     )
-    # --bench-inject-slowdown (a test hook) repeats the work, not the images counted.
+    # --inject-slowdown (a test hook) repeats the work, not the images counted.
     rounds = time_rounds(
         run,
         device,
