@@ -17,8 +17,10 @@ Why this shape:
   finishes, so a call killed at its limit still brings back every finished cell; they merge
   into results/ by the normal resume (copy the folder, or run the study there again).
 - Stages run in the order of what the CPU cannot answer: the smoke check (exit 3 if the
-  package does not run there), the speed modes, then the studies at their `gpu` profile
-  (the CIFAR-10 net's LRN study first). A study whose committed results/<study>/gpu/ already
+  package does not run there), the whole-step CUDA graph against eager steps
+  (tests/test_graphed.py), the gate's baseline for this GPU model (OUT/gate), the speed
+  modes with CUDA graphs, packed cells (1, 2, 4, 8), then the studies at their `gpu`
+  profile (the CIFAR-10 net's LRN study first). A study whose committed results/<study>/gpu/ already
   holds every declared cell finished is skipped.
 - GPU utilisation is logged every 5 s beside the results (OUT/gpu-utilisation.csv), so a
   launch-bound stage shows as a low number, not a guess.
@@ -40,6 +42,15 @@ STUDIES = ("cifar-lrn", "alexnet", "overfitting", "architectures")  # what the C
 MEASURE_ARCHS = ("layers-80sec", "alexnet", "resnet18", "googlenet")
 SMOKE_S = 120  # the smoke check's own limit: it takes seconds where the package works
 MODES_S = 90  # each net's speed modes: interleaved rounds of a few modes
+GATE_S = 120  # the gate's baseline: the suite three times (--save), the studies' nets only
+GATE_MODELS = "layers-80sec*,alexnet*,resnet18*,googlenet*"
+# {dry run: modes}: eager, channels_last, bf16, compiled, the model's CUDA graphs, the whole step's
+MODES = {
+    False: "fp32,fp32+cl,bf16+cl,compile+bf16+cl,reduce-overhead+bf16+cl,graph+bf16+cl,graph+fp32",
+    True: "fp32",
+}
+PACKED = (("layers-80sec", []), ("alexnet", []))  # the four-layer net, AlexNet-CIFAR at full width
+PACKS = {False: "1,2,4,8", True: "1,2"}
 
 
 def declared_cells_done(folder: Path, study: str, profile: str) -> bool:
@@ -135,12 +146,39 @@ def main(argv: list[str] | None = None) -> int:
         if smoke != 0:
             log("the smoke check failed: nothing else runs")
             return 3
+        # The whole-step CUDA graph checked against eager steps first: the graph modes below time it.
+        lease.run(
+            "whole-step graph test", ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_graphed.py"], 120
+        )
+        lease.run(
+            "gate baseline",
+            ["-m", "bench", "gate", "--save", "lease", "--device", device, "--storage", str(out / "gate")]
+            + (["--quick", "--model", "lenet5", "--repeat", "1"] if args.dry_run else ["--model", GATE_MODELS]),
+            GATE_S,
+        )
         for arch in MEASURE_ARCHS[:1] if args.dry_run else MEASURE_ARCHS:
-            modes = "fp32" if args.dry_run else "fp32,fp32+cl,bf16+cl,compile+bf16+cl,reduce-overhead+bf16+cl"
             lease.run(
                 f"speed modes of {arch}",
-                ["-m", "bench", "measure", "--model", arch, "--device", device, "--modes", modes, "--quick"]
+                [
+                    "-m",
+                    "bench",
+                    "measure",
+                    "--model",
+                    arch,
+                    "--device",
+                    device,
+                    "--modes",
+                    MODES[args.dry_run],
+                    "--quick",
+                ]
                 + ["--out", str(out / "results" / "measure" / f"modes-{arch}.csv")],
+                modes_s,
+            )
+        for arch, knobs in PACKED[:1] if args.dry_run else PACKED:
+            lease.run(
+                f"packed cells of {arch}",
+                ["-m", "bench", "measure", "--model", arch, *knobs, "--device", device, "--packs", PACKS[args.dry_run]]
+                + ["--quick", "--out", str(out / "results" / "measure" / f"packing-{arch}.csv")],
                 modes_s,
             )
         for study in args.studies.split(","):

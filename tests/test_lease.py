@@ -26,12 +26,17 @@ def test_dry_run_runs_every_stage_into_out(tmp_path):
     done = lease(tmp_path / "out", "--studies", "cifar-lrn,alexnet", "--deadline-s", "3600")  # no race with load
     assert done.returncode == 0, done.stdout + done.stderr
     log = (tmp_path / "out" / "lease.log").read_text()
-    order = [log.index(f"start {what}") for what in ("smoke check", "speed modes", "cifar-lrn/smoke", "alexnet/smoke")]
+    stages = ("smoke check", "whole-step graph test", "gate baseline", "speed modes", "packed cells")
+    order = [log.index(f"start {what}") for what in (*stages, "cifar-lrn/smoke", "alexnet/smoke")]
     assert order == sorted(order)
+    for what in stages:
+        assert f"end {what}: exit 0" in log, log
     for study in ("cifar-lrn", "alexnet"):
         runs = pd.read_csv(tmp_path / "out" / "results" / study / "smoke" / "runs.csv")
         assert len(runs) and (runs["status"] == "ok").all()
-    assert (tmp_path / "out" / "results" / "measure" / "modes-layers-80sec.csv").is_file()
+    measured = tmp_path / "out" / "results" / "measure"
+    assert (measured / "modes-layers-80sec.csv").is_file() and (measured / "packing-layers-80sec.csv").is_file()
+    assert list((tmp_path / "out" / "gate").rglob("*.json"))  # the gate's baseline, where the lease returns it
 
 
 def test_a_spent_deadline_skips_what_is_left_and_says_so(tmp_path):
