@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from bench.io import check_writable
 from bench.sweep.packed import PackedExecutor
 from bench.sweep.runner import check_data, run_study
 from bench.sweep.study import PROFILES, Study, list_studies, load_study
+from bench.train.config import TrainConfig
 from bench.train.result import FINISHED
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_RETRIES = 2
 RAY_OPTIONS = ("ray_address", "gpus_per_cell", "cpus_per_cell", "max_retries")
 PROFILE_RESOURCES = ("gpus_per_cell", "cpus_per_cell")  # per-cell defaults a study profile may set
+# The environment variables that default the data options: TrainConfig declares them (`option(..., env=)`).
+OPTION_ENV = {f.name: f.metadata["env"] for f in fields(TrainConfig) if f.metadata.get("env")}
 
 
 def default_profile() -> str:
@@ -81,16 +85,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--profile", default=None, help="smoke | cpu | cpu-full | gpu (default: gpu when CUDA is present, else cpu)"
     )
+    data_env, root_env = OPTION_ENV["data"], OPTION_ENV["data_root"]
     p.add_argument(
         "--data",
-        default=os.environ.get("BENCH_DATA"),
+        default=os.environ.get(data_env),
         help="cifar10 | synthetic | PATH to an ImageFolder tree or .tar.gz "
-        "(default $BENCH_DATA, else what the study's profile says, else cifar10)",
+        f"(default ${data_env}, else what the study's profile says, else cifar10)",
     )
     p.add_argument(
         "--data-root",
-        default=os.environ.get("BENCH_DATA_ROOT"),
-        help="folder holding cifar-10-batches-py/ (default $BENCH_DATA_ROOT or ./data)",
+        default=os.environ.get(root_env),
+        help=f"folder holding cifar-10-batches-py/ (default ${root_env} or ./data)",
     )
     p.add_argument("--seeds", type=parse_seeds, default=None, help="override the profile's seeds, e.g. 0,1,2")
     p.add_argument(
