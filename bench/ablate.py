@@ -15,6 +15,7 @@ from bench.data.sources import check_folder
 from bench.device import pick_device
 from bench.errors import UserError
 from bench.io import check_writable
+from bench.report.load import load
 from bench.sweep.packed import PackedExecutor
 from bench.sweep.runner import check_data, run_study
 from bench.sweep.study import PROFILES, Study, list_studies, load_study
@@ -184,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.jobs != 1:
         raise UserError("--jobs applies to --executor local only; Ray places cells by --gpus-per-cell/--cpus-per-cell")
     else:
-        from bench.sweep.ray_executor import connect
+        from bench.sweep.ray_executor import connect  # here: ray is an optional extra, asked for by --executor ray
 
         connect(args.ray_address)  # a missing extra or an unreachable cluster fails before anything runs
     if args.data and args.data not in ("cifar10", "synthetic"):
@@ -192,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     # Before any folder is made or locked: where results go, the device, every unfinished cell's data.
     check_writable(args.out, "--out", folder=True)
     if args.tensorboard is not None:
-        from bench.train.tensorboard import summary_writer_class
+        from bench.train.tensorboard import summary_writer_class  # here: tensorboard is an optional extra
 
         summary_writer_class()  # a missing package is one line now, not an error row per cell
         check_writable(args.tensorboard, "--tensorboard", folder=True)
@@ -256,7 +257,7 @@ def _executor(args: argparse.Namespace, study, profile: str):
     CLI's, else the profile's, resources."""
     if args.executor == "local":
         return PackedExecutor(args.device, args.jobs) if args.jobs > 1 else None
-    from bench.sweep.ray_executor import RayExecutor
+    from bench.sweep.ray_executor import RayExecutor  # here: ray is an optional extra
 
     per_cell = {
         **_profile_resources(study, profile),
@@ -284,7 +285,6 @@ def chosen_combinations(folder: Path, study: Study, profile: str, seeds: set[int
     error only, so the confirming seeds never see a choice made on test data."""
     # here: the report's plotting libraries load only when a two-stage Figure 1 study needs its rule
     from bench.report.kinds.figure1 import choose, lr_grid
-    from bench.report.load import load
 
     sd = load(folder)
     sd.runs = sd.runs[sd.runs["seed"].isin(seeds)]

@@ -263,7 +263,7 @@ def _fake_suite(monkeypatch, case: str, env: dict | None = None, **changes):
 
     resolved = []
     real_options_from = suite.options_from
-    monkeypatch.setattr(suite, "options_from", lambda *a: resolved.append(real_options_from(*a)) or resolved[-1])
+    monkeypatch.setattr(command, "options_from", lambda *a: resolved.append(real_options_from(*a)) or resolved[-1])
 
     def fake(device, json_path, pytest_args, select=None):
         bench = {"environment": env if env is not None else environment(torch.device("cpu")),
@@ -285,7 +285,7 @@ def _scripted_suite(monkeypatch, rates: list[dict[str, float]]):
     calls = []
     resolved = []
     real_options_from = suite.options_from
-    monkeypatch.setattr(suite, "options_from", lambda *a: resolved.append(real_options_from(*a)) or resolved[-1])
+    monkeypatch.setattr(command, "options_from", lambda *a: resolved.append(real_options_from(*a)) or resolved[-1])
 
     def fake(device, json_path, pytest_args, select=None):
         bench = {"environment": environment(torch.device("cpu")), "settings": resolved[-1].recorded()}

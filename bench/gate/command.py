@@ -39,8 +39,25 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.device import pick_device
+from bench.env import environment
 from bench.errors import UserError
+from bench.gate.compare import (
+    STATS,
+    check_comparable,
+    check_settings,
+    compare,
+    confirm,
+    format_report,
+    format_run,
+    images_per_s,
+    load_run,
+    merge_runs,
+    regressed,
+)
 from bench.gate.options import CONFIRM, DEVICE, NOISE_K, OPTIONS, as_arguments, prefixed, suite_option, values_of
+from bench.gate.suite import cases, describe_device, device_id, options_from
+from bench.io import atomic_write_text, check_writable, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +149,6 @@ def _saved_anywhere(storage: Path, name: str) -> list[Path]:
 
 
 def _newest(paths: list[Path]):
-    from bench.gate.compare import load_run
-
     return max((load_run(p) for p in paths), key=lambda run: (run.datetime, str(run.path)))
 
 
@@ -176,9 +191,8 @@ def store(run_json: Path, folder: Path, name: str) -> Path:
     writes them itself, and only after the suite passed: a failed run leaves no
     partial baseline.
     """
+    # pytest-benchmark is the dev extra: _check_installed names it before the suite runs
     from pytest_benchmark.utils import get_machine_id
-
-    from bench.io import atomic_write_text
 
     numbers = [int(p.name[:4]) for p in folder.glob("*/[0-9][0-9][0-9][0-9]_*.json")]
     target = folder / get_machine_id() / f"{max(numbers, default=0) + 1:04d}_{name}.json"
@@ -237,24 +251,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from bench.device import pick_device
-    from bench.env import environment
-    from bench.gate.compare import (
-        STATS,
-        check_comparable,
-        check_settings,
-        compare,
-        confirm,
-        format_report,
-        format_run,
-        images_per_s,
-        load_run,
-        merge_runs,
-        regressed,
-    )
-    from bench.gate.suite import cases, describe_device, device_id, options_from
-    from bench.io import check_writable
-
     if not 0 < args.threshold < 1:
         raise UserError(f"--threshold must be a fraction between 0 and 1 (0.1 = 10%), got {args.threshold}")
     if args.noise_k < 0:
@@ -353,8 +349,6 @@ def _gate(args: argparse.Namespace) -> int:
 
     print(format_report(baseline, current, rows, threshold=args.threshold, stat=args.stat, noise_k=args.noise_k))
     if args.report is not None:
-        from bench.io import write_csv
-
         write_csv(args.report, [{**r, "remeasured": " ".join(f"{c:+.4f}" for c in r["remeasured"])} for r in rows])
         log.info("wrote %s", args.report)
     compared = [r for r in rows if r["change"] is not None]

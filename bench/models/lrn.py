@@ -162,6 +162,7 @@ def _call_fused(index: int, constants: tuple, *tensors: torch.Tensor) -> torch.T
 
 @functools.cache
 def _toolchain_missing(device_type: str) -> str | None:
+    # here: the compiler stack (dynamo, inductor, triton) loads only where a fused kernel is asked for
     import torch._dynamo
 
     if not torch._dynamo.is_dynamo_supported():

@@ -66,7 +66,7 @@ class Upsample(nn.Module):
 @register_prefix("tv:")
 def torchvision_model(*, name: str, num_classes: int = 10) -> nn.Module:
     """torchvision's `name`, untrained, taking 32x32 input (upsampled inside where it needs more)."""
-    import torchvision
+    import torchvision  # here: see min_input_side
 
     valid = torchvision.models.list_models(module=torchvision.models)
     if name not in valid:
@@ -95,7 +95,7 @@ def torchvision_model(*, name: str, num_classes: int = 10) -> nn.Module:
 @register_model("alexnet-tv", input_size=224)
 def alexnet_tv(*, num_classes: int = 10, dropout: float = 0.5) -> nn.Module:
     """torchvision's one-tower AlexNet at 224x224: 61,100,840 parameters at 1000 classes."""
-    import torchvision
+    import torchvision  # here: see min_input_side
 
     return torchvision.models.alexnet(
         weights=None, num_classes=num_classes, dropout=check_probability("dropout", dropout)

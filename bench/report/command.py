@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import tempfile
 from pathlib import Path
+
+from bench.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # here: the plotting libraries (matplotlib, seaborn) load only when a report is drawn, not for --help
     from bench.report.draw import find_result_folders, report_all
 
     for path in args.paths:  # every path is checked before anything is written
@@ -35,11 +40,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_writable(folder: Path) -> None:
     """The report writes beside runs.csv: a folder that takes nothing is one line now, not a traceback later."""
-    import os
-    import tempfile
-
-    from bench.errors import UserError
-
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".bench-write-check-", dir=folder))
     except OSError as e:

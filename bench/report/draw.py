@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.errors import UserError
 from bench.io import atomic_write_text
 from bench.report import effects
 from bench.report.kinds import KINDS, kind_for
@@ -72,8 +73,6 @@ def report_study(results_dir: Path) -> Path:
 
 def find_result_folders(path: Path) -> list[Path]:
     """`path` itself if it holds runs.csv, else every <study>/<profile>/ (or <profile>/) folder under it that does."""
-    from bench.errors import UserError
-
     path = Path(path)
     if not path.exists():
         raise UserError(

@@ -11,8 +11,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+import torch
+
 from bench.choose import arm_key
 from bench.errors import UserError
+from bench.models import create_model
 from bench.studies import PROFILES, StudyFile, find_study, list_studies
 from bench.train.config import TrainConfig
 
@@ -100,10 +103,6 @@ def load_study(name_or_path: str) -> Study:
 def _check_models(path, cells: list[Cell]) -> None:
     """Build every distinct model on the meta device (no memory, no compute) so that a
     bad knob value fails when the study loads, not hours into a sweep."""
-    import torch
-
-    from bench.models import create_model
-
     seen = set()
     for cell in cells:
         c = cell.config

@@ -20,7 +20,9 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+import seaborn as sns
 import torch
+from matplotlib.figure import Figure
 
 from bench.data import load_data
 from bench.errors import UserError
@@ -89,9 +91,6 @@ def per_class_table(logits: torch.Tensor, y: torch.Tensor, classes: list[str]) -
 
 
 def confusion_figure(confusion: torch.Tensor, classes: list[str], title: str):
-    import seaborn as sns
-    from matplotlib.figure import Figure
-
     pct = (100 * confusion / confusion.sum(1, keepdim=True).clamp(min=1)).numpy()
     n = len(classes)
     side = min(max(4.5, 0.5 * n + 2), 24)
