@@ -354,3 +354,20 @@ def test_synthetic_data_is_sized_to_what_was_asked(monkeypatch):
     assert counts(data.train_y) == [2] * 10 and data.size("val") == 25
     load_data(DataSpec(source="synthetic", test_per_class=1))
     assert made[-1] == (5000, 10, 32)  # nothing asked: the documented default
+
+
+def test_sixteen_bit_grayscale_is_scaled_to_8_bits_not_clipped(tmp_path):
+    """PIL's convert("RGB") clips 16-bit values at 255: uniform noise would read as almost all white."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("test", 1)):
+        for cls in ("a", "b"):
+            for i in range(n):
+                path = tmp_path / "deep" / split / cls / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 65536, (32, 32), dtype=np.uint16)).save(path)
+    grey = tmp_path / "deep" / "test" / "a" / "0.png"
+    Image.fromarray(np.full((32, 32), 64 * 257, dtype=np.uint16)).save(grey)  # 16448 is 8-bit 64
+    data = load_data(DataSpec(source=str(tmp_path / "deep")))
+    assert 120 < data.train_x.float().mean().item() < 135  # uniform over 0..255, not ~254 (clipped)
+    assert data.provenance["conversion"] == "16-bit grayscale, scaled to 8 bits->RGB"
+    assert (data.test_x == 64).all(dim=(1, 2, 3)).any()  # the grey image, exactly

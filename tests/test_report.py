@@ -769,8 +769,13 @@ def _text_in_a_number(path: Path) -> None:
         ("history.csv", _tear_last_line, r"history\.csv is not a readable table \(line \d+ is torn"),
         ("history.csv", lambda p: p.write_bytes(bytes(range(256)) * 8), r"history\.csv is not a readable table"),
         ("runs.csv", _text_in_a_number, r"runs\.csv: line 3: final_test_top1_err_pct='abc' is not a number"),
+        (
+            "runs.csv",
+            lambda p: pd.read_csv(p).drop(columns="status").to_csv(p, index=False),
+            r"runs\.csv has no status column, so which cells finished is unknown",
+        ),
     ],
-    ids=["torn history", "history of random bytes", "text in a number column"],
+    ids=["torn history", "history of random bytes", "text in a number column", "no status column"],
 )
 def test_a_damaged_table_is_a_one_line_error_not_a_quieter_report(tmp_path, table, damage, needle):
     folder = _damaged(tmp_path, table, damage)

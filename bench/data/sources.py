@@ -125,11 +125,27 @@ class Decoded:
     size: tuple[int, int]  # the file's (width, height) before resizing
 
 
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I")  # PIL's modes for 16-bit grayscale files (PNG, TIFF)
+
+
+def _to_8_bits(im: Image.Image) -> Image.Image:
+    """A 16-bit grayscale image scaled to 8 bits (value / 257, 65535 -> 255).
+
+    PIL's own convert("RGB") clips these at 255 instead, which turns almost every pixel white.
+    Mode "I" holds 32-bit integers, but PIL opens 16-bit PNGs as "I" or "I;16" and the range
+    of real 32-bit images is undefined, so "I" is read as 16-bit too.
+    """
+    if im.mode not in SIXTEEN_BIT:
+        return im
+    wide = np.asarray(im, dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), mode="L")
+
+
 def _decode(data: bytes, name: str, image_size: int | None) -> Decoded:
     try:
         with Image.open(io.BytesIO(data)) as im:
             mode, size = im.mode, im.size
-            im = im.convert("RGB")
+            im = _to_8_bits(im).convert("RGB")
             if image_size is not None and im.size != (image_size, image_size):
                 im = im.resize((image_size, image_size), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
@@ -146,8 +162,10 @@ MODE_NAMES = {
     "1": "1-bit",
     "P": "palette",
     "RGBA": "RGBA",
-    "I": "32-bit grayscale",
-    "I;16": "16-bit grayscale",
+    "I": "16-bit grayscale, scaled to 8 bits",  # see _to_8_bits
+    "I;16": "16-bit grayscale, scaled to 8 bits",
+    "I;16L": "16-bit grayscale, scaled to 8 bits",
+    "I;16B": "16-bit grayscale, scaled to 8 bits",
     "F": "float grayscale",
     "CMYK": "CMYK",
 }

@@ -206,7 +206,7 @@ def load(folder: Path) -> StudyData:
     prof = spec.profiles.get(profile) if spec else None
     grid = spec.lr_grid(profile) if prof is not None else []
     runs, superseded = _latest_per_configuration(
-        _normalize_runs(runs, notes), factors, notes, [LR] if grid and LR in runs else []
+        _normalize_runs(runs, notes, runs_path), factors, notes, [LR] if grid and LR in runs else []
     )
     lr_choice = grid_runs = None
     if grid and len(runs) and LR in runs:
@@ -362,7 +362,7 @@ def _first(frame: pd.DataFrame, column: str) -> str | None:
     return None
 
 
-def _normalize_runs(runs: pd.DataFrame, notes: Notes) -> pd.DataFrame:
+def _normalize_runs(runs: pd.DataFrame, notes: Notes, runs_path: Path) -> pd.DataFrame:
     runs = rename_columns(runs)
     if "target_metric" in runs:
         runs["target_metric"] = runs["target_metric"].map(lambda m: canonical(m) if isinstance(m, str) else m)
@@ -371,8 +371,11 @@ def _normalize_runs(runs: pd.DataFrame, notes: Notes) -> pd.DataFrame:
     else:
         runs["is_baseline"] = False
     if "status" not in runs:
-        if len(runs):
-            notes.warn(f"column 'status' missing from {RUNS}; every row taken as ok")
+        if len(runs):  # taking every row as finished would report failed cells' numbers as results
+            raise UserError(
+                f"{runs_path} has no status column, so which cells finished is unknown; "
+                "restore the table from git or re-run the study"
+            )
         runs["status"] = OK
     runs["status"] = runs["status"].fillna("unknown").astype(str)
     runs = upgrade_counts(runs)  # tables written before `macs` meant conv + linear only
