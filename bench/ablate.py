@@ -185,9 +185,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.jobs != 1:
         raise UserError("--jobs applies to --executor local only; Ray places cells by --gpus-per-cell/--cpus-per-cell")
     else:
-        from bench.sweep.ray_executor import connect  # here: ray is an optional extra, asked for by --executor ray
-
-        connect(args.ray_address)  # a missing extra or an unreachable cluster fails before anything runs
+        for study in studies:  # a missing extra, an unreachable cluster, cells no node could run: now
+            _executor(args, study, profile).check()
     if args.data and args.data not in ("cifar10", "synthetic"):
         check_folder(Path(args.data).expanduser())
     # Before any folder is made or locked: where results go, the device, every unfinished cell's data.

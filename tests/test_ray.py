@@ -1,5 +1,7 @@
 """The Ray executor on a local Ray runtime (two CPUs): same results as the local executor,
-data shipped from the driver, worker crashes retried or recorded as `crashed` rows."""
+data shipped from the driver, worker crashes retried or recorded as `crashed` rows; and the
+command as a user runs it (its own process and Ray runtime): cells no node can run and an
+address where nothing listens refused at once, Ctrl-C and kill -9 leaving no Ray process."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ import logging
 import os
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +26,7 @@ from bench.sweep.ray_executor import CRASH_HOOK, RayExecutor
 from bench.sweep.runner import run_study
 from bench.sweep.study import load_study
 
+REPO = Path(__file__).resolve().parents[1]
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'alexnet-bench[ray]' (CI installs it)")
 
 TINY = """
@@ -230,3 +236,156 @@ def test_ctrl_c_cancels_the_tasks_keeps_finished_rows_and_exits_130(tmp_path, ca
     while time.time() < deadline and ray.available_resources().get("CPU", 0) < 2:
         time.sleep(0.2)
     assert ray.available_resources().get("CPU", 0) == 2
+
+
+# --- ending cleanly: cells no node can run, an address where nothing listens, Ctrl-C, kill -9 ------
+
+HANG_GUARD = 1800  # seconds: only a hang guard; every wait below is for an event
+
+
+def ablate_argv(study: Path, out: Path) -> list[str]:
+    return ["ablate", "--study", str(study), "--profile", "smoke", "--out", str(out), "--no-progress", "--no-report"]
+
+
+def user_env() -> dict:
+    """This environment without what Ray put there (RAY_AUTH_MODE, say, which also silences a
+    warning a user sees), and without RAY_ADDRESS."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+
+
+def cli(tmp_path: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m bench ablate --executor ray ...` as a user runs it: its own process, no Ray runtime
+    of the test's (no RAY_ADDRESS), so it starts one of its own unless told an address."""
+    tiny_study(tmp_path)
+    argv = [sys.executable, "-m", "bench", *ablate_argv(tmp_path / "tiny.toml", tmp_path / "results"), "--executor"]
+    environ = user_env() | (env or {})
+    return subprocess.run(
+        [*argv, "ray", *extra], cwd=REPO, env=environ, capture_output=True, text=True, timeout=HANG_GUARD
+    )
+
+
+@pytest.mark.parametrize("resource", ["--cpus-per-cell", "--gpus-per-cell"])
+def test_cells_no_node_can_run_are_one_line_before_the_sweep_starts(tmp_path, capsys, resource):
+    """Ray would hold such a task forever: the check against the cluster's nodes refuses it first."""
+    have = ray.cluster_resources().get({"--cpus-per-cell": "CPU", "--gpus-per-cell": "GPU"}[resource], 0)
+    ask = str(int(have) + 1)
+    tiny_study(tmp_path)
+    out = tmp_path / "results"
+    argv = [*ablate_argv(tmp_path / "tiny.toml", out), "--executor", "ray", resource, ask]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and f"{resource} {ask}: each cell asks for {ask} " in err, err
+    assert f"has {have:g} that Ray can use; lower {resource}" in err
+    assert not out.exists()  # no folder made, no lock file
+
+
+@pytest.mark.parametrize("resource", ["--cpus-per-cell", "--gpus-per-cell"])
+def test_cells_this_machine_cannot_run_are_refused_before_ray_starts(tmp_path, resource):
+    """On a runtime it would start itself, the check comes before Ray does: one line, no Ray log lines."""
+    import torch
+
+    have = os.cpu_count() if resource == "--cpus-per-cell" else torch.cuda.device_count()
+    done = cli(tmp_path, resource, str(have + 1))
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.splitlines() == [done.stderr.strip()], done.stderr  # the error alone
+    assert f"error: {resource} {have + 1}: each cell asks for {have + 1} " in done.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("how", ["--ray-address", "RAY_ADDRESS"])
+def test_an_address_where_nothing_listens_is_one_line_not_a_hang(tmp_path, how):
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    done = cli(tmp_path, "--ray-address", address) if how == "--ray-address" else cli(tmp_path, env={how: address})
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.splitlines() == [done.stderr.strip()], done.stderr
+    assert (
+        f"nothing answers at {address}" in done.stderr
+        and ("--ray-address " if how != "RAY_ADDRESS" else "RAY_ADDRESS=") in done.stderr
+    )
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """pid -> start time of every process below `pid` (its children, theirs, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    started = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(stat[1]), []).append(int(entry))
+            started[int(entry)] = stat[19]
+    found, todo = {}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found[child] = started[child]
+            todo.append(child)
+    return found
+
+
+def alive(processes: dict[int, str]) -> list[str]:
+    """Those of `processes` still running (a zombie nobody reaps counts as gone), with their names."""
+    left = []
+    for pid, start in processes.items():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[19] == start and fields[0] != "Z":
+            left.append(f"{pid} {stat.split('(', 1)[1].rsplit(')', 1)[0]}")
+    return left
+
+
+def start_sweep(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
+    """The CLI with a Ray runtime of its own, in its own process group (as a terminal runs it),
+    once its first cell is recorded: (process, stderr file, results folder)."""
+    study = tmp_path / "tiny.toml"
+    study.write_text(TINY.format(train=8, test=4, val=0, train_eval=5000).replace("epochs = 1", "epochs = 30"))
+    err = tmp_path / "stderr.txt"
+    argv = [sys.executable, "-m", "bench", *ablate_argv(study, tmp_path / "results"), "--executor", "ray"]
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen(argv, cwd=REPO, env=user_env(), stderr=stderr, start_new_session=True)
+    deadline = time.time() + HANG_GUARD
+    while time.time() < deadline and proc.poll() is None and "[ok]" not in err.read_text():
+        time.sleep(0.2)
+    assert proc.poll() is None, err.read_text()[-3000:]  # still running: three cells to go
+    return proc, err, tmp_path / "results" / "tiny" / "smoke"
+
+
+def wait_gone(processes: dict[int, str], seconds: float = 60) -> list[str]:
+    """Wait until none of `processes` runs; what is still running after `seconds` (a hang guard)."""
+    deadline = time.time() + seconds
+    while alive(processes) and time.time() < deadline:
+        time.sleep(0.2)
+    return alive(processes)
+
+
+def test_ctrl_c_of_the_command_exits_130_every_time_and_leaves_no_ray_process(tmp_path):
+    """SIGINT to the command's process group, as Ctrl-C in a terminal sends it, while cells run on a
+    Ray runtime the command started: exit 130, the last line says so, no Ray abort, nothing left."""
+    proc, err, folder = start_sweep(tmp_path)
+    ray_processes = descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=HANG_GUARD) == 130, err.read_text()[-3000:]
+    text = err.read_text()
+    assert text.strip().splitlines()[-1] == "interrupted; finished results are kept", text[-3000:]
+    assert "Check failed" not in text and "Traceback" not in text, text[-3000:]
+    runs = pd.read_csv(folder / "runs.csv")
+    assert 1 <= len(runs) < 4 and set(runs["status"]) == {"ok"}
+    assert wait_gone(ray_processes) == []
+
+
+def test_kill_9_of_the_driver_leaves_no_ray_process(tmp_path):
+    """Ray ties its head processes to the driver, but the agents its raylet starts outlived it by
+    minutes: the command's reaper kills every process of its Ray session once the driver is gone."""
+    proc, err, folder = start_sweep(tmp_path)
+    ray_processes = descendants(proc.pid)
+    assert any("ray::" in name or "raylet" in name for name in alive(ray_processes)), alive(ray_processes)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=HANG_GUARD)
+    assert wait_gone(ray_processes) == []
+    assert list(folder.glob("cells/*.json")) or len(pd.read_csv(folder / "runs.csv")) >= 1  # the finished cell kept

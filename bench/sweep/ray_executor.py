@@ -13,7 +13,12 @@ holds the results-folder lock and writes the tables.
   to `max_retries` times; after that the cell is a `crashed` row with Ray's message and
   the sweep goes on. An exception inside the cell (CUDA out of memory included) never
   reaches Ray: `run_cell` makes it the row's status.
-- Leaving early (Ctrl-C, an error here) cancels every task not yet finished.
+- Leaving early (Ctrl-C, an error here) cancels every task not yet finished, waits until Ray
+  has settled each cancellation, and stops a Ray runtime this process started.
+- A Ray runtime started here is watched by a small process of its own (`_REAPER`): when this
+  process ends, however it ends (kill -9 included), it kills whatever of that runtime is left.
+- Cells that no machine could ever run (more CPUs or GPUs than any node has) and an address
+  where nothing listens are one-line errors before anything runs, not a sweep that waits forever.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 import warnings
 from dataclasses import dataclass, fields
@@ -40,8 +48,48 @@ log = logging.getLogger(__name__)
 # first time it runs the cell (it creates the marker file first, so a retry runs normally).
 CRASH_HOOK = "BENCH_TEST_CRASH_CELL"
 WAIT_SECONDS = 1.0  # how long one ray.wait may block: Ctrl-C is seen between waits
+CANCEL_SECONDS = 30.0  # how long a cancelled task may take to stop before its worker is killed
+CONNECT_SECONDS = 5.0  # for a cluster's port to answer; Ray itself retries an address for minutes
 
 _connection: str | None = None  # how this process joined Ray, as `connect` returns it
+_reaper: subprocess.Popen | None = None  # holds the pipe whose closing tells the reaper this process ended
+
+# Run as `python -c _REAPER SESSION_DIR RAY_DIR` with a pipe from the driver as stdin. Its read
+# returns when the driver has exited: every process of that Ray session still alive (a Ray
+# program, with a file open in the session folder) is then killed. Ray ties its head processes to
+# the driver, but the agents the raylet starts outlived a killed driver by minutes.
+_REAPER = r"""
+import os, signal, sys, time
+session, ray_dir = sys.argv[1].rstrip("/") + "/", sys.argv[2]
+sys.stdin.buffer.read()
+
+def in_session(pid):
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    if not (cmd.startswith("ray::") or ray_dir in cmd):
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(session):
+                return True
+        except OSError:
+            pass
+    return False
+
+for _ in range(20):  # a few passes: a process may start while the first one runs
+    left = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid() and in_session(p)]
+    if not left:
+        break
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    time.sleep(0.5)
+"""
 
 
 def import_ray():
@@ -61,12 +109,15 @@ def connect(address: str | None = None) -> str:
     ray = import_ray()
     if ray.is_initialized():
         return _connection or "existing"
+    flag = "--ray-address" if address else "RAY_ADDRESS="
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     quiet = {"logging_level": logging.WARNING, "log_to_driver": False}  # rows carry each cell's outcome
     if address == "local":
-        ray.init(address="local", include_dashboard=False, **quiet)
+        context = ray.init(address="local", include_dashboard=False, **quiet)
+        _start_reaper(ray, context.address_info["session_dir"])
         _connection = "local"
         return _connection
+    _check_listening(address, flag)
     import bench
 
     try:
@@ -79,6 +130,67 @@ def connect(address: str | None = None) -> str:
         ) from None
     _connection = "remote"
     return _connection
+
+
+def will_start_ray(address: str | None) -> bool:
+    """Whether `connect(address)` would start a Ray runtime on this machine."""
+    return not import_ray().is_initialized() and (address or os.environ.get("RAY_ADDRESS") or "local") == "local"
+
+
+def _check_listening(address: str, flag: str) -> None:
+    """Refuse HOST:PORT (or ray://HOST:PORT) where nothing answers: ray.init would retry for minutes."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():  # "auto", or a form Ray's own error names
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as e:
+        raise UserError(
+            f"{flag}{'' if flag.endswith('=') else ' '}{address}: nothing answers at {host}:{port} "
+            f"({e.strerror or type(e).__name__}); start a cluster with `ray start --head` and pass its "
+            f"address, or leave --ray-address out to run on this machine"
+        ) from None
+
+
+def _start_reaper(ray, session_dir: str) -> None:
+    global _reaper
+    if not os.path.isdir("/proc"):  # the reaper finds the session's processes through /proc (Linux)
+        return
+    _reaper = subprocess.Popen(
+        [sys.executable, "-c", _REAPER, session_dir, os.path.dirname(ray.__file__)],
+        stdin=subprocess.PIPE,
+        start_new_session=True,  # Ctrl-C in a terminal reaches the driver, not the reaper
+    )
+
+
+def _started_here(ray) -> bool:
+    """Whether this process started the Ray runtime it is connected to (`ray.init()` without an
+    address, a test's say): one machine, no autoscaler. Ray has no public call for it."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    return bool(getattr(node, "all_processes", None))
+
+
+def _this_machine() -> dict:
+    """What a Ray runtime started here will offer, before starting it: Ray counts the same GPUs
+    and at most these CPUs (fewer under a CPU quota, which `check` then sees)."""
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def _cancel(ray, refs: list) -> None:
+    """Stop the tasks of `refs` and wait until Ray has settled each one.
+
+    A plain cancel raises KeyboardInterrupt inside the task and the worker lives on. Killing
+    the worker (force) races Ray's retry of a task whose worker died, and the driver then can
+    abort with `Check failed: it != submissible_tasks_.end()` (ray-project/ray#54798): force is
+    kept for a task still running CANCEL_SECONDS after the plain cancel.
+    """
+    for force in (False, True):
+        for ref in refs:
+            ray.cancel(ref, force=force)
+        _, refs = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_SECONDS)
+        if not refs:
+            return
+    log.warning("%d cancelled Ray tasks had not stopped after %g s", len(refs), 2 * CANCEL_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -161,25 +273,47 @@ class RayExecutor:
         self.cpus_per_cell = _number(cpus_per_cell, "--cpus-per-cell")
         self.max_retries = max_retries
 
-    def _resolve(self) -> None:
-        """Connect, and settle GPUs per cell: as given, else none on cpu/mps, else one if the
-        cluster has GPUs (or --device cuda asks for them)."""
+    def check(self) -> None:
+        """Connect, settle GPUs per cell (as given, else none on cpu/mps, else one if the cluster
+        has GPUs or --device cuda asks for them), and refuse cells that no node could run. For a
+        runtime started here that is checked first against this machine, before Ray starts."""
         ray = import_ray()
+        if will_start_ray(self.address):
+            self._fit(self._per_cell(_this_machine()["GPU"]), _this_machine(), local=True)
         where = connect(self.address)
         have = ray.cluster_resources().get("GPU", 0)
-        if self.gpus_per_cell is None:
-            self.gpus_per_cell = 0.0 if self.device in ("cpu", "mps") else float(self.device == "cuda" or have > 0)
-        if self.gpus_per_cell > have:
-            if where == "local":  # no autoscaler will ever add one
+        largest = {}  # a task runs on one node: what the biggest live node has of each resource
+        for node in ray.nodes():
+            for name, amount in node.get("Resources", {}).items() if node.get("Alive") else ():
+                largest[name] = max(largest.get(name, 0.0), amount)
+        self.gpus_per_cell = self._per_cell(have)
+        self._fit(self.gpus_per_cell, largest, local=where == "local" or _started_here(ray))
+
+    def _per_cell(self, have_gpus: float) -> float:
+        if self.gpus_per_cell is not None:
+            return self.gpus_per_cell
+        return 0.0 if self.device in ("cpu", "mps") else float(self.device == "cuda" or have_gpus > 0)
+
+    def _fit(self, gpus_per_cell: float, node: dict, *, local: bool) -> None:
+        for name, flag, ask in (
+            ("GPU", "--gpus-per-cell", gpus_per_cell),
+            ("CPU", "--cpus-per-cell", self.cpus_per_cell),
+        ):
+            have = node.get(name, 0.0)
+            if ask <= have:
+                continue
+            if local:  # no autoscaler will ever add one: the cell would wait forever
+                fix = f"lower {flag}" + (" or use --device cpu" if name == "GPU" else "")
                 raise UserError(
-                    f"each cell asks for {self.gpus_per_cell:g} GPUs and this machine has {have:g} "
-                    f"that Ray can see; lower --gpus-per-cell or use --device cpu"
+                    f"{flag} {ask:g}: each cell asks for {ask:g} {name}{'s' * (ask != 1)} and this machine has {have:g} "
+                    f"that Ray can use; {fix}"
                 )
             log.warning(
-                "the Ray cluster has %g GPUs and each cell asks for %g; cells wait until "
-                "enough GPUs join (an autoscaler adds them)",
-                have,
-                self.gpus_per_cell,
+                "no node of the Ray cluster has %g %ss (%s); cells wait until such a node joins "
+                "(an autoscaler adds one)",
+                ask,
+                name,
+                flag,
             )
 
     def _task_device(self) -> str:
@@ -189,7 +323,7 @@ class RayExecutor:
 
     def environment(self) -> dict:
         ray = import_ray()
-        self._resolve()
+        self.check()
         return {
             "executor": "ray",
             "ray": ray.__version__,
@@ -202,7 +336,7 @@ class RayExecutor:
 
     def run(self, cells, fn: CellFn):
         ray = import_ray()
-        self._resolve()
+        self.check()
         task = ray.remote(_run_in_worker).options(
             num_gpus=self.gpus_per_cell, num_cpus=self.cpus_per_cell, max_retries=self.max_retries
         )
@@ -224,8 +358,10 @@ class RayExecutor:
                     cell, submitted = running.pop(ref)
                     yield self._result(ray, ref, cell, fn, time.perf_counter() - submitted)
         finally:  # Ctrl-C, or the caller stopped: nothing keeps running after the sweep
-            for ref in running:
-                ray.cancel(ref, force=True)
+            if running:
+                _cancel(ray, list(running))
+                if _connection == "local":  # ours: stop it now, not in Ray's exit handler
+                    ray.shutdown()
 
     def _result(self, ray, ref, cell, fn: CellFn, seconds: float):
         try:
