@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from permissions import obey_permission_bits
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,3 +184,11 @@ def image_tar(image_tree, tmp_path) -> Path:
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(image_tree.path, arcname="tiny")
     return archive
+
+
+@pytest.fixture
+def obey_bits():
+    """Root obeys permission bits for this test (tests/permissions.py), so its "not writable" case runs as root."""
+    restore = obey_permission_bits()
+    yield
+    restore()

@@ -2,7 +2,8 @@
 
     python tests/forked_cli.py CASES.json RESULTS.json [JOBS]
 
-CASES.json maps a case name to {"argv": [...], "cwd": "...", "env": {...}, "timeout": seconds}.
+CASES.json maps a case name to {"argv": [...], "cwd": "...", "env": {...}, "timeout": seconds,
+"obey_permission_bits": bool (root's child drops its file-permission overrides: tests/permissions.py)}.
 This process imports the command modules (and with them torch) once, then forks one
 child per case. The child takes the case's environment and working folder, points
 its stdout and stderr at files, and runs the `bench` package as `python -m bench`
@@ -25,6 +26,8 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+
+from permissions import obey_permission_bits
 
 # Every command module and what they import late, so that no child pays for an import
 # (torchvision.models alone is ~1,000 modules, for `tv:` models and the gate's cases).
@@ -56,6 +59,8 @@ def _child(case: dict, stdout: str, stderr: str) -> None:
             target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.dup2(target, fd)
             os.close(target)
+        if case.get("obey_permission_bits"):  # a "folder not writable" case: root too must be refused
+            obey_permission_bits()
         sys.argv = ["-m", *case["argv"]]
         try:
             runpy.run_module("bench", run_name="__main__", alter_sys=True)

@@ -304,8 +304,7 @@ def test_bench_cache_that_is_a_file_fails_before_decoding(image_tree, tmp_path, 
         load_data(DataSpec(source=str(image_tree.path)))
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes through permission bits")
-def test_bench_cache_without_write_permission_fails_before_decoding(image_tree, tmp_path, monkeypatch):
+def test_bench_cache_without_write_permission_fails_before_decoding(image_tree, tmp_path, monkeypatch, obey_bits):
     monkeypatch.setattr(bench.data, "read_folder", lambda *a, **k: pytest.fail("decoded before checking the cache"))
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
