@@ -2,10 +2,16 @@
 
 `pick_device` resolves `--device` once; `synchronize` waits for queued work so
 that a clock read after it is honest; `is_oom` tells an out-of-memory failure
-from any other, so that callers can retry smaller or record `oom`.
+from any other, so that callers can retry smaller or record `oom`;
+`keep_cpu_heap` stops the C allocator handing a step's memory back to the
+operating system only to fault it in again on the next step.
 """
 
 from __future__ import annotations
+
+import ctypes
+import functools
+import sys
 
 import torch
 
@@ -74,3 +80,31 @@ def is_oom(exc: BaseException) -> bool:
 def threads_per_cell(jobs: int, threads: int | None = None) -> int:
     """The CPU threads each of `jobs` packed cells may use: the parent's share, at least one."""
     return max(1, (threads if threads is not None else torch.get_num_threads()) // jobs)
+
+
+# glibc's mallopt parameters (malloc.h) and the values set: blocks up to KEPT_BLOCK_BYTES come from
+# the heap (a full-width AlexNet-CIFAR activation at batch 128 is 50 MB), and up to
+# KEPT_FREE_BYTES of free memory stays at the heap's top instead of going back to the kernel.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+KEPT_BLOCK_BYTES = 256 << 20
+KEPT_FREE_BYTES = 1 << 30
+
+
+@functools.cache
+def keep_cpu_heap() -> bool:
+    """Keep freed CPU memory in the process (glibc); True when set, False where it does not apply.
+
+    Why: glibc returns freed blocks to the kernel (munmap of blocks above its mmap threshold,
+    which adapts only up to 32 MB; trimming of the heap's free top), and every page of the next
+    step's tensors is then faulted in and zeroed again. Measured in minor page faults per
+    AlexNet-CIFAR training step (batch 128, channels_last, fp32): width 1/8, 3,347 with LRN and
+    0 without; width 1, 188,681 and 72,774. With these settings, 0 at widths 1/8 and 1/2.
+    A training process's memory stays at its peak, which it reaches every step anyway.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the process already runs on
+    except (OSError, AttributeError):  # a libc without mallopt (musl): nothing to set
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, KEPT_BLOCK_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, KEPT_FREE_BYTES))

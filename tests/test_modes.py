@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import math
 import os
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -145,6 +147,35 @@ def test_backend_flags_are_left_alone_off_cuda(restore_backend_flags):
     torch.backends.cudnn.benchmark = False
     assert apply_backend_flags(CPU, cudnn_benchmark=True, tf32=True) == {"cudnn_benchmark": None, "tf32": None}
     assert not torch.backends.cudnn.benchmark
+
+
+# A child process: allocate and fill a 48 MB tensor 20 times (above glibc's largest adaptive
+# mmap threshold, 32 MB, so each block would be unmapped when freed), and print the minor page
+# faults of the last four; the heap takes a few rounds to settle around the process's other
+# allocations. Pages count, not seconds: the test holds under any load.
+_REFAULTS = """
+import resource, sys, torch
+from bench.train.modes import apply_backend_flags
+if sys.argv[1] == "cpu-run":
+    apply_backend_flags("cpu", cudnn_benchmark=True, tf32=True)
+for _ in range(16):
+    torch.empty(12 << 20).fill_(1.0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    torch.empty(12 << 20).fill_(1.0)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings: Linux only")
+def test_a_cpu_run_keeps_its_freed_memory_instead_of_faulting_it_in_every_step():
+    def refaults(kind: str) -> int:
+        done = subprocess.run([sys.executable, "-c", _REFAULTS, kind], capture_output=True, text=True, check=True)
+        return int(done.stdout.split()[-1])
+
+    pages = (48 << 20) // os.sysconf("SC_PAGE_SIZE")
+    assert refaults("bare") >= 3 * pages, "the allocator kept the block without being told: nothing to test"
+    assert refaults("cpu-run") < pages // 10, "freed memory went back to the kernel and was faulted in again"
 
 
 def test_train_command_takes_the_modes_as_one_consistent_set_of_options():

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from bench.data.cache import default_cache_dir
-from bench.device import DTYPES
+from bench.device import DTYPES, keep_cpu_heap
 
 DTYPE_CHOICES = (*DTYPES, "auto")
 COMPILE_MODES = ("off", "default", "max-autotune", "reduce-overhead")
@@ -55,9 +55,12 @@ def resolve_dtype(device: torch.device | str, dtype: str) -> str:
 def apply_backend_flags(device: torch.device | str, cudnn_benchmark: bool, tf32: bool) -> dict:
     """Set cuDNN autotuning and TF32 for fp32 matmuls and convolutions on CUDA; the settings in force.
 
-    Off CUDA nothing is set and both are recorded as None (they do not apply).
+    Off CUDA both are recorded as None (they do not apply). On CPU the process keeps its freed
+    memory (`keep_cpu_heap`), as every CPU run and benchmark should.
     """
     if torch.device(device).type != "cuda":
+        if torch.device(device).type == "cpu":
+            keep_cpu_heap()
         return {"cudnn_benchmark": None, "tf32": None}
     torch.backends.cudnn.benchmark = cudnn_benchmark
     # The legacy flags, which bench.env reads back (float32_matmul_precision, cudnn_allow_tf32).

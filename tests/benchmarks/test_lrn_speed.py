@@ -37,6 +37,7 @@ import torch.nn as nn
 
 from bench.models import create_model
 from bench.models.lrn import LocalResponseNorm, fused_unavailable_reason
+from bench.train.modes import apply_backend_flags
 from bench.train.step import make_optimizer, train_step
 
 SIZE, ALPHA, BETA, K = 5, 1e-4, 0.75, 2.0  # the paper's constants
@@ -146,6 +147,7 @@ def test_compiled_lrn_matches_torch(fused_cpu, variant):
 def test_alexnet_lrn_overhead(benchmark, fused_cpu, width):
     """The studies' training step (channels_last, fp32, their LRN alpha) with LRN against without."""
     benchmark.group = f"alexnet-lrn-width-{width}"
+    apply_backend_flags("cpu", cudnn_benchmark=True, tf32=True)  # as every CPU run: freed memory is kept
     torch.manual_seed(0)
     x = torch.randn(BATCH, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (BATCH,))
