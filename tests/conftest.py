@@ -42,6 +42,15 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _kernels_built_once(tmp_path_factory):
+    """The native LRN kernels are built once for the whole run, into a folder of its own (the data
+    cache below is new for every test; a build in every CLI test's process would add up)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BENCH_KERNELS", str(tmp_path_factory.mktemp("kernels")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def bench_cache(tmp_path, monkeypatch) -> Path:
     """Every test gets its own empty data cache (never ~/.cache) and no data defaults from the shell."""

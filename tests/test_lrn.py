@@ -1,9 +1,11 @@
-"""bench.models.lrn's fused and traced paths, and how it picks a path, without running a compiler.
+"""bench.models.lrn's native, fused and traced paths, and how it picks a path.
 
-A real compile takes seconds to a minute, so the compiled kernels are checked in
-tests/benchmarks/test_lrn_speed.py; here the same math runs traced by
-torch.compile's eager backend, or uncompiled in place of the compiled passes.
-The eager path's own tests are in tests/test_models.py.
+The native kernels (C, built in about a second) run here for real, against torch's
+LRN in float64. An inductor compile takes tens of seconds, so the fused path's
+real kernels run only with BENCH_INDUCTOR_TESTS=1 (nox -s tests sets it); the
+other fused tests run the same math uncompiled in place of the compiled passes,
+or traced by torch.compile's eager backend. The eager path's own tests are in
+tests/test_models.py.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bench.models import lrn
+from bench.models import lrn, lrn_native
 from bench.models.lrn import FUSED_MIN_NUMEL, LocalResponseNorm, fused_unavailable_reason, local_response_norm
 
 # Odd and even windows, the paper's beta (square roots) and another (log and exp).
@@ -83,7 +85,13 @@ def test_traced_lrn_on_half_inputs_keeps_their_dtype_and_computes_in_float32(dty
 
 
 @pytest.fixture
-def uncompiled_fused(monkeypatch):
+def no_native(monkeypatch):
+    """The native kernels out of the way, so that float32 CPU tensors take the fused path."""
+    monkeypatch.setattr(lrn_native, "supports", lambda x: False)
+
+
+@pytest.fixture
+def uncompiled_fused(monkeypatch, no_native):
     """The fused path with its passes left uncompiled, on a machine that appears to have a compiler.
 
     Yields the list of constants each `_compiled` lookup was made with.
@@ -127,7 +135,7 @@ def test_fused_is_chosen_from_the_size_threshold_on(uncompiled_fused):
     assert len(uncompiled_fused) == 1
 
 
-def test_a_compile_that_fails_falls_back_to_the_same_math_unfused(monkeypatch, caplog):
+def test_a_compile_that_fails_falls_back_to_the_same_math_unfused(monkeypatch, caplog, no_native):
     def broken(*constants):
         raise RuntimeError("cc1plus: out of memory")
 
@@ -158,7 +166,7 @@ def test_repr_names_the_path_only_when_forced():
     assert "fused=False" in repr(LocalResponseNorm(fused=False))
 
 
-def test_a_python_dispatch_mode_runs_eager_and_leaves_the_fused_path_alone(monkeypatch):
+def test_a_python_dispatch_mode_runs_eager_and_leaves_the_fused_path_alone(monkeypatch, no_native):
     """torch.compile refuses to run under a TorchDispatchMode (the memory tracker of measure):
     such a call must take the eager path, not record a failed build for the rest of the process."""
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -183,7 +191,7 @@ def test_a_python_dispatch_mode_runs_eager_and_leaves_the_fused_path_alone(monke
 )
 @pytest.mark.skipif(fused_unavailable_reason("cpu") is not None, reason=str(fused_unavailable_reason("cpu")))
 @pytest.mark.parametrize("constants", [(5, 1e-3, 0.75, 2.0), (4, 1e-3, 0.6, 1.5)], ids=["paper", "even-window"])
-def test_compiled_kernels_match_torch_forward_and_backward(constants):
+def test_compiled_kernels_match_torch_forward_and_backward(constants, no_native):
     """The real inductor kernels, at the smallest size that builds them: forward, and the backward's
     transposed window (an even window makes a transposition visible), against torch's LRN at 1e-5."""
     torch.manual_seed(0)
@@ -195,3 +203,102 @@ def test_compiled_kernels_match_torch_forward_and_backward(constants):
     (g_ours,), (g_theirs,) = torch.autograd.grad(ours, x, g), torch.autograd.grad(theirs, x, g)
     torch.testing.assert_close(g_ours, g_theirs, rtol=0, atol=1e-5)
     assert not lrn._compile_failed  # the compiled path ran, not the fallback
+
+
+# --- the native kernels (C, float32 on the CPU) ----------------------------------------
+
+NATIVE_CONSTANTS = {
+    "paper": (5, 1e-3, 0.75, 2.0),
+    "even-window": (4, 1e-3, 0.6, 1.5),  # before != after: a transposed backward window shows
+    "window-of-one": (1, 0.1, 0.75, 1.0),
+    "study-alpha": (5, 0.4, 0.75, 2.0),  # the denominator mostly data
+}
+# Both layouts. 4 x 11 x 12 rows of 12 channels are 3 blocks of 170 rows and a partial one;
+# 3 channels are fewer than the window; 2,500 channels are more than a block; 3-D inputs too.
+NATIVE_INPUTS = {
+    "nchw": ((4, 12, 11, 12), "planes"),
+    "channels_last": ((4, 12, 11, 12), "rows"),
+    "3-channels-channels_last": ((2, 3, 6, 6), "rows"),
+    "2500-channels-channels_last": ((2, 2500, 1, 2), "rows"),
+    "300-channels-nchw": ((2, 300, 3, 5), "planes"),
+    "3d-channels-innermost": ((5, 7, 9), "rows"),
+}
+
+
+@pytest.fixture
+def native():
+    reason = lrn_native.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"the native LRN kernels cannot be built here: {reason}")
+
+
+def in_layout(x: torch.Tensor, kind: str) -> torch.Tensor:
+    return x.movedim(1, -1).contiguous().movedim(-1, 1) if kind == "rows" else x.contiguous()
+
+
+@pytest.mark.parametrize("constants", NATIVE_CONSTANTS.values(), ids=NATIVE_CONSTANTS)
+@pytest.mark.parametrize("case", NATIVE_INPUTS.values(), ids=NATIVE_INPUTS)
+def test_native_kernels_match_torch_forward_and_backward(native, constants, case):
+    shape, kind = case
+    torch.manual_seed(0)
+    x = in_layout(torch.relu(torch.randn(shape) * 3), kind).requires_grad_()
+    g = torch.randn(shape)  # contiguous: a `rows` input gets its gradient in the other layout
+    assert lrn_native.layout(x) == kind and lrn._mode(x, None) == "native"
+    ours = local_response_norm(x, *constants)
+    x64 = x.detach().double().requires_grad_()
+    theirs = torch_lrn(*constants)(x64)
+    assert ours.dtype == torch.float32 and ours.stride() == x.stride()  # the input's memory format kept
+    torch.testing.assert_close(ours.double(), theirs, rtol=0, atol=1e-5)
+    (g_ours,), (g_theirs,) = torch.autograd.grad(ours, x, g), torch.autograd.grad(theirs, x64, g.double())
+    assert g_ours.stride() == x.stride()
+    torch.testing.assert_close(g_ours.double(), g_theirs, rtol=0, atol=1e-5)
+
+
+def test_native_takes_float32_cpu_tensors_of_every_size_and_nothing_else(native):
+    tiny = torch.rand(1, 2, 1, 1)
+    assert lrn._mode(tiny, None) == "native"  # no size threshold: building took a second, once
+    assert lrn._mode(tiny, True) == "native"
+    assert lrn._mode(tiny, False) == "eager"
+    assert lrn._mode(tiny.bfloat16(), None) == "eager"  # half precision: small, so eager
+    strided = torch.rand(2, 4, 6, 6)[:, :, ::2]  # neither layout
+    assert lrn_native.layout(strided) is None and lrn._mode(strided, None) == "eager"
+
+
+@pytest.fixture
+def fresh_build(monkeypatch):
+    """`lrn_native._build` forgotten before and after: the test's own environment decides."""
+    lrn_native._build.cache_clear()
+    yield monkeypatch
+    lrn_native._build.cache_clear()
+
+
+def test_without_a_compiler_the_native_path_says_why_and_the_lrn_still_runs(fresh_build):
+    fresh_build.setenv("CC", "/nowhere/cc")
+    assert lrn_native.unavailable_reason() == "no C compiler for the CPU LRN kernels ($CC=/nowhere/cc not found)"
+    x = torch.rand(2, 8, 4, 4)
+    assert lrn._mode(x, None) == "eager"
+    torch.testing.assert_close(local_response_norm(x), torch_lrn(5, 1e-4, 0.75, 2.0)(x), rtol=0, atol=1e-6)
+
+
+def test_the_built_kernels_are_reused_and_rebuilt_for_another_cpu(native, fresh_build, tmp_path):
+    fresh_build.setenv("BENCH_KERNELS", str(tmp_path / "kernels"))
+    builds = []
+    compile_for_real = lrn_native._compile
+    fresh_build.setattr(lrn_native, "_compile", lambda *a: builds.append(a[-1]) or compile_for_real(*a))
+    assert lrn_native.unavailable_reason() is None and len(builds) == 1
+    lrn_native._build.cache_clear()  # a new process, the same machine: loaded, not built
+    assert lrn_native.unavailable_reason() is None and len(builds) == 1
+    lrn_native._build.cache_clear()
+    fresh_build.setattr(lrn_native, "_cpu_identity", lambda: "flags: sse2")  # -march=native means another binary
+    assert lrn_native.unavailable_reason() is None and len(builds) == 2 and builds[0] != builds[1]
+    assert sorted(p.name for p in (tmp_path / "kernels").iterdir()) == sorted(p.name for p in builds)  # no leftovers
+
+
+def test_an_unwritable_kernel_cache_builds_for_this_process_only(native, fresh_build, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    fresh_build.setenv("BENCH_KERNELS", str(blocker / "kernels"))  # a folder that cannot be made
+    assert lrn_native.unavailable_reason() is None
+    x = torch.rand(2, 8, 4, 4)
+    assert lrn._mode(x, None) == "native"
+    torch.testing.assert_close(local_response_norm(x), torch_lrn(5, 1e-4, 0.75, 2.0)(x), rtol=0, atol=1e-6)

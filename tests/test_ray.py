@@ -59,6 +59,18 @@ measure = "none"
 """
 
 
+def short_and_long_cells() -> str:
+    """TINY with a first factor `epochs` of 1 and 3,000 in place of `lr`: the two short cells run
+    first and finish in seconds, the long ones take minutes on an idle machine and hours on a busy
+    one. An interrupt sent once a cell is recorded so always lands while cells still run, however
+    loaded the machine (with 30 epochs for all four, two busy loops let the sweep finish first)."""
+    text = TINY.format(train=8, test=4, val=0, train_eval=5000)
+    text = text.replace('\n[factors.lr]\nkey = "lr"\nlevels = [0.01, 0.02]\n', "")
+    return text.replace(
+        "[factors.activation]", '[factors.epochs]\nkey = "epochs"\nlevels = [1, 3000]\n\n[factors.activation]'
+    )
+
+
 @pytest.fixture(scope="module", autouse=True)
 def ray_runtime():
     """One local Ray runtime for the module: starting one costs seconds."""
@@ -195,7 +207,7 @@ def test_gpu_settings_that_cannot_work_are_refused(device, gpus, needle):
 def test_ctrl_c_cancels_the_tasks_keeps_finished_rows_and_exits_130(tmp_path, capsys):
     """SIGINT to this process once the first cell is recorded, as Ctrl-C would send."""
     study = tmp_path / "tiny.toml"
-    study.write_text(TINY.format(train=8, test=4, val=0, train_eval=5000).replace("epochs = 1", "epochs = 30"))
+    study.write_text(short_and_long_cells())
     out = tmp_path / "results"
     folder = out / "tiny" / "smoke"
 
@@ -344,7 +356,7 @@ def start_sweep(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
     """The CLI with a Ray runtime of its own, in its own process group (as a terminal runs it),
     once its first cell is recorded: (process, stderr file, results folder)."""
     study = tmp_path / "tiny.toml"
-    study.write_text(TINY.format(train=8, test=4, val=0, train_eval=5000).replace("epochs = 1", "epochs = 30"))
+    study.write_text(short_and_long_cells())
     err = tmp_path / "stderr.txt"
     argv = [sys.executable, "-m", "bench", *ablate_argv(study, tmp_path / "results"), "--executor", "ray"]
     with open(err, "w") as stderr:

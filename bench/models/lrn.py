@@ -13,16 +13,20 @@ CPU. Here the backward is analytic:
 
     dL/da_i = g_i d_i^-beta - 2 alpha beta a_i * sum_{c : i in window(c)} t_c,   t_c = g_c a_c d_c^(-beta-1)
 
-Three ways to run it, chosen per call:
+Four ways to run it, chosen per call:
 
+- native: float32 on the CPU, in NCHW or channels_last, at any size: C kernels
+  (`lrn_native`, `lrn_cpu.c`), one pass over memory for the forward and one for
+  the backward, built in about a second once per machine.
 - fused: the forward is one loop over memory and the backward two, built by
   `torch.compile` (inductor: C++ on CPU, Triton on CUDA) once per process and
   cached. Only the input is saved for the backward, which recomputes the
   denominator from it: cheaper than writing and re-reading it. It needs a C++
   compiler (CPU) or Triton (CUDA), and is used from `FUSED_MIN_NUMEL` elements
-  on, where the compile (15 s or more, once per process) pays for itself.
+  on, where the compile (15 s or more, once per process) pays for itself: on
+  CUDA, and for half precision or other layouts on the CPU.
 - eager: hand-written in-place ops on channel-shifted views (no padded copy);
-  used without a compiler, for small tensors, and under `torch.jit.trace`
+  used without a compiler, for small tensors off the native path, and under `torch.jit.trace`
   (`bench.measure.flops` traces the model and counts this Function by name).
 - traced: inside a model compiled as a whole (`torch.compiler.is_compiling()`),
   the fused path's functional math, forward and backward, which the outer
@@ -43,6 +47,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+import bench.models.lrn_native as lrn_native
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +204,8 @@ def _mode(x: torch.Tensor, fused: bool | None) -> str:
         # active: torch.compile refuses to run under one, so this call runs eager and the
         # fused path stays available for the calls after it.
         return "eager"
+    if lrn_native.supports(x):
+        return "native"
     if fused is None:  # the size test first: it spares small tensors the toolchain probe's imports
         worth_it = x.numel() >= FUSED_MIN_NUMEL and fused_unavailable_reason(x.device) is None
         return "fused" if worth_it else "eager"
@@ -260,6 +268,8 @@ class _LRNFunction(torch.autograd.Function):
             ctx.save_for_backward(*saved)
             return out
         ctx.save_for_backward(x)
+        if mode == "native":
+            return lrn_native.forward(x, size, alpha, beta, k)
         if mode == "fused":
             return _call_fused(0, ctx.constants, x)
         return _math_forward(x, size, alpha, beta, k)
@@ -270,6 +280,9 @@ class _LRNFunction(torch.autograd.Function):
         size, alpha, beta, k = ctx.constants
         if ctx.mode == "eager":
             grad = _eager_backward(g, *ctx.saved_tensors, size, alpha, beta)
+        elif ctx.mode == "native":
+            (x,) = ctx.saved_tensors
+            grad = lrn_native.backward(x, g, size, alpha, beta, k)
         elif ctx.mode == "fused":
             (x,) = ctx.saved_tensors
             t = _call_fused(1, ctx.constants, x, g)
@@ -292,9 +305,9 @@ def local_response_norm(
 ) -> torch.Tensor:
     """Functional form; channels are dim 1 of an (N, C, ...) tensor; paper's alpha.
 
-    `fused`: None uses the compiled kernels when they can be built and `x` has at
-    least `FUSED_MIN_NUMEL` elements; True always (RuntimeError if they cannot be
-    built); False never.
+    `fused`: None uses the native kernels where they apply (float32 on the CPU), else
+    the compiled ones when they can be built and `x` has at least `FUSED_MIN_NUMEL`
+    elements; True always a built kernel (RuntimeError if none can be built); False never.
     """
     if x.dim() < 3:
         raise ValueError(f"local_response_norm expects (N, C, ...) with 3 or more dims, got {x.dim()}")
