@@ -16,7 +16,6 @@ Each is a run option recorded with the run (`TrainConfig`'s execution section):
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 from pathlib import Path
@@ -67,23 +66,6 @@ def apply_backend_flags(device: torch.device | str, cudnn_benchmark: bool, tf32:
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     return {"cudnn_benchmark": cudnn_benchmark, "tf32": tf32}
-
-
-def add_backend_arguments(p: argparse.ArgumentParser, d) -> None:
-    """`--cudnn-benchmark/--no-cudnn-benchmark` and `--tf32/--no-tf32`, as `train` and `measure` take them;
-    `d`: a TrainConfig whose values are the defaults."""
-    p.add_argument(
-        "--cudnn-benchmark",
-        action=argparse.BooleanOptionalAction,
-        default=d.cudnn_benchmark,
-        help="CUDA: let cuDNN time its convolution algorithms and keep the fastest (default on)",
-    )
-    p.add_argument(
-        "--tf32",
-        action=argparse.BooleanOptionalAction,
-        default=d.tf32,
-        help="CUDA: fp32 matmuls and convolutions on TF32 tensor cores (default on)",
-    )
 
 
 def compile_cache_dir() -> Path:
