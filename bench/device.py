@@ -99,7 +99,7 @@ def keep_cpu_heap() -> bool:
     step's tensors is then faulted in and zeroed again. Minor page faults per AlexNet-CIFAR
     training step (`scripts/step_page_faults.py`; batch 128, channels_last, fp32), with LRN /
     without, varying with the heap's history: width 1/8, 1,030-3,347 / 0-5,293; width 1/2,
-    about 17,500 / 0-7,354; width 1, 188,681 / 72,774. With these settings: 1/8, 0-141 / 0;
+    about 17,500 / 0-7,354; width 1, 188,681 / 72,774. With these settings: 1/8, 0-499 / 0;
     1/2, 0 / 0. A training process's memory stays at its peak, which it reaches every step anyway.
     """
     if not sys.platform.startswith("linux"):
