@@ -210,11 +210,15 @@ def test_compiled_kernels_match_torch_forward_and_backward(constants, no_native)
 NATIVE_CONSTANTS = {
     "paper": (5, 1e-3, 0.75, 2.0),
     "even-window": (4, 1e-3, 0.6, 1.5),  # before != after: a transposed backward window shows
+    "even-window-beta-3/4": (4, 1e-3, 0.75, 1.5),  # the same in the vector code, which takes beta 3/4
     "window-of-one": (1, 0.1, 0.75, 1.0),
     "study-alpha": (5, 0.4, 0.75, 2.0),  # the denominator mostly data
+    "wide-window": (21, 1e-3, 0.75, 2.0),  # the vector code's window, not unrolled
+    "wider-than-its-reach": (41, 1e-3, 0.75, 2.0),  # 20 either side: the block code
 }
 # Both layouts. 4 x 11 x 12 rows of 12 channels are 3 blocks of 170 rows and a partial one;
 # 3 channels are fewer than the window; 2,500 channels are more than a block; 3-D inputs too.
+# 3 x 7 x 13 rows of 12: 3,276 floats, chunks of 1,024 that end mid-row and a partial last vector.
 NATIVE_INPUTS = {
     "nchw": ((4, 12, 11, 12), "planes"),
     "channels_last": ((4, 12, 11, 12), "rows"),
@@ -222,6 +226,7 @@ NATIVE_INPUTS = {
     "2500-channels-channels_last": ((2, 2500, 1, 2), "rows"),
     "300-channels-nchw": ((2, 300, 3, 5), "planes"),
     "3d-channels-innermost": ((5, 7, 9), "rows"),
+    "odd-length-channels_last": ((3, 12, 7, 13), "rows"),
 }
 
 
@@ -252,6 +257,34 @@ def test_native_kernels_match_torch_forward_and_backward(native, constants, case
     (g_ours,), (g_theirs,) = torch.autograd.grad(ours, x, g), torch.autograd.grad(theirs, x64, g.double())
     assert g_ours.stride() == x.stride()
     torch.testing.assert_close(g_ours.double(), g_theirs, rtol=0, atol=1e-5)
+
+
+def matches_torch(constants, shape, kind):
+    torch.manual_seed(0)
+    x = in_layout(torch.relu(torch.randn(shape) * 3), kind).requires_grad_()
+    g = torch.randn(shape)
+    ours = local_response_norm(x, *constants)
+    x64 = x.detach().double().requires_grad_()
+    theirs = torch_lrn(*constants)(x64)
+    torch.testing.assert_close(ours.double(), theirs, rtol=0, atol=1e-5)
+    (g_ours,), (g_theirs,) = torch.autograd.grad(ours, x, g), torch.autograd.grad(theirs, x64, g.double())
+    torch.testing.assert_close(g_ours.double(), g_theirs, rtol=0, atol=1e-5)
+
+
+# Builds for the code paths this CPU does not take by default: AVX2 without AVX-512, and plain C.
+VECTOR_CODE = {"avx2": (("-mno-avx512f",), {"avx2", "fma"}), "plain": (("-mno-avx",), set())}
+
+
+@pytest.mark.parametrize("variant", VECTOR_CODE)
+def test_each_vector_code_matches_torch(native, fresh_build, tmp_path, variant):
+    flags, needs = VECTOR_CODE[variant]
+    fresh_build.setenv("BENCH_KERNELS", str(tmp_path))
+    fresh_build.setattr(lrn_native, "FLAGS", lrn_native.FLAGS + flags)
+    cpu = set(lrn_native._cpu_identity().split())
+    assert lrn_native.isa() == (variant if needs <= cpu else "plain")
+    for constants in NATIVE_CONSTANTS.values():
+        for shape, kind in NATIVE_INPUTS.values():
+            matches_torch(constants, shape, kind)
 
 
 def test_native_takes_float32_cpu_tensors_of_every_size_and_nothing_else(native):

@@ -5,11 +5,13 @@
  * OpenMP runtime torch has already loaded, so these loops share torch's threads.
  *
  * Two layouts, each a function pair:
- *   - rows: channels innermost (channels_last), `rows` rows of C channels. Rows are taken in
- *     blocks of about BLOCK floats and each block is treated as one flat array: a channel
- *     window is then a shift of that array, masked where it would cross into the next row,
- *     so every inner loop runs over BLOCK contiguous floats whatever C is. (Inductor's kernel
+ *   - rows: channels innermost (channels_last), `rows` rows of C channels, as one flat array:
+ *     a channel window is a shift of that array, masked where it would cross into the next
+ *     row, so every inner loop runs at full vector width whatever C is. (Inductor's kernel
  *     vectorises over C alone: 12 or 32 channels leave most of a 16-float vector masked.)
+ *     With AVX-512 or AVX2 and beta = 3/4 (the paper's), the vector code below keeps the
+ *     window, the power and the product in registers; otherwise rows go in blocks of about
+ *     BLOCK floats through buffers the compiler vectorises.
  *   - planes: NCHW, `n` images of C planes of `hw` floats. A block is a run of positions of
  *     one image, for every channel; the window runs over planes, the inner loops over positions.
  * The backward recomputes the denominator from x rather than reading a saved one, and keeps
@@ -74,6 +76,215 @@ static void powers(float *restrict p, float *restrict pd, const float *restrict 
     }
 }
 
+/* ---- rows, vectorised: one pass over x, no heap buffers -----------------------------
+ * The whole tensor as one flat array of floats, LANES at a time (16 with AVX-512, 8 with
+ * AVX2). Each lane knows its channel (a vector of channel numbers, advanced by LANES mod C
+ * per vector), so the window's term at offset o is x + j + o with the lanes whose channel + o
+ * falls outside the row masked off: the sum, the power and the product stay in registers,
+ * whatever C is. Plain loads and stores where the whole vector is in range (AMD's masked
+ * loads and stores are several times slower), masked ones at the tensor's ends.
+ * The backward goes by chunks of CHUNK floats: t = g a d^(-beta-1) for the chunk and 16
+ * floats either side (the window's reach, at most 16), and d^-beta for the chunk, into two
+ * stack buffers; then dx from them. Used for beta = 3/4 and a reach of at most 16; the
+ * block code below does the rest, and everything without AVX2 and FMA. */
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#define FAST_ROWS 1
+#define CHUNK 1024 /* floats: the backward's two buffers stay in L1 */
+#define INLINE static inline __attribute__((always_inline))
+
+#if defined(__AVX512F__)
+#define LANES 16
+typedef __m512 vf;
+typedef __m512i vi;
+typedef __mmask16 lanes_t;
+#define ALL_LANES ((__mmask16)0xFFFF)
+INLINE vf v_set(float f) { return _mm512_set1_ps(f); }
+INLINE vf v_load(const float *p) { return _mm512_loadu_ps(p); }
+INLINE void v_store(float *p, vf v) { _mm512_storeu_ps(p, v); }
+INLINE vf v_load_masked(const float *p, lanes_t m) { return _mm512_maskz_loadu_ps(m, p); }
+INLINE void v_store_masked(float *p, vf v, lanes_t m) { _mm512_mask_storeu_ps(p, m, v); }
+INLINE vf v_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+INLINE vf v_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+INLINE vf v_fnma(vf a, vf b, vf c) { return _mm512_fnmadd_ps(a, b, c); }
+INLINE vf v_add(vf a, vf b) { return _mm512_add_ps(a, b); }
+INLINE vf v_add_where(vf s, vf w, lanes_t m) { return _mm512_mask_add_ps(s, m, s, w); }
+INLINE vf v_fma_where(vf a, vf b, vf s, lanes_t m) { return _mm512_mask3_fmadd_ps(a, b, s, m); }
+INLINE vi i_set(int32_t i) { return _mm512_set1_epi32(i); }
+INLINE vi i_load(const int32_t *p) { return _mm512_loadu_si512(p); }
+INLINE lanes_t i_at_least(vi a, int32_t b, lanes_t m) { return m & _mm512_cmpge_epi32_mask(a, i_set(b)); }
+INLINE lanes_t i_below(vi a, int32_t b, lanes_t m) { return m & _mm512_cmplt_epi32_mask(a, i_set(b)); }
+INLINE vi i_wrap(vi ch, vi step, vi c) { /* ch + step, less c where that reaches c */
+    ch = _mm512_add_epi32(ch, step);
+    return _mm512_mask_sub_epi32(ch, _mm512_cmpge_epi32_mask(ch, c), ch, c);
+}
+INLINE lanes_t first_lanes(int64_t n) { return n >= LANES ? ALL_LANES : (lanes_t)((1u << n) - 1u); }
+/* d^-1/4, d = k + alpha s, with no square root or division (the slowest vector instructions):
+ * r ~ d^-1/2 and r rsqrt(r) ~ d^-1/4 from two 14-bit estimates, then one Newton step on
+ * q^-4 = d, q (5 - d q^4) / 4, leaving about 1e-8 of relative error */
+INLINE vf quarter_rsqrt(vf s, vf alpha, vf k) {
+    vf d = v_fma(alpha, s, k), r = _mm512_rsqrt14_ps(d);
+    vf q = v_mul(r, _mm512_rsqrt14_ps(r)), q2 = v_mul(q, q);
+    return v_mul(q, v_fnma(v_set(0.25f), v_mul(d, v_mul(q2, q2)), v_set(1.25f)));
+}
+#else
+#define LANES 8
+typedef __m256 vf;
+typedef __m256i vi;
+typedef __m256i lanes_t; /* all ones in a lane that takes part */
+INLINE vf v_set(float f) { return _mm256_set1_ps(f); }
+INLINE vf v_load(const float *p) { return _mm256_loadu_ps(p); }
+INLINE void v_store(float *p, vf v) { _mm256_storeu_ps(p, v); }
+INLINE vf v_load_masked(const float *p, lanes_t m) { return _mm256_maskload_ps(p, m); }
+INLINE void v_store_masked(float *p, vf v, lanes_t m) { _mm256_maskstore_ps(p, m, v); }
+INLINE vf v_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+INLINE vf v_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+INLINE vf v_fnma(vf a, vf b, vf c) { return _mm256_fnmadd_ps(a, b, c); }
+INLINE vf v_add(vf a, vf b) { return _mm256_add_ps(a, b); }
+INLINE vf v_add_where(vf s, vf w, lanes_t m) { return _mm256_add_ps(s, _mm256_and_ps(w, _mm256_castsi256_ps(m))); }
+INLINE vf v_fma_where(vf a, vf b, vf s, lanes_t m) { return _mm256_fmadd_ps(_mm256_and_ps(a, _mm256_castsi256_ps(m)), b, s); }
+INLINE vi i_set(int32_t i) { return _mm256_set1_epi32(i); }
+INLINE vi i_load(const int32_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+INLINE lanes_t i_at_least(vi a, int32_t b, lanes_t m) { return _mm256_and_si256(m, _mm256_cmpgt_epi32(a, i_set(b - 1))); }
+INLINE lanes_t i_below(vi a, int32_t b, lanes_t m) { return _mm256_and_si256(m, _mm256_cmpgt_epi32(i_set(b), a)); }
+INLINE vi i_wrap(vi ch, vi step, vi c) {
+    ch = _mm256_add_epi32(ch, step);
+    return _mm256_sub_epi32(ch, _mm256_andnot_si256(_mm256_cmpgt_epi32(c, ch), c));
+}
+INLINE lanes_t first_lanes(int64_t n) {
+    return _mm256_cmpgt_epi32(i_set((int32_t)(n < LANES ? n : LANES)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+/* d^-1/4 as rsqrt(sqrt(d)): the 12-bit estimate and one Newton step */
+INLINE vf quarter_rsqrt(vf s, vf alpha, vf k) {
+    vf r = _mm256_sqrt_ps(v_fma(alpha, s, k)), q = _mm256_rsqrt_ps(r);
+    return v_mul(q, v_fnma(v_mul(v_set(0.5f), r), v_mul(q, q), v_set(1.5f)));
+}
+#endif
+
+/* the channels of the lanes of the vector at flat index j */
+INLINE vi lane_channels(int64_t j, int64_t c) {
+    int32_t ch[LANES];
+    for (int i = 0; i < LANES; i++) ch[i] = (int32_t)((j + i) % c);
+    return i_load(ch);
+}
+
+/* lanes (of `live`) whose channel + o exists */
+INLINE lanes_t has_neighbour(vi ch, int64_t o, int64_t c, lanes_t live) {
+    if (o < 0) return i_at_least(ch, (int32_t)-o, live);
+    if (o > 0) return i_below(ch, (int32_t)(c - o), live);
+    return live;
+}
+
+/* sum over o in lo..hi of v[o]^2 (squares) or v[o], over the lanes' existing neighbours.
+ * `inside`: v + lo .. v + LANES + hi is readable, so plain loads; else masked ones, which
+ * never touch memory in a masked lane. */
+INLINE vf window(const float *v, vi ch, int64_t lo, int64_t hi, int64_t c, lanes_t live, int squares, int inside) {
+    vf s = v_set(0.0f);
+    for (int64_t o = lo; o <= hi; o++) {
+        lanes_t m = has_neighbour(ch, o, c, live);
+        if (inside) {
+            vf w = v_load(v + o);
+            s = squares ? v_fma_where(w, w, s, m) : v_add_where(s, w, m);
+        } else {
+            vf w = v_load_masked(v + o, m);
+            s = squares ? v_fma(w, w, s) : v_add(s, w);
+        }
+    }
+    return s;
+}
+
+INLINE vf load(const float *from, lanes_t live, int full) { return full ? v_load(from) : v_load_masked(from, live); }
+
+INLINE void store(float *to, vf v, lanes_t live, int full) {
+    if (full)
+        v_store(to, v);
+    else
+        v_store_masked(to, v, live);
+}
+
+/* y for [from, to) */
+INLINE void forward_span(const float *x, float *y, int64_t from, int64_t to, int64_t total, int64_t c,
+                         int64_t before, int64_t after, vf alpha, vf k) {
+    const vi vc = i_set((int32_t)c), step = i_set((int32_t)(LANES % c));
+    vi ch = lane_channels(from, c);
+    for (int64_t j = from; j < to; j += LANES, ch = i_wrap(ch, step, vc)) {
+        int full = total - j >= LANES, inside = j >= before && j + LANES + after <= total;
+        lanes_t live = first_lanes(total - j);
+        vf s = inside ? window(x + j, ch, -before, after, c, live, 1, 1) : window(x + j, ch, -before, after, c, live, 1, 0);
+        vf q = quarter_rsqrt(s, alpha, k);
+        store(y + j, v_mul(load(x + j, live, full), v_mul(v_mul(q, q), q)), live, full);
+    }
+}
+
+/* dx for [start, end): t for the chunk and 16 floats either side, d^-beta for the chunk, into
+ * buffers; then dx from them */
+INLINE void backward_chunk(const float *x, const float *g, float *dx, int64_t start, int64_t end, int64_t total,
+                           int64_t c, int64_t before, int64_t after, vf alpha, vf k, vf scale) {
+    float t[CHUNK + 32], p[CHUNK]; /* t[i] is t at start - 16 + i; p[i] is d^-beta at start + i */
+    const vi vc = i_set((int32_t)c), step = i_set((int32_t)(LANES % c));
+    int64_t from = start >= 16 ? start - 16 : 0, to = end + 16 < total ? end + 16 : total;
+    vi ch = lane_channels(from, c);
+    for (int64_t j = from; j < to; j += LANES, ch = i_wrap(ch, step, vc)) {
+        int full = to - j >= LANES, inside = j >= before && j + LANES + after <= total;
+        lanes_t live = first_lanes(to - j);
+        vf s = inside ? window(x + j, ch, -before, after, c, live, 1, 1) : window(x + j, ch, -before, after, c, live, 1, 0);
+        vf q = quarter_rsqrt(s, alpha, k), q3 = v_mul(v_mul(q, q), q);
+        vf ga = v_mul(load(g + j, live, full), load(x + j, live, full));
+        store(t + (j - start + 16), v_mul(ga, v_mul(v_mul(q3, q3), q)), live, full);
+        if (j >= start && j < end) store(p + (j - start), q3, live, full);
+    }
+    ch = lane_channels(start, c);
+    for (int64_t j = start; j < end; j += LANES, ch = i_wrap(ch, step, vc)) {
+        int full = end - j >= LANES;
+        lanes_t live = first_lanes(end - j);
+        /* input i feeds outputs i - after .. i + before: the forward's window, transposed. The
+         * buffer is readable 16 floats either side of the chunk; lanes it lacks are masked off. */
+        vf s = window(t + (j - start + 16), ch, -after, before, c, live, 0, 1);
+        vf gp = v_mul(load(g + j, live, full), load(p + (j - start), live, full));
+        store(dx + j, v_fnma(v_mul(scale, load(x + j, live, full)), s, gp), live, full);
+    }
+}
+
+static void rows_forward_fast(const float *x, float *y, int64_t total, int64_t c, int64_t before, int64_t after,
+                              float alpha, float k) {
+    const vf va = v_set(alpha), vk = v_set(k);
+    int64_t chunks = (total + CHUNK - 1) / CHUNK;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < chunks; b++) {
+        int64_t end = (b + 1) * CHUNK < total ? (b + 1) * CHUNK : total;
+        if (before == 2 && after == 2) /* the paper's window, unrolled */
+            forward_span(x, y, b * CHUNK, end, total, c, 2, 2, va, vk);
+        else
+            forward_span(x, y, b * CHUNK, end, total, c, before, after, va, vk);
+    }
+}
+
+static void rows_backward_fast(const float *x, const float *g, float *dx, int64_t total, int64_t c, int64_t before,
+                               int64_t after, float alpha, float beta, float k) {
+    const vf va = v_set(alpha), vk = v_set(k), scale = v_set(2.0f * alpha * beta);
+    int64_t chunks = (total + CHUNK - 1) / CHUNK;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < chunks; b++) {
+        int64_t end = (b + 1) * CHUNK < total ? (b + 1) * CHUNK : total;
+        if (before == 2 && after == 2)
+            backward_chunk(x, g, dx, b * CHUNK, end, total, c, 2, 2, va, vk, scale);
+        else
+            backward_chunk(x, g, dx, b * CHUNK, end, total, c, before, after, va, vk, scale);
+    }
+}
+#endif
+
+/* which vector code this build runs: what bench.models.lrn_native.isa() reports */
+const char *lrn_isa(void) {
+#if defined(__AVX512F__)
+    return "avx512";
+#elif defined(FAST_ROWS)
+    return "avx2";
+#else
+    return "plain";
+#endif
+}
+
 /* ---- rows: channels innermost ------------------------------------------------------ */
 
 /* keep[(o + reach) * n + j]: whether channel (j % c) + o of element j's row exists. */
@@ -116,6 +327,12 @@ static void window_sum(float *restrict out, const float *restrict v, const int32
 
 int lrn_rows_forward(const float *x, float *y, int64_t rows, int64_t c, int64_t before, int64_t after,
                      float alpha, float beta, float k) {
+#if defined(FAST_ROWS)
+    if (beta == 0.75f && before <= 16 && after <= 16) {
+        rows_forward_fast(x, y, rows * c, c, before, after, alpha, k);
+        return 0;
+    }
+#endif
     int64_t per = c >= BLOCK ? 1 : BLOCK / c; /* rows per block */
     int64_t n = per * c, reach = before > after ? before : after;
     int32_t *keep = row_masks(n, c, reach);
@@ -149,6 +366,12 @@ int lrn_rows_forward(const float *x, float *y, int64_t rows, int64_t c, int64_t 
 
 int lrn_rows_backward(const float *x, const float *g, float *dx, int64_t rows, int64_t c, int64_t before,
                       int64_t after, float alpha, float beta, float k) {
+#if defined(FAST_ROWS)
+    if (beta == 0.75f && before <= 16 && after <= 16) {
+        rows_backward_fast(x, g, dx, rows * c, c, before, after, alpha, beta, k);
+        return 0;
+    }
+#endif
     int64_t per = c >= BLOCK ? 1 : BLOCK / c;
     int64_t n = per * c, reach = before > after ? before : after;
     int32_t *keep = row_masks(n, c, reach);

@@ -71,6 +71,8 @@ class _Built:
             fn = getattr(library, name)
             fn.argtypes, fn.restype = arguments, ctypes.c_int
             self.functions[name] = fn
+        library.lrn_isa.argtypes, library.lrn_isa.restype = (), ctypes.c_char_p
+        self.isa = library.lrn_isa().decode()
 
 
 @functools.cache
@@ -122,6 +124,13 @@ def unavailable_reason() -> str | None:
     """None when the kernels are built and loaded, otherwise why not."""
     built = _build()
     return built if isinstance(built, str) else None
+
+
+def isa() -> str | None:
+    """The vector code the built kernels run: `avx512`, `avx2` (with FMA) or `plain` (C the
+    compiler vectorises as it can); None when they could not be built."""
+    built = _build()
+    return None if isinstance(built, str) else built.isa
 
 
 def layout(x: torch.Tensor) -> str | None:

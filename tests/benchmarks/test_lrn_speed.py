@@ -23,13 +23,16 @@ on-disk cache warm) and are untimed warm-up.
 
 Interleaved rounds: each round times every contender once, in an order reversed
 every other round, so that load or clock drift during the run falls on both
-sides of the ratio. The ratio is of medians over rounds; pytest-benchmark
-reports the round (both contenders together) and stores the medians and the
-ratio in `extra_info`.
+sides of the ratio. The ratio is the geometric mean of the rounds' ratios, with
+its 95% interval (paired Student t on the rounds' log ratios, `ROUNDS - 1`
+degrees of freedom); the goal is checked on the ratio, and the interval says
+how far one run pins it. pytest-benchmark reports the round (both contenders
+together) and stores the medians, the ratio and its interval in `extra_info`.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -39,6 +42,7 @@ import torch.nn as nn
 
 from bench.models import create_model, lrn_native
 from bench.models.lrn import LocalResponseNorm, fused_unavailable_reason
+from bench.report.stats import paired
 from bench.train.modes import apply_backend_flags
 from bench.train.step import make_optimizer, train_step
 
@@ -50,7 +54,7 @@ WIDTHS = (0.125, 0.5, 1.0)  # the cpu-full studies train at 1/8; the gpu profile
 STEPS_PER_TIMING = {0.125: 8, 0.5: 2, 1.0: 1}  # a third of a second or more per timing on a 2-core CPU
 STUDY_LRN_ALPHA = 0.4  # ablations/alexnet.toml's lrn_alpha: LRN normalises, as the paper's did
 BATCH = 128
-ROUNDS = 7
+ROUNDS = 9
 WARMUP_CALLS = 2  # the first compiles; the second finds allocations and caches warm
 
 # The paper's size, beta and k with alpha raised, so that LRN changes values; and an even window.
@@ -73,9 +77,9 @@ def fused_cpu():
         pytest.skip(f"the fused LRN cannot be built here: {reason}")
 
 
-def interleaved(benchmark, contenders: dict, rounds: int = ROUNDS, calls: int = 1) -> dict[str, float]:
-    """Median seconds per call of each contender, timed alternately round by round, `calls` calls
-    per timing (a timing of one short call is mostly the machine's jitter)."""
+def interleaved(benchmark, contenders: dict, rounds: int = ROUNDS, calls: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each contender in each round, timed alternately round by round, `calls`
+    calls per timing (a timing of one short call is mostly the machine's jitter)."""
     for fn in contenders.values():
         for _ in range(WARMUP_CALLS):
             fn()
@@ -91,9 +95,18 @@ def interleaved(benchmark, contenders: dict, rounds: int = ROUNDS, calls: int = 
         order.reverse()
 
     benchmark.pedantic(one_round, rounds=rounds, iterations=1)
-    medians = {name: statistics.median(s) for name, s in seconds.items()}
-    benchmark.extra_info.update({f"{name}_median_s": s for name, s in medians.items()})
-    return medians
+    benchmark.extra_info.update({f"{name}_median_s": statistics.median(s) for name, s in seconds.items()})
+    return seconds
+
+
+def ratio(benchmark, seconds: dict[str, list[float]], top: str, bottom: str, name: str) -> float:
+    """`top`'s time over `bottom`'s: the geometric mean of the rounds' ratios, its 95% interval
+    stored beside it in `extra_info`."""
+    logs = {side: dict(enumerate(map(math.log, seconds[side]))) for side in (top, bottom)}
+    d = paired(logs[bottom], logs[top])
+    r, lo, hi = math.exp(d.diff), math.exp(d.lo), math.exp(d.hi)
+    benchmark.extra_info.update({name: r, f"{name}_lo": lo, f"{name}_hi": hi, "rounds": d.n})
+    return r
 
 
 @pytest.mark.parametrize("group", SHAPES)
@@ -118,9 +131,8 @@ def test_lrn_forward_backward_speedup(benchmark, fused_cpu, group):
     assert lrn_native.unavailable_reason() is None  # built: what follows times the native path
     del out_t, grad_t, out_b, grad_b
 
-    medians = interleaved(benchmark, {name: lambda name=name: fwd_bwd(name) for name in layers})
-    speedup = medians["torch"] / medians["bench"]
-    benchmark.extra_info["speedup"] = speedup
+    seconds = interleaved(benchmark, {name: lambda name=name: fwd_bwd(name) for name in layers})
+    speedup = ratio(benchmark, seconds, "torch", "bench", "speedup")
     assert speedup >= MIN_SPEEDUP[group], f"bench's LRN is {speedup:.2f}x torch's, the goal is {MIN_SPEEDUP[group]}x"
 
 
@@ -170,11 +182,10 @@ def test_alexnet_lrn_overhead(benchmark, fused_cpu, width):
     def step(norm):
         train_step(models[norm], optimizers[norm], x, y)
 
-    medians = interleaved(
+    seconds = interleaved(
         benchmark, {norm: lambda norm=norm: step(norm) for norm in models}, calls=STEPS_PER_TIMING[width]
     )
-    overhead = medians["lrn"] / medians["none"]
-    benchmark.extra_info["lrn_overhead"] = overhead
+    overhead = ratio(benchmark, seconds, "lrn", "none", "lrn_overhead")
     assert overhead <= MAX_LRN_OVERHEAD, (
         f"AlexNet's training step at width {width} is {overhead:.3f}x as long with LRN, "
         f"the goal is at most {MAX_LRN_OVERHEAD}x"
