@@ -225,6 +225,7 @@ NATIVE_INPUTS = {
     "3-channels-channels_last": ((2, 3, 6, 6), "rows"),
     "2500-channels-channels_last": ((2, 2500, 1, 2), "rows"),
     "300-channels-nchw": ((2, 300, 3, 5), "planes"),
+    "64-channels-nchw": ((2, 64, 9, 9), "planes"),  # 81 positions: blocks of 64 and of 17
     "3d-channels-innermost": ((5, 7, 9), "rows"),
     "odd-length-channels_last": ((3, 12, 7, 13), "rows"),
 }
@@ -232,9 +233,11 @@ NATIVE_INPUTS = {
 
 @pytest.fixture
 def native():
+    """Skips only where there is no C compiler: a build that fails (its source broken) fails."""
     reason = lrn_native.unavailable_reason()
-    if reason is not None:
+    if reason is not None and reason.startswith("no C compiler"):
         pytest.skip(f"the native LRN kernels cannot be built here: {reason}")
+    assert reason is None, reason
 
 
 def in_layout(x: torch.Tensor, kind: str) -> torch.Tensor:

@@ -9,11 +9,12 @@
  *     a channel window is a shift of that array, masked where it would cross into the next
  *     row, so every inner loop runs at full vector width whatever C is. (Inductor's kernel
  *     vectorises over C alone: 12 or 32 channels leave most of a 16-float vector masked.)
- *     With AVX-512 or AVX2 and beta = 3/4 (the paper's), the vector code below keeps the
- *     window, the power and the product in registers; otherwise rows go in blocks of about
- *     BLOCK floats through buffers the compiler vectorises.
- *   - planes: NCHW, `n` images of C planes of `hw` floats. A block is a run of positions of
- *     one image, for every channel; the window runs over planes, the inner loops over positions.
+ *   - planes: NCHW, `n` images of C planes of `hw` floats: vectors run over positions, the
+ *     window over planes.
+ * With AVX-512 or AVX2 (and FMA) and beta = 3/4, the paper's, the vector code keeps the window,
+ * the power and the product in registers (below, "vectorised"). Otherwise, the block code
+ * (after it): rows in blocks of about BLOCK floats, planes in runs of positions for every
+ * channel, through buffers the compiler vectorises.
  * The backward recomputes the denominator from x rather than reading a saved one, and keeps
  * t_c = g_c a_c d_c^(-beta-1) in the block's buffer: it never goes to memory.
  * Each function returns 0, or 1 when its buffers could not be allocated.
@@ -76,20 +77,22 @@ static void powers(float *restrict p, float *restrict pd, const float *restrict 
     }
 }
 
-/* ---- rows, vectorised: one pass over x, no heap buffers -----------------------------
- * The whole tensor as one flat array of floats, LANES at a time (16 with AVX-512, 8 with
- * AVX2). Each lane knows its channel (a vector of channel numbers, advanced by LANES mod C
- * per vector), so the window's term at offset o is x + j + o with the lanes whose channel + o
- * falls outside the row masked off: the sum, the power and the product stay in registers,
- * whatever C is. Plain loads and stores where the whole vector is in range (AMD's masked
- * loads and stores are several times slower), masked ones at the tensor's ends.
- * The backward goes by chunks of CHUNK floats: t = g a d^(-beta-1) for the chunk and 16
- * floats either side (the window's reach, at most 16), and d^-beta for the chunk, into two
- * stack buffers; then dx from them. Used for beta = 3/4 and a reach of at most 16; the
- * block code below does the rest, and everything without AVX2 and FMA. */
+/* ---- vectorised: AVX-512 or AVX2 with FMA, beta = 3/4 -------------------------------
+ * rows: the whole tensor as one flat array of floats, LANES at a time (16 with AVX-512, 8
+ * with AVX2). Each lane knows its channel (a vector of channel numbers, advanced by LANES
+ * mod C per vector), so the window's term at offset o is x + j + o with the lanes whose
+ * channel + o falls outside the row masked off: the sum, the power and the product stay in
+ * registers, whatever C is. Plain loads and stores where the whole vector is in range,
+ * masked ones only at the tensor's ends (a first version masked throughout was no faster
+ * than the block code on an AMD EPYC). The backward goes by chunks of CHUNK floats:
+ * t = g a d^(-beta-1) for the chunk and 16 floats either side (the window's reach, at most
+ * 16), and d^-beta for the chunk, into two stack buffers; then dx from them.
+ * planes: vectors over a plane's positions, the window over neighbouring planes; the
+ * backward by runs of positions across all planes, through two buffers per thread.
+ * The block code below does other betas, reaches over 16, and CPUs without AVX2 and FMA. */
 
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
-#define FAST_ROWS 1
+#define VECTOR_CODE 1
 #define CHUNK 1024 /* floats: the backward's two buffers stay in L1 */
 #define INLINE static inline __attribute__((always_inline))
 
@@ -142,10 +145,14 @@ INLINE vf v_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 INLINE vf v_fnma(vf a, vf b, vf c) { return _mm256_fnmadd_ps(a, b, c); }
 INLINE vf v_add(vf a, vf b) { return _mm256_add_ps(a, b); }
 INLINE vf v_add_where(vf s, vf w, lanes_t m) { return _mm256_add_ps(s, _mm256_and_ps(w, _mm256_castsi256_ps(m))); }
-INLINE vf v_fma_where(vf a, vf b, vf s, lanes_t m) { return _mm256_fmadd_ps(_mm256_and_ps(a, _mm256_castsi256_ps(m)), b, s); }
+INLINE vf v_fma_where(vf a, vf b, vf s, lanes_t m) {
+    return _mm256_fmadd_ps(_mm256_and_ps(a, _mm256_castsi256_ps(m)), b, s);
+}
 INLINE vi i_set(int32_t i) { return _mm256_set1_epi32(i); }
 INLINE vi i_load(const int32_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
-INLINE lanes_t i_at_least(vi a, int32_t b, lanes_t m) { return _mm256_and_si256(m, _mm256_cmpgt_epi32(a, i_set(b - 1))); }
+INLINE lanes_t i_at_least(vi a, int32_t b, lanes_t m) {
+    return _mm256_and_si256(m, _mm256_cmpgt_epi32(a, i_set(b - 1)));
+}
 INLINE lanes_t i_below(vi a, int32_t b, lanes_t m) { return _mm256_and_si256(m, _mm256_cmpgt_epi32(i_set(b), a)); }
 INLINE vi i_wrap(vi ch, vi step, vi c) {
     ch = _mm256_add_epi32(ch, step);
@@ -210,7 +217,8 @@ INLINE void forward_span(const float *x, float *y, int64_t from, int64_t to, int
     for (int64_t j = from; j < to; j += LANES, ch = i_wrap(ch, step, vc)) {
         int full = total - j >= LANES, inside = j >= before && j + LANES + after <= total;
         lanes_t live = first_lanes(total - j);
-        vf s = inside ? window(x + j, ch, -before, after, c, live, 1, 1) : window(x + j, ch, -before, after, c, live, 1, 0);
+        vf s = inside ? window(x + j, ch, -before, after, c, live, 1, 1)
+                      : window(x + j, ch, -before, after, c, live, 1, 0);
         vf q = quarter_rsqrt(s, alpha, k);
         store(y + j, v_mul(load(x + j, live, full), v_mul(v_mul(q, q), q)), live, full);
     }
@@ -227,7 +235,8 @@ INLINE void backward_chunk(const float *x, const float *g, float *dx, int64_t st
     for (int64_t j = from; j < to; j += LANES, ch = i_wrap(ch, step, vc)) {
         int full = to - j >= LANES, inside = j >= before && j + LANES + after <= total;
         lanes_t live = first_lanes(to - j);
-        vf s = inside ? window(x + j, ch, -before, after, c, live, 1, 1) : window(x + j, ch, -before, after, c, live, 1, 0);
+        vf s = inside ? window(x + j, ch, -before, after, c, live, 1, 1)
+                      : window(x + j, ch, -before, after, c, live, 1, 0);
         vf q = quarter_rsqrt(s, alpha, k), q3 = v_mul(v_mul(q, q), q);
         vf ga = v_mul(load(g + j, live, full), load(x + j, live, full));
         store(t + (j - start + 16), v_mul(ga, v_mul(v_mul(q3, q3), q)), live, full);
@@ -272,13 +281,118 @@ static void rows_backward_fast(const float *x, const float *g, float *dx, int64_
             backward_chunk(x, g, dx, b * CHUNK, end, total, c, before, after, va, vk, scale);
     }
 }
+
+/* sum of the squares of planes lo..hi (`hw` apart) at x */
+INLINE vf plane_squares(const float *x, int64_t hw, int64_t lo, int64_t hi, lanes_t live, int full) {
+    vf s = v_set(0.0f);
+    for (int64_t o = lo; o <= hi; o++) {
+        vf w = load(x + o * hw, live, full);
+        s = v_fma(w, w, s);
+    }
+    return s;
+}
+
+/* y of one plane: no masks but at the plane's end */
+INLINE void forward_plane(const float *x, float *y, int64_t hw, int64_t lo, int64_t hi, vf alpha, vf k) {
+    for (int64_t j = 0; j < hw; j += LANES) {
+        int full = hw - j >= LANES;
+        lanes_t live = first_lanes(hw - j);
+        vf s = plane_squares(x + j, hw, lo, hi, live, full);
+        vf q = quarter_rsqrt(s, alpha, k);
+        store(y + j, v_mul(load(x + j, live, full), v_mul(v_mul(q, q), q)), live, full);
+    }
+}
+
+static void planes_forward_fast(const float *x, float *y, int64_t images, int64_t c, int64_t hw, int64_t before,
+                                int64_t after, float alpha, float k) {
+    const vf va = v_set(alpha), vk = v_set(k);
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < images * c; b++) {
+        int64_t ch = b % c, lo = ch < before ? -ch : -before, hi = ch + after >= c ? c - 1 - ch : after;
+        if (lo == -2 && hi == 2) /* the paper's window away from the edges, unrolled */
+            forward_plane(x + b * hw, y + b * hw, hw, -2, 2, va, vk);
+        else
+            forward_plane(x + b * hw, y + b * hw, hw, lo, hi, va, vk);
+    }
+}
+
+/* positions per backward block: a multiple of LANES, about 4,096 floats over all c planes */
+static int64_t vector_run(int64_t c, int64_t hw) {
+    int64_t vectors = 4096 / c / LANES, most = (hw + LANES - 1) / LANES;
+    vectors = vectors < 1 ? 1 : vectors > most ? most : vectors;
+    return vectors * LANES;
+}
+
+/* t = g a d^(-beta-1) and d^-beta of `m` positions of one plane into the block's buffers */
+INLINE void backward_terms(const float *x, const float *g, float *t, float *p, int64_t hw, int64_t m, int64_t lo,
+                           int64_t hi, vf alpha, vf k) {
+    for (int64_t j = 0; j < m; j += LANES) {
+        int full = m - j >= LANES;
+        lanes_t live = first_lanes(m - j);
+        vf s = plane_squares(x + j, hw, lo, hi, live, full);
+        vf q = quarter_rsqrt(s, alpha, k), q3 = v_mul(v_mul(q, q), q);
+        vf ga = v_mul(load(g + j, live, full), load(x + j, live, full));
+        store(t + j, v_mul(ga, v_mul(v_mul(q3, q3), q)), live, full);
+        store(p + j, q3, live, full);
+    }
+}
+
+/* dx of `m` positions of one plane from the block's buffers (t's planes `run` apart) */
+INLINE void backward_plane(const float *x, const float *g, float *dx, const float *t, const float *p, int64_t run,
+                           int64_t m, int64_t lo, int64_t hi, vf scale) {
+    for (int64_t j = 0; j < m; j += LANES) {
+        int full = m - j >= LANES;
+        lanes_t live = first_lanes(m - j);
+        vf s = v_set(0.0f);
+        for (int64_t o = lo; o <= hi; o++) s = v_add(s, load(t + o * run + j, live, full));
+        vf gp = v_mul(load(g + j, live, full), load(p + j, live, full));
+        store(dx + j, v_fnma(v_mul(scale, load(x + j, live, full)), s, gp), live, full);
+    }
+}
+
+static int planes_backward_fast(const float *x, const float *g, float *dx, int64_t images, int64_t c, int64_t hw,
+                                int64_t before, int64_t after, float alpha, float beta, float k) {
+    const vf va = v_set(alpha), vk = v_set(k), scale = v_set(2.0f * alpha * beta);
+    int64_t run = vector_run(c, hw), runs = (hw + run - 1) / run;
+    int failed = 0;
+#pragma omp parallel reduction(| : failed)
+    {
+        float *t = malloc(sizeof(float) * (size_t)(c * run)), *p = malloc(sizeof(float) * (size_t)(c * run));
+        if (!t || !p) failed = 1;
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < images * runs; b++) {
+            if (failed) continue;
+            int64_t j0 = (b % runs) * run, m = hw - j0 < run ? hw - j0 : run, at = (b / runs) * c * hw + j0;
+            for (int64_t ch = 0; ch < c; ch++) {
+                int64_t lo = ch < before ? -ch : -before, hi = ch + after >= c ? c - 1 - ch : after;
+                const int64_t here = at + ch * hw;
+                if (lo == -2 && hi == 2)
+                    backward_terms(x + here, g + here, t + ch * run, p + ch * run, hw, m, -2, 2, va, vk);
+                else
+                    backward_terms(x + here, g + here, t + ch * run, p + ch * run, hw, m, lo, hi, va, vk);
+            }
+            for (int64_t ch = 0; ch < c; ch++) {
+                /* input ch feeds outputs ch - after .. ch + before */
+                int64_t lo = ch < after ? -ch : -after, hi = ch + before >= c ? c - 1 - ch : before;
+                const int64_t here = at + ch * hw;
+                if (lo == -2 && hi == 2)
+                    backward_plane(x + here, g + here, dx + here, t + ch * run, p + ch * run, run, m, -2, 2, scale);
+                else
+                    backward_plane(x + here, g + here, dx + here, t + ch * run, p + ch * run, run, m, lo, hi, scale);
+            }
+        }
+        free(t);
+        free(p);
+    }
+    return failed;
+}
 #endif
 
 /* which vector code this build runs: what bench.models.lrn_native.isa() reports */
 const char *lrn_isa(void) {
 #if defined(__AVX512F__)
     return "avx512";
-#elif defined(FAST_ROWS)
+#elif defined(VECTOR_CODE)
     return "avx2";
 #else
     return "plain";
@@ -327,7 +441,7 @@ static void window_sum(float *restrict out, const float *restrict v, const int32
 
 int lrn_rows_forward(const float *x, float *y, int64_t rows, int64_t c, int64_t before, int64_t after,
                      float alpha, float beta, float k) {
-#if defined(FAST_ROWS)
+#if defined(VECTOR_CODE)
     if (beta == 0.75f && before <= 16 && after <= 16) {
         rows_forward_fast(x, y, rows * c, c, before, after, alpha, k);
         return 0;
@@ -366,7 +480,7 @@ int lrn_rows_forward(const float *x, float *y, int64_t rows, int64_t c, int64_t 
 
 int lrn_rows_backward(const float *x, const float *g, float *dx, int64_t rows, int64_t c, int64_t before,
                       int64_t after, float alpha, float beta, float k) {
-#if defined(FAST_ROWS)
+#if defined(VECTOR_CODE)
     if (beta == 0.75f && before <= 16 && after <= 16) {
         rows_backward_fast(x, g, dx, rows * c, c, before, after, alpha, beta, k);
         return 0;
@@ -434,6 +548,12 @@ static void plane_sum(float *restrict sum, const float *restrict planes, int64_t
 
 int lrn_planes_forward(const float *x, float *y, int64_t images, int64_t c, int64_t hw, int64_t before,
                        int64_t after, float alpha, float beta, float k) {
+#if defined(VECTOR_CODE)
+    if (beta == 0.75f) {
+        planes_forward_fast(x, y, images, c, hw, before, after, alpha, k);
+        return 0;
+    }
+#endif
     int64_t run = plane_run(c, hw), runs = (hw + run - 1) / run;
     int failed = 0;
 #pragma omp parallel reduction(| : failed)
@@ -466,6 +586,9 @@ int lrn_planes_forward(const float *x, float *y, int64_t images, int64_t c, int6
 
 int lrn_planes_backward(const float *x, const float *g, float *dx, int64_t images, int64_t c, int64_t hw,
                         int64_t before, int64_t after, float alpha, float beta, float k) {
+#if defined(VECTOR_CODE)
+    if (beta == 0.75f) return planes_backward_fast(x, g, dx, images, c, hw, before, after, alpha, beta, k);
+#endif
     int64_t run = plane_run(c, hw), runs = (hw + run - 1) / run;
     const float scale = 2.0f * alpha * beta;
     int failed = 0;
