@@ -4,7 +4,7 @@ Saves one baseline, then runs `gate --compare` N times at the baseline's thread 
 (identical code: every failure is a false alarm) and N times at half the threads (about
 half the speed: every run should fail). Prints the counts and each run's exit status.
 
-    python scripts/gate_reruns.py --runs 10 --threads 2 --model 'lenet5*,alexnet*'
+    python scripts/gate_reruns.py --runs 10 --threads 2 --model 'lenet5*,alexnet*' [--logs DIR]
 
 Time nothing else while it runs: other load is what makes a gate cry wolf.
 """
@@ -22,13 +22,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def gate(storage: Path, threads: int, *args: str) -> tuple[int, float, str]:
+def gate(storage: Path, threads: int, *args: str, log: Path | None = None) -> tuple[int, float, str]:
+    """Exit status, seconds, and the verdict line (FAILED names the benchmarks) of one gate run;
+    its whole output into `log` when given."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     argv = [sys.executable, "-m", "bench", "gate", "--device", "cpu", "--storage", str(storage), *args]
     start = time.perf_counter()
     done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
-    lines = [line for line in (done.stdout + done.stderr).splitlines() if "regress" in line.lower()]
-    return done.returncode, time.perf_counter() - start, (lines[-1] if lines else "")[:160]
+    if log is not None:
+        log.write_text(done.stdout + done.stderr)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith(("FAILED", "PASSED"))]
+    return done.returncode, time.perf_counter() - start, (lines[-1] if lines else "")[:200]
 
 
 def main() -> int:
@@ -36,7 +40,12 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--threads", type=int, default=2, help="the baseline's and the identical runs' threads")
     p.add_argument("--model", default="lenet5*,alexnet*")
+    p.add_argument("--half-runs", type=int, help="runs at half the threads (default: --runs)")
+    p.add_argument("--logs", type=Path, help="a folder for each gate run's whole output")
     args = p.parse_args()
+    args.half_runs = args.runs if args.half_runs is None else args.half_runs
+    if args.logs:
+        args.logs.mkdir(parents=True, exist_ok=True)
     common = ["--quick", "--model", args.model]
     with tempfile.TemporaryDirectory() as tmp:
         storage = Path(tmp)
@@ -45,15 +54,20 @@ def main() -> int:
         if code != 0:
             return code
         counts = {}
-        for label, threads in (("identical", args.threads), ("half the threads", max(1, args.threads // 2))):
+        half = max(1, args.threads // 2)
+        for label, threads, runs in (
+            ("identical", args.threads, args.runs),
+            ("half the threads", half, args.half_runs),
+        ):
             failed = 0
-            for i in range(args.runs):
-                code, seconds, line = gate(storage, threads, "--compare", "base", *common)
+            for i in range(runs):
+                log = args.logs / f"{label.replace(' ', '-')}-{i + 1}.txt" if args.logs else None
+                code, seconds, line = gate(storage, threads, "--compare", "base", *common, log=log)
                 failed += code == 1
                 print(f"{label} run {i + 1}: exit {code}, {seconds:.0f} s {line}", flush=True)
-            counts[label] = failed
-        for label, failed in counts.items():
-            print(f"{label}: {failed} of {args.runs} runs failed")
+            counts[label] = (failed, runs)
+        for label, (failed, runs) in counts.items():
+            print(f"{label}: {failed} of {runs} runs failed")
     return 0
 
 

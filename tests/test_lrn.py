@@ -225,7 +225,7 @@ NATIVE_INPUTS = {
     "3-channels-channels_last": ((2, 3, 6, 6), "rows"),
     "2500-channels-channels_last": ((2, 2500, 1, 2), "rows"),
     "300-channels-nchw": ((2, 300, 3, 5), "planes"),
-    "64-channels-nchw": ((2, 64, 9, 9), "planes"),  # 81 positions: blocks of 64 and of 17
+    "300-planes-of-300-nchw": ((1, 300, 15, 20), "planes"),  # the backward's blocks: 208 positions, then 92
     "3d-channels-innermost": ((5, 7, 9), "rows"),
     "odd-length-channels_last": ((3, 12, 7, 13), "rows"),
 }

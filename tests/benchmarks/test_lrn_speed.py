@@ -106,6 +106,7 @@ def ratio(benchmark, seconds: dict[str, list[float]], top: str, bottom: str, nam
     d = paired(logs[bottom], logs[top])
     r, lo, hi = math.exp(d.diff), math.exp(d.lo), math.exp(d.hi)
     benchmark.extra_info.update({name: r, f"{name}_lo": lo, f"{name}_hi": hi, "rounds": d.n})
+    benchmark.extra_info["lrn_native_isa"] = lrn_native.isa()  # the kernels' vector code: avx512, avx2, plain
     return r
 
 
