@@ -73,6 +73,14 @@ def saved(tmp_path_factory) -> Path:
     return storage
 
 
+@pytest.fixture(autouse=True)
+def pauses(monkeypatch) -> list[float]:
+    """The waits before re-measurements, recorded instead of slept."""
+    waited: list[float] = []
+    monkeypatch.setattr(command, "pause", waited.append)
+    return waited
+
+
 @pytest.fixture
 def one_thread(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -209,6 +217,8 @@ def test_baseline_from_another_device_is_one_line_exit_2(saved, tmp_path, no_sui
         (["--compare", "base", "--repeat", "0"], "--repeat must be an odd number"),
         (["--save", "base", "--repeat", "2"], "--repeat must be an odd number (1, 3, 5"),
         (["--compare", "base", "--confirm", "-1"], "--confirm must be 0 or more"),
+        (["--compare", "base", "--confirm-pause", "-1"], "--confirm-pause must be 0 or more seconds"),
+        (["--compare", "base", "--confirm-pause", "nan"], "--confirm-pause must be 0 or more seconds"),
         (["--compare", "base", "--noise-k", "-2"], "--noise-k must be 0 or more"),
         (["--compare", "base", "--batches", "disk"], "--batches 'disk' is not valid"),
     ],
@@ -303,7 +313,7 @@ def _scripted_suite(monkeypatch, rates: list[dict[str, float]]):
     return calls
 
 
-def test_a_drop_that_re_measurement_does_not_confirm_passes(tmp_path, monkeypatch, capfd):
+def test_a_drop_that_re_measurement_does_not_confirm_passes(tmp_path, monkeypatch, capfd, pauses):
     """Recorded timings: a baseline of 3 runs, then a run where one benchmark hit a slow phase."""
     steady = {"lenet5": 1000.0, "alexnet": 500.0}
     calls = _scripted_suite(monkeypatch, [steady, steady, steady, {"lenet5": 1000.0, "alexnet": 300.0}, steady])
@@ -313,22 +323,27 @@ def test_a_drop_that_re_measurement_does_not_confirm_passes(tmp_path, monkeypatc
     assert _gate("--compare", "base", *args) == 0
     captured = capfd.readouterr()
     assert calls[3:] == [None, ["test_train[alexnet]"]]  # the suspect alone, once: it came back
+    assert pauses == [0.0]  # the first re-measurement at once
     assert "re-measuring 1 benchmark(s) that dropped beyond their noise band (1 of at most 3)" in captured.err
     assert "train alexnet: -40.0% beyond -10%; again +0.0%; back within the band" in captured.out
     assert "PASSED: all 2 benchmarks within their noise band" in captured.out
 
 
-def test_a_drop_that_re_measurement_confirms_fails(tmp_path, monkeypatch, capfd):
+def test_a_drop_that_re_measurement_confirms_fails(tmp_path, monkeypatch, capfd, pauses):
     steady, slow = {"lenet5": 1000.0, "alexnet": 500.0}, {"lenet5": 1000.0, "alexnet": 240.0}
-    calls = _scripted_suite(monkeypatch, [steady, slow, slow, slow, slow, slow])
+    calls = _scripted_suite(monkeypatch, [steady] + [slow] * 9)
     args = ["--storage", str(tmp_path), "--model", "lenet5,alexnet"]
     assert _gate("--save", "base", "--repeat", "1", *args) == 0
     assert _gate("--compare", "base", *args) == 1
     out = capfd.readouterr().out
     assert calls[1:] == [None] + [["test_train[alexnet]"]] * 3
+    assert pauses == [0.0, 10.0, 20.0]  # a slow phase of the machine had 30 s to pass; the code stayed slow
+    pauses.clear()
+    assert _gate("--compare", "base", "--confirm-pause", "2.5", *args) == 1
+    assert pauses == [0.0, 2.5, 5.0]
     assert "FAILED: 1 of 2 benchmarks lost more throughput than their noise band, confirmed" in out
     assert _gate("--compare", "base", "--confirm", "0", *args) == 1  # no re-measurement asked for
-    assert calls[5:] == [None]
+    assert calls[9:] == [None]
 
 
 def test_no_benchmark_in_common_with_the_baseline_fails_the_gate(tmp_path, monkeypatch, capfd):

@@ -18,8 +18,9 @@ the old file, the newest wins).
 not, before anything runs), runs the suite (once by default), and compares each
 benchmark's images/s with the baseline's. A drop beyond the benchmark's noise
 band (`bench.gate.compare`) makes it a suspect; the suspects alone are run
-again, up to `--confirm` times (default 2), and the gate exits 1 only if one
-stays beyond its band every time, else 0. It prints old against new images/s
+again, up to `--confirm` times (default 3, the later ones after growing pauses,
+`--confirm-pause`), and the gate exits 1 only if one stays beyond its band every
+time, else 0. It prints old against new images/s
 per benchmark, and what was re-measured and why.
 
 Exit status: 0 saved or passed; 1 regressed, or the suite itself failed;
@@ -37,6 +38,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from bench.device import pick_device
@@ -55,7 +57,17 @@ from bench.gate.compare import (
     merge_runs,
     regressed,
 )
-from bench.gate.options import CONFIRM, DEVICE, NOISE_K, OPTIONS, as_arguments, prefixed, suite_option, values_of
+from bench.gate.options import (
+    CONFIRM,
+    CONFIRM_PAUSE,
+    DEVICE,
+    NOISE_K,
+    OPTIONS,
+    as_arguments,
+    prefixed,
+    suite_option,
+    values_of,
+)
 from bench.gate.suite import cases, describe_device, device_id, options_from
 from bench.io import atomic_write_text, check_writable, write_csv
 
@@ -103,6 +115,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="R",
         help="re-measure a benchmark that dropped beyond its band up to R times; it fails only if it stays "
         "beyond every time (default %(default)s; 0 fails on the first measurement)",
+    )
+    p.add_argument(
+        "--confirm-pause",
+        type=float,
+        default=CONFIRM_PAUSE,
+        metavar="S",
+        help="seconds to wait before the second re-measurement, 2S before the third, and so on, so that a slow "
+        "phase of the machine passes (default %(default)s)",
     )
     p.add_argument(
         "--repeat",
@@ -257,6 +277,8 @@ def _gate(args: argparse.Namespace) -> int:
         raise UserError(f"--noise-k must be 0 or more (0: the band is --threshold alone), got {args.noise_k}")
     if args.confirm < 0:
         raise UserError(f"--confirm must be 0 or more re-measurements, got {args.confirm}")
+    if not 0 <= args.confirm_pause < float("inf"):
+        raise UserError(f"--confirm-pause must be 0 or more seconds, got {args.confirm_pause}")
     if args.repeat is None:
         args.repeat = SAVE_REPEAT if args.save else COMPARE_REPEAT
     if args.repeat < 1 or args.repeat % 2 == 0:
@@ -326,6 +348,7 @@ def _gate(args: argparse.Namespace) -> int:
 
         def remeasure(names: list[str], attempt: int) -> dict[str, float]:
             """images/s of the named benchmarks, run again alone; `SuiteFailed` if the suite fails."""
+            pause(args.confirm_pause * (attempt - 1))
             print(
                 f"re-measuring {len(names)} benchmark(s) that dropped beyond their noise band "
                 f"({attempt} of at most {args.confirm}): {', '.join(names)}",
@@ -353,6 +376,12 @@ def _gate(args: argparse.Namespace) -> int:
         log.info("wrote %s", args.report)
     compared = [r for r in rows if r["change"] is not None]
     return 1 if regressed(rows) or not compared else 0
+
+
+def pause(seconds: float) -> None:
+    """Wait before a re-measurement (the tests record these instead of waiting)."""
+    if seconds > 0:
+        time.sleep(seconds)
 
 
 class SuiteFailed(Exception):

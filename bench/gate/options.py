@@ -27,6 +27,10 @@ NOISE_K = 2.0
 # than 30% (one CPU thread instead of two costs 23-48%; half the GPU, 50%).
 MAX_BAND = 0.30
 CONFIRM = 3  # re-measurements of a suspected regression before the gate fails
+# Seconds before the second re-measurement, twice that before the third, and so on: a slow
+# phase of the machine (one lasted through an immediate re-measurement on a 2-core EPYC VM)
+# passes, a slower code does not. A run with nothing suspect waits nothing.
+CONFIRM_PAUSE = 10.0
 
 # The gate's own `--device` is the suite's device: the pytest run gets the one it resolved.
 DEVICE = "--device"
