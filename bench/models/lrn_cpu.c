@@ -319,7 +319,7 @@ static void planes_forward_fast(const float *x, float *y, int64_t images, int64_
 /* positions per backward block: a multiple of LANES, about 65,536 floats over all c planes
  * (two 256 KB buffers, in L2 on the CPUs measured). Long runs keep the hardware prefetcher on
  * each plane: with 4,096 floats (32 positions a plane at 96 channels) the backward of
- * 128x96x32x32 took 32 ms on a 2-core AMD EPYC, with 16,384 or 65,536 13-18 ms. */
+ * 128x96x32x32 took 32 ms on a 2-core AMD EPYC, with 16,384 or 65,536 13-19 ms. */
 static int64_t vector_run(int64_t c, int64_t hw) {
     int64_t vectors = 65536 / c / LANES, most = (hw + LANES - 1) / LANES;
     vectors = vectors < 1 ? 1 : vectors > most ? most : vectors;
