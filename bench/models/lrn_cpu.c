@@ -36,33 +36,8 @@
 static void powers(float *restrict p, float *restrict pd, const float *restrict sum, int64_t m, float alpha,
                    float beta, float k) {
     if (beta == 0.75f) {
-        int64_t j = 0;
-#if defined(__AVX512F__)
-        /* d^-1/4 as rsqrt(sqrt(d)): the 14-bit estimate and one Newton step (~1 ulp) in place of a
-         * second square root and a division, the two slowest vector instructions here */
-        const __m512 va = _mm512_set1_ps(alpha), vk = _mm512_set1_ps(k);
-        const __m512 half = _mm512_set1_ps(0.5f), three_halves = _mm512_set1_ps(1.5f);
-        for (; j + 16 <= m; j += 16) {
-            __m512 s = _mm512_sqrt_ps(_mm512_fmadd_ps(va, _mm512_loadu_ps(sum + j), vk));
-            __m512 q = _mm512_rsqrt14_ps(s);
-            q = _mm512_mul_ps(q, _mm512_fnmadd_ps(_mm512_mul_ps(half, s), _mm512_mul_ps(q, q), three_halves));
-            __m512 q3 = _mm512_mul_ps(_mm512_mul_ps(q, q), q);
-            _mm512_storeu_ps(p + j, q3);
-            _mm512_storeu_ps(pd + j, _mm512_mul_ps(_mm512_mul_ps(q3, q3), q));
-        }
-#elif defined(__AVX2__) && defined(__FMA__)
-        const __m256 va = _mm256_set1_ps(alpha), vk = _mm256_set1_ps(k);
-        const __m256 half = _mm256_set1_ps(0.5f), three_halves = _mm256_set1_ps(1.5f);
-        for (; j + 8 <= m; j += 8) {
-            __m256 s = _mm256_sqrt_ps(_mm256_fmadd_ps(va, _mm256_loadu_ps(sum + j), vk));
-            __m256 q = _mm256_rsqrt_ps(s); /* 12 bits; one Newton step gives about 23 */
-            q = _mm256_mul_ps(q, _mm256_fnmadd_ps(_mm256_mul_ps(half, s), _mm256_mul_ps(q, q), three_halves));
-            __m256 q3 = _mm256_mul_ps(_mm256_mul_ps(q, q), q);
-            _mm256_storeu_ps(p + j, q3);
-            _mm256_storeu_ps(pd + j, _mm256_mul_ps(_mm256_mul_ps(q3, q3), q));
-        }
-#endif
-        for (; j < m; j++) {
+        /* builds with AVX2+FMA take beta 3/4 in the vector code, so here only windows reaching over 16 */
+        for (int64_t j = 0; j < m; j++) {
             float q = 1.0f / sqrtf(sqrtf(k + alpha * sum[j]));
             float q3 = q * q * q;
             p[j] = q3;
