@@ -31,6 +31,7 @@ settings, bad option), as one line on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import logging
 import os
@@ -44,6 +45,7 @@ from pathlib import Path
 from bench.device import pick_device
 from bench.env import environment
 from bench.errors import UserError
+from bench.gate import paired
 from bench.gate.compare import (
     STATS,
     check_comparable,
@@ -81,6 +83,10 @@ DEFAULT_THRESHOLD = 0.10
 # A baseline is measured once and compared with many times: its error would fail
 # every later comparison alike, so it takes the median of 3 suite runs.
 SAVE_REPEAT, COMPARE_REPEAT = 3, 1
+# --against: suite runs per side. Pairs cancel the drift that a stored baseline cannot, so
+# a few give a usable interval (Student t with 2 degrees of freedom), and one fresh set of
+# pairs confirms a suspect.
+PAIRS, AGAINST_CONFIRM = 3, 1
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _PYTEST_USAGE_ERROR, _PYTEST_NO_TESTS = 4, 5
 
@@ -94,6 +100,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     action = p.add_mutually_exclusive_group(required=True)
     action.add_argument("--save", metavar="NAME", help="run the suite and store it as baseline NAME")
     action.add_argument("--compare", metavar="NAME", help="run the suite and compare it with baseline NAME")
+    action.add_argument(
+        "--against",
+        metavar="REF",
+        help="compare this checkout with git commit REF (a branch, tag or id), both measured now, alternately: "
+        "no stored baseline, and a machine whose speed drifts cancels out",
+    )
+    p.add_argument(
+        "--pairs",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"with --against: suite runs per side, in pairs (default {PAIRS}; at least 2, for an interval)",
+    )
     p.add_argument(
         "--threshold",
         type=float,
@@ -111,10 +130,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--confirm",
         type=int,
-        default=CONFIRM,
+        default=None,
         metavar="R",
         help="re-measure a benchmark that dropped beyond its band up to R times; it fails only if it stays "
-        "beyond every time (default %(default)s; 0 fails on the first measurement)",
+        f"beyond every time (default {CONFIRM}; with --against, R sets of fresh pairs, default {AGAINST_CONFIRM}; "
+        "0 fails on the first measurement)",
     )
     p.add_argument(
         "--confirm-pause",
@@ -275,13 +295,23 @@ def _gate(args: argparse.Namespace) -> int:
         raise UserError(f"--threshold must be a fraction between 0 and 1 (0.1 = 10%), got {args.threshold}")
     if args.noise_k < 0:
         raise UserError(f"--noise-k must be 0 or more (0: the band is --threshold alone), got {args.noise_k}")
+    if args.confirm is None:
+        args.confirm = AGAINST_CONFIRM if args.against else CONFIRM
     if args.confirm < 0:
         raise UserError(f"--confirm must be 0 or more re-measurements, got {args.confirm}")
+    if args.against:
+        if args.repeat is not None:
+            raise UserError("--repeat is for --save and --compare; --against runs each side --pairs times")
+        args.pairs = PAIRS if args.pairs is None else args.pairs
+        if args.pairs < 2:
+            raise UserError(f"--pairs must be 2 or more (one pair gives no interval), got {args.pairs}")
+    elif args.pairs is not None:
+        raise UserError("--pairs is for --against; --save and --compare repeat the suite with --repeat")
     if not 0 <= args.confirm_pause < float("inf"):
         raise UserError(f"--confirm-pause must be 0 or more seconds, got {args.confirm_pause}")
     if args.repeat is None:
         args.repeat = SAVE_REPEAT if args.save else COMPARE_REPEAT
-    if args.repeat < 1 or args.repeat % 2 == 0:
+    if not args.against and (args.repeat < 1 or args.repeat % 2 == 0):
         raise UserError(
             f"--repeat must be an odd number (1, 3, 5: the median is then one of the runs), got {args.repeat}"
         )
@@ -292,7 +322,7 @@ def _gate(args: argparse.Namespace) -> int:
         raise UserError(
             f"give {after[0]} before --, not after it: the gate checks its suite options against the baseline"
         )
-    name = _check_name(args.save or args.compare)
+    name = _check_name(args.save or args.compare) if not args.against else None
     if args.save:  # the baseline is stored after minutes of suite: its folder must take it
         check_writable(
             storage_dir(args.storage),
@@ -315,6 +345,8 @@ def _gate(args: argparse.Namespace) -> int:
     if baseline is not None:
         check_settings(baseline, options.recorded(), verb="would measure")  # not minutes later, after the suite
     pytest_args = as_arguments(args) + args.pytest_args
+    if args.against:
+        return _against(args, device, pytest_args)
 
     with tempfile.TemporaryDirectory(prefix="bench-gate-") as tmp:
         runs = []
@@ -371,6 +403,59 @@ def _gate(args: argparse.Namespace) -> int:
             return 1
 
     print(format_report(baseline, current, rows, threshold=args.threshold, stat=args.stat, noise_k=args.noise_k))
+    if args.report is not None:
+        write_csv(args.report, [{**r, "remeasured": " ".join(f"{c:+.4f}" for c in r["remeasured"])} for r in rows])
+        log.info("wrote %s", args.report)
+    compared = [r for r in rows if r["change"] is not None]
+    return 1 if regressed(rows) or not compared else 0
+
+
+def _against(args: argparse.Namespace, device, pytest_args: list[str]) -> int:
+    """`--against REF`: a worker from an export of REF and one from here, in alternating rounds (`bench.gate.paired`)."""
+    if args.pytest_args:
+        raise UserError("--against runs no pytest: arguments after -- are for --save and --compare")
+    commit = paired.resolve(ROOT, args.against)  # a ref that names nothing fails before the export
+    worker_args = [f"{prefixed(DEVICE)}={device}", *as_arguments(args)]
+    where = f"{args.against} ({commit[:12]})"
+    with tempfile.TemporaryDirectory(prefix="bench-gate-") as tmp, contextlib.ExitStack() as workers:
+        tree = paired.export(ROOT, commit, Path(tmp))
+        try:
+            ref = paired.Worker(tree, worker_args, where)
+            workers.callback(ref.close)
+            here = paired.Worker(ROOT, worker_args, "this checkout")
+            workers.callback(here.close)
+            paired.check_same_measurement(ref, here, args.against)
+
+            def measure(names: list[str]) -> dict[str, tuple[list[float], list[float]]]:
+                found = {}
+                for i, name in enumerate(names):
+                    log.info("%s (%d of %d): %d pairs of rounds", name, i + 1, len(names), args.pairs)
+                    found[name] = paired.time_pairs(ref, here, name, args.pairs)
+                return found
+
+            def remeasure(names: list[str], attempt: int) -> dict[str, tuple[float, float, float]]:
+                print(
+                    f"measuring {len(names)} suspected benchmark(s) again in {args.pairs} fresh pairs of rounds "
+                    f"({attempt} of at most {args.confirm}): {', '.join(names)}",
+                    file=sys.stderr,
+                )
+                return {name: paired.paired_change(*rates) for name, rates in measure(names).items()}
+
+            def judge(row: dict, again: tuple[float, float, float]) -> tuple[float, bool]:
+                return again[0], paired.judge(*again, args.threshold) == "suspect"
+
+            names = paired.benchmarks(ref, here)
+            rates = measure(names)
+            rows = [paired.row(name, *rates[name], args.threshold) for name in names]
+            rows += paired.one_sided_rows(ref, here, args.threshold)  # listed, not compared
+            confirm(rows, remeasure, args.confirm, judge)
+        except paired.WorkerFailed as failed:
+            print(f"error: the gate worker of {failed.where} failed: {failed}", file=sys.stderr)
+            return 2 if failed.status == 2 else 1  # 2: it refused the options (said why above)
+    report = paired.format_paired_report(
+        rows, ref=args.against, commit=commit, hello=here.hello, threshold=args.threshold
+    )
+    print(report)
     if args.report is not None:
         write_csv(args.report, [{**r, "remeasured": " ".join(f"{c:+.4f}" for c in r["remeasured"])} for r in rows])
         log.info("wrote %s", args.report)

@@ -234,28 +234,43 @@ def compare(
     return rows
 
 
-# remeasure(benchmark names, attempt) -> images/s of each, measured again (attempt counts from 1).
-Remeasure = Callable[[list[str], int], dict[str, float]]
+# remeasure(benchmark names, attempt) -> a new measurement of each (attempt counts from 1): by default its
+# images/s; whatever it is, `judge` reads it.
+Remeasure = Callable[[list[str], int], dict]
+# judge(suspect's row, its new measurement) -> (the change it measured, whether it is still suspected)
+Judge = Callable[[dict, object], tuple[float, bool]]
 
 
-def confirm(rows: list[dict], remeasure: Remeasure | None, times: int = CONFIRM) -> list[dict]:
-    """Re-measure the suspects up to `times` times; `regressed` if beyond the band every time, else `noise`.
+def beyond_band(row: dict, rate: float) -> tuple[float, bool]:
+    """A re-measured images/s against the row's baseline: its change, and whether it is beyond the band."""
+    change = rate / row["baseline_images_per_s"] - 1
+    return change, change < -row["band"]
 
-    A suspect is cleared by its first re-measurement back within its band, and
-    then not measured again. With `times` 0 every suspect is a regression. The
-    re-measured changes are kept in `row["remeasured"]`. Returns the suspects.
+
+def confirm(
+    rows: list[dict], remeasure: Remeasure | None, times: int = CONFIRM, judge: Judge = beyond_band
+) -> list[dict]:
+    """Re-measure the suspects up to `times` times; `regressed` if suspected every time, else `noise`.
+
+    A suspect is cleared by its first re-measurement that `judge` clears (by
+    default: back within its band), and then not measured again. With `times` 0
+    every suspect is a regression. The re-measured changes are kept in
+    `row["remeasured"]`. Returns the suspects.
     """
     suspects = [r for r in rows if r["status"] == "suspect"]
     pending = suspects
     for attempt in range(1, times + 1):
         if not pending:
             break
-        rates = remeasure([r["benchmark"] for r in pending], attempt)
+        again = remeasure([r["benchmark"] for r in pending], attempt)
+        still = []
         for r in pending:
-            if rates.get(r["benchmark"]) is None:
+            if again.get(r["benchmark"]) is None:
                 raise UserError(f"re-measuring {r['benchmark']} gave no result; the suite did not run it")
-            r["remeasured"].append(rates[r["benchmark"]] / r["baseline_images_per_s"] - 1)
-        pending = [r for r in pending if r["remeasured"][-1] < -r["band"]]
+            change, suspected = judge(r, again[r["benchmark"]])
+            r["remeasured"].append(change)
+            still += [r] if suspected else []
+        pending = still
     for r in suspects:
         r["status"] = "regressed" if r in pending else "noise"
     return suspects
@@ -265,7 +280,7 @@ def regressed(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["status"] in ("regressed", "suspect")]
 
 
-def _label(row: dict) -> str:
+def label(row: dict) -> str:
     return f"{row['phase']} {row['case']}"
 
 
@@ -333,7 +348,7 @@ def format_report(
     for r in rows:
         table.append(
             (
-                _label(r),
+                label(r),
                 number(r["baseline_images_per_s"]),
                 number(r["images_per_s"]),
                 percent(r.get("spread")),
@@ -342,12 +357,7 @@ def format_report(
                 verdicts.get(r["status"], ""),
             )
         )
-    n = len(table[0]) - 1
-    widths = [max(len(row[i]) for row in table) for i in range(n)]
-    for row in table:
-        lines.append(
-            "  ".join([f"{row[0]:<{widths[0]}}", *(f"{v:>{w}}" for v, w in zip(row[1:n], widths[1:])), row[n]]).rstrip()
-        )
+    lines += table_lines(table)
 
     remeasured = [r for r in rows if r.get("remeasured")]
     if remeasured:
@@ -359,7 +369,7 @@ def format_report(
                 if r["status"] == "regressed"
                 else "back within the band: noise, not a regression"
             )
-            lines.append(f"  {_label(r)}: {r['change']:+.1%} beyond -{r['band']:.0%}; again {again}; {outcome}")
+            lines.append(f"  {label(r)}: {r['change']:+.1%} beyond -{r['band']:.0%}; again {again}; {outcome}")
 
     compared = [r for r in rows if r["change"] is not None]
     bad = regressed(rows)
@@ -368,13 +378,23 @@ def format_report(
         confirmed = any(r.get("remeasured") for r in bad)
         lines.append(
             f"FAILED: {len(bad)} of {len(compared)} benchmarks lost more throughput than their noise band"
-            f"{', confirmed by re-measurement' if confirmed else ''}: {', '.join(_label(r) for r in bad)}"
+            f"{', confirmed by re-measurement' if confirmed else ''}: {', '.join(label(r) for r in bad)}"
         )
     else:
         lines.append(f"PASSED: all {len(compared)} benchmarks within their noise band of the baseline or faster")
     if not compared:
         lines[-1] = "FAILED: no benchmark in common with the baseline"
     return "\n".join(lines)
+
+
+def table_lines(table: list[tuple[str, ...]]) -> list[str]:
+    """Rows of cells as aligned lines: the first column left, the last (a verdict) free, the others right."""
+    n = len(table[0]) - 1
+    widths = [max(len(row[i]) for row in table) for i in range(n)]
+    return [
+        "  ".join([f"{row[0]:<{widths[0]}}", *(f"{v:>{w}}" for v, w in zip(row[1:n], widths[1:])), row[n]]).rstrip()
+        for row in table
+    ]
 
 
 def format_run(run: Run, stat: str = "median") -> str:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,6 +56,7 @@ from bench.models.common import WIDTH_RANGE
 from bench.studies import StudyFile, studies_dir
 from bench.train.config import TrainConfig
 from bench.train.modes import apply_backend_flags
+from bench.train.step import autocast, grad_scaler, make_optimizer, train_step
 
 
 @dataclass(frozen=True)
@@ -340,6 +342,40 @@ def training_batches(case: Case, options: Options, x: torch.Tensor, y: torch.Ten
     while True:
         for xb, yb in data.batches("train", options.batch_size, augment=augment, generator=order):
             yield xb.contiguous(memory_format=fmt), yb
+
+
+PHASES = ("train", "infer")
+
+
+def workload(case: Case, options: Options, phase: str) -> Callable[[int], None]:
+    """`run(n)`: n training steps (`train`: a batch by the mode's data path, forward, loss, backward, SGD
+    step) or n inference batches (`infer`: eval mode, `inference_mode`) of the case, built and ready.
+
+    The suite times it under pytest-benchmark, `gate --against`'s workers time it in alternating rounds.
+    """
+    model, x, y = build(case, options)
+    device = torch.device(options.device)
+    if phase == "infer":
+        model.eval()
+
+        def infer(n: int) -> None:
+            with torch.inference_mode(), autocast(device, options.dtype):
+                for _ in range(n):
+                    model(x)
+
+        return infer
+    if phase != "train":
+        raise ValueError(f"phase {phase!r} is not one of {', '.join(PHASES)}")
+    batches = training_batches(case, options, x, y)
+    optimizer = make_optimizer(model, lr=0.01)  # its value does not change the cost
+    scaler = grad_scaler(x.device, options.dtype)
+
+    def train(n: int) -> None:
+        for _ in range(n):
+            xb, yb = next(batches)
+            train_step(model, optimizer, xb, yb, dtype=options.dtype, scaler=scaler)
+
+    return train
 
 
 def device_id(env: dict) -> str:

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from bench.gate.suite import build, training_batches
+from bench.gate.suite import workload
 from bench.measure.timing import steps_per_round, time_rounds, warm_up
-from bench.train.step import autocast, grad_scaler, make_optimizer, train_step
 
 
 def _pytest_benchmark_loop(benchmark):
@@ -64,28 +63,9 @@ def _time(benchmark, options, case, phase: str, run) -> None:
 
 def test_train(benchmark, options, case):
     """Taking a batch by the mode's data path, then forward, loss, backward and SGD step."""
-    model, x, y = build(case, options)
-    batches = training_batches(case, options, x, y)
-    optimizer = make_optimizer(model, lr=0.01)  # its value does not change the cost
-    scaler = grad_scaler(x.device, options.dtype)
-
-    def steps(n: int) -> None:
-        for _ in range(n):
-            xb, yb = next(batches)
-            train_step(model, optimizer, xb, yb, dtype=options.dtype, scaler=scaler)
-
-    _time(benchmark, options, case, "train", steps)
+    _time(benchmark, options, case, "train", workload(case, options, "train"))
 
 
 def test_infer(benchmark, options, case):
     """Forward only, in eval mode under `inference_mode`."""
-    model, x, _ = build(case, options)
-    model.eval()
-    device = torch.device(options.device)
-
-    def steps(n: int) -> None:
-        with torch.inference_mode(), autocast(device, options.dtype):
-            for _ in range(n):
-                model(x)
-
-    _time(benchmark, options, case, "infer", steps)
+    _time(benchmark, options, case, "infer", workload(case, options, "infer"))

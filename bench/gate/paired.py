@@ -1,0 +1,307 @@
+"""`gate --against REF`: this checkout and a git commit, timed in alternating rounds in one window of time.
+
+A stored baseline was measured minutes or days before the run compared with it.
+On a machine whose speed drifts that gap is itself a change: on a shared 2-core
+VM, three baselines of the same code differed by 8-59% in images/s and every
+identical rerun failed against the fastest; and from one suite run to the next,
+single benchmarks of the same code moved by -32% to +47%, each its own way (the
+host's speed changes within seconds). Here both sides run now, a round at a time.
+The commit's tree is exported (`export`, git archive: the checkout and its git
+state are not touched); a worker process (`bench.gate.worker`) starts from it and
+one from this checkout; per benchmark both build and warm up the workload, then
+time `pairs` pairs of rounds, in the order R H, H R, R H ... (`order`), so that the
+two rounds of a pair are a fraction of a second apart and whichever runs first
+does so in half the pairs.
+
+Each benchmark's change is the geometric mean of its pairs' ratios (this
+checkout's images/s over the commit's), with the 95% paired Student t interval of
+their logs (`bench.report.stats.paired`, pairs - 1 degrees of freedom). It is
+suspected (`judge`) when it lost more than `threshold` and its interval excludes
+no loss; a gain beyond `threshold` whose interval excludes 0 is `faster`;
+anything else is `ok`. A suspect is set up and measured again in fresh pairs
+(`bench.gate.compare.confirm`), and the gate fails only if every set of pairs
+suspects it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from bench.errors import UserError
+from bench.gate.compare import label, table_lines
+from bench.gate.suite import MEASUREMENT_KEYS, PHASES, describe_device, device_id
+from bench.gate.worker import PROTOCOL
+from bench.report.stats import paired
+
+WORKER_IN_TREE = Path("bench/gate/worker.py")
+REF, HERE = "ref", "here"
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    except OSError as exc:  # no git on PATH
+        raise UserError(f"--against needs git ({exc.strerror}); compare with a saved baseline instead") from None
+
+
+def resolve(root: Path, ref: str) -> str:
+    """The full commit id `ref` names in the repository at `root`; `UserError` naming what is wrong."""
+    if _git(root, "rev-parse", "--git-dir").returncode != 0:
+        raise UserError(f"--against {ref}: {root} is not a git checkout; compare with a saved baseline instead")
+    found = _git(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    if found.returncode != 0:
+        raise UserError(f"--against {ref!r} names no commit in {root}; give a branch, tag or commit id (e.g. main)")
+    return found.stdout.strip()
+
+
+def export(root: Path, commit: str, folder: Path) -> Path:
+    """The tree of `commit`, written into `folder` (git archive); `UserError` if it has no throughput suite."""
+    archive = folder / "tree.tar"
+    made = _git(root, "archive", "--format=tar", "-o", str(archive), commit)
+    if made.returncode != 0:
+        raise UserError(f"git archive {commit[:12]} failed: {made.stderr.strip()}")
+    tree = folder / "tree"
+    with tarfile.open(archive) as tar:
+        tar.extractall(tree, filter="data")
+    archive.unlink()
+    if not (tree / WORKER_IN_TREE).is_file():
+        raise UserError(
+            f"commit {commit[:12]} has no {WORKER_IN_TREE}: it predates gate --against; compare with a saved "
+            "baseline instead"
+        )
+    return tree
+
+
+class Worker:
+    """A `bench.gate.worker` process running the package of `root` (a checkout, or an exported commit)."""
+
+    def __init__(self, root: Path, arguments: list[str], where: str):
+        self.where = where
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+        cmd = [sys.executable, "-m", "bench.gate.worker", *arguments]
+        # stderr passes through: the worker's warnings and a failure's reason reach the user
+        self.process = subprocess.Popen(
+            cmd, cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.hello = self._read()
+        if self.hello.get("protocol") != PROTOCOL:
+            self.close()
+            raise UserError(
+                f"the gate worker of {where} speaks protocol {self.hello.get('protocol')}, this gate {PROTOCOL}: "
+                "compare with a saved baseline instead"
+            )
+
+    def _read(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            status = self.process.wait()
+            raise WorkerFailed(self.where, status)
+        return json.loads(line)
+
+    def ask(self, **request) -> dict:
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        reply = self._read()
+        if "error" in reply:
+            raise WorkerFailed(self.where, None, reply["error"])
+        return reply
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class WorkerFailed(Exception):
+    def __init__(self, where: str, status: int | None, error: str | None = None):
+        self.where, self.status, self.error = where, status, error
+        super().__init__(error or f"the worker of {where} exited with status {status}")
+
+
+def check_same_measurement(ref: Worker, here: Worker, ref_name: str) -> None:
+    """`UserError` unless the commit's worker measures what this checkout's does (device, batch, width, mode)."""
+    was, now = ref.hello, here.hello
+    if device_id(was["environment"]) != device_id(now["environment"]):
+        raise UserError(f"the worker of {ref_name} runs on {describe_device(was['environment'])}, this checkout's "
+                        f"on {describe_device(now['environment'])}")  # fmt: skip
+    differ = [k for k in MEASUREMENT_KEYS if was["settings"].get(k) != now["settings"].get(k)]
+    if differ:
+        raise UserError(
+            f"{ref_name} and this checkout measure different things with these options ("
+            + ", ".join(f"{k}: {was['settings'].get(k)} there, {now['settings'].get(k)} here" for k in differ)
+            + "): their speeds are not comparable"
+        )
+
+
+def benchmarks(ref: Worker, here: Worker) -> list[str]:
+    """The benchmarks both sides can run (`test_train[CASE]`, as the suite names them), train first."""
+    both = [c for c in here.hello["cases"] if c in set(ref.hello["cases"])]
+    return [f"test_{phase}[{case}]" for phase in PHASES for case in both]
+
+
+def parse_name(name: str) -> tuple[str, str]:
+    """`test_train[alexnet:groups=2]` -> ("train", "alexnet:groups=2")."""
+    phase, case = name.removeprefix("test_").split("[", 1)
+    return phase, case[:-1]
+
+
+def time_pairs(ref: Worker, here: Worker, name: str, pairs: int) -> tuple[list[float], list[float]]:
+    """images/s of `pairs` alternating pairs of rounds of one benchmark: the commit's, this checkout's."""
+    phase, case = parse_name(name)
+    images = {}
+    for side, worker in ((REF, ref), (HERE, here)):
+        setup = worker.ask(setup=case, phase=phase)
+        images[side] = setup["images_per_round"]
+    rates: dict[str, list[float]] = {REF: [], HERE: []}
+    for side in order(pairs):
+        seconds = (ref if side == REF else here).ask(round=True)["seconds"]
+        rates[side].append(images[side] / seconds)
+    return rates[REF], rates[HERE]
+
+
+def order(pairs: int) -> list[str]:
+    """Which side runs when: R H, then H R, and so on, so that each side runs first in half the pairs."""
+    return [side for i in range(pairs) for side in ((REF, HERE) if i % 2 == 0 else (HERE, REF))]
+
+
+def judge(change: float, lo: float, hi: float, threshold: float) -> str:
+    """`suspect`, `faster` or `ok` for a change (fraction) with its 95% interval."""
+    if change < -threshold and hi < 0:
+        return "suspect"
+    if change > threshold and lo > 0:
+        return "faster"
+    return "ok"
+
+
+def paired_change(ref: list[float], here: list[float]) -> tuple[float, float, float]:
+    """here over ref as a change (fraction), the geometric mean of the pairs' ratios, and its 95% interval."""
+    d = paired(dict(enumerate(map(math.log, ref))), dict(enumerate(map(math.log, here))))
+    return math.exp(d.diff) - 1, math.exp(d.lo) - 1, math.exp(d.hi) - 1
+
+
+def row(name: str, ref_rates: list[float] | None, here_rates: list[float] | None, threshold: float) -> dict:
+    """A benchmark's row: each side's geometric mean images/s, the paired change with its interval, status.
+
+    status as in `bench.gate.compare.compare`: ok, suspect, faster, new (not in the
+    commit's suite) or missing (not in this checkout's).
+    """
+    phase, case = parse_name(name)
+    r = {
+        "benchmark": name,
+        "phase": phase,
+        "case": case,
+        "baseline_images_per_s": _geomean(ref_rates),
+        "images_per_s": _geomean(here_rates),
+        "change": None,
+        "lo": None,
+        "hi": None,
+        "pairs": 0,
+        "remeasured": [],
+    }
+    if not ref_rates:
+        r["status"] = "new"
+    elif not here_rates:
+        r["status"] = "missing"
+    else:
+        r["change"], r["lo"], r["hi"] = paired_change(ref_rates, here_rates)
+        r["pairs"] = len(here_rates)
+        r["status"] = judge(r["change"], r["lo"], r["hi"], threshold)
+    return r
+
+
+def one_sided_rows(ref: Worker, here: Worker, threshold: float) -> list[dict]:
+    """Rows of the benchmarks only one side has: `missing` (only at the commit) or `new` (only here)."""
+    there, mine = ref.hello["cases"], here.hello["cases"]
+    return [
+        row(f"test_{phase}[{case}]", None, None, threshold) | {"status": status}
+        for phase in PHASES
+        for status, only in (
+            ("missing", [c for c in there if c not in mine]),
+            ("new", [c for c in mine if c not in there]),
+        )
+        for case in only
+    ]
+
+
+def _geomean(values: list[float] | None) -> float | None:
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else None
+
+
+def format_paired_report(rows: list[dict], *, ref: str, commit: str, hello: dict, threshold: float) -> str:
+    """The header (what ran against what, how), the table with intervals, what was re-measured, the verdict.
+
+    `hello`: this checkout's worker's greeting (its environment and settings).
+    """
+    s, env = hello["settings"], hello["environment"]
+    here_commit = env.get("git_commit")
+    pairs = max((r["pairs"] for r in rows), default=0)
+    lines = [
+        f"against: {ref} (commit {commit[:12]}), timed in alternating rounds with this checkout"
+        + (f" ({here_commit[:12]}{'-dirty' if here_commit.endswith('-dirty') else ''})" if here_commit else ""),
+        f"device: {describe_device(env)}; {s.get('dtype')}, {s.get('memory_format')}, batch {s.get('batch_size')}, "
+        f"width {s.get('width')}; threads {env.get('num_threads')}",
+        f"per benchmark {pairs} pairs of rounds, R H, H R, ...; images/s: the geometric mean over the rounds; "
+        "change: this checkout over the commit, the geometric mean of the pairs' ratios, with its 95% paired t "
+        "interval",
+        f"a benchmark is suspected when it lost more than {threshold:.0%} and its interval excludes no loss, "
+        "and fails only if fresh pairs suspect it again\n",
+    ]
+
+    def number(v):
+        return "-" if v is None else f"{v:,.1f}"
+
+    def interval(r):
+        return "-" if r["change"] is None else f"{r['change']:+.1%} [{r['lo']:+.1%}, {r['hi']:+.1%}]"
+
+    verdicts = {
+        "regressed": "REGRESSED (confirmed)",
+        "suspect": "REGRESSED",
+        "noise": "noise (re-measured)",
+        "faster": "faster",
+        "new": "new (not at the commit)",
+        "missing": "not run here",
+    }
+    table = [("benchmark", f"{ref} img/s", "here img/s", "change [95% interval]", "")]
+    table += [
+        (
+            label(r),
+            number(r["baseline_images_per_s"]),
+            number(r["images_per_s"]),
+            interval(r),
+            verdicts.get(r["status"], ""),
+        )
+        for r in rows
+    ]
+    lines += table_lines(table)
+
+    remeasured = [r for r in rows if r["remeasured"]]
+    if remeasured:
+        lines.append("\nmeasured again in fresh pairs, because the first pairs suspected a loss:")
+        for r in remeasured:
+            again = ", ".join(f"{c:+.1%}" for c in r["remeasured"])
+            outcome = "suspected every time: a regression" if r["status"] == "regressed" else "cleared: noise"
+            lines.append(f"  {label(r)}: {interval(r)}; again {again}; {outcome}")
+
+    compared = [r for r in rows if r["change"] is not None]
+    bad = [r for r in rows if r["status"] in ("regressed", "suspect")]
+    lines.append("")
+    if not compared:
+        lines.append(f"FAILED: no benchmark ran both here and at {ref}")
+    elif bad:
+        lines.append(
+            f"FAILED: {len(bad)} of {len(compared)} benchmarks lost more than {threshold:.0%} against {ref}, "
+            f"with intervals excluding no loss: {', '.join(label(r) for r in bad)}"
+        )
+    else:
+        lines.append(f"PASSED: no benchmark of {len(compared)} lost more than {threshold:.0%} against {ref}")
+    return "\n".join(lines)
