@@ -83,10 +83,10 @@ DEFAULT_THRESHOLD = 0.10
 # A baseline is measured once and compared with many times: its error would fail
 # every later comparison alike, so it takes the median of 3 suite runs.
 SAVE_REPEAT, COMPARE_REPEAT = 3, 1
-# --against: suite runs per side. Pairs cancel the drift that a stored baseline cannot, so
-# a few give a usable interval (Student t with 2 degrees of freedom), and one fresh set of
-# pairs confirms a suspect.
-PAIRS, AGAINST_CONFIRM = 3, 1
+# --against: pairs of rounds per benchmark, and fresh sets of them to confirm a suspect. On a
+# 2-core EPYC a pair's log ratio varies 6-9%: 10 pairs give an interval of about +-6% (t, 9 df),
+# a tenth of a second each; one confirmation, since the pairs already cancel the drift.
+PAIRS, AGAINST_CONFIRM = 10, 1
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _PYTEST_USAGE_ERROR, _PYTEST_NO_TESTS = 4, 5
 
@@ -111,7 +111,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help=f"with --against: suite runs per side, in pairs (default {PAIRS}; at least 2, for an interval)",
+        help=f"with --against: pairs of rounds per benchmark, one of each side (default {PAIRS}; at least 2, for an "
+        "interval)",
     )
     p.add_argument(
         "--threshold",
