@@ -1,10 +1,15 @@
 """How often the gate fails identical code, and how often it catches a real slowdown.
 
-Saves one baseline, then runs `gate --compare` N times at the baseline's thread count
-(identical code: every failure is a false alarm) and N times at half the threads (about
-half the speed: every run should fail). Prints the counts and each run's exit status.
+Against a stored baseline (the default): saves one baseline, then runs `gate --compare`
+N times at the baseline's thread count (identical code: every failure is a false alarm)
+and N times at half the threads (about half the speed: every run should fail).
 
-    python scripts/gate_reruns.py --runs 10 --threads 2 --model 'lenet5*,alexnet*' [--logs DIR]
+With `--against`: `gate --against HEAD` from a clone of this repository's HEAD, N times
+as it is (identical code on both sides) and N times with the clone's working tree
+patched to run at half the threads (`SLOWER`: a change that costs what one thread of two
+does). Prints the counts and each run's exit status and verdict.
+
+    python scripts/gate_reruns.py --runs 10 --threads 2 --model 'lenet5*,alexnet*' [--against] [--logs DIR]
 
 Time nothing else while it runs: other load is what makes a gate cry wolf.
 """
@@ -20,15 +25,19 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# The slower candidate of --against: the clone's worker halves its threads before it builds anything.
+PATCHED = Path("bench/gate/worker.py")
+ANCHOR = "    args = p.parse_args(argv)\n"
+SLOWER = ANCHOR + "    torch.set_num_threads(max(1, torch.get_num_threads() // 2))  # gate_reruns.py: a slower change\n"
 
 
-def gate(storage: Path, threads: int, *args: str, log: Path | None = None) -> tuple[int, float, str]:
-    """Exit status, seconds, and the verdict line (FAILED names the benchmarks) of one gate run;
-    its whole output into `log` when given."""
+def gate(storage: Path, threads: int, *args: str, log: Path | None = None, cwd: Path = REPO) -> tuple[int, float, str]:
+    """Exit status, seconds, and the verdict line (FAILED names the benchmarks) of one gate run from the
+    checkout `cwd`; its whole output into `log` when given."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     argv = [sys.executable, "-m", "bench", "gate", "--device", "cpu", "--storage", str(storage), *args]
     start = time.perf_counter()
-    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
     if log is not None:
         log.write_text(done.stdout + done.stderr)
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith(("FAILED", "PASSED"))]
@@ -42,11 +51,14 @@ def main() -> int:
     p.add_argument("--model", default="lenet5*,alexnet*")
     p.add_argument("--half-runs", type=int, help="runs at half the threads (default: --runs)")
     p.add_argument("--logs", type=Path, help="a folder for each gate run's whole output")
+    p.add_argument("--against", action="store_true", help="run gate --against HEAD, not a stored baseline")
     args = p.parse_args()
     args.half_runs = args.runs if args.half_runs is None else args.half_runs
     if args.logs:
         args.logs.mkdir(parents=True, exist_ok=True)
     common = ["--quick", "--model", args.model]
+    if args.against:
+        return against(args, common)
     with tempfile.TemporaryDirectory() as tmp:
         storage = Path(tmp)
         code, seconds, _ = gate(storage, args.threads, "--save", "base", *common)
@@ -63,6 +75,30 @@ def main() -> int:
             for i in range(runs):
                 log = args.logs / f"{label.replace(' ', '-')}-{i + 1}.txt" if args.logs else None
                 code, seconds, line = gate(storage, threads, "--compare", "base", *common, log=log)
+                failed += code == 1
+                print(f"{label} run {i + 1}: exit {code}, {seconds:.0f} s {line}", flush=True)
+            counts[label] = (failed, runs)
+        for label, (failed, runs) in counts.items():
+            print(f"{label}: {failed} of {runs} runs failed")
+    return 0
+
+
+def against(args, common: list[str]) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        clone = Path(tmp) / "clone"
+        subprocess.run(["git", "clone", "-q", "--shared", str(REPO), str(clone)], check=True)
+        counts = {}
+        for label, runs in (("identical", args.runs), ("half the threads", args.half_runs)):
+            if label == "half the threads":
+                worker = clone / PATCHED
+                text = worker.read_text()
+                if ANCHOR not in text:
+                    raise SystemExit(f"{PATCHED} has no line {ANCHOR.strip()!r} to patch; update SLOWER")
+                worker.write_text(text.replace(ANCHOR, SLOWER, 1))
+            failed = 0
+            for i in range(runs):
+                log = args.logs / f"against-{label.replace(' ', '-')}-{i + 1}.txt" if args.logs else None
+                code, seconds, line = gate(Path(tmp), args.threads, "--against", "HEAD", *common, log=log, cwd=clone)
                 failed += code == 1
                 print(f"{label} run {i + 1}: exit {code}, {seconds:.0f} s {line}", flush=True)
             counts[label] = (failed, runs)
