@@ -67,7 +67,7 @@ def figures(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Throughput regression gate (pytest-benchmark); e.g. -- --save NAME or -- --compare NAME."""
+    """Throughput regression gate; e.g. -- --against main, -- --save NAME or -- --compare NAME."""
     _install(session)
     session.run("python", "-m", "bench", "gate", *session.posargs)
 

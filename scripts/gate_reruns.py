@@ -31,11 +31,11 @@ ANCHOR = "    args = p.parse_args(argv)\n"
 SLOWER = ANCHOR + "    torch.set_num_threads(max(1, torch.get_num_threads() // 2))  # gate_reruns.py: a slower change\n"
 
 
-def gate(storage: Path, threads: int, *args: str, log: Path | None = None, cwd: Path = REPO) -> tuple[int, float, str]:
+def gate(threads: int, *args: str, log: Path | None = None, cwd: Path = REPO) -> tuple[int, float, str]:
     """Exit status, seconds, and the verdict line (FAILED names the benchmarks) of one gate run from the
     checkout `cwd`; its whole output into `log` when given."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    argv = [sys.executable, "-m", "bench", "gate", "--device", "cpu", "--storage", str(storage), *args]
+    argv = [sys.executable, "-m", "bench", "gate", "--device", "cpu", *args]
     start = time.perf_counter()
     done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
     if log is not None:
@@ -60,26 +60,20 @@ def main() -> int:
     if args.against:
         return against(args, common)
     with tempfile.TemporaryDirectory() as tmp:
-        storage = Path(tmp)
-        code, seconds, _ = gate(storage, args.threads, "--save", "base", *common)
+        storage = ["--storage", tmp]
+        code, seconds, _ = gate(args.threads, "--save", "base", *storage, *common)
         print(f"baseline: exit {code}, {seconds:.0f} s, {args.threads} threads", flush=True)
         if code != 0:
             return code
-        counts = {}
         half = max(1, args.threads // 2)
-        for label, threads, runs in (
-            ("identical", args.threads, args.runs),
-            ("half the threads", half, args.half_runs),
-        ):
-            failed = 0
-            for i in range(runs):
-                log = args.logs / f"{label.replace(' ', '-')}-{i + 1}.txt" if args.logs else None
-                code, seconds, line = gate(storage, threads, "--compare", "base", *common, log=log)
-                failed += code == 1
-                print(f"{label} run {i + 1}: exit {code}, {seconds:.0f} s {line}", flush=True)
-            counts[label] = (failed, runs)
-        for label, (failed, runs) in counts.items():
-            print(f"{label}: {failed} of {runs} runs failed")
+        counts = [
+            reruns(args, label, runs, lambda log, t=threads: gate(t, "--compare", "base", *storage, *common, log=log))
+            for label, threads, runs in (
+                ("identical", args.threads, args.runs),
+                ("half the threads", half, args.half_runs),
+            )
+        ]
+    report(counts)
     return 0
 
 
@@ -87,24 +81,35 @@ def against(args, common: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         clone = Path(tmp) / "clone"
         subprocess.run(["git", "clone", "-q", "--shared", str(REPO), str(clone)], check=True)
-        counts = {}
-        for label, runs in (("identical", args.runs), ("half the threads", args.half_runs)):
-            if label == "half the threads":
-                worker = clone / PATCHED
-                text = worker.read_text()
-                if ANCHOR not in text:
-                    raise SystemExit(f"{PATCHED} has no line {ANCHOR.strip()!r} to patch; update SLOWER")
-                worker.write_text(text.replace(ANCHOR, SLOWER, 1))
-            failed = 0
-            for i in range(runs):
-                log = args.logs / f"against-{label.replace(' ', '-')}-{i + 1}.txt" if args.logs else None
-                code, seconds, line = gate(Path(tmp), args.threads, "--against", "HEAD", *common, log=log, cwd=clone)
-                failed += code == 1
-                print(f"{label} run {i + 1}: exit {code}, {seconds:.0f} s {line}", flush=True)
-            counts[label] = (failed, runs)
-        for label, (failed, runs) in counts.items():
-            print(f"{label}: {failed} of {runs} runs failed")
+
+        def run(log):
+            return gate(args.threads, "--against", "HEAD", *common, log=log, cwd=clone)
+
+        counts = [reruns(args, "identical", args.runs, run, prefix="against-")]
+        worker = clone / PATCHED
+        text = worker.read_text()
+        if ANCHOR not in text:
+            raise SystemExit(f"{PATCHED} has no line {ANCHOR.strip()!r} to patch; update SLOWER")
+        worker.write_text(text.replace(ANCHOR, SLOWER, 1))
+        counts.append(reruns(args, "half the threads", args.half_runs, run, prefix="against-"))
+    report(counts)
     return 0
+
+
+def reruns(args, label: str, runs: int, run_one, prefix: str = "") -> tuple[str, int, int]:
+    """Run the gate `runs` times by `run_one(log)`, printing each; (label, runs that failed, runs)."""
+    failed = 0
+    for i in range(runs):
+        log = args.logs / f"{prefix}{label.replace(' ', '-')}-{i + 1}.txt" if args.logs else None
+        code, seconds, line = run_one(log)
+        failed += code == 1
+        print(f"{label} run {i + 1}: exit {code}, {seconds:.0f} s {line}", flush=True)
+    return label, failed, runs
+
+
+def report(counts: list[tuple[str, int, int]]) -> None:
+    for label, failed, runs in counts:
+        print(f"{label}: {failed} of {runs} runs failed")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -334,7 +336,9 @@ def test_an_unwritable_kernel_cache_builds_for_this_process_only(native, fresh_b
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     fresh_build.setenv("BENCH_KERNELS", str(blocker / "kernels"))  # a folder that cannot be made
+    before = set(Path(tempfile.gettempdir()).glob("bench-kernels-*"))
     assert lrn_native.unavailable_reason() is None
+    assert set(Path(tempfile.gettempdir()).glob("bench-kernels-*")) == before  # loaded, and its folder removed
     x = torch.rand(2, 8, 4, 4)
     assert lrn._mode(x, None) == "native"
     torch.testing.assert_close(local_response_norm(x), torch_lrn(5, 1e-4, 0.75, 2.0)(x), rtol=0, atol=1e-6)

@@ -1,4 +1,4 @@
-"""`python -m bench gate --save NAME | --compare NAME [--threshold 0.1] [--model PATTERN] [--quick ...] [-- PYTEST ARGS]`.
+"""`python -m bench gate --against REF | --save NAME | --compare NAME [--threshold 0.1] [--model PATTERN] [--quick ...]`.
 
 The throughput gate (`python -m bench.gate ...` is the same command). Runs the
 suite `bench.gate.throughput_suite` under pytest-benchmark in a fresh process,
@@ -22,6 +22,11 @@ again, up to `--confirm` times (default 3, the later ones after growing pauses,
 `--confirm-pause`), and the gate exits 1 only if one stays beyond its band every
 time, else 0. It prints old against new images/s
 per benchmark, and what was re-measured and why.
+
+`--against REF` compares this checkout with git commit REF, both measured now:
+two worker processes, one from an export of REF, time each benchmark in
+alternating rounds (`bench.gate.paired`, `bench.gate.worker`), so a machine
+whose speed drifts cannot pass for a regression; nothing is stored.
 
 Exit status: 0 saved or passed; 1 regressed, or the suite itself failed;
 2 bad input (missing baseline, baseline from another device or other
@@ -291,6 +296,32 @@ def run(args: argparse.Namespace) -> int:
         return 130
 
 
+def _check_pairs(args: argparse.Namespace) -> None:
+    """`--against` takes `--pairs` and none of the options of a stored comparison; the others not `--pairs`."""
+    if args.against:
+        unused = [
+            flag
+            for flag, value, default in (
+                ("--repeat", args.repeat, None),
+                ("--rounds", args.rounds, None),
+                ("--stat", args.stat, "median"),
+                ("--noise-k", args.noise_k, NOISE_K),
+                ("--confirm-pause", args.confirm_pause, CONFIRM_PAUSE),
+                ("--storage", args.storage, None),
+            )
+            if value != default
+        ]
+        if unused:
+            raise UserError(
+                f"{unused[0]} is for --save and --compare; --against times --pairs pairs of rounds and stores nothing"
+            )
+        args.pairs = PAIRS if args.pairs is None else args.pairs
+        if args.pairs < 2:
+            raise UserError(f"--pairs must be 2 or more (one pair gives no interval), got {args.pairs}")
+    elif args.pairs is not None:
+        raise UserError("--pairs is for --against; --save and --compare repeat the suite with --repeat")
+
+
 def _gate(args: argparse.Namespace) -> int:
     if not 0 < args.threshold < 1:
         raise UserError(f"--threshold must be a fraction between 0 and 1 (0.1 = 10%), got {args.threshold}")
@@ -300,14 +331,7 @@ def _gate(args: argparse.Namespace) -> int:
         args.confirm = AGAINST_CONFIRM if args.against else CONFIRM
     if args.confirm < 0:
         raise UserError(f"--confirm must be 0 or more re-measurements, got {args.confirm}")
-    if args.against:
-        if args.repeat is not None:
-            raise UserError("--repeat is for --save and --compare; --against runs each side --pairs times")
-        args.pairs = PAIRS if args.pairs is None else args.pairs
-        if args.pairs < 2:
-            raise UserError(f"--pairs must be 2 or more (one pair gives no interval), got {args.pairs}")
-    elif args.pairs is not None:
-        raise UserError("--pairs is for --against; --save and --compare repeat the suite with --repeat")
+    _check_pairs(args)
     if not 0 <= args.confirm_pause < float("inf"):
         raise UserError(f"--confirm-pause must be 0 or more seconds, got {args.confirm_pause}")
     if args.repeat is None:
@@ -332,7 +356,8 @@ def _gate(args: argparse.Namespace) -> int:
         )
     if args.report is not None:
         check_writable(args.report, "--report", folder=False)
-    _check_installed()
+    if not args.against:  # the workers time without pytest
+        _check_installed()
     device = pick_device(args.device)
     try:
         options = options_from(values_of(args), device)

@@ -91,13 +91,20 @@ class Worker:
         self.process = subprocess.Popen(
             cmd, cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
-        self.hello = self._read()
-        if self.hello.get("protocol") != PROTOCOL:
-            self.close()
-            raise UserError(
-                f"the gate worker of {where} speaks protocol {self.hello.get('protocol')}, this gate {PROTOCOL}: "
-                "compare with a saved baseline instead"
-            )
+        self._hello: dict | None = None
+
+    @property
+    def hello(self) -> dict:
+        """What the worker said at start (protocol, environment, settings, cases): read when first asked for,
+        so that two workers start (import torch, build their case list) at once."""
+        if self._hello is None:
+            self._hello = self._read()
+            if self._hello.get("protocol") != PROTOCOL:
+                raise UserError(
+                    f"the gate worker of {self.where} speaks protocol {self._hello.get('protocol')}, this gate "
+                    f"{PROTOCOL}: compare with a saved baseline instead"
+                )
+        return self._hello
 
     def _read(self) -> dict:
         line = self.process.stdout.readline()
@@ -127,7 +134,7 @@ class Worker:
 class WorkerFailed(Exception):
     def __init__(self, where: str, status: int | None, error: str | None = None):
         self.where, self.status, self.error = where, status, error
-        super().__init__(error or f"the worker of {where} exited with status {status}")
+        super().__init__(error or f"exited with status {status}")
 
 
 def check_same_measurement(ref: Worker, here: Worker, ref_name: str) -> None:

@@ -68,6 +68,15 @@ def main(argv: list[str] | None = None) -> int:
             "cases": list(by_id),
         }
     )
+    try:
+        _serve(options, by_id)
+    except KeyboardInterrupt:  # the gate was interrupted too, and says so
+        return 130
+    return 0
+
+
+def _serve(options, by_id: dict) -> None:
+    """Answer requests until the end of input."""
     run, steps, rewarm, timed = None, 0, 1, torch.device(options.device)
     for line in sys.stdin:
         request = json.loads(line)
@@ -76,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                 run = None
                 release_memory(timed)  # the last workload's memory, back before the next is built
                 gc.enable()
+                if request["setup"] not in by_id:
+                    raise ValueError(f"no case {request['setup']!r} in this suite ({', '.join(by_id)})")
                 run = workload(by_id[request["setup"]], options, request["phase"])
                 per_round = steps_per_round(warm_up(run, timed, options.timing), options.timing)
                 steps = per_round * options.inject_slowdown  # the test hook repeats work, not images counted
@@ -95,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"unknown request {request!r}")
         except (KeyError, ValueError, RuntimeError) as exc:
             _reply({"error": f"{type(exc).__name__}: {exc}"})
-    return 0
 
 
 if __name__ == "__main__":

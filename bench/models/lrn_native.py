@@ -86,6 +86,7 @@ def _build() -> _Built | str:
     key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(FLAGS).encode(), _cpu_identity().encode()]))
     name = f"lrn_cpu-{key.hexdigest()[:16]}.so"
     for folder in (kernel_cache_dir(), None):
+        private = folder is None
         try:
             folder = folder or Path(
                 tempfile.mkdtemp(prefix="bench-kernels-")
@@ -105,6 +106,9 @@ def _build() -> _Built | str:
         return _Built(ctypes.CDLL(str(library)))
     except (OSError, AttributeError) as exc:
         return f"loading the CPU LRN kernels failed: {exc}"
+    finally:
+        if private:
+            shutil.rmtree(folder, ignore_errors=True)  # this process's own: loaded (or not), it is not needed again
 
 
 def _compile(compiler: str, folder: Path, library: Path) -> None:
