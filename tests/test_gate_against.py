@@ -11,9 +11,11 @@ verdict against a recorded noise model, not against this machine's speed.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -206,8 +208,8 @@ def test_a_loss_in_every_set_of_pairs_fails_naming_it(scripted, capfd, tmp_path)
     )
     assert "train alexnet: -30.0% [" in captured.out and "suspected every time: a regression" in captured.out
     assert [c for c in workers[paired.HERE].calls if "setup" in c][-1] == {"setup": "alexnet", "phase": "train"}
-    rows = (tmp_path / "r.csv").read_text().splitlines()
-    assert sum(r.endswith(",regressed") for r in rows) == 1
+    (slow,) = [r for r in (tmp_path / "r.csv").read_text().splitlines() if r.endswith(",regressed")]
+    assert re.search(r",-0\.3000 \[-0\.3\d+ -0\.\d+\],regressed$", slow), slow  # the fresh pairs' change [interval]
 
 
 def test_a_loss_that_fresh_pairs_do_not_show_passes(scripted, capfd):
@@ -219,7 +221,7 @@ def test_a_loss_that_fresh_pairs_do_not_show_passes(scripted, capfd):
     workers = scripted(rate)
     assert _gate("--against", "HEAD", *TINY) == 0
     out = capfd.readouterr().out
-    assert "infer lenet5: -40.0% [" in out and "again +0.0%; cleared: noise" in out
+    assert "infer lenet5: -40.0% [" in out and "again +0.0% [+0.0%, +0.0%]; cleared: noise" in out
     assert "PASSED" in out.splitlines()[-1]
 
 
@@ -306,7 +308,7 @@ def _simulated_against(rng: random.Random, slowdown: dict[str, float]) -> bool:
     def remeasure(suspects, attempt):
         return {n: paired.paired_change(*paired.time_pairs(ref, here, n, command.PAIRS)) for n in suspects}
 
-    confirm(rows, remeasure, command.AGAINST_CONFIRM, lambda row, c: (c[0], paired.judge(*c, 0.10) == "suspect"))
+    confirm(rows, remeasure, command.AGAINST_CONFIRM, functools.partial(paired.judge_again, threshold=0.10))
     return bool(regressed(rows))
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import logging
 import os
@@ -467,14 +468,11 @@ def _against(args: argparse.Namespace, device, pytest_args: list[str]) -> int:
                 )
                 return {name: paired.paired_change(*rates) for name, rates in measure(names).items()}
 
-            def judge(row: dict, again: tuple[float, float, float]) -> tuple[float, bool]:
-                return again[0], paired.judge(*again, args.threshold) == "suspect"
-
             names = paired.benchmarks(ref, here)
             rates = measure(names)
             rows = [paired.row(name, *rates[name], args.threshold) for name in names]
             rows += paired.one_sided_rows(ref, here, args.threshold)  # listed, not compared
-            confirm(rows, remeasure, args.confirm, judge)
+            confirm(rows, remeasure, args.confirm, functools.partial(paired.judge_again, threshold=args.threshold))
         except paired.WorkerFailed as failed:
             print(f"error: the gate worker of {failed.where} failed: {failed}", file=sys.stderr)
             return 2 if failed.status == 2 else 1  # 2: it refused the options (said why above)
@@ -483,7 +481,7 @@ def _against(args: argparse.Namespace, device, pytest_args: list[str]) -> int:
     )
     print(report)
     if args.report is not None:
-        write_csv(args.report, [{**r, "remeasured": " ".join(f"{c:+.4f}" for c in r["remeasured"])} for r in rows])
+        write_csv(args.report, [paired.csv_row(r) for r in rows])
         log.info("wrote %s", args.report)
     compared = [r for r in rows if r["change"] is not None]
     return 1 if regressed(rows) or not compared else 0

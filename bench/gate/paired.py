@@ -187,6 +187,24 @@ def judge(change: float, lo: float, hi: float, threshold: float) -> str:
     return "ok"
 
 
+def judge_again(row: dict, again: tuple[float, float, float], *, threshold: float) -> tuple[float, bool]:
+    """A suspect's fresh pairs (change, lo, hi), for `bench.gate.compare.confirm`: its change, and whether they
+    suspect it too. The interval is kept beside the change, in `row["remeasured_intervals"]`."""
+    row.setdefault("remeasured_intervals", []).append(again[1:])
+    return again[0], judge(*again, threshold) == "suspect"
+
+
+def csv_row(row: dict) -> dict:
+    """A row for `--report`: the re-measured changes and intervals as text, one per set of fresh pairs."""
+    return {
+        **{k: v for k, v in row.items() if k != "remeasured_intervals"},
+        "remeasured": " ".join(
+            f"{c:+.4f} [{lo:+.4f} {hi:+.4f}]"
+            for c, (lo, hi) in zip(row["remeasured"], row.get("remeasured_intervals", []))
+        ),
+    }
+
+
 def paired_change(ref: list[float], here: list[float]) -> tuple[float, float, float]:
     """here over ref as a change (fraction), the geometric mean of the pairs' ratios, and its 95% interval."""
     d = paired(dict(enumerate(map(math.log, ref))), dict(enumerate(map(math.log, here))))
@@ -292,7 +310,9 @@ def format_paired_report(rows: list[dict], *, ref: str, commit: str, hello: dict
     if remeasured:
         lines.append("\nmeasured again in fresh pairs, because the first pairs suspected a loss:")
         for r in remeasured:
-            again = ", ".join(f"{c:+.1%}" for c in r["remeasured"])
+            again = ", ".join(
+                f"{c:+.1%} [{lo:+.1%}, {hi:+.1%}]" for c, (lo, hi) in zip(r["remeasured"], r["remeasured_intervals"])
+            )
             outcome = "suspected every time: a regression" if r["status"] == "regressed" else "cleared: noise"
             lines.append(f"  {label(r)}: {interval(r)}; again {again}; {outcome}")
 
