@@ -25,6 +25,7 @@ import torch
 
 from bench.cli import main as cli_main
 from bench.env import environment
+from bench.errors import UserError
 from bench.gate import command, paired
 from bench.gate.compare import confirm, regressed
 from bench.gate.worker import PROTOCOL
@@ -103,6 +104,22 @@ def test_worker_answers_by_its_protocol_and_refuses_bad_requests():
     finally:
         worker.close()
     assert worker.process.returncode == 0
+
+
+def test_a_worker_of_another_protocol_is_refused_in_one_line(tmp_path, capfd):
+    """A tree whose worker speaks another protocol (a stand-in package: the worker runs the tree's code)."""
+    (tmp_path / "bench" / "gate").mkdir(parents=True)
+    (tmp_path / "bench" / "__init__.py").write_text("")
+    (tmp_path / "bench" / "gate" / "__init__.py").write_text("")
+    (tmp_path / "bench" / "gate" / "worker.py").write_text("print('{\"protocol\": 1}', flush=True)\n")
+    worker = paired.Worker(tmp_path, [], "an old commit")
+    try:
+        with pytest.raises(
+            UserError, match=f"the gate worker of an old commit speaks protocol 1, this gate {PROTOCOL}"
+        ):
+            assert worker.hello is None  # never reached: reading it raises
+    finally:
+        worker.close()
 
 
 # ---------------------------------------------------------------- the verdict, on exact numbers
