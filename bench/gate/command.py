@@ -371,9 +371,9 @@ def _gate(args: argparse.Namespace) -> int:
     baseline = find_baseline(storage, name, here_id, here) if args.compare else None  # fail before the run
     if baseline is not None:
         check_settings(baseline, options.recorded(), verb="would measure")  # not minutes later, after the suite
-    pytest_args = as_arguments(args) + args.pytest_args
     if args.against:
-        return _against(args, device, pytest_args)
+        return _against(args, device)
+    pytest_args = as_arguments(args) + args.pytest_args
 
     with tempfile.TemporaryDirectory(prefix="bench-gate-") as tmp:
         runs = []
@@ -437,7 +437,7 @@ def _gate(args: argparse.Namespace) -> int:
     return 1 if regressed(rows) or not compared else 0
 
 
-def _against(args: argparse.Namespace, device, pytest_args: list[str]) -> int:
+def _against(args: argparse.Namespace, device) -> int:
     """`--against REF`: a worker from an export of REF and one from here, in alternating rounds (`bench.gate.paired`)."""
     if args.pytest_args:
         raise UserError("--against runs no pytest: arguments after -- are for --save and --compare")
