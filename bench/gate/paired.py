@@ -63,7 +63,7 @@ def resolve(root: Path, ref: str) -> str:
 
 
 def export(root: Path, commit: str, folder: Path) -> Path:
-    """The tree of `commit`, written into `folder` (git archive); `UserError` if it has no throughput suite."""
+    """The tree of `commit`, written into `folder` (git archive); `UserError` if it has no gate worker."""
     archive = folder / "tree.tar"
     made = _git(root, "archive", "--format=tar", "-o", str(archive), commit)
     if made.returncode != 0:
