@@ -14,7 +14,7 @@ from bench.choose import at_chosen_rates, choose_lr
 from bench.models import create_model
 from bench.models.lrn import LocalResponseNorm, data_share, lrn_activity
 from bench.report.claims import NOT_TESTED, assess
-from bench.report.stats import AGREES, NOT_RESOLVABLE
+from bench.report.verdict import AGREES, NOT_RESOLVABLE
 from bench.sweep.study import Study, load_study
 from tests.test_sweep import TINY_STUDY, write_study
 

@@ -31,7 +31,8 @@ from bench.report.kinds import KINDS, kind_for
 from bench.report.load import load, run_mode
 from bench.report.markdown import PIPELINE_CHECK
 from bench.report.plot import level_colors, palette
-from bench.report.stats import VERDICT_RULE, summarize, t_quantile, welch
+from bench.report.verdict import VERDICT_RULE
+from bench.stats import summarize, t_quantile, welch
 from bench.studies import STUDY_JSON, Design, StudyFile
 from bench.sweep.results import ResultsFolder
 from bench.train.target import crossing as bench_crossing

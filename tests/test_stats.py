@@ -1,4 +1,4 @@
-"""`bench.report.stats` and `bench.report.claims` on hand-made numbers.
+"""`bench.stats` and `bench.report.claims` on hand-made numbers.
 
 Every expected interval and quantile below was computed once with scipy 1.17.1
 (scipy.stats.t.ppf / t.sf, ttest_rel(...).confidence_interval(), ttest_ind(...,
@@ -21,22 +21,8 @@ from bench.report.claims import (
     claims_for,
     claims_table,
 )
-from bench.report.stats import (
-    AGREES,
-    DISAGREES,
-    NOT_RESOLVABLE,
-    PAIRED,
-    WELCH,
-    Difference,
-    compare,
-    overfit_verdict,
-    paired,
-    summarize,
-    t_quantile,
-    t_sf,
-    verdict,
-    welch,
-)
+from bench.report.verdict import AGREES, DISAGREES, NOT_RESOLVABLE, overfit_verdict, verdict
+from bench.stats import PAIRED, WELCH, Difference, compare, paired, summarize, t_quantile, t_sf, welch
 
 # scipy.stats.t.ppf(p, df)
 T_PPF = {

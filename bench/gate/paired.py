@@ -17,7 +17,7 @@ single suite runs of one benchmark varied 20-30% from run to run.
 
 Each benchmark's change is the geometric mean of its pairs' ratios (this
 checkout's images/s over the commit's), with the 95% paired Student t interval of
-their logs (`bench.report.stats.paired`, pairs - 1 degrees of freedom). It is
+their logs (`bench.stats.paired`, pairs - 1 degrees of freedom). It is
 suspected (`judge`) when it lost more than `threshold` and its interval excludes
 no loss; a gain beyond `threshold` whose interval excludes 0 is `faster`;
 anything else is `ok`. A suspect is set up and measured again in fresh pairs
@@ -39,7 +39,7 @@ from bench.errors import UserError
 from bench.gate.compare import label, table_lines
 from bench.gate.suite import MEASUREMENT_KEYS, PHASES, describe_device, device_id
 from bench.gate.worker import PROTOCOL
-from bench.report.stats import paired
+from bench.stats import paired
 
 WORKER_IN_TREE = Path("bench/gate/worker.py")
 REF, HERE = "ref", "here"

@@ -12,7 +12,7 @@ from the study's name: each kind is one module of `bench.report.kinds`
 a generic fallback), the first in `KINDS` that applies. Every report also has
 every configuration (table `cells`) and the paper's claims that the study
 re-measures, each with its measured effect, 95% interval, n, method and verdict
-(table `paper_claims`; `bench.report.claims`, `bench.report.stats`). Nothing is
+(table `paper_claims`; `bench.report.claims`, `bench.stats`). Nothing is
 selected on test error. A `cpu` or `smoke` profile is a pipeline check, and
 report.md says so at the top.
 

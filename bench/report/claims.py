@@ -17,17 +17,8 @@ import pandas as pd
 from bench.report import format as fmt
 from bench.report.load import CLEAN_TRAIN  # the final weights' training error, without augmentation or dropout
 from bench.report.paper import CLAIMS, PAPER, SPEEDUP, Claim, claims_for, measures, same_level
-from bench.report.stats import (
-    AGREES,
-    NOT_RESOLVABLE,
-    PAIRED,
-    Difference,
-    Summary,
-    compare,
-    overfit_verdict,
-    summarize,
-    verdict,
-)
+from bench.report.verdict import AGREES, NOT_RESOLVABLE, overfit_verdict, verdict
+from bench.stats import PAIRED, Difference, Summary, compare, summarize
 from bench.train.result import OK
 
 # The registry's names too: callers of the claims read them from here.

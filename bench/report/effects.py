@@ -30,7 +30,7 @@ from bench.flop_convention import FLOP_CONVENTION
 from bench.report import format as fmt
 from bench.report.claims import by_seed
 from bench.report.load import CLEAN_TRAIN, RUNNING_TRAIN, StudyData
-from bench.report.stats import PAIRED, WELCH, Difference, compare, summarize
+from bench.stats import PAIRED, WELCH, Difference, compare, summarize
 from bench.train.result import OK
 
 TOP1, TOP5 = "final_test_top1_err_pct", "final_test_top5_err_pct"

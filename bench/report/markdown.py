@@ -11,7 +11,8 @@ import pandas as pd
 from bench.report import format as fmt
 from bench.report.claims import PAPER, TOP1, claims_table
 from bench.report.load import StudyData, run_mode
-from bench.report.stats import PAIRED, VERDICT_RULE, WELCH
+from bench.report.verdict import VERDICT_RULE
+from bench.stats import PAIRED, WELCH
 from bench.train.result import DIVERGED, FINISHED
 
 

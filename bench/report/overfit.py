@@ -40,7 +40,7 @@ from bench.report.effects import (
 from bench.report.load import CLEAN_TRAIN, CLEAN_TRAIN_EPOCH, StudyData
 from bench.report.markdown import Section
 from bench.report.paper import CLAIMS
-from bench.report.stats import compare
+from bench.stats import compare
 
 NAME = "overfitting"  # the figure's and the table's file stem
 # The factors the paper says regularise: those of its overfitting claims, latest section first,

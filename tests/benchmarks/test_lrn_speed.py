@@ -42,7 +42,7 @@ import torch.nn as nn
 
 from bench.models import create_model, lrn_native
 from bench.models.lrn import LocalResponseNorm, fused_unavailable_reason
-from bench.report.stats import paired
+from bench.stats import paired
 from bench.train.modes import apply_backend_flags
 from bench.train.step import make_optimizer, train_step
 

@@ -33,7 +33,7 @@ from bench.report.effects import (
 from bench.report.load import StudyData
 from bench.report.markdown import Section
 from bench.report.output import Outcome, Output
-from bench.report.stats import PAIRED
+from bench.stats import PAIRED
 
 WHAT = "the ablation effects"
 FIGURES, TABLES = ("ablation_effects", overfit.NAME), ("ablation_effects", overfit.NAME)

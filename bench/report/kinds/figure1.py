@@ -81,7 +81,7 @@ from bench.report.markdown import Section
 from bench.report.output import Outcome, Output
 from bench.report.paper import SPEEDUP, claims_for
 from bench.report.plot import CURVE_STATUSES
-from bench.report.stats import summarize
+from bench.stats import summarize
 from bench.train.result import DIVERGED, OK
 from bench.train.target import TRAILING_EPOCH_MEAN, crossing, trailing_epoch_mean
 
