@@ -1,4 +1,4 @@
-"""`python -m bench <command>`: train, measure, ablate, report, gate, predict, evaluate.
+"""`python -m bench <command>`: train, measure, ablate, report, plan, gate, predict, evaluate.
 
 Each command lives in its own module exposing `add_arguments(parser)` and
 `run(args) -> int`. Only the chosen command's module is imported (the others
@@ -21,6 +21,7 @@ COMMANDS = {
     "measure": ("bench.measure.command", "count params/FLOPs and measure throughput and memory"),
     "ablate": ("bench.ablate", "run studies (ablations/*.toml) into tidy tables"),
     "report": ("bench.report.command", "figures, tables and report.md from saved results tables"),
+    "plan": ("bench.report.plan", "seeds a study needs for its claims' target half-width, from a pilot"),
     "gate": ("bench.gate.command", "throughput regression gate: save a baseline or compare with one"),
     "predict": ("bench.use.predict", "class probabilities for image files from a run's checkpoint"),
     "evaluate": ("bench.use.evaluate", "a run's test error per class, with a confusion matrix"),

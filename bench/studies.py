@@ -34,8 +34,10 @@ of the grid.
 subset from the cell's seed (cells of one seed still share them, so pairs stay paired);
 without it every seed uses `data_seed`, and intervals are conditional on that one draw.
 
-The seeds a profile declares (`seeds` and `confirm_seeds`) are its confirmatory n: the
-report's verdicts use those seeds alone and shows any other seed's cells as exploratory.
+The seeds a profile declares are its confirmatory n: its `confirm_seeds` in a two-stage
+profile (whose `seeds` only tune: they choose each arm's rate and count in no verdict), else
+its `seeds`. The report's verdicts use those seeds alone and show any other seed's cells as
+exploratory.
 
 A sweep records its study's `Design` at the profile beside the tables (study.json):
 which runs.csv columns are factors, each one's levels in the study's order (those the
@@ -189,9 +191,16 @@ class StudyFile:
         return list(self.profile(profile).get("confirm_seeds", []))
 
     def declared_seeds(self, profile: str) -> list[int]:
-        """The seeds the profile declares before anything runs: its confirmatory n."""
+        """The seeds the profile declares before anything runs to count in its verdicts: its confirmatory n.
+        In a two-stage profile those are the confirming seeds alone: the tuning seeds chose each arm's
+        rate, and an arm's error on the seed that chose its rate is biased low."""
         prof = self.profile(profile)
-        return list(prof.get("seeds", self.seeds)) + list(prof.get("confirm_seeds", []))
+        return list(prof.get("confirm_seeds", [])) or list(prof.get("seeds", self.seeds))
+
+    def tuning_seeds(self, profile: str) -> list[int]:
+        """The seeds that choose each arm's rate in a two-stage profile (its `seeds`), else []."""
+        prof = self.profile(profile)
+        return list(prof.get("seeds", self.seeds)) if prof.get("confirm_seeds") else []
 
     def lr_grid(self, profile: str) -> list[float]:
         """The learning rates every arm tries at `profile` (`tune_lr`), else []."""

@@ -22,14 +22,17 @@ Knobs (all independent):
               the paper's constants) follows the activation of conv1 and conv2
               (section 3.3). `batchnorm` puts BatchNorm2d in exactly those two
               places, so the knob swaps only the normaliser.
-  lrn_alpha   the LRN's alpha (default the paper's 1e-4). The paper set its constants
-              for its own activations (raw pixels minus the mean image); on
-              standardised inputs the data term alpha * sum(a^2) is ~1e-5 of the
-              denominator and LRN is a constant gain of k^-beta. The network up to
-              conv1's ReLU is positively homogeneous, so inputs scaled by c give
-              conv1 activations scaled by c: alpha * c^2 on standardised inputs
-              is the paper's alpha at the paper's input scale (c = the pixels' std
-              in 0-255 units, ~64, so 1e-4 * 64^2 ~ 0.4).
+  lrn_alpha   the LRN's alpha (default the paper's 1e-4). On standardised inputs
+              with He weights, alpha = 1e-4 leaves the data term alpha * sum(a^2)
+              ~1e-5 of the denominator: LRN is a constant gain of k^-beta. (With
+              the paper's own N(0, 0.01) weights on raw pixels the share at
+              initialisation is ~0.3%, so the paper's alpha is no normaliser at
+              initialisation either.) The studies choose alpha so that LRN acts,
+              and record its data share at initialisation and at the end
+              (`lrn_activity`). Up to conv1's ReLU the net is positively
+              homogeneous, so inputs scaled by c act like alpha * c^2; with
+              c ~ 64 (the pixels' std in 0-255 units) cuda-convnet2's released
+              ImageNet layer (scale 1e-4 divided by size 5) is alpha ~ 0.08.
   pool        overlap (3x3 stride 2, section 3.4) | nonoverlap (2x2 stride 2).
               Overlapping pools are padded (CIFAR: pad 1) so both give maps of
               the same size at every stage; only the overlap differs.

@@ -16,8 +16,27 @@ import pandas as pd
 
 from bench.report import format as fmt
 from bench.report.load import CLEAN_TRAIN  # the final weights' training error, without augmentation or dropout
-from bench.report.paper import CLAIMS, PAPER, SPEEDUP, Claim, claims_for, measures, same_level
-from bench.report.verdict import AGREES, NOT_RESOLVABLE, overfit_verdict, verdict
+from bench.report.paper import (
+    CLAIMS,
+    FITS_TRAINING_SET,
+    LRN_ACTIVE,
+    PAPER,
+    SPEEDUP,
+    TRAINED_OUT,
+    Claim,
+    claims_for,
+    measures,
+    same_level,
+)
+from bench.report.verdict import (
+    AGREES,
+    NOT_RESOLVABLE,
+    detectable,
+    half_width,
+    overfit_verdict,
+    verdict,
+    where_paper_lies,
+)
 from bench.stats import PAIRED, Difference, Summary, compare, summarize
 from bench.train.result import OK
 
@@ -40,9 +59,17 @@ __all__ = [
 
 TOP1 = "final_test_top1_err_pct"
 NOT_TESTED = "not tested"  # the mechanism the claim is about was not active in the cells that ran
+EARLY_TRAINING = "early training"  # the cells were still improving when they stopped
 # An LRN layer whose data term is below this share of its denominator, at the end of training, is a
 # constant gain k^-beta, not a normaliser: removing it rescales the signal and nothing else.
 LRN_ACTIVE_SHARE = 0.01
+# An overfitting claim needs the arm without the regulariser to (nearly) fit its training set: a net
+# that cannot fit the training images cannot show a gap that the regulariser would have closed.
+FIT_MAX_CLEAN_TRAIN = 10.0  # % clean training error
+# Still improving: the best validation epoch is the last, and over the last quarter of the epochs
+# (at least 2) validation error falls faster than this, by a least-squares slope.
+STILL_FALLING = 0.5  # pp per epoch
+VAL_EPOCH = "val_top1_err_pct"
 MACS_TOLERANCE = 0.01  # an arm whose MACs differ from the baseline's by more than this has the ratio noted
 
 
@@ -92,6 +119,22 @@ class Assessment:
                 text += f"; gap without it {self.gap.mean:+.2f} pp {gap_ci}"
         return text
 
+    def spread(self) -> tuple[float, float]:
+        """(half-width, detectable effect) in the row's units: pp, or for a ratio the factor exp(·)."""
+        hw, mde = half_width(self.effect), detectable(self.effect)
+        if self.claim.kind == "speedup":
+            return math.exp(hw), math.exp(mde)
+        return hw, mde
+
+    def spread_text(self) -> str:
+        """'±1.23 pp; detects 1.80 pp' or '×/÷1.50; detects ×2.10'."""
+        hw, mde = self.spread()
+        if not math.isfinite(hw):
+            return fmt.MISSING
+        if self.claim.kind == "speedup":
+            return f"×/÷{hw:.2f}; detects ×{mde:.2f}"
+        return f"±{hw:.2f} pp; detects {mde:.2f} pp"
+
     def n_text(self) -> str:
         e = self.effect
         if e is None:
@@ -116,6 +159,9 @@ class Assessment:
             "n_baseline": e.n_a if e else 0,
             "n_level": e.n_b if e else 0,
             "n_text": self.n_text(),
+            "half_width": self.spread()[0],
+            "detectable": self.spread()[1],
+            "spread": self.spread_text(),
             "method": e.method if e else "",
             "verdict": self.verdict,
             "note": self.note,
@@ -163,18 +209,24 @@ def assess(
     baseline: Mapping[str, str],
     *,
     declared_seeds: list | None = None,
+    tuning_seeds: list | None = None,
+    history: pd.DataFrame | None = None,
     **kwargs,
 ) -> list[Assessment]:
     """`assess_seeds` on the seeds the profile declared (its confirmatory n), with what else the
-    rows say: any other seed's cells as an exploratory result in the note, the MACs ratio of an
-    arm that changes compute, cells of mixed precision refused, and an LRN claim whose LRN arm
-    was a constant gain marked not tested."""
+    rows say: any other seed's cells as an exploratory result in the note (the tuning seeds, which
+    chose each arm's rate, count in neither), the MACs ratio of an arm that changes compute, cells of
+    mixed precision refused, and each claim's preconditions (`bench.report.paper`) checked on the
+    declared cells: LRN active, the unregularised arm fitting its training set, training run out
+    (from `history`, history.csv's per-epoch rows)."""
     seeds = runs["seed"] if "seed" in runs else pd.Series(0, index=runs.index)
-    declared = runs if declared_seeds is None else runs[seeds.isin(list(declared_seeds))]
-    extra = sorted(set(seeds) - set(declared_seeds)) if declared_seeds is not None else []
+    tuning = set(tuning_seeds or [])
+    counted = runs[~seeds.isin(list(tuning))]
+    declared = counted if declared_seeds is None else runs[seeds.isin(list(declared_seeds)) & ~seeds.isin(list(tuning))]
+    extra = sorted(set(seeds) - set(declared_seeds) - tuning) if declared_seeds is not None else []
     out = assess_seeds(declared, baseline, **kwargs)
     if extra:
-        wider = {a.claim: a for a in assess_seeds(runs, baseline, **kwargs)}
+        wider = {a.claim: a for a in assess_seeds(counted, baseline, **kwargs)}
         out = [_note(a, _exploratory(wider.get(a.claim), extra)) for a in out]
     precisions = _distinct(runs, "dtype_resolved")
     compute = _macs_ratios(runs, baseline)
@@ -193,10 +245,29 @@ def assess(
         ratio = compute.get((a.claim.factor, a.claim.level))
         if ratio is not None:
             a = _note(a, f"MACs ×{ratio:.2f} of the baseline's")
-        if a.claim.needs_lrn_activity and a.effect is not None:
-            a = _lrn_gate(a, declared, baseline)
+        if a.effect is not None:
+            a = _preconditions(a, declared, baseline, history, kwargs.get("clean_train", CLEAN_TRAIN))
         done.append(a)
     return done
+
+
+def _preconditions(
+    a: Assessment, runs: pd.DataFrame, baseline: Mapping[str, str], history: pd.DataFrame | None, clean_train: str
+) -> Assessment:
+    """The claim's preconditions, checked in order; the first that fails sets the verdict."""
+    ok = runs[runs["status"] == OK] if "status" in runs else runs
+    reference = _at(ok, _reference_levels(a.claim, baseline))
+    level = _at(ok, {**baseline, a.claim.factor: a.claim.level})
+    for need in a.claim.preconditions:
+        if need == LRN_ACTIVE:
+            a = _lrn_gate(a, reference)
+        elif need == FITS_TRAINING_SET:
+            a = _fit_gate(a, level, clean_train)
+        elif need == TRAINED_OUT:
+            a = _trained_gate(a, pd.concat([reference, level]), history)
+        if a.verdict.startswith((NOT_TESTED, EARLY_TRAINING)):
+            break
+    return a
 
 
 def _join(*parts: str) -> str:
@@ -251,10 +322,10 @@ def lrn_share(cells: pd.DataFrame, when: str = "final") -> dict[str, float]:
     }
 
 
-def _lrn_gate(a: Assessment, runs: pd.DataFrame, baseline: Mapping[str, str]) -> Assessment:
-    """An LRN claim is tested only where the LRN arm normalised: its data share at the end of training."""
-    ok = runs[runs["status"] == OK] if "status" in runs else runs
-    shares = lrn_share(_at(ok, baseline))
+def _lrn_gate(a: Assessment, reference: pd.DataFrame) -> Assessment:
+    """An LRN claim is tested only where the reference arm's LRN normalised: its largest layer's data share
+    at the end of training (one layer that normalises is enough for LRN to act)."""
+    shares = lrn_share(reference)
     if not shares:
         return replace(
             a, verdict=NOT_TESTED, note=_join(a.note, "LRN activity not recorded: whether LRN normalised is unknown")
@@ -269,6 +340,76 @@ def _lrn_gate(a: Assessment, runs: pd.DataFrame, baseline: Mapping[str, str]) ->
             ),
         )
     return _note(a, f"LRN active: data share of its denominators after training {text}")
+
+
+def _fit_gate(a: Assessment, level: pd.DataFrame, clean_train: str) -> Assessment:
+    """An overfitting claim is tested only where the arm without the regulariser fits its training set."""
+    clean = pd.to_numeric(level[clean_train], errors="coerce") if clean_train in level else pd.Series(dtype=float)
+    if not clean.notna().any():
+        return replace(
+            a,
+            verdict=NOT_TESTED,
+            note=_join(a.note, "clean training error not recorded: whether the nets fit is unknown"),
+        )
+    mean = float(clean.mean())
+    where = f"{a.claim.factor} = {a.claim.level}"
+    if mean > FIT_MAX_CLEAN_TRAIN:
+        return replace(
+            a,
+            verdict=f"{NOT_TESTED}: the nets do not fit their training set",
+            note=_join(
+                a.note,
+                f"clean training error at {where} {mean:.1f}% (needs at most {FIT_MAX_CLEAN_TRAIN:g}%): "
+                "train longer or on fewer images",
+            ),
+        )
+    return _note(a, f"fits: clean training error at {where} {mean:.1f}%")
+
+
+def still_improving(curve: pd.DataFrame, metric: str = VAL_EPOCH) -> float | None:
+    """The slope (pp per epoch) of `metric` over the last quarter of one cell's epochs where the cell is
+    still improving at its end (best epoch the last, slope below -STILL_FALLING), else None."""
+    curve = curve.assign(_v=pd.to_numeric(curve[metric], errors="coerce")).dropna(subset=["_v"]).sort_values("epoch")
+    if len(curve) < 2 or curve["_v"].idxmin() != curve.index[-1]:
+        return None
+    tail = curve.tail(max(2, math.ceil(len(curve) / 4)))
+    x, y = tail["epoch"].astype(float), tail["_v"]
+    slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum())
+    return slope if slope < -STILL_FALLING else None
+
+
+def _trained_gate(a: Assessment, cells: pd.DataFrame, history: pd.DataFrame | None) -> Assessment:
+    """An accuracy claim whose cells are mostly still improving at their end reads `early training`."""
+    if history is None or not len(history) or VAL_EPOCH not in history or "cell_id" not in cells:
+        return a
+    curves = [history[history["cell_id"] == c] for c in cells["cell_id"]]
+    slopes = [still_improving(h) for h in curves if len(h)]
+    improving = [s for s in slopes if s is not None]
+    if not slopes or 2 * len(improving) <= len(slopes):
+        return a
+    steps = pd.to_numeric(history[history["cell_id"].isin(cells["cell_id"])]["step"], errors="coerce")
+    share = ""
+    if a.claim.recipe_steps and steps.notna().any():
+        share = (
+            f"; the cells ran {steps.groupby(history['cell_id']).max().mean():,.0f} SGD steps, "
+            f"{100 * steps.groupby(history['cell_id']).max().mean() / a.claim.recipe_steps:.1f}% of the "
+            f"reference recipe's {a.claim.recipe_steps:,}"
+        )
+    return replace(
+        a,
+        verdict=EARLY_TRAINING,
+        note=_join(
+            a.note,
+            f"{len(improving)} of {len(slopes)} cells still improving at their end (best validation epoch the "
+            f"last, falling {-sum(improving) / len(improving):.1f} pp per epoch over the last quarter){share}",
+        ),
+    )
+
+
+def _reference_levels(c: Claim, baseline: Mapping[str, str]) -> dict[str, str]:
+    """The cells a claim's level is compared with: the baseline, or for a sensitivity claim the baseline
+    with the claim's factor at its reference level."""
+    return {**baseline, c.factor: c.reference} if c.sensitivity else dict(baseline)
 
 
 def assess_seeds(
@@ -297,7 +438,9 @@ def assess_seeds(
             continue
         if only and not any(same_level(c.level, lv) for lv in only.get(c.factor, [c.level])):
             continue  # another profile or study runs it (e.g. alexnet cpu-full's `only`)
-        if not same_level(baseline[c.factor], c.reference):
+        if c.sensitivity and not _at(runs, _reference_levels(c, baseline)).shape[0]:
+            continue  # a second look that this study does not run
+        if not c.sensitivity and not same_level(baseline[c.factor], c.reference):
             out.append(
                 Assessment(
                     c,
@@ -309,10 +452,10 @@ def assess_seeds(
             )
             continue
         levels = {**baseline, c.factor: c.level}
-        base, level = _at(ok, baseline), _at(ok, levels)
+        base, level = _at(ok, _reference_levels(c, baseline)), _at(ok, levels)
         if not len(level) or not len(base):
             which = "level" if not len(level) else "baseline"
-            ran = len(_at(runs, levels if which == "level" else baseline))
+            ran = len(_at(runs, levels if which == "level" else _reference_levels(c, baseline)))
             out.append(
                 Assessment(
                     c, None, NOT_RESOLVABLE, f"no finished {which} cell ({'none run' if not ran else f'{ran} not ok'})"
@@ -322,7 +465,8 @@ def assess_seeds(
         if c.kind == "top1_diff":
             a, b = by_seed(base, _column(runs, base, metric)), by_seed(level, _column(runs, level, metric))
             e = compare(a, b)
-            out.append(Assessment(c, e, verdict(e, c.side), _unpaired_note(e, _count(a), _count(b))))
+            notes = [_unpaired_note(e, _count(a), _count(b)), where_paper_lies(e, c.paper_effect)]
+            out.append(Assessment(c, e, verdict(e, c.side, c.paper_effect), _join(*notes)))
             continue
         if clean_train not in runs or not runs[clean_train].notna().any():
             out.append(
@@ -374,21 +518,12 @@ def assess_speedup(
         return Assessment(
             claim, None, NOT_RESOLVABLE, f"{censored} cell(s) did not reach the target: only a lower bound on the ratio"
         )
-    notes = [_unpaired_note(e, len(reference), len(level)), _size_note(e, claim.paper_diff)]
-    return Assessment(claim, e, verdict(e, claim.side), "; ".join(filter(None, notes)))
+    notes = [_unpaired_note(e, len(reference), len(level)), where_paper_lies(e, claim.paper_effect, _as_ratio)]
+    return Assessment(claim, e, verdict(e, claim.side, claim.paper_effect), _join(*notes))
 
 
-def _size_note(e: Difference, paper_ratio: float | None) -> str:
-    """Where the paper's ratio lies against the measured interval: the verdict judges the
-    direction only, and a ratio of 1.4 "agrees" with "six times" in nothing but that."""
-    if paper_ratio is None or not (math.isfinite(e.lo) and math.isfinite(e.hi)):
-        return ""
-    lo, hi = math.exp(e.lo), math.exp(e.hi)
-    if hi < paper_ratio:
-        return f"smaller than the paper's ×{paper_ratio:g}: the interval lies below it"
-    if lo > paper_ratio:
-        return f"larger than the paper's ×{paper_ratio:g}: the interval lies above it"
-    return f"the paper's ×{paper_ratio:g} lies inside the interval"
+def _as_ratio(ln_ratio: float) -> str:
+    return f"×{math.exp(ln_ratio):.2g}"
 
 
 def _count(values: Mapping[Hashable, float]) -> int:

@@ -111,7 +111,8 @@ class StudyData:
         default_factory=dict
     )  # factor -> the levels the profile's design runs (claims elsewhere: left out)
     confirm_seeds: list = field(default_factory=list)  # seeds run only at chosen levels (a two-stage profile)
-    declared_seeds: list | None = None  # the profile's seeds and confirm_seeds: the confirmatory n (None: unknown)
+    declared_seeds: list | None = None  # the seeds the verdicts count: the confirmatory n (None: unknown)
+    tuning_seeds: list = field(default_factory=list)  # a two-stage profile's seeds that chose the rates
     lr_choice: pd.DataFrame | None = None  # a tune_lr profile: each arm's rate, chosen on validation (bench.choose)
     grid_runs: pd.DataFrame | None = None  # a tune_lr profile: the grid's cells at rates not chosen
 
@@ -211,7 +212,9 @@ def load(folder: Path) -> StudyData:
     lr_choice = grid_runs = None
     if grid and len(runs) and LR in runs:
         lr_choice = choose_lr(runs, factors, list(prof.get("seeds", spec.seeds)))
-        chosen = at_chosen_rates(runs, lr_choice, factors)
+        # The tuning seeds' cells are the grid's, even at the chosen rate: the rate was chosen on them, so
+        # their errors there are biased low, and a two-stage profile's verdicts count the confirming seeds only.
+        chosen = at_chosen_rates(runs, lr_choice, factors) & ~runs["seed"].isin(spec.tuning_seeds(profile))
         grid_runs, runs = runs[~chosen], runs[chosen]
         superseded = superseded | set(grid_runs["cell_id"])  # their curves are the grid's, not the arm's
     return StudyData(
@@ -231,6 +234,7 @@ def load(folder: Path) -> StudyData:
         {f: design.levels[f] for f in factors},
         spec.confirm_seeds(profile) if prof is not None else [],
         spec.declared_seeds(profile) if prof is not None else None,
+        spec.tuning_seeds(profile) if prof is not None else [],
         lr_choice,
         grid_runs,
     )

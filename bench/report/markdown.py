@@ -11,6 +11,7 @@ import pandas as pd
 from bench.report import format as fmt
 from bench.report.claims import PAPER, TOP1, claims_table
 from bench.report.load import StudyData, run_mode
+from bench.report.provenance import check as provenance_check
 from bench.report.verdict import VERDICT_RULE
 from bench.stats import PAIRED, WELCH
 from bench.train.result import DIVERGED, FINISHED
@@ -77,6 +78,9 @@ def provenance(sd: StudyData) -> list[tuple[str, str]]:
             lines.append((what, ", ".join(_values(sd, column))))
     if _values(sd, "git_commit"):
         lines.append(("git commit", ", ".join(_values(sd, "git_commit"))))
+    flag = provenance_check(_values(sd, "git_commit"))
+    if flag:
+        lines.append(("⚠ provenance", flag))
     if _values(sd, "finished_at"):
         lines.append(("last cell finished", max(_values(sd, "finished_at"))))
     return lines
@@ -107,8 +111,11 @@ def _declared(sd: StudyData, seeds: list) -> list[tuple[str, str]]:
     if sd.declared_seeds is None:
         return []
     declared = ", ".join(str(s) for s in sd.declared_seeds)
-    extra = [s for s in seeds if s not in set(sd.declared_seeds)]
+    extra = [s for s in seeds if s not in set(sd.declared_seeds) | set(sd.tuning_seeds)]
     lines = [("declared seeds (the verdicts' n)", declared)]
+    if sd.tuning_seeds:
+        tuning = ", ".join(str(s) for s in sd.tuning_seeds)
+        lines.append(("tuning seeds (choose each arm's rate; in no verdict)", tuning))
     if extra:
         lines.append(("exploratory seeds (not declared; beside the verdicts only)", ", ".join(str(s) for s in extra)))
     return lines
@@ -116,7 +123,17 @@ def _declared(sd: StudyData, seeds: list) -> list[tuple[str, str]]:
 
 # --- the paper's claims beside the measurements --------------------------------------
 
-CLAIM_COLUMNS = ["§", "claim", "paper", "measured effect [95% interval]", "n", "method", "verdict", "note"]
+CLAIM_COLUMNS = [
+    "§",
+    "claim",
+    "paper",
+    "measured effect [95% interval]",
+    "half-width; detectable (80% power)",
+    "n",
+    "method",
+    "verdict",
+    "note",
+]
 CLAIMS_TABLE = "paper_claims"
 METHODS = {PAIRED: "paired t", WELCH: "Welch"}
 
@@ -127,7 +144,14 @@ def claim_rows(sd: StudyData, extra: list[dict] = ()) -> list[dict]:
     with a baseline."""
     rows = list(extra)
     if sd.baseline is not None and len(sd.runs) and sd.factors:
-        rows += claims_table(sd.runs, sd.baseline, only=sd.only, declared_seeds=sd.declared_seeds)
+        rows += claims_table(
+            sd.runs,
+            sd.baseline,
+            only=sd.only,
+            declared_seeds=sd.declared_seeds,
+            tuning_seeds=sd.tuning_seeds,
+            history=sd.history,
+        )
     return rows
 
 
@@ -154,6 +178,7 @@ def claims_section(sd: StudyData, rows: list[dict]) -> tuple[Section, fmt.Table]
             r["claim"],
             f"{r['quote']}; as measured here: {r['paper']}",
             r["measured"],
+            r["spread"],
             r["n_text"],
             METHODS.get(r["method"], r["method"] or fmt.MISSING),
             r["verdict"],

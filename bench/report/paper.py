@@ -7,7 +7,7 @@ A study re-measures every claim whose factor it has (and whose level its profile
 `models` narrows a claim to the nets it is about. Report code takes factors and levels
 from here or from the study's recorded design (`bench.studies.Design`), never as literals.
 
-Numbers are quoted from /work/shared/REFERENCES.md. What each `kind` compares:
+Numbers are quoted from the paper (sections given per claim) and cuda-convnet's published layer files. What each `kind` compares:
 
 * `top1_diff`: `paper_diff` is the paper's change in top-1 error, in percentage
   points, signed as this harness reports it: the `level` cell minus the
@@ -20,8 +20,19 @@ Numbers are quoted from /work/shared/REFERENCES.md. What each `kind` compares:
   training set evaluated without augmentation or dropout, at the last epoch)
   is wider without the regulariser, and positive.
 
-`needs_lrn_activity`: the claim is about what LRN does, so it is tested only where the
-reference arm's LRN normalised (its data share, recorded per run; `bench.report.claims`).
+`preconditions`: what must hold in the cells for the claim to show at all (`bench.report.claims`
+checks each and reads `not tested` or `early training` where it fails):
+
+* `LRN_ACTIVE`: the claim is about what LRN does, so the reference arm's LRN must normalise (its
+  data share at the end of training, recorded per run);
+* `FITS_TRAINING_SET`: an overfitting claim needs the arm without the regulariser to fit its
+  training set (clean training error at most `claims.FIT_MAX_CLEAN_TRAIN`);
+* `TRAINED_OUT`: an accuracy claim needs cells that have stopped improving; where they are still
+  improving at the end the row reads `early training`, with the share of `recipe_steps` (the
+  reference recipe's SGD steps, where one is known) that the cells ran.
+
+`sensitivity`: a second look at a claim with another reference level (e.g. LRN at another alpha),
+judged against that level's cells; re-measured only by a study that runs that level.
 """
 
 from __future__ import annotations
@@ -31,6 +42,12 @@ from dataclasses import dataclass
 
 PAPER = "Krizhevsky, Sutskever, Hinton (NIPS 2012)"
 KINDS = ("top1_diff", "speedup", "overfit")
+LRN_ACTIVE, FITS_TRAINING_SET, TRAINED_OUT = "lrn active", "fits its training set", "trained out"
+PRECONDITIONS = (LRN_ACTIVE, FITS_TRAINING_SET, TRAINED_OUT)
+# cuda-convnet's methodology for the 11% net: ~350 epochs on batches 1-4, ~150 more with batch 5,
+# two stages of ~10 epochs at a tenth of the rate (REFERENCES.md), at batch 128: 40,000 images per
+# epoch for 350 + 20 epochs, 50,000 for 150, so (350 * 40,000 + 170 * 50,000) / 128 ≈ 176,000 steps.
+CUDA_CONVNET_11PCT_STEPS = 176_000
 CIFAR_NET = "cifar-conv-local"  # cuda-convnet's layers-conv-local-11pct: the net of the paper's CIFAR-10 LRN claim
 
 
@@ -47,7 +64,9 @@ class Claim:
     reference: str = ""  # the level the paper compares with: the study's baseline must be this
     side: int = 1  # the sign the paper expects of level − baseline
     models: tuple[str, ...] = ()  # the nets that re-measure it (runs.csv cfg_model); () = any
-    needs_lrn_activity: bool = False  # tested only where the reference arm's LRN normalised
+    preconditions: tuple[str, ...] = ()  # what must hold in the cells for the claim to show (PRECONDITIONS)
+    recipe_steps: int | None = None  # the reference recipe's SGD steps, where known (early training's share)
+    sensitivity: bool = False  # another reference level than the paper's own (see the module docstring)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -56,6 +75,21 @@ class Claim:
             raise ValueError(f"claim {self.subject!r}: side {self.side!r} must be +1 or -1")
         if self.kind == "top1_diff" and (self.paper_diff is None or math.copysign(1, self.paper_diff) != self.side):
             raise ValueError(f"claim {self.subject!r}: paper_diff {self.paper_diff} disagrees with side {self.side}")
+        unknown = set(self.preconditions) - set(PRECONDITIONS)
+        if unknown:
+            raise ValueError(
+                f"claim {self.subject!r}: precondition {sorted(unknown)[0]!r} is not one of {PRECONDITIONS}"
+            )
+
+    @property
+    def paper_effect(self) -> float | None:
+        """The paper's effect on the scale the difference is measured: pp of top-1 error, ln of the
+        epochs ratio; None for a claim with a sign only (overfitting)."""
+        if self.kind == "top1_diff":
+            return self.paper_diff
+        if self.kind == "speedup":
+            return math.log(self.paper_diff)
+        return None
 
     @property
     def paper_number(self) -> str:
@@ -92,7 +126,22 @@ CLAIMS: tuple[Claim, ...] = (
         reference="lrn",
         side=+1,
         models=("alexnet", "alexnet-paper"),
-        needs_lrn_activity=True,
+        preconditions=(LRN_ACTIVE, TRAINED_OUT),
+    ),
+    Claim(
+        "3.3",
+        "local response normalisation removed, against LRN at alpha 0.08 (sensitivity)",
+        "top-1 / top-5 error down 1.4% / 1.2% with LRN",
+        "ImageNet",
+        factor="norm",
+        level="none",
+        kind="top1_diff",
+        paper_diff=1.4,
+        reference="lrn-0.08",
+        side=+1,
+        models=("alexnet", "alexnet-paper"),
+        preconditions=(LRN_ACTIVE, TRAINED_OUT),
+        sensitivity=True,
     ),
     Claim(
         "3.3",
@@ -106,7 +155,8 @@ CLAIMS: tuple[Claim, ...] = (
         reference="lrn",
         side=+1,
         models=(CIFAR_NET,),
-        needs_lrn_activity=True,
+        preconditions=(LRN_ACTIVE, TRAINED_OUT),
+        recipe_steps=CUDA_CONVNET_11PCT_STEPS,
     ),
     Claim(
         "3.4",
@@ -119,6 +169,7 @@ CLAIMS: tuple[Claim, ...] = (
         paper_diff=0.4,
         reference="overlap",
         side=+1,
+        preconditions=(TRAINED_OUT,),
     ),
     Claim(
         "3.4",
@@ -128,6 +179,7 @@ CLAIMS: tuple[Claim, ...] = (
         factor="pool",
         level="nonoverlap",
         kind="overfit",
+        preconditions=(FITS_TRAINING_SET,),
         reference="overlap",
         side=+1,
     ),
@@ -142,6 +194,7 @@ CLAIMS: tuple[Claim, ...] = (
         paper_diff=1.7,
         reference="two",
         side=+1,
+        preconditions=(TRAINED_OUT,),
     ),
     Claim(
         "4.1",
@@ -154,6 +207,7 @@ CLAIMS: tuple[Claim, ...] = (
         paper_diff=-1.0,
         reference="crop+flip",
         side=-1,
+        preconditions=(TRAINED_OUT,),
     ),
     Claim(
         "4.1",
@@ -163,6 +217,7 @@ CLAIMS: tuple[Claim, ...] = (
         factor="augment",
         level="none",
         kind="overfit",
+        preconditions=(FITS_TRAINING_SET,),
         reference="crop+flip",
         side=+1,
     ),
@@ -174,6 +229,7 @@ CLAIMS: tuple[Claim, ...] = (
         factor="dropout",
         level="0.0",
         kind="overfit",
+        preconditions=(FITS_TRAINING_SET,),
         reference="0.5",
         side=+1,
     ),

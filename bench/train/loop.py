@@ -166,7 +166,7 @@ def train(
             break
         row = {"epoch": epoch, "step": step, **running.epoch_means(n_train)}
         ddp.sync_buffers(model)  # DDP: every rank evaluates rank 0's model, the one the checkpoint holds
-        for split in (s for s in ("train_eval", "val", "test") if data.has(s)):
+        for split in (s for s in ("train_eval", "val", "test") if data.has(s) and _scored(s, epoch, cfg)):
             row.update(evaluate(model, data, split, dtype=cfg.dtype, channels_last=cfg.channels_last, shard=shard))
         row.update(lr=lr, epoch_seconds=seconds, train_images_per_s=n_train / seconds)
         row.update(elapsed_seconds=time.perf_counter() - run_start)
@@ -178,6 +178,14 @@ def train(
     result = RunResult(status, history, summarize(history, status, has_val=data.has("val")), model, points)
     hooks.on_end(result)
     return result
+
+
+def _scored(split: str, epoch: int, cfg: TrainConfig) -> bool:
+    """Whether `split` is evaluated after `epoch`: the test split only every `cfg.test_every` epochs and at
+    the last (a run a hook stops early has no final test error unless that epoch was scored)."""
+    if split != "test" or epoch == cfg.epochs:
+        return True
+    return cfg.test_every > 0 and epoch % cfg.test_every == 0
 
 
 def _new_model(cfg: TrainConfig, classes: list[str], device: torch.device) -> nn.Module:
@@ -291,15 +299,18 @@ class RunFolder(Hook):
         if not self.main:
             return
         val = f", val err {row['val_top1_err_pct']:.2f}%" if "val_top1_err_pct" in row else ""
+        test = (
+            f", test err {row['test_top1_err_pct']:.2f}% (top-5 {row['test_top5_err_pct']:.2f}%)"
+            if "test_top1_err_pct" in row
+            else ""
+        )
         log.info(
-            "epoch %d: running train loss %.4f, running train err %.2f%%%s, test err %.2f%% (top-5 %.2f%%), "
-            "%.1f s, %.0f img/s",
+            "epoch %d: running train loss %.4f, running train err %.2f%%%s%s, %.1f s, %.0f img/s",
             row["epoch"],
             row["train_running_loss"],
             row["train_running_err_pct"],
             val,
-            row["test_top1_err_pct"],
-            row["test_top5_err_pct"],
+            test,
             row["epoch_seconds"],
             row["train_images_per_s"],
         )
