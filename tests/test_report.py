@@ -1118,7 +1118,10 @@ def test_claims_table_verdicts_from_paired_seeds(claims_study):
         assert "fewer than two seeds" in r["note"]
 
     report = (claims_study / "report.md").read_text()
-    assert VERDICT_RULE in report and "| measured effect [95% interval] | half-width; detectable (80% power) | n |" in report
+    assert (
+        VERDICT_RULE in report
+        and "| measured effect [95% interval] | half-width; detectable (80% power) | n |" in report
+    )
     assert PIPELINE_CHECK in report.splitlines()[2]  # the cpu profile: said at the top
     for word in ("same direction", "opposite direction", "larger gap", "ReLU faster"):
         assert word not in report
