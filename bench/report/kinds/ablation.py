@@ -18,7 +18,7 @@ from matplotlib.lines import Line2D
 
 from bench.report import format as fmt
 from bench.report import overfit, plot
-from bench.report.claims import claims_for, models_of
+from bench.report.claims import TOP1, claims_for, models_of
 from bench.report.effects import (
     DIFF_NOTE,
     config_label,
@@ -36,7 +36,7 @@ from bench.report.output import Outcome, Output
 from bench.stats import PAIRED
 
 WHAT = "the ablation effects"
-FIGURES, TABLES = ("ablation_effects", overfit.NAME), ("ablation_effects", overfit.NAME)
+FIGURES, TABLES = ("ablation_effects", "lr_surface", overfit.NAME), ("ablation_effects", overfit.NAME)
 PAPER_MARKERS = {"ImageNet": "D", "CIFAR-10": "s"}  # the paper's data set -> its marker
 
 
@@ -62,6 +62,15 @@ def build(out: Output, outcome: Outcome) -> None:
         rates = Section("Learning rate per arm")
         rates.text.append(LR_NOTE)
         table, frame = lr_table(sd)
+        surface = tuning_surface(sd)
+        out.figure(
+            out.guarded("the learning-rate surface", lr_surface, sd, surface),
+            "lr_surface",
+            "Validation error against learning rate on the tuning seeds, one line per arm (the rate is chosen on "
+            "these); test error, dashed, for display only.",
+            rates,
+        )
+        rates.text += sign_changes(sd, surface)
         out.table(table, frame, rates)
         outcome.sections.append(rates)
     o = out.guarded("the overfitting section", overfit.section, out)
@@ -152,8 +161,7 @@ def lr_table(sd: StudyData) -> tuple[fmt.Table, pd.DataFrame]:
         levels = {f: str(r[f]) for f in sd.factors}
         mask = sd.cells_at(levels, rows_all).index
         by_rate = {x: float(val[mask][(lr[mask] - x).abs() < 1e-12].mean()) for x in rates}
-        differs = [f"{f} = {lv}" for f, lv in levels.items() if sd.baseline and lv != sd.baseline.get(f)]
-        label = ", ".join(differs) or "baseline"
+        label = _arm_label(sd, levels)
         flag = f"at the {r['edge']} rate of the grid" if r["edge"] else ""
         rows.append([label, *(fmt.num(by_rate[x]) for x in rates), f"{r['lr']:g}", flag])
         frame_rows.append(
@@ -174,6 +182,83 @@ def lr_table(sd: StudyData) -> tuple[fmt.Table, pd.DataFrame]:
         [LR_NOTE],
     )
     return table, pd.DataFrame(frame_rows)
+
+
+def tuning_surface(sd: StudyData) -> pd.DataFrame:
+    """Per arm and rate on the tuning seeds: mean validation error (the choice's) and test error (shown only)."""
+    rows_all = pd.concat([sd.runs, sd.grid_runs]) if sd.grid_runs is not None else sd.runs
+    seeds = set(sd.tuning_seeds) or set(rows_all["seed"]) - set(sd.confirm_seeds)
+    rows = rows_all[rows_all["seed"].isin(seeds) & (rows_all["status"] == "ok")]
+    frame = pd.DataFrame(
+        {
+            "arm": [_arm_label(sd, {f: str(r[f]) for f in sd.factors}) for _, r in rows.iterrows()],
+            "lr": pd.to_numeric(rows["cfg_lr"], errors="coerce"),
+            "val": pd.to_numeric(rows["best_val_top1_err_pct"], errors="coerce"),
+            "test": pd.to_numeric(rows.get(TOP1, pd.Series(math.nan, index=rows.index)), errors="coerce"),
+            **{f: rows[f].astype(str) for f in sd.factors},
+        },
+        index=rows.index,
+    )
+    return frame.groupby(["arm", "lr", *sd.factors], sort=False, as_index=False)[["val", "test"]].mean()
+
+
+def _arm_label(sd: StudyData, levels: dict[str, str]) -> str:
+    differs = [f"{f} = {lv}" for f, lv in levels.items() if sd.baseline and lv != sd.baseline.get(f)]
+    return ", ".join(differs) or "baseline"
+
+
+def _val_by_rate(sd: StudyData, surface: pd.DataFrame, levels: dict[str, str]) -> pd.Series:
+    """rate -> validation error of the arm at `levels`."""
+    mask = pd.concat([surface[f] == levels[f] for f in sd.factors], axis=1).all(axis=1)
+    return surface[mask].set_index("lr")["val"]
+
+
+def lr_surface(sd: StudyData, surface: pd.DataFrame) -> Figure | None:
+    """Validation error against rate, a line per arm; test error dashed beside it (never chosen on)."""
+    if surface["lr"].nunique() < 2:
+        return None
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    colors = plot.palette(surface["arm"].nunique())
+    for color, (arm, g) in zip(colors, surface.groupby("arm", sort=False)):
+        g = g.sort_values("lr")
+        ax.plot(g["lr"], g["val"], marker="o", color=color, label=arm)
+        ax.plot(g["lr"], g["test"], linestyle="--", linewidth=1, alpha=0.6, color=color)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("error, % (solid: validation, best epoch; dashed: test, final)")
+    ax.legend(
+        handles=[
+            *ax.get_legend_handles_labels()[0],
+            Line2D([], [], color="0.4", linestyle="--", label="test (display only)"),
+        ],
+        fontsize=8,
+    )
+    seeds = ", ".join(str(int(x)) for x in sorted(set(sd.tuning_seeds))) or "the grid's"
+    fig.suptitle(f"{sd.study} ({sd.profile}): error against learning rate, seed(s) {seeds}")
+    return fig
+
+
+def sign_changes(sd: StudyData, surface: pd.DataFrame) -> list[str]:
+    """A sentence per claim whose validation difference (level − reference) changes sign across the rates
+    the grid shares: there the effect depends on the rate, and each arm's own rate decides its sign."""
+    lines = []
+    models = models_of(sd.runs)
+    for factor in sd.factors:
+        for level in sd.levels[factor]:
+            if sd.baseline is None or level == sd.baseline[factor]:
+                continue
+            if not claims_for(factor, level, models=models):
+                continue
+            level_val = _val_by_rate(sd, surface, {**sd.baseline, factor: level})
+            diff = (level_val - _val_by_rate(sd, surface, sd.baseline)).dropna().sort_index()
+            if (diff > 0).any() and (diff < 0).any():
+                shown = ", ".join(f"{d:+.1f} pp at {lr:g}" for lr, d in diff.items())
+                lines.append(
+                    f"**The sign of {factor} = {level} depends on the rate**: validation error minus the "
+                    f"baseline's on the tuning seed(s) is {shown}."
+                )
+    return lines
 
 
 # --- the ablation effects figure -------------------------------------------------------
