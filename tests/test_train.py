@@ -106,6 +106,17 @@ def test_history_rows_have_the_documented_columns():
     assert result.history[0]["train_running_err_pct"] == pytest.approx(first)
 
 
+def test_score_every_scores_the_reported_splits_sparsely_and_always_at_the_last_epoch(synthetic):
+    result = train(tiny_config(epochs=5, score_every=2), synthetic, progress=False)
+    scored = [h["epoch"] for h in result.history if "test_top1_err_pct" in h]
+    clean = [h["epoch"] for h in result.history if "train_clean_top1_err_pct" in h]
+    assert scored == clean == [2, 4, 5]
+    assert all("val_top1_err_pct" in h for h in result.history)  # validation picks the best epoch: every one
+    assert result.summary["final_test_top1_err_pct"] == result.history[-1]["test_top1_err_pct"]
+    last_only = train(tiny_config(epochs=3, score_every=0), synthetic, progress=False)
+    assert [h["epoch"] for h in last_only.history if "test_top1_err_pct" in h] == [3]
+
+
 def test_same_seed_same_history_different_seed_differs(synthetic):
     # Augmentation on, so the data generator's seed matters as well as the weights'.
     cfg = tiny_config(epochs=2, augment="crop+flip+pca")

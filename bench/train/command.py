@@ -88,9 +88,10 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     def number(key: str) -> float:  # None (no epoch finished) prints as nan; 0.0 stays 0.0
         return float("nan") if s[key] is None else s[key]
 
+    at_best = number("test_top1_err_pct_at_best_val")
     best = (
         f"; best validation error {number('best_val_top1_err_pct'):.2f}% at epoch {s['best_epoch']} "
-        f"(test error there {number('test_top1_err_pct_at_best_val'):.2f}%)"
+        + (f"(test error there {at_best:.2f}%)" if at_best == at_best else "(the test set was not scored there)")
         if s.get("best_epoch") is not None
         else ""
     )

@@ -181,11 +181,12 @@ def train(
 
 
 def _scored(split: str, epoch: int, cfg: TrainConfig) -> bool:
-    """Whether `split` is evaluated after `epoch`: the test split only every `cfg.test_every` epochs and at
-    the last (a run a hook stops early has no final test error unless that epoch was scored)."""
-    if split != "test" or epoch == cfg.epochs:
+    """Whether `split` is evaluated after `epoch`: validation always (it picks the best epoch), the
+    reported splits (test, clean training) every `cfg.score_every` epochs and at the last (a run a hook
+    stops early has them only if that epoch was scored)."""
+    if split == "val" or epoch == cfg.epochs:
         return True
-    return cfg.test_every > 0 and epoch % cfg.test_every == 0
+    return cfg.score_every > 0 and epoch % cfg.score_every == 0
 
 
 def _new_model(cfg: TrainConfig, classes: list[str], device: torch.device) -> nn.Module:
