@@ -221,12 +221,15 @@ class StudyFile:
         results folder records them: levels the profile's `only` leaves out are outside its design."""
         only = self.profiles.get(profile, {}).get("only", {})
         base = self.baseline(profile if profile in self.profiles else None)
+        known = profile in self.profiles
         return Design(
             self.name,
             profile or "",
             {f: [lv for lv in spec["levels"] if lv in only.get(f, [lv])] for f, spec in self.factors.items()},
             base,
             {f: spec["description"] for f, spec in self.factors.items()},
+            self.declared_seeds(profile) if known else None,
+            self.tuning_seeds(profile) if known else [],
         )
 
     def is_baseline(self, combo: dict, profile: str | None = None) -> bool:
@@ -279,6 +282,10 @@ class Design:
     levels: dict[str, list[str]]  # factor -> the levels the profile runs, in the study's order
     baseline: dict[str, str]  # factor -> the level every other configuration is compared with
     descriptions: dict[str, str]
+    # The seeds the profile declared when the sweep ran (the verdicts' n) and those that only tuned:
+    # recorded, so a later edit of the study file cannot change what a finished folder counts.
+    declared_seeds: list[int] | None = None
+    tuning_seeds: list[int] = field(default_factory=list)
 
     @property
     def factors(self) -> list[str]:
@@ -289,7 +296,10 @@ class Design:
             {"name": f, "levels": lv, "baseline": self.baseline[f], "description": self.descriptions.get(f, "")}
             for f, lv in self.levels.items()
         ]
-        return json.dumps({"study": self.study, "profile": self.profile, "factors": factors}, indent=2) + "\n"
+        doc = {"study": self.study, "profile": self.profile, "factors": factors}
+        if self.declared_seeds is not None:
+            doc |= {"declared_seeds": self.declared_seeds, "tuning_seeds": self.tuning_seeds}
+        return json.dumps(doc, indent=2) + "\n"
 
     @classmethod
     def read(cls, path: Path) -> Design:
@@ -318,7 +328,19 @@ class Design:
                 refuse(f"factor {name!r}: baseline {f.get('baseline')!r} is not one of its levels {lv}")
             levels[name], baseline[name] = lv, f["baseline"]
             descriptions[name] = str(f.get("description", ""))
-        return cls(str(doc.get("study", "")), str(doc.get("profile", "")), levels, baseline, descriptions)
+        seeds = {k: doc.get(k) for k in ("declared_seeds", "tuning_seeds")}
+        for k, v in seeds.items():
+            if v is not None and not (isinstance(v, list) and all(isinstance(x, int) for x in v)):
+                refuse(f"{k} {v!r} is not a list of integers")
+        return cls(
+            str(doc.get("study", "")),
+            str(doc.get("profile", "")),
+            levels,
+            baseline,
+            descriptions,
+            seeds["declared_seeds"],
+            seeds["tuning_seeds"] or [],
+        )
 
 
 def _merge(cfg: dict, overrides: dict) -> None:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from bench.errors import UserError
 from bench.io import atomic_write_text
-from bench.report import effects
+from bench.report import effects, summary
 from bench.report.kinds import KINDS, kind_for
 from bench.report.load import RUNS, load
 from bench.report.markdown import (
@@ -102,4 +102,7 @@ def report_all(root: Path) -> list[Path]:
                 log.warning(
                     "%s: no results under %s (study not run); run `python -m bench ablate --study %s`", name, root, name
                 )
-    return [report_study(f) for f in folders]
+    reports = [report_study(f) for f in folders]
+    if studies:  # a results folder: its README.md gathers every folder's verdicts
+        summary.write(root, [f for f in folders if f.parent.parent == root])
+    return reports

@@ -214,7 +214,8 @@ def load(folder: Path) -> StudyData:
         lr_choice = choose_lr(runs, factors, list(prof.get("seeds", spec.seeds)))
         # The tuning seeds' cells are the grid's, even at the chosen rate: the rate was chosen on them, so
         # their errors there are biased low, and a two-stage profile's verdicts count the confirming seeds only.
-        chosen = at_chosen_rates(runs, lr_choice, factors) & ~runs["seed"].isin(spec.tuning_seeds(profile))
+        tuning = _seeds(design, spec, profile, notes)[1]
+        chosen = at_chosen_rates(runs, lr_choice, factors) & ~runs["seed"].isin(tuning)
         grid_runs, runs = runs[~chosen], runs[chosen]
         superseded = superseded | set(grid_runs["cell_id"])  # their curves are the grid's, not the arm's
     return StudyData(
@@ -233,11 +234,24 @@ def load(folder: Path) -> StudyData:
         notes,
         {f: design.levels[f] for f in factors},
         spec.confirm_seeds(profile) if prof is not None else [],
-        spec.declared_seeds(profile) if prof is not None else None,
-        spec.tuning_seeds(profile) if prof is not None else [],
+        *_seeds(design, spec if prof is not None else None, profile, notes),
         lr_choice,
         grid_runs,
     )
+
+
+def _seeds(design: Design | None, spec: StudyFile | None, profile: str, notes: Notes) -> tuple[list | None, list]:
+    """(declared seeds, tuning seeds): as the sweep recorded them (study.json), else the study file's now."""
+    if design is not None and design.declared_seeds is not None:
+        return design.declared_seeds, design.tuning_seeds
+    if spec is None:
+        return None, []
+    notes.warn(
+        f"the sweep recorded no declared seeds ({STUDY_JSON} predates them): the verdicts count the seeds the study "
+        f"file declares now ({', '.join(str(s) for s in spec.declared_seeds(profile))}), which may differ from "
+        "those it declared when the cells ran"
+    )
+    return spec.declared_seeds(profile), spec.tuning_seeds(profile)
 
 
 def read_design(folder: Path, spec: StudyFile | None, profile: str, notes: Notes) -> Design | None:

@@ -73,6 +73,7 @@ def architectures_table(sd: StudyData, eff: pd.DataFrame) -> fmt.Table:
     )
     columns = [
         "architecture",
+        "normalisation",
         "params",
         macs_header(sd),
         flops_header(sd),
@@ -90,6 +91,7 @@ def architectures_table(sd: StudyData, eff: pd.DataFrame) -> fmt.Table:
         rows.append(
             [
                 name,
+                normalisation(sd, r["level"] or ref),
                 fmt.count(r["params"]),
                 fmt.count(r["macs"]),
                 fmt.count(r["flops"]),
@@ -104,11 +106,45 @@ def architectures_table(sd: StudyData, eff: pd.DataFrame) -> fmt.Table:
             ]
         )
     notes = effects_notes(sd, eff)
+    notes.append(
+        "normalisation: the layers each net normalises with. Batch normalisation speeds and steadies training "
+        "at a short budget, so where the leaders use it and the others do not, the table compares recipes as "
+        "much as architectures."
+    )
     if not infer_col:
         notes.append("Inference throughput was not measured at this profile (measure = none).")
     return fmt.Table(
         "architectures", f"{sd.study} ({sd.profile}): size, cost, throughput and test error", columns, rows, notes
     )
+
+
+def normalisation(sd: StudyData, level: str) -> str:
+    """'batch norm', 'LRN', both or 'none': what the level's net (runs.csv cfg_model, with its knobs) uses."""
+    # here: building the net needs torch, which the rest of the report does not
+    from torch import nn
+
+    from bench.models import create_model
+
+    cells = sd.cells_at({FACTOR: level})
+    if not len(cells) or "cfg_model" not in cells:
+        return fmt.MISSING
+    knobs = {
+        c.removeprefix("knob_"): v
+        for c, v in cells.iloc[0].items()
+        if c.startswith("knob_") and c.removeprefix("knob_") in ("norm", "lrn_alpha") and v == v
+    }
+    try:
+        model = create_model(str(cells.iloc[0]["cfg_model"]), **knobs)
+    except Exception:  # noqa: BLE001 - a net this checkout cannot build is named as unknown, not a failed report
+        return "unknown"
+    kinds = [
+        name
+        for name, cls in (("batch norm", nn.modules.batchnorm._BatchNorm), ("LRN", nn.Module))
+        if any(
+            isinstance(m, cls) and (name != "LRN" or "LocalResponseNorm" in type(m).__name__) for m in model.modules()
+        )
+    ]
+    return " + ".join(kinds) or "none"
 
 
 # --- the figures --------------------------------------------------------------------------
