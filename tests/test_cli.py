@@ -317,7 +317,7 @@ def _parse(cls, *argv):
     return config_from_args(p.parse_args(list(argv)), cls=cls)
 
 
-def score_every_run_option_is_a_flag_with_the_fields_default_and_help():
+def test_every_run_option_is_a_flag_with_the_fields_default_and_help():
     parser = argparse.ArgumentParser()
     train_command.add_arguments(parser)
     assert config_from_args(parser.parse_args([])) == TrainConfig()  # no flag given: every field's own default

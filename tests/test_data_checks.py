@@ -177,7 +177,7 @@ def test_train_eval_is_capped_at_the_train_size_and_can_be_off(cifar10_root, cif
     assert not off.has("train_eval")
 
 
-def score_every_split_moves_with_to(cifar10_root, cifar10_md5_bypass):
+def test_every_split_moves_with_to(cifar10_root, cifar10_md5_bypass):
     data = load_data(cifar_spec(cifar10_root, val_size=10, train_eval_size=20)).to("cpu")
     assert [data.size(s) for s in ("train", "val", "test", "train_eval")] == [90, 10, 20, 20]
     with pytest.raises(ValueError, match="train, val, test, train_eval"):

@@ -288,7 +288,7 @@ def on_tree(cfg: TrainConfig, tree, **changes) -> TrainConfig:
 
 
 @pytest.mark.parametrize("name", list_models())
-def score_every_model_has_a_classifier_head(name):
+def test_every_model_has_a_classifier_head(name):
     with torch.device("meta"):  # shapes only: no memory, no time
         model = create_model(name, num_classes=7)
     _, head = head_of(model)

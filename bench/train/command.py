@@ -85,8 +85,8 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
             hook.close()
     s = result.summary
 
-    def number(key: str) -> float:  # None (no epoch finished) prints as nan; 0.0 stays 0.0
-        return float("nan") if s[key] is None else s[key]
+    def number(key: str) -> float:  # None (no epoch finished, or not scored) prints as nan; 0.0 stays 0.0
+        return float("nan") if s.get(key) is None else s[key]
 
     at_best = number("test_top1_err_pct_at_best_val")
     best = (
