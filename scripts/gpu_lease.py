@@ -426,7 +426,7 @@ def utilisation_logger(lease: Lease):
 
 def run_lease(lease: Lease, stages: list[Stage], only: set[str] | None, redo: set[str]) -> int:
     """Every stage in order while time is left; 0 if each that ran was ok, 3 if a needed one failed, else 1."""
-    check_plan(stages, lease.deadline, lease.margin)
+    check_plan(stages, DEADLINE_S, MARGIN_S)  # the design; a shorter --deadline-s cuts the stages that come last
     before = done_before(lease.results_from, lease.record["gpu"]["slug"])
     env = stage_env(lease)
     util = utilisation_logger(lease)
@@ -451,6 +451,12 @@ def run_lease(lease: Lease, stages: list[Stage], only: set[str] | None, redo: se
                 )
                 if entry["status"] != "ok" and not (entry["status"] == "stopped" and stage.open_ended):
                     status = 3 if stage.needed else max(status, 1)
+            if (
+                stage.needed
+                and lease.record["stages"][-1]["status"] == "skipped"
+                and (only is None or stage.name in only)
+            ):
+                status = 3  # what everything else needs did not run: nothing after it is trusted
             write_archive(lease)
             if status == 3:
                 break

@@ -34,7 +34,7 @@ from bench.errors import UserError  # noqa: E402
 from bench.io import read_csv, write_csv  # noqa: E402
 from bench.studies import list_studies  # noqa: E402
 from bench.sweep.results import ResultsFolder  # noqa: E402
-from bench.sweep.study import Study, load_study  # noqa: E402
+from bench.sweep.study import Study, find_study  # noqa: E402
 from bench.train.result import FINISHED  # noqa: E402
 from bench.train.target import TRAILING_EPOCH_MEAN  # noqa: E402
 
@@ -94,7 +94,9 @@ def studies_in_order() -> list[str]:
 
 @functools.cache
 def study_named(name: str) -> Study:
-    return load_study(name)  # checks every cell of every profile: once per study
+    # the file read and checked, without load_study's building of every profile's models (seconds):
+    # a bad cell fails when it runs, as its row
+    return Study.read(find_study(name))
 
 
 def smoke_row(study: str, data: str, graph: bool, row: dict, seconds: float, cuda: bool) -> dict:
