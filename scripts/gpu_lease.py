@@ -86,6 +86,7 @@ MARGIN_S = 30.0  # kept free at the end: the last archive, and a stage that over
 GRACE_S = 20.0  # SIGINT -> SIGKILL: a sweep merging its finished cells needs seconds
 REFRESH_S = 30.0  # the archive is rewritten this often while a stage runs
 MIN_STAGE_S = 10.0  # a stage that would get less is skipped
+NOT_ASKED = "not asked for (--stages)"
 ARCHIVE, SUMMARY = "lease.tar.gz", "lease.json"
 LOG_CAP = 4 << 20  # bytes of one stage's log kept in the archive (its head and its tail)
 ARCHIVE_CAP = 15 << 20  # the archive must stay under the 16 MiB a file may have
@@ -93,7 +94,6 @@ NAME = re.compile(r"[A-Za-z0-9._-]+")
 WHEELS = ".gpu/wheels"
 DATA = ".gpu/cifar10-jpeg.tar.gz"
 GIT_COPY = ".gpu/repo.git"
-SITE = "/tmp/lease-site"  # where the missing wheels are installed (PYTHONPATH)
 
 # The gate's cases, named exactly: `alexnet*` would also take the 227-pixel alexnet-paper and
 # alexnet-tv. `?` stands for the comma inside the AlexNet study's case id (--model splits on commas).
@@ -107,7 +107,7 @@ class Stage:
     budget_s: float
     argv: list[str] = field(default_factory=list)  # run with this Python from the repository root
     run: Callable | None = None  # or in this process: run(lease, log) -> exit status
-    needed: bool = False  # a failure stops the plan
+    needed: bool = False  # a failure stops the plan (stopped at its budget, it stops it unless it exited 0)
     again: bool = False  # runs in every lease, also after it finished in an earlier one
     rest: bool = False  # takes every second left before the deadline's margin
     open_ended: bool = False  # stopped at its budget is its normal end (a sweep resumed in the next lease)
@@ -119,6 +119,7 @@ class Lease:
     out: Path  # $OUT: the archive and the summary beside it, nothing else
     work: Path  # everything the archive holds
     cache: Path  # the data and compile caches: kept out of the archive
+    site: Path  # the carried wheels setup installed (PYTHONPATH of every stage)
     dry_run: bool
     device: str
     results_from: Path  # the committed results: tables to start from, stages done in earlier leases
@@ -167,10 +168,10 @@ def plan(lease: Lease) -> list[Stage]:
     # gives figure1 a few seconds and no more: it is stopped at its budget, as on the GPU.
     return [
         Stage("setup", 20, run=setup, needed=True, again=True),
-        Stage("smoke", 100, smoke, needed=True, again=True),
-        Stage("modes", 110, modes),
-        Stage("packs", 70, packs),
-        Stage("gate-against", 70, against),
+        Stage("smoke", 120, smoke, needed=True, again=True),
+        Stage("modes", 100, modes),
+        Stage("packs", 60, packs),
+        Stage("gate-against", 60, against),
         Stage("gate-save", 50, save),
         Stage("figure1", 15 if dry else 90, figure1, rest=not dry, open_ended=True, needs_data=not dry),
     ]
@@ -245,7 +246,8 @@ def slug_of(name: str) -> str:
 
 
 def setup(lease: Lease, log) -> int:
-    status = install_wheels(REPO / WHEELS, SITE, log)
+    shutil.rmtree(lease.site, ignore_errors=True)  # this lease's, nothing older
+    status = install_wheels(REPO / WHEELS, str(lease.site), log)
     restore_git(REPO, REPO / GIT_COPY, log)
     print(json.dumps(lease.record["gpu"]), file=log, flush=True)
     return status
@@ -358,7 +360,7 @@ def done_before(results_from: Path, slug: str) -> set[str]:
     return {stage for stage, status in latest.items() if status == "ok"}
 
 
-def run_stage(lease: Lease, number: int, stage: Stage, env: dict) -> dict:
+def run_stage(lease: Lease, number: int, stage: Stage) -> dict:
     """Run one stage within its budget, logging to logs/NN-name.log; its record."""
     budget = lease.left() if stage.rest else min(stage.budget_s, lease.left())
     entry = {"stage": stage.name, "budget_s": round(budget, 1), "planned_s": stage.budget_s}
@@ -386,6 +388,7 @@ def run_stage(lease: Lease, number: int, stage: Stage, env: dict) -> dict:
                     entry["seconds"] = round(time.monotonic() - start, 1)
                     write_archive(lease)
 
+            env = stage_env(lease)  # after setup: the wheels it installed
             exit_status, stopped, entry["pid"] = run_group(argv, budget, log, env, lease.grace, refresh, lease.stop)
     entry.update(seconds=round(time.monotonic() - start, 1), exit=exit_status)
     entry["status"] = "ok" if exit_status == 0 else "stopped" if stopped else "failed"
@@ -398,13 +401,17 @@ def lease_time(lease: Lease) -> float:
     return time.monotonic() - lease.started
 
 
-def skip(lease: Lease, stage: Stage, why: str) -> None:
-    lease.record["stages"].append({"stage": stage.name, "planned_s": stage.budget_s, "status": "skipped", "why": why})
+def skip(lease: Lease, stage: Stage, why: str) -> dict:
+    entry = {"stage": stage.name, "planned_s": stage.budget_s, "status": "skipped", "why": why}
+    lease.record["stages"].append(entry)
+    return entry
 
 
 def stage_env(lease: Lease) -> dict:
+    """The stages' environment: this checkout's `bench` first, then the wheels setup installed (if any)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", BENCH_CACHE=str(lease.cache))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), SITE, env.get("PYTHONPATH")]))
+    site = str(lease.site) if lease.site.is_dir() else None
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), site, env.get("PYTHONPATH")]))
     env.setdefault("MPLBACKEND", "Agg")
     return env
 
@@ -424,39 +431,48 @@ def utilisation_logger(lease: Lease):
         )
 
 
+def skip_reason(lease: Lease, stage: Stage, only: set[str] | None, before: set[str], redo: set[str]) -> str | None:
+    """Why `stage` does not run in this lease, or None."""
+    if lease.stop:
+        return f"signal {lease.stop[0]}"
+    if only is not None and stage.name not in only:
+        return NOT_ASKED
+    if stage.name in before and not stage.again and stage.name not in redo:
+        return "ok in an earlier lease on this GPU model (--redo runs it again)"
+    if stage.needs_data and not lease.record["data"]:
+        return "no data archive (prepare_lease.py copies it into .gpu/)"
+    if (lease.left() if stage.rest else min(stage.budget_s, lease.left())) < MIN_STAGE_S:
+        return f"{lease.left():.0f} s left"
+    return None
+
+
+def outcome(stage: Stage, entry: dict) -> int:
+    """What a stage's end means for the lease: 0 as planned, 1 a stage fell short (the lease goes on),
+    3 what the rest needs did not pass (the lease stops). A stage stopped at its budget that exited 0
+    judged what it ran and found it good (the smoke check does); open-ended stages end so."""
+    status = entry["status"]
+    if status == "skipped":
+        return 3 if stage.needed and entry["why"] != NOT_ASKED else 0
+    if status == "ok" or (status == "stopped" and stage.open_ended):
+        return 0
+    if status == "stopped" and entry["exit"] == 0:
+        return 1
+    return 3 if stage.needed else 1
+
+
 def run_lease(lease: Lease, stages: list[Stage], only: set[str] | None, redo: set[str]) -> int:
-    """Every stage in order while time is left; 0 if each that ran was ok, 3 if a needed one failed, else 1."""
+    """Every stage in order while time is left; the lease's exit status: the worst `outcome`."""
     check_plan(stages, DEADLINE_S, MARGIN_S)  # the design; a shorter --deadline-s cuts the stages that come last
     before = done_before(lease.results_from, lease.record["gpu"]["slug"])
-    env = stage_env(lease)
     util = utilisation_logger(lease)
     status = 0
     try:
         write_archive(lease)
         for number, stage in enumerate(stages):
-            if lease.stop:
-                skip(lease, stage, f"signal {lease.stop[0]}")
-            elif only is not None and stage.name not in only:
-                skip(lease, stage, "not asked for (--stages)")
-            elif stage.name in before and not stage.again and stage.name not in redo:
-                skip(lease, stage, "ok in an earlier lease on this GPU model (--redo runs it again)")
-            elif stage.needs_data and not lease.record["data"]:
-                skip(lease, stage, "no data archive (prepare_lease.py copies it into .gpu/)")
-            elif (lease.left() if stage.rest else min(stage.budget_s, lease.left())) < MIN_STAGE_S:
-                skip(lease, stage, f"{lease.left():.0f} s left")
-            else:
-                entry = run_stage(lease, number, stage, env)
-                print(
-                    f"[{lease_time(lease):5.0f} s] {stage.name}: {entry['status']} (exit {entry['exit']})", flush=True
-                )
-                if entry["status"] != "ok" and not (entry["status"] == "stopped" and stage.open_ended):
-                    status = 3 if stage.needed else max(status, 1)
-            if (
-                stage.needed
-                and lease.record["stages"][-1]["status"] == "skipped"
-                and (only is None or stage.name in only)
-            ):
-                status = 3  # what everything else needs did not run: nothing after it is trusted
+            why = skip_reason(lease, stage, only, before, redo)
+            entry = skip(lease, stage, why) if why else run_stage(lease, number, stage)
+            print(f"[{lease_time(lease):5.0f} s] {stage.name}: {entry['status']} ({why or entry['exit']})", flush=True)
+            status = max(status, outcome(stage, entry))
             write_archive(lease)
             if status == 3:
                 break
@@ -516,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         out=out,
         work=work,
         cache=(args.cache or work.parent / "cache").resolve(),
+        site=work.parent / "site",
         dry_run=args.dry_run,
         device="cpu" if args.dry_run else "auto",
         results_from=args.results_from.resolve(),

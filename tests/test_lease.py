@@ -123,7 +123,8 @@ def test_the_archive_holds_each_stages_log_and_record(dry_run):
 
 def dry_lease(tmp: Path, **changes):
     record = {"gpu": {"slug": "cpu"}, "data": None}
-    fields = dict(out=tmp, work=tmp / "w", cache=tmp / "c", dry_run=True, device="cpu", results_from=tmp, record=record)
+    fields = dict(out=tmp, work=tmp / "w", cache=tmp / "c", site=tmp / "s", dry_run=True, device="cpu", record=record)
+    fields["results_from"] = tmp
     return lease_py.Lease(**{**fields, **changes})
 
 
@@ -262,3 +263,38 @@ def test_a_figure1_seed_leaves_out_cells_stopped_by_the_older_rule(tmp_path):
     assert list(seeded["cell_id"]) == ["a1"]  # b2 stopped on one window: run again; c3 failed: run again
     assert list(pd.read_csv(tmp_path / "lease" / "figure1" / "gpu" / "history.csv")["cell_id"]) == ["a1"]
     assert stages.seed_study("figure1", "gpu", tmp_path / "committed", tmp_path / "lease") == 0  # once
+
+
+def test_a_smoke_check_stopped_at_its_budget_judges_the_cells_that_ran(tmp_path, monkeypatch):
+    stages = script("lease_stages")
+    ran = []
+
+    def cell(args, name, data, graph, cuda):
+        if len(ran) == 2:
+            raise KeyboardInterrupt  # SIGINT at the budget, during the third cell
+        ran.append(name)
+        return stages.smoke_row(name, data, graph, {"status": "ok"}, 1.0, cuda)
+
+    monkeypatch.setattr(stages, "smoke_cell", cell)
+    args = stages.main_parser().parse_args(["smoke", "--out", str(tmp_path / "smoke.csv"), "--device", "cpu"])
+    assert stages.smoke(args) == 0  # what ran passed
+    rows = pd.read_csv(tmp_path / "smoke.csv")
+    assert list(rows["verdict"][:2]) == ["ok", "ok"] and set(rows["verdict"][2:]) == {"not run"}
+    assert len(rows) == 2 * len(stages.studies_in_order())  # every planned cell has its row
+
+
+@pytest.mark.parametrize(
+    ("stage", "entry", "expected"),
+    [
+        (dict(needed=True), {"status": "ok", "exit": 0}, 0),
+        (dict(needed=True), {"status": "failed", "exit": 3}, 3),
+        (dict(needed=True), {"status": "stopped", "exit": 0}, 1),  # stopped, and what ran passed: go on
+        (dict(needed=True), {"status": "stopped", "exit": -9}, 3),
+        (dict(needed=True), {"status": "skipped", "why": "5 s left"}, 3),
+        (dict(needed=True), {"status": "skipped", "why": lease_py.NOT_ASKED}, 0),
+        (dict(), {"status": "failed", "exit": 1}, 1),
+        (dict(open_ended=True), {"status": "stopped", "exit": 130}, 0),
+    ],
+)
+def test_what_a_stages_end_means_for_the_lease(stage, entry, expected):
+    assert lease_py.outcome(lease_py.Stage("s", 1.0, **stage), entry) == expected
