@@ -140,41 +140,72 @@ class Lease:
 
 
 def plan(lease: Lease) -> list[Stage]:
-    """The stages in priority order; a dry run's are the same shrunk to seconds on the CPU."""
-    w, dry, dev = lease.work, lease.dry_run, lease.device
-    slug = lease.record["gpu"]["slug"]
-    mine = w / "results" / "lease" / slug
-    kind = "cpu" if dry else "cuda"
-    measure = lease.results_from / "measure"
-    py = [STAGES_PY]
-    profile = "smoke" if dry else "gpu"
-    data = lease.record.get("data")
-    smoke = [*py, "smoke", "--out", str(mine / "smoke.csv"), "--device", dev, "--profile", profile]
-    smoke += (["--data", data] if data else []) + (["--per-class", "4", "--real", "figure1"] if dry else [])
-    modes = [*py, "modes", "--out", str(w / "results/measure" / f"modes-{kind}.csv"), "--device", dev]
-    modes += ["--profile", profile, "--seed-from", str(measure / f"modes-{kind}.csv")]
-    modes += ["--quick", "--nets", "1"] if dry else []
-    packs = [*py, "packs", "--out", str(w / "results/measure" / f"packing-{kind}.csv"), "--device", dev]
-    packs += ["--profile", profile, "--seed-from", str(measure / f"packing-{kind}.csv")]
-    packs += ["--packs", "1", "--nets", "1", "--batch-size", "16", "--rounds", "1", "--round-s", "0.1"] if dry else []
-    gate = ["-m", "bench", "gate", "--device", dev]
-    against = [*gate, "--against", "HEAD" if dry else "HEAD~", "--quick", "--report", str(mine / "gate-against.csv")]
-    against += ["--model", "lenet5", "--pairs", "2"] if dry else ["--model", AGAINST_MODELS]
-    save = [*gate, "--save", "lease", "--repeat", "1", "--storage", str(w / "gate")]
-    save += ["--quick", "--model", "lenet5", "--rounds", "2"] if dry else ["--model", BASELINE_MODELS]
-    figure1 = [*py, "study", "--study", "figure1", "--profile", profile, "--out", str(w / "results"), "--device", dev]
-    figure1 += ["--data", "synthetic"] if dry else ["--seed-from", str(lease.results_from), "--data", str(data)]
-    # The dry run keeps the budgets (its stages end long before them, also on a loaded CPU) but
-    # gives figure1 a few seconds and no more: it is stopped at its budget, as on the GPU.
+    """The stages in priority order; a dry run's are the same shrunk to seconds on the CPU. The dry run
+    keeps the budgets (its stages end long before them, also on a loaded CPU) but gives figure1 a few
+    seconds and no more: it is stopped at its budget, as on the GPU."""
+    dry = lease.dry_run
     return [
         Stage("setup", 20, run=setup, needed=True, again=True),
-        Stage("smoke", 120, smoke, needed=True, again=True),
-        Stage("modes", 100, modes),
-        Stage("packs", 60, packs),
-        Stage("gate-against", 60, against),
-        Stage("gate-save", 50, save),
-        Stage("figure1", 15 if dry else 90, figure1, rest=not dry, open_ended=True, needs_data=not dry),
+        Stage("smoke", 120, smoke_argv(lease), needed=True, again=True),
+        Stage("modes", 100, speed_argv(lease, "modes"), open_ended=True),  # net by net: the next lease goes on
+        Stage("packs", 60, speed_argv(lease, "packs"), open_ended=True),
+        Stage("gate-against", 60, against_argv(lease)),
+        Stage("gate-save", 50, baseline_argv(lease)),
+        Stage("figure1", 15 if dry else 90, figure1_argv(lease), rest=not dry, open_ended=True, needs_data=not dry),
     ]
+
+
+def lease_tables(lease: Lease) -> Path:
+    """results/lease/<gpu>/ in the work folder: the smoke cells, the gate's comparison."""
+    return lease.work / "results" / "lease" / lease.record["gpu"]["slug"]
+
+
+def profile_of(lease: Lease) -> str:
+    return "smoke" if lease.dry_run else "gpu"
+
+
+def smoke_argv(lease: Lease) -> list[str]:
+    """Dry: the smoke profile, 4 images per class, the real archive for figure1 alone."""
+    data = lease.record.get("data")
+    argv = [STAGES_PY, "smoke", "--out", str(lease_tables(lease) / "smoke.csv"), "--device", lease.device]
+    argv += ["--profile", profile_of(lease), *(["--data", data] if data else [])]
+    return argv + (["--per-class", "4", "--real", "figure1"] if lease.dry_run else [])
+
+
+def speed_argv(lease: Lease, what: str) -> list[str]:
+    """`modes` or `packs` into results/measure/<table>-<device>.csv, started from the committed table.
+    Dry: measure's quick settings, one net, one pack, a batch of 16, one short round."""
+    table = {"modes": "modes", "packs": "packing"}[what] + ("-cpu.csv" if lease.dry_run else "-cuda.csv")
+    argv = [STAGES_PY, what, "--out", str(lease.work / "results" / "measure" / table), "--device", lease.device]
+    argv += ["--profile", profile_of(lease), "--seed-from", str(lease.results_from / "measure" / table)]
+    if not lease.dry_run:
+        return argv
+    if what == "modes":
+        return argv + ["--quick", "--nets", "1"]
+    return argv + ["--packs", "1", "--nets", "1", "--batch-size", "16", "--rounds", "1", "--round-s", "0.1"]
+
+
+def against_argv(lease: Lease) -> list[str]:
+    """Dry: against HEAD (the committed tree, the checkout as it is), LeNet-5, 2 pairs."""
+    argv = ["-m", "bench", "gate", "--device", lease.device, "--against", "HEAD" if lease.dry_run else "HEAD~"]
+    argv += ["--quick", "--report", str(lease_tables(lease) / "gate-against.csv")]
+    return argv + (["--model", "lenet5", "--pairs", "2"] if lease.dry_run else ["--model", AGAINST_MODELS])
+
+
+def baseline_argv(lease: Lease) -> list[str]:
+    """Dry: LeNet-5 at --quick, 2 rounds."""
+    argv = ["-m", "bench", "gate", "--device", lease.device, "--save", "lease", "--repeat", "1"]
+    argv += ["--storage", str(lease.work / "gate")]
+    return argv + (["--quick", "--model", "lenet5", "--rounds", "2"] if lease.dry_run else ["--model", BASELINE_MODELS])
+
+
+def figure1_argv(lease: Lease) -> list[str]:
+    """Into the work folder's results/, from the committed cells. Dry: the smoke profile, synthetic data."""
+    argv = [STAGES_PY, "study", "--study", "figure1", "--profile", profile_of(lease), "--device", lease.device]
+    argv += ["--out", str(lease.work / "results")]
+    if lease.dry_run:
+        return argv + ["--data", "synthetic"]
+    return argv + ["--seed-from", str(lease.results_from), "--data", str(lease.record.get("data"))]
 
 
 def check_plan(stages: list[Stage], deadline: float, margin: float) -> None:
@@ -487,7 +518,7 @@ def run_lease(lease: Lease, stages: list[Stage], only: set[str] | None, redo: se
 
 def new_record(args, gpu: dict) -> dict:
     started = time.gmtime()
-    data = args.data if args.data and Path(args.data).exists() else None
+    data = data_path(args.data)
     return {
         "lease_id": time.strftime("%Y%m%dT%H%M%SZ", started),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", started),
@@ -501,6 +532,17 @@ def new_record(args, gpu: dict) -> dict:
         "stages": [],
         "running": None,
     }
+
+
+def data_path(given: str | None) -> str | None:
+    """The data archive as an absolute path (relative: to the current folder, else to the repository), or
+    None where it is not there (not carried)."""
+    if not given:
+        return None
+    for path in (Path(given), REPO / given):
+        if path.exists():
+            return str(path.resolve())
+    return None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
