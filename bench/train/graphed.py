@@ -94,6 +94,7 @@ class GraphedStep:
             raise UserError(reason)
         self.model, self.optimizer, self.dtype = model, optimizer, dtype
         self._restore_lrs = capturable_lrs(optimizer, x.device)
+        self._lrs = [g["lr"] for g in optimizer.param_groups]  # the tensors the graph reads
         self.x, self.y = x.clone(), y.clone()  # the graph's input buffers
         # Warm-up trains; the run must start from the weights and momentum it was given, so they are put back.
         before = [t.detach().clone() for t in self._state()]
@@ -160,6 +161,11 @@ class GraphedStep:
             raise RuntimeError("this captured step was released")
         if x.shape != self.x.shape:
             raise ValueError(f"a captured step takes batches of {tuple(self.x.shape)}, got {tuple(x.shape)}")
+        if any(g["lr"] is not t for g, t in zip(self.optimizer.param_groups, self._lrs)):
+            # a scheduler that assigns a float instead of writing the tensor would leave the graph at the old rate
+            raise RuntimeError(
+                "a param group's lr tensor was replaced, not written in place; the captured step cannot see it"
+            )
         self.x.copy_(x, non_blocking=True)
         self.y.copy_(y, non_blocking=True)
         self.graph.replay()
