@@ -116,7 +116,8 @@ def study_named(name: str) -> Study:
 def smoke_row(study: str, data: str, graph: bool, row: dict, seconds: float, cuda: bool) -> dict:
     """A smoke cell's verdict: ok, failed, or (a graphed cell off CUDA) refused as it should be."""
     error = row.get("error")
-    verdict = "ok" if row.get("status") in FINISHED else row["status"] if row.get("status") == "not run" else "failed"
+    status = row.get("status")
+    verdict = "ok" if status in FINISHED else "not run" if status == "not run" else "failed"
     if graph and not cuda and error and "need a CUDA device" in error:
         verdict = "refused"  # the one-line refusal is the expected outcome on a CPU
     keep = ("cell_id", "device", "device_name", "torch", "cuda", "cudnn", "git_commit", "dtype_resolved")
@@ -127,7 +128,7 @@ def smoke_row(study: str, data: str, graph: bool, row: dict, seconds: float, cud
         "data": "synthetic" if data == "synthetic" else "archive",
         "graph": graph,
         "verdict": verdict,
-        "status": row.get("status"),
+        "status": status,
         "error": error,
         "seconds": round(seconds, 2),
         **{k: row.get(k) for k in keep},
@@ -146,13 +147,21 @@ def study_nets(profile: str) -> list[dict]:
         chosen = cells if name == "architectures" else [next((c for c in cells if c.is_baseline), cells[0])]
         for cell in chosen:
             cfg = cell.config
-            key = json.dumps([cfg.model, cfg.knobs], sort_keys=True)
-            if key in seen:
-                continue
-            seen.add(key)
+            knobs = changed_knobs(cfg.model, cfg.knobs)
             mode = "+".join([cfg.dtype if cfg.dtype != "auto" else "bf16", *(["cl"] if cfg.channels_last else [])])
-            nets.append({"model": cfg.model, "knobs": dict(cfg.knobs), "mode": mode, "study": name})
+            key = json.dumps([cfg.model, knobs, mode], sort_keys=True)
+            if key not in seen:  # the same net in the same mode, named by two studies, is measured once
+                seen.add(key)
+                nets.append({"model": cfg.model, "knobs": knobs, "mode": mode, "study": name})
     return nets
+
+
+def changed_knobs(model: str, knobs: dict) -> dict:
+    """The knobs that differ from the model's defaults: a study that spells out a default names the same net."""
+    from bench.models import model_knobs
+
+    defaults = model_knobs(model)
+    return {k: v for k, v in knobs.items() if defaults.get(k, object()) != v}
 
 
 def net_modes(net: dict, cuda: bool) -> list[str]:
@@ -190,7 +199,8 @@ def modes(args: argparse.Namespace) -> int:
     failed = 0
     nets = study_nets(args.profile)[: args.nets or None]
     for net in nets:
-        wanted = net_modes(net, device.type == "cuda")
+        # a net's rows are replaced together (one fp32 baseline): modes measured before are measured again
+        wanted = list(dict.fromkeys(net_modes(net, device.type == "cuda") + modes_in(saved_rows(args.out), net, name)))
         if modes_done(saved_rows(args.out), net, wanted, name, args.quick):
             log.info("modes of %s %s: in the table already", net["model"], format_knobs(net["knobs"]))
             continue
@@ -210,19 +220,27 @@ def modes(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def modes_done(saved: pd.DataFrame, net: dict, wanted: list[str], device_name: str, quick: bool) -> bool:
+def rows_of_net(saved: pd.DataFrame, net: dict, device_name: str, quick: bool | None = None) -> pd.DataFrame:
+    """The table's rows of `net` on this device model (and at `quick`, where given)."""
     from bench.models import format_knobs
 
     if not len(saved) or "mode" not in saved:
-        return False
-    mine = saved[
-        (saved["model"] == net["model"])
-        & (saved["knobs"].fillna("") == format_knobs(net["knobs"]))
-        & (saved["device_name"] == device_name)
-        & (saved["quick"].astype(str) == str(quick))
-        & saved["error"].isna()
-    ]
-    return set(wanted) <= set(mine["mode"])
+        return saved
+    mine = (saved["model"] == net["model"]) & (saved["knobs"].fillna("") == format_knobs(net["knobs"]))
+    mine &= saved["device_name"] == device_name
+    if quick is not None:
+        mine &= saved["quick"].astype(str) == str(quick)
+    return saved[mine]
+
+
+def modes_in(saved: pd.DataFrame, net: dict, device_name: str) -> list[str]:
+    rows = rows_of_net(saved, net, device_name)
+    return list(rows["mode"]) if len(rows) else []
+
+
+def modes_done(saved: pd.DataFrame, net: dict, wanted: list[str], device_name: str, quick: bool) -> bool:
+    rows = rows_of_net(saved, net, device_name, quick)
+    return bool(len(rows)) and set(wanted) <= set(rows.loc[rows["error"].isna(), "mode"])
 
 
 def summary_of(frame: pd.DataFrame, key: str, value: str) -> str:

@@ -298,3 +298,21 @@ def test_a_smoke_check_stopped_at_its_budget_judges_the_cells_that_ran(tmp_path,
 )
 def test_what_a_stages_end_means_for_the_lease(stage, entry, expected):
     assert lease_py.outcome(lease_py.Stage("s", 1.0, **stage), entry) == expected
+
+
+def test_the_speed_stage_measures_each_net_once_and_again_with_the_modes_measured_before():
+    stages = script("lease_stages")
+    nets = stages.study_nets("gpu")
+    named = [(n["model"], tuple(sorted(n["knobs"].items())), n["mode"]) for n in nets]
+    assert len(named) == len(set(named))  # a default spelt out by a study names the same net
+    assert named[0] == ("layers-80sec", (), "bf16+cl")  # Figure 1's net first, in its profile's mode
+    four_layer = nets[0]
+    assert stages.net_modes(four_layer, cuda=True) == ["fp32", "bf16+cl", "graph+bf16+cl", "graph+fp32"]
+    assert stages.net_modes(four_layer, cuda=False) == ["fp32", "bf16+cl"]
+    # the committed H100 table: the four-layer net's modes without graphs; they are measured again beside them
+    h100 = stages.saved_rows(REPO / "results" / "measure" / "modes-cuda.csv")
+    name = "NVIDIA H100 80GB HBM3"
+    assert set(stages.modes_in(h100, four_layer, name)) == {"fp32", "fp32+cl", "bf16", "bf16+cl"}
+    assert stages.modes_done(h100, four_layer, ["fp32", "bf16+cl"], name, quick=False)
+    assert not stages.modes_done(h100, four_layer, ["fp32", "graph+fp32"], name, quick=False)
+    assert not stages.modes_done(h100, four_layer, ["fp32"], "NVIDIA H200", quick=False)
