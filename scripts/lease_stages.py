@@ -371,7 +371,7 @@ def main_parser() -> argparse.ArgumentParser:
     sub.choices["modes"].add_argument("--quick", action="store_true", help="measure's quick settings (a dry run)")
     for name in ("modes", "packs"):
         sub.choices[name].add_argument("--nets", type=int, default=0, help="the first N nets only (0: all)")
-    for option, kind, default in (("--batch-size", int, SPEED_BATCH), ("--rounds", int, 5), ("--round-s", float, 1.0)):
+    for option, kind, default in (("--batch-size", int, SPEED_BATCH), ("--rounds", int, 3), ("--round-s", float, 1.0)):
         sub.choices["packs"].add_argument(option, type=kind, default=default)
     sub.choices["packs"].add_argument("--packs", default="1,2,4,8")
     sub.choices["study"].add_argument("--study", required=True)
