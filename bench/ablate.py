@@ -20,6 +20,7 @@ from bench.sweep.packed import PackedExecutor
 from bench.sweep.runner import check_data, run_study
 from bench.sweep.study import PROFILES, Study, list_studies, load_study
 from bench.train.config import TrainConfig
+from bench.train.loop import check_graph
 from bench.train.result import FINISHED
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,10 @@ def run(args: argparse.Namespace) -> int:
         summary_writer_class()  # a missing package is one line now, not an error row per cell
         check_writable(args.tensorboard, "--tensorboard", folder=True)
     if args.executor == "local":
-        pick_device(args.device)
+        device = pick_device(args.device)
+        for study in studies:  # graph=true on a device that cannot capture: one line, not an error row per cell
+            for cell in study.cells(profile, args.seeds, overrides):
+                check_graph(cell.config, device)
     for study in studies:
         check_data(
             study,

@@ -20,6 +20,7 @@ from torch import nn
 import bench.measure
 import bench.measure.modes
 import bench.measure.table
+import bench.train.graphed
 import bench.train.loop
 from bench.cli import build_parser, main
 from bench.data import load_data
@@ -108,13 +109,13 @@ def test_auto_dtype_on_cuda_is_bf16_only_where_native(monkeypatch):
 def test_training_resolves_auto_once_and_records_it(monkeypatch, synthetic):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     seen = []
-    real_step = bench.train.loop.train_step
+    real_step = bench.train.graphed.train_step  # the loop's steps go through bench.train.graphed.Stepper
 
     def spy(*args, dtype, **kwargs):
         seen.append(dtype)
         return real_step(*args, dtype=dtype, **kwargs)
 
-    monkeypatch.setattr(bench.train.loop, "train_step", spy)
+    monkeypatch.setattr(bench.train.graphed, "train_step", spy)
     result = train(tiny_config(model="lenet5", dtype="auto", epochs=1), synthetic, progress=False)
     assert set(seen) == {"bf16"} and len(seen) == 3  # 30 images, batch 10
     assert result.summary["dtype_resolved"] == "bf16"

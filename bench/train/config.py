@@ -125,6 +125,11 @@ class TrainConfig:
     compile: str = option(
         "off", "torch.compile mode; reduce-overhead adds CUDA graphs on CUDA", choices="bench.train.modes.COMPILE_MODES"
     )
+    graph: bool = option(
+        False,
+        "CUDA: capture the whole training step (forward, loss, backward, SGD) as one CUDA graph and replay it "
+        "for every full batch; an epoch's short last batch runs eagerly (bench.train.graphed)",
+    )
     cudnn_benchmark: bool = option(True, "CUDA: let cuDNN time its convolution algorithms and keep the fastest")
     tf32: bool = option(True, "CUDA: fp32 matmuls and convolutions on TF32 tensor cores (10-bit mantissa)")
     # fine-tuning (bench.train.finetune)
@@ -183,6 +188,8 @@ class TrainConfig:
                 raise UserError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.momentum >= 1:
             raise UserError(f"momentum must be below 1 (the paper's is 0.9), got {self.momentum}")
+        if self.graph:
+            self._check_graph()
         if self.reinit_head and self.init_from is None:
             raise UserError("reinit_head re-initialises the head of loaded weights: it needs init_from (--init-from)")
         for name in ("lr", "weight_decay"):
@@ -202,6 +209,16 @@ class TrainConfig:
                 raise UserError(
                     f"{name} must be from 0 to 2**63-1 (what torch.manual_seed takes), got {getattr(self, name)}"
                 )
+
+    def _check_graph(self) -> None:
+        """What can be known before the device is: graph=true with fp16, a compile mode or device=cpu.
+        An `auto` device that resolves to the CPU is refused when the run starts (`bench.train.graphed`)."""
+        from bench.train.modes import graph_unavailable_reason  # imports torch; see validate
+
+        device = "cuda" if self.device == "auto" else self.device  # auto: known when the run starts
+        reason = graph_unavailable_reason(device, self.dtype, self.compile)
+        if reason is not None:
+            raise UserError(f"graph=true: {reason}")
 
     def _check_types(self) -> None:
         types = field_types(type(self))

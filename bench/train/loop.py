@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from bench.data import Dataset, load_data, parse_augment
 from bench.device import pick_device, synchronize
 from bench.env import environment
+from bench.errors import UserError
 from bench.io import atomic_write_text, write_csv
 from bench.models import create_model
 from bench.train import distributed as ddp
@@ -39,11 +40,12 @@ from bench.train.checkpoint import save_checkpoint
 from bench.train.config import TrainConfig
 from bench.train.dataspec import data_spec
 from bench.train.finetune import apply_finetune, check_fits
+from bench.train.graphed import Stepper, graph_unavailable_reason, lr_value
 from bench.train.hooks import AddToSummary, Callbacks, Hook, Hooks, LrnActivity
 from bench.train.modes import apply_backend_flags, compile_model, resolve_dtype
 from bench.train.result import DIVERGED, OK, RunResult, summarize
 from bench.train.schedule import LrSchedule, check_schedule
-from bench.train.step import autocast, grad_scaler, make_optimizer, train_step
+from bench.train.step import autocast, grad_scaler, make_optimizer
 from bench.train.target import LOG_PER_EPOCH
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,7 @@ def train(
     """
     device = ddp.place(pick_device(cfg.device))  # DDP: the GPU of this process's local rank
     cfg = cfg.replace(dtype=resolve_dtype(device, cfg.dtype))  # `auto` resolved once; all below see the result
+    check_graph(cfg, device)
     data = data if data is not None else load_data(data_spec(cfg))
     check_schedule(cfg.schedule, data.has("val"))
     torch.manual_seed(cfg.seed)  # the weights' initialisation, and dropout's draws while training
@@ -122,6 +125,7 @@ def train(
     net = compile_model(ddp.wrap(model, device), cfg.compile)
     optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.decay)
     scaler = grad_scaler(device, cfg.dtype)
+    stepper = Stepper(net, optimizer, batch_size=cfg.batch_size, dtype=cfg.dtype, scaler=scaler, graph=cfg.graph)
     n_train, steps_per_epoch = data.size("train"), data.num_batches("train", cfg.batch_size)
     ddp.check_split(n_train, cfg.batch_size)  # DDP: every rank needs images in every step
     schedule = LrSchedule(optimizer, cfg, steps_per_epoch)
@@ -137,14 +141,14 @@ def train(
     history, points, status, step, train_seconds = [], [], OK, 0, 0.0  # train_seconds: evaluation left out
     run_start = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
-        lr, running = optimizer.param_groups[0]["lr"], _Running(device)
+        lr, running = lr_value(optimizer.param_groups[0]["lr"]), _Running(device)
         synchronize(device)
         t0 = time.perf_counter()
         bar = _progress_bar(progress, epoch, cfg.epochs, steps_per_epoch)
         batches = data.batches("train", cfg.batch_size, augment=augment, generator=g, shard=shard)
         for i, (x, y) in enumerate(ddp.with_shares(batches, cfg.batch_size, n_train)):  # DDP: weighted gradients
             x = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
-            running.add(*train_step(net, optimizer, x, y, dtype=cfg.dtype, scaler=scaler), len(y))
+            running.add(*stepper(x, y), len(y))
             schedule.after_step(step)
             step += 1
             bar.update()
@@ -175,6 +179,10 @@ def train(
         schedule.after_epoch(step, row)
         if ddp.broadcast_object(hooks.on_epoch_end(row)):  # DDP: rank 0's decision
             break  # a hook has seen enough (e.g. a study's target was reached)
+    # A graphed run gives the optimizer back with float learning rates. (After an exception the
+    # optimizer, this function's own, goes with it.)
+    stepper.close()
+    facts.values.update(stepper.facts())
     result = RunResult(status, history, summarize(history, status, has_val=data.has("val")), model, points)
     hooks.on_end(result)
     return result
@@ -187,6 +195,14 @@ def _scored(split: str, epoch: int, cfg: TrainConfig) -> bool:
     if split == "val" or epoch == cfg.epochs:
         return True
     return cfg.score_every > 0 and epoch % cfg.score_every == 0
+
+
+def check_graph(cfg: TrainConfig, device: torch.device) -> None:
+    """graph=true where the whole step cannot be captured: one line (`UserError`), before anything runs."""
+    if cfg.graph:
+        reason = graph_unavailable_reason(device, cfg.dtype, cfg.compile, ddp.world_size())
+        if reason is not None:
+            raise UserError(f"graph=true: {reason}")
 
 
 def _new_model(cfg: TrainConfig, classes: list[str], device: torch.device) -> nn.Module:
@@ -255,6 +271,7 @@ def run_training(
     """
     out_dir = Path(out_dir)
     device = ddp.place(pick_device(cfg.device))  # an absent device fails before data loading and before any file
+    check_graph(cfg, device)  # so does graph=true where it cannot run
     start = time.perf_counter()
     with ddp.main_first():  # DDP: one process decodes a folder into the cache, the others read it
         data = load_data(data_spec(cfg))

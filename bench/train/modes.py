@@ -12,6 +12,8 @@ Each is a run option recorded with the run (`TrainConfig`'s execution section):
 * `compile`: `torch.compile(model, mode=...)`; `reduce-overhead` also captures CUDA
   graphs on CUDA. Compiled kernels are cached on disk (`compile_cache_dir`) so that
   the next run of the same model skips most of the compile time.
+* `graph`: the whole training step captured as one CUDA graph (`bench.train.graphed`);
+  `graph_unavailable_reason` says where it cannot be.
 """
 
 from __future__ import annotations
@@ -108,3 +110,19 @@ def compile_model(model: nn.Module, mode: str, *, backend: str = "inductor") -> 
     # Modes are inductor's options; another backend (eager, aot_eager) takes none.
     compiled = torch.compile(model, backend=backend, **({"mode": mode} if backend == "inductor" else {}))
     return _NewStep(compiled) if mode == "reduce-overhead" else compiled
+
+
+def graph_unavailable_reason(
+    device: torch.device | str, dtype: str, compile_mode: str = "off", world_size: int = 1
+) -> str | None:
+    """None when the whole step can be captured on `device` in `dtype`, otherwise why not (one line)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return f"whole-step CUDA graphs need a CUDA device, not {device.type}"
+    if dtype == "fp16":
+        return "fp16's loss scaler decides on the host whether to step, which a CUDA graph cannot replay; use bf16"
+    if compile_mode != "off":
+        return f"graph captures the eager step; it does not combine with compile={compile_mode!r} (use compile='off')"
+    if world_size > 1:
+        return "graph is single-process only: DDP's gradient all-reduce is not captured; run without torchrun"
+    return None

@@ -11,11 +11,16 @@ torch's `ReduceLROnPlateau` stepped once per epoch on the validation error;
 the cap is its `min_lr`.
 
 `LrSchedule` is a run's learning rate: both, stepped where the training loop says.
+A param group's lr may be a 0-d tensor on the device (a graphed run,
+`bench.train.graphed.capturable_lrs`): torch's schedulers then write it in place,
+which keeps the address a captured step reads; they do so under no_grad here, since
+that tensor is a leaf that requires grad.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -67,12 +72,16 @@ class LrSchedule:
     def after_step(self, step: int) -> None:
         """`step`: the optimizer steps taken before this one."""
         if self.plateau is None or step < self.warmup:
-            self.per_step.step()
+            with torch.no_grad():  # an lr tensor (graphed run) is written in place
+                self.per_step.step()
 
     def after_epoch(self, step: int, row: dict) -> None:
         """`step`: the optimizer steps taken so far; `row`: the epoch's history row."""
         if self.plateau is not None and step >= self.warmup:
-            self.plateau.step(row["val_top1_err_pct"])
+            with torch.no_grad(), warnings.catch_warnings():
+                # the rule reads a tensor lr with float(), once an epoch: a sync, and a warning that says so
+                warnings.filterwarnings("ignore", "Converting a tensor with requires_grad=True to a scalar")
+                self.plateau.step(row["val_top1_err_pct"])
 
 
 def check_schedule(schedule: str, has_val: bool) -> None:
