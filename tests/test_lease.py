@@ -118,7 +118,9 @@ def test_the_archive_holds_each_stages_log_and_record(dry_run):
     eager = smoke[~smoke["graph"]]
     assert set(eager["data"]) == {"synthetic", "archive"} and (eager["verdict"] == "ok").all()
     assert (smoke.loc[smoke["graph"], "verdict"] == "refused").all()  # graph = true is refused on a CPU, in one line
-    assert "results/figure1/smoke/study.json" in got
+    # figure1's cells come back as far as its few seconds took it (on a loaded machine, perhaps not past
+    # its imports): its folder is in the archive unless the stage spent its whole budget before writing one
+    assert "results/figure1/smoke/study.json" in got or ran[2]["seconds"] >= ran[2]["budget_s"] - 1
 
 
 def dry_lease(tmp: Path, **changes):
