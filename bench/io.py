@@ -141,10 +141,17 @@ def check_writable(path: Path, flag: str, *, folder: bool) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise UserError(f"{flag} {path}: {probe} is a file, not a folder; pass {flag} in a writable folder")
+    why = cannot_create_in(probe)
+    if why is not None:
+        raise UserError(f"{flag} {path}: cannot create anything in {probe} ({why}); pass {flag} in a writable folder")
+
+
+def cannot_create_in(folder: Path) -> str | None:
+    """Why this process cannot create entries in `folder`, or None where it can: tried for real (a
+    folder made and removed at once), because permission bits do not stop root, and /proc or a
+    read-only mount pass them."""
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".bench-write-check-", dir=probe))
+        os.rmdir(tempfile.mkdtemp(prefix=".bench-write-check-", dir=folder))
     except OSError as e:
-        raise UserError(
-            f"{flag} {path}: cannot create anything in {probe} ({e.strerror or type(e).__name__}); "
-            f"pass {flag} in a writable folder"
-        ) from None
+        return e.strerror or type(e).__name__
+    return None

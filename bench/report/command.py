@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from bench.errors import UserError
+from bench.io import cannot_create_in
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_writable(folder: Path) -> None:
     """The report writes beside runs.csv: a folder that takes nothing is one line now, not a traceback later."""
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".bench-write-check-", dir=folder))
-    except OSError as e:
+    why = cannot_create_in(folder)
+    if why is not None:
         raise UserError(
-            f"{folder}: cannot write the report there ({e.strerror or type(e).__name__}); "
-            f"copy the folder somewhere writable and report the copy"
-        ) from None
+            f"{folder}: cannot write the report there ({why}); copy the folder somewhere writable and report the copy"
+        )
