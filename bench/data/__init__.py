@@ -32,9 +32,10 @@ from pathlib import Path
 
 import torch
 
+from bench.cache_dir import default_cache_dir
 from bench.data import splits
 from bench.data.augment import AUGMENTS, PREPROCESS, Normalizer, augment_batch, center_crop, parse_augment
-from bench.data.cache import cached, check_cache_dir, default_cache_dir
+from bench.data.cache import cached, check_cache_dir
 from bench.data.sources import (
     CIFAR10_CLASSES,
     RawData,
