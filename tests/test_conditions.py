@@ -88,6 +88,22 @@ def test_lrn_claim_is_not_tested_where_lrn_is_a_constant_gain():
     assert unknown.verdict == NOT_TESTED and "not recorded" in unknown.note
 
 
+def test_the_lrn_gate_reads_the_most_active_layer():
+    """Two LRN layers, one normalising (5%) and one a constant gain (0.2%): the LRN normalised, so
+    the claim is tested, on any net that carries the claim."""
+    for model in ("alexnet", "cifar-conv-local"):
+        runs = _runs(0.05).assign(cfg_model=model)
+        runs["lrn_norm2_share_mean_final"] = runs["norm"].map({"lrn": 0.002, "none": math.nan})
+        (lrn,) = [a for a in assess(runs, BASE, declared_seeds=[0, 1, 2, 3]) if a.claim.factor == "norm"]
+        assert lrn.verdict == AGREES and "LRN active" in lrn.note and "norm2 0.2%" in lrn.note, model
+
+
+def test_the_cifar_lrn_claim_is_not_tested_where_lrn_is_a_constant_gain():
+    cifar = _runs(0.002).assign(cfg_model="cifar-conv-local")
+    (lrn,) = [a for a in assess(cifar, BASE, declared_seeds=[0, 1, 2, 3]) if a.claim.factor == "norm"]
+    assert lrn.claim.data == "CIFAR-10" and lrn.verdict == f"{NOT_TESTED}: LRN acts as a constant gain"
+
+
 def test_verdicts_use_the_declared_seeds_and_show_the_rest_as_exploratory():
     declared = _by_factor(_runs(), declared_seeds=[0, 1, 2, 3])["norm"]
     assert declared.effect.n == 4 and declared.verdict == AGREES
@@ -162,6 +178,16 @@ def test_the_choice_never_reads_test_columns():
     # and it does read the validation column: change it, and the choice follows
     flipped = grid.assign(best_val_top1_err_pct=-grid["best_val_top1_err_pct"])
     assert choose_lr(flipped, ["norm"], [0, 1]).set_index("norm").loc["lrn", "lr"] != 0.05
+
+
+def test_the_choice_reads_only_the_seeds_it_is_given():
+    """A confirming seed's validation error never joins the rate choice: a seed-2 row favouring
+    another rate (by far) leaves the choice on seeds [0, 1] as it was."""
+    grid = _grid()
+    expected = choose_lr(grid, ["norm"], [0, 1])
+    confirming = grid[(grid["seed"] == 0) & (grid["cfg_lr"] == 0.025)].assign(seed=2, best_val_top1_err_pct=0.0)
+    pd.testing.assert_frame_equal(choose_lr(pd.concat([grid, confirming]), ["norm"], [0, 1]), expected)
+    assert set(choose_lr(pd.concat([grid, confirming]), ["norm"], [2])["lr"]) == {0.025}  # it would have won
 
 
 def test_a_diverged_rate_is_the_worst_and_ties_go_to_the_smaller_rate():

@@ -169,6 +169,15 @@ def test_train_eval_is_a_fixed_stratified_unaugmented_subset_of_train(cifar10_ro
     assert data.provenance["train_eval_images"] == 40
 
 
+def test_train_eval_is_drawn_by_the_data_seed(cifar10_root, cifar10_md5_bypass):
+    """Each data seed draws its own clean-training subset (of the same training images here: no
+    hold-out, no per-class subset), so seeds that follow the data do not share one sample."""
+    a, b = (load_data(cifar_spec(cifar10_root, train_eval_size=40, data_seed=s)) for s in (0, 1))
+    assert torch.equal(a.train_x, b.train_x)  # the same images to draw from
+    assert not torch.equal(a.train_eval_idx, b.train_eval_idx)
+    assert counts(b.train_y[b.train_eval_idx]) == [4] * 10  # still stratified
+
+
 def test_train_eval_is_capped_at_the_train_size_and_can_be_off(cifar10_root, cifar10_md5_bypass):
     data = load_data(cifar_spec(cifar10_root, train_per_class=3))  # default 5,000 > 30
     assert data.size("train_eval") == 30 and data.provenance["train_eval_images"] == 30

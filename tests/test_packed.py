@@ -86,8 +86,13 @@ class _DiesOnTanh:
 
 
 def test_a_dead_worker_is_its_cells_error_row_and_the_others_finish(tmp_path):
+    """The dying cells first: both workers die on their first cell, and only their replacements
+    can run the other two."""
     (tmp_path / "tiny.toml").write_text(TINY)
-    cells = load_study(str(tmp_path / "tiny.toml")).cells("smoke")
+    cells = sorted(
+        load_study(str(tmp_path / "tiny.toml")).cells("smoke"), key=lambda c: c.levels["activation"] != "tanh"
+    )
+    assert [c.levels["activation"] for c in cells] == ["tanh", "tanh", "relu", "relu"]
     rows = [r.row for r in PackedExecutor("cpu", jobs=2).run(cells, _DiesOnTanh())]
     by_id = {r["cell_id"]: r for r in rows}
     assert sorted(by_id) == sorted(c.id for c in cells)  # every cell once: none lost, none twice
