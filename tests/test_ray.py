@@ -131,7 +131,7 @@ def test_ray_cells_have_the_validation_split_and_clean_training_subset(tmp_path)
     assert main([*common, "--out", str(tmp_path / "ray"), "--executor", "ray"]) == 0
     local, remote = (read_runs(tmp_path / where / "tiny" / "smoke") for where in ("local", "ray"))
     assert local["best_val_top1_err_pct"].notna().all() and local["final_train_clean_top1_err_pct"].notna().all()
-    assert (local["val_images"] == 20).all() if "val_images" in local else True
+    assert (local["val_images"] == 20).all() and (local["train_eval_images"] == 12).all()
     columns = [c for c in local.columns if c not in RUN_DEPENDENT and not c.startswith(("measure", "cuda", "device"))]
     assert set(columns) <= set(remote.columns)
     pd.testing.assert_frame_equal(remote[columns], local[columns], check_dtype=False)
