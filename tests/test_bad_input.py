@@ -246,6 +246,9 @@ CASES: dict[str, Case] = {
     "train out in a read-only folder": _train(
         "--out", "{case}/locked/run", needles=("--out", "locked"), setup=_locked, permission_bits=True
     ),
+    "train tensorboard in a read-only folder": _train(
+        "--tensorboard", "{case}/locked/tb", needles=("--tensorboard", "locked"), setup=_locked, permission_bits=True
+    ),
     "train seed overflow": _train("--seed", "99999999999999999999", needles=("seed", "99999999999999999999")),
     "train negative seed": _train("--seed", "-1", needles=("seed", "-1")),
     "train warm-up longer than the run": _train("--warmup-epochs", "5", needles=("warmup_epochs", "5")),

@@ -155,3 +155,31 @@ def test_bad_packs_is_a_one_line_error(packs, capsys):
         main(["measure", "--model", "lenet5", "--packs", packs])
     assert exit_.value.code == 2
     assert "--packs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("jobs", "to_run", "device", "expected", "said"),
+    [
+        (64, 2, "cpu", 2, ["--jobs 64, and 2 cells to run: 2 run at a time (runs.csv packed_cells = 2)"]),
+        (2, 8, "cpu", 2, []),
+        (1, 8, "cpu", 1, []),
+        (64, 8, "cpu", 8, ["--jobs 64, and 8 cells to run: 8 run at a time", "8 cells at once on 2 CPU cores"]),
+    ],
+)
+def test_jobs_records_the_packing_used_and_says_so(monkeypatch, caplog, jobs, to_run, device, expected, said):
+    """`ablate --jobs 64` on 2 cores: never more at once than there are cells to run (runs.csv's
+    packed_cells qualifies each throughput number), and a word on each thing overridden."""
+    import argparse
+    import logging
+
+    from bench import ablate
+
+    monkeypatch.setattr(ablate.os, "cpu_count", lambda: 2)
+    study = argparse.Namespace(name="tiny")
+    args = argparse.Namespace(executor="local", jobs=jobs, device=device)
+    with caplog.at_level(logging.WARNING):
+        assert ablate._jobs(args, study, "smoke", to_run) == expected
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == len(said)
+    for message, needle in zip(messages, said):
+        assert message.startswith("tiny/smoke: ") and needle in message, message

@@ -181,6 +181,31 @@ STUDY_ERRORS = [
     (lambda s: s.replace('["relu", "tanh"]', '["relu", "relu", "tanh"]'), "lists 'relu' twice", True),
     (lambda s: s.replace("[0.01, 0.02]", "[0.01, 0.010, 0.02]"), "lists '0.01' twice", True),
     (lambda s: s.replace("value = 95.0", "value = nan"), "study.target.value=nan is not a finite", True),
+    # issue 35: refused when the file is read, not after a first stage has run
+    (lambda s: s.replace('measure = "none"', 'measure = "none"\nconfirm_seeds = [-1]'), "has seed -1", True),
+    (lambda s: s.replace("seeds = [0]", "seeds = [0, -2]"), "seeds must be from 0 to 2**63-1", True),
+    (
+        lambda s: s.replace("[factors.lr]", "[factors.rate]").replace(
+            'measure = "none"', 'measure = "none"\ntune_lr = [0.01, 0.02]'
+        ),
+        "tune_lr tunes lr, which factor 'rate' of this study already sets",
+        True,
+    ),
+    (
+        lambda s: s.replace('[factors.lr]\nkey = "lr"\nlevels = [0.01, 0.02]\n', "").replace(
+            'measure = "none"',
+            'measure = "none"\nseeds = [0]\nconfirm_seeds = [1]\ntune_lr = [0.01, 0.02]\nval_size = 0',
+        ),
+        "and val_size = 0 leaves no validation split",
+        True,
+    ),
+    (
+        lambda s: s.replace("[base]", "[base]\ndata_seed = 5").replace(
+            'measure = "none"', 'measure = "none"\ndata_follows_seed = true'
+        ),
+        "data_follows_seed draws each cell's data from its seed, so data_seed = 5 would be ignored",
+        True,
+    ),
 ]
 
 
@@ -747,3 +772,25 @@ def test_data_shipped_to_a_ray_task_is_the_data_set_field_by_field():
             assert torch.equal(mine.mean, theirs.mean) and mine.mode == theirs.mode
         else:
             assert mine == theirs, f.name
+
+
+def test_seeds_on_a_two_stage_profile_says_the_second_stage_is_skipped(tmp_path, caplog):
+    """--seeds replaces the profile's seeds and runs them on the whole design: said before anything
+    runs (here the run then stops at an --out it cannot write, so nothing trains)."""
+    two_stage = TINY_STUDY.format(design="factorial", epochs=1).replace(
+        'measure = "none"', 'measure = "none"\nseeds = [0]\nconfirm_seeds = [1, 2]'
+    )
+    path = write_study(tmp_path, text=two_stage)
+    (tmp_path / "a-file").write_text("")
+    argv = ["ablate", "--study", str(path), "--profile", "smoke", "--no-progress", "--out", str(tmp_path / "a-file")]
+    with caplog.at_level(logging.WARNING):
+        assert main([*argv, "--seeds", "0,3"]) == 2
+    (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert said == (
+        "tiny/smoke: --seeds 0,3 runs those seeds on the whole design; the profile's second stage "
+        "(confirm_seeds [1, 2] at the chosen learning rates) is skipped"
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(argv) == 2  # without --seeds: both stages, nothing to say
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
