@@ -393,13 +393,19 @@ def test_ctrl_c_of_the_command_exits_130_every_time_and_leaves_no_ray_process(tm
     assert wait_gone(ray_processes) == []
 
 
+# How long the Ray processes of a killed driver may outlive it: the reaper's passes take at most 10 s
+# (20 of 0.5 s); under two busy loops on 2 cores every process was gone within 1 s of kill -9.
+REAPED_WITHIN = 10.0
+
+
 def test_kill_9_of_the_driver_leaves_no_ray_process(tmp_path):
     """Ray ties its head processes to the driver, but the agents its raylet starts outlived it by
-    minutes: the command's reaper kills every process of its Ray session once the driver is gone."""
+    minutes: the command's reaper kills every process of its Ray session once the driver is gone,
+    within a short, bounded wait."""
     proc, err, folder = start_sweep(tmp_path)
     ray_processes = descendants(proc.pid)
     assert any("ray::" in name or "raylet" in name for name in alive(ray_processes)), alive(ray_processes)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=HANG_GUARD)
-    assert wait_gone(ray_processes) == []
+    assert wait_gone(ray_processes, REAPED_WITHIN) == []
     assert list(folder.glob("cells/*.json")) or len(pd.read_csv(folder / "runs.csv")) >= 1  # the finished cell kept
