@@ -19,29 +19,12 @@ from bench.errors import UserError
 from bench.train.config import TrainConfig, field_choices, option
 from bench.train.flags import add_config_arguments, config_from_args, config_values, flag_of
 from bench.train.result import RunResult
+from tests.tiny import TRAIN_ARGS
 
 REPO = Path(__file__).resolve().parents[1]
 PROG = "python -m bench"
-# Fast settings for a run that gets as far as training.
-TINY = [
-    "--data",
-    "synthetic",
-    "--train-per-class",
-    "2",
-    "--test-per-class",
-    "1",
-    "--val-size",
-    "20",
-    "--epochs",
-    "1",
-    "--batch-size",
-    "10",
-    "--augment",
-    "none",
-    "--device",
-    "cpu",
-    "--no-progress",
-]
+# Fast settings for a run that gets as far as training (tests/tiny.py), with a validation split.
+TINY = [*TRAIN_ARGS, "--val-size", "20"]
 
 
 def run_bench(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess:

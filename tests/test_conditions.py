@@ -16,7 +16,7 @@ from bench.models.lrn import LocalResponseNorm, data_share, lrn_activity
 from bench.report.claims import NOT_TESTED, assess
 from bench.report.verdict import AGREES, NOT_RESOLVABLE
 from bench.sweep.study import Study, load_study
-from tests.test_sweep import TINY_STUDY, write_study
+from tests.test_sweep import sweep_study, write_study
 
 # --- LRN activity --------------------------------------------------------------------------
 
@@ -200,13 +200,7 @@ def test_a_diverged_rate_is_the_worst_and_ties_go_to_the_smaller_rate():
     assert set(grid[mask]["cfg_lr"]) == {0.025, 0.05} and mask.sum() == 4
 
 
-TUNED = TINY_STUDY.replace(
-    """[factors.lr]
-key = "lr"
-levels = [0.01, 0.02]
-""",
-    "",
-).replace(
+TUNED = sweep_study(epochs=1, lr=None).replace(
     'measure = "none"',
     'measure = "none"\nseeds = [0]\nconfirm_seeds = [1]\ntune_lr = [0.005, 0.01, 0.02]\ndata_follows_seed = true',
 )
@@ -215,7 +209,7 @@ levels = [0.01, 0.02]
 def test_a_tuned_sweep_confirms_each_arm_at_its_validation_choice(tmp_path):
     from bench.sweep.runner import run_study
 
-    study = load_study(str(write_study(tmp_path, text=TUNED.format(design="factorial", epochs=1))))
+    study = load_study(str(write_study(tmp_path, text=TUNED)))
     runs = run_study(study, "smoke", out_root=tmp_path / "out", progress=False)
     grid, confirming = runs[runs["seed"] == 0], runs[runs["seed"] == 1]
     assert len(grid) == 6 and sorted(grid["cfg_lr"].unique()) == [0.005, 0.01, 0.02]
@@ -230,7 +224,7 @@ def test_subsets_follow_the_seed_and_are_shared_within_it(tmp_path):
     from bench.data import load_data
     from bench.train.dataspec import data_spec
 
-    study = Study.read(write_study(tmp_path, text=TUNED.format(design="factorial", epochs=1)))
+    study = Study.read(write_study(tmp_path, text=TUNED))
     cells = study.cells("smoke", seeds=[0, 1])
     data = {}
     for c in cells:

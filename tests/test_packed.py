@@ -22,30 +22,8 @@ from bench.sweep.packed import PackedExecutor
 from bench.sweep.runner import CellResult
 from bench.sweep.study import load_study
 
-TINY = """
-[study]
-name = "tiny"
-design = "factorial"
-seeds = [0, 1]
-
-[base]
-model = "layers-80sec"
-data = "synthetic"
-train_per_class = 8
-test_per_class = 4
-batch_size = 8
-epochs = 2
-augment = "none"
-val_size = 20
-train_eval_size = 12
-
-[factors.activation]
-key = "knobs.activation"
-levels = ["relu", "tanh"]
-
-[profiles.smoke]
-measure = "none"
-"""
+# Two seeds, two activations; a validation split and a clean-training subset, so packed rows carry both.
+TINY = dict(seeds=[0, 1], train_per_class=8, test_per_class=4, batch_size=8, epochs=2, val_size=20, train_eval_size=12)
 
 # Columns that differ between two runs of the same cell for reasons other than its numbers.
 RUN_DEPENDENT = ("wall_seconds", "finished_at", "train_seconds", "median_train_images_per_s", "hostname", "git_commit")
@@ -55,8 +33,8 @@ def read_runs(folder: Path) -> pd.DataFrame:
     return pd.read_csv(folder / "runs.csv", dtype={"cell_id": str}).set_index("cell_id").sort_index()
 
 
-def test_packed_cells_write_the_same_rows_as_one_at_a_time(tmp_path):
-    (tmp_path / "tiny.toml").write_text(TINY)
+def test_packed_cells_write_the_same_rows_as_one_at_a_time(tmp_path, tiny_study_file):
+    tiny_study_file(**TINY)
     common = ["ablate", "--study", str(tmp_path / "tiny.toml"), "--profile", "smoke", "--no-progress", "--no-report"]
     assert main([*common, "--out", str(tmp_path / "alone")]) == 0
     assert main([*common, "--out", str(tmp_path / "packed"), "--jobs", "2"]) == 0
@@ -85,10 +63,10 @@ class _DiesOnTanh:
         return CellResult({"cell_id": cell.id, "status": status, "error": message}, [])
 
 
-def test_a_dead_worker_is_its_cells_error_row_and_the_others_finish(tmp_path):
+def test_a_dead_worker_is_its_cells_error_row_and_the_others_finish(tmp_path, tiny_study_file):
     """The dying cells first: both workers die on their first cell, and only their replacements
     can run the other two."""
-    (tmp_path / "tiny.toml").write_text(TINY)
+    tiny_study_file(**TINY)
     cells = sorted(
         load_study(str(tmp_path / "tiny.toml")).cells("smoke"), key=lambda c: c.levels["activation"] != "tanh"
     )
@@ -111,8 +89,8 @@ def test_packed_cells_share_the_threads(jobs, threads, each):
 
 
 @pytest.mark.parametrize("argv", [["--jobs", "0"], ["--jobs", "two"], ["--jobs", "2", "--executor", "ray"]])
-def test_bad_jobs_is_a_one_line_error(tmp_path, argv, capsys):
-    (tmp_path / "tiny.toml").write_text(TINY)
+def test_bad_jobs_is_a_one_line_error(tmp_path, tiny_study_file, argv, capsys):
+    tiny_study_file(**TINY)
     with pytest.raises(SystemExit) as exit_:
         code = main(
             ["ablate", "--study", str(tmp_path / "tiny.toml"), "--profile", "smoke", "--out", str(tmp_path), *argv]

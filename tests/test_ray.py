@@ -25,50 +25,33 @@ from bench.errors import UserError
 from bench.sweep.ray_executor import CRASH_HOOK, RayExecutor
 from bench.sweep.runner import run_study
 from bench.sweep.study import load_study
+from tests.tiny import ACTIVATION, study_toml
 
 REPO = Path(__file__).resolve().parents[1]
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'alexnet-bench[ray]' (CI installs it)")
 
-TINY = """
-[study]
-name = "tiny"
-design = "factorial"
-seeds = [0]
 
-[base]
-model = "layers-80sec"
-data = "synthetic"
-train_per_class = {train}
-test_per_class = {test}
-batch_size = 8
-epochs = 1
-augment = "none"
-val_size = {val}
-train_eval_size = {train_eval}
-
-[factors.activation]
-key = "knobs.activation"
-levels = ["relu", "tanh"]
-
-[factors.lr]
-key = "lr"
-levels = [0.01, 0.02]
-
-[profiles.smoke]
-measure = "none"
-"""
+def ray_study(
+    train: int = 8, test: int = 4, val: int = 0, train_eval: int = 5000, factors=None, lr=(0.01, 0.02)
+) -> str:
+    """The tiny study (tests/tiny.py) at these sizes per class, batch 8, factors activation and lr."""
+    return study_toml(
+        train_per_class=train,
+        test_per_class=test,
+        batch_size=8,
+        val_size=val,
+        train_eval_size=train_eval,
+        factors=factors,
+        lr=lr,
+    )
 
 
 def short_and_long_cells() -> str:
-    """TINY with a first factor `epochs` of 1 and 3,000 in place of `lr`: the two short cells run
+    """The tiny study with a first factor `epochs` of 1 and 3,000 in place of `lr`: the two short cells run
     first and finish in seconds, the long ones take minutes on an idle machine and hours on a busy
     one. An interrupt sent once a cell is recorded so always lands while cells still run, however
     loaded the machine (with 30 epochs for all four, two busy loops let the sweep finish first)."""
-    text = TINY.format(train=8, test=4, val=0, train_eval=5000)
-    text = text.replace('\n[factors.lr]\nkey = "lr"\nlevels = [0.01, 0.02]\n', "")
-    return text.replace(
-        "[factors.activation]", '[factors.epochs]\nkey = "epochs"\nlevels = [1, 3000]\n\n[factors.activation]'
-    )
+    return ray_study(factors={"epochs": ("epochs", [1, 3000]), **ACTIVATION}, lr=None)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -81,7 +64,7 @@ def ray_runtime():
 
 def tiny_study(tmp_path: Path, train: int = 8, test: int = 4, val: int = 0, train_eval: int = 5000):
     path = tmp_path / "tiny.toml"
-    path.write_text(TINY.format(train=train, test=test, val=val, train_eval=train_eval))
+    path.write_text(ray_study(train, test, val, train_eval))
     return load_study(str(path))
 
 

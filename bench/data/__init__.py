@@ -294,19 +294,13 @@ def _check_spec(spec: DataSpec) -> None:
 
 
 def _default_val_size(spec: DataSpec, raw: RawData, classes: list[str]) -> int:
-    """The validation split when none was given, said once: a tenth of the full training split, at
-    most 5,000, and never all of a class's images (a class of one image keeps it for training)."""
+    """The validation split when none was given: a tenth of the full training split, at most 5,000,
+    and never all of a class's images (a class of one image keeps it for training)."""
     n = len(raw.train_y)
     if spec.kind() == "synthetic":  # made on top of the training images asked for: that many again
         size = _synthetic_val(spec, _synthetic_train(spec, len(classes)), len(classes))
     else:
         size = splits.largest_hold_out(splits.class_counts(raw.train_y, len(classes)), auto_val_size(n))
-    log.info(
-        "validation split: %d of the %d training images (the default: a tenth, at most %d; --val-size to change)",
-        size,
-        n,
-        AUTO_VAL_MAX,
-    )
     return size
 
 
@@ -360,4 +354,11 @@ def load_data(spec: DataSpec, cache_dir: Path | None | str = "default") -> Datas
         train_eval_images=len(train_eval),
         conversion=raw.conversion,
     )
+    if spec.val_size is None:  # said once the data set is whole: a refused one says only why
+        log.info(
+            "validation split: %d of the %d training images (the default: a tenth, at most %d; --val-size to change)",
+            val_size,
+            len(raw.train_y),
+            AUTO_VAL_MAX,
+        )
     return Dataset(trx, try_, tex, tey, classes, norm, prov, vax, vay, train_eval, crop)
