@@ -17,9 +17,9 @@ into an `error` row naming the exit code, and a new worker takes its place.
 Ctrl-C stops the workers; cells already yielded are the caller's, and the sweep
 merges them as it does for any executor.
 
-Timing caveat, recorded in every row (`packed_cells`): the throughput a cell
-measures while others run beside it is its share of the device, not the device's
-speed for that model alone.
+Timing caveat, recorded in every row (`packed_cells`: the cells run at once, N or
+the fewer there were to run): the throughput a cell measures while others run
+beside it is its share of the device, not the device's speed for that model alone.
 """
 
 from __future__ import annotations
