@@ -266,10 +266,12 @@ def _profile_resources(study, profile: str) -> dict:
 def _jobs(args: argparse.Namespace, study, profile: str, to_run: int) -> int:
     """The cells of `study` that run at once under --jobs: no more than it has to run (what
     runs.csv's packed_cells then records), said where that is fewer than asked; and a word where
-    more run at once on the CPU than it has cores."""
+    more run at once on the CPU than it has cores. A two-stage profile's second stage is not known
+    yet: each stage's cells are capped as they start (`PackedExecutor.run`)."""
     if args.executor != "local" or args.jobs == 1:
         return 1
-    jobs = max(1, min(args.jobs, to_run))
+    two_stage = args.seeds is None and bool(study.confirm_seeds(profile))
+    jobs = args.jobs if two_stage or not to_run else min(args.jobs, to_run)
     if jobs < args.jobs and to_run:
         log.warning(
             "%s/%s: --jobs %d, and %d cells to run: %d run at a time (runs.csv packed_cells = %d)",

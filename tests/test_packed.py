@@ -136,15 +136,16 @@ def test_bad_packs_is_a_one_line_error(packs, capsys):
 
 
 @pytest.mark.parametrize(
-    ("jobs", "to_run", "device", "expected", "said"),
+    ("jobs", "to_run", "confirm", "expected", "said"),
     [
-        (64, 2, "cpu", 2, ["--jobs 64, and 2 cells to run: 2 run at a time (runs.csv packed_cells = 2)"]),
-        (2, 8, "cpu", 2, []),
-        (1, 8, "cpu", 1, []),
-        (64, 8, "cpu", 8, ["--jobs 64, and 8 cells to run: 8 run at a time", "8 cells at once on 2 CPU cores"]),
+        (64, 2, [], 2, ["--jobs 64, and 2 cells to run: 2 run at a time (runs.csv packed_cells = 2)"]),
+        (2, 8, [], 2, []),
+        (1, 8, [], 1, []),
+        (64, 8, [], 8, ["--jobs 64, and 8 cells to run: 8 run at a time", "8 cells at once on 2 CPU cores"]),
+        (4, 2, [1, 2], 4, ["4 cells at once on 2 CPU cores"]),  # two stages: each capped as it starts
     ],
 )
-def test_jobs_records_the_packing_used_and_says_so(monkeypatch, caplog, jobs, to_run, device, expected, said):
+def test_jobs_records_the_packing_used_and_says_so(monkeypatch, caplog, jobs, to_run, confirm, expected, said):
     """`ablate --jobs 64` on 2 cores: never more at once than there are cells to run (runs.csv's
     packed_cells qualifies each throughput number), and a word on each thing overridden."""
     import argparse
@@ -153,8 +154,8 @@ def test_jobs_records_the_packing_used_and_says_so(monkeypatch, caplog, jobs, to
     from bench import ablate
 
     monkeypatch.setattr(ablate.os, "cpu_count", lambda: 2)
-    study = argparse.Namespace(name="tiny")
-    args = argparse.Namespace(executor="local", jobs=jobs, device=device)
+    study = argparse.Namespace(name="tiny", confirm_seeds=lambda profile: confirm)
+    args = argparse.Namespace(executor="local", jobs=jobs, device="cpu", seeds=None)
     with caplog.at_level(logging.WARNING):
         assert ablate._jobs(args, study, "smoke", to_run) == expected
     messages = [r.getMessage() for r in caplog.records]
