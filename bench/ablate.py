@@ -179,6 +179,15 @@ def run(args: argparse.Namespace) -> int:
     for study in studies:
         study.cells(profile, args.seeds, overrides)  # a missing profile fails before anything runs
         _profile_resources(study, profile)
+        if args.seeds is not None and study.confirm_seeds(profile):
+            log.warning(
+                "%s/%s: --seeds %s runs those seeds on the whole design; the profile's second stage "
+                "(confirm_seeds %s at the chosen learning rates) is skipped",
+                study.name,
+                profile,
+                ",".join(map(str, args.seeds)),
+                study.confirm_seeds(profile),
+            )
     if args.executor == "local":
         given = [o for o in RAY_OPTIONS if getattr(args, o) is not None]
         if given:
@@ -187,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--jobs applies to --executor local only; Ray places cells by --gpus-per-cell/--cpus-per-cell")
     else:
         for study in studies:  # a missing extra, an unreachable cluster, cells no node could run: now
-            _executor(args, study, profile).check()
+            _executor(args, study, profile, 1).check()
     if args.data and args.data not in ("cifar10", "synthetic"):
         check_folder(Path(args.data).expanduser())
     # Before any folder is made or locked: where results go, the device, every unfinished cell's data.
@@ -202,8 +211,8 @@ def run(args: argparse.Namespace) -> int:
         for study in studies:  # graph=true on a device that cannot capture: one line, not an error row per cell
             for cell in study.cells(profile, args.seeds, overrides):
                 check_graph(cell.config, device)
-    for study in studies:
-        check_data(
+    to_run = {
+        study.name: check_data(
             study,
             profile,
             out_root=args.out,
@@ -211,6 +220,9 @@ def run(args: argparse.Namespace) -> int:
             overrides=overrides,
             keep=args.executor == "local" and args.jobs == 1,
         )
+        for study in studies
+    }
+    jobs = {study.name: _jobs(args, study, profile, to_run[study.name]) for study in studies}
     status = 0
     for study in studies:
         start = time.perf_counter()
@@ -221,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
             seeds=args.seeds,
             overrides=overrides,
             device=args.device,
-            executor=_executor(args, study, profile),
+            executor=_executor(args, study, profile, jobs[study.name]),
             progress=not args.no_progress,
             tensorboard=str(args.tensorboard) if args.tensorboard else None,
             choose_confirming=chosen_combinations,
@@ -255,11 +267,43 @@ def _profile_resources(study, profile: str) -> dict:
     return found
 
 
-def _executor(args: argparse.Namespace, study, profile: str):
-    """None for the runner's local executor (a PackedExecutor for --jobs N); a RayExecutor with the
-    CLI's, else the profile's, resources."""
+def _jobs(args: argparse.Namespace, study, profile: str, to_run: int) -> int:
+    """The cells of `study` that run at once under --jobs: no more than it has to run (what
+    runs.csv's packed_cells then records), said where that is fewer than asked; and a word where
+    more run at once on the CPU than it has cores. A two-stage profile's second stage is not known
+    yet: each stage's cells are capped as they start (`PackedExecutor.run`)."""
+    if args.executor != "local" or args.jobs == 1:
+        return 1
+    two_stage = args.seeds is None and bool(study.confirm_seeds(profile))
+    jobs = args.jobs if two_stage or not to_run else min(args.jobs, to_run)
+    if jobs < args.jobs and to_run:
+        log.warning(
+            "%s/%s: --jobs %d, and %d cells to run: %d run at a time (runs.csv packed_cells = %d)",
+            study.name,
+            profile,
+            args.jobs,
+            to_run,
+            jobs,
+            jobs,
+        )
+    cores = os.cpu_count() or 1
+    if jobs > cores and pick_device(args.device).type == "cpu":
+        log.warning(
+            "%s/%s: %d cells at once on %d CPU cores: they take turns on the cores, one thread each, and each "
+            "cell's measured throughput is its share of them",
+            study.name,
+            profile,
+            jobs,
+            cores,
+        )
+    return jobs
+
+
+def _executor(args: argparse.Namespace, study, profile: str, jobs: int):
+    """None for the runner's local executor (a PackedExecutor for `jobs` at once); a RayExecutor with
+    the CLI's, else the profile's, resources."""
     if args.executor == "local":
-        return PackedExecutor(args.device, args.jobs) if args.jobs > 1 else None
+        return PackedExecutor(args.device, jobs) if jobs > 1 else None
     from bench.sweep.ray_executor import RayExecutor  # here: ray is an optional extra
 
     per_cell = {

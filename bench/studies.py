@@ -65,7 +65,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from bench.errors import UserError
-from bench.train.config import TrainConfig  # a plain dataclass: importing it imports no torch
+from bench.train.config import MAX_SEED, TrainConfig  # a plain dataclass: importing it imports no torch
 
 PROFILES = ("smoke", "cpu", "cpu-full", "gpu")
 DESIGNS = ("one-at-a-time", "factorial")
@@ -163,7 +163,7 @@ class StudyFile:
             _check_profile(path, pname, prof, factors)
             _check_only_keeps_baselines(path, pname, prof, factors, design)
             _check_confirm(path, pname, prof, factors, target, seeds)
-        return cls(
+        study = cls(
             _study_name(path, meta),
             path,
             meta.get("description", ""),
@@ -175,6 +175,9 @@ class StudyFile:
             target,
             exclude,
         )
+        for pname in profiles:
+            _check_resolved(study, pname)
+        return study
 
     def levels(self, factor: str) -> list[str]:
         return list(self.factors[factor]["levels"])
@@ -426,6 +429,12 @@ def _target(path: Path, target) -> dict | None:
 def _check_seeds(path: Path, where: str, seeds) -> None:
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
         raise UserError(f"{path}: {where} must be a non-empty list of integers, got {seeds!r}")
+    out_of_range = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if out_of_range:  # now, not when a later stage makes its cells
+        raise UserError(
+            f"{path}: {where} has seed {out_of_range[0]}; seeds must be from 0 to 2**63-1 "
+            f"(what torch.manual_seed takes), got {seeds!r}"
+        )
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:
         raise UserError(
@@ -515,8 +524,14 @@ def _check_profile(path: Path, pname: str, prof, factors: dict) -> None:
             )
         if len(set(grid)) != len(grid):
             raise UserError(f"{path}: profiles.{pname}.tune_lr repeats a rate ({grid!r}); list each rate once")
-        if "lr" in factors:
-            raise UserError(f"{path}: profiles.{pname}.tune_lr tunes lr, which is already a factor of this study")
+        setting_lr = [
+            f for f, spec in factors.items() if f == "lr" or any("lr" in ov for ov in spec["levels"].values())
+        ]
+        if setting_lr:
+            raise UserError(
+                f"{path}: profiles.{pname}.tune_lr tunes lr, which factor {setting_lr[0]!r} of this study already "
+                f"sets; drop tune_lr, or the lr from that factor's levels"
+            )
     if not isinstance(prof.get("data_follows_seed", False), bool):
         raise UserError(f"{path}: profiles.{pname}.data_follows_seed must be true or false")
     _check_levels(path, f"profiles.{pname}.only", factors, prof["only"])
@@ -529,6 +544,25 @@ def _check_profile(path: Path, pname: str, prof, factors: dict) -> None:
                     f"{path}: profiles.{pname}.levels.{fname}.{lname}: no such level; levels: {', '.join(factors[fname]['levels'])}"
                 )
             _check_overrides(path, f"profiles.{pname}.levels.{fname}.{lname}.", ov)
+
+
+def _check_resolved(study: StudyFile, pname: str) -> None:
+    """What only a cell's merged settings show: a rate chosen on validation error needs a validation
+    split; `data_follows_seed` sets every cell's data_seed, so one given too would be ignored."""
+    prof = study.profiles[pname]
+    for combo in study.combinations(pname):
+        settings = study.settings(combo, pname)
+        if "tune_lr" in prof and settings.get("val_size") == 0:
+            raise UserError(
+                f"{study.path}: profiles.{pname}.tune_lr chooses each arm's learning rate on the validation "
+                f"error, and val_size = 0 leaves no validation split; set val_size above 0 (e.g. 1000), "
+                f"or drop tune_lr"
+            )
+        if prof.get("data_follows_seed") and "data_seed" in settings:
+            raise UserError(
+                f"{study.path}: profiles.{pname}.data_follows_seed draws each cell's data from its seed, so "
+                f"data_seed = {settings['data_seed']!r} would be ignored; drop one of the two"
+            )
 
 
 def _check_confirm(path: Path, pname: str, prof: dict, factors: dict, target: dict | None, seeds: list[int]) -> None:

@@ -47,33 +47,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout: its bench and tests
+from tests.tiny import CHECKPOINT_EDITS, TRAIN_ARGS, cli_env, study_toml
+
 REPO = Path(__file__).resolve().parents[1]
 TOKEN_VAR = "PROBE_INPUTS_TOKEN"  # marks every process a case starts, Ray's included
-# the smoke-sized `train` of tests/test_bad_input.py: 2 training and 1 test image per class
-TINY = "--data synthetic --train-per-class 2 --test-per-class 1 --epochs 1 --batch-size 10 --augment none".split()
-CPU = ["--device", "cpu", "--no-progress"]
-STUDY = """
-[study]
-name = "tiny"
-design = "factorial"
-seeds = [0]
-
-[base]
-model = "layers-80sec"
-data = "synthetic"
-train_per_class = 2
-test_per_class = 1
-batch_size = 10
-epochs = 1
-augment = "none"
-
-[factors.activation]
-key = "knobs.activation"
-levels = ["relu", "tanh"]
-
-[profiles.smoke]
-measure = "none"
-"""
+# The tiny inputs are the tests' own (tests/tiny.py): the smoke-sized `train` options (2 training and
+# 1 test image per class, one epoch, on the CPU), the tiny study, the edited checkpoints, and the
+# environment a command runs in.
+TINY = TRAIN_ARGS
+STUDY = study_toml()
 SWEPT = Path("tiny/smoke")  # where the tiny study's tables land under --out
 
 
@@ -85,18 +68,7 @@ class Skip(Exception):
 
 
 def case_env(cache: Path, token: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BENCH_", "RAY_"))}
-    env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-        BENCH_CACHE=str(cache),
-        BENCH_GATE_STORAGE=str(cache / "gate"),  # never the checkout's .benchmarks
-        OMP_NUM_THREADS="1",
-        # a download fails at once, network or not: nothing listens on port 9
-        https_proxy="http://127.0.0.1:9",
-        HTTPS_PROXY="http://127.0.0.1:9",
-        http_proxy="http://127.0.0.1:9",
-        HTTP_PROXY="http://127.0.0.1:9",
-    )
+    env = cli_env(cache)
     env[TOKEN_VAR] = token
     return env
 
@@ -226,7 +198,7 @@ class Shared:
 
     def run(self) -> Path:
         """A run folder of one tiny model, trained as `train` does."""
-        return self._make("run", ["train", *TINY, *CPU, "--out", "run"], self.folder / "run" / "checkpoint.pt").parent
+        return self._make("run", ["train", *TINY, "--out", "run"], self.folder / "run" / "checkpoint.pt").parent
 
     def swept(self) -> Path:
         """results/tiny/smoke as a sweep of the tiny study leaves it (2 cells)."""
@@ -523,7 +495,7 @@ def huge_png(ctx: Ctx) -> None:
 
 GRAY16 = 64 * 257  # the 16-bit value of 8-bit grey 64
 GRAY_PNGS = ("g16.png", "g8.png", "white8.png")
-GRAY_TRAIN = [*"--epochs 1 --batch-size 4 --augment none --val-size 0".split(), *CPU]
+GRAY_TRAIN = "--epochs 1 --batch-size 4 --augment none --val-size 0 --device cpu --no-progress".split()
 JSON_ALL = ["--json", "--topk", "10", "--device", "cpu"]  # every class's probability
 
 
@@ -596,23 +568,9 @@ def checkpoint(edit: Callable[[dict], None] | None = None, text: str | None = No
     return setup
 
 
-def _dropped(raw: dict) -> None:
-    raw["state_dict"].pop(next(iter(raw["state_dict"])))
-
-
-def _reshaped(raw: dict) -> None:
-    name = next(iter(raw["state_dict"]))
-    raw["state_dict"][name] = raw["state_dict"][name].flatten()
-
-
+# tests/tiny.py's edits: "a text file" is the file's new text, the others edit what torch.load gives
 EDITS: dict[str, dict] = {
-    "a text file": {"text": "weights: see the other file\n"},
-    "wrong class count": {"edit": lambda raw: raw.update(classes=raw["classes"][:5])},
-    "a dropped weight": {"edit": _dropped},
-    "a reshaped weight": {"edit": _reshaped},
-    "missing model name": {"edit": lambda raw: raw["model"].pop("name")},
-    'input size "big"': {"edit": lambda raw: raw["model"].update(input_size="big")},
-    'normalisation "zca"': {"edit": lambda raw: raw["normalization"].update(mode="zca")},
+    what: {"text": edit} if isinstance(edit, str) else {"edit": edit} for what, edit in CHECKPOINT_EDITS.items()
 }
 
 
@@ -732,7 +690,7 @@ def cases() -> list[Case]:
         Case("report: runs.csv without a status column", fixed("report", "results/tiny/smoke"), runs_without_status),
         Case(
             "train --out on a full disk (256 KB tmpfs)",
-            fixed("train", *TINY, *CPU, "--out", "{case}/disk/run"),
+            fixed("train", *TINY, "--out", "{case}/disk/run"),
             full_disk,
             check_no_partial_run,
         ),

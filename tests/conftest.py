@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny data sets written into tmp_path, and an isolated cache.
+"""Shared fixtures: tiny data sets and study files written into tmp_path (the study files from
+tests/tiny.py, which also holds the tiny configuration and command line), and an isolated cache.
 
 Nothing here touches the network, ~/.cache or the project's results/ folder.
 """
@@ -15,6 +16,8 @@ import pytest
 import torch
 from permissions import obey_permission_bits
 from PIL import Image
+
+from tests import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,6 +62,22 @@ def bench_cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("BENCH_DATA", raising=False)
     monkeypatch.delenv("BENCH_DATA_ROOT", raising=False)
     return cache
+
+
+# --- tiny study files (tests/tiny.py) -----------------------------------------------------
+
+
+@pytest.fixture
+def tiny_study_file(tmp_path):
+    """A factory: `tiny_study_file(**kwargs)` writes `tiny.study_toml(**kwargs)` to tmp_path/tiny.toml
+    (another name with `name_=`) and returns the path."""
+
+    def write(name_: str = "tiny.toml", **kwargs) -> Path:
+        path = tmp_path / name_
+        path.write_text(tiny.study_toml(**kwargs))
+        return path
+
+    return write
 
 
 # --- official-format CIFAR-10 ------------------------------------------------------

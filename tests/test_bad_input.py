@@ -28,49 +28,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.tiny import CHECKPOINT_EDITS, TRAIN_ARGS, cli_env, study_toml
+
 REPO = Path(__file__).resolve().parents[1]
 PROG = "python -m bench"
 NOWHERE = "/proc/bench-nowhere"  # no one, root included, can create anything under /proc
-TINY = [
-    "--data",
-    "synthetic",
-    "--train-per-class",
-    "2",
-    "--test-per-class",
-    "1",
-    "--epochs",
-    "1",
-    "--batch-size",
-    "10",
-    "--augment",
-    "none",
-    "--device",
-    "cpu",
-    "--no-progress",
-]
+TINY = TRAIN_ARGS  # tests/tiny.py: 2 training and 1 test synthetic image per class, one epoch
 QUICK_MEASURE = ["--model", "lenet5", "--quick", "--device", "cpu"]
-STUDY = """
-[study]
-name = "tiny"
-design = "factorial"
-seeds = [0]
-
-[base]
-model = "layers-80sec"
-data = "synthetic"
-train_per_class = 2
-test_per_class = 1
-batch_size = 10
-epochs = 1
-augment = "none"
-
-[factors.activation]
-key = "knobs.activation"
-levels = ["relu", "tanh"]
-
-[profiles.smoke]
-measure = "none"
-"""
+STUDY = study_toml()  # tests/tiny.py: the tiny net, factor activation, a smoke profile
 ABLATE = ["--study", "{shared}/tiny.toml", "--profile", "smoke", "--no-progress", "--no-report"]
 # runs.csv as a sweep writes it (levels between cell_id and is_baseline; status mid-row), two cells
 RUNS_HEADER = (
@@ -194,11 +159,6 @@ def _both(*setups: Callable[[Path], None]) -> Callable[[Path], None]:
     return setup
 
 
-def _reshape_first_weight(raw: dict) -> None:
-    name = next(iter(raw["state_dict"]))
-    raw["state_dict"][name] = raw["state_dict"][name].flatten()
-
-
 def _predict(setup, needles, *args: str) -> Case:
     return Case(["predict", "run", "{shared}/good/test/cat/0000.png", "--device", "cpu", *args], needles, setup)
 
@@ -245,6 +205,9 @@ CASES: dict[str, Case] = {
     ),
     "train out in a read-only folder": _train(
         "--out", "{case}/locked/run", needles=("--out", "locked"), setup=_locked, permission_bits=True
+    ),
+    "train tensorboard in a read-only folder": _train(
+        "--tensorboard", "{case}/locked/tb", needles=("--tensorboard", "locked"), setup=_locked, permission_bits=True
     ),
     "train seed overflow": _train("--seed", "99999999999999999999", needles=("seed", "99999999999999999999")),
     "train negative seed": _train("--seed", "-1", needles=("seed", "-1")),
@@ -467,40 +430,40 @@ CASES: dict[str, Case] = {
     ),
     # --- predict and evaluate: a checkpoint edited by hand ---
     "predict a text file as the checkpoint": _predict(
-        _write(Path("work/run/checkpoint.pt"), "weights: see the other file\n"),
+        _write(Path("work/run/checkpoint.pt"), CHECKPOINT_EDITS["a text file"]),
         ("run/checkpoint.pt", "not a PyTorch checkpoint", "b'weights: see the'"),
     ),
     "predict checkpoint with a wrong class count": _predict(
-        _checkpoint(lambda raw: raw.update(classes=raw["classes"][:5])),
+        _checkpoint(CHECKPOINT_EDITS["wrong class count"]),
         ("run/checkpoint.pt", "5 class names", "10 outputs"),
     ),
     "predict checkpoint with a dropped weight": _predict(
-        _checkpoint(lambda raw: raw["state_dict"].pop("features.0.weight")),
+        _checkpoint(CHECKPOINT_EDITS["a dropped weight"]),  # the first: features.0.weight
         ("run/checkpoint.pt", "do not fit layers-80sec", "no features.0.weight"),
     ),
     "predict checkpoint with a reshaped weight": _predict(
-        _checkpoint(_reshape_first_weight),
+        _checkpoint(CHECKPOINT_EDITS["a reshaped weight"]),
         ("run/checkpoint.pt", "features.0.weight is [2400] in the checkpoint, [32, 3, 5, 5] in the model"),
     ),
     "predict checkpoint without a model name": _predict(
-        _checkpoint(lambda raw: raw["model"].pop("name")), ("run/checkpoint.pt", "no model.name")
+        _checkpoint(CHECKPOINT_EDITS["missing model name"]), ("run/checkpoint.pt", "no model.name")
     ),
     "predict checkpoint with an unknown model": _predict(
         _checkpoint(lambda raw: raw["model"].update(name="alexnett")), ("run/checkpoint.pt", "unknown model 'alexnett'")
     ),
     "predict checkpoint with input size big": _predict(
-        _checkpoint(lambda raw: raw["model"].update(input_size="big")),
+        _checkpoint(CHECKPOINT_EDITS['input size "big"']),
         ("run/checkpoint.pt", "model.input_size='big'", "whole number"),
     ),
     "predict checkpoint with a bad normalisation mode": _predict(
-        _checkpoint(lambda raw: raw["normalization"].update(mode="zca")),
+        _checkpoint(CHECKPOINT_EDITS['normalisation "zca"']),
         ("run/checkpoint.pt", "normalization.mode='zca'", "standardize, meanonly"),
     ),
     "evaluate checkpoint with a dropped weight": _evaluate(
         _checkpoint(lambda raw: raw["state_dict"].pop("classifier.3.bias")), ("no classifier.3.bias",)
     ),
     "evaluate checkpoint with input size big": _evaluate(
-        _checkpoint(lambda raw: raw["model"].update(input_size="big")), ("model.input_size='big'",)
+        _checkpoint(CHECKPOINT_EDITS['input size "big"']), ("model.input_size='big'",)
     ),
     # --- evaluate: options ---
     "evaluate test-per-class 0": _evaluate(
@@ -567,19 +530,7 @@ def _shared_inputs(folder: Path) -> None:
 
 
 def case_env(cache: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BENCH_", "RAY_"))}
-    env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-        BENCH_CACHE=str(cache),
-        OMP_NUM_THREADS="1",
-        # A download fails at once, network or not: nothing listens on port 9.
-        https_proxy="http://127.0.0.1:9",
-        HTTPS_PROXY="http://127.0.0.1:9",
-        http_proxy="http://127.0.0.1:9",
-        HTTP_PROXY="http://127.0.0.1:9",
-        BENCH_GATE_STORAGE=str(cache / "gate"),
-    )
-    return env
+    return cli_env(cache)  # tests/tiny.py: no BENCH_/RAY_ settings from the shell, downloads fail at once
 
 
 def snapshot(folder: Path) -> dict:

@@ -183,6 +183,18 @@ def test_paper_init_draws_each_layer_at_the_cfgs_initw_with_zero_biases():
     assert default.features.local3.bias.abs().sum() > 0 and default.features.conv1.weight.std() > 0.01
 
 
+def test_default_init_of_a_locally_connected_layer_is_a_convs_from_its_fan_in():
+    """As nn.Conv2d's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = in_channels * k * k.
+    local4 (64 in, 32 out) has a fan-out half its fan-in: drawn from the fan-out, weights would
+    reach 1/sqrt(288), beyond the bound."""
+    torch.manual_seed(0)
+    local4 = create_model(NAME).features.local4
+    assert (local4.in_channels, local4.out_channels, local4.fan_in) == (64, 32, 576)
+    bound = 1 / 576**0.5
+    for p in (local4.weight, local4.bias):
+        assert p.abs().max() <= bound and p.abs().max() > 0.99 * bound  # 663,552 and 1,152 draws fill it
+
+
 def test_kaiming_init_treats_a_locally_connected_layer_as_a_conv():
     torch.manual_seed(0)
     local = create_model(NAME, init="kaiming").features.local3
@@ -245,17 +257,20 @@ def test_recipe_is_a_valid_config():
 
 
 def test_crop_augmentation_cuts_a_random_window_and_otherwise_the_centre():
-    x = torch.arange(6 * 3 * 32 * 32, dtype=torch.float32).view(6, 3, 32, 32)
+    n = 400  # enough draws that each of the 9 offsets per axis turns up (each misses with p < 1e-19)
+    x = torch.arange(n * 3 * 32 * 32, dtype=torch.float32).view(n, 3, 32, 32)
     g = torch.Generator().manual_seed(0)
     out = augment_batch(x, parse_augment("crop"), None, g, crop_size=24)
-    assert out.shape == (6, 3, 24, 24)
+    assert out.shape == (n, 3, 24, 24)
     offsets = []
-    for i in range(6):  # x[i] is strictly increasing: the window's first pixel gives its position
+    for i in range(n):  # x[i] is strictly increasing: the window's first pixel gives its position
         dy, dx = divmod(int(out[i, 0, 0, 0] - x[i, 0, 0, 0]), 32)
         assert 0 <= dy <= 8 and 0 <= dx <= 8
         assert torch.equal(out[i], x[i, :, dy : dy + 24, dx : dx + 24])
         offsets.append((dy, dx))
-    assert len(set(offsets)) > 1
+    # every window position, the last (8, 8 pixels in) included
+    assert {dy for dy, _ in offsets} == set(range(9)) and {dx for _, dx in offsets} == set(range(9))
+    x = x[:6]
     flipped = augment_batch(x, parse_augment("flip"), None, torch.Generator().manual_seed(0), crop_size=24)
     centre = x[:, :, 4:28, 4:28]
     for i in range(6):  # without `crop`: the centre window, flipped or not

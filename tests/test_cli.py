@@ -17,31 +17,14 @@ import bench.train.command as train_command
 from bench.cli import main
 from bench.errors import UserError
 from bench.train.config import TrainConfig, field_choices, option
-from bench.train.flags import add_config_arguments, config_from_args, flag_of
+from bench.train.flags import add_config_arguments, config_from_args, config_values, flag_of
 from bench.train.result import RunResult
+from tests.tiny import TRAIN_ARGS
 
 REPO = Path(__file__).resolve().parents[1]
 PROG = "python -m bench"
-# Fast settings for a run that gets as far as training.
-TINY = [
-    "--data",
-    "synthetic",
-    "--train-per-class",
-    "2",
-    "--test-per-class",
-    "1",
-    "--val-size",
-    "20",
-    "--epochs",
-    "1",
-    "--batch-size",
-    "10",
-    "--augment",
-    "none",
-    "--device",
-    "cpu",
-    "--no-progress",
-]
+# Fast settings for a run that gets as far as training (tests/tiny.py), with a validation split.
+TINY = [*TRAIN_ARGS, "--val-size", "20"]
 
 
 def run_bench(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess:
@@ -363,6 +346,15 @@ def test_a_new_field_is_a_new_flag_and_checked():
         _parse(Extended, "--label-smoothing", "lots")
     with pytest.raises(TypeError, match="help"):
         option(1)  # a run option without its help text
+
+
+def test_flags_of_an_unknown_field_are_refused():
+    """A misspelt name in a command's list of run options fails when the command is built, naming it."""
+    p = argparse.ArgumentParser()
+    with pytest.raises(ValueError, match="TrainConfig has no field nope"):
+        add_config_arguments(p, ["lr", "nope"])
+    with pytest.raises(ValueError, match="no field nope"):
+        config_values(argparse.Namespace(lr=0.1), ["lr", "nope"])
 
 
 def test_data_flags_default_to_the_environment(monkeypatch):

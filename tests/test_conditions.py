@@ -16,7 +16,7 @@ from bench.models.lrn import LocalResponseNorm, data_share, lrn_activity
 from bench.report.claims import NOT_TESTED, assess
 from bench.report.verdict import AGREES, NOT_RESOLVABLE
 from bench.sweep.study import Study, load_study
-from tests.test_sweep import TINY_STUDY, write_study
+from tests.test_sweep import sweep_study, write_study
 
 # --- LRN activity --------------------------------------------------------------------------
 
@@ -86,6 +86,22 @@ def test_lrn_claim_is_not_tested_where_lrn_is_a_constant_gain():
     assert gain.verdict == f"{NOT_TESTED}: LRN acts as a constant gain" and "0.2%" in gain.note
     unknown = _by_factor(_runs(None), declared_seeds=[0, 1, 2, 3])["norm"]
     assert unknown.verdict == NOT_TESTED and "not recorded" in unknown.note
+
+
+def test_the_lrn_gate_reads_the_most_active_layer():
+    """Two LRN layers, one normalising (5%) and one a constant gain (0.2%): the LRN normalised, so
+    the claim is tested, on any net that carries the claim."""
+    for model in ("alexnet", "cifar-conv-local"):
+        runs = _runs(0.05).assign(cfg_model=model)
+        runs["lrn_norm2_share_mean_final"] = runs["norm"].map({"lrn": 0.002, "none": math.nan})
+        (lrn,) = [a for a in assess(runs, BASE, declared_seeds=[0, 1, 2, 3]) if a.claim.factor == "norm"]
+        assert lrn.verdict == AGREES and "LRN active" in lrn.note and "norm2 0.2%" in lrn.note, model
+
+
+def test_the_cifar_lrn_claim_is_not_tested_where_lrn_is_a_constant_gain():
+    cifar = _runs(0.002).assign(cfg_model="cifar-conv-local")
+    (lrn,) = [a for a in assess(cifar, BASE, declared_seeds=[0, 1, 2, 3]) if a.claim.factor == "norm"]
+    assert lrn.claim.data == "CIFAR-10" and lrn.verdict == f"{NOT_TESTED}: LRN acts as a constant gain"
 
 
 def test_verdicts_use_the_declared_seeds_and_show_the_rest_as_exploratory():
@@ -164,6 +180,16 @@ def test_the_choice_never_reads_test_columns():
     assert choose_lr(flipped, ["norm"], [0, 1]).set_index("norm").loc["lrn", "lr"] != 0.05
 
 
+def test_the_choice_reads_only_the_seeds_it_is_given():
+    """A confirming seed's validation error never joins the rate choice: a seed-2 row favouring
+    another rate (by far) leaves the choice on seeds [0, 1] as it was."""
+    grid = _grid()
+    expected = choose_lr(grid, ["norm"], [0, 1])
+    confirming = grid[(grid["seed"] == 0) & (grid["cfg_lr"] == 0.025)].assign(seed=2, best_val_top1_err_pct=0.0)
+    pd.testing.assert_frame_equal(choose_lr(pd.concat([grid, confirming]), ["norm"], [0, 1]), expected)
+    assert set(choose_lr(pd.concat([grid, confirming]), ["norm"], [2])["lr"]) == {0.025}  # it would have won
+
+
 def test_a_diverged_rate_is_the_worst_and_ties_go_to_the_smaller_rate():
     grid = _grid()
     grid.loc[(grid["norm"] == "none") & (grid["cfg_lr"] == 0.1), "status"] = "diverged"
@@ -174,13 +200,7 @@ def test_a_diverged_rate_is_the_worst_and_ties_go_to_the_smaller_rate():
     assert set(grid[mask]["cfg_lr"]) == {0.025, 0.05} and mask.sum() == 4
 
 
-TUNED = TINY_STUDY.replace(
-    """[factors.lr]
-key = "lr"
-levels = [0.01, 0.02]
-""",
-    "",
-).replace(
+TUNED = sweep_study(epochs=1, lr=None).replace(
     'measure = "none"',
     'measure = "none"\nseeds = [0]\nconfirm_seeds = [1]\ntune_lr = [0.005, 0.01, 0.02]\ndata_follows_seed = true',
 )
@@ -189,7 +209,7 @@ levels = [0.01, 0.02]
 def test_a_tuned_sweep_confirms_each_arm_at_its_validation_choice(tmp_path):
     from bench.sweep.runner import run_study
 
-    study = load_study(str(write_study(tmp_path, text=TUNED.format(design="factorial", epochs=1))))
+    study = load_study(str(write_study(tmp_path, text=TUNED)))
     runs = run_study(study, "smoke", out_root=tmp_path / "out", progress=False)
     grid, confirming = runs[runs["seed"] == 0], runs[runs["seed"] == 1]
     assert len(grid) == 6 and sorted(grid["cfg_lr"].unique()) == [0.005, 0.01, 0.02]
@@ -204,7 +224,7 @@ def test_subsets_follow_the_seed_and_are_shared_within_it(tmp_path):
     from bench.data import load_data
     from bench.train.dataspec import data_spec
 
-    study = Study.read(write_study(tmp_path, text=TUNED.format(design="factorial", epochs=1)))
+    study = Study.read(write_study(tmp_path, text=TUNED))
     cells = study.cells("smoke", seeds=[0, 1])
     data = {}
     for c in cells:

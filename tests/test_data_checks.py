@@ -150,6 +150,46 @@ def test_per_class_subsets_follow_the_data_seed_and_seed_0_is_unchanged(cifar10_
     assert torch.equal(a.train_x, full.train_x[keep])
 
 
+# --- the default validation split: a tenth of the training split, at most 5,000 -----------
+
+
+def test_the_default_validation_split_scales_with_the_data_set(cifar10_root, cifar10_md5_bypass, caplog):
+    with caplog.at_level(logging.INFO, logger="bench.data"):
+        data = load_data(cifar_spec(cifar10_root, val_size=None))  # 100 training images
+    assert data.provenance["val_size"] == data.provenance["val_images"] == 10 and counts(data.val_y) == [1] * 10
+    assert "validation split: 10 of the 100 training images (the default: a tenth, at most 5000" in caplog.text
+    assert load_data(cifar_spec(cifar10_root, val_size=0)).provenance["val_size"] == 0  # asked: kept
+    from bench.data import auto_val_size
+
+    assert [auto_val_size(n) for n in (50_000, 60_000, 5_000, 12, 9)] == [5000, 5000, 500, 1, 0]
+
+
+def test_a_small_image_folder_trains_with_the_default_options(tmp_path):
+    """500 images a class is a user's first folder (issue 35: it was refused, the default held out
+    5,000); here 2 classes of 30 and 3: a tenth held out, stratified, no class emptied."""
+    from bench.train.config import TrainConfig
+    from bench.train.dataspec import data_spec
+
+    rng = np.random.default_rng(0)
+    for cls, n in (("big", 30), ("small", 3)):
+        for split in ("train", "test"):
+            for i in range(n):
+                path = tmp_path / "tree" / split / cls / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+    cfg = TrainConfig(model="layers-80sec", data=str(tmp_path / "tree"))
+    assert cfg.val_size is None  # the default
+    data = load_data(data_spec(cfg))
+    assert data.provenance["val_size"] == 3 and torch.bincount(data.val_y, minlength=2).tolist() == [3, 0]
+    assert torch.bincount(data.train_y, minlength=2).tolist() == [27, 3]
+
+
+def test_the_default_synthetic_hold_out_comes_on_top_of_the_images_asked_for():
+    data = load_data(DataSpec(source="synthetic", train_per_class=2, test_per_class=1, val_size=None), cache_dir=None)
+    assert counts(data.train_y) == [2] * 10 and counts(data.val_y) == [1] * 10  # a tenth of 30, whole per class
+    assert data.provenance["val_size"] == 10
+
+
 # --- train_eval: the clean training error --------------------------------------------
 
 
@@ -167,6 +207,15 @@ def test_train_eval_is_a_fixed_stratified_unaugmented_subset_of_train(cifar10_ro
     with pytest.raises(ValueError, match="never augmented"):
         next(data.batches("train_eval", 16, augment=parse_augment("crop+flip"), generator=torch.Generator()))
     assert data.provenance["train_eval_images"] == 40
+
+
+def test_train_eval_is_drawn_by_the_data_seed(cifar10_root, cifar10_md5_bypass):
+    """Each data seed draws its own clean-training subset (of the same training images here: no
+    hold-out, no per-class subset), so seeds that follow the data do not share one sample."""
+    a, b = (load_data(cifar_spec(cifar10_root, train_eval_size=40, data_seed=s)) for s in (0, 1))
+    assert torch.equal(a.train_x, b.train_x)  # the same images to draw from
+    assert not torch.equal(a.train_eval_idx, b.train_eval_idx)
+    assert counts(b.train_y[b.train_eval_idx]) == [4] * 10  # still stratified
 
 
 def test_train_eval_is_capped_at_the_train_size_and_can_be_off(cifar10_root, cifar10_md5_bypass):

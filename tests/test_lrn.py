@@ -10,8 +10,11 @@ tests/test_models.py.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,6 +24,8 @@ import torch.nn as nn
 
 from bench.models import lrn, lrn_native
 from bench.models.lrn import FUSED_MIN_NUMEL, LocalResponseNorm, fused_unavailable_reason, local_response_norm
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Odd and even windows, the paper's beta (square roots) and another (log and exp).
 CONSTANTS = [(5, 1e-3, 0.75, 2.0), (4, 1e-3, 0.6, 1.5)]
@@ -302,6 +307,95 @@ def test_native_takes_float32_cpu_tensors_of_every_size_and_nothing_else(native)
     assert lrn_native.layout(strided) is None and lrn._mode(strided, None) == "eager"
 
 
+# --- the kernels' cache -------------------------------------------------------------------
+
+
+def test_the_library_name_follows_the_source_the_compiler_and_the_flags(monkeypatch):
+    """An edited kernel, another compiler or another flag is another library: the old one is never loaded for it."""
+    source = lrn_native.SOURCE.read_bytes()
+    name = lrn_native.library_name(source, "/usr/bin/cc")
+    assert name == lrn_native.library_name(source, "/usr/bin/cc")
+    assert lrn_native.library_name(source.replace(b"0.5f", b"0.25f", 1), "/usr/bin/cc") != name
+    assert lrn_native.library_name(source + b"\n", "/usr/bin/cc") != name
+    assert lrn_native.library_name(source, "/usr/bin/clang") != name
+    monkeypatch.setattr(lrn_native, "FLAGS", (*lrn_native.FLAGS, "-DLRN_UNROLL=2"))
+    assert lrn_native.library_name(source, "/usr/bin/cc") != name
+
+
+# Run in a process of its own: a library that is loaded unchecked and cut short is a bus error,
+# which would end the test run. Fast flags: what is cached is the point, not the code's speed.
+CACHE_CASES = r"""
+import json, logging, os, shutil, sys
+from pathlib import Path
+from bench.models import lrn_native
+
+lrn_native.FLAGS = ("-O0", "-fopenmp", "-fPIC", "-shared", "-std=c11")
+said = []
+logging.getLogger("bench").addHandler(logging.Handler())
+logging.getLogger("bench").handlers[-1].emit = lambda record: said.append(record.getMessage())
+base = Path(sys.argv[1])
+
+
+def build(folder, setup=None):
+    if setup:
+        setup(folder)
+    os.environ["BENCH_KERNELS"] = str(folder)
+    lrn_native._build.cache_clear()
+    said.clear()
+    reason = lrn_native.unavailable_reason()
+    files = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else None
+    print(json.dumps({"reason": reason, "said": said, "files": files}), flush=True)
+
+
+def copy_of_fresh(edit):
+    def setup(folder):
+        shutil.copytree(base / "fresh", folder)
+        (library,) = folder.glob("*.so")
+        edit(library)
+    return setup
+
+
+build(base / "fresh")
+build(base / "cut", copy_of_fresh(lambda so: so.write_bytes(so.read_bytes()[: so.stat().st_size // 2])))
+build(base / "random", copy_of_fresh(lambda so: so.write_bytes(os.urandom(so.stat().st_size))))
+build(base / "old", copy_of_fresh(lambda so: so.with_name(so.name + ".sha256").unlink()))
+build(base / "shared", lambda folder: (folder.mkdir(), folder.chmod(0o777)))
+build(base / "a-file", lambda folder: folder.write_text("not a folder"))
+"""
+
+
+def test_the_cache_loads_only_what_was_built_and_only_from_a_private_folder(native, tmp_path):
+    """A library cut short or overwritten is built again (checked before it is loaded: loaded cut
+    short it was a bus error); one from before checksums is built again; a folder that others can
+    write, or that is no folder, is not used, and a warning says so once."""
+    done = subprocess.run(
+        [sys.executable, "-c", CACHE_CASES, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])},
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-3000:])  # -7: SIGBUS
+    fresh, cut, random, old, shared, a_file = map(json.loads, done.stdout.splitlines())
+    assert fresh["reason"] is None and fresh["said"] == []
+    library = next(f for f in fresh["files"] if f.endswith(".so"))
+    assert fresh["files"] == [library, library + ".sha256"]  # no partial file left
+    for case in (cut, random):
+        assert case["reason"] is None and case["files"] == fresh["files"], case
+        (warning,) = case["said"]
+        assert "do not match their checksum; building them again" in warning
+    assert old["reason"] is None and old["said"] == [] and old["files"] == fresh["files"]
+    for case, why in ((shared, "writable by other users (drwxrwxrwx)"), (a_file, "File exists")):
+        assert case["reason"] is None, case
+        (warning,) = case["said"]
+        assert f"is not usable ({why}); building them in a private temporary folder" in warning, warning
+        assert "($BENCH_KERNELS)" in warning
+    assert shared["files"] == [] and a_file["files"] is None  # nothing written there
+    for case in (fresh, cut, random, old):
+        folder = tmp_path / ("fresh", "cut", "random", "old")[[fresh, cut, random, old].index(case)]
+        assert lrn_native._sha256(folder / library) == (folder / (library + ".sha256")).read_text().strip()
+
+
 @pytest.fixture
 def fresh_build(monkeypatch):
     """`lrn_native._build` forgotten before and after: the test's own environment decides."""
@@ -329,7 +423,9 @@ def test_the_built_kernels_are_reused_and_rebuilt_for_another_cpu(native, fresh_
     lrn_native._build.cache_clear()
     fresh_build.setattr(lrn_native, "_cpu_identity", lambda: "flags: sse2")  # -march=native means another binary
     assert lrn_native.unavailable_reason() is None and len(builds) == 2 and builds[0] != builds[1]
-    assert sorted(p.name for p in (tmp_path / "kernels").iterdir()) == sorted(p.name for p in builds)  # no leftovers
+    kept = sorted(p.name for p in (tmp_path / "kernels").iterdir())
+    # each with its checksum beside it, and no leftovers
+    assert kept == sorted(n for p in builds for n in (p.name, p.name + ".sha256"))
 
 
 def test_an_unwritable_kernel_cache_builds_for_this_process_only(native, fresh_build, tmp_path):

@@ -191,6 +191,23 @@ def test_plateau_divides_the_lr_by_ten_when_validation_stalls_at_most_max_drops(
     assert [h["lr"] for h in result.history] == pytest.approx([0.1, 0.1, 0.01, 0.001, 0.001])
 
 
+def test_plateau_steps_on_the_validation_error_never_the_test_error():
+    """Validation stalls while test improves: the rate drops. Validation improves while test
+    stalls: it does not. (The mock net above has both errors at 0, so it cannot tell them apart.)"""
+    from bench.train.schedule import LrSchedule
+
+    def lrs(val, test) -> list[float]:
+        net = nn.Linear(2, 2)
+        optimizer = make_optimizer(net, lr=0.1)
+        schedule = LrSchedule(optimizer, mock_config(schedule="plateau", plateau_patience=1, epochs=4), 1)
+        for epoch, (v, t) in enumerate(zip(val, test), 1):
+            schedule.after_epoch(epoch, {"val_top1_err_pct": v, "test_top1_err_pct": t})
+        return [g["lr"] for g in optimizer.param_groups]
+
+    assert lrs(val=[50, 50, 50, 50], test=[50, 40, 30, 20]) == pytest.approx([0.01] * 2)
+    assert lrs(val=[50, 40, 30, 20], test=[50, 50, 50, 50]) == pytest.approx([0.1] * 2)
+
+
 def test_plateau_waits_for_warmup(monkeypatch):
     data = mock_data()
     _mode_net(monkeypatch, data)

@@ -22,30 +22,8 @@ from bench.sweep.packed import PackedExecutor
 from bench.sweep.runner import CellResult
 from bench.sweep.study import load_study
 
-TINY = """
-[study]
-name = "tiny"
-design = "factorial"
-seeds = [0, 1]
-
-[base]
-model = "layers-80sec"
-data = "synthetic"
-train_per_class = 8
-test_per_class = 4
-batch_size = 8
-epochs = 2
-augment = "none"
-val_size = 20
-train_eval_size = 12
-
-[factors.activation]
-key = "knobs.activation"
-levels = ["relu", "tanh"]
-
-[profiles.smoke]
-measure = "none"
-"""
+# Two seeds, two activations; a validation split and a clean-training subset, so packed rows carry both.
+TINY = dict(seeds=[0, 1], train_per_class=8, test_per_class=4, batch_size=8, epochs=2, val_size=20, train_eval_size=12)
 
 # Columns that differ between two runs of the same cell for reasons other than its numbers.
 RUN_DEPENDENT = ("wall_seconds", "finished_at", "train_seconds", "median_train_images_per_s", "hostname", "git_commit")
@@ -55,8 +33,8 @@ def read_runs(folder: Path) -> pd.DataFrame:
     return pd.read_csv(folder / "runs.csv", dtype={"cell_id": str}).set_index("cell_id").sort_index()
 
 
-def test_packed_cells_write_the_same_rows_as_one_at_a_time(tmp_path):
-    (tmp_path / "tiny.toml").write_text(TINY)
+def test_packed_cells_write_the_same_rows_as_one_at_a_time(tmp_path, tiny_study_file):
+    tiny_study_file(**TINY)
     common = ["ablate", "--study", str(tmp_path / "tiny.toml"), "--profile", "smoke", "--no-progress", "--no-report"]
     assert main([*common, "--out", str(tmp_path / "alone")]) == 0
     assert main([*common, "--out", str(tmp_path / "packed"), "--jobs", "2"]) == 0
@@ -85,9 +63,14 @@ class _DiesOnTanh:
         return CellResult({"cell_id": cell.id, "status": status, "error": message}, [])
 
 
-def test_a_dead_worker_is_its_cells_error_row_and_the_others_finish(tmp_path):
-    (tmp_path / "tiny.toml").write_text(TINY)
-    cells = load_study(str(tmp_path / "tiny.toml")).cells("smoke")
+def test_a_dead_worker_is_its_cells_error_row_and_the_others_finish(tmp_path, tiny_study_file):
+    """The dying cells first: both workers die on their first cell, and only their replacements
+    can run the other two."""
+    tiny_study_file(**TINY)
+    cells = sorted(
+        load_study(str(tmp_path / "tiny.toml")).cells("smoke"), key=lambda c: c.levels["activation"] != "tanh"
+    )
+    assert [c.levels["activation"] for c in cells] == ["tanh", "tanh", "relu", "relu"]
     rows = [r.row for r in PackedExecutor("cpu", jobs=2).run(cells, _DiesOnTanh())]
     by_id = {r["cell_id"]: r for r in rows}
     assert sorted(by_id) == sorted(c.id for c in cells)  # every cell once: none lost, none twice
@@ -106,8 +89,8 @@ def test_packed_cells_share_the_threads(jobs, threads, each):
 
 
 @pytest.mark.parametrize("argv", [["--jobs", "0"], ["--jobs", "two"], ["--jobs", "2", "--executor", "ray"]])
-def test_bad_jobs_is_a_one_line_error(tmp_path, argv, capsys):
-    (tmp_path / "tiny.toml").write_text(TINY)
+def test_bad_jobs_is_a_one_line_error(tmp_path, tiny_study_file, argv, capsys):
+    tiny_study_file(**TINY)
     with pytest.raises(SystemExit) as exit_:
         code = main(
             ["ablate", "--study", str(tmp_path / "tiny.toml"), "--profile", "smoke", "--out", str(tmp_path), *argv]
@@ -150,3 +133,32 @@ def test_bad_packs_is_a_one_line_error(packs, capsys):
         main(["measure", "--model", "lenet5", "--packs", packs])
     assert exit_.value.code == 2
     assert "--packs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("jobs", "to_run", "confirm", "expected", "said"),
+    [
+        (64, 2, [], 2, ["--jobs 64, and 2 cells to run: 2 run at a time (runs.csv packed_cells = 2)"]),
+        (2, 8, [], 2, []),
+        (1, 8, [], 1, []),
+        (64, 8, [], 8, ["--jobs 64, and 8 cells to run: 8 run at a time", "8 cells at once on 2 CPU cores"]),
+        (4, 2, [1, 2], 4, ["4 cells at once on 2 CPU cores"]),  # two stages: each capped as it starts
+    ],
+)
+def test_jobs_records_the_packing_used_and_says_so(monkeypatch, caplog, jobs, to_run, confirm, expected, said):
+    """`ablate --jobs 64` on 2 cores: never more at once than there are cells to run (runs.csv's
+    packed_cells qualifies each throughput number), and a word on each thing overridden."""
+    import argparse
+    import logging
+
+    from bench import ablate
+
+    monkeypatch.setattr(ablate.os, "cpu_count", lambda: 2)
+    study = argparse.Namespace(name="tiny", confirm_seeds=lambda profile: confirm)
+    args = argparse.Namespace(executor="local", jobs=jobs, device="cpu", seeds=None)
+    with caplog.at_level(logging.WARNING):
+        assert ablate._jobs(args, study, "smoke", to_run) == expected
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == len(said)
+    for message, needle in zip(messages, said):
+        assert message.startswith("tiny/smoke: ") and needle in message, message

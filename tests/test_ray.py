@@ -25,50 +25,33 @@ from bench.errors import UserError
 from bench.sweep.ray_executor import CRASH_HOOK, RayExecutor
 from bench.sweep.runner import run_study
 from bench.sweep.study import load_study
+from tests.tiny import ACTIVATION, study_toml
 
 REPO = Path(__file__).resolve().parents[1]
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'alexnet-bench[ray]' (CI installs it)")
 
-TINY = """
-[study]
-name = "tiny"
-design = "factorial"
-seeds = [0]
 
-[base]
-model = "layers-80sec"
-data = "synthetic"
-train_per_class = {train}
-test_per_class = {test}
-batch_size = 8
-epochs = 1
-augment = "none"
-val_size = {val}
-train_eval_size = {train_eval}
-
-[factors.activation]
-key = "knobs.activation"
-levels = ["relu", "tanh"]
-
-[factors.lr]
-key = "lr"
-levels = [0.01, 0.02]
-
-[profiles.smoke]
-measure = "none"
-"""
+def ray_study(
+    train: int = 8, test: int = 4, val: int = 0, train_eval: int = 5000, factors=None, lr=(0.01, 0.02)
+) -> str:
+    """The tiny study (tests/tiny.py) at these sizes per class, batch 8, factors activation and lr."""
+    return study_toml(
+        train_per_class=train,
+        test_per_class=test,
+        batch_size=8,
+        val_size=val,
+        train_eval_size=train_eval,
+        factors=factors,
+        lr=lr,
+    )
 
 
 def short_and_long_cells() -> str:
-    """TINY with a first factor `epochs` of 1 and 3,000 in place of `lr`: the two short cells run
+    """The tiny study with a first factor `epochs` of 1 and 3,000 in place of `lr`: the two short cells run
     first and finish in seconds, the long ones take minutes on an idle machine and hours on a busy
     one. An interrupt sent once a cell is recorded so always lands while cells still run, however
     loaded the machine (with 30 epochs for all four, two busy loops let the sweep finish first)."""
-    text = TINY.format(train=8, test=4, val=0, train_eval=5000)
-    text = text.replace('\n[factors.lr]\nkey = "lr"\nlevels = [0.01, 0.02]\n', "")
-    return text.replace(
-        "[factors.activation]", '[factors.epochs]\nkey = "epochs"\nlevels = [1, 3000]\n\n[factors.activation]'
-    )
+    return ray_study(factors={"epochs": ("epochs", [1, 3000]), **ACTIVATION}, lr=None)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -81,7 +64,7 @@ def ray_runtime():
 
 def tiny_study(tmp_path: Path, train: int = 8, test: int = 4, val: int = 0, train_eval: int = 5000):
     path = tmp_path / "tiny.toml"
-    path.write_text(TINY.format(train=train, test=test, val=val, train_eval=train_eval))
+    path.write_text(ray_study(train, test, val, train_eval))
     return load_study(str(path))
 
 
@@ -131,7 +114,7 @@ def test_ray_cells_have_the_validation_split_and_clean_training_subset(tmp_path)
     assert main([*common, "--out", str(tmp_path / "ray"), "--executor", "ray"]) == 0
     local, remote = (read_runs(tmp_path / where / "tiny" / "smoke") for where in ("local", "ray"))
     assert local["best_val_top1_err_pct"].notna().all() and local["final_train_clean_top1_err_pct"].notna().all()
-    assert (local["val_images"] == 20).all() if "val_images" in local else True
+    assert (local["val_images"] == 20).all() and (local["train_eval_images"] == 12).all()
     columns = [c for c in local.columns if c not in RUN_DEPENDENT and not c.startswith(("measure", "cuda", "device"))]
     assert set(columns) <= set(remote.columns)
     pd.testing.assert_frame_equal(remote[columns], local[columns], check_dtype=False)
@@ -393,13 +376,19 @@ def test_ctrl_c_of_the_command_exits_130_every_time_and_leaves_no_ray_process(tm
     assert wait_gone(ray_processes) == []
 
 
+# How long the Ray processes of a killed driver may outlive it: the reaper's passes take at most 10 s
+# (20 of 0.5 s); under two busy loops on 2 cores every process was gone within 1 s of kill -9.
+REAPED_WITHIN = 10.0
+
+
 def test_kill_9_of_the_driver_leaves_no_ray_process(tmp_path):
     """Ray ties its head processes to the driver, but the agents its raylet starts outlived it by
-    minutes: the command's reaper kills every process of its Ray session once the driver is gone."""
+    minutes: the command's reaper kills every process of its Ray session once the driver is gone,
+    within a short, bounded wait."""
     proc, err, folder = start_sweep(tmp_path)
     ray_processes = descendants(proc.pid)
     assert any("ray::" in name or "raylet" in name for name in alive(ray_processes)), alive(ray_processes)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=HANG_GUARD)
-    assert wait_gone(ray_processes) == []
+    assert wait_gone(ray_processes, REAPED_WITHIN) == []
     assert list(folder.glob("cells/*.json")) or len(pd.read_csv(folder / "runs.csv")) >= 1  # the finished cell kept

@@ -897,6 +897,59 @@ def test_figure1_cells_stopped_before_the_trailing_mean_crossed_are_censored(tmp
     assert row["note"].startswith("censored: 2 cell(s)") and "×6" not in row["note"]
 
 
+def _damage_progress(folder: Path, how: str) -> None:
+    path = folder / "progress.csv"
+    if how == "torn":  # the last line cut in half, no line end
+        text = path.read_text().rstrip("\n")
+        path.write_text(text[: len(text) - len(text.rsplit("\n", 1)[1]) // 2])
+    elif how == "random bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    else:  # text in a number column
+        prog = pd.read_csv(path, dtype={"cell_id": str})
+        prog[how] = prog[how].astype(object)
+        prog.loc[3, how] = "abc"
+        prog.to_csv(path, index=False)
+
+
+@pytest.mark.parametrize(
+    ("how", "needle"),
+    [
+        ("torn", "is torn"),
+        ("random bytes", "UnicodeDecodeError"),
+        ("train_running_err_pct", "line 5: train_running_err_pct='abc' is not a number"),
+        ("step", "line 5: step='abc' is not a number"),
+    ],
+)
+def test_a_damaged_progress_table_is_refused_as_a_damaged_history_is(tmp_path, capsys, how, needle):
+    """Figure 1's epochs to the target come from progress.csv: a torn, garbled or edited one is one
+    line and exit 2, never a report whose Figure 1 quietly changes or goes."""
+    from bench.cli import main
+
+    folder = dipped_study(tmp_path / "f" / "cpu")
+    _damage_progress(folder, how)
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "progress.csv" in err and needle in err, err
+    assert not (folder / "report.md").exists()
+
+
+def test_progress_rows_of_no_cell_are_left_out_and_said(tmp_path, caplog):
+    """Rows of no cell (an interrupted merge) are left out with a warning, as history.csv's are;
+    a finished cell left with no progress points is said too, since its epochs to the target then
+    come from whole epochs."""
+    folder = dipped_study(tmp_path / "f" / "cpu")
+    prog = pd.read_csv(folder / "progress.csv", dtype={"cell_id": str})
+    lost = prog["cell_id"].iloc[0]
+    prog.loc[prog["cell_id"] == lost, "cell_id"] = "ffffffffffff"
+    prog.to_csv(folder / "progress.csv", index=False)
+    with caplog.at_level(logging.WARNING):
+        report = report_study(folder).read_text()
+    rows = int((prog["cell_id"] == "ffffffffffff").sum())
+    assert f"{rows} progress.csv rows belong to no cell of runs.csv (an interrupted cell); left out" in report
+    assert "1 finished cell(s) have no rows in progress.csv; their epochs to the target are whole epochs" in report
+    assert "belong to no cell" in caplog.text
+
+
 def test_figure1_markers_lie_on_the_drawn_curves(tmp_path):
     from bench.report.kinds import figure1 as f1
 

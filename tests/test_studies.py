@@ -8,13 +8,11 @@ from bench.report.load import load
 from bench.studies import STUDY_JSON, Design
 from bench.sweep.runner import run_study
 from bench.sweep.study import load_study
-from tests.test_sweep import TINY_STUDY, write_study
+from tests.test_sweep import sweep_study, write_study
 
 
 def test_a_sweep_records_its_design_and_a_finished_sweep_records_it_again(tmp_path):
-    text = TINY_STUDY.format(design="one-at-a-time", epochs=1).replace(
-        "levels = [0.01, 0.02]", 'levels = [0.01, 0.02]\nbaseline = "0.02"'
-    )
+    text = sweep_study("one-at-a-time", 1).replace("levels = [0.01, 0.02]", 'levels = [0.01, 0.02]\nbaseline = "0.02"')
     study = load_study(str(write_study(tmp_path, text=text)))
     out = tmp_path / "results"
     run_study(study, "smoke", out_root=out, progress=False)

@@ -18,42 +18,31 @@ from bench.cli import main
 from bench.errors import UserError
 from bench.sweep.runner import check_data, run_study, time_to_target
 from bench.sweep.study import PROFILES, list_studies, load_study
+from tests.tiny import study_toml
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_STUDY = """
-[study]
-name = "tiny"
-design = "{design}"
-seeds = [0]
-target = {{ metric = "train_running_err_pct", value = 95.0 }}
+TARGET = {"metric": "train_running_err_pct", "value": 95.0}
 
-[base]
-model = "layers-80sec"
-data = "synthetic"
-train_per_class = 8
-test_per_class = 4
-val_size = 20
-batch_size = 16
-epochs = {epochs}
-augment = "none"
 
-[factors.activation]
-key = "knobs.activation"
-levels = ["relu", "tanh"]
-
-[factors.lr]
-key = "lr"
-levels = [0.01, 0.02]
-
-[profiles.smoke]
-measure = "none"
-"""
+def sweep_study(design: str = "factorial", epochs: int = 2, lr=(0.01, 0.02)) -> str:
+    """The sweep tests' study: the tiny study (tests/tiny.py) with 8 training, 4 test and 20
+    validation images per class, batch 16, a target, and factors activation and (with `lr`) lr."""
+    return study_toml(
+        design=design,
+        target=TARGET,
+        lr=lr,
+        train_per_class=8,
+        test_per_class=4,
+        val_size=20,
+        batch_size=16,
+        epochs=epochs,
+    )
 
 
 def write_study(tmp_path: Path, design: str = "factorial", epochs: int = 2, text: str | None = None) -> Path:
     path = tmp_path / "tiny.toml"
-    path.write_text(text if text is not None else TINY_STUDY.format(design=design, epochs=epochs))
+    path.write_text(text if text is not None else sweep_study(design, epochs))
     return path
 
 
@@ -127,13 +116,13 @@ def test_factorial_and_one_at_a_time_designs(tmp_path):
 def test_a_profile_that_leaves_out_the_baseline_level(tmp_path):
     keep_002 = 'measure = "none"\nonly = { lr = [0.02] }'
     # factorial: the first level `only` keeps is this profile's baseline, so its cells have one
-    factorial = TINY_STUDY.format(design="factorial", epochs=2).replace('measure = "none"', keep_002)
+    factorial = sweep_study("factorial", 2).replace('measure = "none"', keep_002)
     study = load_study(str(write_study(tmp_path, text=factorial)))
     assert [c.levels for c in study.cells("smoke") if c.is_baseline] == [{"activation": "relu", "lr": "0.02"}]
     assert study.baseline("smoke") == {"activation": "relu", "lr": "0.02"}
     assert study.baseline() == {"activation": "relu", "lr": "0.01"}
     # one-at-a-time varies every factor from the baseline: leaving it out is an error before anything runs
-    oat = TINY_STUDY.format(design="one-at-a-time", epochs=2).replace('measure = "none"', keep_002)
+    oat = sweep_study("one-at-a-time", 2).replace('measure = "none"', keep_002)
     path = write_study(tmp_path, text=oat)
     with pytest.raises(UserError) as err:
         load_study(str(path))
@@ -156,7 +145,7 @@ def test_figure1_grid_differs_per_setup():
     assert all(c.config.weight_decay == 0 and c.config.augment == "none" for c in cells)
 
 
-# (edit of TINY_STUDY, what the error names); the last field: found by the torch-free reader
+# (edit of sweep_study(), what the error names); the last field: found by the torch-free reader
 # (bench.studies) too, not only by the sweep's checks of every cell and model
 STUDY_ERRORS = [
     (lambda s: s.replace('design = "factorial"', 'design = "fractional"'), "study.design", True),
@@ -180,12 +169,37 @@ STUDY_ERRORS = [
     (lambda s: s.replace('["relu", "tanh"]', '["relu", "relu", "tanh"]'), "lists 'relu' twice", True),
     (lambda s: s.replace("[0.01, 0.02]", "[0.01, 0.010, 0.02]"), "lists '0.01' twice", True),
     (lambda s: s.replace("value = 95.0", "value = nan"), "study.target.value=nan is not a finite", True),
+    # issue 35: refused when the file is read, not after a first stage has run
+    (lambda s: s.replace('measure = "none"', 'measure = "none"\nconfirm_seeds = [-1]'), "has seed -1", True),
+    (lambda s: s.replace("seeds = [0]", "seeds = [0, -2]"), "seeds must be from 0 to 2**63-1", True),
+    (
+        lambda s: s.replace("[factors.lr]", "[factors.rate]").replace(
+            'measure = "none"', 'measure = "none"\ntune_lr = [0.01, 0.02]'
+        ),
+        "tune_lr tunes lr, which factor 'rate' of this study already sets",
+        True,
+    ),
+    (
+        lambda s: s.replace('[factors.lr]\nkey = "lr"\nlevels = [0.01, 0.02]\n', "").replace(
+            'measure = "none"',
+            'measure = "none"\nseeds = [0]\nconfirm_seeds = [1]\ntune_lr = [0.01, 0.02]\nval_size = 0',
+        ),
+        "and val_size = 0 leaves no validation split",
+        True,
+    ),
+    (
+        lambda s: s.replace("[base]", "[base]\ndata_seed = 5").replace(
+            'measure = "none"', 'measure = "none"\ndata_follows_seed = true'
+        ),
+        "data_follows_seed draws each cell's data from its seed, so data_seed = 5 would be ignored",
+        True,
+    ),
 ]
 
 
 @pytest.mark.parametrize("edit, needle", [case[:2] for case in STUDY_ERRORS])
 def test_study_file_errors_name_file_and_key(tmp_path, edit, needle):
-    path = write_study(tmp_path, text=edit(TINY_STUDY.format(design="factorial", epochs=2)))
+    path = write_study(tmp_path, text=edit(sweep_study("factorial", 2)))
     with pytest.raises(UserError) as err:
         load_study(str(path))
     message = str(err.value)
@@ -195,7 +209,7 @@ def test_study_file_errors_name_file_and_key(tmp_path, edit, needle):
 
 @pytest.mark.parametrize("edit, needle, in_file", STUDY_ERRORS)
 def test_the_study_reader_finds_what_needs_no_torch(tmp_path, edit, needle, in_file):
-    path = write_study(tmp_path, text=edit(TINY_STUDY.format(design="factorial", epochs=2)))
+    path = write_study(tmp_path, text=edit(sweep_study("factorial", 2)))
     if not in_file:  # a value of a setting, or a model that cannot be built: the sweep's check finds it
         assert studies.load_study(str(path)).name == "tiny"
         return
@@ -245,9 +259,7 @@ def test_cli_bad_seeds_is_one_line_naming_the_fix(tmp_path, capsys, seeds, needl
 
 
 def test_cli_study_error_is_one_line_and_runs_nothing(tmp_path, capsys):
-    path = write_study(
-        tmp_path, text=TINY_STUDY.format(design="factorial", epochs=2).replace("[base]", "[base]\nlrr = 1")
-    )
+    path = write_study(tmp_path, text=sweep_study("factorial", 2).replace("[base]", "[base]\nlrr = 1"))
     out = tmp_path / "results"
     assert main(["ablate", "--study", str(path), "--profile", "smoke", "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
@@ -315,7 +327,7 @@ def test_sweep_writes_tidy_tables_and_skips_finished_cells(tmp_path):
 
 
 def test_failed_cell_is_a_row_and_the_sweep_goes_on(tmp_path):
-    text = TINY_STUDY.format(design="factorial", epochs=1).replace("levels = [0.01, 0.02]", "levels = [0.01, 1e9]")
+    text = sweep_study("factorial", 1).replace("levels = [0.01, 0.02]", "levels = [0.01, 1e9]")
     study = load_study(str(write_study(tmp_path, text=text)))
     runs = run_study(study, "smoke", out_root=tmp_path / "results", progress=False)
     assert len(runs) == 4
@@ -329,7 +341,7 @@ def test_a_diverged_cell_counts_as_finished_on_resume_and_in_the_report(tmp_path
     """A diverged cell is a result (the rate is too high), not a failure: never re-run, never "did not finish"."""
     from bench.report.draw import report_study
 
-    text = TINY_STUDY.format(design="factorial", epochs=1).replace('levels = ["relu", "tanh"]', 'levels = ["relu"]')
+    text = sweep_study("factorial", 1).replace('levels = ["relu", "tanh"]', 'levels = ["relu"]')
     study = load_study(str(write_study(tmp_path, text=text.replace("levels = [0.01, 0.02]", "levels = [0.01, 1e9]"))))
     first = run_study(study, "smoke", out_root=tmp_path / "results", progress=False)
     assert sorted(first["status"]) == ["diverged", "ok"]
@@ -446,7 +458,7 @@ def test_a_failed_cell_is_retried_on_resume_and_only_it(tmp_path, monkeypatch, f
 
 
 def test_stop_after_ends_a_cell_that_many_epochs_after_its_target(tmp_path):
-    text = TINY_STUDY.format(design="factorial", epochs=5).replace("levels = [0.01, 0.02]", "levels = [0.01]")
+    text = sweep_study("factorial", 5).replace("levels = [0.01, 0.02]", "levels = [0.01]")
     text = text.replace("value = 95.0 }", "value = 100.0, stop_after = 1 }")  # reached at epoch 1, always
     runs = run_study(
         load_study(str(write_study(tmp_path, text=text))), "smoke", out_root=tmp_path / "results", progress=False
@@ -459,9 +471,7 @@ def test_stop_after_ends_a_cell_that_many_epochs_after_its_target(tmp_path):
 
 def test_confirm_seeds_run_only_the_rate_the_grid_chose(tmp_path, caplog):
     """Figure 1's two stages: seed 0 runs the whole grid, seeds 1 and 2 each activation's fastest rate."""
-    text = TINY_STUDY.format(design="factorial", epochs=2).replace(
-        'measure = "none"', 'measure = "none"\nconfirm_seeds = [1, 2]'
-    )
+    text = sweep_study("factorial", 2).replace('measure = "none"', 'measure = "none"\nconfirm_seeds = [1, 2]')
     study = load_study(str(write_study(tmp_path, text=text)))
     with pytest.raises(UserError, match="run it through `python -m bench ablate`"):
         run_study(study, "smoke", out_root=tmp_path / "elsewhere", progress=False)  # the sweep has no rule of its own
@@ -486,7 +496,7 @@ def test_confirm_seeds_run_only_the_rate_the_grid_chose(tmp_path, caplog):
 
 
 def test_a_quick_measure_profile_times_each_configuration_once_for_its_seeds(tmp_path):
-    text = TINY_STUDY.format(design="factorial", epochs=1).replace("levels = [0.01, 0.02]", "levels = [0.01]")
+    text = sweep_study("factorial", 1).replace("levels = [0.01, 0.02]", "levels = [0.01]")
     text = text.replace('levels = ["relu", "tanh"]', 'levels = ["relu"]').replace(
         'measure = "none"', 'measure = "quick"\nseeds = [0, 1]'
     )
@@ -694,7 +704,7 @@ def test_ray_options_need_the_ray_executor_and_profiles_may_set_resources(tmp_pa
     )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--gpus-per-cell applies to --executor ray" in err
-    text = TINY_STUDY.format(design="factorial", epochs=1)
+    text = sweep_study("factorial", 1)
     good = load_study(
         str(write_study(tmp_path, text=text.replace('measure = "none"', 'measure = "none"\ngpus_per_cell = 0.5')))
     )
@@ -717,3 +727,54 @@ def test_executor_ray_without_ray_installed_names_the_extra(tmp_path, capsys, mo
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "alexnet-bench[ray]" in err
     assert not out.exists()
+
+
+def test_data_shipped_to_a_ray_task_is_the_data_set_field_by_field():
+    """What `--executor ray` puts in the object store comes back whole: the validation split, the
+    clean-training subset and the CIFAR net's crop size included (a cell without its crop size
+    would train the 24x24 net on whole 32x32 images). No Ray needed: the round trip is plain Python."""
+    import dataclasses
+
+    import torch
+
+    from bench.data import load_data
+    from bench.sweep.ray_executor import _ShippedData
+    from bench.train.config import TrainConfig
+    from bench.train.dataspec import data_spec
+
+    cfg = TrainConfig(
+        model="cifar-conv-local", data="synthetic", train_per_class=4, test_per_class=2, val_size=10, train_eval_size=20
+    )
+    data = load_data(data_spec(cfg), cache_dir=None)
+    assert data.crop_size == 24 and data.val_x is not None and data.train_eval_idx is not None
+    back = _ShippedData.of(data).dataset()
+    for f in dataclasses.fields(data):
+        mine, theirs = getattr(data, f.name), getattr(back, f.name)
+        if isinstance(mine, torch.Tensor):
+            assert torch.equal(mine, theirs), f.name
+        elif f.name == "normalizer":
+            assert torch.equal(mine.mean, theirs.mean) and mine.mode == theirs.mode
+        else:
+            assert mine == theirs, f.name
+
+
+def test_seeds_on_a_two_stage_profile_says_the_second_stage_is_skipped(tmp_path, caplog):
+    """--seeds replaces the profile's seeds and runs them on the whole design: said before anything
+    runs (here the run then stops at an --out it cannot write, so nothing trains)."""
+    two_stage = sweep_study("factorial", 1).replace(
+        'measure = "none"', 'measure = "none"\nseeds = [0]\nconfirm_seeds = [1, 2]'
+    )
+    path = write_study(tmp_path, text=two_stage)
+    (tmp_path / "a-file").write_text("")
+    argv = ["ablate", "--study", str(path), "--profile", "smoke", "--no-progress", "--out", str(tmp_path / "a-file")]
+    with caplog.at_level(logging.WARNING):
+        assert main([*argv, "--seeds", "0,3"]) == 2
+    (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert said == (
+        "tiny/smoke: --seeds 0,3 runs those seeds on the whole design; the profile's second stage "
+        "(confirm_seeds [1, 2] at the chosen learning rates) is skipped"
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(argv) == 2  # without --seeds: both stages, nothing to say
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]

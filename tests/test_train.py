@@ -20,6 +20,7 @@ from bench.train.hooks import Hook
 from bench.train.loop import evaluate, run_training, train
 from bench.train.schedule import lr_factor
 from bench.train.target import LOG_PER_EPOCH
+from tests import tiny
 
 # The columns of every completed epoch's history row (with a validation split).
 HISTORY_COLUMNS = {
@@ -47,21 +48,8 @@ RUN_FILES = {"config.json", "history.csv", "progress.csv", "summary.json", "chec
 
 def tiny_config(**changes) -> TrainConfig:
     """200 training images (20 per class), batch 10, plain SGD at a rate checked to learn in 4 epochs;
-    50 validation images (held out on top of the 200)."""
-    base = dict(
-        data="synthetic",
-        train_per_class=20,
-        test_per_class=5,
-        val_size=50,
-        epochs=4,
-        batch_size=10,
-        lr=0.01,
-        schedule="constant",
-        augment="none",
-        device="cpu",
-        seed=0,
-    )
-    return TrainConfig(**{**base, **changes})
+    50 validation images (held out on top of the 200): tests/tiny.py's."""
+    return tiny.config(**changes)
 
 
 @pytest.fixture(scope="module")

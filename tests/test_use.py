@@ -34,6 +34,7 @@ from bench.train.config import TrainConfig
 from bench.train.dataspec import data_spec
 from bench.train.finetune import apply_finetune, head_of
 from bench.train.loop import run_training, train
+from tests import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -41,21 +42,8 @@ HEAD = "classifier.3"  # layers-80sec's last Linear layer
 
 
 def tiny_config(**changes) -> TrainConfig:
-    """As in test_train: 200 synthetic training images, a rate checked to learn in a few epochs."""
-    base = {
-        "data": "synthetic",
-        "train_per_class": 20,
-        "test_per_class": 5,
-        "epochs": 3,
-        "batch_size": 10,
-        "lr": 0.01,
-        "schedule": "constant",
-        "augment": "none",
-        "device": "cpu",
-        "seed": 0,
-        "val_size": 0,
-    }
-    return TrainConfig(**{**base, **changes})
+    """tests/tiny.py's 200 synthetic training images, over 3 epochs and with no validation split."""
+    return tiny.config(**{"epochs": 3, "val_size": 0, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -391,21 +379,9 @@ def test_tensorboard_scalars_are_the_history(tmp_path):
         main(
             [
                 "train",
-                "--data",
-                "synthetic",
-                "--train-per-class",
-                "2",
-                "--test-per-class",
-                "1",
+                *tiny.TRAIN_ARGS,
                 "--epochs",
                 "2",
-                "--batch-size",
-                "10",
-                "--augment",
-                "none",
-                "--device",
-                "cpu",
-                "--no-progress",
                 "--out",
                 str(run),
                 "--tensorboard",

@@ -27,14 +27,16 @@ batches (bench.data.augment). Nothing here runs at import time.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from bench.cache_dir import default_cache_dir
 from bench.data import splits
 from bench.data.augment import AUGMENTS, PREPROCESS, Normalizer, augment_batch, center_crop, parse_augment
-from bench.data.cache import cached, check_cache_dir, default_cache_dir
+from bench.data.cache import cached, check_cache_dir
 from bench.data.sources import (
     CIFAR10_CLASSES,
     RawData,
@@ -46,6 +48,8 @@ from bench.data.sources import (
     read_folder,
 )
 from bench.errors import UserError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "AUGMENTS",
@@ -60,6 +64,9 @@ __all__ = [
 NAMED_SOURCES = ("cifar10", "synthetic")
 SPLITS = ("train", "val", "test", "train_eval")
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 5000, 1000  # the synthetic source's split sizes when nothing else is asked
+# The default validation split (val_size None): a tenth of the full training split, at most 5,000 images,
+# so CIFAR-10's 50,000 give 5,000 and a folder of 5,000 images 500.
+AUTO_VAL_SHARE, AUTO_VAL_MAX = 0.1, 5000
 CIFAR10_SIDE = 32  # the cifar10 source's images
 
 
@@ -71,7 +78,9 @@ class DataSpec:
     explicit_image_size: int | None = None  # the user's --image-size: lets a folder of mixed sizes be resized
     train_per_class: int | None = None  # stratified subset of the training split (after the validation hold-out)
     test_per_class: int | None = None
-    val_size: int = 0  # images held out of the full training split for validation; 0: no validation split
+    # images held out of the full training split for validation; 0: no validation split; None: the
+    # default, a tenth of the full training split, at most 5,000 (`auto_val_size`)
+    val_size: int | None = 0
     train_eval_size: int = 5000  # training images in the clean (un-augmented) train_eval split; capped at train
     data_seed: int = 0  # seeds every draw: hold-out, per-class subsets, train_eval
     preprocess: str = "standardize"  # standardize | meanonly
@@ -210,16 +219,31 @@ def _synthetic_sizes(spec: DataSpec, n_classes: int) -> tuple[int, int]:
     The hold-out comes on top, a whole number per class, so that the training images
     left are still what was asked.
     """
-    if spec.synthetic_train is not None:
-        train = max(spec.synthetic_train, n_classes * (spec.train_per_class or 0))
-    else:
-        train = n_classes * spec.train_per_class if spec.train_per_class else SYNTHETIC_TRAIN
+    train = _synthetic_train(spec, n_classes)
     if spec.synthetic_test is not None:
         test = max(spec.synthetic_test, n_classes * (spec.test_per_class or 0))
     else:
         test = n_classes * spec.test_per_class if spec.test_per_class else SYNTHETIC_TEST
-    val = n_classes * -(-max(spec.val_size, 0) // n_classes)
-    return train + val, test
+    return train + _synthetic_val(spec, train, n_classes), test
+
+
+def _synthetic_train(spec: DataSpec, n_classes: int) -> int:
+    """The synthetic training images asked for, before the hold-out."""
+    if spec.synthetic_train is not None:
+        return max(spec.synthetic_train, n_classes * (spec.train_per_class or 0))
+    return n_classes * spec.train_per_class if spec.train_per_class else SYNTHETIC_TRAIN
+
+
+def auto_val_size(n_train: int) -> int:
+    """The default validation split of a full training split of `n_train` images: a tenth, at most 5,000."""
+    return min(AUTO_VAL_MAX, int(n_train * AUTO_VAL_SHARE))
+
+
+def _synthetic_val(spec: DataSpec, train: int, n_classes: int) -> int:
+    """The synthetic hold-out, on top of the `train` images asked for, a whole number per class:
+    `val_size`, or by default a tenth of the whole (train and hold-out), at most 5,000."""
+    asked = spec.val_size if spec.val_size is not None else min(AUTO_VAL_MAX, -(-train // 9))
+    return n_classes * -(-max(asked, 0) // n_classes)
 
 
 def _read(spec: DataSpec, cache_dir: Path | None) -> tuple[RawData, dict]:
@@ -263,8 +287,21 @@ def _check_spec(spec: DataSpec) -> None:
         )
     for name in ("val_size", "train_eval_size"):
         value = getattr(spec, name)
+        if name == "val_size" and value is None:  # the default split, sized from the data set
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise UserError(f"{name} must be a whole number of images, 0 or more, got {value!r}")
+
+
+def _default_val_size(spec: DataSpec, raw: RawData, classes: list[str]) -> int:
+    """The validation split when none was given: a tenth of the full training split, at most 5,000,
+    and never all of a class's images (a class of one image keeps it for training)."""
+    n = len(raw.train_y)
+    if spec.kind() == "synthetic":  # made on top of the training images asked for: that many again
+        size = _synthetic_val(spec, _synthetic_train(spec, len(classes)), len(classes))
+    else:
+        size = splits.largest_hold_out(splits.class_counts(raw.train_y, len(classes)), auto_val_size(n))
+    return size
 
 
 def load_data(spec: DataSpec, cache_dir: Path | None | str = "default") -> Dataset:
@@ -280,13 +317,14 @@ def load_data(spec: DataSpec, cache_dir: Path | None | str = "default") -> Datas
             f"classification needs at least 2 classes: add a second class folder under train/ and test/"
         )
     seed = spec.data_seed
-    rest, val = splits.hold_out(raw.train_y, spec.val_size, classes, seed)
-    if spec.val_size:
+    val_size = spec.val_size if spec.val_size is not None else _default_val_size(spec, raw, classes)
+    rest, val = splits.hold_out(raw.train_y, val_size, classes, seed)
+    if val_size:
         trx, try_ = raw.train_x[rest], raw.train_y[rest]
         vax, vay = raw.train_x[val], raw.train_y[val]
     else:
         trx, try_, vax, vay = raw.train_x, raw.train_y, None, None
-    after = f" left after the {spec.val_size}-image validation hold-out" if spec.val_size else ""
+    after = f" left after the {val_size}-image validation hold-out" if val_size else ""
     trx, try_ = _subset(trx, try_, splits.per_class(try_, spec.train_per_class, classes, "train", seed, after))
     tex, tey = _subset(raw.test_x, raw.test_y, splits.per_class(raw.test_y, spec.test_per_class, classes, "test", seed))
     train_eval = splits.sample(try_, spec.train_eval_size, len(classes), seed, "train_eval")
@@ -308,7 +346,7 @@ def load_data(spec: DataSpec, cache_dir: Path | None | str = "default") -> Datas
         test_per_class=spec.test_per_class,
         preprocess=spec.preprocess,
         data_seed=seed,
-        val_size=spec.val_size,
+        val_size=val_size,  # the split used: the default's size, where val_size was not given
         val_images=0 if vay is None else len(vay),
         val_per_class=per_class(vay),
         train_class_counts=per_class(try_),
@@ -316,4 +354,11 @@ def load_data(spec: DataSpec, cache_dir: Path | None | str = "default") -> Datas
         train_eval_images=len(train_eval),
         conversion=raw.conversion,
     )
+    if spec.val_size is None:  # said once the data set is whole: a refused one says only why
+        log.info(
+            "validation split: %d of the %d training images (the default: a tenth, at most %d; --val-size to change)",
+            val_size,
+            len(raw.train_y),
+            AUTO_VAL_MAX,
+        )
     return Dataset(trx, try_, tex, tey, classes, norm, prov, vax, vay, train_eval, crop)

@@ -23,10 +23,6 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 2
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "alexnet-bench"))
-
-
 def check_cache_dir(cache_dir: Path) -> None:
     """Fail now, naming the folder, if the cache cannot be written: not after minutes of decoding."""
     cache_dir = Path(cache_dir)

@@ -62,7 +62,7 @@ def hold_out(y: torch.Tensor, val_size: int, classes: list[str], seed: int) -> t
         c = full[0]
         raise UserError(
             f"val_size {val_size} would hold out all {counts[c]} training images of class "
-            f"{classes[c]!r}; pass --val-size {_largest_ok(counts, val_size)} or less "
+            f"{classes[c]!r}; pass --val-size {largest_hold_out(counts, val_size)} or less "
             f"(0 for no validation split)"
         )
     val = take(y, quotas, generator(seed, "val"))
@@ -71,8 +71,8 @@ def hold_out(y: torch.Tensor, val_size: int, classes: list[str], seed: int) -> t
     return everything[keep], val
 
 
-def _largest_ok(counts: list[int], val_size: int) -> int:
-    """The largest hold-out below `val_size` that leaves every class at least one training image."""
+def largest_hold_out(counts: list[int], val_size: int) -> int:
+    """The largest hold-out up to `val_size` that leaves every class at least one training image."""
     v = min(val_size, sum(counts) - len(counts))
     while v > 0 and any(q >= n for q, n in zip(proportional(counts, v), counts)):
         v -= 1

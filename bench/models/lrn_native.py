@@ -11,6 +11,13 @@ the compiler, its flags and this CPU's instruction set (it is built for this CPU
 compiled with OpenMP: loaded into a process that runs torch, it uses torch's OpenMP runtime
 and threads. Without a compiler or OpenMP, `unavailable_reason` says why and the LRN runs
 its other paths.
+
+The cache is trusted only as far as it can be checked. A library is loaded only if its bytes
+match the checksum written beside it when it was built, and is built again otherwise: a
+copy cut short is a bus error once mapped into the process, not an exception, so the check
+comes before loading. The folder must be this user's and writable by no one else (whoever
+can write there can put code into this process); where it is not, or cannot be written,
+the kernels are built in a private temporary folder, and a warning says so once.
 """
 
 from __future__ import annotations
@@ -18,16 +25,20 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
 
 import torch
 
-from bench.data.cache import default_cache_dir
+from bench.cache_dir import default_cache_dir
+
+log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("lrn_cpu.c")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared", "-std=c11")
@@ -64,6 +75,50 @@ def _cpu_identity() -> str:
         return platform.machine() + platform.processor()
 
 
+def library_name(source: bytes, compiler: str) -> str:
+    """The cached library's file name: a hash of all that makes it (the C source, the compiler,
+    its flags, this CPU's instruction set), so that a change to any one of them builds it again."""
+    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(FLAGS).encode(), _cpu_identity().encode()]))
+    return f"lrn_cpu-{key.hexdigest()[:16]}.so"
+
+
+def unsafe_folder(folder: Path) -> str | None:
+    """Why `folder` cannot hold libraries for this process to load, or None where it can: it must
+    be a folder of this user's that no one else can write. A missing one is made, private."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = folder.stat()
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    if not stat.S_ISDIR(info.st_mode):
+        return "not a folder"
+    if info.st_uid != os.geteuid():
+        return f"owned by another user (uid {info.st_uid})"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"writable by other users ({stat.filemode(info.st_mode)})"
+    return None
+
+
+def _checksum_file(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _whole(library: Path) -> bool | None:
+    """Whether a cached library is byte for byte what was built (the checksum recorded beside it);
+    None where there is no library or no checksum."""
+    try:
+        recorded = _checksum_file(library).read_text().strip()
+        return _sha256(library) == recorded
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return False
+
+
 class _Built:
     def __init__(self, library: ctypes.CDLL):
         self.functions = {}
@@ -82,46 +137,68 @@ def _build() -> _Built | str:
     if compiler is None:
         chosen = os.environ.get("CC")
         return f"no C compiler for the CPU LRN kernels ({f'$CC={chosen} not found' if chosen else 'cc, gcc or clang'})"
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(FLAGS).encode(), _cpu_identity().encode()]))
-    name = f"lrn_cpu-{key.hexdigest()[:16]}.so"
-    for folder in (kernel_cache_dir(), None):
-        private = folder is None
+    name = library_name(SOURCE.read_bytes(), compiler)
+    folder = kernel_cache_dir()
+    why = unsafe_folder(folder)
+    if why is None:
+        library = folder / name
         try:
-            folder = folder or Path(
-                tempfile.mkdtemp(prefix="bench-kernels-")
-            )  # an unwritable cache: this process's own
-            folder.mkdir(parents=True, exist_ok=True)
-            library = folder / name
-            if not library.exists():
-                _compile(compiler, folder, library)
-            break
+            whole = _whole(library)
+            if whole is False:
+                log.warning("the cached CPU LRN kernels %s do not match their checksum; building them again", library)
+            if not whole:
+                _compile(compiler, library)
+            return _load(library)
         except subprocess.CalledProcessError as exc:
-            return f"building the CPU LRN kernels failed ({compiler}): {(exc.stderr or '').strip()[-300:]}"
+            return _failed(compiler, exc)
         except OSError as exc:
-            why = f"building the CPU LRN kernels failed: {exc}"
-    else:
-        return why
+            why = f"cannot write there: {exc.strerror or exc}"
+    log.warning(
+        "the CPU LRN kernels' cache %s%s is not usable (%s); building them in a private temporary folder "
+        "(set BENCH_KERNELS to a folder of your own to keep them)",
+        folder,
+        " ($BENCH_KERNELS)" if os.environ.get("BENCH_KERNELS") else "",
+        why,
+    )
+    private = Path(tempfile.mkdtemp(prefix="bench-kernels-"))
+    try:
+        _compile(compiler, private / name)
+        return _load(private / name)
+    except subprocess.CalledProcessError as exc:
+        return _failed(compiler, exc)
+    except OSError as exc:
+        return f"building the CPU LRN kernels failed: {exc}"
+    finally:
+        shutil.rmtree(private, ignore_errors=True)  # this process's own: loaded (or not), it is not needed again
+
+
+def _failed(compiler: str, exc: subprocess.CalledProcessError) -> str:
+    return f"building the CPU LRN kernels failed ({compiler}): {(exc.stderr or '').strip()[-300:]}"
+
+
+def _load(library: Path) -> _Built | str:
     try:
         return _Built(ctypes.CDLL(str(library)))
     except (OSError, AttributeError) as exc:
         return f"loading the CPU LRN kernels failed: {exc}"
-    finally:
-        if private:
-            shutil.rmtree(folder, ignore_errors=True)  # this process's own: loaded (or not), it is not needed again
 
 
-def _compile(compiler: str, folder: Path, library: Path) -> None:
-    # Into a temporary name, then renamed: processes building at once never load a half-written file.
-    fd, partial = tempfile.mkstemp(dir=folder, suffix=".so.partial")
-    os.close(fd)
+def _compile(compiler: str, library: Path) -> None:
+    """Build `library` and its checksum, each into a temporary name and then renamed: processes
+    building at once never load a half-written file, and a crash between the two renames leaves
+    a library with no checksum or another's, which is built again."""
+    partial = library.with_name(f".{library.name}.{os.getpid()}.partial")
+    partial_sum = _checksum_file(partial)
     try:
         subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", partial, "-lm"], check=True, capture_output=True, text=True
+            [compiler, *FLAGS, str(SOURCE), "-o", str(partial), "-lm"], check=True, capture_output=True, text=True
         )
+        partial_sum.write_text(_sha256(partial) + "\n")
         os.replace(partial, library)
+        os.replace(partial_sum, _checksum_file(library))
     finally:
-        Path(partial).unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+        partial_sum.unlink(missing_ok=True)
 
 
 def unavailable_reason() -> str | None:

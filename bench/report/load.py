@@ -45,6 +45,7 @@ from bench.train.result import (
 log = logging.getLogger(__name__)
 
 RUNS, HISTORY, ENVIRONMENT = "runs.csv", "history.csv", "environment.json"
+PROGRESS = "progress.csv"  # the running training error at each 1/10 epoch: Figure 1's epochs to the target
 # Training error during the epoch, through augmentation and dropout, in % (per epoch; the last epoch's).
 RUNNING_TRAIN_EPOCH, RUNNING_TRAIN = "train_running_err_pct", "final_train_running_err_pct"
 # Training images evaluated without augmentation or dropout, top-1 error in % (per epoch; final weights).
@@ -115,6 +116,7 @@ class StudyData:
     tuning_seeds: list = field(default_factory=list)  # a two-stage profile's seeds that chose the rates
     lr_choice: pd.DataFrame | None = None  # a tune_lr profile: each arm's rate, chosen on validation (bench.choose)
     grid_runs: pd.DataFrame | None = None  # a tune_lr profile: the grid's cells at rates not chosen
+    progress: pd.DataFrame | None = None  # progress.csv's rows of the cells of `runs` (None: no progress.csv)
 
     @property
     def label(self) -> str:
@@ -237,6 +239,7 @@ def load(folder: Path) -> StudyData:
         *_seeds(design, spec if prof is not None else None, profile, notes),
         lr_choice,
         grid_runs,
+        _read_progress(folder, runs, notes, superseded),
     )
 
 
@@ -356,7 +359,7 @@ def _target(runs: pd.DataFrame, spec: StudyFile | None) -> dict | None:
 
 # Columns the report computes with: a value that is not a number there is damage, not a missing value.
 NUMBER_SUFFIXES = ("_pct", "_seconds", "_per_s", "_loss", "_to_target")
-NUMBER_COLUMNS = {"seed", "macs", "params_total", "cfg_lr", "epochs_run", "best_epoch"}
+NUMBER_COLUMNS = {"seed", "macs", "params_total", "cfg_lr", "epochs_run", "best_epoch", "epoch", "step"}
 
 
 def _check_numbers(table: pd.DataFrame, path: Path) -> None:
@@ -459,6 +462,30 @@ def _read_history(
         notes.warn(f"{orphans} {HISTORY} rows belong to no cell of {RUNS} (an interrupted cell); left out")
         merged = merged[merged["status"].notna()]
     return merged
+
+
+def _read_progress(
+    folder: Path, runs: pd.DataFrame, notes: Notes, superseded: set = frozenset()
+) -> pd.DataFrame | None:
+    """progress.csv's rows of the cells of `runs`, checked as history.csv is: a torn or garbled
+    table, or text where a number belongs, is refused (`UserError`); rows of no cell of runs.csv
+    are left out with a warning. None where there is no progress.csv, or it is empty."""
+    path = folder / PROGRESS
+    if not path.is_file() or not path.stat().st_size:
+        return None
+    check_table(path, ("cell_id",))
+    try:
+        prog = read_csv(path, ["cell_id"])
+    except pd.errors.EmptyDataError:
+        return None
+    _check_numbers(prog, path)
+    if "cell_id" not in prog:
+        return prog
+    prog = prog[~prog["cell_id"].isin(superseded)]
+    orphans = ~prog["cell_id"].isin(set(runs["cell_id"])) if "cell_id" in runs else prog["cell_id"].notna()
+    if orphans.any():
+        notes.warn(f"{int(orphans.sum())} {PROGRESS} rows belong to no cell of {RUNS} (an interrupted cell); left out")
+    return prog[~orphans]
 
 
 def run_mode(sd: StudyData) -> str:

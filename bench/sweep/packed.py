@@ -17,9 +17,9 @@ into an `error` row naming the exit code, and a new worker takes its place.
 Ctrl-C stops the workers; cells already yielded are the caller's, and the sweep
 merges them as it does for any executor.
 
-Timing caveat, recorded in every row (`packed_cells`): the throughput a cell
-measures while others run beside it is its share of the device, not the device's
-speed for that model alone.
+Timing caveat, recorded in every row (`packed_cells`: the cells run at once, N or
+the fewer there were to run): the throughput a cell measures while others run
+beside it is its share of the device, not the device's speed for that model alone.
 """
 
 from __future__ import annotations
@@ -62,8 +62,11 @@ class PackedExecutor:
 
     def run(self, cells, fn) -> Iterator:
         ctx = mp.get_context("spawn")  # fork would copy a process that may hold CUDA state and threads
-        threads = threads_per_cell(self.jobs)
         todo = deque(cells)
+        # What each row's packed_cells records: the cells that run at once, never more than there are
+        # (a confirming stage of two cells under --jobs 8 runs two).
+        packed = max(1, min(self.jobs, len(todo)))
+        threads = threads_per_cell(packed)
         busy: dict = {}  # parent's end of a worker's pipe -> (process, the cell it runs)
 
         def give_work(conn, process) -> None:
@@ -77,13 +80,13 @@ class PackedExecutor:
 
         def start_worker() -> None:
             mine, theirs = ctx.Pipe()
-            process = ctx.Process(target=_worker, args=(theirs, fn, self.device, threads, self.jobs), daemon=True)
+            process = ctx.Process(target=_worker, args=(theirs, fn, self.device, threads, packed), daemon=True)
             process.start()
             theirs.close()
             give_work(mine, process)
 
         try:
-            for _ in range(min(self.jobs, len(todo))):
+            for _ in range(packed):
                 start_worker()
             while busy:
                 for conn in wait(list(busy)):  # a result, or end of file when a worker died
@@ -95,7 +98,7 @@ class PackedExecutor:
                         result = fn.failed(
                             cell, ERROR, f"the cell's worker process died (exit code {process.exitcode})"
                         )
-                        result.row["packed_cells"] = self.jobs
+                        result.row["packed_cells"] = packed
                         yield result
                         if todo:
                             start_worker()

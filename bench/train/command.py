@@ -71,6 +71,8 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
         raise UserError(f"run folder {out} already exists and is not an empty folder; pass another --out")
     if ddp.is_main():
         check_writable(out, "--out", folder=True)  # not after the data has loaded
+        if args.tensorboard:  # not after the first epoch has trained
+            check_writable(args.tensorboard / out.name, "--tensorboard", folder=True)
     ddp.barrier()  # DDP: every rank has checked the folder before rank 0 writes into it
     hook = EpochScalars(args.tensorboard, out.name, cfg.to_json()) if args.tensorboard and ddp.is_main() else None
     made = not out.exists()  # else it is empty (checked above): either way, all it will hold is this run's

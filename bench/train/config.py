@@ -80,7 +80,11 @@ class TrainConfig:
     image_size: int | None = option(
         None, "resize a folder of mixed image sizes to this side, in pixels (must be the model's input size)"
     )
-    val_size: int = option(5000, "images held out of the full training split for validation; 0: none")
+    val_size: int | None = option(
+        None,
+        "images held out of the full training split for validation; 0: none "
+        "(default: a tenth of the full training split, at most 5000)",
+    )
     train_eval_size: int = option(
         5000, "training images evaluated un-augmented after each epoch, for the clean training error"
     )
@@ -174,7 +178,7 @@ class TrainConfig:
             "plateau_patience",
             "plateau_max_drops",
         ):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise UserError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if self.image_size is not None and self.image_size < 1:
             raise UserError(f"image_size must be at least 1 pixel, got {self.image_size}")

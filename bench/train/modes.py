@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.data.cache import default_cache_dir
+from bench.cache_dir import default_cache_dir
 from bench.device import DTYPES, keep_cpu_heap
 
 DTYPE_CHOICES = (*DTYPES, "auto")

@@ -65,13 +65,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from bench.io import read_csv
 from bench.report import format as fmt
 from bench.report import plot
 from bench.report.claims import assess_speedup, by_seed
 from bench.report.load import (
     CLEAN_TRAIN_EPOCH,
     HISTORY,
+    PROGRESS,
     RUNNING_TRAIN,
     RUNNING_TRAIN_EPOCH,
     StudyData,
@@ -234,29 +234,28 @@ def _lr(frame: pd.DataFrame, sd: StudyData) -> pd.Series:
     return sd.column("cfg_lr", frame, "the learning rate of each cell").astype(str)
 
 
-PROGRESS = "progress.csv"
-
-
 def trailing_curves(sd: StudyData) -> dict[str, pd.DataFrame]:
     """cell_id -> the trailing-epoch mean of the target metric at each progress point from the end
     of epoch 1 on (columns epoch, step, the metric), for the cells of runs.csv with progress
     points; {} where progress.csv is absent or the target is not the running training error."""
-    path = sd.folder / PROGRESS
-    metric = sd.target["metric"]
-    if metric != RUNNING_TRAIN_EPOCH or not path.is_file():
-        return {}
-    try:
-        prog = read_csv(path, ["cell_id"])
-    except pd.errors.EmptyDataError:
+    prog, metric = sd.progress, sd.target["metric"]
+    if metric != RUNNING_TRAIN_EPOCH or prog is None:
         return {}
     if not {"cell_id", "step", "epoch", metric} <= set(prog.columns):
         sd.notes.warn(f"{PROGRESS} lacks cell_id, step, epoch or {metric}; epochs to the target from {HISTORY}")
         return {}
-    prog = prog[prog["cell_id"].isin(set(sd.runs["cell_id"]))]
     out = {}
     for cid, g in prog.groupby("cell_id", sort=False):
         points = g.sort_values("step")[["step", "epoch", metric]].to_dict("records")
         out[cid] = pd.DataFrame(trailing_epoch_mean(points, metric), columns=["step", "epoch", metric])
+    trained = sd.ok_runs()
+    if "epochs_run" in trained:
+        trained = trained[pd.to_numeric(trained["epochs_run"], errors="coerce") > 0]
+    if without := len(set(trained["cell_id"]) - set(out)):
+        sd.notes.warn(
+            f"{without} finished cell(s) have no rows in {PROGRESS}; their epochs to the target are whole "
+            f"epochs from {HISTORY}"
+        )
     return out
 
 
@@ -647,7 +646,7 @@ def figure1_table(sd: StudyData, chosen: pd.DataFrame, ratios: dict[str, Speedup
 
 
 def _epochs_note(sd: StudyData) -> str:
-    if sd.target["metric"] == RUNNING_TRAIN_EPOCH and (sd.folder / PROGRESS).is_file():
+    if sd.target["metric"] == RUNNING_TRAIN_EPOCH and sd.progress is not None:
         return (
             "Epochs to the target: where the running training error averaged over the trailing epoch (the "
             "last ten progress windows, weighted by their steps), evaluated every 1/10 epoch from the end "
