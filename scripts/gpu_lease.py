@@ -151,7 +151,7 @@ def plan(lease: Lease) -> list[Stage]:
         Stage("packs", 60, speed_argv(lease, "packs"), open_ended=True),
         Stage("gate-against", 60, against_argv(lease)),
         Stage("gate-save", 50, baseline_argv(lease)),
-        Stage("figure1", 15 if dry else 90, figure1_argv(lease), rest=not dry, open_ended=True, needs_data=not dry),
+        Stage("figure1", 25 if dry else 90, figure1_argv(lease), rest=not dry, open_ended=True, needs_data=not dry),
     ]
 
 
