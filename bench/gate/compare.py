@@ -331,20 +331,10 @@ def format_report(baseline: Run, current: Run, rows: list[dict], *, threshold: f
         f"band: {NOISE_K:g} x the baseline's and this run's spreads combined\n"
     )
 
-    def number(v):
-        return "-" if v is None else f"{v:,.1f}"
-
     def percent(v, fmt=".0%"):
         return "-" if v is None else format(v, fmt)
 
-    verdicts = {
-        "regressed": "REGRESSED (confirmed)",
-        "suspect": "REGRESSED",
-        "noise": "noise (re-measured)",
-        "faster": "faster",
-        "new": "new (no baseline)",
-        "missing": "not run",
-    }
+    verdicts = {**VERDICTS, "new": "new (no baseline)"}
     table = [("benchmark", "baseline img/s", "this run img/s", "spread", "band", "change", "")]
     for r in rows:
         table.append(
@@ -386,6 +376,21 @@ def format_report(baseline: Run, current: Run, rows: list[dict], *, threshold: f
     if not compared:
         lines[-1] = "FAILED: no benchmark in common with the baseline"
     return "\n".join(lines)
+
+
+# A row's status as the reports' last column says it.
+VERDICTS = {
+    "regressed": "REGRESSED (confirmed)",
+    "suspect": "REGRESSED",
+    "noise": "noise (re-measured)",
+    "faster": "faster",
+    "missing": "not run",
+}
+
+
+def number(v: float | None) -> str:
+    """images/s as the reports show them."""
+    return "-" if v is None else f"{v:,.1f}"
 
 
 def table_lines(table: list[tuple[str, ...]]) -> list[str]:

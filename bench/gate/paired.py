@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.errors import UserError
-from bench.gate.compare import label, table_lines
+from bench.gate.compare import VERDICTS, label, number, regressed, table_lines
 from bench.gate.suite import describe_device, device_id
 from bench.measure.worker import Worker, WorkerFailed
 from bench.stats import paired
@@ -229,19 +229,10 @@ def format_paired_report(
         "and fails only if fresh pairs suspect it again\n",
     ]
 
-    def number(v):
-        return "-" if v is None else f"{v:,.1f}"
-
     def interval(r):
         return "-" if r["change"] is None else f"{r['change']:+.1%} [{r['lo']:+.1%}, {r['hi']:+.1%}]"
 
-    verdicts = {
-        "regressed": "REGRESSED (confirmed)",
-        "suspect": "REGRESSED",
-        "noise": "noise (re-measured)",
-        "faster": "faster",
-        "new": "new (not at the commit)",
-    }
+    verdicts = {**VERDICTS, "new": "new (not at the commit)"}
     table = [("benchmark", f"{ref} img/s", "here img/s", "change [95% interval]", "")]
     table += [
         (
@@ -266,7 +257,7 @@ def format_paired_report(
             lines.append(f"  {label(r)}: {interval(r)}; again {again}; {outcome}")
 
     compared = [r for r in rows if r["change"] is not None]
-    bad = [r for r in rows if r["status"] in ("regressed", "suspect")]
+    bad = regressed(rows)
     lines.append("")
     if not compared:
         lines.append(f"FAILED: no benchmark ran both here and at {ref}")
