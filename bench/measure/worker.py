@@ -18,8 +18,9 @@ Protocol, version `PROTOCOL`: one JSON object per line, requests on stdin, repli
   Optional: "steps" (else the setup's), "threads" (set first; a new count is warmed up
   again), "barrier" (reply {"ready": true} after the re-warming and start the clock only on
   the next request, {"go": true}: packed workers start together).
-- A request that fails: reply {"error": "one line"}; end of input: exit 0. A worker dies with
-  the process that started it (Linux: the parent-death signal; elsewhere at its next read).
+- A request that fails: reply {"error": "one line"}; end of input: exit 0. A worker `Worker`
+  starts dies with the process that started it (Linux: the parent-death signal, `BOOT`;
+  elsewhere at its next read).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import gc
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -51,7 +51,15 @@ PROTOCOL = 3
 # 2-core AMD EPYC, LeNet-5's training rounds in strict alternation varied 17% (sd of the log ratio
 # of a pair's two rounds, same code both sides) without, 9% with a quarter round of re-warming.
 REWARM = 0.25
-PARENT_ENV = "BENCH_WORKER_PARENT"  # the pid a worker dies with
+# How a client starts a worker: set to be killed when the client dies (Linux: the parent-death signal,
+# kill -9 of the client included), before anything slow is imported, then run this module.
+BOOT = """import ctypes, os, runpy, signal, sys
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv.pop(1)):
+    sys.exit(1)  # the client died before the signal was set
+runpy.run_module("bench.measure.worker", run_name="__main__", alter_sys=True)
+"""
 ROOT = Path(__file__).resolve().parents[2]  # the folder holding this `bench` package
 
 
@@ -109,24 +117,11 @@ def serve(lines: Iterator[str], reply: Callable[[dict], None], build: Build = bu
             reply({"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"})
 
 
-def _die_with_parent() -> None:
-    """Be killed when the process that started this one dies (Linux), even by kill -9."""
-    parent = os.environ.get(PARENT_ENV)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if parent is not None and os.getppid() != int(parent):  # it died before the signal was set
-        os._exit(1)
-
-
 def _reply(message: dict) -> None:
     print(json.dumps(message), flush=True)
 
 
 def main() -> int:
-    _die_with_parent()
     _reply({"protocol": PROTOCOL})
     try:
         serve(iter(sys.stdin), _reply)
@@ -147,10 +142,10 @@ class Worker:
     def __init__(self, root: Path = ROOT, where: str = "this checkout"):
         self.where = where
         path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, "PYTHONPATH": path, PARENT_ENV: str(os.getpid())}
+        env = {**os.environ, "PYTHONPATH": path}
         # stderr passes through: the worker's warnings and a failure's reason reach the user
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.measure.worker"],
+            [sys.executable, "-c", BOOT, str(os.getpid())],
             cwd=root,
             env=env,
             stdin=subprocess.PIPE,
