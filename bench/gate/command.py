@@ -66,7 +66,6 @@ from bench.gate.compare import (
 from bench.gate.plugin import OPTION
 from bench.gate.suite import PHASES, cases, describe_device, device_id, resolve_options
 from bench.io import atomic_write_text, check_writable, write_csv
-from bench.measure.workload import BATCHES
 from bench.train.flags import add_config_arguments
 
 log = logging.getLogger(__name__)
@@ -225,12 +224,12 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError("--pairs is for --against; --save and --compare repeat the suite with --repeat")
     if args.pairs is not None and args.pairs < 2:
         raise UserError(f"--pairs must be 2 or more (one pair gives no interval), got {args.pairs}")
-    if args.batches is not None and args.batches not in BATCHES:
-        raise UserError(f"--batches {args.batches!r} is not valid; choose one of: {', '.join(BATCHES)}")
-    for arg in args.pytest_args:  # the suite's options, under the gate's name or pytest's
+    for arg in args.pytest_args:  # the suite's options, under the gate's name or as pytest would take them
         flag = arg.split("=", 1)[0].replace("--no-", "--", 1).replace("--bench-", "--", 1)
-        if flag in args._flags and flag not in ("-h", "--help") or flag == OPTION.replace("--bench-", "--", 1):
+        if flag in args._flags and flag not in ("-h", "--help"):
             raise UserError(f"give {flag} before --, not after it: the gate checks the suite's options itself")
+        if arg.startswith(OPTION):
+            raise UserError(f"{OPTION} is the gate's to give: give the suite's options before --")
 
 
 def _suite_values(args: argparse.Namespace, device) -> dict:
