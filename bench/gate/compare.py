@@ -6,7 +6,7 @@ statistic (`median` by default, or `min`), both saved by the suite.
 The gate knows its own noise. Each measurement carries its spread (`spread`: the
 interquartile range of its rounds over their median, or of its suite runs'
 throughputs when it merges several, `--repeat`, whichever is wider). A benchmark's
-noise band is `noise_k` times the baseline's and the run's spreads combined
+noise band is `NOISE_K` times the baseline's and the run's spreads combined
 (root sum of squares), never narrower than `threshold` and never wider than
 `MAX_BAND` (wider would hide a 2x slowdown). A drop beyond the band makes the
 benchmark a suspect, not a regression: `confirm` re-measures the suspects and
@@ -27,10 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import UserError
-from bench.gate.options import CONFIRM, MAX_BAND, NOISE_K
 from bench.gate.suite import MEASUREMENT_KEYS, describe_device, device_id
 
 STATS = ("median", "min")
+# The band is this many combined spreads (IQR over median, baseline's and run's in quadrature).
+# An IQR is 1.35 standard deviations of a normal spread, so 2 is about 3.8 sigma of the
+# difference of two single rounds; medians of rounds vary less.
+NOISE_K = 2.0
+# The widest band: a benchmark this noisy still fails on a confirmed loss of more than 30%
+# (one CPU thread instead of two costs 23-48%; half the GPU, 50%).
+MAX_BAND = 0.30
+CONFIRM = 3  # re-measurements of a suspected regression before the gate fails
 
 # Recorded software and settings that, when they changed, are named beside the table.
 CHANGES_SHOWN = (
@@ -161,9 +168,9 @@ def spread(entry: dict) -> float:
     return max(rounds, _relative_iqr(list(runs)))
 
 
-def noise_band(old: dict, new: dict, *, threshold: float, noise_k: float = NOISE_K) -> float:
+def noise_band(old: dict, new: dict, *, threshold: float) -> float:
     """The largest drop (a fraction) of `new` from `old` that their noise explains: see the module docstring."""
-    noise = noise_k * math.hypot(spread(old), spread(new))
+    noise = NOISE_K * math.hypot(spread(old), spread(new))
     return min(max(threshold, noise), max(threshold, MAX_BAND))
 
 
@@ -196,9 +203,7 @@ def check_settings(baseline: Run, settings: dict, verb: str = "measured") -> Non
         )
 
 
-def compare(
-    baseline: Run, current: Run, *, threshold: float, stat: str = "median", noise_k: float = NOISE_K
-) -> list[dict]:
+def compare(baseline: Run, current: Run, *, threshold: float, stat: str = "median") -> list[dict]:
     """One row per benchmark on either side, baseline order first: images/s both sides, change, band, status.
 
     status: `ok`, `suspect` (slower than its noise band: `confirm` decides),
@@ -228,7 +233,7 @@ def compare(
             row["status"] = "missing"
         else:
             row["change"] = row["images_per_s"] / row["baseline_images_per_s"] - 1
-            row["band"] = band = noise_band(old, new, threshold=threshold, noise_k=noise_k)
+            row["band"] = band = noise_band(old, new, threshold=threshold)
             row["status"] = "suspect" if row["change"] < -band else "faster" if row["change"] > band else "ok"
         rows.append(row)
     return rows
@@ -299,9 +304,7 @@ def _changes(baseline: Run, current: Run) -> str:
     return ", ".join(pieces)
 
 
-def format_report(
-    baseline: Run, current: Run, rows: list[dict], *, threshold: float, stat: str, noise_k: float = NOISE_K
-) -> str:
+def format_report(baseline: Run, current: Run, rows: list[dict], *, threshold: float, stat: str) -> str:
     """The header (what is compared with what), the table, and the verdict naming the regressed benchmarks."""
     s = current.settings
     commit = f" at commit {baseline.commit}" if baseline.commit else ""
@@ -319,31 +322,19 @@ def format_report(
             f"per benchmark, the median of {baseline.repeat} suite run(s) for the baseline "
             f"and of {current.repeat} for this run (--repeat)"
         )
-    if s.get("inject_slowdown", 1) != 1:
-        lines.append(f"note: this run injected a {s['inject_slowdown']}x slowdown (--inject-slowdown)")
     lines.append(
         f"images/s from the {stat} round time; a benchmark is suspected when it drops beyond its noise band "
         f"({threshold:.0%} or more, up to {max(threshold, MAX_BAND):.0%}), and fails only if re-measurement confirms it"
     )
     lines.append(
         "spread: interquartile range over the median, of the rounds or of the --repeat runs (the wider); "
-        f"band: {noise_k:g} x the baseline's and this run's spreads combined\n"
+        f"band: {NOISE_K:g} x the baseline's and this run's spreads combined\n"
     )
-
-    def number(v):
-        return "-" if v is None else f"{v:,.1f}"
 
     def percent(v, fmt=".0%"):
         return "-" if v is None else format(v, fmt)
 
-    verdicts = {
-        "regressed": "REGRESSED (confirmed)",
-        "suspect": "REGRESSED",
-        "noise": "noise (re-measured)",
-        "faster": "faster",
-        "new": "new (no baseline)",
-        "missing": "not run",
-    }
+    verdicts = {**VERDICTS, "new": "new (no baseline)"}
     table = [("benchmark", "baseline img/s", "this run img/s", "spread", "band", "change", "")]
     for r in rows:
         table.append(
@@ -385,6 +376,21 @@ def format_report(
     if not compared:
         lines[-1] = "FAILED: no benchmark in common with the baseline"
     return "\n".join(lines)
+
+
+# A row's status as the reports' last column says it.
+VERDICTS = {
+    "regressed": "REGRESSED (confirmed)",
+    "suspect": "REGRESSED",
+    "noise": "noise (re-measured)",
+    "faster": "faster",
+    "missing": "not run",
+}
+
+
+def number(v: float | None) -> str:
+    """images/s as the reports show them."""
+    return "-" if v is None else f"{v:,.1f}"
 
 
 def table_lines(table: list[tuple[str, ...]]) -> list[str]:

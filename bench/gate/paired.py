@@ -6,14 +6,16 @@ VM, three baselines of the same code differed by 8-59% in images/s and every
 identical rerun failed against the fastest; and from one suite run to the next,
 single benchmarks of the same code moved by -32% to +47%, each its own way (the
 host's speed changes within seconds). Here both sides run now, a round at a time.
-The commit's tree is exported (`export`, git archive: the checkout and its git
-state are not touched); a worker process (`bench.gate.worker`) starts from it and
-one from this checkout; per benchmark both build and warm up the workload, then
-time `pairs` pairs of rounds in strict alternation, R H R H ..., so that the two
-rounds of a pair are a fraction of a second apart and every round follows one of
-the other side's (each re-warmed alike: `bench.gate.worker.REWARM`). Measured on a
-2-core AMD EPYC, same code both sides: a pair's log ratio varied 6-9% (sd), where
-single suite runs of one benchmark varied 20-30% from run to run.
+The commit's tree is exported (`exported`, git archive: the checkout and its git
+state are not touched); a worker process (`bench.measure.worker`) starts from it
+and one from this checkout. Per benchmark both build the same workload (this
+checkout's suite names it: `bench.gate.suite.Options.spec`; each side builds it with
+its own code) and warm it up, then time `pairs` pairs of rounds in strict
+alternation, R H R H ..., so that the two rounds of a pair are a fraction of a
+second apart and every round follows one of the other side's (each re-warmed
+alike: `bench.measure.worker.REWARM`). Measured on a 2-core AMD EPYC, same code both
+sides: a pair's log ratio varied 6-9% (sd), where single suite runs of one
+benchmark varied 20-30% from run to run.
 
 Each benchmark's change is the geometric mean of its pairs' ratios (this
 checkout's images/s over the commit's), with the 95% paired Student t interval of
@@ -22,27 +24,33 @@ suspected (`judge`) when it lost more than `threshold` and its interval excludes
 no loss; a gain beyond `threshold` whose interval excludes 0 is `faster`;
 anything else is `ok`. A suspect is set up and measured again in fresh pairs
 (`bench.gate.compare.confirm`), and the gate fails only if every set of pairs
-suspects it.
+suspects it. A benchmark the commit cannot build (a model it does not have) is
+listed as `new`, not compared.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
-import os
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.errors import UserError
-from bench.gate.compare import label, table_lines
-from bench.gate.suite import MEASUREMENT_KEYS, PHASES, describe_device, device_id
-from bench.gate.worker import PROTOCOL
+from bench.gate.compare import VERDICTS, label, number, regressed, table_lines
+from bench.gate.suite import describe_device, device_id
+from bench.measure.worker import Worker, WorkerFailed
 from bench.stats import paired
 
-WORKER_IN_TREE = Path("bench/gate/worker.py")
+WORKER_IN_TREE = Path("bench/measure/worker.py")
 REF, HERE = "ref", "here"
+# Removes the exported tree when the gate's end of its input closes: when the gate is done, or killed
+# (kill -9 included). In a session of its own, so that a signal to the gate's process group spares it.
+REAPER = "import shutil, sys; sys.stdin.read(); shutil.rmtree(sys.argv[1], ignore_errors=True)"
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -62,100 +70,54 @@ def resolve(root: Path, ref: str) -> str:
     return found.stdout.strip()
 
 
-def export(root: Path, commit: str, folder: Path) -> Path:
-    """The tree of `commit`, written into `folder` (git archive); `UserError` if it has no gate worker."""
-    archive = folder / "tree.tar"
-    made = _git(root, "archive", "--format=tar", "-o", str(archive), commit)
-    if made.returncode != 0:
-        raise UserError(f"git archive {commit[:12]} failed: {made.stderr.strip()}")
-    tree = folder / "tree"
-    with tarfile.open(archive) as tar:
-        tar.extractall(tree, filter="data")
-    archive.unlink()
-    if not (tree / WORKER_IN_TREE).is_file():
+@contextlib.contextmanager
+def exported(root: Path, commit: str) -> Iterator[Path]:
+    """The tree of `commit` (git archive) in a temporary folder, removed afterwards, even if this process is killed.
+
+    `UserError` if the tree has no worker to time it with.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="bench-gate-"))
+    reaper = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", REAPER, str(folder)], stdin=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        archive, tree = folder / "tree.tar", folder / "tree"
+        made = _git(root, "archive", "--format=tar", "-o", str(archive), commit)
+        if made.returncode != 0:
+            raise UserError(f"git archive {commit[:12]} failed: {made.stderr.strip()}")
+        with tarfile.open(archive) as tar:
+            tar.extractall(tree, filter="data")
+        archive.unlink()
+        if not (tree / WORKER_IN_TREE).is_file():
+            raise UserError(
+                f"commit {commit[:12]} has no {WORKER_IN_TREE}: it predates this gate's --against; compare with a "
+                "saved baseline instead"
+            )
+        yield tree
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        reaper.stdin.close()
+        reaper.wait()
+
+
+def start_workers(tree: Path, where: str) -> tuple[Worker, Worker]:
+    """A worker from the exported tree and one from this checkout, starting (importing torch) at once."""
+    ref = Worker(tree, where)
+    try:
+        return ref, Worker()
+    except BaseException:
+        ref.close()
+        raise
+
+
+def check_same_device(ref: Worker, here: Worker, device: str, ref_name: str) -> dict:
+    """This checkout's worker's environment on `device`; `UserError` unless the commit's worker runs on the same."""
+    was, now = ref.ask(environment=device), here.ask(environment=device)
+    if device_id(was) != device_id(now):
         raise UserError(
-            f"commit {commit[:12]} has no {WORKER_IN_TREE}: it predates gate --against; compare with a saved "
-            "baseline instead"
+            f"the worker of {ref_name} runs on {describe_device(was)}, this checkout's on {describe_device(now)}"
         )
-    return tree
-
-
-class Worker:
-    """A `bench.gate.worker` process running the package of `root` (a checkout, or an exported commit)."""
-
-    def __init__(self, root: Path, arguments: list[str], where: str):
-        self.where = where
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-        cmd = [sys.executable, "-m", "bench.gate.worker", *arguments]
-        # stderr passes through: the worker's warnings and a failure's reason reach the user
-        self.process = subprocess.Popen(
-            cmd, cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        self._hello: dict | None = None
-
-    @property
-    def hello(self) -> dict:
-        """What the worker said at start (protocol, environment, settings, cases): read when first asked for,
-        so that two workers start (import torch, build their case list) at once."""
-        if self._hello is None:
-            self._hello = self._read()
-            if self._hello.get("protocol") != PROTOCOL:
-                raise UserError(
-                    f"the gate worker of {self.where} speaks protocol {self._hello.get('protocol')}, this gate "
-                    f"{PROTOCOL}: compare with a saved baseline instead"
-                )
-        return self._hello
-
-    def _read(self) -> dict:
-        line = self.process.stdout.readline()
-        if not line:
-            status = self.process.wait()
-            raise WorkerFailed(self.where, status)
-        return json.loads(line)
-
-    def ask(self, **request) -> dict:
-        self.process.stdin.write(json.dumps(request) + "\n")
-        self.process.stdin.flush()
-        reply = self._read()
-        if "error" in reply:
-            raise WorkerFailed(self.where, None, reply["error"])
-        return reply
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.stdin.close()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-class WorkerFailed(Exception):
-    def __init__(self, where: str, status: int | None, error: str | None = None):
-        self.where, self.status, self.error = where, status, error
-        super().__init__(error or f"exited with status {status}")
-
-
-def check_same_measurement(ref: Worker, here: Worker, ref_name: str) -> None:
-    """`UserError` unless the commit's worker measures what this checkout's does (device, batch, width, mode)."""
-    was, now = ref.hello, here.hello
-    if device_id(was["environment"]) != device_id(now["environment"]):
-        raise UserError(f"the worker of {ref_name} runs on {describe_device(was['environment'])}, this checkout's "
-                        f"on {describe_device(now['environment'])}")  # fmt: skip
-    differ = [k for k in MEASUREMENT_KEYS if was["settings"].get(k) != now["settings"].get(k)]
-    if differ:
-        raise UserError(
-            f"{ref_name} and this checkout measure different things with these options ("
-            + ", ".join(f"{k}: {was['settings'].get(k)} there, {now['settings'].get(k)} here" for k in differ)
-            + "): their speeds are not comparable"
-        )
-
-
-def benchmarks(ref: Worker, here: Worker) -> list[str]:
-    """The benchmarks both sides can run (`test_train[CASE]`, as the suite names them), train first."""
-    both = [c for c in here.hello["cases"] if c in set(ref.hello["cases"])]
-    return [f"test_{phase}[{case}]" for phase in PHASES for case in both]
+    return now
 
 
 def parse_name(name: str) -> tuple[str, str]:
@@ -164,17 +126,20 @@ def parse_name(name: str) -> tuple[str, str]:
     return phase, case[:-1]
 
 
-def time_pairs(ref: Worker, here: Worker, name: str, pairs: int) -> tuple[list[float], list[float]]:
-    """images/s of `pairs` alternating pairs of rounds of one benchmark: the commit's, this checkout's."""
-    phase, case = parse_name(name)
-    images = {}
-    for side, worker in ((REF, ref), (HERE, here)):
-        setup = worker.ask(setup=case, phase=phase)
-        images[side] = setup["images_per_round"]
+def time_pairs(ref: Worker, here: Worker, spec: dict, pairs: int) -> tuple[list[float] | None, list[float]]:
+    """images/s of `pairs` alternating pairs of rounds of one workload: the commit's (None if it cannot build
+    it), this checkout's."""
+    try:
+        ref_images = ref.ask(setup=spec)["images_per_round"]
+    except WorkerFailed as failed:
+        if failed.status is not None:  # the worker died: not a benchmark it lacks
+            raise
+        return None, []
+    here_images = here.ask(setup=spec)["images_per_round"]
     rates: dict[str, list[float]] = {REF: [], HERE: []}
     for _ in range(pairs):
-        for side, worker in ((REF, ref), (HERE, here)):
-            rates[side].append(images[side] / worker.ask(round=True)["seconds"])
+        rates[REF].append(ref_images / ref.ask(round={})["seconds"])
+        rates[HERE].append(here_images / here.ask(round={})["seconds"])
     return rates[REF], rates[HERE]
 
 
@@ -214,8 +179,7 @@ def paired_change(ref: list[float], here: list[float]) -> tuple[float, float, fl
 def row(name: str, ref_rates: list[float] | None, here_rates: list[float] | None, threshold: float) -> dict:
     """A benchmark's row: each side's geometric mean images/s, the paired change with its interval, status.
 
-    status as in `bench.gate.compare.compare`: ok, suspect, faster, new (not in the
-    commit's suite) or missing (not in this checkout's).
+    status as in `bench.gate.compare.compare`: ok, suspect, faster, or new (the commit cannot build it).
     """
     phase, case = parse_name(name)
     r = {
@@ -232,8 +196,6 @@ def row(name: str, ref_rates: list[float] | None, here_rates: list[float] | None
     }
     if not ref_rates:
         r["status"] = "new"
-    elif not here_rates:
-        r["status"] = "missing"
     else:
         r["change"], r["lo"], r["hi"] = paired_change(ref_rates, here_rates)
         r["pairs"] = len(here_rates)
@@ -241,30 +203,18 @@ def row(name: str, ref_rates: list[float] | None, here_rates: list[float] | None
     return r
 
 
-def one_sided_rows(ref: Worker, here: Worker, threshold: float) -> list[dict]:
-    """Rows of the benchmarks only one side has: `missing` (only at the commit) or `new` (only here)."""
-    there, mine = ref.hello["cases"], here.hello["cases"]
-    return [
-        row(f"test_{phase}[{case}]", None, None, threshold) | {"status": status}
-        for phase in PHASES
-        for status, only in (
-            ("missing", [c for c in there if c not in mine]),
-            ("new", [c for c in mine if c not in there]),
-        )
-        for case in only
-    ]
-
-
 def _geomean(values: list[float] | None) -> float | None:
     return math.exp(sum(map(math.log, values)) / len(values)) if values else None
 
 
-def format_paired_report(rows: list[dict], *, ref: str, commit: str, hello: dict, threshold: float) -> str:
+def format_paired_report(
+    rows: list[dict], *, ref: str, commit: str, env: dict, settings: dict, threshold: float
+) -> str:
     """The header (what ran against what, how), the table with intervals, what was re-measured, the verdict.
 
-    `hello`: this checkout's worker's greeting (its environment and settings).
+    `env`: this checkout's worker's environment; `settings`: the suite's (`Options.recorded`).
     """
-    s, env = hello["settings"], hello["environment"]
+    s = settings
     here_commit = env.get("git_commit")
     pairs = max((r["pairs"] for r in rows), default=0)
     lines = [
@@ -279,20 +229,10 @@ def format_paired_report(rows: list[dict], *, ref: str, commit: str, hello: dict
         "and fails only if fresh pairs suspect it again\n",
     ]
 
-    def number(v):
-        return "-" if v is None else f"{v:,.1f}"
-
     def interval(r):
         return "-" if r["change"] is None else f"{r['change']:+.1%} [{r['lo']:+.1%}, {r['hi']:+.1%}]"
 
-    verdicts = {
-        "regressed": "REGRESSED (confirmed)",
-        "suspect": "REGRESSED",
-        "noise": "noise (re-measured)",
-        "faster": "faster",
-        "new": "new (not at the commit)",
-        "missing": "not run here",
-    }
+    verdicts = {**VERDICTS, "new": "new (not at the commit)"}
     table = [("benchmark", f"{ref} img/s", "here img/s", "change [95% interval]", "")]
     table += [
         (
@@ -317,7 +257,7 @@ def format_paired_report(rows: list[dict], *, ref: str, commit: str, hello: dict
             lines.append(f"  {label(r)}: {interval(r)}; again {again}; {outcome}")
 
     compared = [r for r in rows if r["change"] is not None]
-    bad = [r for r in rows if r["status"] in ("regressed", "suspect")]
+    bad = regressed(rows)
     lines.append("")
     if not compared:
         lines.append(f"FAILED: no benchmark ran both here and at {ref}")

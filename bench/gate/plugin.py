@@ -1,45 +1,43 @@
 """The throughput suite's pytest plugin: its options, its cases, and the device and versions in every saved run.
 
-`python -m bench gate` loads it into the pytest it starts (`-p bench.gate.plugin`)
-to run `bench.gate.throughput_suite`. The options are the gate's
-(`bench.gate.options.OPTIONS`), each with the prefix `--bench-` here so that it
-cannot meet one of pytest's: `--bench-quick`, `--bench-dtype`,
-`--[no-]bench-channels-last`, `--bench-batches`, `--bench-batch-size`,
-`--bench-width`, `--bench-rounds`, `--bench-model`, `--bench-inject-slowdown`,
-and `--bench-device` (auto | cpu | cuda | cuda:N | mps; the gate passes its own
-`--device`). `python -m bench gate --help` says what each does.
+`python -m bench gate` loads it into the pytest it starts (`-p bench.gate.plugin`) to
+run `bench.gate.throughput_suite`, and hands it the suite's options as one JSON
+object, `--bench-options`: the keyword arguments of `bench.gate.suite.resolve_options`
+(`{"device": "cpu", "quick": true, "models": "lenet5"}`), resolved here by the same
+function as in the gate, so that both resolve them alike. By hand:
+`python -m pytest -p bench.gate.plugin --pyargs bench.gate.throughput_suite --benchmark-only
+--bench-options '{"quick": true}'`.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
 from bench.device import pick_device
 from bench.env import environment
-from bench.errors import UserError
-from bench.gate.options import DEVICE, OPTIONS, prefixed, values_of
-from bench.gate.suite import cases, device_id, options_from
+from bench.gate.suite import cases, device_id, resolve_options
 from bench.measure.timing import release_memory
 
+OPTION = "--bench-options"
 _OPTIONS = pytest.StashKey()
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("bench", "throughput suite (bench.gate)")
-    for flag, spec in OPTIONS.items():
-        group.addoption(prefixed(flag), **spec)
-    group.addoption(prefixed(DEVICE), default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    group.addoption(OPTION, default="{}", help="the suite's options as JSON: resolve_options' keywords")
 
 
 def pytest_configure(config):
     try:
-        config.stash[_OPTIONS] = options_from(
-            values_of(config.option, in_pytest=True), pick_device(config.option.bench_device)
-        )
+        values = json.loads(config.option.bench_options)
+        values["device"] = pick_device(values.get("device", "auto"))
+        config.stash[_OPTIONS] = resolve_options(**values)
         cases(config.stash[_OPTIONS])  # a model pattern that matches nothing fails here
-    except (UserError, ValueError) as exc:  # one line, not a traceback
-        raise pytest.UsageError(str(exc)) from None
+    except (ValueError, TypeError) as exc:  # one line, not a traceback (UserError is a ValueError)
+        raise pytest.UsageError(f"{OPTION}: {exc}") from None
 
 
 def suite_options(config):

@@ -11,9 +11,9 @@ change no model (augmentation) add none. The 224/227-input models
 (`alexnet-paper`, `alexnet-tv`) join only outside quick mode: at that input
 size one CPU step takes seconds.
 
-Each case is timed twice, as a training step (`bench.train.step.train_step`: forward,
-loss, backward, SGD step) and as an inference batch (eval, `inference_mode`),
-by the rule of `bench.measure.timing`: untimed warm-up steps (at least
+Each case is a `bench.measure.workload.Workload` built from a `TrainConfig`
+(`Options.config`), timed twice, as training steps and as inference batches, by
+the rule of `bench.measure.timing`: untimed warm-up steps (at least
 `warmup_steps`, for at least `warmup_s`), then `rounds` timed rounds, each as
 many steps as last `min_round_s` at the fastest warm-up pace and ending with a
 device synchronize. The gate compares the median round, in images/s.
@@ -21,14 +21,16 @@ device synchronize. The gate compares the median round, in images/s.
 The mode: on CUDA the suite times the way the studies train there (`study_mode`:
 the dtype and memory format of the AlexNet study's `gpu` profile, cuDNN autotuning
 and TF32 as `TrainConfig` sets them, and training batches drawn from a uint8 data
-set held on the GPU, normalised and augmented there as `bench.data` does in
-training). Elsewhere it keeps fp32, contiguous tensors and one fixed batch, the
-precision the CPU profiles pin. Each option can override its part.
+set held on the GPU, normalised and augmented there as training draws them).
+Elsewhere it keeps fp32, contiguous tensors and one fixed batch, the precision the
+CPU profiles pin. Each option can override its part; the run options (`--dtype`,
+`--channels-last`, `--batch-size`, `--cudnn-benchmark`, `--tf32`, `--device`) are
+`TrainConfig`'s flags, checked as a run's are.
 
 A baseline is comparable with a run when both come from the same device (the
 `device_id`: the device type and its model name, e.g. `cuda-nvidia-h100-80gb-hbm3`)
-and measure the same thing (`MEASUREMENT_KEYS`: the mode, batch and width). Software versions and the CPU thread count are recorded but are not
-part of the identity: a slowdown they cause is a regression the gate should
+and measure the same thing (`MEASUREMENT_KEYS`: the mode, batch and width).
+Software versions and the CPU thread count are recorded but are not part of the identity: a slowdown they cause is a regression the gate should
 show, and re-saving the baseline accepts it.
 """
 
@@ -37,26 +39,20 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
-from bench.data import Dataset, parse_augment
-from bench.data.augment import Normalizer
-from bench.device import DTYPES
 from bench.errors import UserError
-from bench.gate.options import DATA_PATHS
-from bench.measure.speed import MEMORY_FORMATS
 from bench.measure.timing import Timing
-from bench.models import create_model, crop_from_of, format_knobs, input_size_of, list_models, model_knobs
+from bench.measure.workload import BATCHES, Workload
+from bench.measure.workload import spec as worker_spec
+from bench.models import format_knobs, input_size_of, list_models, model_knobs
 from bench.models.common import WIDTH_RANGE
 from bench.studies import StudyFile, studies_dir
 from bench.train.config import TrainConfig
-from bench.train.modes import apply_backend_flags
-from bench.train.step import autocast, grad_scaler, make_optimizer, train_step
+from bench.train.modes import resolve_dtype
 
 
 @dataclass(frozen=True)
@@ -80,7 +76,6 @@ QUICK = Preset(batch_size=32, width=0.25, timing=Timing(warmup_steps=2, warmup_s
 MEASUREMENT_KEYS = ("dtype", "memory_format", "cudnn_benchmark", "tf32", "data", "augment", "batch_size", "width")
 # The part of the settings that is the training mode, also recorded in every benchmark's extra_info.
 MODE_KEYS = MEASUREMENT_KEYS[:6]
-DATASET_BATCHES = 8  # the device-resident data set holds this many batches: an epoch, reshuffled, then again
 
 # The study whose model variants are benchmarked, and the profile whose cells are
 # read: `gpu`, the paper-scale one (the gate sets the width itself).
@@ -103,10 +98,10 @@ class Case:
 
 @dataclass(frozen=True)
 class Options:
-    """The suite's settings for one run, resolved once from the pytest options and recorded with it."""
+    """The suite's settings for one run, resolved once (`resolve_options`) and recorded with it."""
 
     device: str
-    dtype: str
+    dtype: str  # resolved: fp32 | bf16 | fp16
     memory_format: str
     batch_size: int
     width: float
@@ -120,29 +115,14 @@ class Options:
     tf32: bool | None = None  # CUDA only: fp32 matmuls and convolutions on TF32 tensor cores
     data: str = "fixed"  # fixed: one batch; dataset: batches drawn from a device-resident data set
     augment: str = "none"  # applied to the drawn batches (data = dataset), as in training
-    # Test hook: every timed round runs its steps this many times while counting
-    # the images once, so the run is that many times slower under the same names.
-    # tests/test_gate.py uses it to prove that the gate fails; never set it otherwise.
-    inject_slowdown: int = 1
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype {self.dtype!r} is not valid; choose one of: {', '.join(DTYPES)}")
-        if self.data not in DATA_PATHS:
-            raise ValueError(f"--batches {self.data!r} is not valid; choose one of: {', '.join(DATA_PATHS)}")
-        parse_augment(self.augment)
-        if self.memory_format not in MEMORY_FORMATS:
-            raise ValueError(f"memory format {self.memory_format!r} is not one of: {', '.join(MEMORY_FORMATS)}")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.data not in BATCHES:
+            raise ValueError(f"--batches {self.data!r} is not valid; choose one of: {', '.join(BATCHES)}")
         if not WIDTH_RANGE[0] <= self.width <= WIDTH_RANGE[1]:
             raise ValueError(f"--width must be from {WIDTH_RANGE[0]:g} to {WIDTH_RANGE[1]:g}, got {self.width}")
         if self.rounds < 1:
             raise ValueError(f"--rounds must be at least 1, got {self.rounds}")
-        if self.warmup_steps < 2 or self.warmup_s < 0 or self.min_round_s < 0:
-            raise ValueError(f"warm-up needs at least 2 steps and round lengths >= 0: {self}")
-        if self.inject_slowdown < 1:
-            raise ValueError(f"--inject-slowdown must be at least 1, got {self.inject_slowdown}")
 
     def recorded(self) -> dict:
         """Plain values, stored in the run's machine info."""
@@ -158,53 +138,71 @@ class Options:
             warmup_steps=self.warmup_steps, warmup_s=self.warmup_s, rounds=self.rounds, min_round_s=self.min_round_s
         )
 
+    def config(self, case: Case) -> TrainConfig:
+        """The case's workload as a run's config: its model and knobs (`width` where it has that knob), this mode."""
+        knobs = dict(case.knobs)
+        if "width" in model_knobs(case.model):
+            knobs["width"] = self.width
+        return TrainConfig(
+            model=case.model,
+            knobs=knobs,
+            device=self.device,
+            dtype=self.dtype,
+            channels_last=self.memory_format == "channels_last",
+            batch_size=self.batch_size,
+            cudnn_benchmark=bool(self.cudnn_benchmark),
+            tf32=bool(self.tf32),
+            augment=self.augment,
+        )
 
-def options_from(values: dict, device: torch.device) -> Options:
-    """`resolve_options` from the option values of `bench.gate.options.values_of` (`quick`, `dtype`, ...)."""
-    return resolve_options(
-        device=device,
-        quick=values["quick"],
-        dtype=values["dtype"],
-        channels_last=values["channels_last"],
-        data=values["batches"],
-        batch_size=values["batch_size"],
-        width=values["width"],
-        rounds=values["rounds"],
-        models=values["model"],
-        inject_slowdown=values["inject_slowdown"],
-    )
+    def spec(self, case: Case, phase: str) -> dict:
+        """What a `bench.measure.worker` builds for this benchmark, and how it warms up and sizes its rounds."""
+        timing = {"warmup_steps": self.warmup_steps, "warmup_s": self.warmup_s, "min_round_s": self.min_round_s}
+        return worker_spec(self.config(case), phase, self.data, timing)
+
+    def workload(self, case: Case) -> Workload:
+        return Workload(self.config(case), batches=self.data)
 
 
 def resolve_options(
     *,
-    device: torch.device,
+    device: torch.device | str,
     quick: bool = False,
     dtype: str | None = None,
     channels_last: bool | None = None,
-    data: str | None = None,
     batch_size: int | None = None,
+    cudnn_benchmark: bool | None = None,
+    tf32: bool | None = None,
+    data: str | None = None,
     width: float | None = None,
     rounds: int | None = None,
     models: str = "",
-    inject_slowdown: int = 1,
 ) -> Options:
     """The preset for `quick` and the device's mode (`study_mode`), overridden by the values given.
 
-    `ValueError` names a bad value.
+    The run options (dtype, memory format, batch, backend flags) are `TrainConfig`'s, checked
+    as a run's are. `ValueError` names a bad value.
     """
-    preset = QUICK if quick else FULL
-    mode = study_mode(torch.device(device))
-    if channels_last is None:
-        channels_last = mode["channels_last"]
-    return Options(
+    preset, device = QUICK if quick else FULL, torch.device(device)
+    mode = study_mode(device)
+    run = TrainConfig(
         device=str(device),
         dtype=mode["dtype"] if dtype is None else dtype,
-        memory_format="channels_last" if channels_last else "contiguous",
-        cudnn_benchmark=mode["cudnn_benchmark"],
-        tf32=mode["tf32"],
+        channels_last=mode["channels_last"] if channels_last is None else channels_last,
+        batch_size=preset.batch_size if batch_size is None else batch_size,
+        cudnn_benchmark=TrainConfig.cudnn_benchmark if cudnn_benchmark is None else cudnn_benchmark,
+        tf32=TrainConfig.tf32 if tf32 is None else tf32,
+    )
+    cuda = device.type == "cuda"
+    return Options(
+        device=str(device),
+        dtype=resolve_dtype(device, run.dtype),
+        memory_format="channels_last" if run.channels_last else "contiguous",
+        cudnn_benchmark=run.cudnn_benchmark if cuda else None,
+        tf32=run.tf32 if cuda else None,
         data=mode["data"] if data is None else data,
         augment=mode["augment"],
-        batch_size=preset.batch_size if batch_size is None else batch_size,
+        batch_size=run.batch_size,
         width=preset.width if width is None else width,
         warmup_steps=preset.timing.warmup_steps,
         warmup_s=preset.timing.warmup_s,
@@ -212,7 +210,6 @@ def resolve_options(
         min_round_s=preset.timing.min_round_s,
         quick=quick,
         models=tuple(p.strip() for p in models.split(",") if p.strip()),
-        inject_slowdown=inject_slowdown,
     )
 
 
@@ -225,14 +222,12 @@ def study_mode(device: torch.device) -> dict:
     pin), contiguous, one fixed batch; the backend flags do not apply (None).
     """
     if device.type != "cuda":
-        return dict(dtype="fp32", channels_last=False, cudnn_benchmark=None, tf32=None, data="fixed", augment="none")
+        return dict(dtype="fp32", channels_last=False, data="fixed", augment="none")
     path = _study_path()
     baseline = _study_settings(path, path.stat().st_mtime_ns)[0]
     return dict(
         dtype=baseline.get("dtype", TrainConfig.dtype),
         channels_last=bool(baseline.get("channels_last", TrainConfig.channels_last)),
-        cudnn_benchmark=TrainConfig.cudnn_benchmark,
-        tf32=TrainConfig.tf32,
         data="dataset",
         augment=baseline.get("augment", TrainConfig.augment),
     )
@@ -293,89 +288,7 @@ def cases(options: Options) -> list[Case]:
     return [c for c in pool if any(fnmatch.fnmatchcase(c.id, p) for p in options.models)]
 
 
-def build(case: Case, options: Options) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """The case's model on the device, and one fixed random batch (inputs, labels) made there.
-
-    `options.width` applies to models that have a `width` knob; the others run at
-    their own size. Seeded, so every run times the same weights and data. Sets the
-    mode's backend flags (CUDA only).
-    """
-    torch.manual_seed(0)
-    knobs = dict(case.knobs)
-    if "width" in model_knobs(case.model):
-        knobs["width"] = options.width
-    device = torch.device(options.device)
-    apply_backend_flags(device, bool(options.cudnn_benchmark), bool(options.tf32))
-    fmt = MEMORY_FORMATS[options.memory_format]
-    model = create_model(case.model, **knobs).to(device=device, memory_format=fmt)
-    side = model.input_size
-    x = torch.randn(options.batch_size, 3, side, side, device=device).contiguous(memory_format=fmt)
-    y = torch.randint(0, 10, (options.batch_size,), device=device)
-    return model, x, y
-
-
-def training_batches(case: Case, options: Options, x: torch.Tensor, y: torch.Tensor):
-    """Endless (x, y) training batches of the mode's data path, on the device, in its memory format.
-
-    `fixed`: the batch (x, y) of `build`, again and again. `dataset`: `DATASET_BATCHES`
-    batches of random uint8 images held on the device as a `bench.data.Dataset`, drawn
-    in a fresh shuffled order each epoch, normalised and augmented on the device (the
-    same `Dataset.batches` the training loop iterates) from the side the data is held
-    at (a crop model's crops are cut from it, as in training).
-    """
-    if options.data == "fixed":
-        while True:
-            yield x, y
-    device = torch.device(options.device)
-    fmt = MEMORY_FORMATS[options.memory_format]
-    side = crop_from_of(case.model) or input_size_of(case.model)
-    g = torch.Generator().manual_seed(0)
-    n = options.batch_size * DATASET_BATCHES
-    images = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=g)
-    labels = torch.randint(0, 10, (n,), generator=g)
-    crop = input_size_of(case.model) if crop_from_of(case.model) else None
-    classes = [str(i) for i in range(10)]
-    data = Dataset(images, labels, images[:0], labels[:0], classes, Normalizer.fit(images), crop_size=crop)
-    data = data.to(device)
-    augment = parse_augment(options.augment)
-    order = torch.Generator(device=device).manual_seed(0)
-    while True:
-        for xb, yb in data.batches("train", options.batch_size, augment=augment, generator=order):
-            yield xb.contiguous(memory_format=fmt), yb
-
-
 PHASES = ("train", "infer")
-
-
-def workload(case: Case, options: Options, phase: str) -> Callable[[int], None]:
-    """`run(n)`: n training steps (`train`: a batch by the mode's data path, forward, loss, backward, SGD
-    step) or n inference batches (`infer`: eval mode, `inference_mode`) of the case, built and ready.
-
-    The suite times it under pytest-benchmark, `gate --against`'s workers time it in alternating rounds.
-    """
-    model, x, y = build(case, options)
-    device = torch.device(options.device)
-    if phase == "infer":
-        model.eval()
-
-        def infer(n: int) -> None:
-            with torch.inference_mode(), autocast(device, options.dtype):
-                for _ in range(n):
-                    model(x)
-
-        return infer
-    if phase != "train":
-        raise ValueError(f"phase {phase!r} is not one of {', '.join(PHASES)}")
-    batches = training_batches(case, options, x, y)
-    optimizer = make_optimizer(model, lr=0.01)  # its value does not change the cost
-    scaler = grad_scaler(x.device, options.dtype)
-
-    def train(n: int) -> None:
-        for _ in range(n):
-            xb, yb = next(batches)
-            train_step(model, optimizer, xb, yb, dtype=options.dtype, scaler=scaler)
-
-    return train
 
 
 def device_id(env: dict) -> str:

@@ -1,25 +1,22 @@
 """Training-step and inference throughput of every case of `bench.gate.suite`: the regression gate's suite.
 
-Run it through the gate (`python -m bench gate --save NAME | --compare NAME`,
-or `nox -s bench -- ...`); by hand, from anywhere:
-`python -m pytest -p bench.gate.plugin --pyargs bench.gate.throughput_suite --benchmark-only --bench-quick`
-(the gate's options, each prefixed `--bench-`).
-The cases (the `case` parameter) and the `options` fixture come from
-`bench.gate.plugin`.
+Run it through the gate (`python -m bench gate --save NAME | --compare NAME`, or
+`nox -s bench -- ...`); by hand, see `bench.gate.plugin`, which gives it its cases
+(the `case` parameter) and the `options` fixture.
 
-A thin adapter over `bench.measure.timing`, the timing rule `python -m bench
-measure` uses too: warm-up and round sizing are timing's; the timed rounds are
-timing's loop run by pytest-benchmark (`benchmark.pedantic`, one call per
-round), so that it records and saves every round. images/s is the round's
-images over the median round.
+A thin adapter: the timed subject is the case's `bench.measure.workload.Workload`,
+timed by the rule of `bench.measure.timing` (warm-up and round sizing are timing's;
+the timed rounds are timing's loop run by pytest-benchmark, `benchmark.pedantic`,
+one call per round, so that it records and saves every round). images/s is the
+round's images over the median round.
 """
 
 from __future__ import annotations
 
 import torch
 
-from bench.gate.suite import workload
 from bench.measure.timing import steps_per_round, time_rounds, warm_up
+from bench.train.modes import apply_backend_flags
 
 
 def _pytest_benchmark_loop(benchmark):
@@ -32,9 +29,11 @@ def _pytest_benchmark_loop(benchmark):
     return loop
 
 
-def _time(benchmark, options, case, phase: str, run) -> None:
-    """Warm up, size the rounds, and time `run(n)` (n training steps or inference batches)."""
+def _time(benchmark, options, case, phase: str) -> None:
+    """Build the case's workload, warm up, size the rounds, and time `phase` (training steps or inference batches)."""
     device, timing = torch.device(options.device), options.timing
+    apply_backend_flags(device, bool(options.cudnn_benchmark), bool(options.tf32))
+    run = options.workload(case).run(phase)
     per_round = steps_per_round(warm_up(run, device, timing), timing)
     images = options.batch_size * per_round
 
@@ -49,23 +48,16 @@ def _time(benchmark, options, case, phase: str, run) -> None:
         steps_per_round=per_round,
         images_per_round=images,
     )
-    # --inject-slowdown (a test hook) repeats the work, not the images counted.
-    rounds = time_rounds(
-        run,
-        device,
-        steps=per_round * options.inject_slowdown,
-        rounds=timing.rounds,
-        loop=_pytest_benchmark_loop(benchmark),
-    )
+    rounds = time_rounds(run, device, steps=per_round, rounds=timing.rounds, loop=_pytest_benchmark_loop(benchmark))
     if rounds.seconds:
         benchmark.extra_info["images_per_s"] = rounds.per_s(images).median
 
 
 def test_train(benchmark, options, case):
     """Taking a batch by the mode's data path, then forward, loss, backward and SGD step."""
-    _time(benchmark, options, case, "train", workload(case, options, "train"))
+    _time(benchmark, options, case, "train")
 
 
 def test_infer(benchmark, options, case):
     """Forward only, in eval mode under `inference_mode`."""
-    _time(benchmark, options, case, "infer", workload(case, options, "infer"))
+    _time(benchmark, options, case, "infer")

@@ -63,13 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="model knob applied to every model, repeatable, e.g. --knob activation=tanh",
     )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="training and inference batch (default 128, or 16 with --quick); halved on out-of-memory",
+    add_config_arguments(
+        p, (*RUN_OPTIONS, "batch_size"), unset={"batch_size": "128, or 16 with --quick; halved on out-of-memory"}
     )
-    add_config_arguments(p, RUN_OPTIONS)
     p.add_argument(
         "--modes",
         nargs="?",

@@ -8,10 +8,10 @@ or `graph` (the whole training step captured as one CUDA graph,
 E.g. `fp32`, `bf16+cl`, `compile+bf16+cl`, `graph+bf16+cl`. fp32 eager is always measured: it is
 the denominator of every ratio.
 
-For one model, each mode gets its own copy of the model, optimizer and fixed
-on-device batch (as in `bench.measure.speed`), and the training step is the
-project's one (`bench.train.step.train_step`) on the model as
-`bench.train.modes.compile_model` wraps it. Timing goes through
+For one model, each mode gets its own `bench.measure.workload.Workload` (a copy
+of the model, optimizer and fixed on-device batch, as in `bench.measure.speed`):
+the training step is the project's one (`bench.train.step.train_step`) on the
+model as `bench.train.modes.compile_model` wraps it. Timing goes through
 `bench.measure.timing`:
 
 1. first call: the first warm-up step's seconds (`*_first_call_s`); for compiled
@@ -31,7 +31,6 @@ a row with `error` set; the others go on.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -42,20 +41,11 @@ from torch import nn
 
 from bench.device import DTYPES
 from bench.env import environment
-from bench.measure.speed import ENV_COLUMNS, MEMORY_FORMATS, Settings, error_text
+from bench.measure.speed import ENV_COLUMNS, Settings, error_text
 from bench.measure.timing import release_memory, steps_per_round, time_interleaved, time_phases, warm_up
+from bench.measure.workload import Workload
 from bench.models import create_model, format_knobs
-from bench.train.graphed import GraphedStep
-from bench.train.modes import compile_model
-from bench.train.step import (
-    autocast,
-    backward,
-    forward_loss,
-    grad_scaler,
-    make_optimizer,
-    optimizer_step,
-    train_step,
-)
+from bench.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -160,50 +150,23 @@ def parse_modes(spec: str | None, device: torch.device) -> list[Mode]:
 
 
 class _Subject:
-    """One mode's copy of the model, its optimizer and fixed batch, and the work that is timed."""
+    """One mode's `Workload` (its own copy of the model, optimizer and fixed batch) and the error that stopped it."""
 
     def __init__(
         self, model: nn.Module, mode: Mode, device: torch.device, input_size: int, batch_size: int, compile_backend: str
     ):
-        fmt = MEMORY_FORMATS[mode.memory_format]
-        self.mode, self.device = mode, device
-        self.model = copy.deepcopy(model).to(device=device, memory_format=fmt)
-        self.x = torch.randn(batch_size, 3, input_size, input_size, device=device).contiguous(memory_format=fmt)
-        with torch.no_grad():  # eager: a compiled model would compile for this one-image batch
-            num_classes = self.model.eval()(self.x[:1]).shape[1]
-        self.y = torch.randint(0, num_classes, (batch_size,), device=device)
-        self.net = compile_model(self.model, mode.compile, backend=compile_backend)
-        self.optimizer = make_optimizer(self.model, lr=0.01)  # the paper's lr; its value does not change the cost
-        self.scaler = grad_scaler(device, mode.dtype)
-        self.error: str | None = None
-        self.graphed = GraphedStep(self.model, self.optimizer, self.x, self.y, mode.dtype) if mode.graph else None
-
-    def train(self, n: int) -> None:
-        for _ in range(n):
-            if self.graphed is not None:
-                self.graphed(self.x, self.y)
-            else:
-                train_step(self.net, self.optimizer, self.x, self.y, dtype=self.mode.dtype, scaler=self.scaler)
-
-    def infer(self, n: int) -> None:
-        self.net.eval()
-        with torch.inference_mode(), autocast(self.device, self.mode.dtype):
-            for _ in range(n):
-                self.net(self.x)
-
-    def phases(self):
-        """forward (with loss), backward (with zeroing the gradients), optimizer: one train_step taken apart."""
-        state = {}
-
-        def forward() -> None:
-            self.net.train()
-            state["loss"] = forward_loss(self.net, self.x, self.y, self.mode.dtype)[1]
-
-        return (
-            forward,
-            lambda: backward(state.pop("loss"), self.optimizer, self.scaler),
-            lambda: optimizer_step(self.optimizer, self.scaler),
+        config = TrainConfig(
+            device=str(device),
+            dtype=mode.dtype,
+            channels_last=mode.channels_last,
+            compile=mode.compile,
+            batch_size=batch_size,
         )
+        self.mode = mode
+        self.work = Workload(
+            config, model=model, input_size=input_size, graph=mode.graph, compile_backend=compile_backend
+        )
+        self.error: str | None = None
 
     def guarded(self, fn):
         """`fn` that, once it has failed, records the error and does nothing more (the other modes go on)."""
@@ -231,19 +194,19 @@ def _phase(
         if s.error:
             continue
         try:
-            step_s = warm_up(getattr(s, phase), device, warmups[s.mode])
+            step_s = warm_up(s.work.run(phase), device, warmups[s.mode])
         except Exception as exc:  # noqa: BLE001 -- this mode's row records it; the others go on
             s.error = error_text(exc)
             continue
         rows[s.mode][f"{phase}_first_call_s"] = step_s[0]
         live.append((s, steps_per_round(step_s, warmups[s.mode])))
     timed = time_interleaved(
-        [s.guarded(getattr(s, phase)) for s, _ in live], device, steps=[n for _, n in live], rounds=settings.repeats
+        [s.guarded(s.work.run(phase)) for s, _ in live], device, steps=[n for _, n in live], rounds=settings.repeats
     )
     for (s, n), rounds in zip(live, timed):
         if s.error:
             continue
-        rate = rounds.per_s(n * s.x.shape[0])
+        rate = rounds.per_s(n * s.work.batch_size)
         rows[s.mode].update(
             {
                 f"{phase}_images_per_s": rate.median,
@@ -301,15 +264,15 @@ def measure_modes(
     try:
         _phase(subjects, warmups, settings, device, "train", rows)
         for s in subjects:
-            if s.error is None and s.graphed is None:  # one graph has no phases to time apart
+            if s.error is None and s.work.graphed is None:  # one graph has no phases to time apart
                 split = time_phases(
-                    [s.guarded(p) for p in s.phases()], device, steps=timing.round_steps, rounds=settings.repeats
+                    [s.guarded(p) for p in s.work.phases()], device, steps=timing.round_steps, rounds=settings.repeats
                 )
                 if s.error is None:
                     for name, rounds in zip(("forward", "backward", "optimizer"), split):
                         rows[s.mode][f"train_{name}_ms"] = 1e3 * rounds.median_s() / rounds.steps
         for s in subjects:
-            s.optimizer.zero_grad(set_to_none=True)  # gradients are not part of inference
+            s.work.optimizer.zero_grad(set_to_none=True)  # gradients are not part of inference
         _phase(subjects, warmups, settings, device, "infer", rows)
     finally:
         for s in subjects:

@@ -1,70 +1,43 @@
 """Total training images/s of N cells packed on one device, against one cell alone, in one run.
 
 What `ablate --jobs N` does to a sweep, measured on one model: N worker processes
-(spawned, as `bench.sweep.packed` starts them), each with its own copy of the model,
-SGD optimizer and fixed on-device batch, train at once; the total rate is
+(`bench.measure.worker`), each with its own `Workload` (a copy of the model, SGD
+optimizer and fixed on-device batch), train at once; the total rate is
 N x steps x batch over the wall time from the common start to the last worker's
 end. Each worker uses 1/N of the CPU threads (`threads_per_cell`), as packed cells do.
 
 Rounds are interleaved: every round times each N once, in an order reversed every
 other round, so a slower spell of the machine falls on every N alike; the table
 gives the median round and the ratio to N = 1 from the same run. Warm-up: each
-worker runs untimed steps after building its model (allocator growth, oneDNN or
-cuDNN kernel choice) and one untimed step at each new thread count.
+worker warms up after building its workload, again at each new thread count, and
+re-warms before every round (`bench.measure.worker.REWARM`); the rounds are as many
+steps as last `round_s` at the first worker's warm-up pace, alone.
 
     python -m bench measure --model layers-80sec --packs 1,2,4,8
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import contextlib
 import statistics
 import time
 
 import pandas as pd
 import torch
 
-from bench.device import pick_device, synchronize, threads_per_cell
+from bench.device import pick_device, threads_per_cell
 from bench.env import environment
 from bench.errors import UserError
 from bench.measure.speed import ENV_COLUMNS
-from bench.models import create_model, format_knobs
-from bench.train.step import make_optimizer, train_step
+from bench.measure.worker import Worker
+from bench.measure.workload import spec
+from bench.models import format_knobs
+from bench.train.config import TrainConfig
 
 WARMUP_STEPS = 3
 QUICK = {"rounds": 3, "round_s": 0.5}  # `measure --packs --quick`: seconds, for a smoke run
 # A model's rows are replaced together: their ratios share one run.
 ROW_KEY = ["model", "knobs", "device_name", "dtype", "memory_format", "batch_size"]
-
-
-def _worker(conn, model_name: str, knobs: dict, device: str, batch_size: int, dtype: str, channels_last: bool):
-    torch.manual_seed(0)
-    dev = torch.device(device)
-    model = create_model(model_name, **knobs).to(dev)
-    size = getattr(model, "input_size", 32)
-    x = torch.randn(batch_size, 3, size, size, device=dev)
-    y = torch.randint(0, 10, (batch_size,), device=dev)
-    if channels_last:
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, lr=0.01)
-
-    def steps(n: int) -> None:
-        for _ in range(n):
-            train_step(model, optimizer, x, y, dtype=dtype)
-        synchronize(dev)
-
-    threads = None
-    while (task := conn.recv()) is not None:
-        n, wanted_threads = task
-        if wanted_threads != threads:
-            torch.set_num_threads(wanted_threads)
-            threads = wanted_threads
-            steps(WARMUP_STEPS)  # a new thread count re-plans oneDNN's kernels
-        conn.send("ready")
-        conn.recv()  # the go signal, sent to every worker of the round at once
-        start = time.perf_counter()
-        steps(n)
-        conn.send(time.perf_counter() - start)
 
 
 def measure_packing(
@@ -84,43 +57,42 @@ def measure_packing(
         raise UserError(f"packs {packs!r}: give distinct whole numbers of 1 or more, e.g. 1,2,4,8")
     knobs = knobs or {}
     dev = pick_device(device)
+    config = TrainConfig(
+        model=model_name, knobs=knobs, device=str(dev), batch_size=batch_size, dtype=dtype, channels_last=channels_last
+    )
     threads = torch.get_num_threads()
-    ctx = mp.get_context("spawn")
-    conns, workers = [], []
-    for _ in range(max(packs)):
-        mine, theirs = ctx.Pipe()
-        args = (theirs, model_name, knobs, str(dev), batch_size, dtype, channels_last)
-        workers.append(ctx.Process(target=_worker, args=args, daemon=True))
-        workers[-1].start()
-        conns.append(mine)
+    timing = {"warmup_steps": WARMUP_STEPS, "round_steps": WARMUP_STEPS, "min_round_s": round_s}
+    with contextlib.ExitStack() as stack:
+        workers = []
+        for _ in range(max(packs)):
+            workers.append(Worker())
+            stack.callback(workers[-1].close)
+        # The first sizes the rounds, alone; then the others build and warm up, together.
+        steps = workers[0].ask(setup=spec(config, "train", timing=timing))["steps_per_round"]
+        for w in workers[1:]:
+            w.send(setup=spec(config, "train", timing=timing))
+        for w in workers[1:]:
+            w.read()
 
-    def one_round(n: int, steps: int) -> float:
-        active = conns[:n]
-        for c in active:
-            c.send((steps, threads_per_cell(n, threads)))
-        for c in active:
-            c.recv()  # every worker warmed and waiting
-        start = time.perf_counter()
-        for c in active:
-            c.send("go")
-        for c in active:
-            c.recv()
-        return time.perf_counter() - start
+        def one_round(n: int) -> float:
+            active = workers[:n]
+            for w in active:
+                w.send(round={"steps": steps, "threads": threads_per_cell(n, threads), "barrier": True})
+            for w in active:
+                w.read()  # every worker warmed and waiting
+            start = time.perf_counter()
+            for w in active:
+                w.send(go=True)
+            for w in active:
+                w.read()
+            return time.perf_counter() - start
 
-    try:
-        one_step = one_round(1, WARMUP_STEPS) / WARMUP_STEPS
-        steps = max(WARMUP_STEPS, round(round_s / max(one_step, 1e-6)))
         seconds: dict[int, list[float]] = {n: [] for n in packs}
         order = sorted(packs)
         for _ in range(rounds):
             for n in order:
-                seconds[n].append(one_round(n, steps))
+                seconds[n].append(one_round(n))
             order.reverse()
-    finally:
-        for c in conns:
-            c.send(None)
-        for w in workers:
-            w.join(timeout=30)
     env = environment(dev)
     rows = []
     for n in sorted(packs):

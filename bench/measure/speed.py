@@ -5,10 +5,11 @@ What is timed, and how:
 * Inputs are one fixed random batch made on the device before timing, so the
   numbers are the model's cost alone, with no data loading or host-to-device
   copies (nanoGPT's and airbench's benchmark mode).
-* Training: `bench.train.step.train_step` (the project's one training step: forward,
-  loss, backward, SGD step) on a deep copy of the model, so the caller's weights,
-  batch-norm statistics and train/eval modes are never touched.
-  Inference: forward only, `model.eval()` under `torch.inference_mode()`.
+* What is timed is a `bench.measure.workload.Workload`: training is
+  `bench.train.step.train_step` (the project's one training step: forward, loss,
+  backward, SGD step) on a deep copy of the model, so the caller's weights,
+  batch-norm statistics and train/eval modes are never touched. Inference: forward
+  only, `model.eval()` under `torch.inference_mode()`.
 * `dtype` is autocast's (`fp32` = none, `bf16`, `fp16`); weights stay fp32, as in
   mixed-precision training. `memory_format='channels_last'` converts the model and
   the batch.
@@ -48,7 +49,6 @@ hard-coded datasheet number).
 
 from __future__ import annotations
 
-import copy
 import weakref
 from dataclasses import dataclass
 
@@ -59,9 +59,9 @@ from torch.utils._pytree import tree_flatten
 
 from bench.device import DTYPES, is_oom, synchronize
 from bench.measure.timing import Timing, measure, release_memory, steps_per_round, time_rounds, warm_up
-from bench.train.step import autocast, grad_scaler, make_optimizer, train_step
+from bench.measure.workload import MEMORY_FORMATS, Workload
+from bench.train.config import TrainConfig
 
-MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 _MIB = 2**20
 
 
@@ -194,51 +194,32 @@ def _measure_at(
     memory_format: str,
     settings: Settings,
 ) -> dict:
+    config = TrainConfig(
+        device=str(device), dtype=dtype, channels_last=memory_format == "channels_last", batch_size=batch_size
+    )
     meter = _MemoryMeter(device)
-    fmt = MEMORY_FORMATS[memory_format]
     meter.start()
     try:
-        # Training phase (metered): fresh copy, optimizer, fixed batch, warm-up, timed rounds.
-        net = copy.deepcopy(model).to(device=device, memory_format=fmt)
-        meter.track(net)
-        x = torch.randn(batch_size, 3, input_size, input_size, device=device).contiguous(memory_format=fmt)
-        with torch.no_grad():
-            num_classes = net.eval()(x[:1]).shape[1]
-        y = torch.randint(0, num_classes, (batch_size,), device=device)
-        optimizer = make_optimizer(net, lr=0.01)  # the paper's lr; its value does not change the cost
-        scaler = grad_scaler(device, dtype)
-
-        def train(n: int) -> None:
-            for _ in range(n):
-                train_step(net, optimizer, x, y, dtype=dtype, scaler=scaler)
-
+        # Training phase (metered): the workload (a copy of the model, optimizer, fixed batch), warm-up, timed rounds.
+        work = Workload(config, model=model, input_size=input_size)
+        meter.track(work.model)
         timing = settings.timing
-        warmup_step_s = warm_up(train, device, timing)
+        warmup_step_s = warm_up(work.train, device, timing)
         meter.stop_tracking()
-        train_rounds = time_rounds(train, device, steps=steps_per_round(warmup_step_s, timing), rounds=timing.rounds)
+        train_rounds = time_rounds(
+            work.train, device, steps=steps_per_round(warmup_step_s, timing), rounds=timing.rounds
+        )
         peak_mem_mb = meter.peak_mib()
     finally:
         meter.stop_tracking()
 
     # Inference phase: same copy and batch, forward only.
-    net.eval()
-    optimizer.zero_grad(set_to_none=True)  # gradients are not part of inference
-
-    def forward(batch: torch.Tensor):
-        def run(n: int) -> None:
-            for _ in range(n):
-                net(batch)
-
-        return run
-
+    work.optimizer.zero_grad(set_to_none=True)  # gradients are not part of inference
+    infer_rounds = measure(work.infer, device, timing)
     latency_ms = None  # latency_iters=0: not measured
-    with torch.inference_mode(), autocast(device, dtype):
-        infer_rounds = measure(forward(x), device, timing)
-        if settings.latency_iters:
-            latency = measure(
-                forward(x[:1].clone()), device, Timing(warmup_steps=settings.warmup, rounds=settings.latency_iters)
-            )
-            latency_ms = latency.median_s() * 1e3
+    if settings.latency_iters:
+        one = Timing(warmup_steps=settings.warmup, rounds=settings.latency_iters)
+        latency_ms = measure(lambda n: work.infer(n, images=1), device, one).median_s() * 1e3
     train_rate = train_rounds.per_s(batch_size * train_rounds.steps)
     infer_rate = infer_rounds.per_s(batch_size * infer_rounds.steps)
 

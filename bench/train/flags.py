@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import MISSING, Field, fields
 
 from bench.models import parse_knobs
@@ -23,24 +23,36 @@ def flag_of(f: Field) -> str:
 
 
 def add_config_arguments(
-    p: argparse.ArgumentParser, names: Collection[str] | None = None, cls: type = TrainConfig
+    p: argparse.ArgumentParser,
+    names: Collection[str] | None = None,
+    cls: type = TrainConfig,
+    *,
+    unset: Mapping[str, str] | None = None,
 ) -> None:
-    """A flag for each field of `cls` (or for those in `names`), in field order."""
+    """A flag for each field of `cls` (or for those in `names`), in field order.
+
+    `unset`: fields whose flag defaults to None, for the command to resolve (e.g. from the
+    device); each maps to the words --help gives as its default.
+    """
     types = field_types(cls)
+    unset = unset or {}
+    _chosen(cls, unset)  # an unknown name there is a typo too
     for f in _chosen(cls, names):
-        p.add_argument(flag_of(f), dest=f.name, **_argument(f, types[f.name][0]))
+        p.add_argument(flag_of(f), dest=f.name, **_argument(f, types[f.name][0], unset.get(f.name)))
 
 
-def _argument(f: Field, kind: type) -> dict:
+def _argument(f: Field, kind: type, unset: str | None = None) -> dict:
     help_text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %
-    default = f.default if f.default is not MISSING else f.default_factory()
+    default = None if unset is not None else f.default if f.default is not MISSING else f.default_factory()
     if kind is bool:
-        help_text += f" (default {'on' if default else 'off'})"
+        help_text += f" (default {unset or ('on' if default else 'off')})".replace("%", "%%")
         return dict(action=argparse.BooleanOptionalAction, default=default, help=help_text)
     if kind is dict:
         return dict(action="append", default=[], metavar=f.metadata.get("metavar"), help=help_text)
     env = f.metadata.get("env")
-    if env:
+    if unset is not None:
+        help_text += f" (default {unset})".replace("%", "%%")
+    elif env:
         help_text += f" (default ${env}, else {default})"
         default = os.environ.get(env, default)
     elif default is not None:
