@@ -18,7 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "bench"
 
 LAYERS = [
-    "bench errors stats env flop_convention",  # the bottom: plain helpers (`bench` is the package itself)
+    "bench errors stats env flop_convention cache_dir",  # the bottom: plain helpers (`bench` is the package itself)
     "io device",
     "data",
     "models",
