@@ -119,7 +119,7 @@ def architectures_table(sd: StudyData, eff: pd.DataFrame) -> fmt.Table:
 
 
 def normalisation(sd: StudyData, level: str) -> str:
-    """'batch norm', 'LRN', both or 'none': what the level's net (runs.csv cfg_model, with its knobs) uses."""
+    """'batch norm', 'LRN', both or 'none': what the level's net (runs.csv cfg_model) normalises with."""
     # here: building the net needs torch, which the rest of the report does not
     from torch import nn
 
@@ -128,13 +128,8 @@ def normalisation(sd: StudyData, level: str) -> str:
     cells = sd.cells_at({FACTOR: level})
     if not len(cells) or "cfg_model" not in cells:
         return fmt.MISSING
-    knobs = {
-        c.removeprefix("knob_"): v
-        for c, v in cells.iloc[0].items()
-        if c.startswith("knob_") and c.removeprefix("knob_") in ("norm", "lrn_alpha") and v == v
-    }
-    try:
-        model = create_model(str(cells.iloc[0]["cfg_model"]), **knobs)
+    try:  # the net as its builder makes it: the normalisation layers are the architecture's, not a knob's
+        model = create_model(str(cells.iloc[0]["cfg_model"]))
     except Exception:  # noqa: BLE001 - a net this checkout cannot build is named as unknown, not a failed report
         return "unknown"
     kinds = [
