@@ -1297,3 +1297,19 @@ def test_a_read_only_results_folder_is_one_line_before_anything_is_read(tmp_path
     assert err.count("\n") == 0 and "Traceback" not in err, err
     assert f"{folder}: cannot write the report there (Read-only file system)" in err
     assert sorted(p.name for p in folder.rglob("*")) == before
+
+
+def test_the_wall_time_spans_first_start_to_last_finish_beside_the_cells_own_seconds():
+    from bench.report.markdown import _wall_time
+
+    # two cells side by side (100 s each, the second starting 10 s later), then one of 50 s
+    runs = pd.DataFrame(
+        {
+            "finished_at": ["2026-01-01T00:01:40", "2026-01-01T00:01:50", "2026-01-01T00:02:40"],
+            "wall_seconds": [100.0, 100.0, 50.0],
+        }
+    )
+    ((what, text),) = _wall_time(runs)
+    assert what == "wall time"
+    assert text.startswith("160 s from the first cell's start") and text.endswith("the cells' own: 250 s")
+    assert _wall_time(runs.drop(columns="wall_seconds")) == []

@@ -83,7 +83,28 @@ def provenance(sd: StudyData) -> list[tuple[str, str]]:
         lines.append(("⚠ provenance", flag))
     if _values(sd, "finished_at"):
         lines.append(("last cell finished", max(_values(sd, "finished_at"))))
+    lines += _wall_time(pd.concat([runs, sd.grid_runs]) if sd.grid_runs is not None else runs)
     return lines
+
+
+def _wall_time(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """The sweep's wall time (first cell's start to last cell's finish, idle gaps between resumed
+    sweeps included) beside the cells' own seconds, whose sum exceeds it where cells ran side by side."""
+    if not {"finished_at", "wall_seconds"} <= set(runs) or not len(runs):
+        return []
+    seconds = pd.to_numeric(runs["wall_seconds"], errors="coerce")
+    finished = pd.to_datetime(runs["finished_at"], errors="coerce")
+    ok = seconds.notna() & finished.notna()
+    if not ok.any():
+        return []
+    started = finished[ok] - pd.to_timedelta(seconds[ok], unit="s")
+    span = (finished[ok].max() - started.min()).total_seconds()
+    return [
+        (
+            "wall time",
+            f"{span:,.0f} s from the first cell's start to the last's finish; the cells' own: {seconds[ok].sum():,.0f} s",
+        )
+    ]
 
 
 def _subsets(runs: pd.DataFrame) -> list[tuple[str, str]]:

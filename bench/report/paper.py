@@ -38,7 +38,7 @@ judged against that level's cells; re-measured only by a study that runs that le
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 PAPER = "Krizhevsky, Sutskever, Hinton (NIPS 2012)"
 KINDS = ("top1_diff", "speedup", "overfit")
@@ -101,6 +101,21 @@ class Claim:
         return f"wider test − train gap without it ({self.data})"
 
 
+_LRN_REMOVED = Claim(
+    "3.3",
+    "local response normalisation removed",
+    "top-1 / top-5 error down 1.4% / 1.2% with LRN",
+    "ImageNet",
+    factor="norm",
+    level="none",
+    kind="top1_diff",
+    paper_diff=1.4,
+    reference="lrn",
+    side=+1,
+    models=("alexnet", "alexnet-paper"),
+    preconditions=(LRN_ACTIVE, TRAINED_OUT),
+)
+
 CLAIMS: tuple[Claim, ...] = (
     Claim(
         "3.1, Figure 1",
@@ -114,33 +129,11 @@ CLAIMS: tuple[Claim, ...] = (
         reference="relu",
         side=+1,
     ),
-    Claim(
-        "3.3",
-        "local response normalisation removed",
-        "top-1 / top-5 error down 1.4% / 1.2% with LRN",
-        "ImageNet",
-        factor="norm",
-        level="none",
-        kind="top1_diff",
-        paper_diff=1.4,
-        reference="lrn",
-        side=+1,
-        models=("alexnet", "alexnet-paper"),
-        preconditions=(LRN_ACTIVE, TRAINED_OUT),
-    ),
-    Claim(
-        "3.3",
-        "local response normalisation removed, against LRN at alpha 0.08 (sensitivity)",
-        "top-1 / top-5 error down 1.4% / 1.2% with LRN",
-        "ImageNet",
-        factor="norm",
-        level="none",
-        kind="top1_diff",
-        paper_diff=1.4,
+    _LRN_REMOVED,
+    replace(
+        _LRN_REMOVED,
+        subject="local response normalisation removed, against LRN at alpha 0.08 (sensitivity)",
         reference="lrn-0.08",
-        side=+1,
-        models=("alexnet", "alexnet-paper"),
-        preconditions=(LRN_ACTIVE, TRAINED_OUT),
         sensitivity=True,
     ),
     Claim(
