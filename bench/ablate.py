@@ -17,11 +17,13 @@ from bench.errors import UserError
 from bench.io import check_writable
 from bench.report.load import load
 from bench.sweep.packed import PackedExecutor
+from bench.sweep.ray_executor import RayExecutor
 from bench.sweep.runner import check_data, run_study
 from bench.sweep.study import PROFILES, Study, list_studies, load_study
 from bench.train.config import TrainConfig
 from bench.train.loop import check_graph
 from bench.train.result import FINISHED
+from bench.train.tensorboard import summary_writer_class
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +204,6 @@ def run(args: argparse.Namespace) -> int:
     # Before any folder is made or locked: where results go, the device, every unfinished cell's data.
     check_writable(args.out, "--out", folder=True)
     if args.tensorboard is not None:
-        from bench.train.tensorboard import summary_writer_class  # here: tensorboard is an optional extra
-
         summary_writer_class()  # a missing package is one line now, not an error row per cell
         check_writable(args.tensorboard, "--tensorboard", folder=True)
     if args.executor == "local":
@@ -304,8 +304,6 @@ def _executor(args: argparse.Namespace, study, profile: str, jobs: int):
     the CLI's, else the profile's, resources."""
     if args.executor == "local":
         return PackedExecutor(args.device, jobs) if jobs > 1 else None
-    from bench.sweep.ray_executor import RayExecutor  # here: ray is an optional extra
-
     per_cell = {
         **_profile_resources(study, profile),
         **{k: getattr(args, k) for k in PROFILE_RESOURCES if getattr(args, k) is not None},

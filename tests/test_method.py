@@ -260,8 +260,8 @@ def test_stop_after_counts_from_the_epoch_a_progress_point_reaches_the_target():
     stop.on_point({"step": 10, "epoch": 0.5, "train_running_err_pct": 30.0})
     stop.on_point({"step": 20, "epoch": 1.0, "train_running_err_pct": 26.0})  # trailing mean 28
     stop.on_point({"step": 30, "epoch": 1.5, "train_running_err_pct": 23.0})  # 24.5: reached inside epoch 2
-    assert stop.on_epoch({"epoch": 2, "train_running_err_pct": 27.0}) is False  # the epoch row is not judged
-    assert stop.on_epoch({"epoch": 3, "train_running_err_pct": 23.0}) is True
+    assert stop.on_epoch_end({"epoch": 2, "train_running_err_pct": 27.0}) is False  # the epoch row is not judged
+    assert stop.on_epoch_end({"epoch": 3, "train_running_err_pct": 23.0}) is True
 
 
 # --- weight decay ---------------------------------------------------------------------------

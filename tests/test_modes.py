@@ -395,6 +395,7 @@ def test_measure_resolves_auto_dtype(monkeypatch, tmp_path):
 
 
 def test_a_sweep_measures_a_configuration_once_for_all_its_seeds(monkeypatch):
+    import bench.sweep.runner
     from bench.sweep.runner import _BoundCell
     from bench.sweep.study import Cell
 
@@ -404,7 +405,7 @@ def test_a_sweep_measures_a_configuration_once_for_all_its_seeds(monkeypatch):
         calls.append(kwargs["dtype"])
         return {"train_images_per_s": 100.0 + len(calls), "batch_size": kwargs["batch_size"], "error": None}
 
-    monkeypatch.setattr(bench.measure, "measure_throughput", fake_speed)
+    monkeypatch.setattr(bench.sweep.runner, "measure_throughput", fake_speed)
     config = tiny_config(epochs=1, dtype="auto")
     cells = [Cell("s", {}, config), Cell("s", {}, config.replace(seed=1)), Cell("s", {}, config.replace(lr=0.02))]
     fn = _BoundCell("quick", None, "smoke", False)

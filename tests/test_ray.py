@@ -123,9 +123,9 @@ def test_ray_cells_have_the_validation_split_and_clean_training_subset(tmp_path)
 def test_workers_get_the_data_from_the_driver_not_from_disk(tmp_path, image_tree, bench_cache, monkeypatch):
     """The folder and its cache are gone once the driver has loaded them: the tasks must train
     on what the driver put in the object store."""
-    import bench.data
+    import bench.sweep.ray_executor
 
-    load = bench.data.load_data
+    load = bench.sweep.ray_executor.load_data
     loads = []
 
     def load_then_delete(spec, *args, **kwargs):
@@ -135,7 +135,7 @@ def test_workers_get_the_data_from_the_driver_not_from_disk(tmp_path, image_tree
         shutil.rmtree(bench_cache, ignore_errors=True)
         return data
 
-    monkeypatch.setattr(bench.data, "load_data", load_then_delete)
+    monkeypatch.setattr(bench.sweep.ray_executor, "load_data", load_then_delete)  # the driver's one load
     study = tiny_study(tmp_path, train=4, test=2)
     runs = run_study(
         study,

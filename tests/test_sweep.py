@@ -433,10 +433,10 @@ def test_resume_after_kill_loses_nothing_and_duplicates_nothing(tmp_path, monkey
     [(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), "oom"), (ValueError("a bug"), "error")],
 )
 def test_a_failed_cell_is_retried_on_resume_and_only_it(tmp_path, monkeypatch, failure, status):
-    import bench.train.loop
+    import bench.sweep.runner as runner
 
     study = load_study(str(write_study(tmp_path, "factorial", epochs=1)))
-    real, failed = bench.train.loop.train, []
+    real, failed = runner.train, []
 
     def fail_once(cfg, *args, **kwargs):
         if not failed and cfg.knobs["activation"] == "tanh":
@@ -444,7 +444,7 @@ def test_a_failed_cell_is_retried_on_resume_and_only_it(tmp_path, monkeypatch, f
             raise failure
         return real(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(bench.train.loop, "train", fail_once)
+    monkeypatch.setattr(runner, "train", fail_once)
     first = run_study(study, "smoke", out_root=tmp_path / "results", progress=False).set_index("cell_id")
     (bad,) = first.index[first["status"] == status]
     assert first.loc[bad, "error"].startswith(type(failure).__name__) and (first["status"] == "ok").sum() == 3
@@ -457,16 +457,37 @@ def test_a_failed_cell_is_retried_on_resume_and_only_it(tmp_path, monkeypatch, f
     assert sorted(hist["cell_id"]) == sorted(first.index)  # one epoch each, the retried cell's included
 
 
-def test_stop_after_ends_a_cell_that_many_epochs_after_its_target(tmp_path):
+def _stop_after_study(tmp_path: Path):
+    """Two cells of 5 epochs whose target is reached in epoch 1, always, and `stop_after = 1`."""
     text = sweep_study("factorial", 5).replace("levels = [0.01, 0.02]", "levels = [0.01]")
-    text = text.replace("value = 95.0 }", "value = 100.0, stop_after = 1 }")  # reached at epoch 1, always
-    runs = run_study(
-        load_study(str(write_study(tmp_path, text=text))), "smoke", out_root=tmp_path / "results", progress=False
-    )
+    text = text.replace("value = 95.0 }", "value = 100.0, stop_after = 1 }")
+    return load_study(str(write_study(tmp_path, text=text)))
+
+
+def test_stop_after_ends_a_cell_that_many_epochs_after_its_target(tmp_path):
+    runs = run_study(_stop_after_study(tmp_path), "smoke", out_root=tmp_path / "results", progress=False)
     hist = pd.read_csv(tmp_path / "results" / "tiny" / "smoke" / "history.csv")
     # reached within epoch 1 (interpolated between progress points), then one epoch more
     assert len(runs) == 2 and (runs["epochs_to_target"] <= 1).all() and (runs["epochs_run"] == 2).all()
     assert hist.groupby("cell_id")["epoch"].apply(list).tolist() == [[1, 2], [1, 2]]  # not 5 epochs
+
+
+def test_a_stopped_cell_writes_its_tensorboard_scalars_up_to_the_epoch_it_stopped(tmp_path):
+    """The early stop and the TensorBoard writer are two hooks of the one training: both see every epoch run."""
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed: pip install 'alexnet-bench[tb]'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = tmp_path / "tb"
+    runs = run_study(
+        _stop_after_study(tmp_path), "smoke", out_root=tmp_path / "results", progress=False, tensorboard=str(tb)
+    )
+    assert (runs["epochs_run"] == 2).all()
+    steps = []
+    for folder in sorted((tb / "tiny" / "smoke").iterdir()):
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        steps.append([s.step for s in events.Scalars("train_running_loss")])
+    assert steps == [[1, 2], [1, 2]]  # one TensorBoard run per cell, ended where the stopper ended the cell
 
 
 def test_confirm_seeds_run_only_the_rate_the_grid_chose(tmp_path, caplog):

@@ -111,7 +111,7 @@ def test_the_stopper_waits_for_the_trailing_epoch_mean():
         for p in points[(e - 1) * LOG_PER_EPOCH : e * LOG_PER_EPOCH]:
             stop.on_point(p)
         # the epoch row's own mean is not what is judged: a value below the target changes nothing
-        if stop.on_epoch({"epoch": e, ERR: 0.0}):
+        if stop.on_epoch_end({"epoch": e, ERR: 0.0}):
             stopped_at = e
             break
     assert stopped_at == 17 == math.ceil(0.5 + (30.0 - DIP / LOG_PER_EPOCH - 25.0) / 0.3)
@@ -121,6 +121,6 @@ def test_the_stopper_waits_for_the_trailing_epoch_mean():
 def test_the_stopper_on_an_evaluated_metric_still_reads_the_epoch_rows():
     stop = _Stopper({"metric": "test_top1_err_pct", "value": 25.0, "stop_after": 1})
     stop.on_point({"step": 10, "epoch": 1.0, ERR: 10.0})  # another metric's points: ignored
-    assert stop.on_epoch({"epoch": 1, "test_top1_err_pct": 30.0}) is False
-    assert stop.on_epoch({"epoch": 2, "test_top1_err_pct": 24.0}) is False
-    assert stop.on_epoch({"epoch": 3, "test_top1_err_pct": 26.0}) is True
+    assert stop.on_epoch_end({"epoch": 1, "test_top1_err_pct": 30.0}) is False
+    assert stop.on_epoch_end({"epoch": 2, "test_top1_err_pct": 24.0}) is False
+    assert stop.on_epoch_end({"epoch": 3, "test_top1_err_pct": 26.0}) is True

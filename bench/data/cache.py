@@ -15,6 +15,7 @@ import torch
 
 from bench.data.sources import RawData
 from bench.errors import UserError
+from bench.io import WriteError, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,6 @@ def cached(kind: str, fingerprint, build: Callable[[], RawData], cache_dir: Path
         except Exception as e:  # noqa: BLE001 -- a torn cache file is rebuilt, never trusted
             log.warning("cache %s unreadable (%s); decoding the source again", path, _reason(e))
     data = build()
-    from bench.io import WriteError, atomic_write  # pandas, for its tables: not at import
-
     try:  # whole or not at all: a torn cache file is never left to be read
         atomic_write(path, lambda f: torch.save(data.__dict__, f), binary=True)
     except WriteError as e:  # a full disk: the data decoded is good, only the next run decodes it again

@@ -36,10 +36,13 @@ from pathlib import Path
 
 import torch
 
+import bench
+from bench.data import Dataset, load_data
 from bench.device import pick_device
 from bench.env import environment, git_commit
 from bench.errors import UserError
 from bench.sweep.runner import CellFn
+from bench.train.dataspec import data_spec
 from bench.train.result import CRASHED
 
 log = logging.getLogger(__name__)
@@ -118,8 +121,6 @@ def connect(address: str | None = None) -> str:
         _connection = "local"
         return _connection
     _check_listening(address, flag)
-    import bench
-
     try:
         # The workers run this checkout's bench (torch and the rest must be on every node).
         ray.init(address=address, runtime_env={"py_modules": [bench]}, **quiet)
@@ -203,9 +204,7 @@ class _ShippedData:
     others: dict  # every other field: classes, normalizer, provenance, crop size, ...
 
     @classmethod
-    def of(cls, data) -> _ShippedData:
-        from bench.data import Dataset
-
+    def of(cls, data: Dataset) -> _ShippedData:
         arrays, others = {}, {}
         for f in fields(Dataset):
             value = getattr(data, f.name)
@@ -215,9 +214,7 @@ class _ShippedData:
                 others[f.name] = value
         return cls(arrays, others)
 
-    def dataset(self):
-        from bench.data import Dataset
-
+    def dataset(self) -> Dataset:
         with warnings.catch_warnings():  # read-only shared memory; training never writes into the images
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             tensors = {k: torch.from_numpy(v) for k, v in self.arrays.items()}
@@ -382,9 +379,6 @@ class RayExecutor:
 def _ship(ray, cells) -> tuple[dict, list]:
     """Load each distinct data set once and put it in the object store: {cell id: ref}, and the
     cells whose data failed to load with the message (they become error rows, as they do locally)."""
-    from bench.data import load_data
-    from bench.train.dataspec import data_spec
-
     refs, by_spec, failed = {}, {}, []
     for cell in cells:
         spec = data_spec(cell.config)

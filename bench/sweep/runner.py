@@ -43,14 +43,21 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bench.choose import choose_lr, chosen_rates
+from bench.data import load_data
 from bench.device import is_oom, pick_device
 from bench.env import environment
 from bench.errors import UserError
 from bench.io import atomic_write_text
+from bench.measure import FLOP_CONVENTION, count_model, measure_throughput
 from bench.sweep.results import ResultsFolder
 from bench.sweep.study import Cell, Study
+from bench.train.dataspec import data_spec
+from bench.train.hooks import Hook
+from bench.train.loop import train
+from bench.train.modes import resolve_dtype
 from bench.train.result import ERROR, FINISHED, OK, OOM
 from bench.train.target import TRAILING_EPOCH_MEAN, crossing, trailing_epoch_mean, trailing_mean_at
+from bench.train.tensorboard import EpochScalars
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +78,6 @@ _DATA_MEMO: dict = {}  # DataSpec -> Dataset (on the CPU), so cells of a study s
 
 
 def _data_for(cfg):
-    from bench.data import load_data
-    from bench.train.dataspec import data_spec
-
     spec = data_spec(cfg)
     if spec not in _DATA_MEMO:
         _DATA_MEMO.clear()  # keep at most one data set in memory
@@ -100,8 +104,6 @@ def check_data(
     cell. Reads the results folder without writing it (a damaged table fails here too). With
     `keep`, the last data set stays loaded for the cells (the local executor's).
     """
-    from bench.train.dataspec import data_spec
-
     folder = Path(out_root) / study.name / profile
     runs = pd.DataFrame()
     if folder.is_dir():
@@ -145,10 +147,10 @@ def time_to_target(history: list[dict], progress: list[dict], metric: str, value
     }
 
 
-class _Stopper:
-    """Ends training `stop_after` epochs after the epoch in which the target is first reached: for a
-    progress metric, the epoch in which its trailing-epoch mean first falls to it (as `time_to_target`
-    judges it), so a cell never stops before its time to the target is known."""
+class _Stopper(Hook):
+    """A hook that ends training `stop_after` epochs after the epoch in which the target is first
+    reached: for a progress metric, the epoch in which its trailing-epoch mean first falls to it (as
+    `time_to_target` judges it), so a cell never stops before its time to the target is known."""
 
     def __init__(self, target: dict):
         self.metric, self.value, self.stop_after = target["metric"], target["value"], target["stop_after"]
@@ -166,7 +168,7 @@ class _Stopper:
         # a point inside epoch e has e-1 < epoch <= e
         self._check({self.metric: mean}, math.ceil(point["epoch"]))
 
-    def on_epoch(self, row: dict) -> bool:
+    def on_epoch_end(self, row: dict) -> bool:
         if self.metric not in PROGRESS_METRICS:  # a progress metric is judged at its points alone
             self._check(row, row["epoch"])
         return self.reached is not None and row["epoch"] >= self.reached + self.stop_after
@@ -207,10 +209,6 @@ def run_cell(
     otherwise it is loaded here, once per study. `tensorboard` (a folder) gets the cell's
     per-epoch history as TensorBoard scalars, one run per cell named by its levels and seed.
     """
-    from bench.measure import FLOP_CONVENTION, count_model, measure_throughput
-    from bench.train.loop import train
-    from bench.train.modes import resolve_dtype
-
     cfg = cell.config.replace(device=device)
     start = time.perf_counter()
     row = _cell_row(cell, profile)
@@ -223,13 +221,7 @@ def run_cell(
         data = data if data is not None else _data_for(cfg)
         scalars = _scalars(tensorboard, cell, profile)
         try:
-            result = train(
-                cfg,
-                data,
-                progress=progress,
-                on_epoch=_chain(scalars, stopper and stopper.on_epoch),
-                on_point=stopper and stopper.on_point,
-            )
+            result = train(cfg, data, progress=progress, hooks=[h for h in (scalars, stopper) if h is not None])
         finally:
             if scalars is not None:
                 scalars.close()
@@ -366,25 +358,12 @@ class _BoundCell:
         return failed_result(cell, self.profile, self.target, status, message, wall_seconds)
 
 
-def _scalars(tensorboard: str | None, cell: Cell, profile: str):
+def _scalars(tensorboard: str | None, cell: Cell, profile: str) -> EpochScalars | None:
+    """The cell's TensorBoard run (a hook), or None without `tensorboard`."""
     if tensorboard is None:
         return None
-    from bench.train.tensorboard import EpochScalars
-
     levels = ",".join(f"{k}={v}" for k, v in cell.levels.items())
     return EpochScalars(Path(tensorboard) / cell.study / profile, f"{levels},seed={cell.config.seed}")
-
-
-def _chain(scalars, stop):
-    """One on_epoch callback: write the row's scalars, then ask the stopper."""
-    if scalars is None:
-        return stop
-
-    def on_epoch(row):
-        scalars(row)
-        return stop(row) if stop is not None else False
-
-    return on_epoch
 
 
 def run_study(

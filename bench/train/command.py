@@ -74,17 +74,18 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
         if args.tensorboard:  # not after the first epoch has trained
             check_writable(args.tensorboard / out.name, "--tensorboard", folder=True)
     ddp.barrier()  # DDP: every rank has checked the folder before rank 0 writes into it
-    hook = EpochScalars(args.tensorboard, out.name, cfg.to_json()) if args.tensorboard and ddp.is_main() else None
+    # DDP: rank 0 alone writes the TensorBoard run
+    scalars = EpochScalars(args.tensorboard, out.name, cfg.to_json()) if args.tensorboard and ddp.is_main() else None
     made = not out.exists()  # else it is empty (checked above): either way, all it will hold is this run's
     try:
-        result = run_training(cfg, out, progress=not args.no_progress, epoch_hook=hook)
+        result = run_training(cfg, out, progress=not args.no_progress, hooks=[scalars] if scalars is not None else [])
     except WriteError as e:  # a full disk: a folder without its checkpoint would pass for a finished run
         if not ddp.is_main():
             raise
         raise UserError(f"{e}; {_remove_unfinished(out, made)}") from None
     finally:
-        if hook is not None:
-            hook.close()
+        if scalars is not None:
+            scalars.close()
     s = result.summary
 
     def number(key: str) -> float:  # None (no epoch finished, or not scored) prints as nan; 0.0 stays 0.0

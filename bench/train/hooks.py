@@ -3,13 +3,12 @@
 `bench.train.loop.train(hooks=[...])` calls each hook, in order, at four moments: the
 run starts (the model built, before the first step), a progress point is logged (tens
 per epoch), an epoch's history row is complete (a hook returning True ends training),
-and the run has ended (its summary complete). Under torchrun every rank calls every
-hook with the same row; the decision to stop is rank 0's. The run folder
+and the run has ended (its summary complete). Under torchrun every rank calls the hooks
+it was given with the same row; the decision to stop is rank 0's. The run folder
 (`bench.train.loop.RunFolder`), TensorBoard (`bench.train.tensorboard.EpochScalars`)
-and a study's early stop are hooks; so are these:
+and a study's early stop (`bench.sweep.runner._Stopper`) are hooks; so are these:
 
     Hooks          several hooks as one
-    Callbacks      plain `on_epoch(row)` / `on_point(point)` functions as a hook
     LrnActivity    LRN activity on a fixed batch at init and after training, into the summary
     AddToSummary   fixed values (the data's provenance, the speed modes) into the summary
 """
@@ -63,20 +62,6 @@ class Hooks(Hook):
     def on_end(self, result: RunResult) -> None:
         for hook in self.hooks:
             hook.on_end(result)
-
-
-class Callbacks(Hook):
-    """`on_epoch(row)` (returning True ends training) and `on_point(point)`, either None, as a hook."""
-
-    def __init__(self, on_epoch=None, on_point=None):
-        self.epoch_fn, self.point_fn = on_epoch, on_point
-
-    def on_point(self, point: dict) -> None:
-        if self.point_fn is not None:
-            self.point_fn(point)
-
-    def on_epoch_end(self, row: dict) -> bool | None:
-        return self.epoch_fn is not None and self.epoch_fn(row)
 
 
 class LrnActivity(Hook):

@@ -41,7 +41,7 @@ from bench.train.config import TrainConfig
 from bench.train.dataspec import data_spec
 from bench.train.finetune import apply_finetune, check_fits
 from bench.train.graphed import Stepper, graph_unavailable_reason, lr_value
-from bench.train.hooks import AddToSummary, Callbacks, Hook, Hooks, LrnActivity
+from bench.train.hooks import AddToSummary, Hook, Hooks, LrnActivity
 from bench.train.modes import apply_backend_flags, compile_model, resolve_dtype
 from bench.train.result import DIVERGED, OK, RunResult, summarize
 from bench.train.schedule import LrSchedule, check_schedule
@@ -104,13 +104,12 @@ def evaluate(
 
 
 def train(
-    cfg: TrainConfig, data: Dataset | None = None, *, progress=True, on_epoch=None, on_point=None, hooks=()
+    cfg: TrainConfig, data: Dataset | None = None, *, progress: bool = True, hooks: Sequence[Hook] = ()
 ) -> RunResult:
     """Train `cfg.model` for `cfg.epochs` epochs; a NaN/inf loss ends the run as `diverged`.
 
-    `hooks` (`bench.train.hooks.Hook`) see the start, each sub-epoch progress point, each
-    epoch's history row (returning True ends training early) and the result; `on_epoch(row)`
-    and `on_point(point)` are the same calls as plain functions, made after the hooks'.
+    `hooks` (`bench.train.hooks.Hook`), in order, see the start, each sub-epoch progress point,
+    each epoch's history row (one returning True ends training early) and the result.
     """
     device = ddp.place(pick_device(cfg.device))  # DDP: the GPU of this process's local rank
     cfg = cfg.replace(dtype=resolve_dtype(device, cfg.dtype))  # `auto` resolved once; all below see the result
@@ -134,7 +133,7 @@ def train(
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     # In the summary's order: the LRN activity, then the run's facts, then what the caller's hooks add.
     facts = AddToSummary({**data.provenance, **modes, **ddp.describe()})
-    hooks = Hooks([LrnActivity(), facts, *hooks, Callbacks(on_epoch, on_point)])
+    hooks = Hooks([LrnActivity(), facts, *hooks])
     hooks.on_start(model, data)
     shard = ddp.shard()  # DDP: this rank's slice of each (global) batch; None in a single process
 
@@ -261,13 +260,11 @@ class _Running:
         }
 
 
-def run_training(
-    cfg: TrainConfig, out_dir: Path, *, progress: bool = True, epoch_hook=None, hooks: Sequence[Hook] = ()
-) -> RunResult:
+def run_training(cfg: TrainConfig, out_dir: Path, *, progress: bool = True, hooks: Sequence[Hook] = ()) -> RunResult:
     """Train and write the run folder (`RunFolder`); each file is written whole (temp file, then rename).
 
-    `hooks` as for `train`, after the run folder's; `epoch_hook(row)` (e.g. a TensorBoard writer)
-    also sees each epoch's history row, on rank 0 alone.
+    `hooks` as for `train`, after the run folder's. Each rank calls the hooks it is given: a hook
+    that writes (e.g. TensorBoard's `EpochScalars`) is given on rank 0 alone.
     """
     out_dir = Path(out_dir)
     device = ddp.place(pick_device(cfg.device))  # an absent device fails before data loading and before any file
@@ -279,8 +276,7 @@ def run_training(
     check_fits(cfg, len(data.classes))  # --init-from weights that do not fit fail before any file
     ddp.check_split(data.size("train"), cfg.batch_size)  # DDP: so does a last batch too short to split
     folder.write_config(device)
-    extra = [Callbacks(on_epoch=epoch_hook)] if epoch_hook is not None and ddp.is_main() else []
-    return train(cfg, data, progress=progress, hooks=[folder, *hooks, *extra])
+    return train(cfg, data, progress=progress, hooks=[folder, *hooks])
 
 
 class RunFolder(Hook):

@@ -25,10 +25,7 @@ def summary_writer_class():
 
 
 class EpochScalars(Hook):
-    """A hook (`train(hooks=...)`) writing each history row's numbers; `close()` when done.
-
-    Also a plain function of the row (`run_training(epoch_hook=...)`, `train(on_epoch=...)`).
-    """
+    """A hook (`train(hooks=...)`) writing each history row's numbers; `close()` when done."""
 
     def __init__(self, log_dir: Path, name: str, config_json: str | None = None):
         self._writer_class = summary_writer_class()  # fails now, before training, if tensorboard is missing
@@ -45,8 +42,6 @@ class EpochScalars(Hook):
             if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(key, value, step)
         self.writer.flush()  # an epoch is seconds to hours: show it now
-
-    __call__ = on_epoch_end
 
     def close(self) -> None:
         if self.writer is not None:
