@@ -15,11 +15,10 @@ from bench.data.sources import check_folder
 from bench.device import pick_device
 from bench.errors import UserError
 from bench.io import check_writable
-from bench.report.load import load
 from bench.sweep.packed import PackedExecutor
 from bench.sweep.ray_executor import RayExecutor
 from bench.sweep.runner import check_data, run_study
-from bench.sweep.study import PROFILES, Study, list_studies, load_study
+from bench.sweep.study import PROFILES, list_studies, load_study
 from bench.train.config import TrainConfig
 from bench.train.loop import check_graph
 from bench.train.result import FINISHED
@@ -236,7 +235,6 @@ def run(args: argparse.Namespace) -> int:
             executor=_executor(args, study, profile, jobs[study.name]),
             progress=not args.no_progress,
             tensorboard=str(args.tensorboard) if args.tensorboard else None,
-            choose_confirming=chosen_combinations,
         )
         failed = int((~runs["status"].isin(FINISHED)).sum()) if len(runs) else 0
         log.info(
@@ -322,30 +320,3 @@ def _report(out: Path, studies: list[str], profile: str) -> None:
 
     for name in studies:
         report_study(out / name / profile)
-
-
-def chosen_combinations(folder: Path, study: Study, profile: str, seeds: set[int]) -> list[dict]:
-    """The level combinations at the learning rate Figure 1's rule chooses per setup and activation
-    (`bench.report.kinds.figure1.choose`), judged on the cells of `seeds` in `folder`: training
-    error only, so the confirming seeds never see a choice made on test data."""
-    # here: the report's plotting libraries load only when a two-stage Figure 1 study needs its rule
-    from bench.report.kinds.figure1 import choose, lr_grid
-
-    sd = load(folder)
-    sd.runs = sd.runs[sd.runs["seed"].isin(seeds)]
-    grid = lr_grid(sd)
-    chosen = choose(grid) if len(grid) else grid
-    combos = []
-    for _, r in chosen.iterrows():
-        combo = {
-            "activation": r["activation"],
-            "lr": r["lr"],
-            **({"setup": r["setup"]} if "setup" in study.factors else {}),
-        }
-        combos.append({f: combo[f] for f in study.factors})
-    if not combos:
-        log.warning("%s: no finished cell to choose a learning rate from; no confirming seeds run", folder)
-    for combo in combos:
-        log.info("%s: chosen for the confirming seeds: %s", folder, ", ".join(f"{f}={v}" for f, v in combo.items()))
-    designed = study.combinations(profile)
-    return [c for c in combos if c in designed]  # rows of levels this profile no longer runs choose nothing

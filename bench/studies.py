@@ -9,7 +9,8 @@ A study file has four parts:
     [study]      name, description, design ("one-at-a-time" | "factorial"), seeds,
                  optional target = { metric = "train_running_err_pct", value = 25.0, stop_after = 2 }
                  (a cell stops `stop_after` epochs after reaching it; absent: runs all epochs;
-                 a test-set metric cannot stop a cell: that would select on the test set)
+                 a test-set metric cannot stop a cell: that would select on the test set),
+                 optional fastest_lr_per = ["setup", "activation"] (below)
     [base]       a TrainConfig (any of its fields; knobs as a table)
     [factors.X]  either key = "knobs.activation" with levels = ["relu", "tanh"], or
                  levels = { name = { <config overrides> }, ... }; `baseline` names the
@@ -19,13 +20,19 @@ A study file has four parts:
                  levels.<factor>.<level>, only = { factor = [levels] } to run a
                  subset of a factor's levels at this profile, and confirm_seeds (below)
 
-`confirm_seeds` makes a Figure 1 study two-stage: the profile's seeds run the whole
-learning-rate grid; then, per setup and activation, the rate that trains fastest on
-them (`bench.report.kinds.figure1.choose`, on training error, never test error) runs
-at `confirm_seeds` too: each further seed costs one cell per setup and activation, not a grid.
+`confirm_seeds` makes a profile two-stage: the profile's seeds run every learning rate, then
+`confirm_seeds` run only the rates chosen on them (`bench.choose`, on training or validation
+error, never test error). The study file says how they are chosen, one of two ways:
 
-`tune_lr = [0.0125, 0.025, 0.05]` gives every arm (level combination) its own learning
-rate, chosen on validation error (`bench.choose`): the profile's seeds run every arm at
+`fastest_lr_per = ["setup", "activation"]` (in [study]; Figure 1's rule): the study has a
+factor `lr`, and per combination of the factors named, its level that reaches `study.target`
+in the fewest epochs is chosen (`bench.choose.choose_fastest`; the target must not be a test
+metric). A factor it leaves out is pooled: one rate is chosen over all its levels. The
+confirming seeds then run each combination at its chosen rate: each further seed costs one
+cell per combination, not a grid. The report's Figure 1 chooses the same way.
+
+`tune_lr = [0.0125, 0.025, 0.05]` (in a profile) gives every arm (level combination) its own learning
+rate, chosen on validation error (`bench.choose.choose_lr`): the profile's seeds run every arm at
 every rate of the grid; with `confirm_seeds`, those seeds then run each arm at its chosen
 rate alone. The report compares each arm at its own rate, and flags a choice at the edge
 of the grid.
@@ -70,7 +77,7 @@ from bench.train.config import MAX_SEED, TrainConfig  # a plain dataclass: impor
 PROFILES = ("smoke", "cpu", "cpu-full", "gpu")
 DESIGNS = ("one-at-a-time", "factorial")
 MEASURE_MODES = ("quick", "full", "none")
-STUDY_KEYS = {"name", "description", "design", "seeds", "target", "exclude"}
+STUDY_KEYS = {"name", "description", "design", "seeds", "target", "exclude", "fastest_lr_per"}
 # A study's name is a folder under --out: one plain path component, never "..", "/" or a hidden name.
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 TARGET_METRICS = ("train_running_err_pct", "train_clean_top1_err_pct", "val_top1_err_pct", "test_top1_err_pct")
@@ -88,7 +95,6 @@ PROFILE_EXTRA_KEYS = {
     "tune_lr",
     "data_follows_seed",
 }
-CONFIRM_FACTORS = {"lr", "activation", "setup"}  # what `confirm_seeds` chooses among (a Figure 1 study)
 CONFIG_KEYS = {f.name for f in fields(TrainConfig)}
 STUDY_JSON = "study.json"  # a results folder's recorded `Design`, beside runs.csv
 
@@ -137,6 +143,7 @@ class StudyFile:
     seeds: list[int]
     target: dict | None = None
     exclude: list = field(default_factory=list)  # level combinations never run
+    fastest_lr_per: list = field(default_factory=list)  # factors the lr fastest to the target is chosen per
 
     @classmethod
     def read(cls, path: Path):
@@ -158,11 +165,12 @@ class StudyFile:
         _check_overrides(path, "base.", base)
         factors = {name: _factor(path, name, spec) for name, spec in doc.get("factors", {}).items()}
         exclude = _exclude(path, meta.get("exclude", []), factors)
+        fastest_lr_per = _fastest_lr_per(path, meta.get("fastest_lr_per"), factors, target)
         profiles = doc.get("profiles", {})
         for pname, prof in profiles.items():
             _check_profile(path, pname, prof, factors)
             _check_only_keeps_baselines(path, pname, prof, factors, design)
-            _check_confirm(path, pname, prof, factors, target, seeds)
+            _check_confirm(path, pname, prof, fastest_lr_per, seeds)
         study = cls(
             _study_name(path, meta),
             path,
@@ -174,6 +182,7 @@ class StudyFile:
             seeds,
             target,
             exclude,
+            fastest_lr_per,
         )
         for pname in profiles:
             _check_resolved(study, pname)
@@ -565,19 +574,60 @@ def _check_resolved(study: StudyFile, pname: str) -> None:
             )
 
 
-def _check_confirm(path: Path, pname: str, prof: dict, factors: dict, target: dict | None, seeds: list[int]) -> None:
-    """`confirm_seeds` needs what Figure 1's choice of learning rate needs, and new seeds."""
+def _fastest_lr_per(path: Path, per, factors: dict, target: dict | None) -> list[str]:
+    """study.fastest_lr_per, checked: factors of the study other than `lr`, each once, in a study with
+    a factor `lr` and a target that is not a test metric; [] where absent."""
+    if per is None:
+        return []
+    where = "study.fastest_lr_per"
+    others = [f for f in factors if f != "lr"]
+    example = "e.g. fastest_lr_per = [" + ", ".join(f'"{f}"' for f in others or ["activation"]) + "]"
+    if not (isinstance(per, list) and per and all(isinstance(f, str) for f in per)):
+        raise UserError(f"{path}: {where} must be a non-empty list of factor names, {example}; got {per!r}")
+    for f in per:
+        if f == "lr":
+            raise UserError(
+                f"{path}: {where} names 'lr', the factor whose level it chooses; list the factors the rate is "
+                f"chosen per, {example}"
+            )
+        if f not in factors:
+            raise UserError(
+                f"{path}: {where} names {f!r}, which is not a factor of this study; factors: "
+                f"{', '.join(factors) or 'none'}"
+            )
+    repeated = next((f for i, f in enumerate(per) if f in per[:i]), None)
+    if repeated is not None:
+        raise UserError(f"{path}: {where} lists {repeated!r} twice ({per!r}); list each factor once")
+    if "lr" not in factors:
+        raise UserError(
+            f"{path}: {where} chooses a level of factor lr per combination of {', '.join(per)}, and this study "
+            f'has no factor lr; add [factors.lr] with key = "lr" and the rates to try'
+        )
+    if target is None:
+        raise UserError(
+            f"{path}: {where} chooses the rate that reaches study.target in the fewest epochs, so it needs a "
+            f'target; add one, e.g. target = {{ metric = "train_running_err_pct", value = 25.0 }}'
+        )
+    if target["metric"].startswith("test_"):
+        raise UserError(
+            f"{path}: {where} would choose each rate on the test set (study.target.metric = "
+            f"{target['metric']!r}); choose on training or validation error, e.g. train_running_err_pct"
+        )
+    return list(per)
+
+
+def _check_confirm(path: Path, pname: str, prof: dict, fastest_lr_per: list[str], seeds: list[int]) -> None:
+    """`confirm_seeds` needs a rule to choose their rates by (`tune_lr` or `fastest_lr_per`), and new seeds."""
     if "confirm_seeds" not in prof:
         return
     where = f"profiles.{pname}.confirm_seeds"
     _check_seeds(path, where, prof["confirm_seeds"])
-    if "tune_lr" in prof:
-        pass  # the second stage runs each arm at the rate its validation error chose
-    elif target is None or not {"lr", "activation"} <= set(factors) or not set(factors) <= CONFIRM_FACTORS:
+    if "tune_lr" not in prof and not fastest_lr_per:
         raise UserError(
-            f"{path}: {where} runs more seeds at the learning rate chosen per activation by time to "
-            f"study.target; it needs a target and factors lr and activation (and optionally setup), "
-            f"this study has {', '.join(factors) or 'no factors'}{'' if target else ' and no target'}"
+            f"{path}: {where} runs more seeds at the learning rates the profile's seeds chose, and nothing says "
+            f"how to choose them: add tune_lr = [...] to this profile (each arm's rate, on validation error), or "
+            f"fastest_lr_per = [...] to [study] (per combination of those factors, the level of factor lr that "
+            f"reaches study.target fastest)"
         )
     again = sorted(set(prof["confirm_seeds"]) & set(prof.get("seeds", seeds)))
     if again:

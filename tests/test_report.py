@@ -584,6 +584,7 @@ def test_figure1_chooses_on_the_grid_not_the_confirming_seeds(tmp_path):
     toml = tmp_path / "toy-fig1.toml"
     toml.write_text(
         '[study]\nname = "toy-fig1"\nseeds = [0]\ntarget = { metric = "train_running_err_pct", value = 25.0 }\n'
+        'fastest_lr_per = ["activation"]\n'
         '[factors.activation]\nkey = "knobs.activation"\nlevels = ["relu", "tanh"]\n'
         '[factors.lr]\nkey = "lr"\nlevels = [0.01, 0.02]\n[profiles.cpu]\nconfirm_seeds = [1, 2]\n'
     )
@@ -598,6 +599,36 @@ def test_figure1_chooses_on_the_grid_not_the_confirming_seeds(tmp_path):
     assert got["tanh"]["lr"] == "0.01" and got["tanh"]["epochs_mean"] == pytest.approx(10.0)
     claims = (folder / "tables" / "paper_claims.md").read_text()
     assert "2 pairs" in claims  # paired over the confirming seeds: seed 0 chose the rates, so it is not counted
+
+
+def test_figure1_chooses_per_the_factors_the_study_file_declares(tmp_path):
+    """`fastest_lr_per` is one declaration for the sweep and the report: ["activation"] pools the setups
+    (one rate per activation, one panel), and a declaration without the activation is no Figure 1."""
+    from bench.report.kinds import figure1
+
+    def study_with(per: str) -> Path:
+        toml = tmp_path / f"toy-fig1-{len(per)}.toml"
+        toml.write_text(
+            '[study]\nname = "toy-fig1"\nseeds = [0, 1]\ntarget = { metric = "train_running_err_pct", value = 25.0 }\n'
+            f"fastest_lr_per = {per}\n"
+            "[factors.setup]\nlevels.modern = {}\nlevels.paper = {}\n"
+            '[factors.activation]\nkey = "knobs.activation"\nlevels = ["relu", "tanh"]\n'
+            '[factors.lr]\nkey = "lr"\nlevels = [0.01, 0.02]\n[profiles.cpu]\n'
+        )
+        cells = figure1_cells()
+        return write_study(
+            tmp_path / per / "cpu", "toy-fig1", ["setup", "activation", "lr"], cells, target=TARGET, study_file=toml
+        )
+
+    sd = load(study_with('["activation"]'))
+    assert sd.fastest_lr_per == ["activation"] and kind_for(sd) is figure1
+    chosen = figure1.fastest(sd).chosen
+    # pooled over the setups: relu 0.02 (3.25 epochs vs 3.5); tanh reaches at neither rate in the paper
+    # setup, so the lower final training error, 0.02 (modern alone would choose 0.01)
+    assert chosen[["setup", "activation", "lr"]].values.tolist() == [["", "relu", "0.02"], ["", "tanh", "0.02"]]
+    assert chosen["n"].tolist() == [4, 4]
+    sd = load(study_with('["setup"]'))
+    assert sd.fastest_lr_per == ["setup"] and kind_for(sd) is not figure1
 
 
 def test_figure1_from_history_alone_and_without_setup(tmp_path):
@@ -955,10 +986,9 @@ def test_figure1_markers_lie_on_the_drawn_curves(tmp_path):
 
     folder = dipped_study(tmp_path / "f" / "cpu")
     sd = load(folder)
-    curves = f1.trailing_curves(sd)
-    cells = f1.cell_epochs(sd, curves)
-    chosen = f1.choose(f1.lr_grid(sd, cells=cells))
-    fig = f1.figure1(sd, chosen, f1.speedups(chosen), curves, cells)
+    choice = f1.fastest(sd)
+    chosen = choice.chosen
+    fig = f1.figure1(sd, chosen, f1.speedups(chosen), choice.curves, choice.cells)
     lines = fig.axes[0].get_lines()
     drawn = [ln for ln in lines if len(ln.get_xdata()) > 2]  # not the target's dotted line
     dots = [ln for ln in lines if ln.get_marker() == "o"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -13,11 +14,11 @@ import pandas as pd
 import pytest
 
 from bench import studies
-from bench.ablate import chosen_combinations
 from bench.cli import main
 from bench.errors import UserError
+from bench.sweep.choice import chosen_combinations
 from bench.sweep.runner import check_data, run_study, time_to_target
-from bench.sweep.study import PROFILES, list_studies, load_study
+from bench.sweep.study import PROFILES, Study, list_studies, load_study
 from tests.tiny import study_toml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,6 +146,13 @@ def test_figure1_grid_differs_per_setup():
     assert all(c.config.weight_decay == 0 and c.config.augment == "none" for c in cells)
 
 
+def two_stage_fastest(text: str, per: str = '["activation"]') -> str:
+    """A study file's `text` made two-stage by Figure 1's rule: `fastest_lr_per = per` (TOML) in [study],
+    and confirming seeds 1 and 2 in the smoke profile."""
+    text = text.replace('measure = "none"', 'measure = "none"\nconfirm_seeds = [1, 2]')
+    return text.replace("[base]", f"fastest_lr_per = {per}\n\n[base]", 1)
+
+
 # (edit of sweep_study(), what the error names); the last field: found by the torch-free reader
 # (bench.studies) too, not only by the sweep's checks of every cell and model
 STUDY_ERRORS = [
@@ -157,12 +165,33 @@ STUDY_ERRORS = [
     (lambda s: s.replace('measure = "none"', 'measure = "none"\nonly = { lr = [0.5] }'), "0.5", True),
     (lambda s: s.replace('model = "layers-80sec"', 'model = "layers-80sec"\nknobs = { width = 0.5 }'), "width", False),
     (lambda s: s + "\n[extra]\n", "extra", True),
-    (lambda s: s.replace('measure = "none"', 'measure = "none"\nconfirm_seeds = [0]'), "repeats seed 0", True),
+    (lambda s: two_stage_fastest(s).replace("confirm_seeds = [1, 2]", "confirm_seeds = [0]"), "repeats seed 0", True),
     (
-        lambda s: s.replace('measure = "none"', 'measure = "none"\nconfirm_seeds = [1]').replace("target", "# target"),
-        "needs a target",
+        lambda s: s.replace('measure = "none"', 'measure = "none"\nconfirm_seeds = [1]'),
+        "confirm_seeds runs more seeds at the learning rates the profile's seeds chose, and nothing says how",
         True,
     ),
+    # fastest_lr_per: which factors Figure 1's rule chooses a rate per, declared in the study file
+    (
+        lambda s: two_stage_fastest(s).replace("target", "# target"),
+        "fastest_lr_per chooses the rate that reaches study.target",
+        True,
+    ),
+    (
+        lambda s: two_stage_fastest(s, '["width"]'),
+        "fastest_lr_per names 'width', which is not a factor of this study",
+        True,
+    ),
+    (lambda s: two_stage_fastest(s, '["lr"]'), "fastest_lr_per names 'lr', the factor whose level it chooses", True),
+    (lambda s: two_stage_fastest(s, '"activation"'), "fastest_lr_per must be a non-empty list of factor names", True),
+    (lambda s: two_stage_fastest(s, "[]"), "fastest_lr_per must be a non-empty list of factor names", True),
+    (lambda s: two_stage_fastest(s, '["activation", "activation"]'), "fastest_lr_per lists 'activation' twice", True),
+    (
+        lambda s: two_stage_fastest(s).replace("train_running_err_pct", "test_top1_err_pct"),
+        "fastest_lr_per would choose each rate on the test set",
+        True,
+    ),
+    (lambda s: two_stage_fastest(s).replace("[factors.lr]", "[factors.rate]"), "this study has no factor lr", True),
     (lambda s: s.replace("[study]", "[study\n"), "TOML", True),
     (lambda s: s.replace('name = "tiny"', 'name = "../../esc"'), "study.name='../../esc' is not a valid", True),
     (lambda s: s.replace('name = "tiny"', "name = 5"), "study.name=5 is not a valid", True),
@@ -491,14 +520,10 @@ def test_a_stopped_cell_writes_its_tensorboard_scalars_up_to_the_epoch_it_stoppe
 
 
 def test_confirm_seeds_run_only_the_rate_the_grid_chose(tmp_path, caplog):
-    """Figure 1's two stages: seed 0 runs the whole grid, seeds 1 and 2 each activation's fastest rate."""
-    text = sweep_study("factorial", 2).replace('measure = "none"', 'measure = "none"\nconfirm_seeds = [1, 2]')
-    study = load_study(str(write_study(tmp_path, text=text)))
-    with pytest.raises(UserError, match="run it through `python -m bench ablate`"):
-        run_study(study, "smoke", out_root=tmp_path / "elsewhere", progress=False)  # the sweep has no rule of its own
-    runs = run_study(
-        study, "smoke", out_root=tmp_path / "results", progress=False, choose_confirming=chosen_combinations
-    )
+    """Figure 1's two stages: seed 0 runs the whole grid, seeds 1 and 2 each activation's fastest rate,
+    chosen by the sweep itself (`fastest_lr_per = ["activation"]`)."""
+    study = load_study(str(write_study(tmp_path, text=two_stage_fastest(sweep_study()))))
+    runs = run_study(study, "smoke", out_root=tmp_path / "results", progress=False)
     assert len(runs) == 4 + 2 * 2 and set(runs["status"]) == {"ok"}
     grid = runs[runs["seed"] == 0]
     for act, g in grid.groupby("activation"):
@@ -507,13 +532,84 @@ def test_confirm_seeds_run_only_the_rate_the_grid_chose(tmp_path, caplog):
         confirming = runs[(runs["activation"] == act) & (runs["seed"] > 0)]
         assert sorted(confirming["seed"]) == [1, 2] and set(confirming["lr"]) == {best["lr"]}
     with caplog.at_level(logging.WARNING):
-        again = run_study(
-            study, "smoke", out_root=tmp_path / "results", progress=False, choose_confirming=chosen_combinations
-        )
+        again = run_study(study, "smoke", out_root=tmp_path / "results", progress=False)
     assert len(again) == 8 and not [r for r in caplog.records if "does not define" in r.getMessage()]
     # --seeds runs what it names, with no second stage
     only = run_study(study, "smoke", out_root=tmp_path / "other", seeds=[0], progress=False)
     assert sorted(only["seed"]) == [0, 0, 0, 0]
+
+
+# Epochs to the 95% target of seed 0's cells (activation, batch, lr) in `test_the_study_file_says_...`:
+# per batch size, batch 8 is fastest at lr 0.01 and batch 16 at 0.02; pooled over both, 0.01 (3 vs 4
+# epochs for relu, 5 vs 6 for tanh).
+EPOCHS_TO_TARGET = {
+    ("relu", "8", "0.01"): 2,
+    ("relu", "8", "0.02"): 5,
+    ("relu", "16", "0.01"): 4,
+    ("relu", "16", "0.02"): 3,
+    ("tanh", "8", "0.01"): 4,
+    ("tanh", "8", "0.02"): 7,
+    ("tanh", "16", "0.01"): 6,
+    ("tanh", "16", "0.02"): 5,
+}
+
+
+@pytest.mark.parametrize(
+    "per, rates",
+    [
+        ('["activation", "batch"]', {"8": "0.01", "16": "0.02"}),  # a rate per batch size
+        ('["activation"]', {"8": "0.01", "16": "0.01"}),  # batch size pooled: one rate for both
+    ],
+)
+def test_the_study_file_says_which_factors_the_confirming_rate_is_chosen_per(tmp_path, per, rates):
+    """`fastest_lr_per` in the study file, not the schema, says what the sweep chooses a rate per; the
+    first stage's cells are written by hand (epochs to the target from history.csv, no training)."""
+    text = two_stage_fastest(sweep_study(), per).replace(
+        "[factors.lr]", '[factors.batch]\nkey = "batch_size"\nlevels = [8, 16]\n\n[factors.lr]'
+    )
+    study = Study.read(write_study(tmp_path, text=text))
+    assert study.fastest_lr_per == json.loads(per)
+    folder = tmp_path / "results" / "tiny" / "smoke"
+    folder.mkdir(parents=True)
+    runs, history = [], []
+    for (act, batch, lr), reach in EPOCHS_TO_TARGET.items():
+        cid = f"{act}-{batch}-{lr}"
+        runs.append(
+            {
+                "cell_id": cid,
+                "study": "tiny",
+                "profile": "smoke",
+                "status": "ok",
+                "activation": act,
+                "batch": batch,
+                "lr": lr,
+                "seed": 0,
+                "epochs_run": 8,
+                "cfg_epochs": 8,
+                "final_train_running_err_pct": 50.0,
+                "target_metric": TARGET["metric"],
+                "target_value": TARGET["value"],
+            }
+        )
+        history += [
+            {"cell_id": cid, "epoch": e, "train_running_err_pct": 99.0 if e < reach else 90.0} for e in range(1, 9)
+        ]
+    pd.DataFrame(runs).to_csv(folder / "runs.csv", index=False)
+    pd.DataFrame(history).to_csv(folder / "history.csv", index=False)
+    combos = chosen_combinations(folder, study, "smoke", {0})
+    assert combos == [
+        {"activation": act, "batch": batch, "lr": rates[batch]} for act in ("relu", "tanh") for batch in ("8", "16")
+    ]
+
+
+def test_a_bad_fastest_lr_per_is_refused_before_anything_runs(tmp_path, capsys):
+    path = write_study(tmp_path, text=two_stage_fastest(sweep_study(), '["activation", "setup"]'))
+    out = tmp_path / "results"
+    argv = ["ablate", "--study", str(path), "--profile", "smoke", "--out", str(out), "--no-progress", "--no-report"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "study.fastest_lr_per names 'setup', which is not a factor of this study; factors: activation, lr" in err
+    assert str(path) in err and len(err.splitlines()) == 1 and not out.exists()
 
 
 def test_a_quick_measure_profile_times_each_configuration_once_for_its_seeds(tmp_path):
@@ -782,8 +878,8 @@ def test_data_shipped_to_a_ray_task_is_the_data_set_field_by_field():
 def test_seeds_on_a_two_stage_profile_says_the_second_stage_is_skipped(tmp_path, caplog):
     """--seeds replaces the profile's seeds and runs them on the whole design: said before anything
     runs (here the run then stops at an --out it cannot write, so nothing trains)."""
-    two_stage = sweep_study("factorial", 1).replace(
-        'measure = "none"', 'measure = "none"\nseeds = [0]\nconfirm_seeds = [1, 2]'
+    two_stage = two_stage_fastest(sweep_study("factorial", 1)).replace(
+        "confirm_seeds = [1, 2]", "seeds = [0]\nconfirm_seeds = [1, 2]"
     )
     path = write_study(tmp_path, text=two_stage)
     (tmp_path / "a-file").write_text("")

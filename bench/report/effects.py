@@ -26,10 +26,11 @@ import math
 
 import pandas as pd
 
+from bench.choose import RUNNING_TRAIN
 from bench.flop_convention import FLOP_CONVENTION
 from bench.report import format as fmt
 from bench.report.claims import by_seed
-from bench.report.load import CLEAN_TRAIN, RUNNING_TRAIN, StudyData
+from bench.report.load import CLEAN_TRAIN, StudyData
 from bench.stats import PAIRED, WELCH, Difference, compare, summarize
 from bench.train.result import OK
 

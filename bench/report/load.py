@@ -13,7 +13,8 @@ end of the report. The target is in the `target_metric` / `target_value` columns
 Missing data (no history, a failed cell, a missing column) goes through
 `Notes.warn`: one logging.warning line, also listed in report.md.
 
-Column names are read through one mapping (`RENAMED`): older results call the
+Column names are read through one mapping (`RENAMED`, in `bench.sweep.results`, which the
+sweep's own choice of a two-stage profile's rates reads through too): older results call the
 training error measured during the epoch (through augmentation and dropout)
 `train_err_pct` / `final_train_err_pct`; the report knows it only as the running
 error, `train_running_err_pct` / `final_train_running_err_pct`, as newer runs
@@ -38,6 +39,7 @@ from bench.errors import UserError
 from bench.flop_convention import upgrade_counts
 from bench.io import check_table, read_csv
 from bench.studies import STUDY_JSON, Design, StudyFile, studies_dir
+from bench.sweep.results import canonical, latest_per_configuration, recorded_target, rename_columns
 from bench.train.result import (
     OK,  # a cell whose final numbers count; diverged cells keep their curves only
 )
@@ -46,38 +48,10 @@ log = logging.getLogger(__name__)
 
 RUNS, HISTORY, ENVIRONMENT = "runs.csv", "history.csv", "environment.json"
 PROGRESS = "progress.csv"  # the running training error at each 1/10 epoch: Figure 1's epochs to the target
-# Training error during the epoch, through augmentation and dropout, in % (per epoch; the last epoch's).
-RUNNING_TRAIN_EPOCH, RUNNING_TRAIN = "train_running_err_pct", "final_train_running_err_pct"
+# The running training error (through augmentation and dropout) is `bench.choose.RUNNING_TRAIN_EPOCH` /
+# `RUNNING_TRAIN`, the columns Figure 1's rule reads.
 # Training images evaluated without augmentation or dropout, top-1 error in % (per epoch; final weights).
 CLEAN_TRAIN_EPOCH, CLEAN_TRAIN = "train_clean_top1_err_pct", "final_train_clean_top1_err_pct"
-RENAMED = {
-    "train_err_pct": RUNNING_TRAIN_EPOCH,
-    "final_train_err_pct": RUNNING_TRAIN,  # older name -> name here
-    "train_loss": "train_running_loss",
-    "final_train_loss": "final_train_running_loss",
-}
-# A column chosen on test error (the best epoch's) would select on the test set: never read.
-IGNORED = ("best_test_top1_err_pct",)
-
-
-def canonical(name: str) -> str:
-    """A metric's name as the report knows it ('train_err_pct' -> 'train_running_err_pct')."""
-    return RENAMED.get(name, name)
-
-
-def rename_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    """`frame` with older column names mapped through `RENAMED` and `IGNORED` dropped; where a
-    table has both names (rows of an older and a newer sweep), the newer fills in from the older."""
-    frame = frame.drop(columns=[c for c in IGNORED if c in frame])
-    for old, new in RENAMED.items():
-        if old not in frame:
-            continue
-        if new in frame:
-            frame = frame.assign(**{new: frame[new].where(frame[new].notna(), frame[old])})
-            frame = frame.drop(columns=[old])
-        else:
-            frame = frame.rename(columns={old: new})
-    return frame
 
 
 class Notes:
@@ -117,6 +91,7 @@ class StudyData:
     lr_choice: pd.DataFrame | None = None  # a tune_lr profile: each arm's rate, chosen on validation (bench.choose)
     grid_runs: pd.DataFrame | None = None  # a tune_lr profile: the grid's cells at rates not chosen
     progress: pd.DataFrame | None = None  # progress.csv's rows of the cells of `runs` (None: no progress.csv)
+    fastest_lr_per: list = field(default_factory=list)  # the study file's: Figure 1's rate is chosen per these
 
     @property
     def label(self) -> str:
@@ -208,8 +183,8 @@ def load(folder: Path) -> StudyData:
         notes.warn(f"{RUNS} has no rows (the study has not finished a cell yet)")
     prof = spec.profiles.get(profile) if spec else None
     grid = spec.lr_grid(profile) if prof is not None else []
-    runs, superseded = _latest_per_configuration(
-        _normalize_runs(runs, notes, runs_path), factors, notes, [LR] if grid and LR in runs else []
+    runs, superseded = latest_per_configuration(
+        _normalize_runs(runs, notes, runs_path), factors, notes.warn, [LR] if grid and LR in runs else []
     )
     lr_choice = grid_runs = None
     if grid and len(runs) and LR in runs:
@@ -240,6 +215,7 @@ def load(folder: Path) -> StudyData:
         lr_choice,
         grid_runs,
         _read_progress(folder, runs, notes, superseded),
+        spec.fastest_lr_per if spec else [],
     )
 
 
@@ -347,11 +323,8 @@ def _levels(design: Design | None, factors: list[str], runs: pd.DataFrame) -> di
 
 def _target(runs: pd.DataFrame, spec: StudyFile | None) -> dict | None:
     """{"metric", "value"} as the cells recorded it, else as the study file sets it; None without one."""
-    if "target_metric" in runs and runs["target_metric"].notna().any():
-        return {
-            "metric": str(runs["target_metric"].dropna().iloc[0]),
-            "value": float(runs["target_value"].dropna().iloc[0]) if "target_value" in runs else 25.0,
-        }
+    if recorded := recorded_target(runs):
+        return recorded
     if spec and spec.target:
         return {"metric": canonical(spec.target["metric"]), "value": float(spec.target["value"])}
     return None
@@ -385,8 +358,6 @@ def _first(frame: pd.DataFrame, column: str) -> str | None:
 
 def _normalize_runs(runs: pd.DataFrame, notes: Notes, runs_path: Path) -> pd.DataFrame:
     runs = rename_columns(runs)
-    if "target_metric" in runs:
-        runs["target_metric"] = runs["target_metric"].map(lambda m: canonical(m) if isinstance(m, str) else m)
     if "is_baseline" in runs:
         runs["is_baseline"] = _as_bool(runs["is_baseline"])
     else:
@@ -405,27 +376,6 @@ def _normalize_runs(runs: pd.DataFrame, notes: Notes, runs_path: Path) -> pd.Dat
     if "cell_id" not in runs:
         runs["cell_id"] = [f"row{i}" for i in range(len(runs))]
     return runs
-
-
-def _latest_per_configuration(
-    runs: pd.DataFrame, factors: list[str], notes: Notes, keys: list[str] = ()
-) -> tuple[pd.DataFrame, set]:
-    """One row per factor levels and seed (and `keys`, e.g. the learning rate of a tuned grid): the latest.
-
-    A changed profile or data path gives the same levels and seed a new cell id, and the
-    runner keeps the old row; counting both would pool two settings and one seed twice.
-    """
-    if not factors or not len(runs):
-        return runs, set()
-    order = runs.sort_values("finished_at", kind="stable", na_position="first") if "finished_at" in runs else runs
-    latest = order.drop_duplicates(subset=[*factors, "seed", *keys], keep="last")
-    if dropped := len(runs) - len(latest):
-        notes.warn(
-            f"{dropped} older row(s) of {RUNS} repeat a configuration and seed (a sweep with other "
-            f"settings); only the latest of each is used"
-        )
-    keep = runs.index.isin(latest.index)
-    return runs.loc[keep], set(runs.loc[~keep, "cell_id"])
 
 
 def _read_history(

@@ -105,11 +105,8 @@ def pilot_rows(sd: StudyData) -> list[dict]:
     from bench.report.kinds import figure1  # here: its plotting imports only for a Figure 1 pilot
 
     if figure1.applies(sd):
-        curves = figure1.trailing_curves(sd)
-        cells = figure1.cell_epochs(sd, curves)
-        grid = figure1.lr_grid(sd, cells=cells)
-        chosen = figure1.choose(grid, figure1.lr_grid(sd, tuning=True, cells=cells))
-        return figure1.speedup_claims(cells, chosen)
+        choice = figure1.fastest(sd)  # bench.choose's rule, as the report and the sweep apply it
+        return figure1.speedup_claims(choice.cells, choice.chosen) if len(choice.chosen) else []
     if sd.baseline is None:
         return []
     return claims_table(sd.runs, sd.baseline, only=sd.only, tuning_seeds=sd.tuning_seeds)

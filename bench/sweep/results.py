@@ -16,22 +16,36 @@ each recorded cell, writes history.csv and progress.csv, then runs.csv (each
 atomically), and only then
 deletes the cell files it merged. A merge killed at any point is redone whole by the
 next, because a cell file replaces its cell's rows rather than adding to them.
+
+What any reader of the tables needs (the report, and the sweep choosing a two-stage
+profile's rates) is here too: older column names under today's (`rename_columns`), the
+latest row of a configuration run twice (`latest_per_configuration`), and the target the
+cells recorded (`recorded_target`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pandas as pd
 
+from bench.choose import RUNNING_TRAIN, RUNNING_TRAIN_EPOCH
 from bench.errors import UserError
 from bench.io import atomic_write_text, check_table, read_csv, write_csv
 from bench.studies import STUDY_JSON, Design
 
 CELLS = "cells"
 RUNS_REQUIRED = ("cell_id", "status")  # what every row of runs.csv has
+RENAMED = {
+    "train_err_pct": RUNNING_TRAIN_EPOCH,
+    "final_train_err_pct": RUNNING_TRAIN,  # older name -> name here
+    "train_loss": "train_running_loss",
+    "final_train_loss": "final_train_running_loss",
+}
+# A column chosen on test error (the best epoch's) would select on the test set: never read.
+IGNORED = ("best_test_top1_err_pct",)
 
 
 class ResultsFolder:
@@ -159,3 +173,64 @@ def _concat(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     if not len(new):
         return old
     return pd.concat([old, new], ignore_index=True)
+
+
+# --- reading the tables, older ones included ------------------------------------------
+
+
+def canonical(name: str) -> str:
+    """A metric's name as today's tables write it ('train_err_pct' -> 'train_running_err_pct')."""
+    return RENAMED.get(name, name)
+
+
+def rename_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with older column names mapped through `RENAMED` and `IGNORED` dropped; where a
+    table has both names (rows of an older and a newer sweep), the newer fills in from the older.
+    The metric names in a `target_metric` column are mapped too."""
+    frame = frame.drop(columns=[c for c in IGNORED if c in frame])
+    if "target_metric" in frame:
+        frame = frame.assign(
+            target_metric=frame["target_metric"].map(lambda m: canonical(m) if isinstance(m, str) else m)
+        )
+    for old, new in RENAMED.items():
+        if old not in frame:
+            continue
+        if new in frame:
+            frame = frame.assign(**{new: frame[new].where(frame[new].notna(), frame[old])})
+            frame = frame.drop(columns=[old])
+        else:
+            frame = frame.rename(columns={old: new})
+    return frame
+
+
+def latest_per_configuration(
+    runs: pd.DataFrame, factors: list[str], warn: Callable[[str], None], keys: list[str] = ()
+) -> tuple[pd.DataFrame, set]:
+    """One row per factor levels and seed (and `keys`, e.g. the learning rate of a tuned grid): the latest;
+    and the cell ids of the rows left out.
+
+    A changed profile or data path gives the same levels and seed a new cell id, and the
+    runner keeps the old row; counting both would pool two settings and one seed twice.
+    """
+    if not factors or not len(runs):
+        return runs, set()
+    order = runs.sort_values("finished_at", kind="stable", na_position="first") if "finished_at" in runs else runs
+    latest = order.drop_duplicates(subset=[*factors, "seed", *keys], keep="last")
+    if dropped := len(runs) - len(latest):
+        warn(
+            f"{dropped} older row(s) of runs.csv repeat a configuration and seed (a sweep with other "
+            f"settings); only the latest of each is used"
+        )
+    keep = runs.index.isin(latest.index)
+    return runs.loc[keep], set(runs.loc[~keep, "cell_id"])
+
+
+def recorded_target(runs: pd.DataFrame) -> dict | None:
+    """{"metric", "value"} of the target as the cells recorded it (`target_metric`, `target_value`);
+    None where they recorded none."""
+    if "target_metric" in runs and runs["target_metric"].notna().any():
+        return {
+            "metric": canonical(str(runs["target_metric"].dropna().iloc[0])),
+            "value": float(runs["target_value"].dropna().iloc[0]) if "target_value" in runs else 25.0,
+        }
+    return None

@@ -42,13 +42,13 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from bench.choose import choose_lr, chosen_rates
 from bench.data import load_data
 from bench.device import is_oom, pick_device
 from bench.env import environment
 from bench.errors import UserError
 from bench.io import atomic_write_text
 from bench.measure import FLOP_CONVENTION, count_model, measure_throughput
+from bench.sweep.choice import confirming_cells
 from bench.sweep.results import ResultsFolder
 from bench.sweep.study import Cell, Study
 from bench.train.dataspec import data_spec
@@ -377,15 +377,12 @@ def run_study(
     executor: Executor | None = None,
     progress: bool = True,
     tensorboard: str | None = None,
-    choose_confirming=None,
 ) -> pd.DataFrame:
     """Run every unfinished cell of `study` at `profile`; return the whole runs table.
 
-    A two-stage profile (`confirm_seeds`) then runs its confirming seeds at the learning rates
-    its seeds chose: each arm's, chosen on validation (`tune_lr`, `bench.choose`), or a Figure 1
-    study's fastest per activation, chosen by `choose_confirming(folder, study, profile, seeds)`
-    (the `ablate` command passes the report's Figure 1 rule; the sweep does not import the
-    report). `seeds` given here run as asked, with no second stage.
+    A two-stage profile (`confirm_seeds`) then runs its confirming seeds at the levels its seeds
+    chose (`bench.sweep.choice`, by the rule the study file names: `tune_lr` or `fastest_lr_per`).
+    `seeds` given here run as asked, with no second stage.
     """
     cells = study.cells(profile, seeds, overrides)
     confirm = study.confirm_seeds(profile) if seeds is None else []
@@ -394,40 +391,13 @@ def run_study(
     with _sweep_lock(out):
         stage = "the grid" if confirm else ""
         runs = _sweep(study, profile, cells, out, device, executor, progress, tensorboard, later=confirm, stage=stage)
-        if confirm and study.lr_grid(profile):
-            rates = chosen_rates_of(out, study, {c.config.seed for c in cells})
-            more = study.cells(profile, confirm, overrides, rates=rates)
-            also = {c.id for c in cells}
-            runs = _sweep(
-                study, profile, more, out, device, executor, progress, tensorboard, also=also, stage="confirming seeds"
-            )
-        elif confirm:
-            if choose_confirming is None:
-                raise UserError(
-                    f"{study.path}: profile {profile}'s confirming seeds run at the rates chosen from the grid; "
-                    f"run it through `python -m bench ablate`, which chooses them"
-                )
-            chosen = choose_confirming(out, study, profile, {c.config.seed for c in cells})
-            more = study.cells(profile, confirm, overrides, combinations=chosen)
+        if confirm:
+            more = confirming_cells(out, study, profile, confirm, overrides, {c.config.seed for c in cells})
             also = {c.id for c in cells}
             runs = _sweep(
                 study, profile, more, out, device, executor, progress, tensorboard, also=also, stage="confirming seeds"
             )
         return runs
-
-
-def chosen_rates_of(folder: Path, study: Study, seeds: set[int]) -> dict:
-    """Each arm's learning rate, chosen on the validation error of the grid's cells of `seeds`
-    (`bench.choose`): arm key -> rate."""
-    runs, _, _ = ResultsFolder(folder, ["study", "profile", "status", *study.factors]).read()
-    choice = choose_lr(runs, list(study.factors), sorted(seeds))
-    for _, r in choice.iterrows():
-        where = ", ".join(f"{f}={r[f]}" for f in study.factors)
-        edge = f" (the {r['edge']} rate of its grid)" if r["edge"] else ""
-        log.info("%s: %s: lr %g chosen on validation error %.2f%%%s", folder, where, r["lr"], r["val_err"], edge)
-    if not len(choice):
-        log.warning("%s: no finished grid cell to choose a learning rate from; no confirming seeds run", folder)
-    return chosen_rates(choice, list(study.factors))
 
 
 @contextlib.contextmanager

@@ -5,23 +5,19 @@ target) and an `activation` factor, e.g. ablations/figure1.toml. Writes the figu
 `figure1` (training error vs epochs at each activation's fastest learning rate,
 one panel per setup) and the tables `figure1` and `figure1_lr_grid`.
 
-Per setup (a `setup` factor, if any) and activation, the learning rate is the
-one of the `lr` factor that trains fastest, as the paper chose its own, judged
-on training error (what the paper's Figure 1 plots), never on test error:
+Per setup (a `setup` factor, if any; the study's `fastest_lr_per` where it declares one)
+and activation, the learning rate (the `lr` factor's level, else each cell's `cfg_lr`) is the
+one that trains fastest, as the paper chose its own, judged on training error (what the
+paper's Figure 1 plots), never on test error: `bench.choose.choose_fastest`, the rule the
+sweep applies to a two-stage profile's first stage (fewest epochs to the target; if none
+reached it, the lowest final running training error). A study whose `fastest_lr_per` leaves
+out the activation (one rate for both) is not drawn here.
 
-1. among the learning rates at which every seed reached the target, the fewest
-   epochs to reach it (mean over seeds); ties go to the lower mean final
-   running training error, then to the lower learning rate;
-2. if none reached it, the lowest mean final running training error (a learning
-   rate whose cell diverged comes last), reported as 'did not reach 25% within
-   N epochs'.
-
-The rule judges the profile's seeds. A two-stage profile (`confirm_seeds`)
-then runs more seeds at the chosen rates only (`bench.sweep.runner.run_study` applies
-this same rule to the first stage); they count in the chosen rate's statistics and the
-claim, not in the choice. Where the rule now picks another rate than the one the
-confirming seeds ran at (picked on an earlier statistic), report.md says so: those
-seeds then count nowhere, and the chosen rate rests on the grid's seeds alone.
+The rule judges the profile's seeds. A two-stage profile (`confirm_seeds`) then runs more
+seeds at the chosen rates only; they count in the chosen rate's statistics and the claim, not
+in the choice. Where the rule now picks another rate than the one the confirming seeds ran at
+(picked on an earlier statistic), report.md says so: those seeds then count nowhere, and the
+chosen rate rests on the grid's seeds alone.
 
 A chosen rate that is the largest or smallest of its grid is flagged (`edge`):
 the fastest rate may lie outside the grid, and report.md says so.
@@ -65,25 +61,15 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from bench.choose import RUNNING_TRAIN_EPOCH, Fastest, choose_fastest, rate_value, target_text
 from bench.report import format as fmt
 from bench.report import plot
 from bench.report.claims import assess_speedup, by_seed
-from bench.report.load import (
-    CLEAN_TRAIN_EPOCH,
-    HISTORY,
-    PROGRESS,
-    RUNNING_TRAIN,
-    RUNNING_TRAIN_EPOCH,
-    StudyData,
-    run_mode,
-)
+from bench.report.load import StudyData, run_mode
 from bench.report.markdown import Section
 from bench.report.output import Outcome, Output
 from bench.report.paper import SPEEDUP, claims_for
-from bench.report.plot import CURVE_STATUSES
-from bench.stats import summarize
-from bench.train.result import DIVERGED, OK
-from bench.train.target import TRAILING_EPOCH_MEAN, crossing, trailing_epoch_mean
+from bench.train.target import TRAILING_EPOCH_MEAN
 
 log = logging.getLogger(__name__)
 
@@ -94,19 +80,23 @@ ACTIVATION, FAST, SLOW = SPEEDUP.factor, SPEEDUP.reference, SPEEDUP.level
 
 
 def applies(sd: StudyData) -> bool:
-    return sd.target is not None and ACTIVATION in sd.factors and sd.target["metric"] in sd.history.columns
+    chosen_per_activation = not sd.fastest_lr_per or ACTIVATION in sd.fastest_lr_per
+    return (
+        sd.target is not None
+        and ACTIVATION in sd.factors
+        and chosen_per_activation
+        and sd.target["metric"] in sd.history.columns
+    )
 
 
 def build(out: Output, outcome: Outcome) -> None:
     sd = out.sd
-    curves = trailing_curves(sd)
-    cells = cell_epochs(sd, curves)
-    grid = lr_grid(sd, cells=cells)
-    if not len(grid):
+    choice = fastest(sd)
+    curves, cells, chosen = choice.curves, choice.cells, choice.chosen
+    if not len(choice.grid):
         sd.notes.warn("no finished cell for Figure 1")
         return
-    chosen = choose(grid, lr_grid(sd, tuning=True, cells=cells))
-    grid = mark_chosen(grid, chosen)
+    grid = mark_chosen(choice.grid, chosen)
     ratios = speedups(chosen)
     s = Section(f"Figure 1: epochs to {target_label(sd)}, ReLU vs tanh")
     s.text.append(
@@ -192,11 +182,11 @@ def stale_confirming(sd: StudyData, cells: pd.DataFrame, chosen: pd.DataFrame) -
     out = {}
     confirm = cells[cells["seed"].isin(sd.confirm_seeds)]
     for _, r in chosen.iterrows():
-        mine = confirm[(confirm["setup_level"] == r["setup"]) & (confirm[ACTIVATION] == r[ACTIVATION])]
-        other = mine[mine["lr_level"] != r["lr"]]
+        mine = confirm[(confirm["setup"] == r["setup"]) & (confirm[ACTIVATION] == r[ACTIVATION])]
+        other = mine[mine["lr"] != r["lr"]]
         if len(other):
             seeds = ", ".join(str(s) for s in sorted(other["seed"].unique()))
-            out[(r["setup"], r[ACTIVATION])] = (seeds, ", ".join(sorted(other["lr_level"].unique(), key=_as_float)))
+            out[(r["setup"], r[ACTIVATION])] = (seeds, ", ".join(sorted(other["lr"].unique(), key=rate_value)))
     return out
 
 
@@ -220,245 +210,40 @@ def _where(r) -> str:
 
 
 def target_label(sd: StudyData) -> str:
-    what = {
-        RUNNING_TRAIN_EPOCH: "training error",
-        CLEAN_TRAIN_EPOCH: "clean training error",
-        "test_top1_err_pct": "test top-1 error",
-    }
-    return f"{sd.target['value']:g}% {what.get(sd.target['metric'], sd.target['metric'])}"
+    return target_text(sd.target)
+
+
+def per_factors(sd: StudyData) -> list[str]:
+    """The factors besides the activation that Figure 1 chooses a rate per, one panel per combination:
+    the study's `fastest_lr_per` where it declares one (as the sweep chose), else setup where it is a factor."""
+    if sd.fastest_lr_per:
+        return [f for f in sd.fastest_lr_per if f != ACTIVATION and f in sd.factors]
+    return ["setup"] if "setup" in sd.factors else []
+
+
+def fastest(sd: StudyData) -> Fastest:
+    """Figure 1's choice (`bench.choose.choose_fastest`) per setup and activation on the study's cells,
+    chosen without the profile's confirming seeds. The rule's tables carry `setup` (the panel: the levels
+    of `per_factors`, '' for one panel) and `lr` (the rate as text)."""
+    per = per_factors(sd)
+    panel = [", ".join(str(v) for v in row) for row in sd.runs[per].itertuples(index=False)] if per else ""
+    runs = sd.runs.assign(setup=panel, lr=_lr(sd.runs, sd))
+    return choose_fastest(
+        runs,
+        sd.history,
+        sd.progress,
+        sd.target,
+        ["setup", ACTIVATION],
+        confirm_seeds=sd.confirm_seeds,
+        order=sd.levels,
+        warn=sd.notes.warn,
+    )
 
 
 def _lr(frame: pd.DataFrame, sd: StudyData) -> pd.Series:
     if "lr" in sd.factors:
         return frame["lr"].astype(str)
     return sd.column("cfg_lr", frame, "the learning rate of each cell").astype(str)
-
-
-def trailing_curves(sd: StudyData) -> dict[str, pd.DataFrame]:
-    """cell_id -> the trailing-epoch mean of the target metric at each progress point from the end
-    of epoch 1 on (columns epoch, step, the metric), for the cells of runs.csv with progress
-    points; {} where progress.csv is absent or the target is not the running training error."""
-    prog, metric = sd.progress, sd.target["metric"]
-    if metric != RUNNING_TRAIN_EPOCH or prog is None:
-        return {}
-    if not {"cell_id", "step", "epoch", metric} <= set(prog.columns):
-        sd.notes.warn(f"{PROGRESS} lacks cell_id, step, epoch or {metric}; epochs to the target from {HISTORY}")
-        return {}
-    out = {}
-    for cid, g in prog.groupby("cell_id", sort=False):
-        points = g.sort_values("step")[["step", "epoch", metric]].to_dict("records")
-        out[cid] = pd.DataFrame(trailing_epoch_mean(points, metric), columns=["step", "epoch", metric])
-    trained = sd.ok_runs()
-    if "epochs_run" in trained:
-        trained = trained[pd.to_numeric(trained["epochs_run"], errors="coerce") > 0]
-    if without := len(set(trained["cell_id"]) - set(out)):
-        sd.notes.warn(
-            f"{without} finished cell(s) have no rows in {PROGRESS}; their epochs to the target are whole "
-            f"epochs from {HISTORY}"
-        )
-    return out
-
-
-def cell_epochs(sd: StudyData, curves: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
-    """Per cell: epochs to the target (NaN = not reached), the epoch it must lie beyond where not
-    reached (`epochs_bound`), whether the run was cut short before it (`censored`), epochs run,
-    final train error, status. `curves`: `trailing_curves(sd)`, if the caller has it."""
-    metric, value = sd.target["metric"], sd.target["value"]
-    curves = trailing_curves(sd) if curves is None else curves
-    cells = sd.runs[sd.runs["status"].isin(CURVE_STATUSES)].copy()
-    from_history = {}
-    for cid, h in sd.history.groupby("cell_id"):
-        h = h.sort_values("epoch")
-        hit = h.loc[h[metric] <= value, "epoch"] if metric in h else pd.Series(dtype=float)
-        from_history[cid] = (float(hit.iloc[0]) if len(hit) else math.nan, float(h["epoch"].max()))
-    # An evaluated metric's column (interpolated between epochs by the runner) is trusted where the
-    # target is the same; the running error is recomputed, since older rows judged one window.
-    same_target = (
-        metric != RUNNING_TRAIN_EPOCH
-        and "epochs_to_target" in cells
-        and "target_metric" in cells
-        and (cells["target_metric"] == metric).all()
-    )
-    epochs, run, bound, censored = [], [], [], []
-    for _, c in cells.iterrows():
-        hist = from_history.get(c["cell_id"])
-        curve = curves.get(c["cell_id"])
-        ran = c.get("epochs_run")
-        ran = float(ran) if pd.notna(ran) else (hist[1] if hist else math.nan)
-        last = ran + 1  # epochs only: the next epoch is the first the target can be seen at
-        if curve is not None and len(curve):
-            e = crossing(curve.to_dict("records"), metric, value, at="epoch")
-            e = math.nan if e is None else e
-            last = float(curve["epoch"].max())  # the interpolated crossing lies beyond the last point
-        elif same_target:
-            e = float(c["epochs_to_target"]) if pd.notna(c["epochs_to_target"]) else math.nan
-        else:
-            e = hist[0] if hist else math.nan
-            if hist is None:
-                sd.notes.warn(f"cell {c['cell_id']} has no history rows; its epochs to {target_label(sd)} are unknown")
-        budget = c.get("cfg_epochs")
-        epochs.append(e)
-        run.append(ran)
-        bound.append(last if math.isnan(e) else math.nan)
-        # ended short of its budget without diverging, before the statistic crossed: cut short by a stopping rule
-        censored.append(
-            bool(
-                math.isnan(e) and c["status"] == OK and pd.notna(budget) and math.isfinite(ran) and ran < float(budget)
-            )
-        )
-    cells["epochs_to_target"] = epochs
-    cells["epochs_bound"] = bound
-    cells["censored"] = censored
-    cells["epochs_run"] = run
-    cells["lr_level"] = _lr(cells, sd)
-    cells["setup_level"] = cells["setup"].astype(str) if "setup" in cells else ""
-    cells["final_train"] = sd.column(RUNNING_TRAIN, cells, "training error during the last epoch").astype(float)
-    return cells
-
-
-def _per_seed(g: pd.DataFrame) -> str:
-    """'6.3, > 6, –': a seed's epochs to the target; '> N' censored at epoch N; '–' not reached."""
-    return ", ".join(
-        f"> {b:g}" if cens else "–" if math.isnan(e) else f"{e:g}"
-        for e, b, cens in zip(g["epochs_to_target"], g["epochs_bound"], g["censored"])
-    )
-
-
-def lr_grid(sd: StudyData, tuning: bool = False, cells: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per (setup, activation, lr): seeds, how many reached the target, how many were
-    censored, epochs to it.
-
-    tuning: without the profile's `confirm_seeds`, which ran only the chosen rates: the cells a
-    rate is chosen on. cells: `cell_epochs(sd)`, if the caller has it.
-    """
-    cells = cell_epochs(sd) if cells is None else cells
-    if tuning:
-        cells = cells[~cells["seed"].isin(sd.confirm_seeds)]
-    rows = []
-    for (setup, act, lr), g in cells.groupby(["setup_level", ACTIVATION, "lr_level"], sort=False):
-        reached = g["epochs_to_target"].notna()
-        ep = summarize(g["epochs_to_target"]) if reached.all() else summarize([])
-        # a lower bound on the mean: a seed that never reached counts as reaching at its bound
-        bound = (
-            (g["epochs_to_target"].where(reached, g["epochs_bound"])).mean()
-            if not (g["status"] == DIVERGED).any()
-            else math.inf
-        )
-        rows.append(
-            {
-                "setup": setup,
-                ACTIVATION: act,
-                "lr": lr,
-                "n": len(g),
-                "reached": int(reached.sum()),
-                "censored": int(g["censored"].sum()),
-                "censored_at": ", ".join(f"{e:g}" for e in g.loc[g["censored"], "epochs_run"]),
-                "epochs_mean": ep.mean,
-                "epochs_sd": ep.sd,
-                "epochs_per_seed": _per_seed(g),
-                "epochs_lower_bound": bound,
-                "epochs_run": float(g["epochs_run"].max()),
-                "final_train_err_mean": float(g["final_train"].mean()),
-                "diverged": int((g["status"] == DIVERGED).sum()),
-                "cell_ids": ",".join(g["cell_id"]),
-            }
-        )
-    grid = pd.DataFrame(rows)
-    if len(grid):
-        order = {f: {lv: i for i, lv in enumerate(sd.levels.get(f, []))} for f in ("setup", ACTIVATION, "lr")}
-        grid = grid.sort_values(
-            ["setup", ACTIVATION, "lr"], key=lambda s: s.map(lambda v: order.get(s.name, {}).get(v, _as_float(v)))
-        ).reset_index(drop=True)
-    return grid
-
-
-def _as_float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return math.inf
-
-
-def _edge(lr: float, tried: pd.Series) -> str:
-    """'only' / 'largest' / 'smallest' where `lr` is at an edge of the rates tried, else ''."""
-    tried = tried[tried.map(math.isfinite)]
-    if len(tried) < 2:
-        return "only"
-    return "largest" if lr >= tried.max() else "smallest" if lr <= tried.min() else ""
-
-
-def _fastest(g: pd.DataFrame) -> tuple[str, bool]:
-    """The rate of one (setup, activation) grid that the module docstring's rule picks, and
-    whether every seed at it reached the target."""
-    g = g.assign(lr_value=g["lr"].map(_as_float))
-    full = g[(g["reached"] == g["n"]) & (g["n"] > 0)]
-    if len(full):
-        return full.sort_values(["epochs_mean", "final_train_err_mean", "lr_value"]).iloc[0]["lr"], True
-    return g.assign(div=g["diverged"] > 0).sort_values(["div", "final_train_err_mean", "lr_value"]).iloc[0]["lr"], False
-
-
-def _provisional(on: pd.DataFrame, lr: str, reached: bool) -> str:
-    """Why the rate picked from `on` (one grid, the seeds it is chosen on) may not be the fastest:
-    another rate has seeds whose runs were cut short before the target (censored); '' if none."""
-    cut = on[(on["censored"] > 0) & (on["lr"] != lr)]
-    mean = on.loc[on["lr"] == lr, "epochs_mean"].iloc[0]
-    if reached:  # a rival counts only if even its bound is below the chosen rate's mean
-        cut = cut[cut["epochs_lower_bound"] < mean]
-    if not len(cut):
-        return ""
-    rates = ", ".join(
-        f"lr {r['lr']} ({r['censored']} of {r['n']} seed{'s' * (r['n'] != 1)} stopped at epoch {r['censored_at']})"
-        for _, r in cut.iterrows()
-    )
-    if reached:
-        return (
-            f"provisional: {rates} may be faster; stopped before the trailing-epoch mean reached the target, "
-            f"earlier than this rate's {mean:.3g} epochs"
-        )
-    return (
-        f"provisional: no rate reached the target, and {rates} stopped before it: chosen on the final "
-        "running training error of runs that ended at different epochs"
-    )
-
-
-def choose(grid: pd.DataFrame, tuning: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The chosen learning rate per (setup, activation); see the module docstring.
-
-    tuning: `lr_grid(sd, tuning=True)`, without the confirming seeds. The rate is chosen on it;
-    its row (every seed, the confirming ones too) comes from `grid`.
-    """
-    rows = []
-    for (setup, act), g in grid.groupby(["setup", ACTIVATION], sort=False):
-        g = g.assign(lr_value=g["lr"].map(_as_float))
-        on = g if tuning is None else tuning[(tuning["setup"] == setup) & (tuning[ACTIVATION] == act)]
-        on = on if len(on) else g
-        lr, reached = _fastest(on)
-        provisional = _provisional(on, lr, reached)
-        best = g[g["lr"] == lr].iloc[0]
-        reached = reached and best["reached"] == best["n"]
-        rows.append(
-            {
-                "setup": setup,
-                ACTIVATION: act,
-                "lr": best["lr"],
-                "lrs_tried": ", ".join(g.sort_values("lr_value")["lr"]),
-                "edge": _edge(best["lr_value"], g["lr_value"]),
-                "n": int(best["n"]),
-                "reached": bool(reached),
-                "censored": int(best["censored"]),
-                "epochs_mean": best["epochs_mean"],
-                "epochs_sd": best["epochs_sd"],
-                "epochs_per_seed": best["epochs_per_seed"],
-                # unreached: the bound must hold for every rate tried, so the smallest one's
-                "epochs_lower_bound": best["epochs_lower_bound"] if reached else g["epochs_lower_bound"].min(),
-                "epochs_run": best["epochs_run"],
-                "final_train_err_mean": best["final_train_err_mean"],
-                "diverged": int(best["diverged"]),
-                "provisional": provisional,
-                "cell_ids": best["cell_ids"],
-            }
-        )
-    return pd.DataFrame(rows)
 
 
 def mark_chosen(grid: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
