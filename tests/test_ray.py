@@ -22,7 +22,7 @@ import pytest
 
 from bench.cli import main
 from bench.errors import UserError
-from bench.sweep.ray_executor import CRASH_HOOK, RayExecutor
+from bench.sweep.ray_executor import CRASH_HOOK, LOCAL_SYSTEM_CONFIG, RayExecutor
 from bench.sweep.runner import run_study
 from bench.sweep.study import load_study
 from tests.tiny import ACTIVATION, study_toml
@@ -57,7 +57,13 @@ def short_and_long_cells() -> str:
 @pytest.fixture(scope="module", autouse=True)
 def ray_runtime():
     """One local Ray runtime for the module: starting one costs seconds."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+        _system_config=LOCAL_SYSTEM_CONFIG,
+    )
     yield
     ray.shutdown()
 
@@ -392,3 +398,18 @@ def test_kill_9_of_the_driver_leaves_no_ray_process(tmp_path):
     proc.wait(timeout=HANG_GUARD)
     assert wait_gone(ray_processes, REAPED_WITHIN) == []
     assert list(folder.glob("cells/*.json")) or len(pd.read_csv(folder / "runs.csv")) >= 1  # the finished cell kept
+
+
+def test_the_runtime_ablate_starts_runs_its_cells_at_the_callers_priority():
+    """Ray's default nice 15 would leave a sweep's cells a sliver of a machine shared with other work."""
+    code = (
+        "import os, ray\n"
+        "from bench.sweep.ray_executor import connect\n"
+        "assert connect() == 'local'\n"
+        "print('nice', ray.get(ray.remote(lambda: os.nice(0)).remote()) - os.nice(0))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD, env=user_env(), cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr
+    assert "nice 0" in done.stdout.splitlines(), done.stdout

@@ -103,6 +103,12 @@ def import_ray():
     return ray
 
 
+# Ray runs its workers at nice 15. On this machine's own runtime the cells are the sweep's whole
+# work, as they are under the local executor (nice 0): at 15, any other busy process takes nearly
+# all of the CPU from them (the Ray tests stalled for over ten minutes beside two busy loops).
+LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
+
+
 def connect(address: str | None = None) -> str:
     """Join the Ray cluster at `address` ($RAY_ADDRESS when None), or start Ray on this machine
     when neither is given (it stops when this process exits). Returns "local", "remote", or
@@ -116,7 +122,7 @@ def connect(address: str | None = None) -> str:
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     quiet = {"logging_level": logging.WARNING, "log_to_driver": False}  # rows carry each cell's outcome
     if address == "local":
-        context = ray.init(address="local", include_dashboard=False, **quiet)
+        context = ray.init(address="local", include_dashboard=False, _system_config=LOCAL_SYSTEM_CONFIG, **quiet)
         _start_reaper(ray, context.address_info["session_dir"])
         _connection = "local"
         return _connection
