@@ -7,6 +7,7 @@ Nothing here touches the network, ~/.cache or the project's results/ folder.
 from __future__ import annotations
 
 import pickle
+import signal
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,18 @@ CIFAR_LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "fr
 TREE_CLASSES = ["zebra", "apple", "mango"]
 TREE_TRAIN = ["0000.png", "0001.jpg", "0002.png", "0003.jpg"]
 TREE_TEST = ["0000.png", "0001.jpg"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_delivered():
+    """A shell starts a background job (`nohup nox -s tests &`, a script's `cmd &`) with SIGINT
+    ignored; Python then never raises KeyboardInterrupt, in itself or in the commands it starts,
+    and the Ctrl-C tests waited out their hour-long cells. They need Ctrl-C delivered."""
+    before = signal.getsignal(signal.SIGINT)
+    if before is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
 @pytest.fixture(autouse=True, scope="session")
