@@ -13,8 +13,9 @@ holds the results-folder lock and writes the tables.
   to `max_retries` times; after that the cell is a `crashed` row with Ray's message and
   the sweep goes on. An exception inside the cell (CUDA out of memory included) never
   reaches Ray: `run_cell` makes it the row's status.
-- Leaving early (Ctrl-C, an error here) cancels every task not yet finished, waits until Ray
-  has settled each cancellation, and stops a Ray runtime this process started.
+- Leaving early (Ctrl-C, an error here) stops a Ray runtime this process started, which ends
+  its tasks; on a runtime it joined, it cancels every task not yet finished and waits until
+  Ray has settled each cancellation.
 - A Ray runtime started here is watched by a small process of its own (`_REAPER`): when this
   process ends, however it ends (kill -9 included), it kills whatever of that runtime is left.
 - Cells that no machine could ever run (more CPUs or GPUs than any node has) and an address
@@ -361,10 +362,13 @@ class RayExecutor:
                     cell, submitted = running.pop(ref)
                     yield self._result(ray, ref, cell, fn, time.perf_counter() - submitted)
         finally:  # Ctrl-C, or the caller stopped: nothing keeps running after the sweep
-            if running:
+            if running and _connection == "local":
+                # Ours: stopping it ends the tasks. Cancelling them first raced the replies of
+                # tasks that were finishing, and Ray's driver aborted about one Ctrl-C in five
+                # (`Check failed: ... Tried to complete task that was not pending`).
+                ray.shutdown()
+            elif running:
                 _cancel(ray, list(running))
-                if _connection == "local":  # ours: stop it now, not in Ray's exit handler
-                    ray.shutdown()
 
     def _result(self, ray, ref, cell, fn: CellFn, seconds: float):
         try:
