@@ -95,15 +95,16 @@ def test_the_working_trees_gate_fails_against_a_faster_commit_naming_what_lost(f
     assert rows[0].startswith("benchmark,") and sum(r.endswith(",regressed") for r in rows) == 2
 
 
-def _children(pid: int) -> list[int]:
+def _children(pid: int, running: bytes) -> list[int]:
+    """The child processes of `pid` whose command line holds `running`."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
+        try:  # a short-lived child (git, say) may be gone before its files are read
             fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and running in (stat.parent / "cmdline").read_bytes():
+                found.append(int(stat.parent.name))
         except OSError:
             continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
     return found
 
 
@@ -121,7 +122,7 @@ def test_kill_9_of_the_gate_leaves_no_worker_and_no_exported_tree(faster_ref, tm
     deadline, workers = time.monotonic() + 300, []
     while len(workers) < 2 and gate.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-        workers = [p for p in _children(gate.pid) if b"bench.measure.worker" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        workers = _children(gate.pid, b"bench.measure.worker")
     assert len(workers) == 2 and list(tmp_path.glob("bench-gate-*/tree")), gate.communicate()
     gate.send_signal(signal.SIGKILL)
     gate.communicate()
